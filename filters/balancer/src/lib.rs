@@ -1,0 +1,1 @@
+//! Load-balancing filter: picks one endpoint per request and steers Envoy to it.

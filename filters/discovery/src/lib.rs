@@ -1,0 +1,1 @@
+//! Service discovery filter: registries and DNS-over-HTTPS into shared endpoint sets.

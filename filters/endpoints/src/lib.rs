@@ -1,0 +1,179 @@
+//! The endpoint-set format that meshwasm's `discovery` filter publishes and its `balancer` filter reads.
+//!
+//! Discovery and balancer run as separate plugins that share one Envoy `vm_id`, so they meet in proxy-wasm
+//! shared data (which Envoy keys by `vm_id`). This crate holds the contract between them and nothing else:
+//!
+//! - [`EndpointSet`]: one service's endpoints with a monotonically increasing `version`, encoded as compact
+//!   JSON (short keys, empty fields omitted) under the shared-data key [`set_key`]`(service)`.
+//! - [`SERVICES_KEY`]: the list of service names discovery publishes (a JSON array of strings).
+//! - Change notification: every balancer VM registers its own shared queue (a queue is consumed by one VM, so
+//!   one queue per VM is the only way to broadcast), named with [`NOTIFY_QUEUE_PREFIX`] plus a unique suffix,
+//!   and adds that name to the subscriber list under [`SUBSCRIBERS_KEY`] (CAS-updated, [`Subscribers`]).
+//!   After publishing a new set, the publisher enqueues the service name on each subscriber queue. Readers
+//!   still re-check versions on a slow tick, so a lost notification only delays an update.
+//!
+//! ```
+//! use meshwasm_endpoints::{Endpoint, EndpointSet};
+//! let set = EndpointSet { version: 3, endpoints: vec![Endpoint::new("10.0.0.1:8080".parse().unwrap())] };
+//! let bytes = set.encode();
+//! assert_eq!(EndpointSet::decode(&bytes).unwrap(), set);
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the encoding itself; bumped if the layout ever changes incompatibly.
+pub const FORMAT_VERSION: u32 = 1;
+/// Shared-data key prefix of published endpoint sets.
+pub const SET_KEY_PREFIX: &str = "meshwasm.endpoints.v1.set.";
+/// Shared-data key holding the JSON array of published service names.
+pub const SERVICES_KEY: &str = "meshwasm.endpoints.v1.services";
+/// Shared-data key holding the JSON array of subscriber queue names.
+pub const SUBSCRIBERS_KEY: &str = "meshwasm.endpoints.v1.subscribers";
+/// Prefix of each subscriber VM's shared-queue name.
+pub const NOTIFY_QUEUE_PREFIX: &str = "meshwasm.endpoints.v1.notify.";
+
+/// Shared-data key under which the endpoint set of `service` is published.
+pub fn set_key(service: &str) -> String {
+    format!("{SET_KEY_PREFIX}{service}")
+}
+
+/// Why bytes could not be read as an endpoint set.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("endpoint set is not valid: {0}")]
+    Invalid(#[from] serde_json::Error),
+    #[error("endpoint set has format version {0}, this build reads version {FORMAT_VERSION}")]
+    UnsupportedFormat(u32),
+}
+
+/// One service instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// IP literal and port: what Envoy's ORIGINAL_DST cluster accepts.
+    #[serde(rename = "a")]
+    pub address: SocketAddr,
+    /// Relative weight, ≥ 1.
+    #[serde(rename = "w", default = "default_weight")]
+    pub weight: u32,
+    /// Locality zone, if the registry reports one.
+    #[serde(rename = "z", default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    #[serde(rename = "t", default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    #[serde(rename = "m", default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+impl Endpoint {
+    /// An endpoint with weight 1 and no zone, tags or metadata.
+    pub fn new(address: SocketAddr) -> Self {
+        Self { address, weight: 1, zone: None, tags: Vec::new(), metadata: BTreeMap::new() }
+    }
+}
+
+/// A service's endpoints at one version.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EndpointSet {
+    /// Increases with every published change; readers rebuild their tables only when it changes.
+    pub version: u64,
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Wire<'a> {
+    #[serde(rename = "f")]
+    format: u32,
+    #[serde(rename = "v")]
+    version: u64,
+    #[serde(rename = "e", borrow)]
+    endpoints: std::borrow::Cow<'a, [Endpoint]>,
+}
+
+impl EndpointSet {
+    /// Compact JSON encoding, as stored in shared data.
+    pub fn encode(&self) -> Vec<u8> {
+        let wire = Wire { format: FORMAT_VERSION, version: self.version, endpoints: (&self.endpoints[..]).into() };
+        // Serializing plain structs of strings and numbers into a Vec cannot fail.
+        serde_json::to_vec(&wire).unwrap_or_default()
+    }
+
+    /// Reads an encoded set, rejecting other format versions.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let wire: Wire<'_> = serde_json::from_slice(bytes)?;
+        if wire.format != FORMAT_VERSION {
+            return Err(DecodeError::UnsupportedFormat(wire.format));
+        }
+        Ok(Self { version: wire.version, endpoints: wire.endpoints.into_owned() })
+    }
+}
+
+/// The subscriber queue names stored under [`SUBSCRIBERS_KEY`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Subscribers(pub Vec<String>);
+
+impl Subscribers {
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.is_empty() {
+            return Ok(Self::default());
+        }
+        Ok(serde_json::from_slice(bytes)?)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Adds `queue` unless present; returns whether the list changed.
+    pub fn add(&mut self, queue: &str) -> bool {
+        if self.0.iter().any(|q| q == queue) {
+            return false;
+        }
+        self.0.push(queue.to_owned());
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_with_all_fields() {
+        let mut e = Endpoint::new("[::1]:9000".parse().unwrap());
+        e.weight = 7;
+        e.zone = Some("us-east-1a".into());
+        e.tags = vec!["primary".into()];
+        e.metadata.insert("version".into(), "v2".into());
+        let set = EndpointSet { version: 42, endpoints: vec![e, Endpoint::new("10.0.0.2:80".parse().unwrap())] };
+        assert_eq!(EndpointSet::decode(&set.encode()).unwrap(), set);
+    }
+
+    #[test]
+    fn omits_empty_fields() {
+        let set = EndpointSet { version: 1, endpoints: vec![Endpoint::new("10.0.0.1:80".parse().unwrap())] };
+        assert_eq!(String::from_utf8(set.encode()).unwrap(), r#"{"f":1,"v":1,"e":[{"a":"10.0.0.1:80","w":1}]}"#);
+    }
+
+    #[test]
+    fn rejects_other_formats_and_garbage() {
+        assert!(matches!(EndpointSet::decode(br#"{"f":2,"v":1,"e":[]}"#), Err(DecodeError::UnsupportedFormat(2))));
+        assert!(EndpointSet::decode(b"not json").is_err());
+        assert!(EndpointSet::decode(br#"{"f":1,"v":1,"e":[{"a":"host:80"}]}"#).is_err());
+    }
+
+    #[test]
+    fn subscribers_add_is_idempotent() {
+        let mut s = Subscribers::decode(b"").unwrap();
+        assert!(s.add("q1"));
+        assert!(!s.add("q1"));
+        assert_eq!(Subscribers::decode(&s.encode()).unwrap(), s);
+    }
+}

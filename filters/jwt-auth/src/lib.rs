@@ -1,0 +1,1 @@
+//! Inbound OAuth2/JWT validation filter.

@@ -1,0 +1,1 @@
+//! A filter that does nothing: the baseline for per-callback host cost.

@@ -1,0 +1,1 @@
+//! Test-only filter that exercises every proxy-wasm hostcall and reports what it saw.

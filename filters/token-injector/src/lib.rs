@@ -1,0 +1,1 @@
+//! Outbound OAuth2 client-credentials token injection filter.

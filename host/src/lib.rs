@@ -1,0 +1,1 @@
+//! A wasmtime host for proxy-wasm filters that behaves like Envoy.
