@@ -1,1 +1,11 @@
-//! Test harness for meshwasm: starts real Envoy and the other real parts on loopback, and cleans up.
+//! Test harness for meshwasm: starts real Envoy and the other real parts (etcd, unbound, an OpenID
+//! Provider, backend servers, registry protocol fakes) on free loopback ports, and always cleans up.
+
+pub mod artifacts;
+pub mod backend;
+pub mod envoy;
+pub mod etcd;
+pub mod fakes;
+pub mod oidc;
+pub mod process;
+pub mod unbound;

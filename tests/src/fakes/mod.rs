@@ -1,0 +1,2 @@
+//! Protocol fakes for registries that no package registry ships (Consul, Eureka, Nacos, the Kubernetes
+//! API). Each follows the documented wire format, including blocking/long-poll semantics.
