@@ -3,6 +3,7 @@
 
 pub mod artifacts;
 pub mod backend;
+pub mod conformance;
 pub mod envoy;
 pub mod etcd;
 pub mod fakes;
