@@ -1,0 +1,540 @@
+//! The discovery engine of one VM: takes part in the poller election and, while elected, runs each
+//! service's polls on its schedule, keeps the last good set through registry trouble, and publishes
+//! real changes. It never does I/O itself: [`Engine::tick`] and [`Engine::on_reply`] return the
+//! requests to send, and the host seam ([`Host`]) provides clock, shared data, queues, logs, metrics.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use meshwasm_endpoints::Endpoint;
+
+use crate::config::{Plan, ServicePlan};
+use crate::host::{Counter, Host, Level};
+use crate::http::{Reply, Request};
+use crate::lease::{Lease, Transition};
+use crate::publish::{Published, publish, read_published};
+use crate::sources::{Outcome, Progress, Source, SourceError};
+
+/// Extra time past a request's own timeout before the engine gives up on a reply that never came.
+const DEADLINE_GRACE: Duration = Duration::from_secs(2);
+
+/// A request to send to `upstream` of service `service`; its reply goes back with the same ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    pub service: usize,
+    pub poll: u64,
+    pub tag: u32,
+    pub request: Request,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    id: u64,
+    deadline_ms: u64,
+    outstanding: BTreeSet<u32>,
+}
+
+#[derive(Debug)]
+struct ServiceState {
+    plan: ServicePlan,
+    source: Source,
+    next_due_ms: u64,
+    poll: Option<InFlight>,
+    /// The last set published (or found published when elected).
+    last_good: Option<Vec<Endpoint>>,
+    version: u64,
+    errors_in_row: u32,
+}
+
+pub struct Engine {
+    services: Vec<ServiceState>,
+    lease: Lease,
+    next_poll_id: u64,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Engine {
+    /// An engine for `plan`; `me` is this VM's unique id (see [`crate::lease::allocate_id`]).
+    pub fn new(plan: &Plan, me: String) -> Result<Self, String> {
+        let mut services = Vec::with_capacity(plan.services.len());
+        for (i, p) in plan.services.iter().enumerate() {
+            let source = p.new_source().map_err(|e| format!("services[{i}].{e}"))?;
+            services.push(ServiceState {
+                plan: p.clone(),
+                source,
+                next_due_ms: 0,
+                poll: None,
+                last_good: None,
+                version: 0,
+                errors_in_row: 0,
+            });
+        }
+        Ok(Self { services, lease: Lease::new(&plan.lease_name, ms(plan.lease_ttl), me), next_poll_id: 1 })
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.lease.is_leader()
+    }
+
+    pub fn id(&self) -> &str {
+        self.lease.id()
+    }
+
+    /// Name of service `i`.
+    pub fn service_name(&self, i: usize) -> Option<&str> {
+        self.services.get(i).map(|s| s.plan.name.as_str())
+    }
+
+    /// Where service `i`'s requests go.
+    pub fn upstream(&self, i: usize) -> Option<&crate::config::Upstream> {
+        self.services.get(i).and_then(|s| s.plan.upstream.as_ref())
+    }
+
+    /// The periodic step: election, deadlines, polls that are due.
+    pub fn tick(&mut self, host: &mut impl Host) -> Vec<Outgoing> {
+        let now = host.now_ms();
+        match self.lease.tick(host) {
+            Transition::Elected => {
+                host.log(
+                    Level::Info,
+                    &format!("meshwasm discovery: VM {} is now the poller", self.lease.id()),
+                );
+                for s in &mut self.services {
+                    // Continue from what the previous poller published: versions keep growing and
+                    // registry trouble right after a takeover still cannot empty a service.
+                    if let Some(set) = read_published(host, &s.plan.name) {
+                        s.version = set.version;
+                        s.last_good = Some(set.endpoints);
+                    }
+                    s.next_due_ms = now;
+                    s.errors_in_row = 0;
+                }
+            }
+            Transition::Lost => {
+                host.log(
+                    Level::Info,
+                    &format!("meshwasm discovery: VM {} is no longer the poller", self.lease.id()),
+                );
+                for s in &mut self.services {
+                    if s.poll.take().is_some() {
+                        s.source.abandon();
+                    }
+                }
+            }
+            Transition::None => {}
+        }
+        if !self.lease.is_leader() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for i in 0..self.services.len() {
+            if let Some(p) = &self.services[i].poll {
+                if now >= p.deadline_ms {
+                    self.services[i].poll = None;
+                    self.services[i].source.abandon();
+                    let err = SourceError::Transport("no reply before the deadline".into());
+                    self.finish(host, i, Err(err));
+                }
+                continue;
+            }
+            if now >= self.services[i].next_due_ms {
+                self.start(host, i, &mut out);
+            }
+        }
+        out
+    }
+
+    fn start(&mut self, host: &mut impl Host, i: usize, out: &mut Vec<Outgoing>) {
+        host.count(i, Counter::Polls);
+        let now = host.now_ms();
+        let s = &mut self.services[i];
+        match s.source.begin() {
+            Err(outcome) => self.finish(host, i, Ok(outcome)),
+            Ok(requests) => {
+                let id = self.next_poll_id;
+                self.next_poll_id += 1;
+                let longest = requests.iter().map(|(_, r)| r.timeout).max().unwrap_or_default();
+                s.poll = Some(InFlight {
+                    id,
+                    deadline_ms: now + ms(longest + DEADLINE_GRACE),
+                    outstanding: requests.iter().map(|(t, _)| *t).collect(),
+                });
+                out.extend(requests.into_iter().map(|(tag, request)| Outgoing {
+                    service: i,
+                    poll: id,
+                    tag,
+                    request,
+                }));
+            }
+        }
+    }
+
+    /// A reply (or a failure to get one) for an [`Outgoing`]. Stale replies are ignored.
+    pub fn on_reply(
+        &mut self,
+        host: &mut impl Host,
+        service: usize,
+        poll: u64,
+        tag: u32,
+        reply: Reply,
+    ) -> Vec<Outgoing> {
+        let now = host.now_ms();
+        let Some(s) = self.services.get_mut(service) else { return Vec::new() };
+        let Some(p) = s.poll.as_mut().filter(|p| p.id == poll) else { return Vec::new() };
+        if !p.outstanding.remove(&tag) {
+            return Vec::new();
+        }
+        match s.source.on_reply(tag, reply) {
+            Progress::Waiting => Vec::new(),
+            Progress::More(more) => {
+                let Some(p) = &mut s.poll else { return Vec::new() };
+                let longest = more.iter().map(|(_, r)| r.timeout).max().unwrap_or_default();
+                p.deadline_ms = p.deadline_ms.max(now + ms(longest + DEADLINE_GRACE));
+                p.outstanding.extend(more.iter().map(|(t, _)| *t));
+                more.into_iter().map(|(tag, request)| Outgoing { service, poll, tag, request }).collect()
+            }
+            Progress::Done(result) => {
+                s.poll = None;
+                self.finish(host, service, result);
+                Vec::new()
+            }
+        }
+    }
+
+    /// Gives the lease up (the VM is going away).
+    pub fn shutdown(&mut self, host: &mut impl Host) {
+        self.lease.release(host);
+    }
+
+    fn finish(&mut self, host: &mut impl Host, i: usize, result: Result<Outcome, SourceError>) {
+        let now = host.now_ms();
+        let s = &mut self.services[i];
+        let name = s.plan.name.as_str();
+        let kind = s.plan.kind;
+        let kept = s.last_good.as_ref().map_or(0, Vec::len);
+        let (endpoints, skipped, next) = match result {
+            Err(e) => {
+                s.errors_in_row = s.errors_in_row.saturating_add(1);
+                host.count(i, Counter::Errors);
+                host.log(
+                    Level::Warn,
+                    &format!("meshwasm discovery: service `{name}` ({kind}): poll failed, keeping the last {kept} endpoints: {e}"),
+                );
+                let backoff = Duration::from_secs(1u64 << (s.errors_in_row - 1).min(16));
+                s.next_due_ms = now + ms(backoff.min(s.plan.max_retry));
+                return;
+            }
+            Ok(Outcome::Unchanged { next }) => {
+                s.errors_in_row = 0;
+                s.next_due_ms = now + ms(next.unwrap_or(s.plan.refresh));
+                return;
+            }
+            Ok(Outcome::Endpoints { endpoints, skipped, next }) => (endpoints, skipped, next),
+        };
+        s.errors_in_row = 0;
+        s.next_due_ms = now + ms(next.unwrap_or(s.plan.refresh));
+        if endpoints.is_empty() && !s.plan.allow_empty {
+            if s.last_good.as_ref().is_none_or(|l| !l.is_empty()) {
+                host.count(i, Counter::EmptyRejected);
+                host.log(
+                    Level::Warn,
+                    &format!(
+                        "meshwasm discovery: service `{name}` ({kind}): registry answered no endpoints; keeping the \
+                         last {kept} (set allow_empty to publish empty answers)"
+                    ),
+                );
+            }
+            return;
+        }
+        if s.last_good.as_deref() == Some(&endpoints[..]) {
+            return;
+        }
+        match publish(host, name, &endpoints) {
+            Ok(Published::Updated { version, notified }) => {
+                host.count(i, Counter::Updates);
+                host.endpoints_gauge(i, endpoints.len() as u64);
+                let note = if skipped > 0 {
+                    format!(", {skipped} unusable entries left out")
+                } else {
+                    String::new()
+                };
+                host.log(
+                    Level::Info,
+                    &format!(
+                        "meshwasm discovery: service `{name}` ({kind}): published {} endpoints, version {version}, \
+                         {notified} subscribers notified{note}",
+                        endpoints.len()
+                    ),
+                );
+                s.version = version;
+                s.last_good = Some(endpoints);
+            }
+            Ok(Published::Unchanged { version }) => {
+                host.endpoints_gauge(i, endpoints.len() as u64);
+                s.version = version;
+                s.last_good = Some(endpoints);
+            }
+            Err(e) => {
+                host.count(i, Counter::Errors);
+                host.log(Level::Error, &format!("meshwasm discovery: service `{name}`: cannot publish: {e}"));
+                // Try again soon: the answer was good.
+                s.next_due_ms = now + 1_000;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use base64::Engine as _;
+    use meshwasm_endpoints::{EndpointSet, set_key};
+
+    use super::*;
+    use crate::host::fake::{FakeHost, Proxy};
+
+    const CONFIG: &str = r#"{"tick":"100ms","lease":{"ttl":"1s"},"services":[
+        {"name":"api","refresh":"2s","timeout":"1s","source":{"etcd":{"cluster":"etcd","prefix":"/services/api/"}}},
+        {"name":"web","source":{"static":{"endpoints":[{"address":"10.9.0.1:80"},{"address":"10.9.0.2:80","weight":3}]}}},
+        {"name":"db","allow_empty":true,"source":{"consul":{"cluster":"consul","wait":"10s"}}}]}"#;
+
+    struct Vm {
+        host: FakeHost,
+        engine: Engine,
+    }
+
+    fn proxy() -> Rc<RefCell<Proxy>> {
+        Rc::new(RefCell::new(Proxy { now_ms: 10_000, ..Default::default() }))
+    }
+
+    fn vm(proxy: &Rc<RefCell<Proxy>>) -> Vm {
+        let mut host = FakeHost::new(proxy.clone());
+        let plan = Plan::from_json(CONFIG.as_bytes()).unwrap();
+        let id = crate::lease::allocate_id(&mut host);
+        Vm { engine: Engine::new(&plan, id).unwrap(), host }
+    }
+
+    fn advance(p: &Rc<RefCell<Proxy>>, ms: u64) {
+        p.borrow_mut().now_ms += ms;
+    }
+
+    /// Ticks until service `service` sends a request (at most 200 s).
+    fn next_request(p: &Rc<RefCell<Proxy>>, vm: &mut Vm, service: usize) -> Outgoing {
+        for _ in 0..2_000 {
+            if let Some(o) = run(p, vm, 100).into_iter().find(|o| o.service == service) {
+                return o;
+            }
+        }
+        panic!("no request for service {service}");
+    }
+
+    /// Lets `ms` pass in 100 ms ticks (as the host would), collecting the requests sent.
+    fn run(p: &Rc<RefCell<Proxy>>, vm: &mut Vm, ms: u64) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        for _ in 0..ms / 100 {
+            advance(p, 100);
+            out.extend(vm.engine.tick(&mut vm.host));
+        }
+        out
+    }
+
+    fn etcd_reply(rev: u32, addrs: &[&str]) -> Reply {
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let kvs: Vec<_> = addrs
+            .iter()
+            .map(|a| serde_json::json!({"key": b64(&format!("/services/api/{a}")), "value": b64(a)}))
+            .collect();
+        Reply::ok(
+            200,
+            serde_json::to_vec(&serde_json::json!({"header": {"revision": rev.to_string()}, "kvs": kvs}))
+                .unwrap(),
+        )
+    }
+
+    fn consul_reply(index: u64, addrs: &[&str]) -> Reply {
+        let entries: Vec<_> = addrs
+            .iter()
+            .map(|a| {
+                let (ip, port) = a.split_once(':').unwrap();
+                serde_json::json!({"Node": {"Address": ip}, "Service": {"Address": "", "Port": port.parse::<u16>().unwrap()}, "Checks": []})
+            })
+            .collect();
+        Reply::Response {
+            status: 200,
+            headers: vec![("x-consul-index".into(), index.to_string())],
+            body: serde_json::to_vec(&entries).unwrap(),
+        }
+    }
+
+    fn published(vm: &Vm, service: &str) -> Option<EndpointSet> {
+        vm.host.shared_get(&set_key(service)).map(|(b, _)| EndpointSet::decode(&b).unwrap())
+    }
+
+    fn addrs(set: &EndpointSet) -> Vec<String> {
+        set.endpoints.iter().map(|e| e.address.to_string()).collect()
+    }
+
+    /// Elects `vm` (two ticks) and returns the requests of its first polls.
+    fn elect(p: &Rc<RefCell<Proxy>>, vm: &mut Vm) -> Vec<Outgoing> {
+        assert!(vm.engine.tick(&mut vm.host).is_empty());
+        advance(p, 100);
+        vm.engine.tick(&mut vm.host)
+    }
+
+    #[test]
+    fn polls_publishes_and_keeps_last_good_set() {
+        let p = proxy();
+        let mut vm = vm(&p);
+        let out = elect(&p, &mut vm);
+        assert!(vm.engine.is_leader());
+        // etcd and consul requests; the static list is published at once.
+        assert_eq!(out.iter().map(|o| o.service).collect::<Vec<_>>(), [0, 2]);
+        assert_eq!(addrs(&published(&vm, "web").unwrap()), ["10.9.0.1:80", "10.9.0.2:80"]);
+        let etcd = &out[0];
+        assert_eq!(etcd.request.path, "/v3/kv/range");
+        vm.engine.on_reply(&mut vm.host, 0, etcd.poll, 0, etcd_reply(5, &["10.0.0.2:80", "10.0.0.1:80"]));
+        let set = published(&vm, "api").unwrap();
+        assert_eq!((set.version, addrs(&set)), (1, vec!["10.0.0.1:80".to_owned(), "10.0.0.2:80".to_owned()]));
+        assert_eq!(vm.host.counter(0, Counter::Updates), 1);
+
+        // Not due before `refresh` (2 s).
+        assert!(run(&p, &mut vm, 1_800).iter().all(|o| o.service != 0));
+        // Due: same revision → unchanged, no write.
+        let out = run(&p, &mut vm, 300);
+        let o = out.iter().find(|o| o.service == 0).unwrap().clone();
+        let writes = p.borrow().writes;
+        vm.engine.on_reply(&mut vm.host, 0, o.poll, 0, etcd_reply(5, &["10.0.0.9:80"]));
+        assert_eq!(p.borrow().writes, writes, "same revision is not even parsed");
+
+        // Errors, garbage, timeouts and an empty answer (allow_empty false) never empty the service.
+        for bad in [
+            Reply::Failed("connection refused".into()),
+            Reply::ok(200, "<html>"),
+            Reply::ok(500, ""),
+            etcd_reply(6, &[]),
+        ] {
+            let o = next_request(&p, &mut vm, 0);
+            vm.engine.on_reply(&mut vm.host, 0, o.poll, 0, bad);
+            assert_eq!(published(&vm, "api").unwrap().version, 1);
+        }
+        let errors = vm.host.counter(0, Counter::Errors);
+        assert_eq!(errors, 3);
+        // No reply at all: the deadline (timeout 1 s + grace 2 s) fails the poll.
+        let out = run(&p, &mut vm, 40_000);
+        assert!(out.iter().any(|o| o.service == 0));
+        assert!(vm.host.counter(0, Counter::Errors) > errors);
+        assert_eq!(vm.host.counter(0, Counter::EmptyRejected), 1);
+        assert!(vm.host.logged("keeping the last 2 endpoints"));
+        assert_eq!(addrs(&published(&vm, "api").unwrap()).len(), 2);
+
+        // A real change publishes version 2.
+        let o = next_request(&p, &mut vm, 0);
+        vm.engine.on_reply(&mut vm.host, 0, o.poll, 0, etcd_reply(9, &["10.0.0.3:80"]));
+        let set = published(&vm, "api").unwrap();
+        assert_eq!((set.version, addrs(&set)), (2, vec!["10.0.0.3:80".to_owned()]));
+        assert_eq!(vm.host.counter(0, Counter::Updates), 2);
+    }
+
+    #[test]
+    fn error_backoff_doubles_up_to_max_retry() {
+        let p = proxy();
+        let mut vm = vm(&p);
+        let mut o = elect(&p, &mut vm).into_iter().find(|o| o.service == 0).unwrap();
+        let mut gaps = Vec::new();
+        let mut last = p.borrow().now_ms;
+        for _ in 0..7 {
+            vm.engine.on_reply(&mut vm.host, 0, o.poll, 0, Reply::Failed("refused".into()));
+            o = next_request(&p, &mut vm, 0);
+            let now = p.borrow().now_ms;
+            gaps.push((now - last) / 100 * 100);
+            last = now;
+        }
+        assert_eq!(gaps, [1_000, 2_000, 4_000, 8_000, 16_000, 30_000, 30_000]);
+    }
+
+    #[test]
+    fn consul_blocking_queries_and_allowed_empty() {
+        let p = proxy();
+        let mut vm = vm(&p);
+        let out = elect(&p, &mut vm);
+        let c = out.iter().find(|o| o.service == 2).unwrap().clone();
+        assert!(!c.request.path.contains("index="));
+        vm.engine.on_reply(&mut vm.host, 2, c.poll, 0, consul_reply(10, &["10.1.0.1:8000"]));
+        assert_eq!(published(&vm, "db").unwrap().version, 1);
+        // Re-polls on the next tick with the index, and a call timeout above the wait.
+        advance(&p, 100);
+        let c = vm.engine.tick(&mut vm.host).into_iter().find(|o| o.service == 2).unwrap();
+        assert!(c.request.path.contains("index=10&wait=10000ms"));
+        assert!(c.request.timeout > Duration::from_secs(10));
+        // The blocking query is held for 9 s: no deadline failure, no second request.
+        for _ in 0..90 {
+            advance(&p, 100);
+            assert!(vm.engine.tick(&mut vm.host).iter().all(|o| o.service != 2));
+        }
+        assert_eq!(vm.host.counter(2, Counter::Errors), 0);
+        // allow_empty: an empty answer is published.
+        vm.engine.on_reply(&mut vm.host, 2, c.poll, 0, consul_reply(11, &[]));
+        let set = published(&vm, "db").unwrap();
+        assert_eq!((set.version, set.endpoints.len()), (2, 0));
+    }
+
+    #[test]
+    fn one_poller_among_vms_and_takeover_keeps_sets() {
+        let p = proxy();
+        let mut vms: Vec<Vm> = (0..3).map(|_| vm(&p)).collect();
+        let mut requests = 0;
+        for _ in 0..10 {
+            for vm in &mut vms {
+                let out = vm.engine.tick(&mut vm.host);
+                requests += out.len();
+                for o in out.into_iter().filter(|o| o.service == 0) {
+                    vm.engine.on_reply(&mut vm.host, 0, o.poll, o.tag, etcd_reply(3, &["10.0.0.1:80"]));
+                }
+            }
+            advance(&p, 100);
+        }
+        assert_eq!(vms.iter().filter(|v| v.engine.is_leader()).count(), 1);
+        assert_eq!(requests, 2, "one etcd and one consul poll in total, not per VM");
+        let leader = vms.iter().position(|v| v.engine.is_leader()).unwrap();
+        // The leader goes away; a new one takes over, keeps the published set through errors
+        // and continues the version sequence.
+        let gone = vms.remove(leader);
+        drop(gone);
+        let mut new_leader = None;
+        for _ in 0..30 {
+            advance(&p, 100);
+            for (i, vm) in vms.iter_mut().enumerate() {
+                for o in vm.engine.tick(&mut vm.host).into_iter().filter(|o| o.service == 0) {
+                    new_leader = Some(i);
+                    vm.engine.on_reply(&mut vm.host, 0, o.poll, o.tag, Reply::Failed("etcd down".into()));
+                }
+            }
+        }
+        let n = new_leader.expect("takeover");
+        assert_eq!(addrs(&published(&vms[n], "api").unwrap()), ["10.0.0.1:80"]);
+        // Only the new leader ticks from here (the other would just stand by).
+        let vm = &mut vms[n];
+        let o = run(&p, vm, 3_000).into_iter().find(|o| o.service == 0).unwrap();
+        vm.engine.on_reply(&mut vm.host, 0, o.poll, 0, etcd_reply(4, &["10.0.0.1:80", "10.0.0.5:80"]));
+        assert_eq!(published(vm, "api").unwrap().version, 2);
+    }
+
+    #[test]
+    fn stale_and_unknown_replies_are_ignored() {
+        let p = proxy();
+        let mut vm = vm(&p);
+        let out = elect(&p, &mut vm);
+        let o = &out[0];
+        assert!(
+            vm.engine.on_reply(&mut vm.host, 0, o.poll + 100, 0, etcd_reply(1, &["10.0.0.1:1"])).is_empty()
+        );
+        assert!(vm.engine.on_reply(&mut vm.host, 0, o.poll, 7, etcd_reply(1, &["10.0.0.1:1"])).is_empty());
+        assert!(vm.engine.on_reply(&mut vm.host, 99, o.poll, 0, etcd_reply(1, &["10.0.0.1:1"])).is_empty());
+        assert!(published(&vm, "api").is_none());
+    }
+}

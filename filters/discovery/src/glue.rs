@@ -1,0 +1,259 @@
+//! proxy-wasm glue: maps root-context callbacks onto the [`Engine`] and implements the [`Host`] seam
+//! over hostcalls. Nothing happens per request: the HTTP contexts this plugin gets (when configured
+//! as an HTTP filter) just continue.
+
+use std::collections::HashMap;
+use std::time::{Duration, UNIX_EPOCH};
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{BufferType, ContextType, LogLevel, MapType, MetricType, Status};
+
+use crate::config::Plan;
+use crate::engine::{Engine, Outgoing};
+use crate::host::{Counter, Host, Level, SetError};
+use crate::http::Reply;
+use crate::lease::allocate_id;
+
+proxy_wasm::main! {{
+    std::panic::set_hook(Box::new(|info| {
+        let _ = hostcalls::log(LogLevel::Critical, &format!("meshwasm discovery: panic: {info}"));
+    }));
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+}}
+
+/// Metric ids of one service.
+struct ServiceMetrics {
+    counters: [Option<u32>; 4],
+    endpoints: Option<u32>,
+}
+
+#[derive(Default)]
+struct ProxyHost {
+    vm_id: String,
+    metrics: Vec<ServiceMetrics>,
+}
+
+impl ProxyHost {
+    fn define_metrics(&mut self, plan: &Plan) {
+        self.metrics = plan
+            .services
+            .iter()
+            .map(|s| {
+                let define = |kind, what: &str| {
+                    hostcalls::define_metric(kind, &format!("meshwasm_discovery.{}.{what}", s.name)).ok()
+                };
+                ServiceMetrics {
+                    counters: Counter::ALL.map(|c| define(MetricType::Counter, c.name())),
+                    endpoints: define(MetricType::Gauge, "endpoints"),
+                }
+            })
+            .collect();
+    }
+}
+
+impl Host for ProxyHost {
+    fn now_ms(&self) -> u64 {
+        hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        match hostcalls::get_shared_data(key) {
+            Ok((Some(v), cas)) => Some((v, cas.unwrap_or(0))),
+            _ => None,
+        }
+    }
+
+    fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(SetError::CasMismatch),
+            Err(_) => Err(SetError::Other),
+        }
+    }
+
+    fn enqueue(&mut self, queue: &str, msg: &[u8]) -> bool {
+        match hostcalls::resolve_shared_queue(&self.vm_id, queue) {
+            Ok(Some(id)) => hostcalls::enqueue_shared_queue(id, Some(msg)).is_ok(),
+            _ => false,
+        }
+    }
+
+    fn log(&mut self, level: Level, msg: &str) {
+        let level = match level {
+            Level::Debug => LogLevel::Debug,
+            Level::Info => LogLevel::Info,
+            Level::Warn => LogLevel::Warn,
+            Level::Error => LogLevel::Error,
+        };
+        let _ = hostcalls::log(level, msg);
+    }
+
+    fn count(&mut self, service: usize, counter: Counter) {
+        let i = Counter::ALL.iter().position(|c| *c == counter).unwrap_or(0);
+        if let Some(Some(id)) = self.metrics.get(service).map(|m| m.counters[i]) {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+    }
+
+    fn endpoints_gauge(&mut self, service: usize, value: u64) {
+        if let Some(Some(id)) = self.metrics.get(service).map(|m| m.endpoints) {
+            let _ = hostcalls::record_metric(id, value);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Root {
+    host: ProxyHost,
+    engine: Option<Engine>,
+    /// Dispatched calls: token → (service, poll, tag).
+    calls: HashMap<u32, (usize, u64, u32)>,
+}
+
+impl Root {
+    /// Sends requests; a dispatch that fails at once is answered as a failed reply (which may lead
+    /// to more requests, hence the work list).
+    fn dispatch(&mut self, mut work: Vec<Outgoing>) {
+        let Some(engine) = self.engine.as_mut() else { return };
+        while let Some(o) = work.pop() {
+            let Some(up) = engine.upstream(o.service) else { continue };
+            let mut headers: Vec<(&str, &str)> = vec![
+                (":method", o.request.method),
+                (":path", &o.request.path),
+                (":authority", &up.authority),
+            ];
+            headers.extend(o.request.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            let body = (!o.request.body.is_empty()).then_some(&o.request.body[..]);
+            match hostcalls::dispatch_http_call(&up.cluster, headers, body, vec![], o.request.timeout) {
+                Ok(token) => {
+                    self.calls.insert(token, (o.service, o.poll, o.tag));
+                }
+                Err(status) => {
+                    let why = format!(
+                        "dispatch to cluster `{}` failed ({status:?}); is the cluster defined?",
+                        up.cluster
+                    );
+                    work.extend(engine.on_reply(
+                        &mut self.host,
+                        o.service,
+                        o.poll,
+                        o.tag,
+                        Reply::Failed(why),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let Some((service, poll, tag)) = self.calls.remove(&token_id) else { return };
+        let reply = if num_headers == 0 {
+            Reply::Failed("no response (timeout, reset or no healthy upstream)".into())
+        } else {
+            let raw = hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders).unwrap_or_default();
+            let headers: Vec<(String, String)> = raw
+                .into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), String::from_utf8_lossy(&v).into_owned()))
+                .collect();
+            let status = crate::http::header(&headers, ":status").and_then(|s| s.parse::<u16>().ok());
+            match status {
+                Some(status) => {
+                    let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                        .ok()
+                        .flatten()
+                        .unwrap_or_default();
+                    Reply::Response { status, headers, body }
+                }
+                None => Reply::Failed("response without :status".into()),
+            }
+        };
+        let Some(engine) = self.engine.as_mut() else { return };
+        let more = engine.on_reply(&mut self.host, service, poll, tag, reply);
+        self.dispatch(more);
+    }
+
+    fn on_done(&mut self) -> bool {
+        if let Some(engine) = self.engine.as_mut() {
+            engine.shutdown(&mut self.host);
+        }
+        true
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let plan = match Plan::from_json(&bytes) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = hostcalls::log(
+                    LogLevel::Error,
+                    &format!("meshwasm discovery: rejected configuration: {e}"),
+                );
+                return false;
+            }
+        };
+        self.host.vm_id = hostcalls::get_property(vec!["plugin_vm_id"])
+            .ok()
+            .flatten()
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .unwrap_or_default();
+        self.host.define_metrics(&plan);
+        let id = allocate_id(&mut self.host);
+        let engine = match Engine::new(&plan, id) {
+            Ok(e) => e,
+            Err(e) => {
+                let _ = hostcalls::log(
+                    LogLevel::Error,
+                    &format!("meshwasm discovery: rejected configuration: {e}"),
+                );
+                return false;
+            }
+        };
+        let _ = hostcalls::log(
+            LogLevel::Info,
+            &format!(
+                "meshwasm discovery: VM {} configured with {} services",
+                engine.id(),
+                plan.services.len()
+            ),
+        );
+        self.engine = Some(engine);
+        let _ = hostcalls::set_tick_period(plan.tick.max(Duration::from_millis(10)));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(engine) = self.engine.as_mut() else { return };
+        let out = engine.tick(&mut self.host);
+        self.dispatch(out);
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(PassThrough))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct PassThrough;
+impl Context for PassThrough {}
+impl HttpContext for PassThrough {}

@@ -1,0 +1,144 @@
+//! Publishing endpoint sets per the `meshwasm-endpoints` contract: the set under `set_key(service)`
+//! with a version that only grows on a real change, the service in the services list, and a
+//! notification on every subscriber's queue.
+
+use meshwasm_endpoints::{Endpoint, EndpointSet, SERVICES_KEY, SUBSCRIBERS_KEY, Subscribers, set_key};
+
+use crate::host::{Host, SetError};
+
+/// Result of [`publish`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// The set in shared data already has these endpoints.
+    Unchanged {
+        version: u64,
+    },
+    Updated {
+        version: u64,
+        notified: usize,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    #[error("shared data kept changing under concurrent writes")]
+    Contended,
+    #[error("shared data refused the write")]
+    Refused,
+}
+
+/// The set currently published for `service`, if any (and readable).
+pub fn read_published(host: &impl Host, service: &str) -> Option<EndpointSet> {
+    let (bytes, _) = host.shared_get(&set_key(service))?;
+    EndpointSet::decode(&bytes).ok()
+}
+
+/// Publishes `endpoints` (canonical order) for `service` unless shared data already holds them.
+pub fn publish(
+    host: &mut impl Host,
+    service: &str,
+    endpoints: &[Endpoint],
+) -> Result<Published, PublishError> {
+    let key = set_key(service);
+    for _ in 0..8 {
+        let current = host.shared_get(&key);
+        let (old, cas) = match &current {
+            Some((bytes, cas)) => (EndpointSet::decode(bytes).ok(), Some(*cas)),
+            None => (None, None),
+        };
+        if let Some(old) = &old
+            && old.endpoints == endpoints
+        {
+            ensure_listed(host, service);
+            return Ok(Published::Unchanged { version: old.version });
+        }
+        // An unreadable old value (garbage, another format) is replaced, starting over at 1.
+        let version = old.map_or(1, |o| o.version + 1);
+        let set = EndpointSet { version, endpoints: endpoints.to_vec() };
+        match host.shared_set(&key, &set.encode(), cas) {
+            Ok(()) => {
+                ensure_listed(host, service);
+                let notified = notify(host, service);
+                return Ok(Published::Updated { version, notified });
+            }
+            Err(SetError::CasMismatch) => continue,
+            Err(SetError::Other) => return Err(PublishError::Refused),
+        }
+    }
+    Err(PublishError::Contended)
+}
+
+/// Adds `service` to the JSON list under [`SERVICES_KEY`] (CAS loop).
+fn ensure_listed(host: &mut impl Host, service: &str) {
+    for _ in 0..8 {
+        let (mut list, cas) = match host.shared_get(SERVICES_KEY) {
+            Some((bytes, cas)) => {
+                (serde_json::from_slice::<Vec<String>>(&bytes).unwrap_or_default(), Some(cas))
+            }
+            None => (Vec::new(), None),
+        };
+        if list.iter().any(|s| s == service) {
+            return;
+        }
+        list.push(service.to_owned());
+        list.sort();
+        let bytes = serde_json::to_vec(&list).unwrap_or_default();
+        if host.shared_set(SERVICES_KEY, &bytes, cas) != Err(SetError::CasMismatch) {
+            return;
+        }
+    }
+}
+
+/// Enqueues the service name on each subscriber queue; returns how many took it.
+fn notify(host: &mut impl Host, service: &str) -> usize {
+    let subscribers = host
+        .shared_get(SUBSCRIBERS_KEY)
+        .and_then(|(bytes, _)| Subscribers::decode(&bytes).ok())
+        .unwrap_or_default();
+    subscribers.0.iter().filter(|q| host.enqueue(q, service.as_bytes())).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use super::*;
+    use crate::host::fake::{FakeHost, Proxy};
+
+    fn ep(a: &str) -> Endpoint {
+        Endpoint::new(a.parse().unwrap())
+    }
+
+    #[test]
+    fn versions_grow_only_on_change_and_subscribers_hear() {
+        let proxy = Rc::new(RefCell::new(Proxy::default()));
+        proxy.borrow_mut().queues.insert("meshwasm.endpoints.v1.notify.a".into(), Default::default());
+        let mut h = FakeHost::new(proxy.clone());
+        let subs = Subscribers(vec![
+            "meshwasm.endpoints.v1.notify.a".into(),
+            "meshwasm.endpoints.v1.notify.gone".into(),
+        ]);
+        h.shared_set(SUBSCRIBERS_KEY, &subs.encode(), None).unwrap();
+
+        assert_eq!(
+            publish(&mut h, "api", &[ep("10.0.0.1:80")]),
+            Ok(Published::Updated { version: 1, notified: 1 })
+        );
+        assert_eq!(publish(&mut h, "api", &[ep("10.0.0.1:80")]), Ok(Published::Unchanged { version: 1 }));
+        assert_eq!(
+            publish(&mut h, "api", &[ep("10.0.0.1:80"), ep("10.0.0.2:80")]),
+            Ok(Published::Updated { version: 2, notified: 1 })
+        );
+        publish(&mut h, "db", &[ep("10.0.0.3:80")]).unwrap();
+        let set = read_published(&h, "api").unwrap();
+        assert_eq!((set.version, set.endpoints.len()), (2, 2));
+        let list: Vec<String> = serde_json::from_slice(&h.shared_get(SERVICES_KEY).unwrap().0).unwrap();
+        assert_eq!(list, ["api", "db"]);
+        let q = &proxy.borrow().queues["meshwasm.endpoints.v1.notify.a"];
+        assert_eq!(
+            q.iter().map(|m| String::from_utf8_lossy(m).into_owned()).collect::<Vec<_>>(),
+            ["api", "api", "db"]
+        );
+    }
+}

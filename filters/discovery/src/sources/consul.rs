@@ -1,0 +1,316 @@
+//! Consul's health API with blocking queries:
+//! `GET /v1/health/service/<name>?passing&index=<X-Consul-Index>&wait=30s`.
+//!
+//! Consul holds the request until the service's index passes the one given or `wait` expires (plus
+//! up to wait/16 of jitter), so the call timeout is set above that. A return does not guarantee a
+//! change (the set comparison decides), and an index that goes backwards (a Consul restart or
+//! snapshot restore) resets the cursor to 0, as Consul's documentation prescribes.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use meshwasm_endpoints::Endpoint;
+use serde::Deserialize;
+
+use super::{Outcome, SourceError, canonicalize, expect_ok, socket_addr};
+use crate::config::Dur;
+use crate::http::{Reply, Request, encode_component, header};
+
+/// `{"consul": {"cluster": "consul", "service": "api", "passing": true, "wait": "30s"}}`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsulConfig {
+    pub cluster: String,
+    #[serde(default)]
+    pub authority: Option<String>,
+    /// Extra request headers, e.g. `X-Consul-Token` (never logged).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Consul service name; defaults to the meshwasm service name.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// Ask Consul for instances whose checks all pass (`?passing`); default true.
+    #[serde(default = "yes")]
+    pub passing: bool,
+    /// Blocking-query wait; `"0s"` turns blocking off (plain polling every `refresh`). Default 30s.
+    #[serde(default = "default_wait")]
+    pub wait: Dur,
+    #[serde(default)]
+    pub datacenter: Option<String>,
+    /// Only instances with this tag.
+    #[serde(default)]
+    pub tag: Option<String>,
+    /// Service (then node) meta key holding the zone; default `zone`.
+    #[serde(default = "default_zone_key")]
+    pub zone_meta_key: String,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_wait() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn default_zone_key() -> String {
+    "zone".into()
+}
+
+#[derive(Debug)]
+pub struct Consul {
+    config: ConsulConfig,
+    service: String,
+    timeout: Duration,
+    index: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Entry {
+    node: Node,
+    service: Service,
+    #[serde(default)]
+    checks: Vec<Check>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Node {
+    #[serde(default)]
+    address: String,
+    #[serde(default)]
+    meta: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Service {
+    #[serde(default)]
+    address: String,
+    port: u16,
+    #[serde(default)]
+    tags: Option<Vec<String>>,
+    #[serde(default)]
+    meta: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    weights: Option<Weights>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Weights {
+    #[serde(default = "one")]
+    passing: u32,
+    #[serde(default = "one")]
+    warning: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Check {
+    #[serde(default)]
+    status: String,
+}
+
+impl Consul {
+    pub fn new(config: ConsulConfig, service_name: &str, timeout: Duration) -> Self {
+        let service = config.service.clone().unwrap_or_else(|| service_name.to_owned());
+        Self { config, service, timeout, index: 0 }
+    }
+
+    pub fn is_blocking(&self) -> bool {
+        !self.config.wait.0.is_zero()
+    }
+
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    pub fn reset_index(&mut self) {
+        self.index = 0;
+    }
+
+    pub fn request(&self) -> Request {
+        let mut path = format!("/v1/health/service/{}", encode_component(&self.service));
+        let mut sep = '?';
+        let mut push = |path: &mut String, kv: &str| {
+            path.push(sep);
+            path.push_str(kv);
+            sep = '&';
+        };
+        if self.config.passing {
+            push(&mut path, "passing");
+        }
+        if let Some(dc) = &self.config.datacenter {
+            push(&mut path, &format!("dc={}", encode_component(dc)));
+        }
+        if let Some(tag) = &self.config.tag {
+            push(&mut path, &format!("tag={}", encode_component(tag)));
+        }
+        let wait = self.config.wait.0;
+        let mut timeout = self.timeout;
+        if self.is_blocking() && self.index > 0 {
+            push(&mut path, &format!("index={}&wait={}ms", self.index, wait.as_millis()));
+            // Consul adds up to wait/16 of jitter before answering.
+            timeout += wait + wait / 16;
+        }
+        let mut req = Request::get(path, timeout).header("accept", "application/json");
+        req.headers.extend(self.config.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+        req
+    }
+
+    pub fn on_reply(&mut self, reply: Reply) -> Result<Outcome, SourceError> {
+        let (headers, body) = match expect_ok(reply) {
+            Ok(ok) => ok,
+            Err(e) => {
+                // Start over without blocking: the next answer must be a full, fresh one.
+                self.index = 0;
+                return Err(e);
+            }
+        };
+        let entries: Vec<Entry> = match serde_json::from_slice(&body) {
+            Ok(e) => e,
+            Err(e) => {
+                self.index = 0;
+                return Err(SourceError::malformed(e));
+            }
+        };
+        match header(&headers, "x-consul-index").map(|v| v.trim().parse::<u64>()) {
+            // Going backwards resets; 0 is never a valid cursor.
+            Some(Ok(i)) if i < self.index => self.index = 0,
+            Some(Ok(i)) => self.index = i,
+            _ if self.is_blocking() => {
+                self.index = 0;
+                return Err(SourceError::Malformed("missing or invalid X-Consul-Index header".into()));
+            }
+            _ => self.index = 0,
+        }
+        let mut endpoints = Vec::with_capacity(entries.len());
+        let mut skipped = 0;
+        for entry in entries {
+            match self.endpoint(entry) {
+                Some(e) => endpoints.push(e),
+                None => skipped += 1,
+            }
+        }
+        // Re-poll at once: a blocking query only returns when something changed or `wait` expired.
+        let next = self.is_blocking().then_some(Duration::ZERO);
+        Ok(Outcome::Endpoints { endpoints: canonicalize(endpoints), skipped, next })
+    }
+
+    fn endpoint(&self, entry: Entry) -> Option<Endpoint> {
+        let statuses = entry.checks.iter().map(|c| c.status.as_str());
+        let mut warning = false;
+        for s in statuses {
+            match s {
+                "passing" => {}
+                "warning" => warning = true,
+                // critical, maintenance or anything unknown: no traffic.
+                _ => return None,
+            }
+        }
+        if warning && self.config.passing {
+            return None;
+        }
+        let svc = entry.service;
+        let ip = if svc.address.is_empty() { &entry.node.address } else { &svc.address };
+        let address = socket_addr(ip, svc.port)?;
+        let weights = svc.weights.unwrap_or(Weights { passing: 1, warning: 1 });
+        let weight = if warning { weights.warning } else { weights.passing };
+        if weight == 0 {
+            return None;
+        }
+        let meta = svc.meta.unwrap_or_default();
+        let key = &self.config.zone_meta_key;
+        let zone =
+            meta.get(key).cloned().or_else(|| entry.node.meta.as_ref().and_then(|m| m.get(key).cloned()));
+        Some(Endpoint { address, weight, zone, tags: svc.tags.unwrap_or_default(), metadata: meta })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn consul(extra: &str) -> Consul {
+        let cfg: ConsulConfig = serde_json::from_str(&format!(r#"{{"cluster":"consul"{extra}}}"#)).unwrap();
+        Consul::new(cfg, "redis", Duration::from_secs(2))
+    }
+
+    fn reply(index: &str, body: &str) -> Reply {
+        Reply::Response {
+            status: 200,
+            headers: vec![("x-consul-index".into(), index.into())],
+            body: body.into(),
+        }
+    }
+
+    const DOC: &str = r#"[{"Node":{"ID":"40e4a748","Node":"n1","Address":"10.1.10.12","Datacenter":"dc1","Meta":{"zone":"z-node"}},
+        "Service":{"ID":"redis","Service":"redis","Tags":["primary"],"Address":"10.1.10.12","Port":8000,
+        "Meta":{"redis_version":"4.0"},"Weights":{"Passing":10,"Warning":1}},"Checks":[{"Status":"passing"}]},
+      {"Node":{"Node":"n2","Address":"10.1.10.13"},"Service":{"ID":"redis2","Service":"redis","Tags":null,"Address":"",
+        "Port":8001,"Meta":{"zone":"z2"},"Weights":{"Passing":1,"Warning":1}},"Checks":[{"Status":"passing"},{"Status":"warning"}]},
+      {"Node":{"Node":"n3","Address":"10.1.10.14"},"Service":{"ID":"redis3","Service":"redis","Address":"redis3.internal","Port":8002},
+        "Checks":[]}]"#;
+
+    #[test]
+    fn builds_blocking_query() {
+        let mut c = consul(r#","tag":"primary","datacenter":"dc 1""#);
+        let first = c.request();
+        assert_eq!(first.path, "/v1/health/service/redis?passing&dc=dc%201&tag=primary");
+        assert_eq!(first.timeout, Duration::from_secs(2));
+        c.on_reply(reply("42", "[]")).unwrap();
+        let next = c.request();
+        assert_eq!(next.path, "/v1/health/service/redis?passing&dc=dc%201&tag=primary&index=42&wait=30000ms");
+        assert!(next.timeout > Duration::from_secs(30) + Duration::from_millis(1875));
+    }
+
+    #[test]
+    fn parses_entries_with_fallbacks_and_weights() {
+        let mut c = consul(r#","passing":false"#);
+        let Outcome::Endpoints { endpoints, skipped, next } = c.on_reply(reply("5", DOC)).unwrap() else {
+            panic!()
+        };
+        assert_eq!(next, Some(Duration::ZERO));
+        assert_eq!(skipped, 1, "hostname service address is not usable");
+        assert_eq!(endpoints.len(), 2);
+        let a = &endpoints[0];
+        assert_eq!(a.address.to_string(), "10.1.10.12:8000");
+        assert_eq!(
+            (a.weight, a.zone.as_deref(), a.tags.as_slice()),
+            (10, Some("z-node"), &["primary".to_owned()][..])
+        );
+        let b = &endpoints[1];
+        assert_eq!(
+            b.address.to_string(),
+            "10.1.10.13:8001",
+            "empty Service.Address falls back to Node.Address"
+        );
+        assert_eq!((b.weight, b.zone.as_deref()), (1, Some("z2")));
+    }
+
+    #[test]
+    fn passing_excludes_warning_instances() {
+        let mut c = consul("");
+        let Outcome::Endpoints { endpoints, .. } = c.on_reply(reply("5", DOC)).unwrap() else { panic!() };
+        assert_eq!(endpoints.len(), 1);
+    }
+
+    #[test]
+    fn index_backwards_resets_and_errors_reset() {
+        let mut c = consul("");
+        c.on_reply(reply("100", "[]")).unwrap();
+        assert_eq!(c.index(), 100);
+        c.on_reply(reply("7", "[]")).unwrap();
+        assert_eq!(c.index(), 0);
+        assert!(!c.request().path.contains("index="));
+        c.on_reply(reply("8", "[]")).unwrap();
+        assert!(c.on_reply(reply("9", "{not json")).is_err());
+        assert_eq!(c.index(), 0);
+        assert!(c.on_reply(Reply::ok(200, "[]")).is_err(), "blocking needs X-Consul-Index");
+        assert!(matches!(c.on_reply(Reply::ok(500, "")), Err(SourceError::Status(500))));
+    }
+}
