@@ -1,0 +1,573 @@
+//! Plugin configuration: parsed and checked once in `on_configure` into an immutable [`Plan`].
+//! Every field is documented, with defaults, in the crate README.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use meshwasm_endpoints::Endpoint;
+use serde::Deserialize;
+
+use crate::maglev::{DEFAULT_TABLE_SIZE, is_prime};
+use crate::outlier::OutlierPolicy;
+use crate::slow_start::SlowStartPolicy;
+
+/// Why a configuration was rejected; the message names the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("meshwasm balancer: configuration is not valid JSON for this filter: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("meshwasm balancer: {0}")]
+    Invalid(String),
+}
+
+fn invalid(msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(msg.into())
+}
+
+/// A duration written as `"250ms"`, `"30s"`, `"5m"` or `"1h"`, stored in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Millis(pub u64);
+
+impl<'de> Deserialize<'de> for Millis {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s).map(Millis).ok_or_else(|| {
+            serde::de::Error::custom(format!("`{s}` is not a duration (use e.g. \"250ms\", \"30s\", \"5m\")"))
+        })
+    }
+}
+
+fn parse_duration(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    #[default]
+    RoundRobin,
+    WeightedRoundRobin,
+    Random,
+    WeightedRandom,
+    LeastRequest,
+    RingHash,
+    Maglev,
+}
+
+impl Algorithm {
+    pub fn uses_weights(self) -> bool {
+        !matches!(self, Self::RoundRobin | Self::Random)
+    }
+    pub fn is_hash(self) -> bool {
+        matches!(self, Self::RingHash | Self::Maglev)
+    }
+}
+
+/// Where the request's service name comes from; the first source that yields a name wins.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ServiceSource {
+    /// The value of this request header.
+    Header(String),
+    /// `:authority` without its port.
+    Authority,
+    /// A service for paths starting with `prefix`.
+    Route { prefix: String, service: String },
+    /// Always this service.
+    Fixed(String),
+}
+
+/// What a ring-hash or Maglev key is computed from; the first source present in the request wins.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum HashSource {
+    Header(String),
+    Cookie(String),
+    SourceIp,
+    Path,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_endpoint_header")]
+    endpoint_header: String,
+    #[serde(default = "default_service_from")]
+    service_from: Vec<ServiceSource>,
+    services: BTreeMap<String, RawService>,
+    #[serde(default)]
+    seed: Option<u64>,
+    #[serde(default = "default_refresh")]
+    refresh_interval: Millis,
+}
+
+fn default_endpoint_header() -> String {
+    "x-meshwasm-endpoint".into()
+}
+fn default_service_from() -> Vec<ServiceSource> {
+    vec![ServiceSource::Header("x-meshwasm-service".into()), ServiceSource::Authority]
+}
+fn default_refresh() -> Millis {
+    Millis(1000)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawEndpoint {
+    Address(SocketAddr),
+    Full(FullEndpoint),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FullEndpoint {
+    address: SocketAddr,
+    #[serde(default = "one")]
+    weight: u32,
+    #[serde(default)]
+    zone: Option<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLeastRequest {
+    choice_count: Option<u32>,
+    active_request_bias: Option<f64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRingHash {
+    min_ring_size: Option<u64>,
+    max_ring_size: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMaglev {
+    table_size: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutlier {
+    #[serde(default = "yes")]
+    enabled: bool,
+    consecutive_failures: Option<u32>,
+    base_ejection_time: Option<Millis>,
+    max_ejection_time: Option<Millis>,
+    max_ejection_percent: Option<u32>,
+    interval: Option<Millis>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSlowStart {
+    window: Millis,
+    aggression: Option<f64>,
+    min_weight_percent: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawZoneAware {
+    local_zone: String,
+    min_healthy_percent: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    #[serde(default)]
+    algorithm: Algorithm,
+    #[serde(default)]
+    endpoints: Option<Vec<RawEndpoint>>,
+    #[serde(default)]
+    hash_key: Vec<HashSource>,
+    least_request: Option<RawLeastRequest>,
+    ring_hash: Option<RawRingHash>,
+    maglev: Option<RawMaglev>,
+    outlier_detection: Option<RawOutlier>,
+    panic_threshold_percent: Option<u32>,
+    slow_start: Option<RawSlowStart>,
+    zone_aware: Option<RawZoneAware>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ZonePolicy {
+    pub local_zone: String,
+    pub min_healthy_percent: u32,
+}
+
+/// One service's checked balancing policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub algorithm: Algorithm,
+    pub hash_key: Vec<HashSource>,
+    pub choice_count: u32,
+    pub active_request_bias: f64,
+    pub min_ring_size: u64,
+    pub max_ring_size: u64,
+    pub maglev_table_size: u64,
+    pub outlier: Option<OutlierPolicy>,
+    pub panic_threshold_percent: u32,
+    pub slow_start: Option<SlowStartPolicy>,
+    pub zone_aware: Option<ZonePolicy>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            algorithm: Algorithm::RoundRobin,
+            hash_key: Vec::new(),
+            choice_count: 2,
+            active_request_bias: 1.0,
+            min_ring_size: 1024,
+            max_ring_size: 8 << 20,
+            maglev_table_size: DEFAULT_TABLE_SIZE,
+            outlier: Some(OutlierPolicy::default()),
+            panic_threshold_percent: 50,
+            slow_start: None,
+            zone_aware: None,
+        }
+    }
+}
+
+/// Where a service's endpoints come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EndpointSource {
+    Static(Vec<Endpoint>),
+    /// Published by the discovery filter in shared data.
+    Discovery,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServicePlan {
+    pub name: String,
+    pub policy: Rc<Policy>,
+    pub endpoints: EndpointSource,
+}
+
+/// The whole checked configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub endpoint_header: String,
+    pub service_from: Vec<ServiceSource>,
+    pub services: Vec<ServicePlan>,
+    pub seed: Option<u64>,
+    pub refresh_interval_ms: u64,
+}
+
+fn is_header_name(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+impl Plan {
+    pub fn parse(bytes: &[u8]) -> Result<Self, ConfigError> {
+        let raw: RawConfig = serde_json::from_slice(bytes)?;
+        if !is_header_name(&raw.endpoint_header) {
+            return Err(invalid(format!(
+                "endpoint_header `{}` must be a lowercase header name",
+                raw.endpoint_header
+            )));
+        }
+        if raw.service_from.is_empty() {
+            return Err(invalid("service_from must list at least one source"));
+        }
+        for s in &raw.service_from {
+            match s {
+                ServiceSource::Header(h) if !is_header_name(h) => {
+                    return Err(invalid(format!("service_from: header `{h}` must be a lowercase header name")));
+                }
+                ServiceSource::Route { prefix, service } if !prefix.starts_with('/') => {
+                    return Err(invalid(format!(
+                        "service_from: route to `{service}`: prefix `{prefix}` must start with `/`"
+                    )));
+                }
+                ServiceSource::Route { service, .. } | ServiceSource::Fixed(service)
+                    if !raw.services.contains_key(service) =>
+                {
+                    return Err(invalid(format!("service_from: service `{service}` is not under services")));
+                }
+                _ => {}
+            }
+        }
+        if raw.services.is_empty() {
+            return Err(invalid("services must name at least one service"));
+        }
+        if raw.refresh_interval.0 == 0 {
+            return Err(invalid("refresh_interval must be greater than 0"));
+        }
+        let services = raw
+            .services
+            .into_iter()
+            .map(|(name, s)| check_service(&name, s).map_err(|e| invalid(format!("service `{name}`: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            endpoint_header: raw.endpoint_header,
+            service_from: raw.service_from,
+            services,
+            seed: raw.seed,
+            refresh_interval_ms: raw.refresh_interval.0,
+        })
+    }
+}
+
+fn check_service(name: &str, s: RawService) -> Result<ServicePlan, String> {
+    if name.is_empty() || name.len() > 253 {
+        return Err("a service name must have 1 to 253 characters".into());
+    }
+    let mut p = Policy { algorithm: s.algorithm, ..Policy::default() };
+    let section_mismatch = |section: &str, wanted: Algorithm| {
+        format!("{section} is set but algorithm is {:?}, not {wanted:?}", s.algorithm)
+    };
+    if let Some(lr) = s.least_request {
+        if s.algorithm != Algorithm::LeastRequest {
+            return Err(section_mismatch("least_request", Algorithm::LeastRequest));
+        }
+        p.choice_count = lr.choice_count.unwrap_or(2);
+        if !(2..=100).contains(&p.choice_count) {
+            return Err(format!("least_request.choice_count {} must be 2..=100", p.choice_count));
+        }
+        p.active_request_bias = lr.active_request_bias.unwrap_or(1.0);
+        if !(0.0..=10.0).contains(&p.active_request_bias) {
+            return Err(format!("least_request.active_request_bias {} must be 0..=10", p.active_request_bias));
+        }
+    }
+    if let Some(r) = s.ring_hash {
+        if s.algorithm != Algorithm::RingHash {
+            return Err(section_mismatch("ring_hash", Algorithm::RingHash));
+        }
+        p.min_ring_size = r.min_ring_size.unwrap_or(p.min_ring_size);
+        p.max_ring_size = r.max_ring_size.unwrap_or(p.max_ring_size);
+        if p.min_ring_size == 0 || p.min_ring_size > p.max_ring_size || p.max_ring_size > 8 << 20 {
+            return Err(format!(
+                "ring_hash: need 1 <= min_ring_size ({}) <= max_ring_size ({}) <= 8388608",
+                p.min_ring_size, p.max_ring_size
+            ));
+        }
+    }
+    if let Some(m) = s.maglev {
+        if s.algorithm != Algorithm::Maglev {
+            return Err(section_mismatch("maglev", Algorithm::Maglev));
+        }
+        p.maglev_table_size = m.table_size.unwrap_or(DEFAULT_TABLE_SIZE);
+        if !is_prime(p.maglev_table_size) || p.maglev_table_size > 5_000_011 {
+            return Err(format!(
+                "maglev.table_size {} must be a prime no larger than 5000011 (e.g. 65537)",
+                p.maglev_table_size
+            ));
+        }
+    }
+    if s.algorithm.is_hash() {
+        if s.hash_key.is_empty() {
+            return Err("hash_key must list at least one source for ring_hash and maglev".into());
+        }
+    } else if !s.hash_key.is_empty() {
+        return Err(format!("hash_key is only used by ring_hash and maglev, not {:?}", s.algorithm));
+    }
+    for k in &s.hash_key {
+        match k {
+            HashSource::Header(h) if !is_header_name(h) => {
+                return Err(format!("hash_key: header `{h}` must be a lowercase header name"));
+            }
+            HashSource::Cookie(c) if c.is_empty() || c.contains([';', '=', ' ']) => {
+                return Err(format!("hash_key: cookie name `{c}` is not valid"));
+            }
+            _ => {}
+        }
+    }
+    p.hash_key = s.hash_key;
+    if let Some(o) = s.outlier_detection {
+        p.outlier = if o.enabled {
+            let d = OutlierPolicy::default();
+            let policy = OutlierPolicy {
+                consecutive_failures: o.consecutive_failures.unwrap_or(d.consecutive_failures),
+                base_ejection_ms: o.base_ejection_time.map_or(d.base_ejection_ms, |m| m.0),
+                max_ejection_ms: o.max_ejection_time.map_or(d.max_ejection_ms, |m| m.0),
+                max_ejection_percent: o.max_ejection_percent.unwrap_or(d.max_ejection_percent),
+                interval_ms: o.interval.map_or(d.interval_ms, |m| m.0),
+            };
+            if policy.consecutive_failures == 0 {
+                return Err("outlier_detection.consecutive_failures must be at least 1".into());
+            }
+            if policy.max_ejection_percent > 100 {
+                return Err("outlier_detection.max_ejection_percent must be 0..=100".into());
+            }
+            if policy.base_ejection_ms == 0 {
+                return Err("outlier_detection.base_ejection_time must be greater than 0".into());
+            }
+            if policy.max_ejection_ms < policy.base_ejection_ms {
+                return Err("outlier_detection.max_ejection_time must be at least base_ejection_time".into());
+            }
+            Some(policy)
+        } else {
+            None
+        };
+    }
+    if let Some(t) = s.panic_threshold_percent {
+        if t > 100 {
+            return Err(format!("panic_threshold_percent {t} must be 0..=100"));
+        }
+        p.panic_threshold_percent = t;
+    }
+    if let Some(ss) = s.slow_start {
+        if s.algorithm.is_hash() {
+            return Err("slow_start does not apply to ring_hash or maglev".into());
+        }
+        let policy = SlowStartPolicy {
+            window_ms: ss.window.0,
+            aggression: ss.aggression.unwrap_or(1.0),
+            min_weight_percent: ss.min_weight_percent.unwrap_or(10),
+        };
+        if policy.window_ms == 0 {
+            return Err("slow_start.window must be greater than 0".into());
+        }
+        if !(policy.aggression > 0.0 && policy.aggression <= 100.0) {
+            return Err(format!("slow_start.aggression {} must be in (0, 100]", policy.aggression));
+        }
+        if !(1..=100).contains(&policy.min_weight_percent) {
+            return Err("slow_start.min_weight_percent must be 1..=100".into());
+        }
+        p.slow_start = Some(policy);
+    }
+    if let Some(z) = s.zone_aware {
+        if z.local_zone.is_empty() {
+            return Err("zone_aware.local_zone must not be empty".into());
+        }
+        let min = z.min_healthy_percent.unwrap_or(70);
+        if !(1..=100).contains(&min) {
+            return Err("zone_aware.min_healthy_percent must be 1..=100".into());
+        }
+        p.zone_aware = Some(ZonePolicy { local_zone: z.local_zone, min_healthy_percent: min });
+    }
+    let endpoints = match s.endpoints {
+        None => EndpointSource::Discovery,
+        Some(list) => {
+            let mut out = Vec::with_capacity(list.len());
+            for e in list {
+                let ep = match e {
+                    RawEndpoint::Address(a) => Endpoint::new(a),
+                    RawEndpoint::Full(f) => {
+                        if f.weight == 0 {
+                            return Err(format!("endpoints: {}: weight must be at least 1", f.address));
+                        }
+                        let mut ep = Endpoint::new(f.address);
+                        ep.weight = f.weight;
+                        ep.zone = f.zone;
+                        ep
+                    }
+                };
+                if out.iter().any(|o: &Endpoint| o.address == ep.address) {
+                    return Err(format!("endpoints: {} is listed twice", ep.address));
+                }
+                out.push(ep);
+            }
+            EndpointSource::Static(out)
+        }
+    };
+    Ok(ServicePlan { name: name.to_owned(), policy: Rc::new(p), endpoints })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(json: &str) -> String {
+        Plan::parse(json.as_bytes()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let plan = Plan::parse(
+            br#"{
+              "endpoint_header": "x-picked",
+              "service_from": [{"route": {"prefix": "/api/", "service": "api"}}, {"header": "x-svc"}, "authority"],
+              "seed": 7,
+              "refresh_interval": "2s",
+              "services": {
+                "api": {
+                  "algorithm": "maglev",
+                  "hash_key": [{"header": "x-user"}, {"cookie": "sid"}, "source_ip", "path"],
+                  "maglev": {"table_size": 251},
+                  "endpoints": ["10.0.0.1:80", {"address": "10.0.0.2:80", "weight": 3, "zone": "b"}],
+                  "outlier_detection": {"consecutive_failures": 3, "base_ejection_time": "10s",
+                                        "max_ejection_time": "1m", "max_ejection_percent": 50, "interval": "5s"},
+                  "panic_threshold_percent": 0,
+                  "zone_aware": {"local_zone": "a", "min_healthy_percent": 60}
+                },
+                "web": {"algorithm": "least_request", "least_request": {"choice_count": 3},
+                        "slow_start": {"window": "30s"}, "outlier_detection": {"enabled": false}}
+              }
+            }"#,
+        )
+        .unwrap();
+        assert_eq!(plan.endpoint_header, "x-picked");
+        assert_eq!(plan.refresh_interval_ms, 2000);
+        let api = &plan.services[0];
+        assert_eq!(api.policy.maglev_table_size, 251);
+        assert_eq!(api.policy.outlier.as_ref().unwrap().base_ejection_ms, 10_000);
+        let EndpointSource::Static(eps) = &api.endpoints else { panic!() };
+        assert_eq!((eps[1].weight, eps[1].zone.as_deref()), (3, Some("b")));
+        let web = &plan.services[1];
+        assert_eq!(web.endpoints, EndpointSource::Discovery);
+        assert_eq!(web.policy.choice_count, 3);
+        assert!(web.policy.outlier.is_none());
+        assert_eq!(web.policy.slow_start.as_ref().unwrap().window_ms, 30_000);
+    }
+
+    #[test]
+    fn defaults() {
+        let plan = Plan::parse(br#"{"services": {"api": {}}}"#).unwrap();
+        assert_eq!(plan.endpoint_header, "x-meshwasm-endpoint");
+        assert_eq!(plan.service_from, default_service_from());
+        assert_eq!(*plan.services[0].policy, Policy::default());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert!(err(r#"{"services": {"api": {"algoritm": "random"}}}"#).contains("algoritm"));
+        assert!(err(r#"{"services": {"api": {"algorithm": "fastest"}}}"#).contains("fastest"));
+        assert!(err(r#"{"services": {"api": {"algorithm": "maglev", "hash_key": ["path"], "maglev": {"table_size": 1000}}}}"#).contains("maglev.table_size 1000"));
+        assert!(err(r#"{"services": {"api": {"algorithm": "maglev"}}}"#).contains("hash_key"));
+        assert!(err(r#"{"services": {"api": {"least_request": {}}}}"#).contains("least_request is set"));
+        assert!(err(r#"{"services": {"api": {"outlier_detection": {"base_ejection_time": "3 days"}}}}"#).contains("not a duration"));
+        assert!(err(r#"{"services": {"api": {"panic_threshold_percent": 101}}}"#).contains("panic_threshold_percent"));
+        assert!(err(r#"{"services": {"api": {"endpoints": ["10.0.0.1:80", "10.0.0.1:80"]}}}"#).contains("twice"));
+        assert!(err(r#"{"services": {"api": {"endpoints": ["host:80"]}}}"#).contains("did not match"));
+        assert!(err(r#"{"service_from": [{"fixed": "nope"}], "services": {"api": {}}}"#).contains("`nope`"));
+        assert!(err(r#"{"endpoint_header": "X-Bad Header", "services": {"api": {}}}"#).contains("endpoint_header"));
+        assert!(err(r#"{"services": {}}"#).contains("at least one service"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Some(250));
+        assert_eq!(parse_duration("30s"), Some(30_000));
+        assert_eq!(parse_duration("5m"), Some(300_000));
+        assert_eq!(parse_duration("1h"), Some(3_600_000));
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("s"), None);
+        assert_eq!(parse_duration("-5s"), None);
+    }
+}

@@ -1,0 +1,419 @@
+//! proxy-wasm glue: maps Envoy callbacks onto the pure logic. Compiled for wasm32 only.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use meshwasm_endpoints::{
+    EndpointSet, NOTIFY_QUEUE_PREFIX, SUBSCRIBERS_KEY, Subscribers, set_key,
+};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType, Status};
+
+use crate::config::{EndpointSource, Plan};
+use crate::hash::xxh64;
+use crate::request::{RequestView, key_hash, service_name};
+use crate::service::{Event, Outcome, Picked, ServiceBalancer};
+
+/// Shared-data key of the counter that makes notify-queue names unique per VM.
+const QUEUE_SEQ_KEY: &str = "meshwasm.balancer.v1.queue_seq";
+/// Envoy response flags that mean the upstream failed: UT, UR, UF, UC.
+const UPSTREAM_FAILURE_FLAGS: u64 = 0x4 | 0x10 | 0x20 | 0x40;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    std::panic::set_hook(Box::new(|info| {
+        let _ = hostcalls::log(LogLevel::Critical, &format!("meshwasm balancer: panic: {info}"));
+    }));
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
+        Box::new(Root { context_id, state: None, queue: None })
+    });
+}}
+
+fn log(level: LogLevel, msg: &str) {
+    let _ = hostcalls::log(level, msg);
+}
+
+fn now_ms(ctx: &dyn Context) -> u64 {
+    ctx.get_current_time().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn counter(name: &str) -> Option<u32> {
+    hostcalls::define_metric(MetricType::Counter, name).ok()
+}
+
+fn bump(metric: Option<u32>) {
+    if let Some(id) = metric {
+        let _ = hostcalls::increment_metric(id, 1);
+    }
+}
+
+struct ServiceState {
+    lb: ServiceBalancer,
+    discovered: bool,
+    /// CAS of the shared-data entry last read, to skip unchanged sets.
+    last_cas: Option<u32>,
+    picks: HashMap<SocketAddr, Option<u32>>,
+    ejections: Option<u32>,
+    panic_entries: Option<u32>,
+    no_healthy: Option<u32>,
+    updates: Option<u32>,
+    bad_sets: Option<u32>,
+}
+
+impl ServiceState {
+    fn metric(name: &str, what: &str) -> Option<u32> {
+        counter(&format!("meshwasm_balancer.{name}.{what}"))
+    }
+
+    fn count_pick(&mut self, name: &str, address: SocketAddr) {
+        let id = *self.picks.entry(address).or_insert_with(|| {
+            let label: String =
+                address.to_string().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+            counter(&format!("meshwasm_balancer.{name}.endpoint.{label}.picks"))
+        });
+        bump(id);
+    }
+
+    fn flush_events(&mut self, name: &str) {
+        let events: Vec<Event> = self.lb.drain_events().collect();
+        for e in events {
+            match e {
+                Event::Ejected { address, for_ms } => {
+                    bump(self.ejections);
+                    log(LogLevel::Warn, &format!("meshwasm balancer: service `{name}`: ejected {address} for {for_ms} ms"));
+                }
+                Event::Returned { address } => {
+                    log(LogLevel::Info, &format!("meshwasm balancer: service `{name}`: {address} is back"));
+                }
+                Event::PanicEntered { healthy, total } => {
+                    bump(self.panic_entries);
+                    log(
+                        LogLevel::Warn,
+                        &format!(
+                            "meshwasm balancer: service `{name}`: panic mode, only {healthy} of {total} endpoints \
+                             healthy: balancing over all"
+                        ),
+                    );
+                }
+                Event::PanicExited => {
+                    log(LogLevel::Info, &format!("meshwasm balancer: service `{name}`: panic mode over"));
+                }
+            }
+        }
+    }
+}
+
+struct State {
+    plan: Rc<Plan>,
+    services: HashMap<String, ServiceState>,
+}
+
+impl State {
+    /// Re-reads a discovered service's set from shared data; rebuilds only on a new version.
+    fn refresh(&mut self, name: &str, now: u64) {
+        let Some(s) = self.services.get_mut(name) else { return };
+        if !s.discovered {
+            return;
+        }
+        let (bytes, cas) = match hostcalls::get_shared_data(&set_key(name)) {
+            Ok(v) => v,
+            Err(_) => return,
+        };
+        let Some(bytes) = bytes else { return };
+        if cas.is_some() && cas == s.last_cas {
+            return;
+        }
+        s.last_cas = cas;
+        match EndpointSet::decode(&bytes) {
+            Ok(set) => {
+                let (version, len) = (set.version, set.endpoints.len());
+                if s.lb.set_endpoints(set, now) {
+                    bump(s.updates);
+                    log(
+                        LogLevel::Info,
+                        &format!("meshwasm balancer: service `{name}`: endpoint set version {version}, {len} endpoints"),
+                    );
+                    s.flush_events(name);
+                }
+            }
+            Err(e) => {
+                bump(s.bad_sets);
+                log(LogLevel::Warn, &format!("meshwasm balancer: service `{name}`: keeping the last set: {e}"));
+            }
+        }
+    }
+}
+
+struct Root {
+    context_id: u32,
+    state: Option<Rc<RefCell<State>>>,
+    queue: Option<u32>,
+}
+
+impl Root {
+    /// Registers this VM's notify queue (once) and makes sure it is on the subscriber list.
+    fn subscribe(&mut self) {
+        let name = match self.queue {
+            Some(_) => None,
+            None => {
+                let Some(seq) = next_queue_seq() else {
+                    log(LogLevel::Warn, "meshwasm balancer: cannot allocate a notify queue; relying on the tick");
+                    return;
+                };
+                let name = format!("{NOTIFY_QUEUE_PREFIX}balancer.{seq}");
+                match hostcalls::register_shared_queue(&name) {
+                    Ok(id) => {
+                        self.queue = Some(id);
+                        Some(name)
+                    }
+                    Err(e) => {
+                        log(LogLevel::Warn, &format!("meshwasm balancer: cannot register queue {name}: {e:?}"));
+                        return;
+                    }
+                }
+            }
+        };
+        if let Some(name) = name {
+            QUEUE_NAME.with(|q| *q.borrow_mut() = Some(name));
+        }
+        let Some(name) = QUEUE_NAME.with(|q| q.borrow().clone()) else { return };
+        for _ in 0..10 {
+            let (bytes, cas) = hostcalls::get_shared_data(SUBSCRIBERS_KEY).unwrap_or((None, None));
+            let mut subs = match Subscribers::decode(bytes.as_deref().unwrap_or_default()) {
+                Ok(s) => s,
+                Err(e) => {
+                    log(LogLevel::Warn, &format!("meshwasm balancer: subscriber list is not valid, replacing it: {e}"));
+                    Subscribers::default()
+                }
+            };
+            if !subs.add(&name) {
+                return;
+            }
+            match hostcalls::set_shared_data(SUBSCRIBERS_KEY, Some(&subs.encode()), cas) {
+                Ok(()) => {}
+                Err(Status::CasMismatch) => continue,
+                Err(e) => {
+                    log(LogLevel::Warn, &format!("meshwasm balancer: cannot subscribe: {e:?}"));
+                    return;
+                }
+            }
+            // Without a CAS (first writer) a concurrent writer may have won: loop to verify.
+        }
+    }
+}
+
+thread_local! {
+    static QUEUE_NAME: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+fn next_queue_seq() -> Option<u64> {
+    for _ in 0..20 {
+        let (bytes, cas) = hostcalls::get_shared_data(QUEUE_SEQ_KEY).ok()?;
+        let n: u64 = bytes.and_then(|b| String::from_utf8(b).ok()).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let next = n + 1;
+        match hostcalls::set_shared_data(QUEUE_SEQ_KEY, Some(next.to_string().as_bytes()), cas.or(Some(0))) {
+            Ok(()) => return Some(next),
+            Err(Status::CasMismatch) => continue,
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        let plan = match Plan::parse(&bytes) {
+            Ok(p) => Rc::new(p),
+            Err(e) => {
+                log(LogLevel::Error, &e.to_string());
+                return false;
+            }
+        };
+        let now = now_ms(self);
+        let base_seed = plan.seed.unwrap_or_else(|| {
+            let nanos = self.get_current_time().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+            nanos ^ u64::from(self.context_id).rotate_left(32)
+        });
+        let mut services = HashMap::new();
+        let mut any_discovered = false;
+        for sp in &plan.services {
+            let mut lb = ServiceBalancer::new(Rc::clone(&sp.policy), base_seed ^ xxh64(sp.name.as_bytes(), 0));
+            let discovered = match &sp.endpoints {
+                EndpointSource::Static(eps) => {
+                    lb.set_endpoints(EndpointSet { version: 1, endpoints: eps.clone() }, now);
+                    false
+                }
+                EndpointSource::Discovery => true,
+            };
+            any_discovered |= discovered;
+            let name = &sp.name;
+            services.insert(
+                name.clone(),
+                ServiceState {
+                    lb,
+                    discovered,
+                    last_cas: None,
+                    picks: HashMap::new(),
+                    ejections: ServiceState::metric(name, "ejections"),
+                    panic_entries: ServiceState::metric(name, "panic_entries"),
+                    no_healthy: ServiceState::metric(name, "no_healthy_upstream"),
+                    updates: ServiceState::metric(name, "endpoint_set_updates"),
+                    bad_sets: ServiceState::metric(name, "bad_endpoint_sets"),
+                },
+            );
+        }
+        let mut state = State { plan: Rc::clone(&plan), services };
+        let names: Vec<String> = state.services.keys().cloned().collect();
+        for n in &names {
+            state.refresh(n, now);
+        }
+        self.state = Some(Rc::new(RefCell::new(state)));
+        if any_discovered {
+            self.subscribe();
+        }
+        self.set_tick_period(Duration::from_millis(plan.refresh_interval_ms));
+        log(
+            LogLevel::Info,
+            &format!("meshwasm balancer: configured {} services, steering header {}", names.len(), plan.endpoint_header),
+        );
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(state) = self.state.clone() else { return };
+        let now = now_ms(self);
+        let discovered = {
+            let Ok(mut st) = state.try_borrow_mut() else { return };
+            let names: Vec<String> = st.services.iter().filter(|(_, s)| s.discovered).map(|(n, _)| n.clone()).collect();
+            for n in &names {
+                st.refresh(n, now);
+            }
+            !names.is_empty()
+        };
+        if discovered {
+            self.subscribe();
+        }
+    }
+
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        let Some(state) = self.state.clone() else { return };
+        let now = now_ms(self);
+        let Ok(mut st) = state.try_borrow_mut() else { return };
+        while let Ok(Some(msg)) = hostcalls::dequeue_shared_queue(queue_id) {
+            if let Ok(name) = std::str::from_utf8(&msg) {
+                st.refresh(name.trim(), now);
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let state = self.state.clone()?;
+        Some(Box::new(Http { state, ticket: None, status: None, now: 0 }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Http {
+    state: Rc<RefCell<State>>,
+    /// The service and endpoint picked for this request.
+    ticket: Option<(String, Picked)>,
+    status: Option<u32>,
+    now: u64,
+}
+
+struct View<'a>(&'a Http);
+
+impl RequestView for View<'_> {
+    fn header(&self, name: &str) -> Option<Vec<u8>> {
+        self.0.get_http_request_header_bytes(name)
+    }
+    fn source_address(&self) -> Option<String> {
+        self.0.get_property(vec!["source", "address"]).and_then(|b| String::from_utf8(b).ok())
+    }
+}
+
+impl Http {
+    fn finish(&mut self, outcome: Outcome) {
+        let Some((name, picked)) = self.ticket.take() else { return };
+        let Ok(mut st) = self.state.try_borrow_mut() else { return };
+        if let Some(s) = st.services.get_mut(&name) {
+            s.lb.complete(&picked, outcome, self.now);
+            s.flush_events(&name);
+        }
+    }
+}
+
+impl Context for Http {}
+
+impl HttpContext for Http {
+    fn on_http_request_headers(&mut self, _n: usize, _eos: bool) -> Action {
+        let state = Rc::clone(&self.state);
+        let Ok(mut st) = state.try_borrow_mut() else { return Action::Continue };
+        let plan = Rc::clone(&st.plan);
+        // Never let a client steer: drop any copy it sent, whatever happens next.
+        self.set_http_request_header(&plan.endpoint_header, None);
+        let Some(name) = service_name(&plan.service_from, &View(self)) else { return Action::Continue };
+        let Some(s) = st.services.get_mut(name.as_ref()) else { return Action::Continue };
+        self.now = now_ms(self);
+        let hash = if s.lb.policy().algorithm.is_hash() { key_hash(&s.lb.policy().hash_key, &View(self)) } else { None };
+        let picked = s.lb.pick(self.now, hash);
+        s.flush_events(&name);
+        match picked {
+            Ok(p) => {
+                s.count_pick(&name, p.address);
+                self.add_http_request_header(&plan.endpoint_header, &p.address.to_string());
+                self.ticket = Some((name.into_owned(), p));
+                Action::Continue
+            }
+            Err(e) => {
+                bump(s.no_healthy);
+                drop(st);
+                self.send_http_response(503, vec![("content-type", "text/plain")], Some(e.to_string().as_bytes()));
+                Action::Pause
+            }
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _n: usize, _eos: bool) -> Action {
+        self.status = self
+            .get_http_response_header_bytes(":status")
+            .and_then(|v| std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()));
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        if self.ticket.is_none() {
+            return;
+        }
+        let flags = self
+            .get_property(vec!["response", "flags"])
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map(u64::from_le_bytes)
+            .unwrap_or(0);
+        let outcome = match self.status {
+            Some(s) if s >= 500 => Outcome::Failure,
+            _ if flags & UPSTREAM_FAILURE_FLAGS != 0 => Outcome::Failure,
+            Some(_) => Outcome::Success,
+            None => Outcome::Neutral,
+        };
+        self.now = now_ms(self);
+        self.finish(outcome);
+    }
+}
+
+impl Drop for Http {
+    fn drop(&mut self) {
+        // A stream that ended without on_log still releases its in-flight count.
+        self.finish(Outcome::Neutral);
+    }
+}
