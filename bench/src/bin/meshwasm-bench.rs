@@ -1,0 +1,101 @@
+//! `meshwasm-bench`: runs the side-by-side benchmark and writes the report.
+//!
+//! ```text
+//! meshwasm-bench [--quick] [--out bench/report] [--rounds N] [--duration S] [--only wasm-jwt]
+//! meshwasm-bench backend --port P --name N     # the load-test backend (started by the benchmark)
+//! ```
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use meshwasm_bench::results::Settings;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "meshwasm-bench",
+    about = "Side-by-side benchmarks of meshwasm filters against Envoy's native filters"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    /// Short run for development: 2 rounds of 2 s, 1 s warm-up, fewer unique tokens (< 2 minutes).
+    #[arg(long)]
+    quick: bool,
+    /// Where REPORT.md, the SVG plots and results.json go.
+    #[arg(long, default_value = "bench/report")]
+    out: PathBuf,
+    /// Interleaved rounds (default 5, quick 2).
+    #[arg(long)]
+    rounds: Option<u32>,
+    /// Seconds per configuration per round (default 8, quick 2).
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Warm-up seconds per configuration, excluded (default 3, quick 1).
+    #[arg(long)]
+    warmup: Option<u64>,
+    /// wrk connections.
+    #[arg(long, default_value_t = 16)]
+    connections: u32,
+    /// wrk threads.
+    #[arg(long, default_value_t = 1)]
+    threads: u32,
+    /// Envoy worker threads for the throughput rounds.
+    #[arg(long, default_value_t = 1)]
+    workers: u32,
+    /// Distinct tokens for the unique-token loads (default 4000, quick 1000).
+    #[arg(long)]
+    unique_tokens: Option<usize>,
+    /// Do not pin Envoy and the load generator to separate CPUs.
+    #[arg(long)]
+    no_pin: bool,
+    /// Skip the memory measurements at 1 and 2 workers (each listener is still validated alone).
+    #[arg(long)]
+    no_memory: bool,
+    /// Only loads whose id contains this (plus their baselines and passthrough), e.g. `wasm-jwt`.
+    #[arg(long)]
+    only: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Serve the minimal load-test backend (used by the benchmark itself).
+    Backend {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        name: String,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if let Some(Cmd::Backend { port, name }) = &cli.command {
+        return meshwasm_bench::backend::serve(*port, name);
+    }
+    let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let pinning = (!cli.no_pin && nproc >= 2).then(|| {
+        // Envoy gets the last CPU to itself; wrk and the backends share the others.
+        let last = nproc - 1;
+        (last.to_string(), if last == 1 { "0".to_owned() } else { format!("0-{}", last - 1) })
+    });
+    let settings = Settings {
+        quick: cli.quick,
+        rounds: cli.rounds.unwrap_or(if cli.quick { 2 } else { 5 }),
+        duration_s: cli.duration.unwrap_or(if cli.quick { 2 } else { 8 }),
+        warmup_s: cli.warmup.unwrap_or(if cli.quick { 1 } else { 3 }),
+        threads: cli.threads,
+        connections: cli.connections,
+        envoy_workers: cli.workers,
+        unique_tokens: cli.unique_tokens.unwrap_or(if cli.quick { 1000 } else { 4000 }),
+        pinning,
+        backends: 3,
+        only: cli.only.clone(),
+        memory: !cli.no_memory,
+    };
+    let scratch = tempfile::Builder::new().prefix("meshwasm-bench-").tempdir()?;
+    let results = meshwasm_bench::run::run(settings, scratch.path())?;
+    meshwasm_bench::report::write(&results, &cli.out)?;
+    eprintln!("meshwasm-bench: wrote {} ({:.0} s)", cli.out.join("REPORT.md").display(), results.elapsed_s);
+    Ok(())
+}

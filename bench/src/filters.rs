@@ -1,0 +1,94 @@
+//! The meshwasm filters as the benchmark loads them: artifact paths and plugin configurations, kept
+//! in one place so each filter's config format (see `filters/<name>/src/config.rs` and README) is
+//! wired once.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use meshwasm_tests::envoy::WasmFilter;
+use serde_json::{Value, json};
+
+use crate::jwt::{AUDIENCE, ISSUER, TokenSet};
+
+/// The service name discovery publishes and the balancer looks up.
+pub const SERVICE: &str = "bench";
+/// discovery and balancer meet in shared data, which Envoy keys by vm_id: both use this one.
+pub const MESH_VM_ID: &str = "meshwasm-mesh";
+/// Verified-token cache entries, the same for jwt-auth and jwt_authn (`jwt_cache_size`).
+pub const JWT_CACHE_ENTRIES: usize = 100;
+
+/// Where the artifacts are and which exist.
+#[derive(Debug, Clone)]
+pub struct FilterSet {
+    pub dir: PathBuf,
+}
+
+impl FilterSet {
+    pub fn new(dir: PathBuf) -> Self {
+        Self { dir }
+    }
+
+    /// Path of `<crate_with_underscores>.wasm`, or an error saying it is not built.
+    pub fn artifact(&self, file_stem: &str) -> Result<PathBuf> {
+        let path = self.dir.join(format!("{file_stem}.wasm"));
+        if !path.is_file() {
+            bail!("{file_stem}.wasm is not built in {} (`make wasm`)", self.dir.display());
+        }
+        Ok(path)
+    }
+
+    pub fn noop(&self) -> Result<WasmFilter> {
+        Ok(WasmFilter::new("noop", self.artifact("meshwasm_noop")?))
+    }
+
+    /// jwt-auth with the benchmark's JWKS inline, every path requiring a token, token kept upstream
+    /// (`forward`, like the native side), cache as large as jwt_authn's.
+    pub fn jwt_auth(&self, tokens: &TokenSet) -> Result<WasmFilter> {
+        let path = self.artifact("meshwasm_jwt_auth")?;
+        Ok(WasmFilter::new("jwt-auth", path).config(jwt_auth_config(tokens)?.to_string()))
+    }
+
+    /// discovery (static source over `backends`) followed by balancer (round robin), sharing a vm_id.
+    pub fn discovery_balancer(&self, backends: &[SocketAddr]) -> Result<Vec<WasmFilter>> {
+        let discovery = self.artifact("meshwasm_discovery")?;
+        let balancer = self.artifact("meshwasm_balancer")?;
+        Ok(vec![
+            WasmFilter::new("discovery", discovery)
+                .vm_id(MESH_VM_ID)
+                .config(discovery_config(backends).to_string()),
+            WasmFilter::new("balancer", balancer).vm_id(MESH_VM_ID).config(balancer_config().to_string()),
+        ])
+    }
+}
+
+fn jwt_auth_config(tokens: &TokenSet) -> Result<Value> {
+    let jwks: Value = serde_json::from_str(&tokens.jwks_json)?;
+    Ok(json!({
+        "providers": {
+            "bench": {
+                "issuer": ISSUER,
+                "audiences": [AUDIENCE],
+                "local_jwks": jwks,
+                "forward": true,
+            }
+        },
+        "rules": [{ "match": { "prefix": "/" }, "requires_any": ["bench"] }],
+        "cache_entries": JWT_CACHE_ENTRIES,
+    }))
+}
+
+fn discovery_config(backends: &[SocketAddr]) -> Value {
+    let endpoints: Vec<Value> = backends.iter().map(|a| json!({ "address": a.to_string() })).collect();
+    json!({
+        "lease": { "name": SERVICE },
+        "services": [{ "name": SERVICE, "refresh": "5s", "source": { "static": { "endpoints": endpoints } } }],
+    })
+}
+
+fn balancer_config() -> Value {
+    json!({
+        "service_from": [{ "fixed": SERVICE }],
+        "services": { SERVICE: { "algorithm": "round_robin" } },
+    })
+}
