@@ -159,35 +159,68 @@ fn markdown(r: &RunResults) -> String {
         let _ = writeln!(
             md,
             "Envoy resident set size (VmRSS) with only the named listener configured, after start-up and 200 warm \
-             requests; Δ is against the passthrough-only Envoy at the same worker count (each worker runs its own \
-             copy of every wasm VM). *Heap* is Envoy's own allocator accounting (admin `/memory`).\n"
+             requests, at 1 and 2 workers. Δ is against the passthrough-only Envoy at the same worker count. Each \
+             worker runs its own copy of every wasm VM, so *per extra worker* (Δ at 2 workers − Δ at 1) is what one \
+             more VM instance of the filter chain costs. *Heap* is Envoy's own allocator accounting (admin \
+             `/memory`, MiB); V8's wasm memory is outside it.\n"
         );
         let _ = writeln!(
             md,
-            "| listener | workers | RSS MiB | Δ vs passthrough MiB | Envoy heap allocated MiB |"
+            "| listener | RSS 1 worker MiB | Δ 1 worker | RSS 2 workers MiB | Δ 2 workers | per extra worker | heap 1 / 2 workers |"
         );
-        let _ = writeln!(md, "|---|---|---|---|---|");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+        let mib = |k: u64| k as f64 / 1024.0;
+        let find = |listener: &str, workers: u32| {
+            r.memory.iter().find(|m| m.listener == listener && m.workers == workers)
+        };
+        let rss = |listener: &str, workers: u32| {
+            find(listener, workers).and_then(|m| m.rss_kib.as_ref().ok().copied())
+        };
+        let mut listeners: Vec<&str> = Vec::new();
         for row in &r.memory {
-            let base = r
-                .memory
-                .iter()
-                .find(|b| b.listener == "passthrough" && b.workers == row.workers)
-                .and_then(|b| b.rss_kib.as_ref().ok().copied());
-            let (rss, delta) = match (&row.rss_kib, base) {
-                (Ok(v), Some(b)) if row.listener != "passthrough" => {
-                    (format!("{:.1}", *v as f64 / 1024.0), format!("{:+.1}", (*v as f64 - b as f64) / 1024.0))
-                }
-                (Ok(v), _) => (format!("{:.1}", *v as f64 / 1024.0), "–".into()),
-                (Err(e), _) => (format!("not measured: {}", one_line(e)), String::new()),
+            if !listeners.contains(&row.listener.as_str()) {
+                listeners.push(&row.listener);
+            }
+        }
+        for l in listeners {
+            if let Some(err) = [1, 2].iter().find_map(|&w| find(l, w).and_then(|m| m.rss_kib.as_ref().err()))
+            {
+                let _ = writeln!(md, "| {l} | not measured: {} | | | | | |", one_line(err));
+                continue;
+            }
+            let delta = |w: u32| match (rss(l, w), rss("passthrough", w)) {
+                (Some(v), Some(b)) if l != "passthrough" => Some(mib(v) - mib(b)),
+                _ => None,
             };
-            let heap =
-                row.allocated_bytes.map(|b| format!("{:.1}", b as f64 / 1048576.0)).unwrap_or_default();
-            let _ = writeln!(md, "| {} | {} | {} | {} | {} |", row.listener, row.workers, rss, delta, heap);
+            let show = |v: Option<f64>, signed: bool| match v {
+                Some(v) if signed => format!("{v:+.1}"),
+                Some(v) => format!("{v:.1}"),
+                None => "–".into(),
+            };
+            let per_worker = delta(2).zip(delta(1)).map(|(d2, d1)| d2 - d1);
+            let heap = |w: u32| {
+                find(l, w)
+                    .and_then(|m| m.allocated_bytes)
+                    .map(|b| format!("{:.1}", b as f64 / 1048576.0))
+                    .unwrap_or_else(|| "–".into())
+            };
+            let _ = writeln!(
+                md,
+                "| {l} | {} | {} | {} | {} | {} | {} / {} |",
+                show(rss(l, 1).map(mib), false),
+                show(delta(1), true),
+                show(rss(l, 2).map(mib), false),
+                show(delta(2), true),
+                show(per_worker, true),
+                heap(1),
+                heap(2)
+            );
         }
         let _ = writeln!(
             md,
-            "\nEach VM's linear memory: Envoy exposes no per-VM memory statistic; the initial linear memory each \
-             module declares is in the size table below (the Rust allocator grows it on demand).\n"
+            "\nEach VM's linear memory: Envoy exposes no per-VM statistic and the wasmtime host has no API for it \
+             yet; the initial linear memory each module declares is in the size table below (the Rust allocator \
+             grows it on demand), and *per extra worker* above bounds what one more VM copy really uses.\n"
         );
     }
 
@@ -219,7 +252,13 @@ fn markdown(r: &RunResults) -> String {
                     Err(e) => format!("failed: {}", one_line(e)),
                 },
                 kb(a.target_bytes),
-                if a.within_target() { "yes" } else { "**no**" },
+                if !a.is_proxy_wasm {
+                    "not a filter yet (no `proxy_abi_version_*` export)"
+                } else if a.within_target() {
+                    "yes"
+                } else {
+                    "**no**"
+                },
                 a.initial_pages.map(|p| format!("{p} pages ({} KiB)", p * 64)).unwrap_or_else(|| "–".into())
             );
         }

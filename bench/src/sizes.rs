@@ -26,11 +26,16 @@ pub struct ArtifactSize {
     pub target_bytes: u64,
     /// Initial linear memory the module declares, in 64 KiB pages (None if imported or unreadable).
     pub initial_pages: Option<u64>,
+    /// Whether the module exports `proxy_abi_version_*` (a stub crate builds to an empty module).
+    pub is_proxy_wasm: bool,
 }
 
 impl ArtifactSize {
+    /// Within target after wasm-opt (or raw, when wasm-opt failed); a stub is never "within target".
     pub fn within_target(&self) -> bool {
-        self.raw_bytes <= self.target_bytes || matches!(self.opt_bytes, Ok(b) if b <= self.target_bytes)
+        self.is_proxy_wasm
+            && (self.raw_bytes <= self.target_bytes
+                || matches!(self.opt_bytes, Ok(b) if b <= self.target_bytes))
     }
 }
 
@@ -58,6 +63,7 @@ pub fn measure(dir: &Path, scratch: &Path) -> Result<Vec<ArtifactSize>> {
             raw_bytes: bytes.len() as u64,
             opt_bytes,
             initial_pages: initial_memory_pages(&bytes),
+            is_proxy_wasm: exports(&bytes).iter().any(|e| e.starts_with("proxy_abi_version_")),
             file,
         });
     }
@@ -96,8 +102,8 @@ fn leb_u64(data: &[u8], pos: &mut usize) -> Option<u64> {
     }
 }
 
-/// The minimum of the first memory the module defines (memory section, id 5).
-pub fn initial_memory_pages(module: &[u8]) -> Option<u64> {
+/// The byte range of the first section with `id`.
+fn section(module: &[u8], want: u8) -> Option<std::ops::Range<usize>> {
     if module.get(..4)? != b"\0asm" {
         return None;
     }
@@ -107,19 +113,42 @@ pub fn initial_memory_pages(module: &[u8]) -> Option<u64> {
         pos += 1;
         let size = usize::try_from(leb_u64(module, &mut pos)?).ok()?;
         let end = pos.checked_add(size)?;
-        if id == 5 {
-            let mut p = pos;
-            let count = leb_u64(module, &mut p)?;
-            if count == 0 {
-                return None;
-            }
-            let _flags = *module.get(p)?;
-            p += 1;
-            return leb_u64(module, &mut p);
+        if id == want {
+            return (end <= module.len()).then_some(pos..end);
         }
         pos = end;
     }
     None
+}
+
+/// The minimum of the first memory the module defines (memory section, id 5).
+pub fn initial_memory_pages(module: &[u8]) -> Option<u64> {
+    let range = section(module, 5)?;
+    let mut p = range.start;
+    let count = leb_u64(module, &mut p)?;
+    if count == 0 {
+        return None;
+    }
+    p += 1; // limits flags
+    leb_u64(module, &mut p)
+}
+
+/// Names the module exports (export section, id 7).
+pub fn exports(module: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some(range) = section(module, 7) else { return out };
+    let mut p = range.start;
+    let Some(count) = leb_u64(module, &mut p) else { return out };
+    for _ in 0..count {
+        let Some(len) = leb_u64(module, &mut p).and_then(|l| usize::try_from(l).ok()) else { break };
+        let Some(name) = p.checked_add(len).and_then(|end| module.get(p..end)) else { break };
+        out.push(String::from_utf8_lossy(name).into_owned());
+        p += len + 1; // name, then the export kind byte
+        if leb_u64(module, &mut p).is_none() {
+            break;
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -133,6 +162,22 @@ mod tests {
         assert_eq!(initial_memory_pages(&m), Some(17));
         assert_eq!(initial_memory_pages(&m[..8]), None);
         assert_eq!(initial_memory_pages(b"not wasm"), None);
+    }
+
+    #[test]
+    fn reads_export_names() {
+        // (module (func) (export "proxy_abi_version_0_2_1" (func 0)) (export "x" (func 0))) without code:
+        // only the export section matters to the reader.
+        let mut m = vec![0, b'a', b's', b'm', 1, 0, 0, 0];
+        let name = b"proxy_abi_version_0_2_1";
+        let mut body = vec![2, name.len() as u8];
+        body.extend_from_slice(name);
+        body.extend_from_slice(&[0, 0, 1, b'x', 0, 0]);
+        m.push(7);
+        m.push(body.len() as u8);
+        m.extend_from_slice(&body);
+        assert_eq!(exports(&m), ["proxy_abi_version_0_2_1", "x"]);
+        assert!(exports(&m[..10]).is_empty());
     }
 
     #[test]
