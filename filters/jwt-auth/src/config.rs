@@ -1,0 +1,714 @@
+//! Plugin configuration (JSON) and its validation into an immutable [`Plan`].
+//!
+//! Every struct denies unknown fields, so a typo such as `isuer` fails the configuration instead of
+//! silently disabling a check. Errors name the provider, rule and field.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::jwks::{KeySet, parse_alg, parse_jwks_value, parse_pem};
+use crate::validate::{Policy, StringMatch};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Token issuers, by name (referenced from rules).
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Rules, first match wins. A request that matches no rule is not checked.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+    /// `realm` of the `WWW-Authenticate` challenge.
+    #[serde(default = "default_realm")]
+    pub realm: String,
+    /// Verified-token cache size per worker (0 disables it).
+    #[serde(default = "default_cache_entries")]
+    pub cache_entries: usize,
+    /// Longest time a verified token stays cached (also for tokens without `exp`).
+    #[serde(default = "default_cache_max_ttl")]
+    pub cache_max_ttl_s: u64,
+    /// How long a request waits for a provider's remote keys to first load (or refetch on an unknown
+    /// kid) before it is answered 503.
+    #[serde(default = "default_wait")]
+    pub key_wait_timeout_ms: u64,
+    /// Let CORS preflight requests (OPTIONS with Origin and Access-Control-Request-Method) through.
+    #[serde(default = "yes")]
+    pub bypass_cors_preflight: bool,
+}
+
+fn default_realm() -> String {
+    "meshwasm".into()
+}
+fn default_cache_entries() -> usize {
+    1024
+}
+fn default_cache_max_ttl() -> u64 {
+    3600
+}
+fn default_wait() -> u64 {
+    3000
+}
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Required `iss`; also the base URL of OIDC discovery.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Accepted `aud` values (any one); empty = audience not checked.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Accepted JWS algorithms. Default: every asymmetric one (RS*, PS*, ES256, ES384, EdDSA); HS* must be
+    /// listed explicitly.
+    #[serde(default)]
+    pub algorithms: Option<Vec<String>>,
+    /// Inline JWKS object (`{"keys": [...]}`).
+    #[serde(default)]
+    pub local_jwks: Option<serde_json::Value>,
+    /// Inline PEM public keys (SubjectPublicKeyInfo or PKCS#1).
+    #[serde(default)]
+    pub pem: Vec<String>,
+    /// Keys fetched from a JWKS URI (or found by OIDC discovery) through an Envoy cluster.
+    #[serde(default)]
+    pub remote_jwks: Option<RemoteJwksConfig>,
+    /// Where the token is read from. Default: `Authorization: Bearer <token>`.
+    #[serde(default)]
+    pub from_headers: Vec<HeaderSource>,
+    #[serde(default)]
+    pub from_params: Vec<String>,
+    #[serde(default)]
+    pub from_cookies: Vec<String>,
+    /// Keep the token in the request sent upstream (default: strip the header it came in).
+    #[serde(default)]
+    pub forward: bool,
+    /// Header that receives the verified payload (base64url, as in the token).
+    #[serde(default)]
+    pub forward_payload_header: Option<String>,
+    #[serde(default)]
+    pub claim_to_headers: Vec<ClaimHeaderConfig>,
+    #[serde(default = "default_skew")]
+    pub clock_skew_s: u64,
+    #[serde(default = "yes")]
+    pub require_expiration: bool,
+    #[serde(default = "yes")]
+    pub check_nbf: bool,
+    #[serde(default)]
+    pub max_lifetime_s: Option<u64>,
+    #[serde(default)]
+    pub required_claims: Vec<String>,
+    #[serde(default)]
+    pub subjects: Option<MatchConfig>,
+    #[serde(default = "default_max_token")]
+    pub max_token_bytes: usize,
+}
+
+fn default_skew() -> u64 {
+    60
+}
+fn default_max_token() -> usize {
+    8192
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderSource {
+    pub name: String,
+    #[serde(default)]
+    pub value_prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteJwksConfig {
+    /// Envoy cluster that reaches the IdP.
+    pub cluster: String,
+    /// JWKS URL. Omitted: OIDC discovery from `<issuer>/.well-known/openid-configuration`.
+    #[serde(default)]
+    pub uri: Option<String>,
+    /// `:authority` of the fetch; default: the host of the URL.
+    #[serde(default)]
+    pub authority: Option<String>,
+    #[serde(default = "default_fetch_timeout")]
+    pub timeout_ms: u64,
+    /// How long fetched keys are fresh; refreshed in the background before that.
+    #[serde(default = "default_cache_duration")]
+    pub cache_duration_s: u64,
+    /// How long keys are still used after they went stale because refreshes failed.
+    #[serde(default = "default_max_stale")]
+    pub max_stale_s: u64,
+    /// At most one refetch per this interval for tokens with an unknown `kid`.
+    #[serde(default = "default_refetch")]
+    pub unknown_kid_refetch_interval_s: u64,
+    /// Wait between failed fetches.
+    #[serde(default = "default_retry")]
+    pub retry_interval_s: u64,
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+}
+
+fn default_fetch_timeout() -> u64 {
+    1500
+}
+fn default_cache_duration() -> u64 {
+    600
+}
+fn default_max_stale() -> u64 {
+    86_400
+}
+fn default_refetch() -> u64 {
+    30
+}
+fn default_retry() -> u64 {
+    5
+}
+fn default_max_body() -> usize {
+    64 * 1024
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimHeaderConfig {
+    pub header: String,
+    /// Claim name; `a.b.c` walks nested objects.
+    pub claim: String,
+    /// Separator used to join arrays (default `,`).
+    #[serde(default)]
+    pub separator: Option<String>,
+}
+
+/// Exactly one of the fields.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    #[serde(default)]
+    pub exact: Option<String>,
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub suffix: Option<String>,
+    #[serde(default)]
+    pub regex: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    #[serde(rename = "match")]
+    pub route: RouteConfig,
+    #[serde(default)]
+    pub requires_any: Vec<String>,
+    #[serde(default)]
+    pub requires_all: Vec<String>,
+    /// A request without any token passes (a present but invalid token is still refused).
+    #[serde(default)]
+    pub allow_missing: bool,
+    /// Scopes the token must carry (all of them), from `scope` or `scp`.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub claims: Vec<ClaimMatchConfig>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub regex: Option<String>,
+    /// Methods the rule applies to; empty = all.
+    #[serde(default)]
+    pub methods: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimMatchConfig {
+    /// Claim name; `a.b` walks nested objects. Arrays match when one element matches.
+    pub claim: String,
+    #[serde(default)]
+    pub exact: Option<String>,
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub suffix: Option<String>,
+    #[serde(default)]
+    pub regex: Option<String>,
+    /// Only require the claim to be present.
+    #[serde(default)]
+    pub present: bool,
+}
+
+// ---- Plan ----
+
+#[derive(Debug, Clone)]
+pub enum Source {
+    Header { name: String, prefix: Option<String> },
+    Param(String),
+    Cookie(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct ClaimHeader {
+    pub header: String,
+    pub path: Vec<String>,
+    pub separator: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct RemotePlan {
+    pub cluster: String,
+    pub authority: String,
+    /// Path of the JWKS, or of the discovery document when `discovery` is set.
+    pub path: String,
+    pub discovery: bool,
+    pub timeout_ms: u64,
+    pub cache_duration_s: u64,
+    pub max_stale_s: u64,
+    pub unknown_kid_refetch_interval_s: u64,
+    pub retry_interval_s: u64,
+    pub max_body_bytes: usize,
+    /// Shared-data key prefix for this source (same for every worker with the same config).
+    pub shared_key: String,
+}
+
+#[derive(Debug)]
+pub struct ProviderPlan {
+    pub name: String,
+    pub policy: Policy,
+    /// Inline keys (JWKS, PEM); used together with remote keys when both are set.
+    pub static_keys: Option<KeySet>,
+    pub remote: Option<RemotePlan>,
+    pub sources: Vec<Source>,
+    pub forward: bool,
+    pub payload_header: Option<String>,
+    pub claim_headers: Vec<ClaimHeader>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Any,
+    All,
+}
+
+#[derive(Debug)]
+pub struct ClaimMatch {
+    pub path: Vec<String>,
+    /// `None`: presence only.
+    pub matcher: Option<StringMatch>,
+    pub name: String,
+}
+
+#[derive(Debug)]
+pub struct RulePlan {
+    pub prefix: Option<String>,
+    pub exact: Option<String>,
+    pub regex: Option<regex_lite::Regex>,
+    pub methods: Vec<String>,
+    /// Indices into `Plan::providers`; empty = no check.
+    pub providers: Vec<usize>,
+    pub mode: Mode,
+    pub allow_missing: bool,
+    pub scopes: Vec<String>,
+    pub claims: Vec<ClaimMatch>,
+}
+
+#[derive(Debug)]
+pub struct Plan {
+    pub providers: Vec<ProviderPlan>,
+    pub rules: Vec<RulePlan>,
+    pub realm: String,
+    pub cache_entries: usize,
+    pub cache_max_ttl_s: u64,
+    pub key_wait_timeout_ms: u64,
+    pub bypass_cors_preflight: bool,
+    /// Every header this filter writes; client-sent copies are always removed.
+    pub output_headers: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("meshwasm jwt-auth: {0}")]
+pub struct ConfigError(pub String);
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(msg.into()))
+}
+
+fn string_match(ctx: &str, m: &MatchConfig) -> Result<StringMatch, ConfigError> {
+    let set = [&m.exact, &m.prefix, &m.suffix, &m.regex].iter().filter(|x| x.is_some()).count();
+    if set != 1 {
+        return err(format!("{ctx}: set exactly one of exact, prefix, suffix, regex"));
+    }
+    Ok(if let Some(e) = &m.exact {
+        StringMatch::Exact(e.clone())
+    } else if let Some(p) = &m.prefix {
+        StringMatch::Prefix(p.clone())
+    } else if let Some(s) = &m.suffix {
+        StringMatch::Suffix(s.clone())
+    } else {
+        let r = m.regex.as_deref().unwrap_or_default();
+        StringMatch::Regex(anchored(r).map_err(|e| ConfigError(format!("{ctx}.regex: {e}")))?)
+    })
+}
+
+/// Regexes match the whole value, like Envoy's safe_regex.
+fn anchored(r: &str) -> Result<regex_lite::Regex, regex_lite::Error> {
+    regex_lite::Regex::new(&format!("^(?:{r})$"))
+}
+
+fn header_name(ctx: &str, h: &str) -> Result<String, ConfigError> {
+    let lower = h.to_ascii_lowercase();
+    if lower.is_empty() || lower.starts_with(':') || !lower.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return err(format!("{ctx}: `{h}` is not a valid header name"));
+    }
+    Ok(lower)
+}
+
+/// Splits an `http(s)://host[:port]/path` URL into (authority, path).
+pub fn split_url(url: &str) -> Option<(String, String)> {
+    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"))?;
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if host.is_empty() || host.contains(['@', ' ']) {
+        return None;
+    }
+    Some((host.to_string(), path.to_string()))
+}
+
+fn short_hash(s: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(s.as_bytes()).iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+fn claim_path(p: &str) -> Vec<String> {
+    p.split('.').map(str::to_string).collect()
+}
+
+impl Plan {
+    /// Parses and validates a JSON plugin configuration.
+    pub fn from_json(bytes: &[u8]) -> Result<Plan, ConfigError> {
+        let cfg: Config = serde_json::from_slice(bytes).map_err(|e| ConfigError(format!("config: {e}")))?;
+        Plan::build(cfg)
+    }
+
+    pub fn build(cfg: Config) -> Result<Plan, ConfigError> {
+        if cfg.providers.is_empty() {
+            return err("providers: at least one provider is required");
+        }
+        let mut providers = Vec::new();
+        let mut output_headers: Vec<String> = Vec::new();
+        for (name, p) in &cfg.providers {
+            let ctx = format!("provider `{name}`");
+            let plan = build_provider(&ctx, name, p)?;
+            for h in plan.claim_headers.iter().map(|c| &c.header).chain(plan.payload_header.iter()) {
+                if !output_headers.contains(h) {
+                    output_headers.push(h.clone());
+                }
+            }
+            providers.push(plan);
+        }
+        for (i, p) in providers.iter().enumerate() {
+            for s in &p.sources {
+                if let Source::Header { name, .. } = s
+                    && output_headers.contains(name)
+                {
+                    return err(format!("provider `{}`: header `{name}` is both a token source and an output", p.name));
+                }
+            }
+            let _ = i;
+        }
+        let mut rules = Vec::new();
+        for (i, r) in cfg.rules.iter().enumerate() {
+            rules.push(build_rule(&format!("rules[{i}]"), r, &providers)?);
+        }
+        Ok(Plan {
+            providers,
+            rules,
+            realm: cfg.realm,
+            cache_entries: cfg.cache_entries.min(1_000_000),
+            cache_max_ttl_s: cfg.cache_max_ttl_s,
+            key_wait_timeout_ms: cfg.key_wait_timeout_ms.clamp(1, 60_000),
+            bypass_cors_preflight: cfg.bypass_cors_preflight,
+            output_headers,
+        })
+    }
+
+    pub fn provider_index(&self, name: &str) -> Option<usize> {
+        self.providers.iter().position(|p| p.name == name)
+    }
+}
+
+fn build_provider(ctx: &str, name: &str, p: &ProviderConfig) -> Result<ProviderPlan, ConfigError> {
+    let mut policy = Policy::default();
+    if let Some(algs) = &p.algorithms {
+        if algs.is_empty() {
+            return err(format!("{ctx}.algorithms: must not be empty"));
+        }
+        policy.algorithms.clear();
+        for a in algs {
+            match parse_alg(a) {
+                Some(alg) => policy.algorithms.push(alg),
+                None => {
+                    return err(format!(
+                        "{ctx}.algorithms: `{a}` is not supported (RS256/384/512, PS256/384/512, ES256/384, EdDSA, HS256/384/512)"
+                    ));
+                }
+            }
+        }
+    }
+    policy.issuer = p.issuer.clone();
+    policy.audiences = p.audiences.clone();
+    policy.clock_skew_s = p.clock_skew_s.min(3600);
+    policy.require_exp = p.require_expiration;
+    policy.check_nbf = p.check_nbf;
+    policy.max_lifetime_s = p.max_lifetime_s;
+    policy.required_claims = p.required_claims.clone();
+    if let Some(s) = &p.subjects {
+        policy.subject = Some(string_match(&format!("{ctx}.subjects"), s)?);
+    }
+    if p.max_token_bytes < 64 || p.max_token_bytes > 1024 * 1024 {
+        return err(format!("{ctx}.max_token_bytes: must be between 64 and 1048576"));
+    }
+    policy.max_token_bytes = p.max_token_bytes;
+
+    let mut static_keys: Option<KeySet> = None;
+    if let Some(j) = &p.local_jwks {
+        let set = parse_jwks_value(j).map_err(|e| ConfigError(format!("{ctx}.local_jwks: {e}")))?;
+        static_keys = Some(set);
+    }
+    for (i, pem) in p.pem.iter().enumerate() {
+        let key = parse_pem(pem).map_err(|e| ConfigError(format!("{ctx}.pem[{i}]: {e}")))?;
+        static_keys.get_or_insert_with(KeySet::default).keys.push(key);
+    }
+    let remote = match &p.remote_jwks {
+        None => None,
+        Some(r) => Some(build_remote(ctx, name, p.issuer.as_deref(), r)?),
+    };
+    if static_keys.is_none() && remote.is_none() {
+        return err(format!("{ctx}: set local_jwks, pem or remote_jwks"));
+    }
+    if let Some(keys) = &static_keys {
+        let has_hmac = keys.keys.iter().any(|k| k.family == crate::jwks::KeyFamily::Hmac);
+        let hs_allowed = policy.algorithms.iter().any(|a| crate::jwks::KeyFamily::Hmac.fits(*a));
+        if has_hmac && !hs_allowed {
+            return err(format!("{ctx}.algorithms: the JWKS has `oct` keys, list HS256/384/512 to use them"));
+        }
+    }
+    if remote.is_some()
+        && policy.algorithms.iter().any(|a| crate::jwks::KeyFamily::Hmac.fits(*a))
+        && static_keys.is_none()
+    {
+        return err(format!("{ctx}.algorithms: HS* needs a shared secret in local_jwks, never remote keys"));
+    }
+
+    let mut sources = Vec::new();
+    for (i, h) in p.from_headers.iter().enumerate() {
+        sources.push(Source::Header {
+            name: header_name(&format!("{ctx}.from_headers[{i}].name"), &h.name)?,
+            prefix: h.value_prefix.clone(),
+        });
+    }
+    for q in &p.from_params {
+        if q.is_empty() {
+            return err(format!("{ctx}.from_params: empty name"));
+        }
+        sources.push(Source::Param(q.clone()));
+    }
+    for c in &p.from_cookies {
+        if c.is_empty() {
+            return err(format!("{ctx}.from_cookies: empty name"));
+        }
+        sources.push(Source::Cookie(c.clone()));
+    }
+    if sources.is_empty() {
+        sources.push(Source::Header { name: "authorization".into(), prefix: Some("Bearer ".into()) });
+    }
+    let payload_header = match &p.forward_payload_header {
+        Some(h) => Some(header_name(&format!("{ctx}.forward_payload_header"), h)?),
+        None => None,
+    };
+    let mut claim_headers = Vec::new();
+    for (i, c) in p.claim_to_headers.iter().enumerate() {
+        let cctx = format!("{ctx}.claim_to_headers[{i}]");
+        if c.claim.is_empty() || c.claim.split('.').any(str::is_empty) {
+            return err(format!("{cctx}.claim: `{}` is not a claim path", c.claim));
+        }
+        claim_headers.push(ClaimHeader {
+            header: header_name(&format!("{cctx}.header"), &c.header)?,
+            path: claim_path(&c.claim),
+            separator: c.separator.clone().unwrap_or_else(|| ",".into()),
+        });
+    }
+    Ok(ProviderPlan {
+        name: name.to_string(),
+        policy,
+        static_keys,
+        remote,
+        sources,
+        forward: p.forward,
+        payload_header,
+        claim_headers,
+    })
+}
+
+fn build_remote(ctx: &str, name: &str, issuer: Option<&str>, r: &RemoteJwksConfig) -> Result<RemotePlan, ConfigError> {
+    if r.cluster.is_empty() {
+        return err(format!("{ctx}.remote_jwks.cluster: must not be empty"));
+    }
+    let (url, discovery) = match (&r.uri, issuer) {
+        (Some(u), _) => (u.clone(), false),
+        (None, Some(iss)) => (format!("{}/.well-known/openid-configuration", iss.trim_end_matches('/')), true),
+        (None, None) => return err(format!("{ctx}.remote_jwks.uri: set it, or set `issuer` for OIDC discovery")),
+    };
+    let Some((host, path)) = split_url(&url) else {
+        return err(format!("{ctx}.remote_jwks.uri: `{url}` must be an http(s) URL with a host"));
+    };
+    if r.timeout_ms == 0 || r.cache_duration_s == 0 {
+        return err(format!("{ctx}.remote_jwks: timeout_ms and cache_duration_s must be positive"));
+    }
+    if r.max_body_bytes < 256 || r.max_body_bytes > 4 * 1024 * 1024 {
+        return err(format!("{ctx}.remote_jwks.max_body_bytes: must be between 256 and 4194304"));
+    }
+    Ok(RemotePlan {
+        cluster: r.cluster.clone(),
+        authority: r.authority.clone().unwrap_or(host),
+        shared_key: format!("meshwasm.jwt-auth.{name}.{}", short_hash(&format!("{}|{url}", r.cluster))),
+        path,
+        discovery,
+        timeout_ms: r.timeout_ms,
+        cache_duration_s: r.cache_duration_s,
+        max_stale_s: r.max_stale_s,
+        unknown_kid_refetch_interval_s: r.unknown_kid_refetch_interval_s.max(1),
+        retry_interval_s: r.retry_interval_s.max(1),
+        max_body_bytes: r.max_body_bytes,
+    })
+}
+
+fn build_rule(ctx: &str, r: &RuleConfig, providers: &[ProviderPlan]) -> Result<RulePlan, ConfigError> {
+    let set = [r.route.prefix.is_some(), r.route.path.is_some(), r.route.regex.is_some()];
+    if set.iter().filter(|x| **x).count() != 1 {
+        return err(format!("{ctx}.match: set exactly one of prefix, path, regex"));
+    }
+    let regex = match &r.route.regex {
+        Some(x) => Some(anchored(x).map_err(|e| ConfigError(format!("{ctx}.match.regex: {e}")))?),
+        None => None,
+    };
+    if !r.requires_any.is_empty() && !r.requires_all.is_empty() {
+        return err(format!("{ctx}: set requires_any or requires_all, not both"));
+    }
+    let (names, mode) =
+        if r.requires_all.is_empty() { (&r.requires_any, Mode::Any) } else { (&r.requires_all, Mode::All) };
+    let mut idx = Vec::new();
+    for n in names {
+        match providers.iter().position(|p| &p.name == n) {
+            Some(i) => idx.push(i),
+            None => return err(format!("{ctx}.requires: unknown provider `{n}`")),
+        }
+    }
+    if idx.is_empty() && (!r.scopes.is_empty() || !r.claims.is_empty() || r.allow_missing) {
+        return err(format!("{ctx}: scopes, claims and allow_missing need requires_any or requires_all"));
+    }
+    let mut claims = Vec::new();
+    for (i, c) in r.claims.iter().enumerate() {
+        let cctx = format!("{ctx}.claims[{i}]");
+        let m = MatchConfig {
+            exact: c.exact.clone(),
+            prefix: c.prefix.clone(),
+            suffix: c.suffix.clone(),
+            regex: c.regex.clone(),
+        };
+        let any = [&m.exact, &m.prefix, &m.suffix, &m.regex].iter().any(|x| x.is_some());
+        let matcher = if c.present {
+            if any {
+                return err(format!("{cctx}: `present` excludes exact/prefix/suffix/regex"));
+            }
+            None
+        } else {
+            Some(string_match(&cctx, &m)?)
+        };
+        claims.push(ClaimMatch { path: claim_path(&c.claim), matcher, name: c.claim.clone() });
+    }
+    Ok(RulePlan {
+        prefix: r.route.prefix.clone(),
+        exact: r.route.path.clone(),
+        regex,
+        methods: r.route.methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
+        providers: idx,
+        mode,
+        allow_missing: r.allow_missing,
+        scopes: r.scopes.clone(),
+        claims,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JWKS: &str = r#"{"keys":[{"kty":"oct","kid":"h","k":"c2VjcmV0"}]}"#;
+
+    fn cfg(extra: &str) -> String {
+        format!(
+            r#"{{"providers":{{"p":{{"issuer":"https://iss","algorithms":["HS256"],"local_jwks":{JWKS}{extra}}}}},
+               "rules":[{{"match":{{"prefix":"/"}},"requires_any":["p"]}}]}}"#
+        )
+    }
+
+    #[test]
+    fn minimal_config_builds_with_defaults() {
+        let plan = Plan::from_json(cfg("").as_bytes()).unwrap();
+        let p = &plan.providers[0];
+        assert_eq!(p.policy.clock_skew_s, 60);
+        assert!(p.policy.check_nbf);
+        assert!(matches!(&p.sources[0], Source::Header { name, prefix: Some(pre) } if name == "authorization" && pre == "Bearer "));
+        assert_eq!(plan.rules[0].providers, vec![0]);
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let e = Plan::from_json(cfg(r#","isuer":"x""#).as_bytes()).unwrap_err();
+        assert!(e.0.contains("unknown field `isuer`"), "{e}");
+        let e = Plan::from_json(cfg(r#","algorithms":["RS1"]"#).as_bytes()).unwrap_err();
+        assert!(e.0.contains("duplicate field") || e.0.contains("algorithms"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_field() {
+        let e = Plan::from_json(br#"{"providers":{"p":{"issuer":"x"}}}"#).unwrap_err();
+        assert!(e.0.contains("provider `p`: set local_jwks, pem or remote_jwks"), "{e}");
+        let e = Plan::from_json(br#"{"providers":{"p":{"remote_jwks":{"cluster":"c"}}}}"#).unwrap_err();
+        assert!(e.0.contains("provider `p`.remote_jwks.uri"), "{e}");
+        let e = Plan::from_json(br#"{"providers":{"p":{"remote_jwks":{"cluster":"c","uri":"ftp://x"}}}}"#).unwrap_err();
+        assert!(e.0.contains("must be an http(s) URL"), "{e}");
+        let e = Plan::from_json(
+            format!(r#"{{"providers":{{"p":{{"local_jwks":{JWKS}}}}}}}"#).as_bytes(),
+        )
+        .unwrap_err();
+        assert!(e.0.contains("list HS256/384/512"), "{e}");
+        let bad_rule = r#"{"providers":{"p":{"remote_jwks":{"cluster":"c","uri":"https://h/j"}}},
+            "rules":[{"match":{"prefix":"/"},"requires_any":["q"]}]}"#;
+        let e = Plan::from_json(bad_rule.as_bytes()).unwrap_err();
+        assert!(e.0.contains("rules[0].requires: unknown provider `q`"), "{e}");
+    }
+
+    #[test]
+    fn discovery_and_remote_paths() {
+        let plan = Plan::from_json(
+            br#"{"providers":{"p":{"issuer":"https://idp.example.com/realms/a/","remote_jwks":{"cluster":"idp"}}}}"#,
+        )
+        .unwrap();
+        let r = plan.providers[0].remote.as_ref().unwrap();
+        assert!(r.discovery);
+        assert_eq!(r.authority, "idp.example.com");
+        assert_eq!(r.path, "/realms/a/.well-known/openid-configuration");
+        assert_eq!(split_url("http://h:8080"), Some(("h:8080".into(), "/".into())));
+    }
+}

@@ -1,0 +1,614 @@
+//! The per-request decision: which rule applies, where the token is, which provider verifies it, what
+//! the upstream request gets (claim headers, payload header, token stripped) or which local reply the
+//! client gets (401/403/503 with an RFC 6750 challenge). Pure: the glue passes the request's headers, the
+//! key state and the cache in, and applies the [`Outcome`].
+
+use std::rc::Rc;
+
+use serde_json::Value;
+
+use crate::cache::{TokenCache, key};
+use crate::challenge::{Challenge, www_authenticate};
+use crate::config::{ClaimHeader, Mode, Plan, RulePlan, Source};
+use crate::jwks::KeySet;
+use crate::validate::{TokenError, Verified, looks_like_jwt, validate};
+
+/// The state of one provider's keys, as the engine sees it.
+pub enum Keys<'a> {
+    Ready(&'a KeySet),
+    /// Remote keys not loaded yet (first fetch in progress or pending).
+    Loading,
+    /// Remote keys could not be loaded (or are older than the maximum staleness).
+    Unavailable,
+}
+
+/// What the engine needs from the key store.
+pub trait KeyAccess {
+    fn keys(&self, provider: usize) -> Keys<'_>;
+    /// A token carried a kid this provider's remote keys do not have. Returns true when a refetch was
+    /// started (or is in flight) and the request should wait for it; false when refetches are
+    /// rate-limited right now (the token is refused).
+    fn unknown_kid(&mut self, provider: usize) -> bool;
+}
+
+/// What the glue must do with the request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// No rule applies (or a CORS preflight): continue unchanged.
+    Pass,
+    /// Continue after removing and setting these headers.
+    Allow { remove: Vec<String>, set: Vec<(String, String)> },
+    /// Send a local reply.
+    Deny { status: u32, www_authenticate: Option<String>, reason: &'static str, detail: String },
+    /// Pause until these providers' keys change (bounded by `key_wait_timeout_ms`).
+    Wait { providers: Vec<usize> },
+}
+
+/// Counters the glue turns into metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    pub cache_hits: u32,
+    pub verifications: u32,
+}
+
+/// The request as the engine sees it.
+pub struct Request<'a> {
+    pub method: &'a str,
+    /// `:path` with query.
+    pub path: &'a str,
+    pub header: &'a dyn Fn(&str) -> Option<Vec<u8>>,
+}
+
+fn rule_matches(rule: &RulePlan, method: &str, path: &str) -> bool {
+    if !rule.methods.is_empty() && !rule.methods.iter().any(|m| m == method) {
+        return false;
+    }
+    let p = path.split_once('?').map_or(path, |(p, _)| p);
+    if let Some(pre) = &rule.prefix {
+        return p.starts_with(pre.as_str());
+    }
+    if let Some(e) = &rule.exact {
+        return p == e;
+    }
+    rule.regex.as_ref().is_some_and(|r| r.is_match(p))
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A token value must be visible ASCII without separators (RFC 6750 b64token is narrower still).
+fn clean_token(t: &str) -> Option<String> {
+    let t = t.trim_matches(|c| c == ' ' || c == '\t');
+    if t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()) { None } else { Some(t.to_string()) }
+}
+
+/// The token from one source, if present.
+pub fn extract(source: &Source, req: &Request<'_>) -> Option<String> {
+    match source {
+        Source::Header { name, prefix } => {
+            let raw = (req.header)(name)?;
+            let v = std::str::from_utf8(&raw).ok()?;
+            match prefix {
+                Some(pre) => {
+                    let head = v.get(..pre.len())?;
+                    if !head.eq_ignore_ascii_case(pre) {
+                        return None;
+                    }
+                    clean_token(&v[pre.len()..])
+                }
+                None => clean_token(v),
+            }
+        }
+        Source::Param(name) => {
+            let (_, q) = req.path.split_once('?')?;
+            q.split('&').find_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                if k == name { percent_decode(v).and_then(|v| clean_token(&v)) } else { None }
+            })
+        }
+        Source::Cookie(name) => {
+            let raw = (req.header)("cookie")?;
+            let v = std::str::from_utf8(&raw).ok()?;
+            v.split(';').find_map(|kv| {
+                let (k, v) = kv.trim().split_once('=')?;
+                if k == name { clean_token(v.trim_matches('"')) } else { None }
+            })
+        }
+    }
+}
+
+/// Walks a claim path (`a.b.c`) through nested objects.
+pub fn claim_at<'v>(claims: &'v serde_json::Map<String, Value>, path: &[String]) -> Option<&'v Value> {
+    let (first, rest) = path.split_first()?;
+    let mut v = claims.get(first)?;
+    for p in rest {
+        v = v.as_object()?.get(p)?;
+    }
+    Some(v)
+}
+
+fn scalar_string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// A claim rendered as a header value; `None` when absent or when it cannot be a safe header value.
+pub fn claim_header_value(claims: &serde_json::Map<String, Value>, ch: &ClaimHeader) -> Option<String> {
+    let v = claim_at(claims, &ch.path)?;
+    let s = match v {
+        Value::Array(items) => {
+            let parts: Vec<String> = items.iter().map(|i| scalar_string(i).unwrap_or_else(|| i.to_string())).collect();
+            parts.join(&ch.separator)
+        }
+        Value::Object(_) => v.to_string(),
+        Value::Null => return None,
+        other => scalar_string(other)?,
+    };
+    // Never let a claim inject header syntax (CR, LF, NUL or other controls).
+    if s.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) { None } else { Some(s) }
+}
+
+fn token_scopes(claims: &serde_json::Map<String, Value>) -> Vec<&str> {
+    let mut out = Vec::new();
+    for name in ["scope", "scp"] {
+        match claims.get(name) {
+            Some(Value::String(s)) => out.extend(s.split(' ').filter(|x| !x.is_empty())),
+            Some(Value::Array(a)) => out.extend(a.iter().filter_map(Value::as_str)),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn claim_ok(claims: &serde_json::Map<String, Value>, m: &crate::config::ClaimMatch) -> bool {
+    let Some(v) = claim_at(claims, &m.path) else { return false };
+    let Some(matcher) = &m.matcher else { return !v.is_null() };
+    match v {
+        Value::Array(items) => items.iter().filter_map(scalar_string).any(|s| matcher.matches(&s)),
+        other => scalar_string(other).is_some_and(|s| matcher.matches(&s)),
+    }
+}
+
+enum Attempt {
+    Ok(Rc<Verified>),
+    Err(TokenError),
+    Wait,
+    Unavailable,
+}
+
+fn deny_invalid(plan: &Plan, e: &TokenError) -> Outcome {
+    let d = e.to_string();
+    Outcome::Deny {
+        status: 401,
+        www_authenticate: Some(www_authenticate(&plan.realm, &Challenge::InvalidToken(&d))),
+        reason: e.reason(),
+        detail: d,
+    }
+}
+
+fn deny_unavailable(provider: &str) -> Outcome {
+    Outcome::Deny {
+        status: 503,
+        www_authenticate: None,
+        reason: "keys_unavailable",
+        detail: format!("signing keys of provider `{provider}` are unavailable"),
+    }
+}
+
+/// Decides what to do with a request.
+pub fn evaluate(
+    plan: &Plan,
+    req: &Request<'_>,
+    keys: &mut dyn KeyAccess,
+    cache: &mut TokenCache,
+    now_s: u64,
+    counters: &mut Counters,
+) -> Outcome {
+    if plan.bypass_cors_preflight
+        && req.method == "OPTIONS"
+        && (req.header)("origin").is_some()
+        && (req.header)("access-control-request-method").is_some()
+    {
+        return Outcome::Pass;
+    }
+    let Some(rule) = plan.rules.iter().find(|r| rule_matches(r, req.method, req.path)) else {
+        return Outcome::Pass;
+    };
+    if rule.providers.is_empty() {
+        return Outcome::Pass;
+    }
+
+    // (provider, token, source header name if it came from a header)
+    let mut found: Vec<(usize, String, Option<&str>)> = Vec::new();
+    for &pi in &rule.providers {
+        let p = &plan.providers[pi];
+        for s in &p.sources {
+            if let Some(t) = extract(s, req) {
+                let hname = match s {
+                    Source::Header { name, .. } => Some(name.as_str()),
+                    _ => None,
+                };
+                found.push((pi, t, hname));
+                break;
+            }
+        }
+    }
+    if found.is_empty() {
+        if rule.allow_missing {
+            return Outcome::Allow { remove: Vec::new(), set: Vec::new() };
+        }
+        return Outcome::Deny {
+            status: 401,
+            www_authenticate: Some(www_authenticate(&plan.realm, &Challenge::Missing)),
+            reason: "missing",
+            detail: "no token".into(),
+        };
+    }
+
+    let mut results: Vec<(usize, Attempt, Option<&str>)> = Vec::with_capacity(found.len());
+    for (pi, token, hname) in &found {
+        let p = &plan.providers[*pi];
+        let ck = key(*pi, token);
+        if let Some(v) = cache.get(&ck, now_s) {
+            counters.cache_hits += 1;
+            results.push((*pi, Attempt::Ok(v), *hname));
+            continue;
+        }
+        if !looks_like_jwt(token) {
+            results.push((*pi, Attempt::Err(TokenError::Malformed), *hname));
+            continue;
+        }
+        let attempt = match keys.keys(*pi) {
+            Keys::Loading => Attempt::Wait,
+            Keys::Unavailable => Attempt::Unavailable,
+            Keys::Ready(ks) => {
+                counters.verifications += 1;
+                match validate(&p.policy, ks, token, now_s) {
+                    Ok(v) => {
+                        let v = Rc::new(v);
+                        cache.insert(ck, v.clone(), now_s);
+                        Attempt::Ok(v)
+                    }
+                    Err(TokenError::UnknownKid) if p.remote.is_some() && keys.unknown_kid(*pi) => Attempt::Wait,
+                    Err(e) => Attempt::Err(e),
+                }
+            }
+        };
+        results.push((*pi, attempt, *hname));
+    }
+
+    let waiting: Vec<usize> =
+        results.iter().filter(|(_, a, _)| matches!(a, Attempt::Wait)).map(|(pi, _, _)| *pi).collect();
+    let ok: Vec<(usize, Rc<Verified>, Option<&str>)> = results
+        .iter()
+        .filter_map(|(pi, a, h)| match a {
+            Attempt::Ok(v) => Some((*pi, v.clone(), *h)),
+            _ => None,
+        })
+        .collect();
+    let first_err = results.iter().find_map(|(_, a, _)| match a {
+        Attempt::Err(e) => Some(e.clone()),
+        _ => None,
+    });
+    let unavailable = results.iter().find_map(|(pi, a, _)| match a {
+        Attempt::Unavailable => Some(*pi),
+        _ => None,
+    });
+
+    let accepted: Vec<(usize, Rc<Verified>, Option<&str>)> = match rule.mode {
+        Mode::Any => {
+            if ok.is_empty() {
+                if !waiting.is_empty() {
+                    return Outcome::Wait { providers: waiting };
+                }
+                if let Some(e) = first_err {
+                    return deny_invalid(plan, &e);
+                }
+                if let Some(pi) = unavailable {
+                    return deny_unavailable(&plan.providers[pi].name);
+                }
+                return deny_invalid(plan, &TokenError::Malformed);
+            }
+            ok.into_iter().take(1).collect()
+        }
+        Mode::All => {
+            if let Some(e) = first_err {
+                return deny_invalid(plan, &e);
+            }
+            if !waiting.is_empty() {
+                return Outcome::Wait { providers: waiting };
+            }
+            if let Some(pi) = unavailable {
+                return deny_unavailable(&plan.providers[pi].name);
+            }
+            let missing = rule.providers.iter().find(|pi| !ok.iter().any(|(o, _, _)| o == *pi));
+            if let Some(pi) = missing {
+                let d = format!("a token for `{}` is required", plan.providers[*pi].name);
+                return Outcome::Deny {
+                    status: 401,
+                    www_authenticate: Some(www_authenticate(&plan.realm, &Challenge::InvalidToken(&d))),
+                    reason: "missing",
+                    detail: d,
+                };
+            }
+            ok
+        }
+    };
+
+    // Authorization: scopes and claim matchers (403 insufficient_scope).
+    if !rule.scopes.is_empty() {
+        let have: Vec<&str> = accepted.iter().flat_map(|(_, v, _)| token_scopes(&v.claims)).collect();
+        if let Some(missing) = rule.scopes.iter().find(|s| !have.contains(&s.as_str())) {
+            let scope = rule.scopes.join(" ");
+            let d = format!("scope `{missing}` is required");
+            return Outcome::Deny {
+                status: 403,
+                www_authenticate: Some(www_authenticate(
+                    &plan.realm,
+                    &Challenge::InsufficientScope { description: &d, scope: &scope },
+                )),
+                reason: "scope",
+                detail: d,
+            };
+        }
+    }
+    for m in &rule.claims {
+        if !accepted.iter().any(|(_, v, _)| claim_ok(&v.claims, m)) {
+            let d = format!("claim `{}` does not match", m.name);
+            return Outcome::Deny {
+                status: 403,
+                www_authenticate: Some(www_authenticate(
+                    &plan.realm,
+                    &Challenge::InsufficientScope { description: &d, scope: "" },
+                )),
+                reason: "claims",
+                detail: d,
+            };
+        }
+    }
+
+    let mut remove = Vec::new();
+    let mut set = Vec::new();
+    for (pi, v, hname) in &accepted {
+        let p = &plan.providers[*pi];
+        if !p.forward
+            && let Some(h) = hname
+            && !remove.iter().any(|x: &String| x == h)
+        {
+            remove.push((*h).to_string());
+        }
+        if let Some(h) = &p.payload_header {
+            set.push((h.clone(), v.payload_b64.clone()));
+        }
+        for ch in &p.claim_headers {
+            if let Some(val) = claim_header_value(&v.claims, ch) {
+                set.push((ch.header.clone(), val));
+            }
+        }
+    }
+    Outcome::Allow { remove, set }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use std::collections::HashMap;
+
+    const NOW: u64 = 1_700_000_000;
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    struct FakeKeys {
+        set: Option<KeySet>,
+        loading: bool,
+        refetch_allowed: bool,
+        refetches: u32,
+    }
+
+    impl KeyAccess for FakeKeys {
+        fn keys(&self, _p: usize) -> Keys<'_> {
+            match &self.set {
+                Some(s) => Keys::Ready(s),
+                None if self.loading => Keys::Loading,
+                None => Keys::Unavailable,
+            }
+        }
+        fn unknown_kid(&mut self, _p: usize) -> bool {
+            self.refetches += 1;
+            self.refetch_allowed
+        }
+    }
+
+    fn keys() -> FakeKeys {
+        let set = crate::jwks::parse_jwks(
+            br#"{"keys":[{"kty":"oct","kid":"h","k":"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY"}]}"#,
+        )
+        .unwrap();
+        FakeKeys { set: Some(set), loading: false, refetch_allowed: false, refetches: 0 }
+    }
+
+    fn plan(rules: &str) -> Plan {
+        let cfg = format!(
+            r#"{{"realm":"api","providers":{{
+              "p":{{"issuer":"https://iss","audiences":["api"],"algorithms":["HS256"],
+                   "local_jwks":{{"keys":[{{"kty":"oct","kid":"h","k":"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY"}}]}},
+                   "remote_jwks":{{"cluster":"idp","uri":"https://idp/jwks"}},
+                   "from_headers":[{{"name":"authorization","value_prefix":"Bearer "}},{{"name":"x-token"}}],
+                   "from_params":["access_token"],"from_cookies":["at"],
+                   "forward_payload_header":"x-jwt-payload",
+                   "claim_to_headers":[{{"header":"x-sub","claim":"sub"}},{{"header":"x-groups","claim":"realm.groups"}},
+                                       {{"header":"x-n","claim":"n"}},{{"header":"x-admin","claim":"admin"}},
+                                       {{"header":"x-evil","claim":"evil"}}]}}}},
+              "rules":{rules}}}"#
+        );
+        Plan::from_json(cfg.as_bytes()).unwrap()
+    }
+
+    fn default_plan() -> Plan {
+        plan(
+            r#"[{"match":{"prefix":"/public"}},
+                {"match":{"prefix":"/opt"},"requires_any":["p"],"allow_missing":true},
+                {"match":{"prefix":"/admin"},"requires_any":["p"],"scopes":["admin"],
+                 "claims":[{"claim":"realm.groups","exact":"ops"}]},
+                {"match":{"prefix":"/"},"requires_any":["p"]}]"#,
+        )
+    }
+
+    fn mint(claims: serde_json::Value) -> String {
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = Some("h".into());
+        jsonwebtoken::encode(&h, &claims, &EncodingKey::from_secret(SECRET)).unwrap()
+    }
+
+    fn claims() -> serde_json::Value {
+        serde_json::json!({"iss":"https://iss","aud":"api","sub":"alice","exp":NOW+300,
+            "scope":"read admin","realm":{"groups":["dev","ops"]},"n":42,"admin":true,"evil":"a\r\nx-injected: 1"})
+    }
+
+    fn run(plan: &Plan, keys: &mut FakeKeys, cache: &mut TokenCache, method: &str, path: &str, headers: &[(&str, &str)]) -> (Outcome, Counters) {
+        let map: HashMap<String, Vec<u8>> =
+            headers.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect();
+        let get = move |n: &str| map.get(n).cloned();
+        let req = Request { method, path, header: &get };
+        let mut c = Counters::default();
+        let o = evaluate(plan, &req, keys, cache, NOW, &mut c);
+        (o, c)
+    }
+
+    #[test]
+    fn allows_and_sets_claim_headers() {
+        let p = default_plan();
+        let mut k = keys();
+        let mut cache = TokenCache::new(10, 3600);
+        let t = mint(claims());
+        let auth = format!("Bearer {t}");
+        let (o, c) = run(&p, &mut k, &mut cache, "GET", "/x", &[("authorization", &auth)]);
+        let Outcome::Allow { remove, set } = o else { panic!("{o:?}") };
+        assert_eq!(remove, vec!["authorization".to_string()]);
+        let get = |h: &str| set.iter().find(|(k, _)| k == h).map(|(_, v)| v.as_str());
+        assert_eq!(get("x-sub"), Some("alice"));
+        assert_eq!(get("x-groups"), Some("dev,ops"));
+        assert_eq!(get("x-n"), Some("42"));
+        assert_eq!(get("x-admin"), Some("true"));
+        assert_eq!(get("x-evil"), None, "control characters never reach a header");
+        assert_eq!(get("x-jwt-payload"), t.split('.').nth(1));
+        assert_eq!(c, Counters { cache_hits: 0, verifications: 1 });
+        let (_, c) = run(&p, &mut k, &mut cache, "GET", "/x", &[("authorization", &auth)]);
+        assert_eq!(c, Counters { cache_hits: 1, verifications: 0 });
+        assert!(p.output_headers.contains(&"x-sub".to_string()));
+    }
+
+    #[test]
+    fn token_sources() {
+        let p = default_plan();
+        let mut k = keys();
+        let t = mint(claims());
+        for (path, headers) in [
+            (format!("/x?a=1&access_token={t}"), vec![]),
+            ("/x".to_string(), vec![("cookie", format!("z=1; at={t}"))]),
+            ("/x".to_string(), vec![("x-token", t.clone())]),
+            ("/x".to_string(), vec![("authorization", format!("bearer {t}"))]),
+        ] {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(a, b)| (*a, b.as_str())).collect();
+            let (o, _) = run(&p, &mut k, &mut TokenCache::new(0, 0), "GET", &path, &h);
+            assert!(matches!(o, Outcome::Allow { .. }), "{path}: {o:?}");
+        }
+    }
+
+    #[test]
+    fn missing_invalid_scope_and_rules() {
+        let p = default_plan();
+        let mut k = keys();
+        let mut cache = TokenCache::new(10, 3600);
+        let (o, _) = run(&p, &mut k, &mut cache, "GET", "/x", &[]);
+        assert_eq!(
+            o,
+            Outcome::Deny {
+                status: 401,
+                www_authenticate: Some(r#"Bearer realm="api""#.into()),
+                reason: "missing",
+                detail: "no token".into()
+            }
+        );
+        let (o, _) = run(&p, &mut k, &mut cache, "GET", "/public/a", &[]);
+        assert_eq!(o, Outcome::Pass);
+        let (o, _) = run(&p, &mut k, &mut cache, "GET", "/opt", &[]);
+        assert!(matches!(o, Outcome::Allow { .. }));
+        let (o, _) = run(&p, &mut k, &mut cache, "GET", "/opt", &[("authorization", "Bearer a.b.c")]);
+        assert!(matches!(o, Outcome::Deny { status: 401, .. }), "allow_missing still refuses a bad token");
+        let mut c = claims();
+        c["exp"] = (NOW - 1000).into();
+        let auth = format!("Bearer {}", mint(c));
+        let (o, _) = run(&p, &mut k, &mut cache, "GET", "/x", &[("authorization", &auth)]);
+        let Outcome::Deny { status: 401, www_authenticate: Some(w), reason: "expired", .. } = o else { panic!("{o:?}") };
+        assert_eq!(w, r#"Bearer realm="api", error="invalid_token", error_description="token has expired""#);
+        // Scope present, claim matches: allowed. Without the admin scope: 403.
+        let auth = format!("Bearer {}", mint(claims()));
+        let (o, _) = run(&p, &mut k, &mut cache, "GET", "/admin", &[("authorization", &auth)]);
+        assert!(matches!(o, Outcome::Allow { .. }), "{o:?}");
+        let mut c = claims();
+        c["scope"] = serde_json::json!(["read"]);
+        let auth = format!("Bearer {}", mint(c));
+        let (o, _) = run(&p, &mut k, &mut cache, "GET", "/admin", &[("authorization", &auth)]);
+        let Outcome::Deny { status: 403, www_authenticate: Some(w), .. } = o else { panic!("{o:?}") };
+        assert!(w.contains(r#"error="insufficient_scope""#) && w.contains(r#"scope="admin""#), "{w}");
+        let mut c = claims();
+        c["realm"]["groups"] = serde_json::json!(["dev"]);
+        let auth = format!("Bearer {}", mint(c));
+        let (o, _) = run(&p, &mut k, &mut cache, "GET", "/admin", &[("authorization", &auth)]);
+        assert!(matches!(o, Outcome::Deny { status: 403, reason: "claims", .. }), "{o:?}");
+        // CORS preflight passes.
+        let (o, _) = run(&p, &mut k, &mut cache, "OPTIONS", "/x", &[("origin", "o"), ("access-control-request-method", "GET")]);
+        assert_eq!(o, Outcome::Pass);
+    }
+
+    #[test]
+    fn waits_for_keys_and_unknown_kid_refetch() {
+        let p = default_plan();
+        let auth = format!("Bearer {}", mint(claims()));
+        let mut k = FakeKeys { set: None, loading: true, refetch_allowed: false, refetches: 0 };
+        let (o, _) = run(&p, &mut k, &mut TokenCache::new(0, 0), "GET", "/x", &[("authorization", &auth)]);
+        assert_eq!(o, Outcome::Wait { providers: vec![0] });
+        k.loading = false;
+        let (o, _) = run(&p, &mut k, &mut TokenCache::new(0, 0), "GET", "/x", &[("authorization", &auth)]);
+        assert!(matches!(o, Outcome::Deny { status: 503, .. }), "{o:?}");
+
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = Some("rotated".into());
+        let t = jsonwebtoken::encode(&h, &claims(), &EncodingKey::from_secret(SECRET)).unwrap();
+        let auth = format!("Bearer {t}");
+        let mut k = keys();
+        k.refetch_allowed = true;
+        let (o, _) = run(&p, &mut k, &mut TokenCache::new(0, 0), "GET", "/x", &[("authorization", &auth)]);
+        assert_eq!(o, Outcome::Wait { providers: vec![0] });
+        k.refetch_allowed = false;
+        let (o, _) = run(&p, &mut k, &mut TokenCache::new(0, 0), "GET", "/x", &[("authorization", &auth)]);
+        assert!(matches!(o, Outcome::Deny { status: 401, reason: "unknown_key", .. }), "{o:?}");
+        assert_eq!(k.refetches, 2);
+    }
+}

@@ -1,0 +1,596 @@
+//! Remote JWKS state of one provider, shared by every worker of the proxy.
+//!
+//! - One fetch per proxy: a worker that wants keys takes a lease in shared data with a CAS write
+//!   (`<key>.lease` = `<worker> <expires_ms>`); only the lease holder dispatches the fetch.
+//! - The holder publishes validated keys in shared data (`<key>.jwks` = a header line with a version,
+//!   fetch time, last attempt and failure count, then the JWKS body); every worker picks up a new
+//!   version on its next tick and parses it once.
+//! - Keys are refreshed in the background at 90 % of `cache_duration_s`; a failed refresh keeps the old
+//!   keys (stale-on-error) until `cache_duration_s + max_stale_s`, then they are dropped.
+//! - A token with an unknown kid may trigger a refetch, at most one per `unknown_kid_refetch_interval_s`
+//!   for the whole proxy (the last attempt time is in shared data).
+//! - With no issuer-provided `uri`, the JWKS location comes from OIDC discovery first.
+//!
+//! Time is passed in (milliseconds); nothing here reads a clock or calls the host.
+
+use std::rc::Rc;
+
+use crate::config::{RemotePlan, split_url};
+use crate::jwks::{KeySet, parse_jwks};
+
+/// What the key store needs from the host: proxy-wide shared data with compare-and-swap.
+pub trait SharedData {
+    /// The value and its CAS token.
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)>;
+    /// Writes `value`; with `cas`, only if the value still has that CAS token. False on mismatch.
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
+}
+
+/// An HTTP GET the glue must dispatch (and report back with [`RemoteKeys::on_response`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetch {
+    pub cluster: String,
+    pub authority: String,
+    pub path: String,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Discovery,
+    Jwks,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    started_ms: u64,
+    phase: Phase,
+}
+
+/// The shared record's header.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Record {
+    version: u64,
+    fetched_at_ms: u64,
+    last_attempt_ms: u64,
+    failures: u32,
+}
+
+impl Record {
+    fn encode(&self, body: &[u8]) -> Vec<u8> {
+        let mut v = format!(
+            "v1 {} {} {} {}\n",
+            self.version, self.fetched_at_ms, self.last_attempt_ms, self.failures
+        )
+        .into_bytes();
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn decode(bytes: &[u8]) -> Option<(Record, &[u8])> {
+        let nl = bytes.iter().position(|b| *b == b'\n')?;
+        let head = std::str::from_utf8(&bytes[..nl]).ok()?;
+        let mut it = head.split(' ');
+        if it.next()? != "v1" {
+            return None;
+        }
+        let r = Record {
+            version: it.next()?.parse().ok()?,
+            fetched_at_ms: it.next()?.parse().ok()?,
+            last_attempt_ms: it.next()?.parse().ok()?,
+            failures: it.next()?.parse().ok()?,
+        };
+        Some((r, &bytes[nl + 1..]))
+    }
+}
+
+/// Events for logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// New keys installed on this worker (count of keys).
+    Installed { version: u64, keys: usize },
+    /// This worker fetched and published keys.
+    Fetched { keys: usize },
+    /// A fetch by this worker failed.
+    FetchFailed { reason: String },
+    /// Keys were older than cache_duration + max_stale and were dropped.
+    Expired,
+}
+
+/// Key state of one remote provider on one worker.
+pub struct RemoteKeys {
+    plan: RemotePlan,
+    issuer: Option<String>,
+    static_keys: Option<KeySet>,
+    worker_id: u64,
+    record: Record,
+    keys: Option<Rc<KeySet>>,
+    in_flight: Option<InFlight>,
+    jwks_target: Option<(String, String)>,
+    want_refetch: bool,
+    pub events: Vec<Event>,
+}
+
+/// The key state as requests see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Ready,
+    Loading,
+    Unavailable,
+}
+
+impl RemoteKeys {
+    pub fn new(plan: RemotePlan, issuer: Option<String>, static_keys: Option<KeySet>, worker_id: u64) -> Self {
+        let jwks_target = (!plan.discovery).then(|| (plan.authority.clone(), plan.path.clone()));
+        RemoteKeys {
+            plan,
+            issuer,
+            static_keys,
+            worker_id,
+            record: Record::default(),
+            keys: None,
+            in_flight: None,
+            jwks_target,
+            want_refetch: false,
+            events: Vec::new(),
+        }
+    }
+
+    fn jwks_key(&self) -> String {
+        format!("{}.jwks", self.plan.shared_key)
+    }
+
+    fn lease_key(&self) -> String {
+        format!("{}.lease", self.plan.shared_key)
+    }
+
+    fn stale_deadline_ms(&self) -> u64 {
+        self.record
+            .fetched_at_ms
+            .saturating_add(self.plan.cache_duration_s.saturating_add(self.plan.max_stale_s).saturating_mul(1000))
+    }
+
+    /// Keys usable now (remote merged with static ones).
+    pub fn keys(&self) -> Option<&KeySet> {
+        self.keys.as_deref()
+    }
+
+    pub fn state(&self) -> State {
+        if self.keys.is_some() {
+            State::Ready
+        } else if self.record.failures == 0 {
+            State::Loading
+        } else {
+            State::Unavailable
+        }
+    }
+
+    pub fn is_fetching(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// Picks up what other workers published. Returns true when anything changed (waiting requests
+    /// should be re-evaluated).
+    pub fn sync(&mut self, now_ms: u64, shared: &dyn SharedData) -> bool {
+        let mut changed = false;
+        if let Some((bytes, _)) = shared.get(&self.jwks_key())
+            && let Some((rec, body)) = Record::decode(&bytes)
+            && rec != self.record
+        {
+            if rec.version != self.record.version && !body.is_empty() {
+                match parse_jwks(body) {
+                    Ok(set) => {
+                        self.install(set);
+                        self.events.push(Event::Installed { version: rec.version, keys: self.keys.as_ref().map_or(0, |k| k.keys.len()) });
+                    }
+                    Err(e) => self.events.push(Event::FetchFailed { reason: format!("published JWKS unusable: {e}") }),
+                }
+            }
+            self.record = rec;
+            changed = true;
+        }
+        if self.keys.is_some() && self.record.version > 0 && now_ms > self.stale_deadline_ms() {
+            self.keys = None;
+            self.events.push(Event::Expired);
+            changed = true;
+        }
+        changed
+    }
+
+    fn install(&mut self, mut set: KeySet) {
+        if let Some(s) = &self.static_keys {
+            set.extend(s.clone());
+        }
+        self.keys = Some(Rc::new(set));
+    }
+
+    fn retry_delay_ms(&self) -> u64 {
+        let base = self.plan.retry_interval_s.saturating_mul(1000);
+        let shift = self.record.failures.saturating_sub(1).min(6);
+        base.saturating_mul(1 << shift).min(300_000.max(base))
+    }
+
+    fn needs_fetch(&self, now_ms: u64) -> bool {
+        let last = self.record.last_attempt_ms;
+        if self.want_refetch
+            && now_ms >= last.saturating_add(self.plan.unknown_kid_refetch_interval_s.saturating_mul(1000))
+        {
+            return true;
+        }
+        if self.record.failures > 0 && now_ms < last.saturating_add(self.retry_delay_ms()) {
+            return false;
+        }
+        if self.keys.is_none() || self.record.version == 0 {
+            return true;
+        }
+        let refresh_at = self.record.fetched_at_ms.saturating_add(self.plan.cache_duration_s.saturating_mul(900));
+        now_ms >= refresh_at
+    }
+
+    /// Called on every tick (and after an unknown kid): syncs from shared data and, when a fetch is due
+    /// and this worker wins the lease, returns the request to dispatch.
+    pub fn poll(&mut self, now_ms: u64, shared: &mut dyn SharedData) -> Option<Fetch> {
+        self.sync(now_ms, shared);
+        if let Some(f) = self.in_flight {
+            // A response that never came (the host lost it): give up after twice the timeout.
+            if now_ms > f.started_ms.saturating_add(self.plan.timeout_ms.saturating_mul(2).saturating_add(1000)) {
+                self.in_flight = None;
+                self.release(shared);
+            } else {
+                return None;
+            }
+        }
+        if !self.needs_fetch(now_ms) || !self.acquire(now_ms, shared) {
+            return None;
+        }
+        self.want_refetch = false;
+        // Record the attempt at once so that the rate limit holds for every worker.
+        self.record.last_attempt_ms = now_ms;
+        self.publish(shared, None);
+        Some(self.start(now_ms))
+    }
+
+    fn start(&mut self, now_ms: u64) -> Fetch {
+        let (phase, authority, path) = match &self.jwks_target {
+            Some((a, p)) => (Phase::Jwks, a.clone(), p.clone()),
+            None => (Phase::Discovery, self.plan.authority.clone(), self.plan.path.clone()),
+        };
+        self.in_flight = Some(InFlight { started_ms: now_ms, phase });
+        Fetch { cluster: self.plan.cluster.clone(), authority, path, timeout_ms: self.plan.timeout_ms }
+    }
+
+    /// A token carried an unknown kid. True when the request should wait for a refetch.
+    pub fn unknown_kid(&mut self, now_ms: u64, shared: &mut dyn SharedData) -> bool {
+        if self.in_flight.is_some() || self.lease_held_by_other(now_ms, shared) {
+            return true;
+        }
+        self.sync(now_ms, shared);
+        let allowed = now_ms
+            >= self.record.last_attempt_ms.saturating_add(self.plan.unknown_kid_refetch_interval_s.saturating_mul(1000));
+        if allowed {
+            self.want_refetch = true;
+        }
+        allowed
+    }
+
+    fn lease_held_by_other(&self, now_ms: u64, shared: &dyn SharedData) -> bool {
+        match shared.get(&self.lease_key()).and_then(|(v, _)| parse_lease(&v)) {
+            Some((owner, exp)) => owner != self.worker_id && now_ms < exp,
+            None => false,
+        }
+    }
+
+    fn acquire(&mut self, now_ms: u64, shared: &mut dyn SharedData) -> bool {
+        let key = self.lease_key();
+        let current = shared.get(&key);
+        let cas = match &current {
+            Some((v, cas)) => {
+                if let Some((owner, exp)) = parse_lease(v)
+                    && owner != self.worker_id
+                    && now_ms < exp
+                {
+                    return false;
+                }
+                Some(*cas)
+            }
+            None => None,
+        };
+        let exp = now_ms.saturating_add(self.plan.timeout_ms.saturating_mul(2).saturating_add(2000));
+        let value = format!("{} {}", self.worker_id, exp);
+        if !shared.set(&key, value.as_bytes(), cas) {
+            return false;
+        }
+        // A key that did not exist cannot be CAS-protected: read back to settle a creation race.
+        matches!(shared.get(&key).and_then(|(v, _)| parse_lease(&v)), Some((o, _)) if o == self.worker_id)
+    }
+
+    fn release(&mut self, shared: &mut dyn SharedData) {
+        let key = self.lease_key();
+        if let Some((v, cas)) = shared.get(&key)
+            && parse_lease(&v).is_some_and(|(o, _)| o == self.worker_id)
+        {
+            shared.set(&key, b"", Some(cas));
+        }
+    }
+
+    fn publish(&mut self, shared: &mut dyn SharedData, body: Option<&[u8]>) {
+        let key = self.jwks_key();
+        // Keep the published body when only the attempt bookkeeping changes.
+        let old = shared.get(&key);
+        let old_body: Vec<u8> = old
+            .as_ref()
+            .and_then(|(b, _)| Record::decode(b).map(|(_, body)| body.to_vec()))
+            .unwrap_or_default();
+        let body = body.unwrap_or(&old_body);
+        shared.set(&key, &self.record.encode(body), None);
+    }
+
+    fn fail(&mut self, now_ms: u64, shared: &mut dyn SharedData, reason: String) {
+        self.in_flight = None;
+        if let Some((b, _)) = shared.get(&self.jwks_key())
+            && let Some((rec, _)) = Record::decode(&b)
+        {
+            self.record = rec;
+        }
+        self.record.last_attempt_ms = now_ms;
+        self.record.failures = self.record.failures.saturating_add(1);
+        self.publish(shared, None);
+        self.release(shared);
+        self.events.push(Event::FetchFailed { reason });
+    }
+
+    /// The response to the fetch this worker dispatched: `status` is `None` when the call failed or
+    /// timed out. May return the next request (the JWKS after discovery).
+    pub fn on_response(
+        &mut self,
+        now_ms: u64,
+        shared: &mut dyn SharedData,
+        status: Option<u32>,
+        body: Option<&[u8]>,
+    ) -> Option<Fetch> {
+        let Some(f) = self.in_flight else { return None };
+        let what = if f.phase == Phase::Discovery { "OIDC discovery" } else { "JWKS fetch" };
+        let body = match (status, body) {
+            (None, _) => {
+                self.fail(now_ms, shared, format!("{what}: no response (cluster `{}`)", self.plan.cluster));
+                return None;
+            }
+            (Some(200), Some(b)) if b.len() <= self.plan.max_body_bytes => b,
+            (Some(200), Some(b)) => {
+                self.fail(now_ms, shared, format!("{what}: body of {} bytes exceeds max_body_bytes", b.len()));
+                return None;
+            }
+            (Some(s), _) => {
+                self.fail(now_ms, shared, format!("{what}: HTTP status {s}"));
+                return None;
+            }
+        };
+        match f.phase {
+            Phase::Discovery => match discovery_jwks_uri(body, self.issuer.as_deref()) {
+                Ok((authority, path)) => {
+                    self.jwks_target = Some((authority, path));
+                    Some(self.start(now_ms))
+                }
+                Err(e) => {
+                    self.fail(now_ms, shared, format!("OIDC discovery: {e}"));
+                    None
+                }
+            },
+            Phase::Jwks => {
+                match parse_jwks(body) {
+                    Ok(set) => {
+                        self.in_flight = None;
+                        let n = set.keys.len();
+                        let prev = shared.get(&self.jwks_key()).and_then(|(b, _)| Record::decode(&b).map(|(r, _)| r));
+                        let version = prev.map_or(self.record.version, |r| r.version.max(self.record.version)) + 1;
+                        self.record =
+                            Record { version, fetched_at_ms: now_ms, last_attempt_ms: now_ms, failures: 0 };
+                        self.publish(shared, Some(body));
+                        self.release(shared);
+                        self.install(set);
+                        self.events.push(Event::Fetched { keys: n });
+                    }
+                    Err(e) => self.fail(now_ms, shared, format!("JWKS unusable: {e}")),
+                }
+                None
+            }
+        }
+    }
+}
+
+fn parse_lease(v: &[u8]) -> Option<(u64, u64)> {
+    let s = std::str::from_utf8(v).ok()?;
+    let (a, b) = s.split_once(' ')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// The JWKS location from an OIDC discovery document; its `issuer` must equal the configured one.
+fn discovery_jwks_uri(body: &[u8], issuer: Option<&str>) -> Result<(String, String), String> {
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    if let Some(iss) = issuer {
+        let got = v.get("issuer").and_then(serde_json::Value::as_str).unwrap_or_default();
+        if got.trim_end_matches('/') != iss.trim_end_matches('/') {
+            return Err(format!("document issuer `{got}` differs from the configured issuer"));
+        }
+    }
+    let uri = v.get("jwks_uri").and_then(serde_json::Value::as_str).ok_or("no `jwks_uri`")?;
+    split_url(uri).ok_or_else(|| format!("jwks_uri `{uri}` is not an http(s) URL"))
+}
+
+/// An in-memory [`SharedData`] with Envoy's semantics (CAS tokens bump on every write; a write with a
+/// CAS to a missing key succeeds). For tests.
+#[derive(Default, Debug)]
+pub struct MemoryShared {
+    map: std::collections::HashMap<String, (Vec<u8>, u32)>,
+    next: u32,
+}
+
+impl SharedData for MemoryShared {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.map.get(key).cloned()
+    }
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        if let (Some(c), Some((_, cur))) = (cas, self.map.get(key))
+            && c != 0
+            && c != *cur
+        {
+            return false;
+        }
+        self.next += 1;
+        self.map.insert(key.to_string(), (value.to_vec(), self.next));
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Plan;
+
+    const JWKS1: &[u8] = br#"{"keys":[{"kty":"EC","kid":"k1","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
+    const JWKS2: &[u8] = br#"{"keys":[{"kty":"EC","kid":"k2","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
+
+    fn plan(remote: &str) -> RemotePlan {
+        let cfg = format!(r#"{{"providers":{{"p":{{"issuer":"https://idp.test","remote_jwks":{remote}}}}}}}"#);
+        Plan::from_json(cfg.as_bytes()).unwrap().providers.remove(0).remote.unwrap()
+    }
+
+    fn store(id: u64) -> RemoteKeys {
+        RemoteKeys::new(
+            plan(r#"{"cluster":"idp","uri":"https://idp.test/jwks","cache_duration_s":100,"max_stale_s":50,"unknown_kid_refetch_interval_s":30,"retry_interval_s":5}"#),
+            Some("https://idp.test".into()),
+            None,
+            id,
+        )
+    }
+
+    fn kid(s: &RemoteKeys) -> Vec<String> {
+        s.keys().map(|k| k.keys.iter().filter_map(|k| k.kid.clone()).collect()).unwrap_or_default()
+    }
+
+    #[test]
+    fn one_fetch_shared_by_all_workers() {
+        let mut shared = MemoryShared::default();
+        let mut w: Vec<RemoteKeys> = (1..=4).map(store).collect();
+        let fetches: Vec<Option<Fetch>> = w.iter_mut().map(|s| s.poll(0, &mut shared)).collect();
+        assert_eq!(fetches.iter().filter(|f| f.is_some()).count(), 1, "only the lease holder fetches");
+        let f = fetches[0].clone().unwrap();
+        assert_eq!((f.cluster.as_str(), f.authority.as_str(), f.path.as_str()), ("idp", "idp.test", "/jwks"));
+        assert_eq!(w[1].state(), State::Loading);
+        assert!(w[0].on_response(10, &mut shared, Some(200), Some(JWKS1)).is_none());
+        assert_eq!(kid(&w[0]), ["k1"]);
+        for s in &mut w[1..] {
+            assert!(s.poll(20, &mut shared).is_none());
+            assert_eq!(kid(s), ["k1"]);
+            assert_eq!(s.state(), State::Ready);
+        }
+    }
+
+    #[test]
+    fn refresh_before_expiry_and_stale_on_error() {
+        let mut shared = MemoryShared::default();
+        let mut s = store(1);
+        s.poll(0, &mut shared).unwrap();
+        s.on_response(0, &mut shared, Some(200), Some(JWKS1));
+        assert!(s.poll(89_000, &mut shared).is_none(), "fresh");
+        assert!(s.poll(90_000, &mut shared).is_some(), "refresh at 90% of cache_duration");
+        s.on_response(90_100, &mut shared, Some(500), None);
+        assert!(matches!(s.events.last(), Some(Event::FetchFailed { .. })));
+        assert_eq!(kid(&s), ["k1"], "old keys kept");
+        assert!(s.poll(94_000, &mut shared).is_none(), "retry waits retry_interval");
+        let f = s.poll(95_200, &mut shared);
+        assert!(f.is_some());
+        s.on_response(95_300, &mut shared, None, None);
+        // 2nd failure: backoff doubles to 10 s.
+        assert!(s.poll(100_000, &mut shared).is_none());
+        assert!(s.poll(105_400, &mut shared).is_some());
+        s.on_response(105_500, &mut shared, Some(200), Some(b"{not json"));
+        assert_eq!(kid(&s), ["k1"]);
+        // Past cache_duration + max_stale (150 s) without success: dropped, unavailable.
+        s.sync(150_001, &shared);
+        assert!(s.keys().is_none());
+        assert_eq!(s.state(), State::Unavailable);
+        assert!(s.events.contains(&Event::Expired));
+    }
+
+    #[test]
+    fn unknown_kid_refetch_is_rate_limited_proxy_wide() {
+        let mut shared = MemoryShared::default();
+        let mut a = store(1);
+        let mut b = store(2);
+        a.poll(0, &mut shared).unwrap();
+        a.on_response(0, &mut shared, Some(200), Some(JWKS1));
+        b.poll(0, &mut shared);
+        // Within the interval after the last fetch: no refetch, the token is refused.
+        assert!(!b.unknown_kid(10_000, &mut shared));
+        assert!(b.poll(10_000, &mut shared).is_none());
+        // After it: one refetch for the flood, whichever worker sees it.
+        assert!(b.unknown_kid(31_000, &mut shared));
+        let f = b.poll(31_000, &mut shared);
+        assert!(f.is_some());
+        assert!(a.unknown_kid(31_500, &mut shared), "a waits for b's fetch in flight");
+        assert!(a.poll(31_500, &mut shared).is_none(), "a does not fetch too");
+        b.on_response(31_600, &mut shared, Some(200), Some(JWKS2));
+        assert!(a.sync(31_700, &shared));
+        assert_eq!(kid(&a), ["k2"]);
+        assert!(!a.unknown_kid(40_000, &mut shared), "next refetch only after the interval");
+        let mut fetches = 0;
+        for t in (40_000..61_000).step_by(100) {
+            if a.unknown_kid(t, &mut shared) && a.poll(t, &mut shared).is_some() {
+                fetches += 1;
+                a.on_response(t, &mut shared, Some(200), Some(JWKS2));
+            }
+        }
+        assert_eq!(fetches, 0);
+        assert!(a.unknown_kid(61_600, &mut shared));
+        assert!(a.poll(61_600, &mut shared).is_some());
+    }
+
+    #[test]
+    fn first_load_failure_is_unavailable_then_recovers() {
+        let mut shared = MemoryShared::default();
+        let mut s = store(1);
+        assert_eq!(s.state(), State::Loading);
+        s.poll(0, &mut shared).unwrap();
+        s.on_response(100, &mut shared, Some(503), Some(b""));
+        assert_eq!(s.state(), State::Unavailable);
+        s.poll(5_200, &mut shared).unwrap();
+        s.on_response(5_300, &mut shared, Some(200), Some(JWKS1));
+        assert_eq!(s.state(), State::Ready);
+    }
+
+    #[test]
+    fn oidc_discovery_then_jwks() {
+        let mut shared = MemoryShared::default();
+        let mut s = RemoteKeys::new(plan(r#"{"cluster":"idp"}"#), Some("https://idp.test".into()), None, 1);
+        let f = s.poll(0, &mut shared).unwrap();
+        assert_eq!(f.path, "/.well-known/openid-configuration");
+        let doc = br#"{"issuer":"https://idp.test","jwks_uri":"https://keys.idp.test/oauth/jwks"}"#;
+        let f2 = s.on_response(1, &mut shared, Some(200), Some(doc)).unwrap();
+        assert_eq!((f2.authority.as_str(), f2.path.as_str()), ("keys.idp.test", "/oauth/jwks"));
+        s.on_response(2, &mut shared, Some(200), Some(JWKS1));
+        assert_eq!(kid(&s), ["k1"]);
+        // A discovery document for another issuer is refused.
+        let mut s = RemoteKeys::new(plan(r#"{"cluster":"idp"}"#), Some("https://idp.test".into()), None, 1);
+        let mut shared = MemoryShared::default();
+        s.poll(0, &mut shared).unwrap();
+        let evil = br#"{"issuer":"https://evil","jwks_uri":"https://evil/jwks"}"#;
+        assert!(s.on_response(1, &mut shared, Some(200), Some(evil)).is_none());
+        assert_eq!(s.state(), State::Unavailable);
+    }
+
+    #[test]
+    fn oversized_body_is_refused() {
+        let mut shared = MemoryShared::default();
+        let mut s = RemoteKeys::new(
+            plan(r#"{"cluster":"idp","uri":"https://idp.test/jwks","max_body_bytes":256}"#),
+            None,
+            None,
+            1,
+        );
+        s.poll(0, &mut shared).unwrap();
+        let big = vec![b' '; 300];
+        s.on_response(1, &mut shared, Some(200), Some(&big));
+        assert!(matches!(&s.events[0], Event::FetchFailed { reason } if reason.contains("max_body_bytes")));
+    }
+}

@@ -1,0 +1,468 @@
+//! JWS compact token parsing and validation against one provider's policy and keys.
+//!
+//! The header is parsed here, not by jsonwebtoken, so that every decision is ours: `alg: none` and
+//! unknown algorithms are rejected, `crit` is rejected (this filter understands no extension), keys
+//! carried by the token (`jwk`, `jku`, `x5u`, `x5c`) are ignored. Time claims are parsed strictly (JSON
+//! integers only) and `nbf` is checked by default. Cheap claim checks run before the signature check so a
+//! flood of expired or foreign tokens costs no public-key operation.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::Algorithm;
+use serde_json::{Map, Value};
+
+use crate::jwks::{KeySet, Selection, parse_alg};
+
+/// Why a token was refused. `reason()` is the metric label; `Display` is the `error_description`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("token is malformed")]
+    Malformed,
+    #[error("token header is malformed")]
+    BadHeader,
+    #[error("token payload is malformed")]
+    BadPayload,
+    #[error("token algorithm `none` is not accepted")]
+    AlgNone,
+    #[error("token algorithm is not accepted")]
+    AlgNotAllowed,
+    #[error("token uses unsupported critical header extensions")]
+    Crit,
+    #[error("token signing key is unknown")]
+    UnknownKid,
+    #[error("no key fits the token algorithm")]
+    NoMatchingKey,
+    #[error("token signature is invalid")]
+    BadSignature,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not yet valid")]
+    NotYetValid,
+    #[error("token was issued in the future")]
+    IssuedInFuture,
+    #[error("token lifetime is longer than allowed")]
+    LifetimeTooLong,
+    #[error("token has no expiration")]
+    MissingExp,
+    #[error("claim `{0}` is not a valid NumericDate")]
+    BadTime(&'static str),
+    #[error("token issuer is not accepted")]
+    Issuer,
+    #[error("token audience is not accepted")]
+    Audience,
+    #[error("token lacks a required claim")]
+    MissingClaim,
+    #[error("token subject is not accepted")]
+    Subject,
+}
+
+impl TokenError {
+    /// Short stable label for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TokenError::TooLarge(_) => "too_large",
+            TokenError::Malformed | TokenError::BadHeader | TokenError::BadPayload => "malformed",
+            TokenError::AlgNone | TokenError::AlgNotAllowed => "alg",
+            TokenError::Crit => "crit",
+            TokenError::UnknownKid | TokenError::NoMatchingKey => "unknown_key",
+            TokenError::BadSignature => "signature",
+            TokenError::Expired => "expired",
+            TokenError::NotYetValid | TokenError::IssuedInFuture => "not_yet_valid",
+            TokenError::LifetimeTooLong | TokenError::MissingExp | TokenError::BadTime(_) => "lifetime",
+            TokenError::Issuer => "issuer",
+            TokenError::Audience => "audience",
+            TokenError::MissingClaim | TokenError::Subject => "claims",
+        }
+    }
+}
+
+/// The parts of a compact JWS this filter uses.
+#[derive(Debug)]
+pub struct Parsed<'a> {
+    pub alg: Algorithm,
+    pub kid: Option<String>,
+    /// `header.payload`, the signing input.
+    pub signing_input: &'a str,
+    pub signature: &'a str,
+    /// The payload, base64url as received (for a payload header).
+    pub payload_b64: &'a str,
+    pub claims: Map<String, Value>,
+}
+
+fn decode_part(s: &str) -> Option<Vec<u8>> {
+    // Strict base64url without padding; non-canonical trailing bits are rejected by the engine.
+    URL_SAFE_NO_PAD.decode(s).ok()
+}
+
+/// Splits and decodes a compact JWS (header and payload; the signature stays encoded).
+pub fn parse(token: &str, max_bytes: usize) -> Result<Parsed<'_>, TokenError> {
+    if token.len() > max_bytes {
+        return Err(TokenError::TooLarge(max_bytes));
+    }
+    let mut it = token.split('.');
+    let (Some(h), Some(p), Some(s), None) = (it.next(), it.next(), it.next(), it.next()) else {
+        return Err(TokenError::Malformed);
+    };
+    if h.is_empty() || p.is_empty() {
+        return Err(TokenError::Malformed);
+    }
+    let header: Value =
+        serde_json::from_slice(&decode_part(h).ok_or(TokenError::BadHeader)?).map_err(|_| TokenError::BadHeader)?;
+    let header = header.as_object().ok_or(TokenError::BadHeader)?;
+    let alg = match header.get("alg") {
+        Some(Value::String(a)) if a.eq_ignore_ascii_case("none") => return Err(TokenError::AlgNone),
+        Some(Value::String(a)) => parse_alg(a).ok_or(TokenError::AlgNotAllowed)?,
+        _ => return Err(TokenError::BadHeader),
+    };
+    if header.contains_key("crit") {
+        // RFC 7515 §4.1.11: a recipient must reject a token whose `crit` lists an extension it does not
+        // understand; this filter understands none (including RFC 7797 `b64`).
+        return Err(TokenError::Crit);
+    }
+    let kid = match header.get("kid") {
+        None => None,
+        Some(Value::String(k)) => Some(k.clone()),
+        Some(_) => return Err(TokenError::BadHeader),
+    };
+    if s.is_empty() {
+        return Err(TokenError::BadSignature);
+    }
+    let payload = decode_part(p).ok_or(TokenError::BadPayload)?;
+    let claims = match serde_json::from_slice::<Value>(&payload) {
+        Ok(Value::Object(m)) => m,
+        _ => return Err(TokenError::BadPayload),
+    };
+    let signing_input = &token[..h.len() + 1 + p.len()];
+    Ok(Parsed { alg, kid, signing_input, signature: s, payload_b64: p, claims })
+}
+
+/// A string matcher for `sub` and claim checks.
+#[derive(Debug, Clone)]
+pub enum StringMatch {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Regex(regex_lite::Regex),
+}
+
+impl StringMatch {
+    pub fn matches(&self, s: &str) -> bool {
+        match self {
+            StringMatch::Exact(e) => s == e,
+            StringMatch::Prefix(p) => s.starts_with(p.as_str()),
+            StringMatch::Suffix(p) => s.ends_with(p.as_str()),
+            StringMatch::Regex(r) => r.is_match(s),
+        }
+    }
+}
+
+/// One provider's validation policy (from the plan).
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub issuer: Option<String>,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<Algorithm>,
+    pub clock_skew_s: u64,
+    pub require_exp: bool,
+    pub check_nbf: bool,
+    pub max_lifetime_s: Option<u64>,
+    pub required_claims: Vec<String>,
+    pub subject: Option<StringMatch>,
+    pub max_token_bytes: usize,
+    /// At most this many keys are tried for one token (kid missing or duplicated).
+    pub max_keys_tried: usize,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            issuer: None,
+            audiences: Vec::new(),
+            algorithms: vec![
+                Algorithm::RS256,
+                Algorithm::RS384,
+                Algorithm::RS512,
+                Algorithm::PS256,
+                Algorithm::PS384,
+                Algorithm::PS512,
+                Algorithm::ES256,
+                Algorithm::ES384,
+                Algorithm::EdDSA,
+            ],
+            clock_skew_s: 60,
+            require_exp: true,
+            check_nbf: true,
+            max_lifetime_s: None,
+            required_claims: Vec::new(),
+            subject: None,
+            max_token_bytes: 8192,
+            max_keys_tried: 8,
+        }
+    }
+}
+
+/// A verified token: its claims and when it stops being valid (seconds).
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub claims: Map<String, Value>,
+    pub exp: Option<u64>,
+    pub payload_b64: String,
+}
+
+fn numeric_date(claims: &Map<String, Value>, name: &'static str) -> Result<Option<u64>, TokenError> {
+    match claims.get(name) {
+        None => Ok(None),
+        // Integers only: strings, floats, negatives and values beyond u64 are refused.
+        Some(Value::Number(n)) => n.as_u64().map(Some).ok_or(TokenError::BadTime(name)),
+        Some(_) => Err(TokenError::BadTime(name)),
+    }
+}
+
+/// Checks everything but the signature (cheap, so done first).
+pub fn check_claims(policy: &Policy, claims: &Map<String, Value>, now_s: u64) -> Result<Option<u64>, TokenError> {
+    let skew = policy.clock_skew_s;
+    let exp = numeric_date(claims, "exp")?;
+    let nbf = numeric_date(claims, "nbf")?;
+    let iat = numeric_date(claims, "iat")?;
+    match exp {
+        Some(exp) if now_s >= exp.saturating_add(skew) => return Err(TokenError::Expired),
+        None if policy.require_exp => return Err(TokenError::MissingExp),
+        _ => {}
+    }
+    if policy.check_nbf
+        && let Some(nbf) = nbf
+        && nbf > now_s.saturating_add(skew)
+    {
+        return Err(TokenError::NotYetValid);
+    }
+    if let Some(iat) = iat
+        && iat > now_s.saturating_add(skew)
+    {
+        return Err(TokenError::IssuedInFuture);
+    }
+    if let Some(max) = policy.max_lifetime_s {
+        let Some(exp) = exp else { return Err(TokenError::MissingExp) };
+        let start = iat.or(nbf).unwrap_or(now_s);
+        if exp.saturating_sub(start) > max {
+            return Err(TokenError::LifetimeTooLong);
+        }
+    }
+    if let Some(iss) = &policy.issuer
+        && claims.get("iss").and_then(Value::as_str) != Some(iss.as_str())
+    {
+        return Err(TokenError::Issuer);
+    }
+    if !policy.audiences.is_empty() {
+        let ok = match claims.get("aud") {
+            Some(Value::String(a)) => policy.audiences.iter().any(|x| x == a),
+            Some(Value::Array(list)) => {
+                list.iter().filter_map(Value::as_str).any(|a| policy.audiences.iter().any(|x| x == a))
+            }
+            _ => false,
+        };
+        if !ok {
+            return Err(TokenError::Audience);
+        }
+    }
+    for c in &policy.required_claims {
+        if !claims.contains_key(c) {
+            return Err(TokenError::MissingClaim);
+        }
+    }
+    if let Some(m) = &policy.subject {
+        match claims.get("sub").and_then(Value::as_str) {
+            Some(sub) if m.matches(sub) => {}
+            _ => return Err(TokenError::Subject),
+        }
+    }
+    Ok(exp)
+}
+
+/// Checks the signature with the provider's keys.
+pub fn check_signature(policy: &Policy, keys: &KeySet, parsed: &Parsed<'_>) -> Result<(), TokenError> {
+    let candidates = match keys.select(parsed.alg, parsed.kid.as_deref()) {
+        Selection::Candidates(c) => c,
+        Selection::UnknownKid => return Err(TokenError::UnknownKid),
+        Selection::NoMatchingKey => return Err(TokenError::NoMatchingKey),
+    };
+    for key in candidates.into_iter().take(policy.max_keys_tried) {
+        // An error from the crypto layer (bad key encoding, bad signature encoding) is a failed check.
+        if let Ok(true) =
+            jsonwebtoken::crypto::verify(parsed.signature, parsed.signing_input.as_bytes(), &key.key, parsed.alg)
+        {
+            return Ok(());
+        }
+    }
+    Err(TokenError::BadSignature)
+}
+
+/// Full validation of a token string with one provider.
+pub fn validate(policy: &Policy, keys: &KeySet, token: &str, now_s: u64) -> Result<Verified, TokenError> {
+    let parsed = parse(token, policy.max_token_bytes)?;
+    if !policy.algorithms.contains(&parsed.alg) {
+        return Err(TokenError::AlgNotAllowed);
+    }
+    let exp = check_claims(policy, &parsed.claims, now_s)?;
+    check_signature(policy, keys, &parsed)?;
+    Ok(Verified { exp, payload_b64: parsed.payload_b64.to_string(), claims: parsed.claims })
+}
+
+/// The unverified `iss` of a token, used only to pick which provider should verify it.
+pub fn peek_issuer(token: &str) -> Option<String> {
+    let p = token.split('.').nth(1)?;
+    if p.len() > 64 * 1024 {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(&decode_part(p)?).ok()?;
+    v.get("iss")?.as_str().map(str::to_string)
+}
+
+/// Whether a token looks like a compact JWS (three base64url parts), used to send opaque tokens to
+/// introspection instead.
+pub fn looks_like_jwt(token: &str) -> bool {
+    let mut n = 0;
+    for part in token.split('.') {
+        n += 1;
+        if n > 3 || !part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return false;
+        }
+    }
+    n == 3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header};
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn hs_keys() -> KeySet {
+        crate::jwks::parse_jwks(br#"{"keys":[{"kty":"oct","kid":"h","k":"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"}]}"#)
+            .unwrap()
+    }
+
+    fn hs_policy() -> Policy {
+        Policy {
+            algorithms: vec![Algorithm::HS256],
+            issuer: Some("https://iss".into()),
+            audiences: vec!["api".into()],
+            ..Policy::default()
+        }
+    }
+
+    fn mint(claims: serde_json::Value) -> String {
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = Some("h".into());
+        jsonwebtoken::encode(&h, &claims, &EncodingKey::from_secret(b"secret-secret-secret-secret")).unwrap()
+    }
+
+    fn good() -> serde_json::Value {
+        serde_json::json!({"iss": "https://iss", "aud": ["x", "api"], "sub": "svc-a", "exp": NOW + 100, "iat": NOW})
+    }
+
+    #[test]
+    fn accepts_a_good_token() {
+        let v = validate(&hs_policy(), &hs_keys(), &mint(good()), NOW).unwrap();
+        assert_eq!(v.exp, Some(NOW + 100));
+        assert_eq!(v.claims["sub"], "svc-a");
+    }
+
+    #[test]
+    fn time_claims() {
+        let p = hs_policy();
+        let k = hs_keys();
+        let mut c = good();
+        c["exp"] = (NOW - 61).into();
+        assert_eq!(validate(&p, &k, &mint(c.clone()), NOW).unwrap_err(), TokenError::Expired);
+        c["exp"] = (NOW - 59).into(); // within the default 60 s skew
+        assert!(validate(&p, &k, &mint(c.clone()), NOW).is_ok());
+        c["exp"] = "1900000000".into();
+        assert_eq!(validate(&p, &k, &mint(c.clone()), NOW).unwrap_err(), TokenError::BadTime("exp"));
+        c["exp"] = serde_json::json!(1.9e9);
+        assert_eq!(validate(&p, &k, &mint(c.clone()), NOW).unwrap_err(), TokenError::BadTime("exp"));
+        c["exp"] = serde_json::json!(-5);
+        assert_eq!(validate(&p, &k, &mint(c.clone()), NOW).unwrap_err(), TokenError::BadTime("exp"));
+        let mut c = good();
+        c["nbf"] = (NOW + 120).into();
+        assert_eq!(validate(&p, &k, &mint(c.clone()), NOW).unwrap_err(), TokenError::NotYetValid);
+        let mut c = good();
+        c.as_object_mut().unwrap().remove("exp");
+        assert_eq!(validate(&p, &k, &mint(c), NOW).unwrap_err(), TokenError::MissingExp);
+        let p2 = Policy { max_lifetime_s: Some(50), ..hs_policy() };
+        assert_eq!(validate(&p2, &k, &mint(good()), NOW).unwrap_err(), TokenError::LifetimeTooLong);
+    }
+
+    #[test]
+    fn issuer_audience_subject_required() {
+        let k = hs_keys();
+        let mut c = good();
+        c["iss"] = "https://evil".into();
+        assert_eq!(validate(&hs_policy(), &k, &mint(c), NOW).unwrap_err(), TokenError::Issuer);
+        let mut c = good();
+        c["aud"] = "other".into();
+        assert_eq!(validate(&hs_policy(), &k, &mint(c), NOW).unwrap_err(), TokenError::Audience);
+        let p = Policy { required_claims: vec!["tenant".into()], ..hs_policy() };
+        assert_eq!(validate(&p, &k, &mint(good()), NOW).unwrap_err(), TokenError::MissingClaim);
+        let p = Policy { subject: Some(StringMatch::Prefix("spiffe://".into())), ..hs_policy() };
+        assert_eq!(validate(&p, &k, &mint(good()), NOW).unwrap_err(), TokenError::Subject);
+    }
+
+    #[test]
+    fn structural_attacks() {
+        let p = hs_policy();
+        let k = hs_keys();
+        let t = mint(good());
+        let (hp, sig) = t.rsplit_once('.').unwrap();
+        // alg none with an empty signature.
+        let none_h = URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#);
+        let payload = hp.split('.').nth(1).unwrap();
+        assert_eq!(validate(&p, &k, &format!("{none_h}.{payload}."), NOW).unwrap_err(), TokenError::AlgNone);
+        // crit.
+        let crit_h = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","kid":"h","crit":["exp"],"exp":1}"#);
+        assert_eq!(validate(&p, &k, &format!("{crit_h}.{payload}.{sig}"), NOW).unwrap_err(), TokenError::Crit);
+        // Tampered signature.
+        let mut bad = sig.to_string();
+        bad.replace_range(0..1, if bad.starts_with('A') { "B" } else { "A" });
+        assert_eq!(validate(&p, &k, &format!("{hp}.{bad}"), NOW).unwrap_err(), TokenError::BadSignature);
+        // Wrong number of parts, bad base64, size cap.
+        assert_eq!(validate(&p, &k, "a.b", NOW).unwrap_err(), TokenError::Malformed);
+        assert_eq!(validate(&p, &k, "a.b.c.d", NOW).unwrap_err(), TokenError::Malformed);
+        assert_eq!(validate(&p, &k, &format!("{hp}.{sig}*"), NOW).unwrap_err(), TokenError::BadSignature);
+        assert_eq!(validate(&p, &k, "@@@.e30.sig", NOW).unwrap_err(), TokenError::BadHeader);
+        let small = Policy { max_token_bytes: 10, ..hs_policy() };
+        assert_eq!(validate(&small, &k, &t, NOW).unwrap_err(), TokenError::TooLarge(10));
+        // An algorithm the provider does not allow.
+        let rs_only = Policy { algorithms: vec![Algorithm::RS256], ..hs_policy() };
+        assert_eq!(validate(&rs_only, &k, &t, NOW).unwrap_err(), TokenError::AlgNotAllowed);
+    }
+
+    #[test]
+    fn embedded_jwk_is_never_trusted() {
+        // A token signed with the attacker's secret that carries the attacker's key in `jwk`.
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = Some("h".into());
+        h.jwk = None;
+        let header_json = serde_json::json!({"alg":"HS256","kid":"h","jwk":{"kty":"oct","k":"YXR0YWNrZXI"}});
+        let hb = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header_json).unwrap());
+        let pb = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&good()).unwrap());
+        let input = format!("{hb}.{pb}");
+        let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &EncodingKey::from_secret(b"attacker"), Algorithm::HS256)
+            .unwrap();
+        assert_eq!(
+            validate(&hs_policy(), &hs_keys(), &format!("{input}.{sig}"), NOW).unwrap_err(),
+            TokenError::BadSignature
+        );
+    }
+
+    #[test]
+    fn jwt_shape_and_issuer_peek() {
+        let t = mint(good());
+        assert!(looks_like_jwt(&t));
+        assert!(!looks_like_jwt("opaque-token_123"));
+        assert!(!looks_like_jwt("a.b.c.d"));
+        assert_eq!(peek_issuer(&t).as_deref(), Some("https://iss"));
+    }
+}
