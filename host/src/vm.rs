@@ -1,0 +1,399 @@
+//! One VM: a wasmtime store with one instance of a module, its contexts, and the data hostcalls see.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Result, anyhow};
+use wasmtime::{Memory, Store, TypedFunc, WasmParams, WasmResults};
+
+use crate::host::{Host, Module, lock};
+use crate::http::{Headers, LocalReply, StreamId};
+use crate::plugin::{LogLevel, Plugin};
+use crate::shared::Shared;
+
+/// Header-map availability bits (per filter of a stream).
+pub(crate) const MAP_REQ_HEADERS: u8 = 1;
+pub(crate) const MAP_REQ_TRAILERS: u8 = 2;
+pub(crate) const MAP_RESP_HEADERS: u8 = 4;
+pub(crate) const MAP_RESP_TRAILERS: u8 = 8;
+/// Body-buffer availability bits.
+pub(crate) const BODY_REQ: u8 = 1;
+pub(crate) const BODY_RESP: u8 = 2;
+
+/// What a hostcall asked for, carried out after the callback returns (like Envoy's after-VM-call actions).
+#[derive(Clone, Debug)]
+pub(crate) enum StreamAction {
+    ContinueRequest(usize),
+    ContinueResponse(usize),
+    LocalReply(LocalReply, usize),
+    Close,
+}
+
+/// Stream data shared between the worker and the VMs of the chain.
+pub(crate) struct StreamData {
+    pub(crate) id: StreamId,
+    pub(crate) req_headers: Headers,
+    pub(crate) req_trailers: Option<Headers>,
+    pub(crate) resp_headers: Headers,
+    pub(crate) resp_trailers: Option<Headers>,
+    /// Per filter: request body buffered at that filter.
+    pub(crate) req_bufs: Vec<Vec<u8>>,
+    pub(crate) resp_bufs: Vec<Vec<u8>>,
+    /// Per filter: MAP_* bits of the maps it may touch now.
+    pub(crate) maps: Vec<u8>,
+    /// Per filter: BODY_* bits.
+    pub(crate) bodies: Vec<u8>,
+    pub(crate) actions: Vec<StreamAction>,
+    pub(crate) local_replies: u32,
+    pub(crate) properties_set: Vec<(String, Vec<u8>)>,
+    pub(crate) props: Vec<(String, Vec<u8>)>,
+    pub(crate) start_unix_ns: u64,
+    pub(crate) response_code: Option<u16>,
+    pub(crate) request_size: u64,
+    pub(crate) response_size: u64,
+    pub(crate) upstream_address: Option<String>,
+}
+
+pub(crate) type StreamRef = Arc<Mutex<StreamData>>;
+
+pub(crate) struct RootInfo {
+    pub(crate) plugin_name: String,
+    pub(crate) root_id: String,
+    pub(crate) vm_id: String,
+}
+
+pub(crate) enum Ctx {
+    Root(Arc<RootInfo>),
+    Stream { root: u32, filter: usize, data: StreamRef },
+}
+
+/// A call dispatched by `proxy_http_call`, collected by the worker after the callback.
+pub(crate) struct Dispatch {
+    pub(crate) token: u32,
+    pub(crate) ctx: u32,
+    pub(crate) upstream: String,
+    pub(crate) headers: Headers,
+    pub(crate) body: Vec<u8>,
+    pub(crate) trailers: Headers,
+    pub(crate) timeout_ms: u32,
+}
+
+/// The store data of a VM: everything hostcalls read or write.
+pub(crate) struct VmState {
+    pub(crate) shared: Option<Arc<Shared>>,
+    pub(crate) worker: usize,
+    pub(crate) vm_index: usize,
+    pub(crate) vm_id: String,
+    pub(crate) vm_config: Vec<u8>,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) memory: Option<Memory>,
+    pub(crate) alloc: Option<TypedFunc<u32, u32>>,
+    /// In `_initialize`/`main`: only proxy_log and WASI are allowed.
+    pub(crate) in_init: bool,
+    pub(crate) current: u32,
+    pub(crate) effective: u32,
+    pub(crate) contexts: HashMap<u32, Ctx>,
+    /// Plugin config, available in on_configure only.
+    pub(crate) plugin_config: Option<Vec<u8>>,
+    /// http-call response (headers, body, trailers) during on_http_call_response.
+    pub(crate) call_response: Option<(Headers, Vec<u8>, Headers)>,
+    pub(crate) status: (u32, Vec<u8>),
+    pub(crate) dispatched: Vec<Dispatch>,
+    pub(crate) tick_changes: Vec<(u32, u32)>,
+    pub(crate) touched: Vec<StreamRef>,
+    pub(crate) metric_ids: HashMap<u32, String>,
+    pub(crate) metric_by_name: HashMap<(String, u32), u32>,
+    pub(crate) next_metric: u32,
+    pub(crate) root_props: Vec<(String, Vec<u8>)>,
+    pub(crate) rng: u64,
+}
+
+impl VmState {
+    /// A state with no proxy behind it (used to query the linker).
+    pub(crate) fn placeholder() -> Self {
+        Self::new(None, 0, 0, String::new(), Vec::new(), Vec::new())
+    }
+
+    pub(crate) fn new(
+        shared: Option<Arc<Shared>>,
+        worker: usize,
+        vm_index: usize,
+        vm_id: String,
+        vm_config: Vec<u8>,
+        env: Vec<(String, String)>,
+    ) -> Self {
+        let seed = (worker as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (vm_index as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+        Self {
+            shared,
+            worker,
+            vm_index,
+            vm_id,
+            vm_config,
+            env,
+            memory: None,
+            alloc: None,
+            in_init: false,
+            current: 0,
+            effective: 0,
+            contexts: HashMap::new(),
+            plugin_config: None,
+            call_response: None,
+            status: (0, Vec::new()),
+            dispatched: Vec::new(),
+            tick_changes: Vec::new(),
+            touched: Vec::new(),
+            metric_ids: HashMap::new(),
+            metric_by_name: HashMap::new(),
+            next_metric: 1,
+            root_props: Vec::new(),
+            rng: seed | 1,
+        }
+    }
+
+    /// The plugin name of the effective context (for logs).
+    pub(crate) fn plugin_name(&self) -> String {
+        match self.contexts.get(&self.effective) {
+            Some(Ctx::Root(r)) => r.plugin_name.clone(),
+            Some(Ctx::Stream { root, .. }) => match self.contexts.get(root) {
+                Some(Ctx::Root(r)) => r.plugin_name.clone(),
+                _ => self.vm_id.clone(),
+            },
+            None => self.vm_id.clone(),
+        }
+    }
+
+    pub(crate) fn root_info(&self, ctx: u32) -> Option<Arc<RootInfo>> {
+        match self.contexts.get(&ctx)? {
+            Ctx::Root(r) => Some(r.clone()),
+            Ctx::Stream { root, .. } => match self.contexts.get(root)? {
+                Ctx::Root(r) => Some(r.clone()),
+                Ctx::Stream { .. } => None,
+            },
+        }
+    }
+
+    /// The root context id for the effective context.
+    pub(crate) fn root_of(&self, ctx: u32) -> u32 {
+        match self.contexts.get(&ctx) {
+            Some(Ctx::Stream { root, .. }) => *root,
+            _ => ctx,
+        }
+    }
+
+    pub(crate) fn log(&self, level: LogLevel, message: String) {
+        if let Some(s) = &self.shared
+            && level >= s.log_level
+        {
+            s.log(self.worker, &self.plugin_name(), level, message);
+        }
+    }
+
+    pub(crate) fn next_random(&mut self) -> u64 {
+        // xorshift64*: WASI random_get only needs unpredictability-free determinism in tests.
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+/// The exports a VM may call.
+#[derive(Default, Clone)]
+pub(crate) struct Exports {
+    pub(crate) on_context_create: Option<TypedFunc<(u32, u32), ()>>,
+    pub(crate) on_vm_start: Option<TypedFunc<(u32, u32), u32>>,
+    pub(crate) on_configure: Option<TypedFunc<(u32, u32), u32>>,
+    pub(crate) on_tick: Option<TypedFunc<u32, ()>>,
+    pub(crate) on_queue_ready: Option<TypedFunc<(u32, u32), ()>>,
+    pub(crate) on_request_headers: Option<TypedFunc<(u32, u32, u32), u32>>,
+    pub(crate) on_request_body: Option<TypedFunc<(u32, u32, u32), u32>>,
+    pub(crate) on_request_trailers: Option<TypedFunc<(u32, u32), u32>>,
+    pub(crate) on_response_headers: Option<TypedFunc<(u32, u32, u32), u32>>,
+    pub(crate) on_response_body: Option<TypedFunc<(u32, u32, u32), u32>>,
+    pub(crate) on_response_trailers: Option<TypedFunc<(u32, u32), u32>>,
+    pub(crate) on_http_call_response: Option<TypedFunc<(u32, u32, u32, u32, u32), ()>>,
+    pub(crate) on_done: Option<TypedFunc<u32, u32>>,
+    pub(crate) on_log: Option<TypedFunc<u32, ()>>,
+    pub(crate) on_delete: Option<TypedFunc<u32, ()>>,
+}
+
+pub(crate) struct Vm {
+    pub(crate) store: Store<VmState>,
+    pub(crate) exports: Exports,
+    pub(crate) module: Module,
+    pub(crate) vm_id: String,
+    pub(crate) failed: Option<String>,
+    pub(crate) next_ctx: u32,
+    pub(crate) deadline_ticks: u64,
+}
+
+fn typed<P: WasmParams, R: WasmResults>(
+    inst: &wasmtime::Instance,
+    store: &mut Store<VmState>,
+    name: &str,
+) -> Result<Option<TypedFunc<P, R>>> {
+    match inst.get_func(&mut *store, name) {
+        None => Ok(None),
+        Some(f) => f
+            .typed::<P, R>(&*store)
+            .map(Some)
+            .map_err(|e| anyhow!("export {name} has the wrong signature for proxy-wasm ABI 0.2.1: {e}")),
+    }
+}
+
+impl Vm {
+    /// Instantiates a module and runs `_initialize` then `main`/`__main_void` (or `_start`).
+    pub(crate) fn instantiate(
+        host: &Host,
+        shared: Arc<Shared>,
+        worker: usize,
+        vm_index: usize,
+        plugin: &Plugin,
+    ) -> Result<Self> {
+        let state = VmState::new(
+            Some(shared),
+            worker,
+            vm_index,
+            plugin.vm_id.clone(),
+            plugin.vm_config.clone(),
+            plugin.env.clone(),
+        );
+        let mut store = Store::new(&host.inner.engine, state);
+        let deadline_ticks =
+            (host.inner.options.callback_deadline.as_millis() / crate::host::EPOCH_TICK.as_millis()).max(1) as u64 + 1;
+        store.set_epoch_deadline(deadline_ticks);
+        let inst = plugin.module.inner.pre.instantiate(&mut store).map_err(|e| anyhow!("instantiation failed: {}", trap_text(&e)))?;
+        let memory = inst.get_memory(&mut store, "memory").ok_or_else(|| anyhow!("module exports no memory"))?;
+        let alloc = match typed::<u32, u32>(&inst, &mut store, "proxy_on_memory_allocate")? {
+            Some(f) => Some(f),
+            None => typed::<u32, u32>(&inst, &mut store, "malloc")?,
+        };
+        store.data_mut().memory = Some(memory);
+        store.data_mut().alloc = alloc;
+        let exports = Exports {
+            on_context_create: typed(&inst, &mut store, "proxy_on_context_create")?,
+            on_vm_start: typed(&inst, &mut store, "proxy_on_vm_start")?,
+            on_configure: typed(&inst, &mut store, "proxy_on_configure")?,
+            on_tick: typed(&inst, &mut store, "proxy_on_tick")?,
+            on_queue_ready: typed(&inst, &mut store, "proxy_on_queue_ready")?,
+            on_request_headers: typed(&inst, &mut store, "proxy_on_request_headers")?,
+            on_request_body: typed(&inst, &mut store, "proxy_on_request_body")?,
+            on_request_trailers: typed(&inst, &mut store, "proxy_on_request_trailers")?,
+            on_response_headers: typed(&inst, &mut store, "proxy_on_response_headers")?,
+            on_response_body: typed(&inst, &mut store, "proxy_on_response_body")?,
+            on_response_trailers: typed(&inst, &mut store, "proxy_on_response_trailers")?,
+            on_http_call_response: typed(&inst, &mut store, "proxy_on_http_call_response")?,
+            on_done: typed(&inst, &mut store, "proxy_on_done")?,
+            on_log: typed(&inst, &mut store, "proxy_on_log")?,
+            on_delete: typed(&inst, &mut store, "proxy_on_delete")?,
+        };
+        // WASI reactor start, then the C/Rust main if present (Envoy's order).
+        store.data_mut().in_init = true;
+        let init = (|| -> Result<()> {
+            if let Some(f) = typed::<(), ()>(&inst, &mut store, "_initialize")? {
+                f.call(&mut store, ()).map_err(|e| anyhow!("_initialize trapped: {}", trap_text(&e)))?;
+                if let Some(m) = typed::<(), ()>(&inst, &mut store, "__main_void")? {
+                    m.call(&mut store, ()).map_err(|e| anyhow!("__main_void trapped: {}", trap_text(&e)))?;
+                } else if let Some(m) = typed::<(u32, u32), u32>(&inst, &mut store, "main")? {
+                    m.call(&mut store, (0, 0)).map_err(|e| anyhow!("main trapped: {}", trap_text(&e)))?;
+                }
+            } else if let Some(f) = typed::<(), ()>(&inst, &mut store, "_start")? {
+                f.call(&mut store, ()).map_err(|e| anyhow!("_start trapped: {}", trap_text(&e)))?;
+            }
+            Ok(())
+        })();
+        store.data_mut().in_init = false;
+        init?;
+        Ok(Self {
+            store,
+            exports,
+            module: plugin.module.clone(),
+            vm_id: plugin.vm_id.clone(),
+            failed: None,
+            next_ctx: 1,
+            deadline_ticks,
+        })
+    }
+
+    pub(crate) fn new_ctx_id(&mut self) -> u32 {
+        let id = self.next_ctx;
+        self.next_ctx += 1;
+        id
+    }
+
+    /// Calls an export with `ctx` as current and effective context. A trap marks the VM failed and
+    /// returns its one-line description.
+    pub(crate) fn call<P: WasmParams, R: WasmResults>(
+        &mut self,
+        f: TypedFunc<P, R>,
+        ctx: u32,
+        name: &str,
+        args: P,
+    ) -> std::result::Result<R, String> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        {
+            let d = self.store.data_mut();
+            d.current = ctx;
+            d.effective = ctx;
+        }
+        let r = f.call(&mut self.store, args);
+        {
+            let d = self.store.data_mut();
+            d.current = 0;
+            d.effective = 0;
+        }
+        match r {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let msg = format!("{name} failed: {}", trap_text(&e));
+                self.failed = Some(msg.clone());
+                Err(msg)
+            }
+        }
+    }
+
+    pub(crate) fn plugin_name_of(&self, ctx: u32) -> String {
+        self.store.data().root_info(ctx).map(|r| r.plugin_name.clone()).unwrap_or_else(|| self.vm_id.clone())
+    }
+
+    /// Streams whose actions changed during the last calls.
+    pub(crate) fn take_touched(&mut self) -> Vec<StreamRef> {
+        std::mem::take(&mut self.store.data_mut().touched)
+    }
+}
+
+/// A short description of a trap or error: the trap kind, a guest panic message if the guest logged one,
+/// without the multi-line wasm backtrace.
+pub(crate) fn trap_text(e: &wasmtime::Error) -> String {
+    if let Some(t) = e.downcast_ref::<wasmtime::Trap>() {
+        let what = match t {
+            wasmtime::Trap::Interrupt => "deadline exceeded (callback ran too long: infinite loop?)".to_string(),
+            wasmtime::Trap::MemoryOutOfBounds => "out-of-bounds memory access".to_string(),
+            wasmtime::Trap::UnreachableCodeReached => "wasm `unreachable` executed (guest panic or abort)".to_string(),
+            other => other.to_string(),
+        };
+        return what;
+    }
+    let s = e.to_string();
+    let first = s.lines().next().unwrap_or("").to_string();
+    let mut out = first;
+    for c in e.chain().skip(1) {
+        let line = c.to_string();
+        let l = line.lines().next().unwrap_or("");
+        if !l.is_empty() && !l.starts_with("wasm backtrace") {
+            out.push_str(": ");
+            out.push_str(l);
+        }
+    }
+    out
+}
+
+/// Locks stream data.
+pub(crate) fn sd(s: &StreamRef) -> std::sync::MutexGuard<'_, StreamData> {
+    lock(s)
+}

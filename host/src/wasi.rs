@@ -1,0 +1,232 @@
+//! WASI preview 1 as Envoy provides it, under `wasi_snapshot_preview1` and `wasi_unstable`: stdout and
+//! stderr go to the log (info and error), environment only from the VM config, clocks and random, and
+//! nothing else (no files, no sockets, no preopens).
+
+use wasmtime::Result;
+use wasmtime::{Caller, Linker};
+
+use crate::abi::{read, write, write_u32, write_u64};
+use crate::plugin::LogLevel;
+use crate::vm::VmState;
+
+type C<'a> = Caller<'a, VmState>;
+
+const SUCCESS: i32 = 0;
+const BADF: i32 = 8;
+const FAULT: i32 = 21;
+const INVAL: i32 = 28;
+const NOENT: i32 = 44;
+const NOSYS: i32 = 52;
+const NOTSUP: i32 = 58;
+
+/// The WASI functions this host provides (both module names).
+pub const WASI_FUNCTIONS: &[&str] = &[
+    "fd_write",
+    "fd_pwrite",
+    "fd_read",
+    "fd_pread",
+    "random_get",
+    "clock_time_get",
+    "clock_res_get",
+    "environ_get",
+    "environ_sizes_get",
+    "args_get",
+    "args_sizes_get",
+    "fd_fdstat_get",
+    "poll_oneoff",
+    "sched_yield",
+    "fd_advise",
+    "fd_allocate",
+    "fd_datasync",
+    "fd_sync",
+    "fd_tell",
+    "fd_seek",
+    "fd_close",
+    "proc_exit",
+    "fd_prestat_get",
+    "fd_prestat_dir_name",
+    "path_open",
+    "path_filestat_get",
+    "path_create_directory",
+    "path_unlink_file",
+    "path_remove_directory",
+    "path_readlink",
+    "path_rename",
+    "path_symlink",
+    "path_link",
+    "path_filestat_set_times",
+    "sock_accept",
+    "sock_recv",
+    "sock_send",
+    "sock_shutdown",
+];
+
+macro_rules! tri {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(_) => return Ok(FAULT),
+        }
+    };
+}
+
+fn gather(c: &C<'_>, iovs: u32, n: u32) -> std::result::Result<Vec<u8>, u32> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let iov = read(c, iovs.wrapping_add(i * 8), 8)?;
+        let ptr = u32::from_le_bytes([iov[0], iov[1], iov[2], iov[3]]);
+        let len = u32::from_le_bytes([iov[4], iov[5], iov[6], iov[7]]);
+        out.extend_from_slice(&read(c, ptr, len)?);
+    }
+    Ok(out)
+}
+
+fn write_out(c: &mut C<'_>, fd: u32, iovs: u32, n: u32, ret: u32) -> Result<i32> {
+    let level = match fd {
+        1 => LogLevel::Info,
+        2 => LogLevel::Error,
+        _ => return Ok(BADF),
+    };
+    let bytes = tri!(gather(c, iovs, n));
+    let mut s = String::from_utf8_lossy(&bytes).into_owned();
+    if s.ends_with('\n') {
+        s.pop();
+    }
+    c.data().log(level, s);
+    tri!(write_u32(c, ret, bytes.len() as u32));
+    Ok(SUCCESS)
+}
+
+fn env_block(st: &VmState) -> Vec<Vec<u8>> {
+    st.env.iter().map(|(k, v)| format!("{k}={v}\0").into_bytes()).collect()
+}
+
+pub(crate) fn add_to_linker(l: &mut Linker<VmState>) -> Result<()> {
+    for m in ["wasi_snapshot_preview1", "wasi_unstable"] {
+        add_module(l, m)?;
+    }
+    Ok(())
+}
+
+fn add_module(l: &mut Linker<VmState>, m: &str) -> Result<()> {
+    type R = Result<i32>;
+    l.func_wrap(m, "fd_write", |mut c: C<'_>, fd: u32, iovs: u32, n: u32, ret: u32| -> R { write_out(&mut c, fd, iovs, n, ret) })?;
+    l.func_wrap(m, "fd_pwrite", |mut c: C<'_>, fd: u32, iovs: u32, n: u32, _off: i64, ret: u32| -> R {
+        write_out(&mut c, fd, iovs, n, ret)
+    })?;
+    l.func_wrap(m, "fd_read", |_: C<'_>, _: u32, _: u32, _: u32, _: u32| -> R { Ok(NOSYS) })?;
+    l.func_wrap(m, "fd_pread", |_: C<'_>, _: u32, _: u32, _: u32, _: i64, _: u32| -> R { Ok(NOSYS) })?;
+    l.func_wrap(m, "random_get", |mut c: C<'_>, buf: u32, len: u32| -> R {
+        if len > 64 * 1024 {
+            return Ok(INVAL);
+        }
+        let mut bytes = Vec::with_capacity(len as usize + 8);
+        while bytes.len() < len as usize {
+            let r = c.data_mut().next_random();
+            bytes.extend_from_slice(&r.to_le_bytes());
+        }
+        bytes.truncate(len as usize);
+        tri!(write(&mut c, buf, &bytes));
+        Ok(SUCCESS)
+    })?;
+    l.func_wrap(m, "clock_time_get", |mut c: C<'_>, id: u32, _precision: i64, ret: u32| -> R {
+        let Some(shared) = c.data().shared.clone() else { return Ok(NOTSUP) };
+        let t = match id {
+            0 => shared.clock.unix_ns(),
+            1 => shared.clock.mono_ns(),
+            _ => return Ok(NOTSUP),
+        };
+        tri!(write_u64(&mut c, ret, t));
+        Ok(SUCCESS)
+    })?;
+    l.func_wrap(m, "clock_res_get", |mut c: C<'_>, id: u32, ret: u32| -> R {
+        if id > 1 {
+            return Ok(NOTSUP);
+        }
+        tri!(write_u64(&mut c, ret, 1));
+        Ok(SUCCESS)
+    })?;
+    l.func_wrap(m, "environ_sizes_get", |mut c: C<'_>, count: u32, size: u32| -> R {
+        let env = env_block(c.data());
+        let total: usize = env.iter().map(|e| e.len()).sum();
+        tri!(write_u32(&mut c, count, env.len() as u32));
+        tri!(write_u32(&mut c, size, total as u32));
+        Ok(SUCCESS)
+    })?;
+    l.func_wrap(m, "environ_get", |mut c: C<'_>, environ: u32, buf: u32| -> R {
+        let env = env_block(c.data());
+        let mut p = buf;
+        for (i, e) in env.iter().enumerate() {
+            tri!(write_u32(&mut c, environ + 4 * i as u32, p));
+            tri!(write(&mut c, p, e));
+            p += e.len() as u32;
+        }
+        Ok(SUCCESS)
+    })?;
+    l.func_wrap(m, "args_sizes_get", |mut c: C<'_>, argc: u32, size: u32| -> R {
+        tri!(write_u32(&mut c, argc, 0));
+        tri!(write_u32(&mut c, size, 0));
+        Ok(SUCCESS)
+    })?;
+    l.func_wrap(m, "args_get", |_: C<'_>, _: u32, _: u32| -> R { Ok(SUCCESS) })?;
+    l.func_wrap(m, "fd_fdstat_get", |mut c: C<'_>, fd: u32, ret: u32| -> R {
+        if fd != 1 && fd != 2 {
+            return Ok(BADF);
+        }
+        // filetype character device, no flags, rights: fd_write.
+        let mut st = [0u8; 24];
+        st[0] = 2;
+        st[8..16].copy_from_slice(&(1u64 << 6).to_le_bytes());
+        tri!(write(&mut c, ret, &st));
+        Ok(SUCCESS)
+    })?;
+    l.func_wrap(m, "poll_oneoff", |mut c: C<'_>, _in: u32, _out: u32, _n: u32, ret: u32| -> R {
+        tri!(write_u32(&mut c, ret, 0));
+        Ok(SUCCESS)
+    })?;
+    l.func_wrap(m, "sched_yield", |_: C<'_>| -> R { Ok(SUCCESS) })?;
+    l.func_wrap(m, "fd_advise", |_: C<'_>, _: u32, _: i64, _: i64, _: u32| -> R { Ok(SUCCESS) })?;
+    l.func_wrap(m, "fd_allocate", |_: C<'_>, _: u32, _: i64, _: i64| -> R { Ok(SUCCESS) })?;
+    l.func_wrap(m, "fd_datasync", |_: C<'_>, _: u32| -> R { Ok(SUCCESS) })?;
+    l.func_wrap(m, "fd_sync", |_: C<'_>, _: u32| -> R { Ok(SUCCESS) })?;
+    l.func_wrap(m, "fd_tell", |mut c: C<'_>, _: u32, ret: u32| -> R {
+        tri!(write_u64(&mut c, ret, 0));
+        Ok(SUCCESS)
+    })?;
+    l.func_wrap(m, "fd_seek", |c: C<'_>, fd: u32, _: i64, _: u32, _: u32| -> R {
+        c.data().log(LogLevel::Warn, format!("WASI fd_seek({fd}) is not supported; returning 0"));
+        Ok(SUCCESS)
+    })?;
+    l.func_wrap(m, "fd_close", |c: C<'_>, fd: u32| -> R {
+        c.data().log(LogLevel::Warn, format!("WASI fd_close({fd}) is not supported; returning 0"));
+        Ok(SUCCESS)
+    })?;
+    l.func_wrap(m, "proc_exit", |c: C<'_>, code: u32| {
+        c.data().log(LogLevel::Warn, format!("WASI proc_exit({code}) ignored (Envoy does not exit the VM)"));
+    })?;
+    l.func_wrap(m, "fd_prestat_get", |_: C<'_>, _: u32, _: u32| -> R { Ok(BADF) })?;
+    l.func_wrap(m, "fd_prestat_dir_name", |_: C<'_>, _: u32, _: u32, _: u32| -> R { Ok(BADF) })?;
+    l.func_wrap(
+        m,
+        "path_open",
+        |_: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32, _: i64, _: i64, _: u32, _: u32| -> R { Ok(NOENT) },
+    )?;
+    l.func_wrap(m, "path_filestat_get", |_: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32| -> R { Ok(NOTSUP) })?;
+    l.func_wrap(m, "path_create_directory", |_: C<'_>, _: u32, _: u32, _: u32| -> R { Ok(NOTSUP) })?;
+    l.func_wrap(m, "path_unlink_file", |_: C<'_>, _: u32, _: u32, _: u32| -> R { Ok(NOTSUP) })?;
+    l.func_wrap(m, "path_remove_directory", |_: C<'_>, _: u32, _: u32, _: u32| -> R { Ok(NOTSUP) })?;
+    l.func_wrap(m, "path_readlink", |_: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32| -> R { Ok(NOTSUP) })?;
+    l.func_wrap(m, "path_rename", |_: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32| -> R { Ok(NOTSUP) })?;
+    l.func_wrap(m, "path_symlink", |_: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32| -> R { Ok(NOTSUP) })?;
+    l.func_wrap(m, "path_link", |_: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32| -> R { Ok(NOTSUP) })?;
+    l.func_wrap(
+        m,
+        "path_filestat_set_times",
+        |_: C<'_>, _: u32, _: u32, _: u32, _: u32, _: i64, _: i64, _: u32| -> R { Ok(NOTSUP) },
+    )?;
+    l.func_wrap(m, "sock_accept", |_: C<'_>, _: u32, _: u32, _: u32| -> R { Ok(NOTSUP) })?;
+    l.func_wrap(m, "sock_recv", |_: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32| -> R { Ok(NOTSUP) })?;
+    l.func_wrap(m, "sock_send", |_: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32| -> R { Ok(NOTSUP) })?;
+    l.func_wrap(m, "sock_shutdown", |_: C<'_>, _: u32, _: u32| -> R { Ok(NOTSUP) })?;
+    Ok(())
+}
