@@ -2,9 +2,9 @@
 //!
 //! - One fetch per proxy: a worker that wants keys takes a lease in shared data with a CAS write
 //!   (`<key>.lease` = `<worker> <expires_ms>`); only the lease holder dispatches the fetch.
-//! - The holder publishes validated keys in shared data (`<key>.jwks` = a header line with a version,
-//!   fetch time, last attempt and failure count, then the JWKS body); every worker picks up a new
-//!   version on its next tick and parses it once.
+//! - The holder publishes validated keys in shared data (`<key>.jwks` = the JWKS body, then
+//!   `<key>.meta` = version, fetch time, last attempt, failure count); every worker reads the small meta
+//!   record on its tick and parses the body once per new version.
 //! - Keys are refreshed in the background at 90 % of `cache_duration_s`; a failed refresh keeps the old
 //!   keys (stale-on-error) until `cache_duration_s + max_stale_s`, then they are dropped.
 //! - A token with an unknown kid may trigger a refetch, at most one per `unknown_kid_refetch_interval_s`
@@ -57,19 +57,12 @@ struct Record {
 }
 
 impl Record {
-    fn encode(&self, body: &[u8]) -> Vec<u8> {
-        let mut v = format!(
-            "v1 {} {} {} {}\n",
-            self.version, self.fetched_at_ms, self.last_attempt_ms, self.failures
-        )
-        .into_bytes();
-        v.extend_from_slice(body);
-        v
+    fn encode(&self) -> Vec<u8> {
+        format!("v1 {} {} {} {}", self.version, self.fetched_at_ms, self.last_attempt_ms, self.failures).into_bytes()
     }
 
-    fn decode(bytes: &[u8]) -> Option<(Record, &[u8])> {
-        let nl = bytes.iter().position(|b| *b == b'\n')?;
-        let head = std::str::from_utf8(&bytes[..nl]).ok()?;
+    fn decode(bytes: &[u8]) -> Option<Record> {
+        let head = std::str::from_utf8(bytes).ok()?;
         let mut it = head.split(' ');
         if it.next()? != "v1" {
             return None;
@@ -80,7 +73,7 @@ impl Record {
             last_attempt_ms: it.next()?.parse().ok()?,
             failures: it.next()?.parse().ok()?,
         };
-        Some((r, &bytes[nl + 1..]))
+        Some(r)
     }
 }
 
@@ -140,6 +133,10 @@ impl RemoteKeys {
         format!("{}.jwks", self.plan.shared_key)
     }
 
+    fn meta_key(&self) -> String {
+        format!("{}.meta", self.plan.shared_key)
+    }
+
     fn lease_key(&self) -> String {
         format!("{}.lease", self.plan.shared_key)
     }
@@ -173,17 +170,21 @@ impl RemoteKeys {
     /// should be re-evaluated).
     pub fn sync(&mut self, now_ms: u64, shared: &dyn SharedData) -> bool {
         let mut changed = false;
-        if let Some((bytes, _)) = shared.get(&self.jwks_key())
-            && let Some((rec, body)) = Record::decode(&bytes)
+        if let Some((bytes, _)) = shared.get(&self.meta_key())
+            && let Some(rec) = Record::decode(&bytes)
             && rec != self.record
         {
-            if rec.version != self.record.version && !body.is_empty() {
-                match parse_jwks(body) {
-                    Ok(set) => {
+            if rec.version != self.record.version {
+                match shared.get(&self.jwks_key()).map(|(b, _)| parse_jwks(&b)) {
+                    Some(Ok(set)) => {
                         self.install(set);
-                        self.events.push(Event::Installed { version: rec.version, keys: self.keys.as_ref().map_or(0, |k| k.keys.len()) });
+                        let keys = self.keys.as_ref().map_or(0, |k| k.keys.len());
+                        self.events.push(Event::Installed { version: rec.version, keys });
                     }
-                    Err(e) => self.events.push(Event::FetchFailed { reason: format!("published JWKS unusable: {e}") }),
+                    Some(Err(e)) => {
+                        self.events.push(Event::FetchFailed { reason: format!("published JWKS unusable: {e}") })
+                    }
+                    None => {}
                 }
             }
             self.record = rec;
@@ -313,22 +314,18 @@ impl RemoteKeys {
         }
     }
 
+    /// Writes the body (when new) and then the record, so a reader that sees a new version finds its body.
     fn publish(&mut self, shared: &mut dyn SharedData, body: Option<&[u8]>) {
-        let key = self.jwks_key();
-        // Keep the published body when only the attempt bookkeeping changes.
-        let old = shared.get(&key);
-        let old_body: Vec<u8> = old
-            .as_ref()
-            .and_then(|(b, _)| Record::decode(b).map(|(_, body)| body.to_vec()))
-            .unwrap_or_default();
-        let body = body.unwrap_or(&old_body);
-        shared.set(&key, &self.record.encode(body), None);
+        if let Some(b) = body {
+            shared.set(&self.jwks_key(), b, None);
+        }
+        shared.set(&self.meta_key(), &self.record.encode(), None);
     }
 
     fn fail(&mut self, now_ms: u64, shared: &mut dyn SharedData, reason: String) {
         self.in_flight = None;
-        if let Some((b, _)) = shared.get(&self.jwks_key())
-            && let Some((rec, _)) = Record::decode(&b)
+        if let Some((b, _)) = shared.get(&self.meta_key())
+            && let Some(rec) = Record::decode(&b)
         {
             self.record = rec;
         }
@@ -381,7 +378,7 @@ impl RemoteKeys {
                     Ok(set) => {
                         self.in_flight = None;
                         let n = set.keys.len();
-                        let prev = shared.get(&self.jwks_key()).and_then(|(b, _)| Record::decode(&b).map(|(r, _)| r));
+                        let prev = shared.get(&self.meta_key()).and_then(|(b, _)| Record::decode(&b));
                         let version = prev.map_or(self.record.version, |r| r.version.max(self.record.version)) + 1;
                         self.record =
                             Record { version, fetched_at_ms: now_ms, last_attempt_ms: now_ms, failures: 0 };

@@ -1,0 +1,477 @@
+//! proxy-wasm glue: maps host callbacks onto the pure modules. Everything that decides lives elsewhere.
+//!
+//! - Root context: parses the configuration once into an `Rc<Plan>`, owns the per-worker state (key
+//!   stores, token cache, waiting requests) shared with HTTP contexts through `Rc<RefCell<_>>`, ticks
+//!   every 250 ms to sync keys from shared data, start fetches (only the root dispatches) and time out
+//!   waiting requests.
+//! - HTTP context: removes client-sent copies of output headers, runs the engine, applies the outcome.
+//!   A paused request is resumed (or answered) by the root with `set_effective_context`.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
+
+use crate::cache::TokenCache;
+use crate::config::Plan;
+use crate::engine::{Counters, KeyAccess, Keys, Outcome, Request, evaluate};
+use crate::jwks::KeySet;
+use crate::keystore::{Event, Fetch, RemoteKeys, SharedData, State};
+
+const TICK: Duration = Duration::from_millis(250);
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    std::panic::set_hook(Box::new(|info| {
+        let _ = hostcalls::log(LogLevel::Critical, &format!("meshwasm jwt-auth: panic: {info}"));
+    }));
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { worker: None }) });
+}}
+
+fn now_ms() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn log(level: LogLevel, msg: &str) {
+    let _ = hostcalls::log(level, msg);
+}
+
+struct HostShared;
+
+impl SharedData for HostShared {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        match hostcalls::get_shared_data(key) {
+            Ok((Some(v), Some(cas))) if !v.is_empty() => Some((v, cas)),
+            Ok((Some(v), cas)) => Some((v, cas.unwrap_or(0))),
+            _ => None,
+        }
+    }
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        hostcalls::set_shared_data(key, Some(value), cas).is_ok()
+    }
+}
+
+/// Metric ids, defined once per worker (Envoy merges same-named metrics of all workers).
+struct Metrics {
+    ids: HashMap<String, u32>,
+}
+
+impl Metrics {
+    fn inc(&mut self, name: &str, by: u32) {
+        if by == 0 {
+            return;
+        }
+        let id = match self.ids.get(name) {
+            Some(id) => *id,
+            None => match hostcalls::define_metric(MetricType::Counter, &format!("meshwasm_jwt_auth.{name}")) {
+                Ok(id) => {
+                    self.ids.insert(name.to_string(), id);
+                    id
+                }
+                Err(_) => return,
+            },
+        };
+        let _ = hostcalls::increment_metric(id, i64::from(by));
+    }
+}
+
+struct ProviderKeys {
+    static_keys: Option<KeySet>,
+    remote: Option<RemoteKeys>,
+}
+
+struct Waiter {
+    context_id: u32,
+    since_ms: u64,
+    providers: Vec<usize>,
+}
+
+struct Worker {
+    plan: Rc<Plan>,
+    keys: Vec<ProviderKeys>,
+    cache: TokenCache,
+    waiters: Vec<Waiter>,
+    calls: HashMap<u32, usize>,
+    metrics: Metrics,
+}
+
+/// The engine's view of this worker's keys. Unknown-kid refetches are started by the next tick.
+struct Access<'a> {
+    keys: &'a mut [ProviderKeys],
+    now_ms: u64,
+}
+
+impl KeyAccess for Access<'_> {
+    fn keys(&self, provider: usize) -> Keys<'_> {
+        let Some(p) = self.keys.get(provider) else { return Keys::Unavailable };
+        match &p.remote {
+            None => p.static_keys.as_ref().map_or(Keys::Unavailable, Keys::Ready),
+            Some(r) => match (r.state(), r.keys()) {
+                (State::Ready, Some(k)) => Keys::Ready(k),
+                (State::Loading, _) => Keys::Loading,
+                _ => Keys::Unavailable,
+            },
+        }
+    }
+    fn unknown_kid(&mut self, provider: usize) -> bool {
+        match self.keys.get_mut(provider).and_then(|p| p.remote.as_mut()) {
+            Some(r) => r.unknown_kid(self.now_ms, &mut HostShared),
+            None => false,
+        }
+    }
+}
+
+fn header_bytes(name: &str) -> Option<Vec<u8>> {
+    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten()
+}
+
+impl Worker {
+    /// Runs the engine for the current (effective) HTTP context and applies the outcome, except Wait.
+    fn process(&mut self, context_id: u32) -> Outcome {
+        let plan = self.plan.clone();
+        for h in &plan.output_headers {
+            let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, h);
+        }
+        let method_b = header_bytes(":method").unwrap_or_default();
+        let path_b = header_bytes(":path").unwrap_or_default();
+        let method = String::from_utf8_lossy(&method_b);
+        let path = String::from_utf8_lossy(&path_b);
+        let get = |n: &str| header_bytes(n);
+        let req = Request { method: &method, path: &path, header: &get };
+        let now = now_ms();
+        let mut counters = Counters::default();
+        let outcome = {
+            let mut access = Access { keys: &mut self.keys, now_ms: now };
+            evaluate(&plan, &req, &mut access, &mut self.cache, now / 1000, &mut counters)
+        };
+        self.metrics.inc("cache_hits", counters.cache_hits);
+        self.metrics.inc("verifications", counters.verifications);
+        match &outcome {
+            Outcome::Pass => self.metrics.inc("passed", 1),
+            Outcome::Allow { remove, set } => {
+                for h in remove {
+                    let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, h);
+                }
+                for (h, v) in set {
+                    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, h, Some(v));
+                }
+                self.metrics.inc("allowed", 1);
+            }
+            Outcome::Deny { status, www_authenticate, reason, detail } => {
+                self.metrics.inc(&format!("denied.{reason}"), 1);
+                let level = if *status >= 500 { LogLevel::Warn } else { LogLevel::Debug };
+                log(level, &format!("meshwasm jwt-auth: ctx {context_id}: {status} {reason}: {detail} (path {path})"));
+                let mut headers = vec![("content-type", "text/plain")];
+                if let Some(w) = www_authenticate {
+                    headers.push(("www-authenticate", w.as_str()));
+                }
+                let body = match status {
+                    401 => "unauthorized\n",
+                    403 => "forbidden\n",
+                    _ => "signing keys unavailable\n",
+                };
+                let _ = hostcalls::send_http_response(*status, headers, Some(body.as_bytes()));
+            }
+            Outcome::Wait { providers } => {
+                self.metrics.inc("paused", 1);
+                if !self.waiters.iter().any(|w| w.context_id == context_id) {
+                    self.waiters.push(Waiter { context_id, since_ms: now, providers: providers.clone() });
+                }
+            }
+        }
+        outcome
+    }
+
+    /// Re-runs waiting requests of these providers (keys changed or a fetch finished).
+    fn wake(&mut self, providers: &[usize]) {
+        let (ready, rest): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut self.waiters)
+            .into_iter()
+            .partition(|w| w.providers.iter().any(|p| providers.contains(p)));
+        self.waiters = rest;
+        for w in ready {
+            if hostcalls::set_effective_context(w.context_id).is_err() {
+                continue;
+            }
+            match self.process(w.context_id) {
+                Outcome::Pass | Outcome::Allow { .. } => {
+                    let _ = hostcalls::resume_http_request();
+                }
+                Outcome::Deny { .. } => {}
+                // Still waiting (a refetch in flight elsewhere): keep the original start time.
+                Outcome::Wait { .. } => {
+                    if let Some(x) = self.waiters.iter_mut().find(|x| x.context_id == w.context_id) {
+                        x.since_ms = w.since_ms;
+                    }
+                }
+            }
+        }
+    }
+
+    fn expire_waiters(&mut self, now: u64) {
+        let timeout = self.plan.key_wait_timeout_ms;
+        let (expired, rest): (Vec<Waiter>, Vec<Waiter>) =
+            std::mem::take(&mut self.waiters).into_iter().partition(|w| now.saturating_sub(w.since_ms) >= timeout);
+        self.waiters = rest;
+        for w in expired {
+            if hostcalls::set_effective_context(w.context_id).is_err() {
+                continue;
+            }
+            self.metrics.inc("denied.keys_timeout", 1);
+            log(
+                LogLevel::Warn,
+                &format!("meshwasm jwt-auth: ctx {}: 503: signing keys not loaded within {timeout} ms", w.context_id),
+            );
+            let _ = hostcalls::send_http_response(
+                503,
+                vec![("content-type", "text/plain"), ("retry-after", "1")],
+                Some(b"signing keys unavailable\n"),
+            );
+        }
+    }
+
+    fn dispatch(&mut self, provider: usize, f: &Fetch) -> bool {
+        let headers = vec![
+            (":method", "GET"),
+            (":path", f.path.as_str()),
+            (":authority", f.authority.as_str()),
+            ("accept", "application/json"),
+            ("user-agent", "meshwasm-jwt-auth"),
+        ];
+        match hostcalls::dispatch_http_call(&f.cluster, headers, None, vec![], Duration::from_millis(f.timeout_ms)) {
+            Ok(token) => {
+                self.calls.insert(token, provider);
+                self.metrics.inc("jwks_fetches", 1);
+                true
+            }
+            Err(e) => {
+                log(
+                    LogLevel::Error,
+                    &format!(
+                        "meshwasm jwt-auth: provider `{}`: cannot reach cluster `{}` ({e:?}); is it defined in Envoy?",
+                        self.plan.providers[provider].name, f.cluster
+                    ),
+                );
+                false
+            }
+        }
+    }
+
+    fn drain_events(&mut self, provider: usize) {
+        let Some(r) = self.keys.get_mut(provider).and_then(|p| p.remote.as_mut()) else { return };
+        let events = std::mem::take(&mut r.events);
+        let name = self.plan.providers[provider].name.clone();
+        for e in events {
+            match e {
+                Event::Installed { version, keys } => {
+                    self.cache.clear();
+                    log(LogLevel::Info, &format!("meshwasm jwt-auth: provider `{name}`: keys v{version} installed ({keys} keys)"));
+                }
+                Event::Fetched { keys } => {
+                    log(LogLevel::Info, &format!("meshwasm jwt-auth: provider `{name}`: fetched {keys} keys"));
+                }
+                Event::FetchFailed { reason } => {
+                    self.metrics.inc("jwks_fetch_failures", 1);
+                    log(LogLevel::Warn, &format!("meshwasm jwt-auth: provider `{name}`: {reason}"));
+                }
+                Event::Expired => {
+                    self.cache.clear();
+                    log(
+                        LogLevel::Error,
+                        &format!("meshwasm jwt-auth: provider `{name}`: keys exceeded max_stale_s and were dropped"),
+                    );
+                }
+            }
+        }
+    }
+
+    fn tick(&mut self) {
+        let now = now_ms();
+        let mut changed = Vec::new();
+        for i in 0..self.keys.len() {
+            let fetch = match self.keys[i].remote.as_mut() {
+                Some(r) => {
+                    let before = (r.state(), r.keys().map(|k| k as *const KeySet));
+                    let fetch = r.poll(now, &mut HostShared);
+                    if (r.state(), r.keys().map(|k| k as *const KeySet)) != before || !r.events.is_empty() {
+                        changed.push(i);
+                    }
+                    fetch
+                }
+                None => None,
+            };
+            self.drain_events(i);
+            if let Some(f) = fetch
+                && !self.dispatch(i, &f)
+                && let Some(r) = self.keys[i].remote.as_mut()
+            {
+                r.on_response(now, &mut HostShared, None, None);
+                self.drain_events(i);
+                changed.push(i);
+            }
+        }
+        if !changed.is_empty() {
+            self.wake(&changed);
+        }
+        self.expire_waiters(now);
+    }
+
+    fn on_call_response(&mut self, token: u32, body_size: usize) {
+        let Some(provider) = self.calls.remove(&token) else { return };
+        let now = now_ms();
+        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|s| s.parse::<u32>().ok());
+        let max = self.plan.providers[provider].remote.as_ref().map_or(0, |r| r.max_body_bytes);
+        let body = if body_size > 0 {
+            // Read at most one byte past the cap: enough to tell it was exceeded.
+            hostcalls::get_buffer(proxy_wasm::types::BufferType::HttpCallResponseBody, 0, body_size.min(max + 1))
+                .ok()
+                .flatten()
+        } else {
+            Some(Vec::new())
+        };
+        let next = match self.keys.get_mut(provider).and_then(|p| p.remote.as_mut()) {
+            Some(r) => r.on_response(now, &mut HostShared, status, body.as_deref()),
+            None => None,
+        };
+        self.drain_events(provider);
+        if let Some(f) = next
+            && !self.dispatch(provider, &f)
+            && let Some(r) = self.keys[provider].remote.as_mut()
+        {
+            r.on_response(now, &mut HostShared, None, None);
+            self.drain_events(provider);
+        }
+        self.wake(&[provider]);
+    }
+}
+
+struct Root {
+    worker: Option<Rc<RefCell<Worker>>>,
+}
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+        if let Some(w) = &self.worker
+            && let Ok(mut w) = w.try_borrow_mut()
+        {
+            w.on_call_response(token_id, body_size);
+        }
+    }
+}
+
+fn worker_id() -> u64 {
+    use std::hash::BuildHasher;
+    // RandomState draws its keys from the host's random source (WASI random_get).
+    std::collections::hash_map::RandomState::new().hash_one(now_ms())
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = hostcalls::get_buffer(proxy_wasm::types::BufferType::PluginConfiguration, 0, usize::MAX)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let plan = match Plan::from_json(&bytes) {
+            Ok(p) => Rc::new(p),
+            Err(e) => {
+                log(LogLevel::Error, &e.to_string());
+                return false;
+            }
+        };
+        let id = worker_id();
+        let keys = plan
+            .providers
+            .iter()
+            .map(|p| ProviderKeys {
+                static_keys: p.static_keys.clone(),
+                remote: p.remote.clone().map(|r| RemoteKeys::new(r, p.policy.issuer.clone(), p.static_keys.clone(), id)),
+            })
+            .collect();
+        let n_remote = plan.providers.iter().filter(|p| p.remote.is_some()).count();
+        log(
+            LogLevel::Info,
+            &format!(
+                "meshwasm jwt-auth: configured {} providers ({} remote), {} rules",
+                plan.providers.len(),
+                n_remote,
+                plan.rules.len()
+            ),
+        );
+        self.worker = Some(Rc::new(RefCell::new(Worker {
+            cache: TokenCache::new(plan.cache_entries, plan.cache_max_ttl_s),
+            plan,
+            keys,
+            waiters: Vec::new(),
+            calls: HashMap::new(),
+            metrics: Metrics { ids: HashMap::new() },
+        })));
+        if n_remote > 0 {
+            let _ = hostcalls::set_tick_period(TICK);
+        }
+        true
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(w) = &self.worker
+            && let Ok(mut w) = w.try_borrow_mut()
+        {
+            w.tick();
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Http { context_id, worker: self.worker.clone() }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Http {
+    context_id: u32,
+    worker: Option<Rc<RefCell<Worker>>>,
+}
+
+impl Context for Http {
+    fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+        if let Some(w) = &self.worker
+            && let Ok(mut w) = w.try_borrow_mut()
+        {
+            w.on_call_response(token_id, body_size);
+        }
+    }
+
+    fn on_done(&mut self) -> bool {
+        if let Some(w) = &self.worker
+            && let Ok(mut w) = w.try_borrow_mut()
+        {
+            w.waiters.retain(|x| x.context_id != self.context_id);
+        }
+        true
+    }
+}
+
+impl HttpContext for Http {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(w) = &self.worker else {
+            let _ = hostcalls::send_http_response(503, vec![], Some(b"jwt-auth not configured\n"));
+            return Action::Pause;
+        };
+        let Ok(mut w) = w.try_borrow_mut() else { return Action::Continue };
+        match w.process(self.context_id) {
+            Outcome::Pass | Outcome::Allow { .. } => Action::Continue,
+            Outcome::Deny { .. } | Outcome::Wait { .. } => Action::Pause,
+        }
+    }
+}
+
