@@ -86,9 +86,9 @@ fn markdown(r: &RunResults) -> String {
     let _ = writeln!(md, "## Ratios against the targets\n");
     let _ = writeln!(
         md,
-        "| meshwasm configuration | judged against | requests/s ratio, median (min–max over rounds) | target | verdict |"
+        "| meshwasm configuration | judged against | requests/s ratio, median (min–max over rounds) | target | verdict | Envoy CPU-cost ratio |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
     for l in r.loads.iter().filter(|l| l.baseline.is_some()) {
         let (to_base, _) = ratios(r, l);
         let base = l.baseline.as_deref().and_then(|b| r.load(b));
@@ -99,14 +99,22 @@ fn markdown(r: &RunResults) -> String {
         };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} |",
             l.title,
             base.map(|b| b.title.as_str()).unwrap_or("–"),
             ratio(to_base),
             l.target.map(|t| format!("≥ {t:.1}×")).unwrap_or_else(|| "–".into()),
-            why
+            why,
+            ratio(base.and_then(|b| l.cpu_ratio_to(b)))
         );
     }
+    let _ = writeln!(
+        md,
+        "\n*Envoy CPU-cost ratio* = the baseline's Envoy CPU time per request ÷ this configuration's, paired by \
+         round: the requests/s ratio Envoy would show if it alone were the bottleneck. When it is well below the \
+         requests/s ratio, the load generator or the shared machine limited the run and the requests/s ratio \
+         flatters the slower configuration.\n"
+    );
 
     let _ = writeln!(md, "\n## Throughput and latency per configuration\n");
     let _ = writeln!(

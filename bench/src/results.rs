@@ -120,6 +120,26 @@ impl LoadResult {
     }
 }
 
+impl LoadResult {
+    /// Envoy CPU efficiency relative to `base`: base's CPU µs per request ÷ this one's, paired by
+    /// round. It is the requests/s ratio Envoy would reach if it alone were the bottleneck.
+    pub fn cpu_ratio_to(&self, base: &LoadResult) -> Option<Spread> {
+        if !self.measured() || !base.measured() {
+            return None;
+        }
+        let ratios: Vec<f64> = self
+            .samples
+            .iter()
+            .filter_map(|s| {
+                let b = base.samples.iter().find(|b| b.round == s.round)?;
+                let (mine, theirs) = (s.envoy_cpu_us_per_request?, b.envoy_cpu_us_per_request?);
+                (mine > 0.0).then(|| theirs / mine)
+            })
+            .collect();
+        Spread::of(&ratios)
+    }
+}
+
 /// Memory of one Envoy running one listener.
 #[derive(Debug, Clone, Serialize)]
 pub struct MemoryRow {
