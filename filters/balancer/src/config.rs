@@ -297,7 +297,9 @@ impl Plan {
         for s in &raw.service_from {
             match s {
                 ServiceSource::Header(h) if !is_header_name(h) => {
-                    return Err(invalid(format!("service_from: header `{h}` must be a lowercase header name")));
+                    return Err(invalid(format!(
+                        "service_from: header `{h}` must be a lowercase header name"
+                    )));
                 }
                 ServiceSource::Route { prefix, service } if !prefix.starts_with('/') => {
                     return Err(invalid(format!(
@@ -351,7 +353,10 @@ fn check_service(name: &str, s: RawService) -> Result<ServicePlan, String> {
         }
         p.active_request_bias = lr.active_request_bias.unwrap_or(1.0);
         if !(0.0..=10.0).contains(&p.active_request_bias) {
-            return Err(format!("least_request.active_request_bias {} must be 0..=10", p.active_request_bias));
+            return Err(format!(
+                "least_request.active_request_bias {} must be 0..=10",
+                p.active_request_bias
+            ));
         }
     }
     if let Some(r) = s.ring_hash {
@@ -551,12 +556,23 @@ mod tests {
         assert!(err(r#"{"services": {"api": {"algorithm": "maglev", "hash_key": ["path"], "maglev": {"table_size": 1000}}}}"#).contains("maglev.table_size 1000"));
         assert!(err(r#"{"services": {"api": {"algorithm": "maglev"}}}"#).contains("hash_key"));
         assert!(err(r#"{"services": {"api": {"least_request": {}}}}"#).contains("least_request is set"));
-        assert!(err(r#"{"services": {"api": {"outlier_detection": {"base_ejection_time": "3 days"}}}}"#).contains("not a duration"));
-        assert!(err(r#"{"services": {"api": {"panic_threshold_percent": 101}}}"#).contains("panic_threshold_percent"));
-        assert!(err(r#"{"services": {"api": {"endpoints": ["10.0.0.1:80", "10.0.0.1:80"]}}}"#).contains("twice"));
+        assert!(
+            err(r#"{"services": {"api": {"outlier_detection": {"base_ejection_time": "3 days"}}}}"#)
+                .contains("not a duration")
+        );
+        assert!(
+            err(r#"{"services": {"api": {"panic_threshold_percent": 101}}}"#)
+                .contains("panic_threshold_percent")
+        );
+        assert!(
+            err(r#"{"services": {"api": {"endpoints": ["10.0.0.1:80", "10.0.0.1:80"]}}}"#).contains("twice")
+        );
         assert!(err(r#"{"services": {"api": {"endpoints": ["host:80"]}}}"#).contains("did not match"));
         assert!(err(r#"{"service_from": [{"fixed": "nope"}], "services": {"api": {}}}"#).contains("`nope`"));
-        assert!(err(r#"{"endpoint_header": "X-Bad Header", "services": {"api": {}}}"#).contains("endpoint_header"));
+        assert!(
+            err(r#"{"endpoint_header": "X-Bad Header", "services": {"api": {}}}"#)
+                .contains("endpoint_header")
+        );
         assert!(err(r#"{"services": {}}"#).contains("at least one service"));
     }
 

@@ -6,9 +6,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use meshwasm_endpoints::{
-    EndpointSet, NOTIFY_QUEUE_PREFIX, SUBSCRIBERS_KEY, Subscribers, set_key,
-};
+use meshwasm_endpoints::{EndpointSet, NOTIFY_QUEUE_PREFIX, SUBSCRIBERS_KEY, Subscribers, set_key};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType, Status};
@@ -71,8 +69,11 @@ impl ServiceState {
 
     fn count_pick(&mut self, name: &str, address: SocketAddr) {
         let id = *self.picks.entry(address).or_insert_with(|| {
-            let label: String =
-                address.to_string().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+            let label: String = address
+                .to_string()
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect();
             counter(&format!("meshwasm_balancer.{name}.endpoint.{label}.picks"))
         });
         bump(id);
@@ -84,7 +85,10 @@ impl ServiceState {
             match e {
                 Event::Ejected { address, for_ms } => {
                     bump(self.ejections);
-                    log(LogLevel::Warn, &format!("meshwasm balancer: service `{name}`: ejected {address} for {for_ms} ms"));
+                    log(
+                        LogLevel::Warn,
+                        &format!("meshwasm balancer: service `{name}`: ejected {address} for {for_ms} ms"),
+                    );
                 }
                 Event::Returned { address } => {
                     log(LogLevel::Info, &format!("meshwasm balancer: service `{name}`: {address} is back"));
@@ -135,14 +139,19 @@ impl State {
                     bump(s.updates);
                     log(
                         LogLevel::Info,
-                        &format!("meshwasm balancer: service `{name}`: endpoint set version {version}, {len} endpoints"),
+                        &format!(
+                            "meshwasm balancer: service `{name}`: endpoint set version {version}, {len} endpoints"
+                        ),
                     );
                     s.flush_events(name);
                 }
             }
             Err(e) => {
                 bump(s.bad_sets);
-                log(LogLevel::Warn, &format!("meshwasm balancer: service `{name}`: keeping the last set: {e}"));
+                log(
+                    LogLevel::Warn,
+                    &format!("meshwasm balancer: service `{name}`: keeping the last set: {e}"),
+                );
             }
         }
     }
@@ -161,7 +170,10 @@ impl Root {
             Some(_) => None,
             None => {
                 let Some(seq) = next_queue_seq() else {
-                    log(LogLevel::Warn, "meshwasm balancer: cannot allocate a notify queue; relying on the tick");
+                    log(
+                        LogLevel::Warn,
+                        "meshwasm balancer: cannot allocate a notify queue; relying on the tick",
+                    );
                     return;
                 };
                 let name = format!("{NOTIFY_QUEUE_PREFIX}balancer.{seq}");
@@ -171,7 +183,10 @@ impl Root {
                         Some(name)
                     }
                     Err(e) => {
-                        log(LogLevel::Warn, &format!("meshwasm balancer: cannot register queue {name}: {e:?}"));
+                        log(
+                            LogLevel::Warn,
+                            &format!("meshwasm balancer: cannot register queue {name}: {e:?}"),
+                        );
                         return;
                     }
                 }
@@ -186,7 +201,10 @@ impl Root {
             let mut subs = match Subscribers::decode(bytes.as_deref().unwrap_or_default()) {
                 Ok(s) => s,
                 Err(e) => {
-                    log(LogLevel::Warn, &format!("meshwasm balancer: subscriber list is not valid, replacing it: {e}"));
+                    log(
+                        LogLevel::Warn,
+                        &format!("meshwasm balancer: subscriber list is not valid, replacing it: {e}"),
+                    );
                     Subscribers::default()
                 }
             };
@@ -238,13 +256,15 @@ impl RootContext for Root {
         };
         let now = now_ms(self);
         let base_seed = plan.seed.unwrap_or_else(|| {
-            let nanos = self.get_current_time().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+            let nanos =
+                self.get_current_time().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
             nanos ^ u64::from(self.context_id).rotate_left(32)
         });
         let mut services = HashMap::new();
         let mut any_discovered = false;
         for sp in &plan.services {
-            let mut lb = ServiceBalancer::new(Rc::clone(&sp.policy), base_seed ^ xxh64(sp.name.as_bytes(), 0));
+            let mut lb =
+                ServiceBalancer::new(Rc::clone(&sp.policy), base_seed ^ xxh64(sp.name.as_bytes(), 0));
             let discovered = match &sp.endpoints {
                 EndpointSource::Static(eps) => {
                     lb.set_endpoints(EndpointSet { version: 1, endpoints: eps.clone() }, now);
@@ -281,7 +301,11 @@ impl RootContext for Root {
         self.set_tick_period(Duration::from_millis(plan.refresh_interval_ms));
         log(
             LogLevel::Info,
-            &format!("meshwasm balancer: configured {} services, steering header {}", names.len(), plan.endpoint_header),
+            &format!(
+                "meshwasm balancer: configured {} services, steering header {}",
+                names.len(),
+                plan.endpoint_header
+            ),
         );
         true
     }
@@ -291,7 +315,8 @@ impl RootContext for Root {
         let now = now_ms(self);
         let discovered = {
             let Ok(mut st) = state.try_borrow_mut() else { return };
-            let names: Vec<String> = st.services.iter().filter(|(_, s)| s.discovered).map(|(n, _)| n.clone()).collect();
+            let names: Vec<String> =
+                st.services.iter().filter(|(_, s)| s.discovered).map(|(n, _)| n.clone()).collect();
             for n in &names {
                 st.refresh(n, now);
             }
@@ -365,7 +390,11 @@ impl HttpContext for Http {
         let Some(name) = service_name(&plan.service_from, &View(self)) else { return Action::Continue };
         let Some(s) = st.services.get_mut(name.as_ref()) else { return Action::Continue };
         self.now = now_ms(self);
-        let hash = if s.lb.policy().algorithm.is_hash() { key_hash(&s.lb.policy().hash_key, &View(self)) } else { None };
+        let hash = if s.lb.policy().algorithm.is_hash() {
+            key_hash(&s.lb.policy().hash_key, &View(self))
+        } else {
+            None
+        };
         let picked = s.lb.pick(self.now, hash);
         s.flush_events(&name);
         match picked {
@@ -378,7 +407,11 @@ impl HttpContext for Http {
             Err(e) => {
                 bump(s.no_healthy);
                 drop(st);
-                self.send_http_response(503, vec![("content-type", "text/plain")], Some(e.to_string().as_bytes()));
+                self.send_http_response(
+                    503,
+                    vec![("content-type", "text/plain")],
+                    Some(e.to_string().as_bytes()),
+                );
                 Action::Pause
             }
         }

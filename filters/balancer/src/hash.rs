@@ -31,7 +31,8 @@ fn read_u32(b: &[u8]) -> u64 {
 pub fn xxh64(input: &[u8], seed: u64) -> u64 {
     let mut rest = input;
     let mut h = if input.len() >= 32 {
-        let mut v = [seed.wrapping_add(P1).wrapping_add(P2), seed.wrapping_add(P2), seed, seed.wrapping_sub(P1)];
+        let mut v =
+            [seed.wrapping_add(P1).wrapping_add(P2), seed.wrapping_add(P2), seed, seed.wrapping_sub(P1)];
         while rest.len() >= 32 {
             for (i, acc) in v.iter_mut().enumerate() {
                 *acc = round(*acc, read_u64(&rest[i * 8..]));

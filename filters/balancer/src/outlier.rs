@@ -103,7 +103,8 @@ impl Outlier {
         // Decay the multiplier by the intervals spent healthy since the last return.
         if h.times_ejected > 0 && policy.interval_ms > 0 {
             let healthy_intervals = now.saturating_sub(h.returned_at) / policy.interval_ms;
-            h.times_ejected = h.times_ejected.saturating_sub(healthy_intervals.min(u64::from(u32::MAX)) as u32);
+            h.times_ejected =
+                h.times_ejected.saturating_sub(healthy_intervals.min(u64::from(u32::MAX)) as u32);
         }
         h.times_ejected = h.times_ejected.saturating_add(1);
         let duration = policy

@@ -71,9 +71,9 @@ pub fn key_hash(sources: &[HashSource], req: &impl RequestView) -> Option<u64> {
     for source in sources {
         let hashed = match source {
             HashSource::Header(h) => req.header(h).map(|v| xxh64(&v, 0)),
-            HashSource::Cookie(c) => {
-                req.header("cookie").and_then(|v| cookie(&v, c).filter(|v| !v.is_empty()).map(|v| xxh64(v, 0)))
-            }
+            HashSource::Cookie(c) => req
+                .header("cookie")
+                .and_then(|v| cookie(&v, c).filter(|v| !v.is_empty()).map(|v| xxh64(v, 0))),
             HashSource::SourceIp => req.source_address().map(|a| xxh64(strip_port(&a).as_bytes(), 0)),
             HashSource::Path => req.header(":path").map(|p| {
                 let end = p.iter().position(|&b| b == b'?').unwrap_or(p.len());
@@ -116,7 +116,10 @@ mod tests {
         let r = Req(vec![(":path", b"/x"), ("x-svc", b"\xff"), (":authority", b"Shop:8080")], None);
         assert_eq!(service_name(&sources, &r).as_deref(), Some("shop"));
         assert_eq!(service_name(&sources, &Req(vec![], None)), None);
-        assert_eq!(service_name(&[ServiceSource::Fixed("f".into())], &Req(vec![], None)).as_deref(), Some("f"));
+        assert_eq!(
+            service_name(&[ServiceSource::Fixed("f".into())], &Req(vec![], None)).as_deref(),
+            Some("f")
+        );
     }
 
     #[test]

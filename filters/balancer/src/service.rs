@@ -158,7 +158,8 @@ impl ServiceBalancer {
             endpoints.iter().map(|e| self.by_address.get(&e.address).map(|&i| i as usize)).collect();
         let ramping = self.initialized && self.policy.slow_start.is_some();
         self.outlier = self.outlier.carried_over(&previous);
-        self.active = previous.iter().map(|p| p.and_then(|i| self.active.get(i).copied()).unwrap_or(0)).collect();
+        self.active =
+            previous.iter().map(|p| p.and_then(|i| self.active.get(i).copied()).unwrap_or(0)).collect();
         self.ramp_since = previous
             .iter()
             .map(|p| match p {
@@ -226,7 +227,8 @@ impl ServiceBalancer {
             self.by_address.get(&picked.address).map(|&i| i as usize)
         };
         // The endpoint may have left the set since.
-        let Some(index) = index.filter(|&i| self.endpoints.get(i).is_some_and(|e| e.address == picked.address))
+        let Some(index) =
+            index.filter(|&i| self.endpoints.get(i).is_some_and(|e| e.address == picked.address))
         else {
             return;
         };
@@ -282,10 +284,14 @@ impl ServiceBalancer {
         } else {
             self.candidates.extend((0..n as u32).filter(|&i| !self.outlier.is_ejected(i as usize)));
             if let Some(zone) = &policy.zone_aware {
-                let in_zone = |i: usize| self.endpoints.get(i).and_then(|e| e.zone.as_deref()) == Some(&zone.local_zone);
+                let in_zone = |i: usize| {
+                    self.endpoints.get(i).and_then(|e| e.zone.as_deref()) == Some(&zone.local_zone)
+                };
                 let local_total = (0..n).filter(|&i| in_zone(i)).count() as u64;
                 let local_healthy = self.candidates.iter().filter(|&&i| in_zone(i as usize)).count() as u64;
-                if local_healthy > 0 && local_healthy * 100 >= u64::from(zone.min_healthy_percent) * local_total {
+                if local_healthy > 0
+                    && local_healthy * 100 >= u64::from(zone.min_healthy_percent) * local_total
+                {
                     self.candidates.retain(|&i| in_zone(i as usize));
                 }
             }
@@ -307,7 +313,8 @@ impl ServiceBalancer {
             let Some(e) = self.endpoints.get(i as usize) else { continue };
             let w = match (&policy.slow_start, ramping) {
                 (Some(ss), true) => {
-                    let f = self.ramp_since.get(i as usize).copied().flatten().and_then(|s| ss.factor(s, now));
+                    let f =
+                        self.ramp_since.get(i as usize).copied().flatten().and_then(|s| ss.factor(s, now));
                     let scaled = f64::from(base(e)) * f64::from(SCALE) * f.unwrap_or(1.0);
                     (scaled.round() as u32).max(1)
                 }
@@ -330,7 +337,9 @@ impl ServiceBalancer {
                     Table::Weighted(WeightedRoundRobin::new(&self.weights, &mut self.rng))
                 }
                 Algorithm::Random | Algorithm::WeightedRandom if equal => Table::Random,
-                Algorithm::Random | Algorithm::WeightedRandom => Table::WeightedRandom(Alias::new(&self.weights)),
+                Algorithm::Random | Algorithm::WeightedRandom => {
+                    Table::WeightedRandom(Alias::new(&self.weights))
+                }
                 Algorithm::LeastRequest => Table::LeastRequest(LeastRequest::new(
                     &self.weights,
                     policy.choice_count,
@@ -343,7 +352,12 @@ impl ServiceBalancer {
                         .filter_map(|&i| self.endpoints.get(i as usize).map(|e| e.address.to_string()))
                         .collect();
                     if policy.algorithm == Algorithm::RingHash {
-                        Table::Ring(Ring::new(&keys, &self.weights, policy.min_ring_size, policy.max_ring_size))
+                        Table::Ring(Ring::new(
+                            &keys,
+                            &self.weights,
+                            policy.min_ring_size,
+                            policy.max_ring_size,
+                        ))
                     } else {
                         Table::Maglev(Maglev::new(&keys, &self.weights, policy.maglev_table_size))
                     }
