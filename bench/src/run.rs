@@ -48,8 +48,12 @@ impl Fixture {
     }
 }
 
+static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+/// Progress on stderr, with seconds since the run started.
 fn say(msg: impl AsRef<str>) {
-    eprintln!("meshwasm-bench: {}", msg.as_ref());
+    let t = STARTED.get_or_init(Instant::now).elapsed().as_secs_f64();
+    eprintln!("meshwasm-bench [{t:5.1}s] {}", msg.as_ref());
 }
 
 fn envoy_config(listeners: Vec<Listener>, backends: &[SocketAddr], workers: u32) -> EnvoyConfig {
@@ -291,20 +295,20 @@ impl Driver<'_> {
 
 /// The whole benchmark.
 pub fn run(settings: Settings, scratch: &Path) -> Result<RunResults> {
-    let started = Instant::now();
+    let started = *STARTED.get_or_init(Instant::now);
     let envoy_bin = meshwasm_tests::artifacts::envoy_binary();
     let mut machine = MachineFacts::collect(&envoy_bin);
     let mut notes = Vec::new();
     let ticks_per_s = machine::clock_ticks();
 
-    // Artifact sizes need nothing running.
+    // Artifact sizes need nothing running: measured (wasm-opt is slow on large modules) while tokens are
+    // minted and listeners are validated, and joined before the timed rounds start.
     let wasm_dir = meshwasm_tests::artifacts::wasm_dir();
-    say(format!("artifact sizes in {}", wasm_dir.display()));
-    let sizes = sizes::measure(&wasm_dir, scratch).unwrap_or_else(|e| {
-        notes.push(format!("artifact sizes not measured: {e:#}"));
-        Vec::new()
-    });
-
+    say(format!("artifact sizes in {} (in the background)", wasm_dir.display()));
+    let sizes_job = {
+        let (dir, scratch) = (wasm_dir.clone(), scratch.to_owned());
+        std::thread::spawn(move || sizes::measure(&dir, &scratch).map_err(|e| format!("{e:#}")))
+    };
     say("keys and tokens");
     let tokens = TokenSet::generate(scratch)?;
     let mut repeated = BTreeMap::new();
@@ -359,6 +363,19 @@ pub fn run(settings: Settings, scratch: &Path) -> Result<RunResults> {
 
     let (memory, mut broken) =
         memory_and_validation(&listeners, &fixture, &loads, &[1, 2], settings.memory, scratch);
+
+    let sizes = match sizes_job.join() {
+        Ok(Ok(sizes)) => sizes,
+        Ok(Err(e)) => {
+            notes.push(format!("artifact sizes not measured: {e}"));
+            Vec::new()
+        }
+        Err(_) => {
+            notes.push("artifact sizes not measured: the measuring thread panicked".into());
+            Vec::new()
+        }
+    };
+    say("artifact sizes done");
 
     // The load Envoy: every listener that works, one worker, pinned apart from the load generator.
     let working: Vec<Listener> = listeners

@@ -19,7 +19,7 @@ use meshwasm_bench::results::Settings;
 struct Cli {
     #[command(subcommand)]
     command: Option<Cmd>,
-    /// Short run for development: 2 rounds of 2 s, 1 s warm-up, fewer unique tokens (< 2 minutes).
+    /// Short run for development: 2 rounds of 2 s, 1 s warm-up, 500 unique tokens (< 2 minutes).
     #[arg(long)]
     quick: bool,
     /// Where REPORT.md, the SVG plots and results.json go.
@@ -43,7 +43,7 @@ struct Cli {
     /// Envoy worker threads for the throughput rounds.
     #[arg(long, default_value_t = 1)]
     workers: u32,
-    /// Distinct tokens for the unique-token loads (default 4000, quick 1000).
+    /// Distinct tokens for the unique-token loads (default 4000, quick 500).
     #[arg(long)]
     unique_tokens: Option<usize>,
     /// Do not pin Envoy and the load generator to separate CPUs.
@@ -87,7 +87,7 @@ fn main() -> Result<()> {
         threads: cli.threads,
         connections: cli.connections,
         envoy_workers: cli.workers,
-        unique_tokens: cli.unique_tokens.unwrap_or(if cli.quick { 1000 } else { 4000 }),
+        unique_tokens: cli.unique_tokens.unwrap_or(if cli.quick { 500 } else { 4000 }),
         pinning,
         backends: 3,
         only: cli.only.clone(),
