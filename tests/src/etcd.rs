@@ -71,7 +71,10 @@ impl Etcd {
     fn spawn(&self) -> Result<()> {
         let bin = etcd_binary();
         if !bin.is_file() {
-            bail!("meshwasm tests: {} is missing: install the Debian package etcd-server (make setup)", bin.display());
+            bail!(
+                "meshwasm tests: {} is missing: install the Debian package etcd-server (make setup)",
+                bin.display()
+            );
         }
         let client = format!("http://{}", self.client);
         let peer = format!("http://{}", self.peer);
@@ -90,7 +93,8 @@ impl Etcd {
         let child = ChildGuard::spawn_logging_to("etcd", cmd, &log)?;
         let healthy = process::wait_until(Duration::from_secs(20), || {
             child.is_running()
-                && process::http_get(self.client, "/health").is_ok_and(|r| r.status == 200 && r.text().contains("true"))
+                && process::http_get(self.client, "/health")
+                    .is_ok_and(|r| r.status == 200 && r.text().contains("true"))
         });
         if !healthy {
             child.print_tail(50);
@@ -124,7 +128,8 @@ impl Etcd {
 
     /// Writes a key; returns the store revision after the write.
     pub fn put(&self, key: &str, value: &str) -> Result<i64> {
-        let v = self.post("/v3/kv/put", json!({"key": STANDARD.encode(key), "value": STANDARD.encode(value)}))?;
+        let v =
+            self.post("/v3/kv/put", json!({"key": STANDARD.encode(key), "value": STANDARD.encode(value)}))?;
         revision(&v)
     }
 
@@ -140,7 +145,10 @@ impl Etcd {
         if let Some(last) = end.last_mut() {
             *last += 1;
         }
-        let v = self.post("/v3/kv/range", json!({"key": STANDARD.encode(prefix), "range_end": STANDARD.encode(&end)}))?;
+        let v = self.post(
+            "/v3/kv/range",
+            json!({"key": STANDARD.encode(prefix), "range_end": STANDARD.encode(&end)}),
+        )?;
         let mut out = Vec::new();
         for kv in v["kvs"].as_array().into_iter().flatten() {
             let d = |f: &str| -> Result<String> {
@@ -171,5 +179,9 @@ impl Etcd {
 }
 
 fn revision(v: &serde_json::Value) -> Result<i64> {
-    v["header"]["revision"].as_str().context("etcd answer without header.revision")?.parse().context("revision")
+    v["header"]["revision"]
+        .as_str()
+        .context("etcd answer without header.revision")?
+        .parse()
+        .context("revision")
 }

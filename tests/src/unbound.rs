@@ -51,7 +51,9 @@ impl Unbound {
     fn try_start(zone: &str, records: &[&str]) -> Result<Self> {
         let bin = Path::new("/usr/sbin/unbound");
         if !bin.is_file() {
-            bail!("meshwasm tests: /usr/sbin/unbound is missing: install the Debian package unbound (make setup)");
+            bail!(
+                "meshwasm tests: /usr/sbin/unbound is missing: install the Debian package unbound (make setup)"
+            );
         }
         let dir = tempfile::Builder::new().prefix("meshwasm-unbound-").tempdir()?;
         let port = process::free_port();

@@ -3,19 +3,19 @@
 //! keeping the last good set. Calls are forwarded to the real servers; virtual time drives ticks.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use meshwasm_endpoints::{EndpointSet, set_key};
 use meshwasm_host::{CallReply, Headers, Host, HostOptions, HttpCall, Plugin, Proxy, Upstream};
+use meshwasm_tests::artifacts;
 use meshwasm_tests::etcd::Etcd;
 use meshwasm_tests::fakes::consul::{Consul, ConsulInstance};
 use meshwasm_tests::fakes::eureka::{Eureka, EurekaInstance};
 use meshwasm_tests::fakes::kubernetes::{Kubernetes, Slice, SliceEndpoint};
 use meshwasm_tests::fakes::nacos::{Nacos, NacosInstance};
 use meshwasm_tests::unbound::Unbound;
-use meshwasm_tests::artifacts;
 
 const VM: &str = "mesh";
 
@@ -122,7 +122,10 @@ fn consul_blocking_queries_return_on_change() {
     assert!(advance_until(&mut p, Duration::from_secs(2), |p| published(p, "redis").is_some()));
     let set = published(&p, "redis").unwrap();
     assert_eq!(addrs(&set), ["10.1.0.1:6379", "10.1.0.2:6379"], "critical instance left out by ?passing");
-    assert_eq!((set.endpoints[0].weight, set.endpoints[0].tags.as_slice()), (10, &["primary".to_owned()][..]));
+    assert_eq!(
+        (set.endpoints[0].weight, set.endpoints[0].tags.as_slice()),
+        (10, &["primary".to_owned()][..])
+    );
 
     // The next query blocks in the fake (the forwarded call holds real time) until a change.
     let index = consul.index();
@@ -132,14 +135,21 @@ fn consul_blocking_queries_return_on_change() {
             std::thread::sleep(Duration::from_millis(500));
             consul.set_instances("redis", vec![ConsulInstance::new("n4", addr("10.1.0.4:6379"))]);
         });
-        assert!(advance_until(&mut p, Duration::from_secs(2), |p| published(p, "redis").unwrap().version == 2));
+        assert!(
+            advance_until(&mut p, Duration::from_secs(2), |p| published(p, "redis").unwrap().version == 2)
+        );
     });
-    assert!(started.elapsed() < Duration::from_secs(3), "the blocked query returned on the change, before wait expired");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the blocked query returned on the change, before wait expired"
+    );
     assert_eq!(addrs(&published(&p, "redis").unwrap()), ["10.1.0.4:6379"]);
-    let blocking = consul.requests().into_iter().find(|r| r.param("index") == Some(&index.to_string())).unwrap();
+    let blocking =
+        consul.requests().into_iter().find(|r| r.param("index") == Some(&index.to_string())).unwrap();
     assert_eq!(blocking.param("wait"), Some("3000ms"));
     assert!(blocking.param("passing").is_some());
-    assert!(p.calls().iter().all(|c| c.timeout > Duration::from_secs(3) || c.headers.get(":path").is_some_and(|p| !p.contains("index="))));
+    assert!(p.calls().iter().all(|c| c.timeout > Duration::from_secs(3)
+        || c.headers.get(":path").is_some_and(|p| !p.contains("index="))));
 }
 
 #[test]
@@ -176,7 +186,10 @@ fn eureka_nacos_and_kubernetes_sources() {
                 ],
                 ports: vec![("http".into(), 8080), ("metrics".into(), 9090)],
             },
-            Slice { endpoints: vec![SliceEndpoint::ready("10.4.0.3".parse().unwrap())], ports: vec![("http".into(), 8080)] },
+            Slice {
+                endpoints: vec![SliceEndpoint::ready("10.4.0.3".parse().unwrap())],
+                ports: vec![("http".into(), 8080)],
+            },
         ],
     );
     let config = r#"{"tick":"100ms","services":[
@@ -208,7 +221,10 @@ fn eureka_nacos_and_kubernetes_sources() {
     assert!(eureka.requests().iter().all(|r| r.header("accept") == Some("application/json")));
 
     // Changes are followed (default refresh 5 s); the list form with several instances too.
-    eureka.set_instances("orders", vec![EurekaInstance::up(addr("10.2.0.1:8080")), EurekaInstance::up(addr("10.2.0.9:8080"))]);
+    eureka.set_instances(
+        "orders",
+        vec![EurekaInstance::up(addr("10.2.0.1:8080")), EurekaInstance::up(addr("10.2.0.9:8080"))],
+    );
     eureka.single_as_object(false);
     assert!(advance_until(&mut p, Duration::from_secs(7), |p| published(p, "orders").unwrap().version == 2));
     assert_eq!(addrs(&published(&p, "orders").unwrap()), ["10.2.0.1:8080", "10.2.0.9:8080"]);
@@ -217,7 +233,8 @@ fn eureka_nacos_and_kubernetes_sources() {
 /// Forwards DoH calls to unbound over cleartext HTTP/2 (prior knowledge), as Envoy's
 /// `http2_protocol_options` cluster would.
 fn h2c_upstream(target: SocketAddr) -> Upstream {
-    let rt = Arc::new(tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap());
+    let rt =
+        Arc::new(tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap());
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)
         .build_http::<http_body_util::Full<bytes::Bytes>>();
@@ -268,14 +285,21 @@ fn doh_srv_and_a_through_real_unbound() {
         {"name":"api","source":{"dns":{"cluster":"doh","name":"_http._tcp.api.svc.test","type":"SRV"}}},
         {"name":"web","source":{"dns":{"cluster":"doh","name":"web.svc.test","type":"A","port":9000,"method":"POST"}}}]}"#;
     let mut p = proxy(2, config, vec![("doh", h2c_upstream(dns.addr()))]);
-    assert!(advance_until(&mut p, Duration::from_secs(3), |p| published(p, "api").is_some() && published(p, "web").is_some()));
+    assert!(advance_until(&mut p, Duration::from_secs(3), |p| published(p, "api").is_some()
+        && published(p, "web").is_some()));
     let api = published(&p, "api").unwrap();
-    assert_eq!(addrs(&api), ["127.0.0.11:8080"], "lowest SRV priority only, target resolved by a follow-up A query");
+    assert_eq!(
+        addrs(&api),
+        ["127.0.0.11:8080"],
+        "lowest SRV priority only, target resolved by a follow-up A query"
+    );
     assert_eq!(api.endpoints[0].weight, 5);
     assert_eq!(addrs(&published(&p, "web").unwrap()), ["127.0.0.21:9000", "127.0.0.22:9000"]);
-    let paths: Vec<String> = p.calls().iter().filter_map(|c| c.headers.get(":path").map(str::to_owned)).collect();
+    let paths: Vec<String> =
+        p.calls().iter().filter_map(|c| c.headers.get(":path").map(str::to_owned)).collect();
     assert!(paths.iter().any(|p| p.starts_with("/dns-query?dns=")), "GET with ?dns=");
-    assert!(p.calls().iter().any(|c| c.headers.get(":method") == Some("POST") && c.headers.get("content-type") == Some("application/dns-message")));
+    assert!(p.calls().iter().any(|c| c.headers.get(":method") == Some("POST")
+        && c.headers.get("content-type") == Some("application/dns-message")));
 
     // TTL-driven refresh: web (TTL 5 s) sees a new address within about 5 s; api (TTL 30 s) only later.
     dns.add_record("web.svc.test. 5 IN A 127.0.0.23").unwrap();
@@ -298,7 +322,8 @@ fn garbage_failures_timeouts_and_empty_answers_keep_the_last_set() {
     // A scripted etcd gateway whose behaviour the test switches.
     let mode = Arc::new(AtomicUsize::new(0));
     let m = mode.clone();
-    let good = r#"{"header":{"revision":"7"},"kvs":[{"key":"L3MvYS94","value":"MTAuMC4wLjE6ODA="}],"count":"1"}"#;
+    let good =
+        r#"{"header":{"revision":"7"},"kvs":[{"key":"L3MvYS94","value":"MTAuMC4wLjE6ODA="}],"count":"1"}"#;
     let empty = r#"{"header":{"revision":"8"},"count":"0"}"#;
     let upstream = Upstream::handler(move |_call: &HttpCall| match m.load(Ordering::SeqCst) {
         0 => CallReply::response(200, [("content-type", "application/json")], good),
@@ -313,12 +338,16 @@ fn garbage_failures_timeouts_and_empty_answers_keep_the_last_set() {
         {"name":"lenient","refresh":"1s","timeout":"1s","max_retry":"1s","allow_empty":true,
          "source":{"etcd":{"cluster":"reg","prefix":"/s/a/"}}}]}"#;
     let mut p = proxy(2, config, vec![("reg", upstream)]);
-    assert!(advance_until(&mut p, Duration::from_secs(3), |p| published(p, "strict").is_some() && published(p, "lenient").is_some()));
+    assert!(advance_until(&mut p, Duration::from_secs(3), |p| published(p, "strict").is_some()
+        && published(p, "lenient").is_some()));
     for (m, what) in [(1, "garbage"), (2, "reset"), (3, "timeout"), (4, "503")] {
         mode.store(m, Ordering::SeqCst);
         let errors = p.metric("meshwasm_discovery.strict.errors").unwrap_or(0);
         p.advance(Duration::from_secs(5));
-        assert!(p.metric("meshwasm_discovery.strict.errors").unwrap_or(0) > errors, "{what} counted as an error");
+        assert!(
+            p.metric("meshwasm_discovery.strict.errors").unwrap_or(0) > errors,
+            "{what} counted as an error"
+        );
         for s in ["strict", "lenient"] {
             let set = published(&p, s).unwrap();
             assert_eq!((set.version, addrs(&set)), (1, vec!["10.0.0.1:80".to_owned()]), "{s} after {what}");
@@ -337,12 +366,13 @@ fn garbage_failures_timeouts_and_empty_answers_keep_the_last_set() {
 fn bad_configuration_is_rejected_naming_the_field() {
     let host = Host::new(HostOptions::default()).unwrap();
     let module = host.load(artifacts::wasm_path("meshwasm_discovery")).unwrap();
-    let err = Proxy::builder(&host)
-        .plugin(Plugin::new(module).name("discovery").vm_id(VM).config(
-            br#"{"services":[{"name":"api","source":{"etcd":{"cluster":"etcd","prefx":"/x/"}}}]}"#,
-        ))
-        .build()
-        .err()
-        .expect("rejected");
+    let err =
+        Proxy::builder(&host)
+            .plugin(Plugin::new(module).name("discovery").vm_id(VM).config(
+                br#"{"services":[{"name":"api","source":{"etcd":{"cluster":"etcd","prefx":"/x/"}}}]}"#,
+            ))
+            .build()
+            .err()
+            .expect("rejected");
     assert!(err.to_string().contains("prefx"), "{err}");
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::Result;
 use serde_json::{Value, json};
 
-use super::server::{FakeRequest, FakeResponse, FakeServer, Failure, go_duration, lock};
+use super::server::{Failure, FakeRequest, FakeResponse, FakeServer, go_duration, lock};
 
 /// One registered instance of a service.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,7 +177,11 @@ fn service_index(st: &Mutex<State>, service: &str) -> u64 {
     s.services.get(service).map_or(s.index, |(i, _)| *i)
 }
 
-async fn handle(req: FakeRequest, st: Arc<Mutex<State>>, ch: Arc<tokio::sync::watch::Sender<u64>>) -> FakeResponse {
+async fn handle(
+    req: FakeRequest,
+    st: Arc<Mutex<State>>,
+    ch: Arc<tokio::sync::watch::Sender<u64>>,
+) -> FakeResponse {
     let Some(service) = req.path.strip_prefix("/v1/health/service/").map(str::to_owned) else {
         return FakeResponse::text(404, "Invalid URL path: not a recognized HTTP API endpoint");
     };

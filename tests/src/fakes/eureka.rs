@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Result;
 use serde_json::{Value, json};
 
-use super::server::{FakeRequest, FakeResponse, FakeServer, Failure, lock};
+use super::server::{Failure, FakeRequest, FakeResponse, FakeServer, lock};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EurekaInstance {
@@ -26,7 +26,14 @@ pub struct EurekaInstance {
 
 impl EurekaInstance {
     pub fn up(addr: SocketAddr) -> Self {
-        Self { addr, status: "UP".into(), port_enabled: true, secure_port: None, metadata: BTreeMap::new(), zone: None }
+        Self {
+            addr,
+            status: "UP".into(),
+            port_enabled: true,
+            secure_port: None,
+            metadata: BTreeMap::new(),
+            zone: None,
+        }
     }
     pub fn status(mut self, s: &str) -> Self {
         self.status = s.into();
@@ -47,7 +54,8 @@ impl EurekaInstance {
         for (k, v) in &self.metadata {
             metadata[k] = json!(v);
         }
-        let mut dci = json!({"@class": "com.netflix.appinfo.InstanceInfo$DefaultDataCenterInfo", "name": "MyOwn"});
+        let mut dci =
+            json!({"@class": "com.netflix.appinfo.InstanceInfo$DefaultDataCenterInfo", "name": "MyOwn"});
         if let Some(z) = &self.zone {
             dci = json!({"@class": "com.netflix.appinfo.AmazonInfo", "name": "Amazon", "metadata": {"availability-zone": z}});
         }

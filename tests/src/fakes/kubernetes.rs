@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Result;
 use serde_json::{Value, json};
 
-use super::server::{FakeRequest, FakeResponse, FakeServer, Failure, lock};
+use super::server::{Failure, FakeRequest, FakeResponse, FakeServer, lock};
 
 /// One endpoint of a slice.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,7 +125,8 @@ fn handle(req: FakeRequest, st: &Mutex<State>) -> FakeResponse {
             continue;
         }
         for (i, slice) in slices.iter().enumerate() {
-            let family = if slice.endpoints.first().is_some_and(|e| e.ip.is_ipv6()) { "IPv6" } else { "IPv4" };
+            let family =
+                if slice.endpoints.first().is_some_and(|e| e.ip.is_ipv6()) { "IPv6" } else { "IPv4" };
             let endpoints: Vec<Value> = slice
                 .endpoints
                 .iter()
@@ -142,8 +143,11 @@ fn handle(req: FakeRequest, st: &Mutex<State>) -> FakeResponse {
                     v
                 })
                 .collect();
-            let ports: Vec<Value> =
-                slice.ports.iter().map(|(name, port)| json!({"name": name, "protocol": "TCP", "port": port})).collect();
+            let ports: Vec<Value> = slice
+                .ports
+                .iter()
+                .map(|(name, port)| json!({"name": name, "protocol": "TCP", "port": port}))
+                .collect();
             items.push(json!({
                 "kind": "EndpointSlice", "apiVersion": "discovery.k8s.io/v1",
                 "metadata": {"name": format!("{svc}-{i:05}"), "namespace": ns, "resourceVersion": s.version.to_string(),

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Result;
 use serde_json::{Value, json};
 
-use super::server::{FakeRequest, FakeResponse, FakeServer, Failure, lock};
+use super::server::{Failure, FakeRequest, FakeResponse, FakeServer, lock};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct NacosInstance {
@@ -24,7 +24,14 @@ pub struct NacosInstance {
 
 impl NacosInstance {
     pub fn new(addr: SocketAddr) -> Self {
-        Self { addr, weight: 1.0, healthy: true, enabled: true, cluster: "DEFAULT".into(), metadata: BTreeMap::new() }
+        Self {
+            addr,
+            weight: 1.0,
+            healthy: true,
+            enabled: true,
+            cluster: "DEFAULT".into(),
+            metadata: BTreeMap::new(),
+        }
     }
     pub fn weight(mut self, w: f64) -> Self {
         self.weight = w;

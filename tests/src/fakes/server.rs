@@ -50,7 +50,11 @@ impl FakeResponse {
         }
     }
     pub fn text(status: u16, body: &str) -> Self {
-        Self { status, headers: vec![("content-type".into(), "text/plain".into())], body: body.as_bytes().to_vec() }
+        Self {
+            status,
+            headers: vec![("content-type".into(), "text/plain".into())],
+            body: body.as_bytes().to_vec(),
+        }
     }
     pub fn header(mut self, k: &str, v: &str) -> Self {
         self.headers.push((k.into(), v.into()));
@@ -67,7 +71,8 @@ pub enum Failure {
     Garbage(String),
 }
 
-pub type Handler = Arc<dyn Fn(FakeRequest) -> Pin<Box<dyn Future<Output = FakeResponse> + Send>> + Send + Sync>;
+pub type Handler =
+    Arc<dyn Fn(FakeRequest) -> Pin<Box<dyn Future<Output = FakeResponse> + Send>> + Send + Sync>;
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -142,15 +147,22 @@ impl FakeServer {
                         let (handler, reqs, fail) = (handler.clone(), reqs.clone(), fail.clone());
                         async move {
                             let (parts, body) = req.into_parts();
-                            let body = body.collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
+                            let body =
+                                body.collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
                             let path = parts.uri.path().to_owned();
                             let query = parse_query(parts.uri.query().unwrap_or(""));
                             let headers = parts
                                 .headers
                                 .iter()
-                                .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                                .map(|(k, v)| {
+                                    (
+                                        k.as_str().to_owned(),
+                                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                                    )
+                                })
                                 .collect();
-                            let r = FakeRequest { method: parts.method.to_string(), path, query, headers, body };
+                            let r =
+                                FakeRequest { method: parts.method.to_string(), path, query, headers, body };
                             lock(&reqs).push(r.clone());
                             let failure = lock(&fail).clone();
                             let resp = match failure {
