@@ -1,0 +1,324 @@
+//! The client-credentials token request (RFC 6749 §4.4) and strict parsing of the token response.
+
+use base64::Engine as _;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::config::{AuthMethod, Plan};
+
+/// Largest token response body read (64 KiB).
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+/// Longest access token accepted (16 KiB); it goes into a request header.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// Headers and body of the token request, built once per plan (they never change).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRequest {
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl TokenRequest {
+    pub fn new(plan: &Plan) -> TokenRequest {
+        let c = &plan.config;
+        let mut body = String::from("grant_type=client_credentials");
+        let mut param = |name: &str, value: &str| {
+            body.push('&');
+            body.push_str(name);
+            body.push('=');
+            form_urlencode_into(&mut body, value);
+        };
+        if !c.scopes.is_empty() {
+            param("scope", &c.scopes.join(" "));
+        }
+        if let Some(a) = &c.audience {
+            param("audience", a);
+        }
+        if let Some(r) = &c.resource {
+            param("resource", r);
+        }
+        let mut headers = vec![
+            (":method".to_owned(), "POST".to_owned()),
+            (":path".to_owned(), c.token_endpoint.path.clone()),
+            (":authority".to_owned(), c.token_endpoint.authority.clone()),
+            ("content-type".to_owned(), "application/x-www-form-urlencoded".to_owned()),
+            ("accept".to_owned(), "application/json".to_owned()),
+        ];
+        match c.auth_method {
+            AuthMethod::ClientSecretBasic => {
+                headers
+                    .push(("authorization".to_owned(), basic_authorization(&c.client_id, &c.client_secret)));
+            }
+            AuthMethod::ClientSecretPost => {
+                param("client_id", &c.client_id);
+                param("client_secret", &c.client_secret);
+            }
+        }
+        TokenRequest { headers, body: body.into_bytes() }
+    }
+
+    /// Headers as the `&str` pairs `dispatch_http_call` takes.
+    pub fn header_refs(&self) -> Vec<(&str, &str)> {
+        self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+    }
+}
+
+/// `Basic base64(urlencode(id) ":" urlencode(secret))`: RFC 6749 §2.3.1 form-urlencodes both before
+/// base64, so ids and secrets may contain `:` and non-ASCII characters.
+pub fn basic_authorization(client_id: &str, client_secret: &str) -> String {
+    let mut raw = String::with_capacity(client_id.len() + client_secret.len() + 1);
+    form_urlencode_into(&mut raw, client_id);
+    raw.push(':');
+    form_urlencode_into(&mut raw, client_secret);
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
+}
+
+/// `application/x-www-form-urlencoded` (space → `+`; alphanumerics and `*-._` kept; other bytes %XX).
+pub fn form_urlencode_into(out: &mut String, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in s.as_bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => out.push(b as char),
+            b' ' => out.push('+'),
+            _ => {
+                out.push('%');
+                out.push(HEX[usize::from(b >> 4)] as char);
+                out.push(HEX[usize::from(b & 0xf)] as char);
+            }
+        }
+    }
+}
+
+/// A usable token response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    pub access_token: String,
+    /// `expires_in` seconds, if the response had one.
+    pub expires_in: Option<u64>,
+}
+
+/// Why no token could be had. Messages never contain the token or the secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    #[error("token endpoint unreachable: {0}")]
+    Unreachable(String),
+    #[error("token request timed out")]
+    Timeout,
+    #[error("token endpoint refused: HTTP {status}, error `{error}`{}", description.as_deref().map(|d| format!(": {d}")).unwrap_or_default())]
+    Refused { status: u32, error: String, description: Option<String> },
+    #[error("token endpoint answered HTTP {0}")]
+    Status(u32),
+    #[error("token response is malformed: {0}")]
+    Malformed(String),
+}
+
+/// Parses the token endpoint's answer (RFC 6749 §5.1/§5.2).
+pub fn parse_token_response(status: u32, body: &[u8]) -> Result<Token, FetchError> {
+    if body.len() > MAX_RESPONSE_BYTES {
+        return Err(FetchError::Malformed(format!(
+            "{} bytes is over the {MAX_RESPONSE_BYTES}-byte cap",
+            body.len()
+        )));
+    }
+    let json: Option<Value> = serde_json::from_slice(body).ok();
+    if status != 200 {
+        // §5.2 error response: report the IdP's `error` (a short ASCII code), never the body verbatim.
+        let field = |name: &str| {
+            json.as_ref()
+                .and_then(|j| j.get(name))
+                .and_then(Value::as_str)
+                .map(|s| s.chars().filter(|c| !c.is_control()).take(200).collect::<String>())
+        };
+        return match field("error") {
+            Some(error) => {
+                Err(FetchError::Refused { status, error, description: field("error_description") })
+            }
+            None => Err(FetchError::Status(status)),
+        };
+    }
+    let malformed = |m: &str| FetchError::Malformed(m.to_owned());
+    let Some(Value::Object(obj)) = json else {
+        return Err(malformed("not a JSON object"));
+    };
+    let access_token = match obj.get("access_token") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(Value::String(_)) => return Err(malformed("`access_token` is empty")),
+        Some(_) => return Err(malformed("`access_token` is not a string")),
+        None => return Err(malformed("`access_token` is missing")),
+    };
+    if access_token.len() > MAX_TOKEN_BYTES {
+        return Err(malformed("`access_token` is too long"));
+    }
+    // RFC 6750 §2.1 b64token: it goes into a header, so nothing else is accepted.
+    if !is_b64token(&access_token) {
+        return Err(malformed("`access_token` has characters not allowed in a Bearer token"));
+    }
+    match obj.get("token_type") {
+        None => {}
+        Some(Value::String(t)) if t.eq_ignore_ascii_case("bearer") => {}
+        Some(Value::String(t)) => {
+            let t: String = t.chars().filter(char::is_ascii_alphanumeric).take(32).collect();
+            return Err(FetchError::Malformed(format!("`token_type` is `{t}`, not Bearer")));
+        }
+        Some(_) => return Err(malformed("`token_type` is not a string")),
+    }
+    let expires_in = match obj.get("expires_in") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => {
+            Some(n.as_u64().ok_or_else(|| malformed("`expires_in` is not a non-negative integer"))?)
+        }
+        // Some servers send it as a string of digits; accept exactly that.
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 10 && s.bytes().all(|b| b.is_ascii_digit()) => {
+            s.parse().ok()
+        }
+        Some(_) => return Err(malformed("`expires_in` is not a number")),
+    };
+    if expires_in == Some(0) {
+        return Err(malformed("`expires_in` is 0"));
+    }
+    Ok(Token { access_token, expires_in })
+}
+
+fn is_b64token(s: &str) -> bool {
+    let body = s.trim_end_matches('=');
+    !body.is_empty()
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
+}
+
+/// Short hex prefix of a token's SHA-256, for logs (never log tokens).
+pub fn token_log_id(token: &str) -> String {
+    Sha256::digest(token.as_bytes()).iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn plan(extra: Value) -> Plan {
+        let mut v = json!({
+            "token_endpoint": {"cluster": "idp", "path": "/oauth/token", "authority": "idp.local"},
+            "client_id": "svc:a b",
+            "client_secret": "p@ss:w+rd/%&=",
+        });
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        Plan::parse(v.to_string().as_bytes()).unwrap()
+    }
+
+    fn header<'a>(r: &'a TokenRequest, name: &str) -> Option<&'a str> {
+        r.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn basic_request() {
+        let r =
+            TokenRequest::new(&plan(json!({"scopes": ["read", "write:all"], "audience": "https://api/"})));
+        assert_eq!(header(&r, ":method"), Some("POST"));
+        assert_eq!(header(&r, ":path"), Some("/oauth/token"));
+        assert_eq!(header(&r, ":authority"), Some("idp.local"));
+        assert_eq!(header(&r, "content-type"), Some("application/x-www-form-urlencoded"));
+        let auth = header(&r, "authorization").unwrap();
+        let raw =
+            base64::engine::general_purpose::STANDARD.decode(auth.strip_prefix("Basic ").unwrap()).unwrap();
+        assert_eq!(String::from_utf8(raw).unwrap(), "svc%3Aa+b:p%40ss%3Aw%2Brd%2F%25%26%3D");
+        assert_eq!(
+            String::from_utf8(r.body.clone()).unwrap(),
+            "grant_type=client_credentials&scope=read+write%3Aall&audience=https%3A%2F%2Fapi%2F"
+        );
+        assert!(!String::from_utf8_lossy(&r.body).contains("client_secret"));
+    }
+
+    #[test]
+    fn post_request() {
+        let r = TokenRequest::new(&plan(json!({"auth_method": "client_secret_post", "resource": "urn:x"})));
+        assert_eq!(header(&r, "authorization"), None);
+        assert_eq!(
+            String::from_utf8(r.body.clone()).unwrap(),
+            "grant_type=client_credentials&resource=urn%3Ax&client_id=svc%3Aa+b&client_secret=p%40ss%3Aw%2Brd%2F%25%26%3D"
+        );
+        assert_eq!(r.header_refs().len(), r.headers.len());
+    }
+
+    #[test]
+    fn good_responses() {
+        let t = parse_token_response(
+            200,
+            br#"{"access_token":"abc.def-_~+/==","token_type":"Bearer","expires_in":3600}"#,
+        )
+        .unwrap();
+        assert_eq!(t, Token { access_token: "abc.def-_~+/==".into(), expires_in: Some(3600) });
+        let t =
+            parse_token_response(200, br#"{"access_token":"x","token_type":"bearer","expires_in":"3599"}"#)
+                .unwrap();
+        assert_eq!(t.expires_in, Some(3599));
+        let t = parse_token_response(200, br#"{"access_token":"x"}"#).unwrap();
+        assert_eq!(t.expires_in, None);
+    }
+
+    #[test]
+    fn bad_responses() {
+        let bad: &[&[u8]] = &[
+            b"",
+            b"[]",
+            br#"{"token_type":"Bearer"}"#,
+            br#"{"access_token":""}"#,
+            br#"{"access_token":5}"#,
+            br#"{"access_token":"a b"}"#,
+            br#"{"access_token":"a\r\nx-evil: 1"}"#,
+            br#"{"access_token":"==="}"#,
+            br#"{"access_token":"x","token_type":"mac"}"#,
+            br#"{"access_token":"x","token_type":1}"#,
+            br#"{"access_token":"x","expires_in":-1}"#,
+            br#"{"access_token":"x","expires_in":1.5}"#,
+            br#"{"access_token":"x","expires_in":"1h"}"#,
+            br#"{"access_token":"x","expires_in":0}"#,
+            br#"{"access_token":"x","expires_in":true}"#,
+        ];
+        for b in bad {
+            let r = parse_token_response(200, b);
+            assert!(matches!(r, Err(FetchError::Malformed(_))), "{} → {r:?}", String::from_utf8_lossy(b));
+        }
+        let long = format!(r#"{{"access_token":"{}"}}"#, "a".repeat(MAX_TOKEN_BYTES + 1));
+        assert!(matches!(parse_token_response(200, long.as_bytes()), Err(FetchError::Malformed(_))));
+        let huge = vec![b' '; MAX_RESPONSE_BYTES + 1];
+        assert!(matches!(parse_token_response(200, &huge), Err(FetchError::Malformed(_))));
+    }
+
+    #[test]
+    fn idp_errors_are_reported() {
+        let e = parse_token_response(
+            401,
+            br#"{"error":"invalid_client","error_description":"client authentication failed"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            FetchError::Refused {
+                status: 401,
+                error: "invalid_client".into(),
+                description: Some("client authentication failed".into())
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "token endpoint refused: HTTP 401, error `invalid_client`: client authentication failed"
+        );
+        assert_eq!(parse_token_response(503, b"<html>busy</html>").unwrap_err(), FetchError::Status(503));
+        // 200 with an error body is malformed, not success.
+        assert!(matches!(parse_token_response(200, br#"{"error":"x"}"#), Err(FetchError::Malformed(_))));
+        // Control characters from the IdP do not reach the log line.
+        let e = parse_token_response(400, b"{\"error\":\"bad\\r\\nline\"}").unwrap_err();
+        assert!(!e.to_string().contains('\n'));
+    }
+
+    #[test]
+    fn log_id_is_short_and_stable() {
+        assert_eq!(token_log_id("abc"), token_log_id("abc"));
+        assert_eq!(token_log_id("abc").len(), 8);
+        assert_ne!(token_log_id("abc"), token_log_id("abd"));
+    }
+}
