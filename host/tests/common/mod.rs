@@ -109,9 +109,42 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("proxy_on_configure", r#"(func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))"#),
 ];
 
+/// Replaces every `(str "text")` with `(i32.const ADDR) (i32.const LEN)` and adds the data segments
+/// (from address 8192 on). Escapes inside the text are kept as WAT escapes.
+fn expand_strings(body: &str) -> String {
+    let mut out = String::new();
+    let mut data = String::new();
+    let mut addr = 8192usize;
+    let mut rest = body;
+    while let Some(i) = rest.find("(str \"") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 6..];
+        let end = after.find("\")").expect("unterminated (str");
+        let text = &after[..end];
+        let mut len = 0;
+        let mut chars = text.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '\\' {
+                chars.next();
+                chars.next();
+            }
+            len += 1;
+        }
+        out.push_str(&format!("(i32.const {addr}) (i32.const {len})"));
+        data.push_str(&format!("(data (i32.const {addr}) \"{text}\")\n"));
+        addr += len + 8;
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    out.push_str(&data);
+    out
+}
+
 /// A WAT guest: imports, helpers, default callbacks, and `body` (more functions, exports, data).
-/// Addresses below 1024 are scratch (60 = metric id slot, 100..200 return slots); put data at ≥ 1024.
+/// Addresses below 1024 are scratch (60 = metric id slot, 100..200 return slots); put data at 1024..8192.
+/// `(str "text")` expands to the address and length of a data segment holding `text`.
 pub fn guest(body: &str) -> String {
+    let body = &expand_strings(body);
     let mut s = String::from("(module\n");
     s.push_str(IMPORTS);
     s.push_str(HELPERS);

@@ -1,0 +1,545 @@
+//! `meshwasm-host serve` end to end: the real binary, real backends on loopback, real HTTP/1.1.
+
+mod cli_common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use cli_common::*;
+
+// ---- a backend: a tiny HTTP/1.1 server that says who it is and what it got ----
+
+struct Backend {
+    addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    /// Request heads seen (lower-cased header lines).
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl Backend {
+    /// Answers every request with 200, `x-backend: <name>` and body `<name> <method> <path>`.
+    fn start(name: &'static str) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (h, s) = (hits.clone(), seen.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let (h, s) = (h.clone(), s.clone());
+                std::thread::spawn(move || serve_backend_conn(conn, name, &h, &s));
+            }
+        });
+        Backend { addr, hits, seen }
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+fn serve_backend_conn(conn: TcpStream, name: &str, hits: &AtomicUsize, seen: &Mutex<Vec<String>>) {
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut conn = conn;
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut head = request_line.clone();
+        let mut content_length = 0;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" {
+                break;
+            }
+            let lower = line.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                content_length = v.trim().parse().unwrap_or(0);
+            }
+            head.push_str(&lower);
+        }
+        let mut body = vec![0; content_length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        hits.fetch_add(1, Ordering::SeqCst);
+        seen.lock().unwrap().push(head);
+        let mut parts = request_line.split_whitespace();
+        let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let reply = format!("{name} {method} {path} {}", String::from_utf8_lossy(&body));
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nx-backend: {name}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{reply}",
+            reply.len()
+        );
+        if conn.write_all(response.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+// ---- the proxy process ----
+
+struct Serve {
+    child: Child,
+    addr: SocketAddr,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Serve {
+    /// Starts `meshwasm-host serve <config>` and waits for its listener line.
+    fn start(config: &Path) -> Serve {
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start meshwasm-host serve");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let pipe = child.stderr.take().unwrap();
+        let lines = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { return };
+                if let Some(rest) = line.split("on http://").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                    let _ = tx.send(addr);
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(a) => a.parse().expect("listener address"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("serve did not start; stderr:\n{}", stderr.lock().unwrap().join("\n"));
+            }
+        };
+        Serve { child, addr, stderr }
+    }
+
+    fn log(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// Waits (bounded) until the log has a line containing `needle`.
+    fn wait_log(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---- a client ----
+
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut out = format!("{method} {path} HTTP/1.1\r\nhost: example.test\r\nconnection: close\r\n");
+    for (k, v) in headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str(&format!("content-length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(out.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no response head in {text:?}"));
+    let mut lines = head.lines();
+    let status = lines.next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Reply { status, headers, body: body.to_string() }
+}
+
+fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
+    request(addr, "GET", path, headers, "")
+}
+
+fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
+    let path = dir.join("serve.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+// ---- tests ----
+
+#[test]
+fn static_cluster_round_robin_through_the_noop_filter() {
+    let noop = required_artifact("meshwasm_noop.wasm", "meshwasm-noop");
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let dir = scratch_dir("serve-rr");
+    let config = write_config(
+        &dir,
+        &format!(
+            r#"
+listeners:
+  - name: ingress
+    address: 127.0.0.1:0
+    filters:
+      - name: noop
+        wasm: {}
+    route: {{cluster: backends}}
+clusters:
+  - name: backends
+    type: static
+    endpoints: ["{}", "{}"]
+"#,
+            noop.display(),
+            a.addr,
+            b.addr
+        ),
+    );
+    let serve = Serve::start(&config);
+    let mut order = Vec::new();
+    for i in 0..4 {
+        let r = request(serve.addr, "POST", &format!("/items/{i}?x=1"), &[], "payload");
+        assert_eq!(r.status, 200, "{r:?}\n{}", serve.log());
+        order.push(r.header("x-backend").unwrap().to_string());
+        assert!(r.body.ends_with(&format!("POST /items/{i}?x=1 payload")), "{r:?}");
+    }
+    assert_eq!(order, ["a", "b", "a", "b"]);
+    assert_eq!((a.hits(), b.hits()), (2, 2));
+    // The upstream saw the Host, the forwarded proto and a request id, as behind Envoy.
+    let head = a.seen.lock().unwrap()[0].clone();
+    assert!(head.contains("host: example.test"), "{head}");
+    assert!(head.contains("x-forwarded-proto: http") && head.contains("x-request-id: "), "{head}");
+    // One access log line per request.
+    assert!(serve.wait_log("\"POST /items/3?x=1 HTTP/1.1\" 200 - via_upstream"), "{}", serve.log());
+    let lines = serve.log().lines().filter(|l| l.contains(" ingress \"POST /items/")).count();
+    assert_eq!(lines, 4, "{}", serve.log());
+}
+
+#[test]
+fn original_dst_cluster_routes_by_header_and_503s_without_a_literal() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let dir = scratch_dir("serve-odst");
+    let wat = wasm_file(&dir, "allow.wasm", &wat_local_reply());
+    let config = write_config(
+        &dir,
+        &format!(
+            r#"
+listeners:
+  - address: 127.0.0.1:0
+    filters: [{{name: guard, wasm: {}}}]
+    route: {{cluster: picked}}
+clusters:
+  - {{name: picked, type: original_dst}}
+"#,
+            wat.display()
+        ),
+    );
+    let serve = Serve::start(&config);
+    let to_b = b.addr.to_string();
+    let r = get(serve.addr, "/x", &[("x-meshwasm-endpoint", &to_b)]);
+    assert_eq!((r.status, r.header("x-backend")), (200, Some("b")), "{r:?}");
+    let to_a = a.addr.to_string();
+    let r = get(serve.addr, "/y", &[("x-meshwasm-endpoint", &to_a)]);
+    assert_eq!((r.status, r.header("x-backend")), (200, Some("a")), "{r:?}");
+
+    for bad in [None, Some("localhost:80"), Some("127.0.0.1"), Some("10.0.0.1:99999")] {
+        let headers: Vec<(&str, &str)> = bad.map(|v| ("x-meshwasm-endpoint", v)).into_iter().collect();
+        let r = get(serve.addr, "/z", &headers);
+        assert_eq!(r.status, 503, "{bad:?}: {r:?}");
+        assert_eq!(r.body, "no healthy upstream", "{bad:?}");
+    }
+    assert_eq!((a.hits(), b.hits()), (1, 1));
+    assert!(serve.wait_log("503 UH no_healthy_upstream"), "{}", serve.log());
+}
+
+#[test]
+fn a_filters_local_reply_never_reaches_the_upstream() {
+    let backend = Backend::start("a");
+    let dir = scratch_dir("serve-local");
+    let wat = wasm_file(&dir, "deny.wasm", &wat_local_reply());
+    let config = write_config(
+        &dir,
+        &format!(
+            r#"
+workers: 2
+listeners:
+  - name: edge
+    address: 127.0.0.1:0
+    filters:
+      - name: deny
+        wasm: deny.wasm
+    route: {{cluster: backend}}
+clusters:
+  - name: backend
+    type: static
+    endpoints: ["{}"]
+"#,
+            backend.addr
+        ),
+    );
+    assert!(wat.is_file());
+    let serve = Serve::start(&config);
+    let r = get(serve.addr, "/secret", &[("x-deny", "1")]);
+    assert_eq!(r.status, 403, "{r:?}\n{}", serve.log());
+    assert_eq!(r.body, "denied by wat-filter");
+    assert_eq!(r.header("x-denied-by"), Some("wat"));
+    assert_eq!(backend.hits(), 0);
+    let r = get(serve.addr, "/open", &[]);
+    assert_eq!((r.status, r.header("x-backend")), (200, Some("a")), "{r:?}");
+    assert_eq!(backend.hits(), 1);
+    assert!(serve.wait_log("edge \"GET /secret HTTP/1.1\" 403"), "{}", serve.log());
+}
+
+#[test]
+fn an_unreachable_upstream_gives_envoys_503() {
+    // A port nobody listens on: bind, note, close.
+    let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dir = scratch_dir("serve-dead");
+    let config = write_config(
+        &dir,
+        &format!(
+            "listeners: [{{address: '127.0.0.1:0', route: {{cluster: gone}}}}]\n\
+             clusters: [{{name: gone, type: static, endpoints: ['{dead}']}}]\n"
+        ),
+    );
+    let serve = Serve::start(&config);
+    let r = get(serve.addr, "/", &[]);
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.body.starts_with("upstream connect error or disconnect/reset before headers"), "{r:?}");
+    assert!(serve.wait_log("503 UF"), "{}", serve.log());
+}
+
+#[test]
+fn a_rejected_filter_config_stops_serve_before_listening() {
+    let dir = scratch_dir("serve-reject");
+    let wat = wasm_file(&dir, "strict.wasm", &wat_config_rejecting());
+    let config = write_config(
+        &dir,
+        &format!(
+            r#"
+listeners:
+  - address: 127.0.0.1:0
+    filters: [{{name: strict, wasm: {}, config: {{mode: x}}}}]
+    route: {{cluster: c}}
+clusters: [{{name: c, type: static, endpoints: ["127.0.0.1:9"]}}]
+"#,
+            wat.display()
+        ),
+    );
+    let out = run(&["serve", config.to_str().unwrap()]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("strict") && stderr.contains("configuration: must be empty"), "{stderr}");
+    assert!(!stderr.contains("on http://"), "{stderr}");
+}
+
+#[test]
+fn config_errors_name_the_field() {
+    let dir = scratch_dir("serve-bad-config");
+    let config = write_config(
+        &dir,
+        "listeners: [{address: '127.0.0.1:0', route: {cluster: c, timeout: 5}}]\nclusters: []\n",
+    );
+    let out = run(&["serve", config.to_str().unwrap()]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("listeners[0].route") && stderr.contains("unknown field `timeout`"), "{stderr}");
+}
+
+#[test]
+fn sigterm_stops_serve_cleanly() {
+    let backend = Backend::start("a");
+    let dir = scratch_dir("serve-term");
+    let config = write_config(
+        &dir,
+        &format!(
+            "listeners: [{{address: '127.0.0.1:0', route: {{cluster: c}}}}]\n\
+             clusters: [{{name: c, type: static, endpoints: ['{}']}}]\n",
+            backend.addr
+        ),
+    );
+    let mut serve = Serve::start(&config);
+    assert_eq!(get(serve.addr, "/", &[]).status, 200);
+    let pid = serve.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = serve.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "serve did not exit after SIGTERM:\n{}", serve.log());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}\n{}", serve.log());
+    assert!(serve.wait_log("meshwasm-host serve: stopped"), "{}", serve.log());
+    assert!(TcpStream::connect(serve.addr).is_err(), "listener still open after exit");
+}
+
+/// The probe filter pauses each request, dispatches an http call to the `authz` cluster (forwarded to a
+/// real server), and resumes the request from `on_http_call_response`.
+#[test]
+fn a_paused_request_resumes_after_a_real_http_call() {
+    let probe = required_artifact("meshwasm_probe.wasm", "meshwasm-probe");
+    let (authz, app) = (Backend::start("authz"), Backend::start("app"));
+    let dir = scratch_dir("serve-call");
+    let config = write_config(
+        &dir,
+        &format!(
+            r#"
+listeners:
+  - address: 127.0.0.1:0
+    filters:
+      - name: probe
+        wasm: {}
+        config:
+          name: gate
+          request_headers:
+            ops:
+              - op: http_call
+                upstream: authz
+                headers: [[":method", "GET"], [":path", "/check"], [":authority", "authz.local"]]
+                timeout_ms: 5000
+            action: pause
+          http_call_response:
+            ops:
+              - {{op: get_header, map: http_call_response_headers, key: x-backend}}
+              - {{op: continue_stream, stream: request}}
+    route: {{cluster: app}}
+clusters:
+  - {{name: app, type: static, endpoints: ["{}"]}}
+  - {{name: authz, type: static, endpoints: ["{}"]}}
+"#,
+            probe.display(),
+            app.addr,
+            authz.addr
+        ),
+    );
+    let serve = Serve::start(&config);
+    for i in 0..3 {
+        let r = get(serve.addr, &format!("/r{i}"), &[]);
+        assert_eq!((r.status, r.header("x-backend")), (200, Some("app")), "{r:?}\n{}", serve.log());
+    }
+    assert_eq!((authz.hits(), app.hits()), (3, 3));
+    let head = authz.seen.lock().unwrap()[0].clone();
+    assert!(head.starts_with("GET /check HTTP/1.1") && head.contains("host: authz.local"), "{head}");
+    // The probe's stream trace (logged at on_delete) shows the call's response as the filter saw it.
+    assert!(serve.wait_log("meshwasm-probe-stream"), "{}", serve.log());
+    let log = serve.log();
+    let trace = log.lines().find(|l| l.contains("meshwasm-probe-stream")).unwrap();
+    assert!(trace.contains("http_call_response") && trace.contains("authz"), "{trace}");
+}
+
+/// A call whose upstream refuses the connection fails like in Envoy: the filter is called back with no
+/// headers and can still resume the request.
+#[test]
+fn a_failed_http_call_is_delivered_as_a_failure() {
+    let probe = required_artifact("meshwasm_probe.wasm", "meshwasm-probe");
+    let app = Backend::start("app");
+    let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dir = scratch_dir("serve-call-fail");
+    let config = write_config(
+        &dir,
+        &format!(
+            r#"
+listeners:
+  - address: 127.0.0.1:0
+    filters:
+      - name: probe
+        wasm: {}
+        config:
+          name: gate
+          request_headers:
+            ops: [{{op: http_call, upstream: authz, headers: [[":method", "GET"], [":path", "/"], [":authority", "a"]]}}]
+            action: pause
+          http_call_response:
+            ops: [{{op: get_status}}, {{op: continue_stream, stream: request}}]
+    route: {{cluster: app}}
+clusters:
+  - {{name: app, type: static, endpoints: ["{}"]}}
+  - {{name: authz, type: static, endpoints: ["{dead}"]}}
+"#,
+            probe.display(),
+            app.addr,
+        ),
+    );
+    let serve = Serve::start(&config);
+    let r = get(serve.addr, "/", &[]);
+    assert_eq!((r.status, r.header("x-backend")), (200, Some("app")), "{r:?}\n{}", serve.log());
+    assert!(serve.wait_log("meshwasm-probe-stream"), "{}", serve.log());
+    let log = serve.log();
+    let trace = log.lines().find(|l| l.contains("meshwasm-probe-stream")).unwrap();
+    assert!(trace.contains(r#""headers":0"#) && trace.contains(r#""body":0"#), "{trace}");
+}
+
+/// Ticks fire on real time in every worker, each on its own VM.
+#[test]
+fn ticks_fire_on_real_time_in_every_worker() {
+    let probe = required_artifact("meshwasm_probe.wasm", "meshwasm-probe");
+    let dir = scratch_dir("serve-tick");
+    let config = write_config(
+        &dir,
+        &format!(
+            r#"
+workers: 2
+listeners:
+  - address: 127.0.0.1:0
+    filters:
+      - name: ticker
+        wasm: {}
+        config:
+          name: ticker
+          configure: {{ops: [{{op: set_tick_period, ms: 30}}]}}
+          tick: {{ops: [{{op: log, msg: tock}}]}}
+    route: {{cluster: c}}
+clusters: [{{name: c, type: static, endpoints: ["127.0.0.1:9"]}}]
+"#,
+            probe.display()
+        ),
+    );
+    let serve = Serve::start(&config);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = serve.log();
+        let ticks = |w: usize| {
+            log.lines().filter(|l| l.contains(&format!("[worker {w}]")) && l.ends_with("tock")).count()
+        };
+        if ticks(0) >= 3 && ticks(1) >= 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "expected ≥ 3 ticks per worker:\n{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
