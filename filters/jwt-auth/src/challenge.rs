@@ -27,7 +27,10 @@ pub fn www_authenticate(realm: &str, challenge: &Challenge<'_>) -> String {
     match challenge {
         Challenge::Missing => format!("Bearer realm=\"{realm}\""),
         Challenge::InvalidToken(d) => {
-            format!("Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{}\"", sanitize(d))
+            format!(
+                "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{}\"",
+                sanitize(d)
+            )
         }
         Challenge::InsufficientScope { description, scope } => {
             let mut v = format!(

@@ -363,7 +363,9 @@ fn anchored(r: &str) -> Result<regex_lite::Regex, regex_lite::Error> {
 
 fn header_name(ctx: &str, h: &str) -> Result<String, ConfigError> {
     let lower = h.to_ascii_lowercase();
-    if lower.is_empty() || lower.starts_with(':') || !lower.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    if lower.is_empty()
+        || lower.starts_with(':')
+        || !lower.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
     {
         return err(format!("{ctx}: `{h}` is not a valid header name"));
     }
@@ -420,7 +422,10 @@ impl Plan {
                 if let Source::Header { name, .. } = s
                     && output_headers.contains(name)
                 {
-                    return err(format!("provider `{}`: header `{name}` is both a token source and an output", p.name));
+                    return err(format!(
+                        "provider `{}`: header `{name}` is both a token source and an output",
+                        p.name
+                    ));
                 }
             }
             let _ = i;
@@ -559,14 +564,23 @@ fn build_provider(ctx: &str, name: &str, p: &ProviderConfig) -> Result<ProviderP
     })
 }
 
-fn build_remote(ctx: &str, name: &str, issuer: Option<&str>, r: &RemoteJwksConfig) -> Result<RemotePlan, ConfigError> {
+fn build_remote(
+    ctx: &str,
+    name: &str,
+    issuer: Option<&str>,
+    r: &RemoteJwksConfig,
+) -> Result<RemotePlan, ConfigError> {
     if r.cluster.is_empty() {
         return err(format!("{ctx}.remote_jwks.cluster: must not be empty"));
     }
     let (url, discovery) = match (&r.uri, issuer) {
         (Some(u), _) => (u.clone(), false),
-        (None, Some(iss)) => (format!("{}/.well-known/openid-configuration", iss.trim_end_matches('/')), true),
-        (None, None) => return err(format!("{ctx}.remote_jwks.uri: set it, or set `issuer` for OIDC discovery")),
+        (None, Some(iss)) => {
+            (format!("{}/.well-known/openid-configuration", iss.trim_end_matches('/')), true)
+        }
+        (None, None) => {
+            return err(format!("{ctx}.remote_jwks.uri: set it, or set `issuer` for OIDC discovery"));
+        }
     };
     let Some((host, path)) = split_url(&url) else {
         return err(format!("{ctx}.remote_jwks.uri: `{url}` must be an http(s) URL with a host"));
@@ -668,7 +682,9 @@ mod tests {
         let p = &plan.providers[0];
         assert_eq!(p.policy.clock_skew_s, 60);
         assert!(p.policy.check_nbf);
-        assert!(matches!(&p.sources[0], Source::Header { name, prefix: Some(pre) } if name == "authorization" && pre == "Bearer "));
+        assert!(
+            matches!(&p.sources[0], Source::Header { name, prefix: Some(pre) } if name == "authorization" && pre == "Bearer ")
+        );
         assert_eq!(plan.rules[0].providers, vec![0]);
     }
 
@@ -686,12 +702,11 @@ mod tests {
         assert!(e.0.contains("provider `p`: set local_jwks, pem or remote_jwks"), "{e}");
         let e = Plan::from_json(br#"{"providers":{"p":{"remote_jwks":{"cluster":"c"}}}}"#).unwrap_err();
         assert!(e.0.contains("provider `p`.remote_jwks.uri"), "{e}");
-        let e = Plan::from_json(br#"{"providers":{"p":{"remote_jwks":{"cluster":"c","uri":"ftp://x"}}}}"#).unwrap_err();
+        let e = Plan::from_json(br#"{"providers":{"p":{"remote_jwks":{"cluster":"c","uri":"ftp://x"}}}}"#)
+            .unwrap_err();
         assert!(e.0.contains("must be an http(s) URL"), "{e}");
-        let e = Plan::from_json(
-            format!(r#"{{"providers":{{"p":{{"local_jwks":{JWKS}}}}}}}"#).as_bytes(),
-        )
-        .unwrap_err();
+        let e = Plan::from_json(format!(r#"{{"providers":{{"p":{{"local_jwks":{JWKS}}}}}}}"#).as_bytes())
+            .unwrap_err();
         assert!(e.0.contains("list HS256/384/512"), "{e}");
         let bad_rule = r#"{"providers":{"p":{"remote_jwks":{"cluster":"c","uri":"https://h/j"}}},
             "rules":[{"match":{"prefix":"/"},"requires_any":["q"]}]}"#;

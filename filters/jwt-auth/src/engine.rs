@@ -162,7 +162,8 @@ pub fn claim_header_value(claims: &serde_json::Map<String, Value>, ch: &ClaimHea
     let v = claim_at(claims, &ch.path)?;
     let s = match v {
         Value::Array(items) => {
-            let parts: Vec<String> = items.iter().map(|i| scalar_string(i).unwrap_or_else(|| i.to_string())).collect();
+            let parts: Vec<String> =
+                items.iter().map(|i| scalar_string(i).unwrap_or_else(|| i.to_string())).collect();
             parts.join(&ch.separator)
         }
         Value::Object(_) => v.to_string(),
@@ -294,7 +295,9 @@ pub fn evaluate(
                         cache.insert(ck, v.clone(), now_s);
                         Attempt::Ok(v)
                     }
-                    Err(TokenError::UnknownKid) if p.remote.is_some() && keys.unknown_kid(*pi) => Attempt::Wait,
+                    Err(TokenError::UnknownKid) if p.remote.is_some() && keys.unknown_kid(*pi) => {
+                        Attempt::Wait
+                    }
                     Err(e) => Attempt::Err(e),
                 }
             }
@@ -490,7 +493,14 @@ mod tests {
             "scope":"read admin","realm":{"groups":["dev","ops"]},"n":42,"admin":true,"evil":"a\r\nx-injected: 1"})
     }
 
-    fn run(plan: &Plan, keys: &mut FakeKeys, cache: &mut TokenCache, method: &str, path: &str, headers: &[(&str, &str)]) -> (Outcome, Counters) {
+    fn run(
+        plan: &Plan,
+        keys: &mut FakeKeys,
+        cache: &mut TokenCache,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (Outcome, Counters) {
         let map: HashMap<String, Vec<u8>> =
             headers.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect();
         let get = move |n: &str| map.get(n).cloned();
@@ -565,7 +575,9 @@ mod tests {
         c["exp"] = (NOW - 1000).into();
         let auth = format!("Bearer {}", mint(c));
         let (o, _) = run(&p, &mut k, &mut cache, "GET", "/x", &[("authorization", &auth)]);
-        let Outcome::Deny { status: 401, www_authenticate: Some(w), reason: "expired", .. } = o else { panic!("{o:?}") };
+        let Outcome::Deny { status: 401, www_authenticate: Some(w), reason: "expired", .. } = o else {
+            panic!("{o:?}")
+        };
         assert_eq!(w, r#"Bearer realm="api", error="invalid_token", error_description="token has expired""#);
         // Scope present, claim matches: allowed. Without the admin scope: 403.
         let auth = format!("Bearer {}", mint(claims()));
@@ -583,7 +595,14 @@ mod tests {
         let (o, _) = run(&p, &mut k, &mut cache, "GET", "/admin", &[("authorization", &auth)]);
         assert!(matches!(o, Outcome::Deny { status: 403, reason: "claims", .. }), "{o:?}");
         // CORS preflight passes.
-        let (o, _) = run(&p, &mut k, &mut cache, "OPTIONS", "/x", &[("origin", "o"), ("access-control-request-method", "GET")]);
+        let (o, _) = run(
+            &p,
+            &mut k,
+            &mut cache,
+            "OPTIONS",
+            "/x",
+            &[("origin", "o"), ("access-control-request-method", "GET")],
+        );
         assert_eq!(o, Outcome::Pass);
     }
 

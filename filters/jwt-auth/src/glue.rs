@@ -70,7 +70,8 @@ impl Metrics {
         }
         let id = match self.ids.get(name) {
             Some(id) => *id,
-            None => match hostcalls::define_metric(MetricType::Counter, &format!("meshwasm_jwt_auth.{name}")) {
+            None => match hostcalls::define_metric(MetricType::Counter, &format!("meshwasm_jwt_auth.{name}"))
+            {
                 Ok(id) => {
                     self.ids.insert(name.to_string(), id);
                     id
@@ -167,7 +168,12 @@ impl Worker {
             Outcome::Deny { status, www_authenticate, reason, detail } => {
                 self.metrics.inc(&format!("denied.{reason}"), 1);
                 let level = if *status >= 500 { LogLevel::Warn } else { LogLevel::Debug };
-                log(level, &format!("meshwasm jwt-auth: ctx {context_id}: {status} {reason}: {detail} (path {path})"));
+                log(
+                    level,
+                    &format!(
+                        "meshwasm jwt-auth: ctx {context_id}: {status} {reason}: {detail} (path {path})"
+                    ),
+                );
                 let mut headers = vec![("content-type", "text/plain")];
                 if let Some(w) = www_authenticate {
                     headers.push(("www-authenticate", w.as_str()));
@@ -216,8 +222,9 @@ impl Worker {
 
     fn expire_waiters(&mut self, now: u64) {
         let timeout = self.plan.key_wait_timeout_ms;
-        let (expired, rest): (Vec<Waiter>, Vec<Waiter>) =
-            std::mem::take(&mut self.waiters).into_iter().partition(|w| now.saturating_sub(w.since_ms) >= timeout);
+        let (expired, rest): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut self.waiters)
+            .into_iter()
+            .partition(|w| now.saturating_sub(w.since_ms) >= timeout);
         self.waiters = rest;
         for w in expired {
             if hostcalls::set_effective_context(w.context_id).is_err() {
@@ -226,7 +233,10 @@ impl Worker {
             self.metrics.inc("denied.keys_timeout", 1);
             log(
                 LogLevel::Warn,
-                &format!("meshwasm jwt-auth: ctx {}: 503: signing keys not loaded within {timeout} ms", w.context_id),
+                &format!(
+                    "meshwasm jwt-auth: ctx {}: 503: signing keys not loaded within {timeout} ms",
+                    w.context_id
+                ),
             );
             let _ = hostcalls::send_http_response(
                 503,
@@ -244,7 +254,13 @@ impl Worker {
             ("accept", "application/json"),
             ("user-agent", "meshwasm-jwt-auth"),
         ];
-        match hostcalls::dispatch_http_call(&f.cluster, headers, None, vec![], Duration::from_millis(f.timeout_ms)) {
+        match hostcalls::dispatch_http_call(
+            &f.cluster,
+            headers,
+            None,
+            vec![],
+            Duration::from_millis(f.timeout_ms),
+        ) {
             Ok(token) => {
                 self.calls.insert(token, provider);
                 self.metrics.inc("jwks_fetches", 1);
@@ -271,10 +287,18 @@ impl Worker {
             match e {
                 Event::Installed { version, keys } => {
                     self.cache.clear();
-                    log(LogLevel::Info, &format!("meshwasm jwt-auth: provider `{name}`: keys v{version} installed ({keys} keys)"));
+                    log(
+                        LogLevel::Info,
+                        &format!(
+                            "meshwasm jwt-auth: provider `{name}`: keys v{version} installed ({keys} keys)"
+                        ),
+                    );
                 }
                 Event::Fetched { keys } => {
-                    log(LogLevel::Info, &format!("meshwasm jwt-auth: provider `{name}`: fetched {keys} keys"));
+                    log(
+                        LogLevel::Info,
+                        &format!("meshwasm jwt-auth: provider `{name}`: fetched {keys} keys"),
+                    );
                 }
                 Event::FetchFailed { reason } => {
                     self.metrics.inc("jwks_fetch_failures", 1);
@@ -284,7 +308,9 @@ impl Worker {
                     self.cache.clear();
                     log(
                         LogLevel::Error,
-                        &format!("meshwasm jwt-auth: provider `{name}`: keys exceeded max_stale_s and were dropped"),
+                        &format!(
+                            "meshwasm jwt-auth: provider `{name}`: keys exceeded max_stale_s and were dropped"
+                        ),
                     );
                 }
             }
@@ -332,9 +358,13 @@ impl Worker {
         let max = self.plan.providers[provider].remote.as_ref().map_or(0, |r| r.max_body_bytes);
         let body = if body_size > 0 {
             // Read at most one byte past the cap: enough to tell it was exceeded.
-            hostcalls::get_buffer(proxy_wasm::types::BufferType::HttpCallResponseBody, 0, body_size.min(max + 1))
-                .ok()
-                .flatten()
+            hostcalls::get_buffer(
+                proxy_wasm::types::BufferType::HttpCallResponseBody,
+                0,
+                body_size.min(max + 1),
+            )
+            .ok()
+            .flatten()
         } else {
             Some(Vec::new())
         };
@@ -359,7 +389,13 @@ struct Root {
 }
 
 impl Context for Root {
-    fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
         if let Some(w) = &self.worker
             && let Ok(mut w) = w.try_borrow_mut()
         {
@@ -393,7 +429,10 @@ impl RootContext for Root {
             .iter()
             .map(|p| ProviderKeys {
                 static_keys: p.static_keys.clone(),
-                remote: p.remote.clone().map(|r| RemoteKeys::new(r, p.policy.issuer.clone(), p.static_keys.clone(), id)),
+                remote: p
+                    .remote
+                    .clone()
+                    .map(|r| RemoteKeys::new(r, p.policy.issuer.clone(), p.static_keys.clone(), id)),
             })
             .collect();
         let n_remote = plan.providers.iter().filter(|p| p.remote.is_some()).count();
@@ -443,7 +482,13 @@ struct Http {
 }
 
 impl Context for Http {
-    fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
         if let Some(w) = &self.worker
             && let Ok(mut w) = w.try_borrow_mut()
         {
@@ -474,4 +519,3 @@ impl HttpContext for Http {
         }
     }
 }
-

@@ -246,7 +246,8 @@ impl KeySet {
                     .collect();
                 if !any_kid {
                     // Keys without a kid (a PEM) may still verify a token that carries one.
-                    let kidless: Vec<&Key> = self.keys.iter().filter(|k| k.kid.is_none()).filter(fits).collect();
+                    let kidless: Vec<&Key> =
+                        self.keys.iter().filter(|k| k.kid.is_none()).filter(fits).collect();
                     if kidless.is_empty() { Selection::UnknownKid } else { Selection::Candidates(kidless) }
                 } else if c.is_empty() {
                     Selection::NoMatchingKey
@@ -317,7 +318,10 @@ mod tests {
     fn rejects_bad_documents() {
         assert!(matches!(parse_jwks(b"nope"), Err(JwksError::Json(_))));
         assert_eq!(parse_jwks(b"{}").unwrap_err(), JwksError::Shape);
-        assert_eq!(parse_jwks(br#"{"keys":[{"kty":"RSA","use":"enc"}]}"#).unwrap_err(), JwksError::NoUsableKey(1));
+        assert_eq!(
+            parse_jwks(br#"{"keys":[{"kty":"RSA","use":"enc"}]}"#).unwrap_err(),
+            JwksError::NoUsableKey(1)
+        );
         let many = serde_json::json!({"keys": vec![serde_json::json!({"kty":"oct","k":"AA"}); 101]});
         assert_eq!(parse_jwks_value(&many).unwrap_err(), JwksError::TooManyKeys(101, 100));
     }

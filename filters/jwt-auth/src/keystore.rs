@@ -58,7 +58,8 @@ struct Record {
 
 impl Record {
     fn encode(&self) -> Vec<u8> {
-        format!("v1 {} {} {} {}", self.version, self.fetched_at_ms, self.last_attempt_ms, self.failures).into_bytes()
+        format!("v1 {} {} {} {}", self.version, self.fetched_at_ms, self.last_attempt_ms, self.failures)
+            .into_bytes()
     }
 
     fn decode(bytes: &[u8]) -> Option<Record> {
@@ -113,7 +114,12 @@ pub enum State {
 }
 
 impl RemoteKeys {
-    pub fn new(plan: RemotePlan, issuer: Option<String>, static_keys: Option<KeySet>, worker_id: u64) -> Self {
+    pub fn new(
+        plan: RemotePlan,
+        issuer: Option<String>,
+        static_keys: Option<KeySet>,
+        worker_id: u64,
+    ) -> Self {
         let jwks_target = (!plan.discovery).then(|| (plan.authority.clone(), plan.path.clone()));
         RemoteKeys {
             plan,
@@ -142,9 +148,9 @@ impl RemoteKeys {
     }
 
     fn stale_deadline_ms(&self) -> u64 {
-        self.record
-            .fetched_at_ms
-            .saturating_add(self.plan.cache_duration_s.saturating_add(self.plan.max_stale_s).saturating_mul(1000))
+        self.record.fetched_at_ms.saturating_add(
+            self.plan.cache_duration_s.saturating_add(self.plan.max_stale_s).saturating_mul(1000),
+        )
     }
 
     /// Keys usable now (remote merged with static ones).
@@ -181,9 +187,9 @@ impl RemoteKeys {
                         let keys = self.keys.as_ref().map_or(0, |k| k.keys.len());
                         self.events.push(Event::Installed { version: rec.version, keys });
                     }
-                    Some(Err(e)) => {
-                        self.events.push(Event::FetchFailed { reason: format!("published JWKS unusable: {e}") })
-                    }
+                    Some(Err(e)) => self
+                        .events
+                        .push(Event::FetchFailed { reason: format!("published JWKS unusable: {e}") }),
                     None => {}
                 }
             }
@@ -224,7 +230,8 @@ impl RemoteKeys {
         if self.keys.is_none() || self.record.version == 0 {
             return true;
         }
-        let refresh_at = self.record.fetched_at_ms.saturating_add(self.plan.cache_duration_s.saturating_mul(900));
+        let refresh_at =
+            self.record.fetched_at_ms.saturating_add(self.plan.cache_duration_s.saturating_mul(900));
         now_ms >= refresh_at
     }
 
@@ -234,7 +241,9 @@ impl RemoteKeys {
         self.sync(now_ms, shared);
         if let Some(f) = self.in_flight {
             // A response that never came (the host lost it): give up after twice the timeout.
-            if now_ms > f.started_ms.saturating_add(self.plan.timeout_ms.saturating_mul(2).saturating_add(1000)) {
+            if now_ms
+                > f.started_ms.saturating_add(self.plan.timeout_ms.saturating_mul(2).saturating_add(1000))
+            {
                 self.in_flight = None;
                 self.release(shared);
             } else {
@@ -267,7 +276,10 @@ impl RemoteKeys {
         }
         self.sync(now_ms, shared);
         let allowed = now_ms
-            >= self.record.last_attempt_ms.saturating_add(self.plan.unknown_kid_refetch_interval_s.saturating_mul(1000));
+            >= self
+                .record
+                .last_attempt_ms
+                .saturating_add(self.plan.unknown_kid_refetch_interval_s.saturating_mul(1000));
         if allowed {
             self.want_refetch = true;
         }
@@ -345,7 +357,7 @@ impl RemoteKeys {
         status: Option<u32>,
         body: Option<&[u8]>,
     ) -> Option<Fetch> {
-        let Some(f) = self.in_flight else { return None };
+        let f = self.in_flight?;
         let what = if f.phase == Phase::Discovery { "OIDC discovery" } else { "JWKS fetch" };
         let body = match (status, body) {
             (None, _) => {
@@ -354,7 +366,11 @@ impl RemoteKeys {
             }
             (Some(200), Some(b)) if b.len() <= self.plan.max_body_bytes => b,
             (Some(200), Some(b)) => {
-                self.fail(now_ms, shared, format!("{what}: body of {} bytes exceeds max_body_bytes", b.len()));
+                self.fail(
+                    now_ms,
+                    shared,
+                    format!("{what}: body of {} bytes exceeds max_body_bytes", b.len()),
+                );
                 return None;
             }
             (Some(s), _) => {
@@ -379,7 +395,8 @@ impl RemoteKeys {
                         self.in_flight = None;
                         let n = set.keys.len();
                         let prev = shared.get(&self.meta_key()).and_then(|(b, _)| Record::decode(&b));
-                        let version = prev.map_or(self.record.version, |r| r.version.max(self.record.version)) + 1;
+                        let version =
+                            prev.map_or(self.record.version, |r| r.version.max(self.record.version)) + 1;
                         self.record =
                             Record { version, fetched_at_ms: now_ms, last_attempt_ms: now_ms, failures: 0 };
                         self.publish(shared, Some(body));
@@ -448,13 +465,16 @@ mod tests {
     const JWKS2: &[u8] = br#"{"keys":[{"kty":"EC","kid":"k2","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
 
     fn plan(remote: &str) -> RemotePlan {
-        let cfg = format!(r#"{{"providers":{{"p":{{"issuer":"https://idp.test","remote_jwks":{remote}}}}}}}"#);
+        let cfg =
+            format!(r#"{{"providers":{{"p":{{"issuer":"https://idp.test","remote_jwks":{remote}}}}}}}"#);
         Plan::from_json(cfg.as_bytes()).unwrap().providers.remove(0).remote.unwrap()
     }
 
     fn store(id: u64) -> RemoteKeys {
         RemoteKeys::new(
-            plan(r#"{"cluster":"idp","uri":"https://idp.test/jwks","cache_duration_s":100,"max_stale_s":50,"unknown_kid_refetch_interval_s":30,"retry_interval_s":5}"#),
+            plan(
+                r#"{"cluster":"idp","uri":"https://idp.test/jwks","cache_duration_s":100,"max_stale_s":50,"unknown_kid_refetch_interval_s":30,"retry_interval_s":5}"#,
+            ),
             Some("https://idp.test".into()),
             None,
             id,

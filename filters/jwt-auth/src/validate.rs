@@ -96,8 +96,18 @@ fn decode_part(s: &str) -> Option<Vec<u8>> {
     URL_SAFE_NO_PAD.decode(s).ok()
 }
 
-/// Splits and decodes a compact JWS (header and payload; the signature stays encoded).
-pub fn parse(token: &str, max_bytes: usize) -> Result<Parsed<'_>, TokenError> {
+/// The header and raw parts of a compact JWS; the payload is not interpreted.
+#[derive(Debug)]
+pub struct Jws<'a> {
+    pub alg: Algorithm,
+    pub kid: Option<String>,
+    pub signing_input: &'a str,
+    pub signature: &'a str,
+    pub payload_b64: &'a str,
+}
+
+/// Splits a compact JWS and checks its header (alg, crit, kid).
+pub fn parse_jws(token: &str, max_bytes: usize) -> Result<Jws<'_>, TokenError> {
     if token.len() > max_bytes {
         return Err(TokenError::TooLarge(max_bytes));
     }
@@ -108,8 +118,8 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<Parsed<'_>, TokenError> {
     if h.is_empty() || p.is_empty() {
         return Err(TokenError::Malformed);
     }
-    let header: Value =
-        serde_json::from_slice(&decode_part(h).ok_or(TokenError::BadHeader)?).map_err(|_| TokenError::BadHeader)?;
+    let header: Value = serde_json::from_slice(&decode_part(h).ok_or(TokenError::BadHeader)?)
+        .map_err(|_| TokenError::BadHeader)?;
     let header = header.as_object().ok_or(TokenError::BadHeader)?;
     let alg = match header.get("alg") {
         Some(Value::String(a)) if a.eq_ignore_ascii_case("none") => return Err(TokenError::AlgNone),
@@ -129,13 +139,38 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<Parsed<'_>, TokenError> {
     if s.is_empty() {
         return Err(TokenError::BadSignature);
     }
-    let payload = decode_part(p).ok_or(TokenError::BadPayload)?;
+    let signing_input = &token[..h.len() + 1 + p.len()];
+    Ok(Jws { alg, kid, signing_input, signature: s, payload_b64: p })
+}
+
+/// Splits and decodes a compact JWS (header and payload; the signature stays encoded).
+pub fn parse(token: &str, max_bytes: usize) -> Result<Parsed<'_>, TokenError> {
+    let jws = parse_jws(token, max_bytes)?;
+    let payload = decode_part(jws.payload_b64).ok_or(TokenError::BadPayload)?;
     let claims = match serde_json::from_slice::<Value>(&payload) {
         Ok(Value::Object(m)) => m,
         _ => return Err(TokenError::BadPayload),
     };
-    let signing_input = &token[..h.len() + 1 + p.len()];
-    Ok(Parsed { alg, kid, signing_input, signature: s, payload_b64: p, claims })
+    Ok(Parsed {
+        alg: jws.alg,
+        kid: jws.kid,
+        signing_input: jws.signing_input,
+        signature: jws.signature,
+        payload_b64: jws.payload_b64,
+        claims,
+    })
+}
+
+/// Verifies a compact JWS whose payload need not be JWT claims (used for the public JWS test vectors):
+/// header checks, allowed algorithms, key selection and signature. Returns the decoded payload.
+pub fn verify_jws(policy: &Policy, keys: &KeySet, token: &str) -> Result<Vec<u8>, TokenError> {
+    let jws = parse_jws(token, policy.max_token_bytes)?;
+    if !policy.algorithms.contains(&jws.alg) {
+        return Err(TokenError::AlgNotAllowed);
+    }
+    let payload = decode_part(jws.payload_b64).ok_or(TokenError::BadPayload)?;
+    signature_ok(policy, keys, jws.alg, jws.kid.as_deref(), jws.signing_input, jws.signature)?;
+    Ok(payload)
 }
 
 /// A string matcher for `sub` and claim checks.
@@ -221,7 +256,11 @@ fn numeric_date(claims: &Map<String, Value>, name: &'static str) -> Result<Optio
 }
 
 /// Checks everything but the signature (cheap, so done first).
-pub fn check_claims(policy: &Policy, claims: &Map<String, Value>, now_s: u64) -> Result<Option<u64>, TokenError> {
+pub fn check_claims(
+    policy: &Policy,
+    claims: &Map<String, Value>,
+    now_s: u64,
+) -> Result<Option<u64>, TokenError> {
     let skew = policy.clock_skew_s;
     let exp = numeric_date(claims, "exp")?;
     let nbf = numeric_date(claims, "nbf")?;
@@ -280,22 +319,31 @@ pub fn check_claims(policy: &Policy, claims: &Map<String, Value>, now_s: u64) ->
     Ok(exp)
 }
 
-/// Checks the signature with the provider's keys.
-pub fn check_signature(policy: &Policy, keys: &KeySet, parsed: &Parsed<'_>) -> Result<(), TokenError> {
-    let candidates = match keys.select(parsed.alg, parsed.kid.as_deref()) {
+fn signature_ok(
+    policy: &Policy,
+    keys: &KeySet,
+    alg: Algorithm,
+    kid: Option<&str>,
+    signing_input: &str,
+    signature: &str,
+) -> Result<(), TokenError> {
+    let candidates = match keys.select(alg, kid) {
         Selection::Candidates(c) => c,
         Selection::UnknownKid => return Err(TokenError::UnknownKid),
         Selection::NoMatchingKey => return Err(TokenError::NoMatchingKey),
     };
     for key in candidates.into_iter().take(policy.max_keys_tried) {
         // An error from the crypto layer (bad key encoding, bad signature encoding) is a failed check.
-        if let Ok(true) =
-            jsonwebtoken::crypto::verify(parsed.signature, parsed.signing_input.as_bytes(), &key.key, parsed.alg)
-        {
+        if let Ok(true) = jsonwebtoken::crypto::verify(signature, signing_input.as_bytes(), &key.key, alg) {
             return Ok(());
         }
     }
     Err(TokenError::BadSignature)
+}
+
+/// Checks the signature with the provider's keys.
+pub fn check_signature(policy: &Policy, keys: &KeySet, parsed: &Parsed<'_>) -> Result<(), TokenError> {
+    signature_ok(policy, keys, parsed.alg, parsed.kid.as_deref(), parsed.signing_input, parsed.signature)
 }
 
 /// Full validation of a token string with one provider.
@@ -340,8 +388,10 @@ mod tests {
     const NOW: u64 = 1_700_000_000;
 
     fn hs_keys() -> KeySet {
-        crate::jwks::parse_jwks(br#"{"keys":[{"kty":"oct","kid":"h","k":"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"}]}"#)
-            .unwrap()
+        crate::jwks::parse_jwks(
+            br#"{"keys":[{"kty":"oct","kid":"h","k":"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"}]}"#,
+        )
+        .unwrap()
     }
 
     fn hs_policy() -> Policy {
@@ -422,7 +472,10 @@ mod tests {
         assert_eq!(validate(&p, &k, &format!("{none_h}.{payload}."), NOW).unwrap_err(), TokenError::AlgNone);
         // crit.
         let crit_h = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","kid":"h","crit":["exp"],"exp":1}"#);
-        assert_eq!(validate(&p, &k, &format!("{crit_h}.{payload}.{sig}"), NOW).unwrap_err(), TokenError::Crit);
+        assert_eq!(
+            validate(&p, &k, &format!("{crit_h}.{payload}.{sig}"), NOW).unwrap_err(),
+            TokenError::Crit
+        );
         // Tampered signature.
         let mut bad = sig.to_string();
         bad.replace_range(0..1, if bad.starts_with('A') { "B" } else { "A" });
@@ -449,8 +502,12 @@ mod tests {
         let hb = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header_json).unwrap());
         let pb = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&good()).unwrap());
         let input = format!("{hb}.{pb}");
-        let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &EncodingKey::from_secret(b"attacker"), Algorithm::HS256)
-            .unwrap();
+        let sig = jsonwebtoken::crypto::sign(
+            input.as_bytes(),
+            &EncodingKey::from_secret(b"attacker"),
+            Algorithm::HS256,
+        )
+        .unwrap();
         assert_eq!(
             validate(&hs_policy(), &hs_keys(), &format!("{input}.{sig}"), NOW).unwrap_err(),
             TokenError::BadSignature
