@@ -47,7 +47,7 @@ fn garbage_bytes_are_rejected() {
 #[test]
 fn truncated_wasm_is_rejected() {
     let dir = scratch_dir("truncated");
-    let bytes = wat::parse_str(&wat_local_reply()).unwrap();
+    let bytes = wat::parse_str(wat_local_reply()).unwrap();
     let path = dir.join("truncated.wasm");
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     let (code, _, stderr) = check(&[path.to_str().unwrap()]);

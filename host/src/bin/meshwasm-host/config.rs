@@ -1,0 +1,384 @@
+//! The `serve` configuration file: listeners with filter chains, and upstream clusters.
+//!
+//! YAML or JSON (JSON is YAML). Unknown fields are rejected, and every error names the field it is about,
+//! e.g. `listeners[0].filters[1].root_id: invalid type: integer `3`, expected a string`.
+//!
+//! ```yaml
+//! workers: 2                      # worker threads, each with its own VMs (default 1)
+//! listeners:
+//!   - name: ingress               # optional, used in the access log
+//!     address: 127.0.0.1:10000
+//!     filters:                    # run in this order on requests, in reverse on responses
+//!       - name: noop
+//!         wasm: ../../target/wasm32-wasip1/wasm/meshwasm_noop.wasm   # relative to this file
+//!         root_id: ""             # optional
+//!         vm_id: ""               # optional; filters with the same vm_id share a VM
+//!         config: {any: value}    # optional: a string is passed as is, anything else as JSON
+//!         # config_file: noop.json  (instead of `config`)
+//!     route:
+//!       cluster: backend
+//!       timeout_ms: 15000         # optional, Envoy's default route timeout
+//! clusters:
+//!   - name: backend
+//!     type: static
+//!     endpoints: [127.0.0.1:8080, 127.0.0.1:8081]   # round robin
+//!   - name: picked
+//!     type: original_dst
+//!     header: x-meshwasm-endpoint                   # optional, this is the default
+//! ```
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// The header an `original_dst` cluster reads by default (as our filters set it).
+pub const DEFAULT_ORIGINAL_DST_HEADER: &str = "x-meshwasm-endpoint";
+/// Envoy's default route timeout.
+const DEFAULT_ROUTE_TIMEOUT_MS: u64 = 15_000;
+const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    workers: Option<usize>,
+    #[serde(default)]
+    log_level: Option<LogLevel>,
+    listeners: Vec<RawListener>,
+    #[serde(default)]
+    clusters: Vec<RawCluster>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    #[serde(default)]
+    name: Option<String>,
+    address: SocketAddr,
+    #[serde(default)]
+    filters: Vec<RawFilter>,
+    route: RawRoute,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    cluster: String,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFilter {
+    name: String,
+    wasm: PathBuf,
+    #[serde(default)]
+    root_id: String,
+    #[serde(default)]
+    vm_id: String,
+    #[serde(default)]
+    config: Option<serde_yaml::Value>,
+    #[serde(default)]
+    config_file: Option<PathBuf>,
+    #[serde(default)]
+    vm_config: Option<serde_yaml::Value>,
+    #[serde(default)]
+    vm_config_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    name: String,
+    #[serde(rename = "type")]
+    kind: ClusterType,
+    #[serde(default)]
+    endpoints: Option<Vec<SocketAddr>>,
+    #[serde(default)]
+    header: Option<String>,
+    #[serde(default)]
+    connect_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ClusterType {
+    Static,
+    OriginalDst,
+}
+
+/// Filter log lines at this level and above are printed (default `info`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    #[default]
+    Info,
+    Warn,
+    Error,
+    Critical,
+}
+
+/// A validated `serve` configuration; paths are absolute or relative to the working directory.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub workers: usize,
+    pub log_level: LogLevel,
+    pub listeners: Vec<Listener>,
+    pub clusters: Vec<Cluster>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub name: String,
+    pub address: SocketAddr,
+    pub filters: Vec<FilterSpec>,
+    pub route_cluster: String,
+    pub route_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct FilterSpec {
+    pub name: String,
+    pub wasm: PathBuf,
+    pub root_id: String,
+    pub vm_id: String,
+    /// The plugin configuration bytes, as Envoy would pass them (`configuration` StringValue).
+    pub config: Vec<u8>,
+    pub vm_config: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub name: String,
+    pub kind: ClusterKind,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum ClusterKind {
+    /// Round robin over a fixed list.
+    Static(Vec<SocketAddr>),
+    /// The upstream is taken from this (lower-case) request header, which must hold an IP:port literal.
+    OriginalDst { header: String },
+}
+
+impl ServeConfig {
+    /// Reads and validates a config file. Relative paths inside it are resolved against its directory.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::parse(&text, &base).with_context(|| format!("config file {}", path.display()))
+    }
+
+    /// Parses and validates config text; `base` is the directory relative paths are resolved against.
+    pub fn parse(text: &str, base: &Path) -> anyhow::Result<Self> {
+        let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let workers = raw.workers.unwrap_or(1);
+        if !(1..=64).contains(&workers) {
+            bail!("workers: must be between 1 and 64, got {workers}");
+        }
+        if raw.listeners.is_empty() {
+            bail!("listeners: at least one listener is required");
+        }
+
+        let mut clusters = Vec::with_capacity(raw.clusters.len());
+        let mut names = HashSet::new();
+        for (i, c) in raw.clusters.into_iter().enumerate() {
+            let at = format!("clusters[{i}]");
+            if c.name.is_empty() {
+                bail!("{at}.name: must not be empty");
+            }
+            if !names.insert(c.name.clone()) {
+                bail!("{at}.name: duplicate cluster name `{}`", c.name);
+            }
+            let kind = match c.kind {
+                ClusterType::Static => {
+                    if c.header.is_some() {
+                        bail!("{at}.header: only `original_dst` clusters take a header");
+                    }
+                    match c.endpoints {
+                        Some(eps) if !eps.is_empty() => ClusterKind::Static(eps),
+                        _ => bail!("{at}.endpoints: a static cluster needs at least one IP:port endpoint"),
+                    }
+                }
+                ClusterType::OriginalDst => {
+                    if c.endpoints.is_some() {
+                        bail!("{at}.endpoints: an `original_dst` cluster takes its endpoint from a header");
+                    }
+                    let header = c.header.unwrap_or_else(|| DEFAULT_ORIGINAL_DST_HEADER.to_string());
+                    if header.is_empty()
+                        || !header.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                    {
+                        bail!("{at}.header: `{header}` is not a valid header name");
+                    }
+                    ClusterKind::OriginalDst { header: header.to_ascii_lowercase() }
+                }
+            };
+            let connect_timeout =
+                Duration::from_millis(c.connect_timeout_ms.unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS).max(1));
+            clusters.push(Cluster { name: c.name, kind, connect_timeout });
+        }
+
+        let mut listeners = Vec::with_capacity(raw.listeners.len());
+        let mut addresses = HashSet::new();
+        for (i, l) in raw.listeners.into_iter().enumerate() {
+            let at = format!("listeners[{i}]");
+            if !addresses.insert(l.address) {
+                bail!("{at}.address: {} is used by another listener", l.address);
+            }
+            if !names.contains(&l.route.cluster) {
+                bail!("{at}.route.cluster: no cluster named `{}` in `clusters`", l.route.cluster);
+            }
+            let mut filters = Vec::with_capacity(l.filters.len());
+            for (j, f) in l.filters.into_iter().enumerate() {
+                filters.push(filter_spec(f, base, &format!("{at}.filters[{j}]"))?);
+            }
+            listeners.push(Listener {
+                name: l.name.unwrap_or_else(|| format!("listener{i}")),
+                address: l.address,
+                filters,
+                route_cluster: l.route.cluster,
+                route_timeout: Duration::from_millis(
+                    l.route.timeout_ms.unwrap_or(DEFAULT_ROUTE_TIMEOUT_MS).max(1),
+                ),
+            });
+        }
+
+        Ok(ServeConfig { workers, log_level: raw.log_level.unwrap_or_default(), listeners, clusters })
+    }
+}
+
+fn filter_spec(f: RawFilter, base: &Path, at: &str) -> anyhow::Result<FilterSpec> {
+    if f.name.is_empty() {
+        bail!("{at}.name: must not be empty");
+    }
+    let wasm = base.join(&f.wasm);
+    if !wasm.is_file() {
+        bail!("{at}.wasm: no such file {}", wasm.display());
+    }
+    let config = config_bytes(f.config, f.config_file, base, &format!("{at}.config"))?;
+    let vm_config = config_bytes(f.vm_config, f.vm_config_file, base, &format!("{at}.vm_config"))?;
+    Ok(FilterSpec { name: f.name, wasm, root_id: f.root_id, vm_id: f.vm_id, config, vm_config })
+}
+
+/// An inline value or a file: a string is passed byte for byte, anything else is serialized as JSON
+/// (what a filter reading `get_plugin_configuration()` with serde_json expects).
+fn config_bytes(
+    inline: Option<serde_yaml::Value>,
+    file: Option<PathBuf>,
+    base: &Path,
+    at: &str,
+) -> anyhow::Result<Vec<u8>> {
+    match (inline, file) {
+        (Some(_), Some(_)) => bail!("{at}: give either `{0}` or `{0}_file`, not both", field_name(at)),
+        (None, None) => Ok(Vec::new()),
+        (None, Some(path)) => {
+            let path = base.join(path);
+            std::fs::read(&path).with_context(|| format!("{at}_file: cannot read {}", path.display()))
+        }
+        (Some(value), None) => inline_bytes(value).with_context(|| at.to_string()),
+    }
+}
+
+fn field_name(at: &str) -> &str {
+    at.rsplit('.').next().unwrap_or(at)
+}
+
+/// Bytes for an inline config value (also used for `check --config` files, which are passed as is).
+pub fn inline_bytes(value: serde_yaml::Value) -> anyhow::Result<Vec<u8>> {
+    match value {
+        serde_yaml::Value::String(s) => Ok(s.into_bytes()),
+        serde_yaml::Value::Null => Ok(Vec::new()),
+        other => {
+            let json: serde_json::Value = serde_yaml::from_value(other)
+                .map_err(|e| anyhow::anyhow!("cannot be written as JSON: {e}"))?;
+            Ok(serde_json::to_vec(&json)?)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> anyhow::Result<ServeConfig> {
+        // Cargo.toml stands in for a wasm file: only its existence is checked here.
+        let base = Path::new(env!("CARGO_MANIFEST_DIR"));
+        ServeConfig::parse(text, base)
+    }
+
+    const GOOD: &str = r#"
+workers: 2
+listeners:
+  - address: 127.0.0.1:0
+    filters:
+      - name: a
+        wasm: Cargo.toml
+        config: {b: 1, c: [x]}
+      - name: s
+        wasm: Cargo.toml
+        config: "raw text"
+    route: {cluster: picked}
+clusters:
+  - {name: backend, type: static, endpoints: ["127.0.0.1:1"]}
+  - {name: picked, type: original_dst}
+"#;
+
+    #[test]
+    fn parses_a_full_config() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.workers, 2);
+        assert_eq!(c.listeners[0].filters[0].config, br#"{"b":1,"c":["x"]}"#);
+        assert_eq!(c.listeners[0].filters[1].config, b"raw text");
+        assert_eq!(c.listeners[0].route_timeout, Duration::from_secs(15));
+        match &c.clusters[1].kind {
+            ClusterKind::OriginalDst { header } => assert_eq!(header, DEFAULT_ORIGINAL_DST_HEADER),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let typo = GOOD.replace("root_id", "x").replace("config: \"raw text\"", "rootid: x");
+        let err = format!("{:#}", parse(&typo).unwrap_err());
+        assert!(err.contains("listeners[0].filters[1]") && err.contains("unknown field `rootid`"), "{err}");
+
+        let unknown_cluster = GOOD.replace("cluster: picked", "cluster: nope");
+        let err = format!("{:#}", parse(&unknown_cluster).unwrap_err());
+        assert!(err.contains("listeners[0].route.cluster") && err.contains("`nope`"), "{err}");
+
+        let no_endpoints = GOOD.replace(r#"endpoints: ["127.0.0.1:1"]"#, "endpoints: []");
+        let err = format!("{:#}", parse(&no_endpoints).unwrap_err());
+        assert!(err.contains("clusters[0].endpoints"), "{err}");
+
+        let bad_addr = GOOD.replace("127.0.0.1:1", "localhost:1");
+        let err = format!("{:#}", parse(&bad_addr).unwrap_err());
+        assert!(err.contains("clusters[0].endpoints"), "{err}");
+
+        let missing_wasm =
+            GOOD.replace("wasm: Cargo.toml\n        config: {b", "wasm: nope.wasm\n        config: {b");
+        let err = format!("{:#}", parse(&missing_wasm).unwrap_err());
+        assert!(err.contains("listeners[0].filters[0].wasm") && err.contains("nope.wasm"), "{err}");
+
+        let bad_type = GOOD.replace("type: original_dst", "type: eds");
+        let err = format!("{:#}", parse(&bad_type).unwrap_err());
+        assert!(err.contains("clusters[1].type"), "{err}");
+    }
+
+    #[test]
+    fn json_is_accepted() {
+        let json = r#"{"listeners":[{"address":"127.0.0.1:0","route":{"cluster":"b"}}],
+                       "clusters":[{"name":"b","type":"static","endpoints":["127.0.0.1:9"]}]}"#;
+        let c = parse(json).unwrap();
+        assert_eq!(c.workers, 1);
+        assert!(c.listeners[0].filters.is_empty());
+    }
+}

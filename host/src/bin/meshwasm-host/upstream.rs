@@ -1,0 +1,176 @@
+//! Upstream clusters: picking an endpoint (round robin, or the original destination from a header) and
+//! sending a buffered HTTP/1.1 request there, with Envoy's failure replies.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::config::{Cluster, ClusterKind};
+
+/// Headers that describe one hop of HTTP/1.1 and are never forwarded (RFC 9110 §7.6.1).
+pub const HOP_BY_HOP: &[&str] =
+    &["connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade"];
+
+/// A response as the proxy handles it: everything buffered (filters see one body chunk).
+#[derive(Debug, Clone, Default)]
+pub struct Response {
+    pub status: u16,
+    /// Lower-case names, in order, no pseudo-headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Bytes,
+}
+
+/// Why the upstream gave no response; each maps to the reply Envoy's router sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    /// No endpoint: an `original_dst` header missing or not an IP:port literal (Envoy: 503, `UH`).
+    NoHealthyUpstream,
+    /// Connect refused / reset before the response started (Envoy: 503, `UF`).
+    ConnectFailure(String),
+    /// The route timeout passed (Envoy: 504, `UT`).
+    Timeout,
+}
+
+impl UpstreamFailure {
+    /// Envoy's local reply for this failure: status, body, response flag and response code details.
+    pub fn local_reply(&self) -> (u16, String, &'static str, &'static str) {
+        match self {
+            UpstreamFailure::NoHealthyUpstream => {
+                (503, "no healthy upstream".into(), "UH", "no_healthy_upstream")
+            }
+            UpstreamFailure::ConnectFailure(reason) => (
+                503,
+                format!(
+                    "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: {reason}"
+                ),
+                "UF",
+                "upstream_reset_before_response_started{connection_failure}",
+            ),
+            UpstreamFailure::Timeout => {
+                (504, "upstream request timeout".into(), "UT", "upstream_response_timeout")
+            }
+        }
+    }
+}
+
+/// One worker's view of a cluster: its own round-robin position and connection pool, like an Envoy worker.
+pub struct UpstreamCluster {
+    pub config: Cluster,
+    next: Cell<usize>,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl UpstreamCluster {
+    pub fn new(config: Cluster) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        UpstreamCluster { config, next: Cell::new(0), client }
+    }
+
+    /// The endpoint for a request whose header values `header(name)` gives (lower-case names), or `None`
+    /// (Envoy: no healthy upstream).
+    pub fn pick<'a>(&self, header: impl Fn(&str) -> Option<&'a [u8]>) -> Option<SocketAddr> {
+        match &self.config.kind {
+            ClusterKind::Static(endpoints) => {
+                let i = self.next.get();
+                self.next.set(i.wrapping_add(1));
+                endpoints.get(i % endpoints.len()).copied()
+            }
+            ClusterKind::OriginalDst { header: name } => parse_ip_port(header(name)?),
+        }
+    }
+
+    /// Sends the request to `addr` and reads the whole response within `timeout`.
+    pub async fn send(
+        &self,
+        addr: SocketAddr,
+        request: hyper::Request<Full<Bytes>>,
+        timeout: Duration,
+    ) -> Result<Response, UpstreamFailure> {
+        let (mut parts, body) = request.into_parts();
+        let mut uri = format!("http://{addr}");
+        uri.push_str(parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+        parts.uri = uri.parse().map_err(|e| UpstreamFailure::ConnectFailure(format!("bad path: {e}")))?;
+        let request = hyper::Request::from_parts(parts, body);
+        let exchange = async {
+            let response = self.client.request(request).await.map_err(|e| {
+                let mut reason = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    reason = s.to_string();
+                    source = s.source();
+                }
+                UpstreamFailure::ConnectFailure(reason)
+            })?;
+            read_response(response).await
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(UpstreamFailure::Timeout),
+        }
+    }
+}
+
+async fn read_response(response: hyper::Response<Incoming>) -> Result<Response, UpstreamFailure> {
+    let (parts, body) = response.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map_err(|e| UpstreamFailure::ConnectFailure(format!("response body: {e}")))?
+        .to_bytes();
+    let headers = parts
+        .headers
+        .iter()
+        .filter(|(k, _)| !HOP_BY_HOP.contains(&k.as_str()))
+        .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+        .collect();
+    Ok(Response { status: parts.status.as_u16(), headers, body })
+}
+
+/// An `original_dst` header value: exactly an IP:port literal (IPv6 in brackets), as Envoy requires.
+pub fn parse_ip_port(value: &[u8]) -> Option<SocketAddr> {
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ClusterKind;
+
+    fn cluster(kind: ClusterKind) -> Cluster {
+        Cluster { name: "c".into(), kind, connect_timeout: Duration::from_secs(1) }
+    }
+
+    #[test]
+    fn ip_port_literals_only() {
+        assert_eq!(parse_ip_port(b"127.0.0.1:80"), Some("127.0.0.1:80".parse().unwrap()));
+        assert_eq!(parse_ip_port(b"[::1]:80"), Some("[::1]:80".parse().unwrap()));
+        for bad in [&b"localhost:80"[..], b"127.0.0.1", b"127.0.0.1:99999", b"", b" 127.0.0.1:80", b"\xff"] {
+            assert_eq!(parse_ip_port(bad), None, "{bad:?}");
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn picks_round_robin_and_from_the_header() {
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        let rr = UpstreamCluster::new(cluster(ClusterKind::Static(vec![a, b])));
+        let picks: Vec<_> = (0..4).map(|_| rr.pick(|_| None).unwrap()).collect();
+        assert_eq!(picks, [a, b, a, b]);
+
+        let od = UpstreamCluster::new(cluster(ClusterKind::OriginalDst { header: "x-to".into() }));
+        let headers = |value: &'static [u8]| move |k: &str| (k == "x-to").then_some(value);
+        assert_eq!(od.pick(headers(b"127.0.0.1:2")), Some(b));
+        assert_eq!(od.pick(headers(b"not-an-ip:2")), None);
+        assert_eq!(od.pick(|_| None), None);
+    }
+}
