@@ -307,8 +307,19 @@ pub fn run(settings: Settings, scratch: &Path) -> Result<RunResults> {
     say(format!("artifact sizes in {} (in the background)", wasm_dir.display()));
     let sizes_job = {
         let (dir, scratch) = (wasm_dir.clone(), scratch.to_owned());
-        std::thread::spawn(move || sizes::measure(&dir, &scratch).map_err(|e| format!("{e:#}")))
+        let cache = meshwasm_tests::artifacts::workspace_root()
+            .join("target")
+            .join("meshwasm-bench")
+            .join("wasm-opt");
+        std::thread::spawn(move || sizes::measure(&dir, &scratch, &cache).map_err(|e| format!("{e:#}")))
     };
+    if settings.unique_tokens <= 2 * crate::filters::JWT_CACHE_ENTRIES {
+        notes.push(format!(
+            "only {} unique tokens for caches of {} entries: the unique-token loads may hit the caches",
+            settings.unique_tokens,
+            crate::filters::JWT_CACHE_ENTRIES
+        ));
+    }
     say("keys and tokens");
     let tokens = TokenSet::generate(scratch)?;
     let mut repeated = BTreeMap::new();

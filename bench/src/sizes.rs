@@ -6,6 +6,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 /// Feature flags Rust's wasm32-wasip1 output uses; wasm-opt 108 needs them spelled out.
 pub const WASM_OPT_FEATURES: [&str; 4] = [
@@ -44,8 +45,9 @@ pub fn target_for(file: &str) -> u64 {
     if file.contains("jwt_auth") { 500_000 } else { 200_000 }
 }
 
-/// Measures every `.wasm` in `dir`, writing optimized copies into `scratch`.
-pub fn measure(dir: &Path, scratch: &Path) -> Result<Vec<ArtifactSize>> {
+/// Measures every `.wasm` in `dir`, writing optimized copies into `scratch`. wasm-opt takes tens of
+/// seconds on a megabyte module, so optimized sizes are cached in `cache` by the SHA-256 of the input.
+pub fn measure(dir: &Path, scratch: &Path, cache: &Path) -> Result<Vec<ArtifactSize>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("meshwasm bench: reading {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -57,7 +59,19 @@ pub fn measure(dir: &Path, scratch: &Path) -> Result<Vec<ArtifactSize>> {
         let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
         let bytes = std::fs::read(&path)?;
         let opt_path = scratch.join(format!("opt-{file}"));
-        let opt_bytes = wasm_opt(&path, &opt_path).map_err(|e| format!("{e:#}"));
+        let digest: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        let cached = cache.join(format!("{digest}.opt-size"));
+        let opt_bytes = match std::fs::read_to_string(&cached).ok().and_then(|s| s.trim().parse().ok()) {
+            Some(size) => Ok(size),
+            None => {
+                let r = wasm_opt(&path, &opt_path).map_err(|e| format!("{e:#}"));
+                if let Ok(size) = r {
+                    let _ = std::fs::create_dir_all(cache)
+                        .and_then(|()| std::fs::write(&cached, size.to_string()));
+                }
+                r
+            }
+        };
         out.push(ArtifactSize {
             target_bytes: target_for(&file),
             raw_bytes: bytes.len() as u64,

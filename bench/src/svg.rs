@@ -7,7 +7,7 @@ const LABEL_W: f64 = 330.0;
 const PLOT_W: f64 = 520.0;
 const RIGHT_W: f64 = 90.0;
 const ROW_H: f64 = 20.0;
-const TOP: f64 = 50.0;
+const TOP: f64 = 64.0;
 const BOTTOM: f64 = 45.0;
 
 /// One series of a grouped chart: a name, a colour, and one optional value per category

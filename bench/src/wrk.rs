@@ -34,7 +34,10 @@ init = function(args)
     if #line > 0 then tokens[#tokens + 1] = "Bearer " .. line end
   end
   -- Each thread starts elsewhere in the list so threads do not send the same token at once.
-  math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16))
+  local seed = os.time()
+  local addr = tostring({}):match("0x(%x+)")
+  if addr then seed = seed + tonumber(addr:sub(-6), 16) end
+  math.randomseed(seed)
   i = math.random(#tokens)
 end
 request = function()
