@@ -52,6 +52,10 @@ pub struct Config {
     pub tick: Dur,
     #[serde(default)]
     pub lease: LeaseConfig,
+    /// When set, a GET on this exact path is answered by the filter with the published sets (JSON);
+    /// for operators and tests. Other requests pass untouched.
+    #[serde(default)]
+    pub debug_path: Option<String>,
 }
 
 fn default_tick() -> Dur {
@@ -178,6 +182,7 @@ pub struct Plan {
     pub tick: Duration,
     pub lease_ttl: Duration,
     pub lease_name: String,
+    pub debug_path: Option<String>,
 }
 
 /// Shared-data and metric names must stay simple.
@@ -215,6 +220,9 @@ impl Plan {
         }
         if config.lease.ttl.0 < config.tick.0 * 2 {
             return Err("lease.ttl: must be at least twice the tick".into());
+        }
+        if config.debug_path.as_ref().is_some_and(|p| !p.starts_with('/')) {
+            return Err("debug_path: must start with `/`".into());
         }
         if !valid_name(&config.lease.name) {
             return Err("lease.name: use letters, digits, `-`, `_` or `.`".into());
@@ -277,6 +285,7 @@ impl Plan {
             tick: config.tick.0,
             lease_ttl: config.lease.ttl.0,
             lease_name: config.lease.name,
+            debug_path: config.debug_path,
         })
     }
 }

@@ -3,11 +3,12 @@
 //! as an HTTP filter) just continue.
 
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{BufferType, ContextType, LogLevel, MapType, MetricType, Status};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 
 use crate::config::Plan;
 use crate::engine::{Engine, Outgoing};
@@ -110,6 +111,7 @@ impl Host for ProxyHost {
 #[derive(Default)]
 struct Root {
     host: ProxyHost,
+    debug_path: Option<Rc<str>>,
     engine: Option<Engine>,
     /// Dispatched calls: token → (service, poll, tag).
     calls: HashMap<u32, (usize, u64, u32)>,
@@ -235,6 +237,7 @@ impl RootContext for Root {
             ),
         );
         self.engine = Some(engine);
+        self.debug_path = plan.debug_path.as_deref().map(Rc::from);
         let _ = hostcalls::set_tick_period(plan.tick.max(Duration::from_millis(10)));
         true
     }
@@ -246,7 +249,7 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(PassThrough))
+        Some(Box::new(Stream { debug_path: self.debug_path.clone() }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -254,6 +257,22 @@ impl RootContext for Root {
     }
 }
 
-struct PassThrough;
-impl Context for PassThrough {}
-impl HttpContext for PassThrough {}
+/// Per request: nothing, unless the request is for the debug path.
+struct Stream {
+    debug_path: Option<Rc<str>>,
+}
+
+impl Context for Stream {}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(debug) = &self.debug_path else { return Action::Continue };
+        let path = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, ":path").ok().flatten();
+        if path.as_deref() != Some(debug.as_bytes()) {
+            return Action::Continue;
+        }
+        let body = crate::publish::dump(&ProxyHost::default());
+        let _ = hostcalls::send_http_response(200, vec![("content-type", "application/json")], Some(&body));
+        Action::Pause
+    }
+}

@@ -68,6 +68,24 @@ pub fn publish(
     Err(PublishError::Contended)
 }
 
+/// The published sets of every listed service as one JSON object `{"<service>": <set>, ...}`,
+/// each set in its shared-data encoding (for the debug endpoint).
+pub fn dump(host: &impl Host) -> Vec<u8> {
+    let services = host
+        .shared_get(SERVICES_KEY)
+        .and_then(|(bytes, _)| serde_json::from_slice::<Vec<String>>(&bytes).ok())
+        .unwrap_or_default();
+    let mut out = serde_json::Map::new();
+    for s in services {
+        if let Some((bytes, _)) = host.shared_get(&set_key(&s))
+            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes)
+        {
+            out.insert(s, v);
+        }
+    }
+    serde_json::to_vec(&out).unwrap_or_default()
+}
+
 /// Adds `service` to the JSON list under [`SERVICES_KEY`] (CAS loop).
 fn ensure_listed(host: &mut impl Host, service: &str) {
     for _ in 0..8 {
@@ -135,6 +153,9 @@ mod tests {
         assert_eq!((set.version, set.endpoints.len()), (2, 2));
         let list: Vec<String> = serde_json::from_slice(&h.shared_get(SERVICES_KEY).unwrap().0).unwrap();
         assert_eq!(list, ["api", "db"]);
+        let dump: serde_json::Value = serde_json::from_slice(&dump(&h)).unwrap();
+        assert_eq!(dump["api"]["v"], 2);
+        assert_eq!(dump["db"]["e"][0]["a"], "10.0.0.3:80");
         let q = &proxy.borrow().queues["meshwasm.endpoints.v1.notify.a"];
         assert_eq!(
             q.iter().map(|m| String::from_utf8_lossy(m).into_owned()).collect::<Vec<_>>(),

@@ -1,0 +1,137 @@
+//! The discovery filter's real `.wasm` in real Envoy (several workers): real etcd, real unbound over
+//! an h2c cluster, and the Consul fake. The published sets are read back through the filter's debug
+//! endpoint (served from shared data by whichever worker takes the request) and Envoy's admin stats.
+
+use std::time::Duration;
+
+use meshwasm_tests::artifacts;
+use meshwasm_tests::backend::Backend;
+use meshwasm_tests::envoy::{Cluster, Envoy, EnvoyConfig, Listener, WasmFilter};
+use meshwasm_tests::etcd::Etcd;
+use meshwasm_tests::fakes::consul::{Consul, ConsulInstance};
+use meshwasm_tests::process::{http_get, wait_until};
+use meshwasm_tests::unbound::Unbound;
+use serde_json::Value;
+
+const DEBUG: &str = "/meshwasm/discovery";
+
+fn sets(envoy: &Envoy) -> Value {
+    http_get(envoy.listener_addr("main"), DEBUG).ok().and_then(|r| r.json().ok()).unwrap_or(Value::Null)
+}
+
+fn addrs(sets: &Value, service: &str) -> Vec<String> {
+    sets[service]["e"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["a"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// A stat whose name ends with `suffix` (Envoy prefixes custom wasm metrics).
+fn stat(envoy: &Envoy, suffix: &str) -> Option<u64> {
+    envoy.stats().ok()?.into_iter().find(|(k, _)| k.ends_with(suffix)).map(|(_, v)| v)
+}
+
+#[test]
+fn discovery_in_envoy_with_etcd_consul_and_doh() {
+    let etcd = Etcd::start().unwrap();
+    etcd.put("/services/api/a", r#"{"address":"127.0.0.1:18081","weight":2}"#).unwrap();
+    etcd.put("/services/api/b", "127.0.0.1:18082").unwrap();
+    let consul = Consul::start().unwrap();
+    consul.set_instances("redis", vec![ConsulInstance::new("n1", "127.0.0.2:6379".parse().unwrap())]);
+    let dns = Unbound::start(
+        "svc.test.",
+        &[
+            "_http._tcp.search.svc.test. 30 IN SRV 10 5 8080 node1.svc.test.",
+            "node1.svc.test. 30 IN A 127.0.0.11",
+        ],
+    )
+    .unwrap();
+    let backend = Backend::start("passthrough").unwrap();
+    let config = format!(
+        r#"{{"tick":"100ms","lease":{{"ttl":"3s"}},"debug_path":"{DEBUG}","services":[
+        {{"name":"api","refresh":"500ms","timeout":"1s","source":{{"etcd":{{"cluster":"etcd","prefix":"/services/api/"}}}}}},
+        {{"name":"redis","timeout":"2s","source":{{"consul":{{"cluster":"consul","wait":"2s"}}}}}},
+        {{"name":"search","source":{{"dns":{{"cluster":"doh","name":"_http._tcp.search.svc.test","type":"SRV"}}}}}}]}}"#
+    );
+    let envoy = EnvoyConfig::new()
+        .concurrency(3)
+        .listener(
+            Listener::new("main", "backend").wasm(
+                WasmFilter::new("discovery", artifacts::wasm_path("meshwasm_discovery"))
+                    .vm_id("mesh")
+                    .config(config),
+            ),
+        )
+        .cluster(Cluster::static_hosts("backend", &[backend.addr()]))
+        .cluster(Cluster::static_hosts("etcd", &[etcd.addr()]))
+        .cluster(Cluster::static_hosts("consul", &[consul.addr()]))
+        .cluster(Cluster::static_hosts("doh", &[dns.addr()]).http2(true))
+        .start()
+        .unwrap();
+
+    // All three sources published, visible to every worker through shared data.
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            let s = sets(&envoy);
+            addrs(&s, "api").len() == 2 && addrs(&s, "redis").len() == 1 && addrs(&s, "search").len() == 1
+        }),
+        "published: {}",
+        sets(&envoy)
+    );
+    let s = sets(&envoy);
+    assert_eq!(addrs(&s, "api"), ["127.0.0.1:18081", "127.0.0.1:18082"]);
+    assert_eq!(s["api"]["e"][0]["w"], 2);
+    assert_eq!(addrs(&s, "redis"), ["127.0.0.2:6379"]);
+    assert_eq!(addrs(&s, "search"), ["127.0.0.11:8080"]);
+    assert_eq!(s["search"]["e"][0]["w"], 5);
+    // Other requests pass through the filter untouched.
+    let r = http_get(envoy.listener_addr("main"), "/hello").unwrap();
+    assert_eq!(r.header("x-backend-instance"), Some("passthrough"));
+
+    // One poller per proxy: exactly one VM was elected (3 workers + the main thread run the filter).
+    assert_eq!(envoy.logs().matches("is now the poller").count(), 1, "{}", envoy.logs());
+    let configured = envoy.logs().matches("configured with 3 services").count();
+    assert!(configured >= 3, "every worker VM configured: {configured}");
+
+    // Changes in etcd and Consul are followed.
+    etcd.put("/services/api/c", "127.0.0.1:18083").unwrap();
+    consul.set_instances(
+        "redis",
+        vec![
+            ConsulInstance::new("n1", "127.0.0.2:6379".parse().unwrap()),
+            ConsulInstance::new("n2", "127.0.0.3:6379".parse().unwrap()),
+        ],
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let s = sets(&envoy);
+            addrs(&s, "api").len() == 3 && addrs(&s, "redis").len() == 2
+        }),
+        "published: {}",
+        sets(&envoy)
+    );
+    assert_eq!(sets(&envoy)["api"]["v"], 2);
+    assert!(
+        wait_until(Duration::from_secs(5), || stat(&envoy, "meshwasm_discovery.api.endpoints") == Some(3))
+    );
+    assert!(stat(&envoy, "meshwasm_discovery.redis.updates").unwrap_or(0) >= 2);
+
+    // Consul blocking queries: the poller holds one query at a time, not one per worker.
+    let before = consul.requests().len();
+    std::thread::sleep(Duration::from_secs(4));
+    let during = consul.requests().len() - before;
+    assert!(during <= 4, "{during} Consul requests in 4 s with wait=2s: more than one poller?");
+
+    // etcd down: errors are counted, the set stays.
+    let errors = stat(&envoy, "meshwasm_discovery.api.errors").unwrap_or(0);
+    etcd.stop();
+    assert!(wait_until(Duration::from_secs(10), || stat(&envoy, "meshwasm_discovery.api.errors")
+        .unwrap_or(0)
+        > errors + 1));
+    let s = sets(&envoy);
+    assert_eq!(addrs(&s, "api").len(), 3, "registry down keeps the last set: {s}");
+    assert_eq!(s["api"]["v"], 2);
+    assert!(envoy.logs().contains("keeping the last 3 endpoints"));
+}
