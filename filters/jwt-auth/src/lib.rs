@@ -22,6 +22,7 @@ pub mod challenge;
 pub mod config;
 pub mod engine;
 pub mod jwks;
+pub mod introspection;
 pub mod keystore;
 pub mod validate;
 

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Public JWS test vectors (Wycheproof, RFC 7520 cookbook) against the filter's validation logic.
 //! The vector files live in `tests/vectors/` at the workspace root (see its README for sources).
 
