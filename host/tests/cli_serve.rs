@@ -92,12 +92,19 @@ fn serve_backend_conn(conn: TcpStream, name: &str, hits: &AtomicUsize, seen: &Mu
 struct Serve {
     child: Child,
     addr: SocketAddr,
+    /// Every listener's address, in config order.
+    addrs: Vec<SocketAddr>,
     stderr: Arc<Mutex<Vec<String>>>,
 }
 
 impl Serve {
     /// Starts `meshwasm-host serve <config>` and waits for its listener line.
     fn start(config: &Path) -> Serve {
+        Self::start_listeners(config, 1)
+    }
+
+    /// Starts serve and waits for `n` listener lines.
+    fn start_listeners(config: &Path, n: usize) -> Serve {
         let mut child = Command::new(BIN)
             .arg("serve")
             .arg(config)
@@ -119,14 +126,17 @@ impl Serve {
                 lines.lock().unwrap().push(line);
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(a) => a.parse().expect("listener address"),
-            Err(_) => {
-                let _ = child.kill();
-                panic!("serve did not start; stderr:\n{}", stderr.lock().unwrap().join("\n"));
+        let mut addrs = Vec::new();
+        while addrs.len() < n {
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(a) => addrs.push(a.parse().expect("listener address")),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("serve did not start; stderr:\n{}", stderr.lock().unwrap().join("\n"));
+                }
             }
-        };
-        Serve { child, addr, stderr }
+        }
+        Serve { child, addr: addrs[0], addrs, stderr }
     }
 
     fn log(&self) -> String {
@@ -380,32 +390,54 @@ fn config_errors_name_the_field() {
 }
 
 #[test]
-fn sigterm_stops_serve_cleanly() {
+fn sigterm_and_ctrl_c_stop_serve_cleanly() {
     let backend = Backend::start("a");
-    let dir = scratch_dir("serve-term");
+    for signal in ["-TERM", "-INT"] {
+        let dir = scratch_dir(&format!("serve-signal{signal}"));
+        let config = write_config(
+            &dir,
+            &format!(
+                "listeners: [{{address: '127.0.0.1:0', route: {{cluster: c}}}}]\n\
+                 clusters: [{{name: c, type: static, endpoints: ['{}']}}]\n",
+                backend.addr
+            ),
+        );
+        let mut serve = Serve::start(&config);
+        assert_eq!(get(serve.addr, "/", &[]).status, 200);
+        let pid = serve.child.id().to_string();
+        assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(s) = serve.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "serve did not exit after {signal}:\n{}", serve.log());
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "{signal}: {status:?}\n{}", serve.log());
+        assert!(serve.wait_log("meshwasm-host serve: stopped"), "{}", serve.log());
+        assert!(TcpStream::connect(serve.addr).is_err(), "listener still open after exit");
+    }
+}
+
+/// An upstream that accepts but never answers: 504 after the route timeout, like Envoy.
+#[test]
+fn a_silent_upstream_times_out_with_504() {
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let dir = scratch_dir("serve-timeout");
     let config = write_config(
         &dir,
         &format!(
-            "listeners: [{{address: '127.0.0.1:0', route: {{cluster: c}}}}]\n\
-             clusters: [{{name: c, type: static, endpoints: ['{}']}}]\n",
-            backend.addr
+            "listeners: [{{address: '127.0.0.1:0', route: {{cluster: c, timeout_ms: 300}}}}]\n\
+             clusters: [{{name: c, type: static, endpoints: ['{silent_addr}']}}]\n"
         ),
     );
-    let mut serve = Serve::start(&config);
-    assert_eq!(get(serve.addr, "/", &[]).status, 200);
-    let pid = serve.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = serve.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "serve did not exit after SIGTERM:\n{}", serve.log());
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success(), "{status:?}\n{}", serve.log());
-    assert!(serve.wait_log("meshwasm-host serve: stopped"), "{}", serve.log());
-    assert!(TcpStream::connect(serve.addr).is_err(), "listener still open after exit");
+    let serve = Serve::start(&config);
+    let r = get(serve.addr, "/slow", &[]);
+    assert_eq!((r.status, r.body.as_str()), (504, "upstream request timeout"), "{r:?}");
+    assert!(serve.wait_log("504 UT upstream_response_timeout"), "{}", serve.log());
+    drop(silent);
 }
 
 /// The probe filter pauses each request, dispatches an http call to the `authz` cluster (forwarded to a
@@ -542,4 +574,45 @@ clusters: [{{name: c, type: static, endpoints: ["127.0.0.1:9"]}}]
         assert!(Instant::now() < deadline, "expected ≥ 3 ticks per worker:\n{log}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A VM that traps fails that request with 503; then `fail_closed` (Envoy's default) keeps failing,
+/// `fail_reload` serves the next request from a fresh VM. Two listeners, each with its own chain.
+#[test]
+fn a_trapping_filter_fails_closed_or_reloads() {
+    let backend = Backend::start("a");
+    let dir = scratch_dir("serve-trap");
+    wasm_file(&dir, "crashy.wasm", &wat_local_reply());
+    let config = write_config(
+        &dir,
+        &format!(
+            r#"
+listeners:
+  - name: closed
+    address: 127.0.0.1:0
+    filters: [{{name: crashy, wasm: crashy.wasm}}]
+    route: {{cluster: c}}
+  - name: reload
+    address: 127.0.0.1:0
+    failure_policy: fail_reload
+    filters: [{{name: crashy, wasm: crashy.wasm}}]
+    route: {{cluster: c}}
+clusters: [{{name: c, type: static, endpoints: ["{}"]}}]
+"#,
+            backend.addr
+        ),
+    );
+    let serve = Serve::start_listeners(&config, 2);
+    let (closed, reload) = (serve.addrs[0], serve.addrs[1]);
+    for addr in [closed, reload] {
+        assert_eq!(get(addr, "/ok", &[]).status, 200, "{}", serve.log());
+        let r = get(addr, "/crash", &[("x-crash", "1")]);
+        assert_eq!(r.status, 503, "{r:?}\n{}", serve.log());
+    }
+    assert_eq!(get(closed, "/after", &[]).status, 503, "fail_closed keeps the VM failed\n{}", serve.log());
+    assert_eq!(get(reload, "/after", &[]).status, 200, "fail_reload recreates the VM\n{}", serve.log());
+    assert_eq!(backend.hits(), 3);
+    let log = serve.log();
+    assert!(log.contains("crashy") && log.to_lowercase().contains("unreachable"), "{log}");
+    assert!(log.contains("wasm_fail_stream"), "{log}");
 }

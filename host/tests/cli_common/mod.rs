@@ -89,7 +89,7 @@ pub fn wat_config_rejecting() -> String {
 }
 
 /// A filter that answers requests carrying `x-deny` itself: 403, body `denied by wat-filter`,
-/// header `x-denied-by: wat`; it lets all other requests through.
+/// header `x-denied-by: wat`; traps on requests carrying `x-crash`; lets all other requests through.
 pub fn wat_local_reply() -> String {
     format!(
         r#"(module
@@ -102,7 +102,10 @@ pub fn wat_local_reply() -> String {
   (data (i32.const 1040) "denied by wat-filter")
   (data (i32.const 1072) "\01\00\00\00\0b\00\00\00\03\00\00\00x-denied-by\00wat\00")
   (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+  (data (i32.const 1120) "x-crash")
   (func (export "proxy_on_request_headers") (param $ctx i32) (param $n i32) (param $eos i32) (result i32)
+    (if (i32.eqz (call $get_header (i32.const 0) (i32.const 1120) (i32.const 7) (i32.const 2048) (i32.const 2052)))
+      (then (unreachable)))
     (if (result i32)
       (i32.eqz (call $get_header (i32.const 0) (i32.const 1024) (i32.const 6) (i32.const 2048) (i32.const 2052)))
       (then

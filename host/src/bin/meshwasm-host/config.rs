@@ -15,6 +15,7 @@
 //!         vm_id: ""               # optional; filters with the same vm_id share a VM
 //!         config: {any: value}    # optional: a string is passed as is, anything else as JSON
 //!         # config_file: noop.json  (instead of `config`)
+//!     failure_policy: fail_closed # or fail_reload (a trapped VM is recreated for the next request)
 //!     route:
 //!       cluster: backend
 //!       timeout_ms: 15000         # optional, Envoy's default route timeout
@@ -61,7 +62,20 @@ struct RawListener {
     address: SocketAddr,
     #[serde(default)]
     filters: Vec<RawFilter>,
+    #[serde(default)]
+    failure_policy: FailurePolicy,
     route: RawRoute,
+}
+
+/// What happens to a VM after it traps (Envoy's `failure_policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FailurePolicy {
+    /// Envoy's default: the VM stays failed and every request through it gets 503.
+    #[default]
+    FailClosed,
+    /// The failed request gets 503; the VM is recreated for the next one.
+    FailReload,
 }
 
 #[derive(Debug, Deserialize)]
@@ -139,6 +153,7 @@ pub struct Listener {
     pub name: String,
     pub address: SocketAddr,
     pub filters: Vec<FilterSpec>,
+    pub failure_policy: FailurePolicy,
     pub route_cluster: String,
     pub route_timeout: Duration,
 }
@@ -231,7 +246,7 @@ impl ServeConfig {
         let mut addresses = HashSet::new();
         for (i, l) in raw.listeners.into_iter().enumerate() {
             let at = format!("listeners[{i}]");
-            if !addresses.insert(l.address) {
+            if l.address.port() != 0 && !addresses.insert(l.address) {
                 bail!("{at}.address: {} is used by another listener", l.address);
             }
             if !names.contains(&l.route.cluster) {
@@ -245,6 +260,7 @@ impl ServeConfig {
                 name: l.name.unwrap_or_else(|| format!("listener{i}")),
                 address: l.address,
                 filters,
+                failure_policy: l.failure_policy,
                 route_cluster: l.route.cluster,
                 route_timeout: Duration::from_millis(
                     l.route.timeout_ms.unwrap_or(DEFAULT_ROUTE_TIMEOUT_MS).max(1),

@@ -29,7 +29,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::{LocalSet, spawn_local};
 
 use crate::access_log::{AccessLogEntry, rfc3339_millis};
-use crate::config::{Cluster, Listener, LogLevel, ServeConfig};
+use crate::config::{Cluster, FailurePolicy, Listener, LogLevel, ServeConfig};
 use crate::upstream::{HOP_BY_HOP, UpstreamCluster, UpstreamFailure};
 
 /// Requests with a larger body get 413 (Envoy buffers at most its connection buffer limit per filter;
@@ -122,7 +122,14 @@ fn build_workers(
     if listener.filters.is_empty() {
         return Ok((None, None));
     }
-    let mut builder = Proxy::builder(host).workers(config.workers).log_level(to_host_level(config.log_level));
+    let policy = match listener.failure_policy {
+        FailurePolicy::FailClosed => meshwasm_host::FailurePolicy::FailClosed,
+        FailurePolicy::FailReload => meshwasm_host::FailurePolicy::Reload,
+    };
+    let mut builder = Proxy::builder(host)
+        .workers(config.workers)
+        .log_level(to_host_level(config.log_level))
+        .failure_policy(policy);
     for f in &listener.filters {
         let module = host
             .load(&f.wasm)
