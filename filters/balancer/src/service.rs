@@ -72,6 +72,9 @@ pub struct ServiceBalancer {
     endpoints: Vec<Endpoint>,
     by_address: HashMap<SocketAddr, u32>,
     outlier: Outlier,
+    /// Endpoint addresses, packed: a pick reads this rather than the much larger `endpoints`, which
+    /// keeps picks cache-friendly at 10,000 endpoints.
+    addresses: Vec<SocketAddr>,
     /// Requests in flight per endpoint (this worker only).
     active: Vec<u32>,
     /// When each endpoint's slow start began, while it lasts.
@@ -96,6 +99,7 @@ impl ServiceBalancer {
             endpoints: Vec::new(),
             by_address: HashMap::new(),
             outlier: Outlier::new(0),
+            addresses: Vec::new(),
             active: Vec::new(),
             ramp_since: Vec::new(),
             candidates: Vec::new(),
@@ -168,6 +172,7 @@ impl ServiceBalancer {
                 None => None,
             })
             .collect();
+        self.addresses = endpoints.iter().map(|e| e.address).collect();
         self.endpoints = endpoints;
         self.by_address = by_address;
         self.version = set.version;
@@ -212,7 +217,7 @@ impl ServiceBalancer {
             },
         };
         let index = pos.and_then(|p| self.candidates.get(p)).map(|&i| i as usize).ok_or(NoHealthyUpstream)?;
-        let address = self.endpoints.get(index).map(|e| e.address).ok_or(NoHealthyUpstream)?;
+        let address = *self.addresses.get(index).ok_or(NoHealthyUpstream)?;
         if let Some(a) = self.active.get_mut(index) {
             *a = a.saturating_add(1);
         }
