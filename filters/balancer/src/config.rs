@@ -353,10 +353,7 @@ fn check_service(name: &str, s: RawService) -> Result<ServicePlan, String> {
         }
         p.active_request_bias = lr.active_request_bias.unwrap_or(1.0);
         if !(0.0..=10.0).contains(&p.active_request_bias) {
-            return Err(format!(
-                "least_request.active_request_bias {} must be 0..=10",
-                p.active_request_bias
-            ));
+            return Err("least_request.active_request_bias must be 0..=10".into());
         }
     }
     if let Some(r) = s.ring_hash {
@@ -449,7 +446,8 @@ fn check_service(name: &str, s: RawService) -> Result<ServicePlan, String> {
             return Err("slow_start.window must be greater than 0".into());
         }
         if !(policy.aggression > 0.0 && policy.aggression <= 100.0) {
-            return Err(format!("slow_start.aggression {} must be in (0, 100]", policy.aggression));
+            // (No float formatting: it would pull float printing into the artifact.)
+            return Err("slow_start.aggression must be in (0, 100]".into());
         }
         if !(1..=100).contains(&policy.min_weight_percent) {
             return Err("slow_start.min_weight_percent must be 1..=100".into());
