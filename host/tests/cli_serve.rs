@@ -616,3 +616,36 @@ clusters: [{{name: c, type: static, endpoints: ["{}"]}}]
     assert!(log.contains("crashy") && log.to_lowercase().contains("unreachable"), "{log}");
     assert!(log.contains("wasm_fail_stream"), "{log}");
 }
+
+/// A filter that pauses and never resumes: the client gets Envoy's 408 after the stream idle timeout,
+/// and the filter's stream is torn down (its trace is logged at on_delete).
+#[test]
+fn a_request_held_forever_gets_408_after_the_idle_timeout() {
+    let probe = required_artifact("meshwasm_probe.wasm", "meshwasm-probe");
+    let backend = Backend::start("a");
+    let dir = scratch_dir("serve-idle");
+    let config = write_config(
+        &dir,
+        &format!(
+            r#"
+listeners:
+  - address: 127.0.0.1:0
+    stream_idle_timeout_ms: 300
+    filters:
+      - name: holder
+        wasm: {}
+        config: {{name: holder, request_headers: {{action: pause}}}}
+    route: {{cluster: c}}
+clusters: [{{name: c, type: static, endpoints: ["{}"]}}]
+"#,
+            probe.display(),
+            backend.addr
+        ),
+    );
+    let serve = Serve::start(&config);
+    let r = get(serve.addr, "/held", &[]);
+    assert_eq!((r.status, r.body.as_str()), (408, "stream timeout"), "{r:?}");
+    assert_eq!(backend.hits(), 0);
+    assert!(serve.wait_log("408 SI stream_idle_timeout"), "{}", serve.log());
+    assert!(serve.wait_log("meshwasm-probe-stream"), "the stream was not torn down:\n{}", serve.log());
+}

@@ -16,6 +16,7 @@
 //!         config: {any: value}    # optional: a string is passed as is, anything else as JSON
 //!         # config_file: noop.json  (instead of `config`)
 //!     failure_policy: fail_closed # or fail_reload (a trapped VM is recreated for the next request)
+//!     stream_idle_timeout_ms: 300000  # a request a filter holds this long gets 408 (Envoy's default)
 //!     route:
 //!       cluster: backend
 //!       timeout_ms: 15000         # optional, Envoy's default route timeout
@@ -41,6 +42,8 @@ pub const DEFAULT_ORIGINAL_DST_HEADER: &str = "x-meshwasm-endpoint";
 /// Envoy's default route timeout.
 const DEFAULT_ROUTE_TIMEOUT_MS: u64 = 15_000;
 const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// Envoy's default stream idle timeout (5 minutes).
+const DEFAULT_STREAM_IDLE_TIMEOUT_MS: u64 = 300_000;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,6 +67,8 @@ struct RawListener {
     filters: Vec<RawFilter>,
     #[serde(default)]
     failure_policy: FailurePolicy,
+    #[serde(default)]
+    stream_idle_timeout_ms: Option<u64>,
     route: RawRoute,
 }
 
@@ -154,6 +159,8 @@ pub struct Listener {
     pub address: SocketAddr,
     pub filters: Vec<FilterSpec>,
     pub failure_policy: FailurePolicy,
+    /// A stream with no progress for this long (e.g. a filter that never resumes) gets 408.
+    pub stream_idle_timeout: Duration,
     pub route_cluster: String,
     pub route_timeout: Duration,
 }
@@ -261,6 +268,9 @@ impl ServeConfig {
                 address: l.address,
                 filters,
                 failure_policy: l.failure_policy,
+                stream_idle_timeout: Duration::from_millis(
+                    l.stream_idle_timeout_ms.unwrap_or(DEFAULT_STREAM_IDLE_TIMEOUT_MS).max(1),
+                ),
                 route_cluster: l.route.cluster,
                 route_timeout: Duration::from_millis(
                     l.route.timeout_ms.unwrap_or(DEFAULT_ROUTE_TIMEOUT_MS).max(1),

@@ -50,6 +50,14 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         per_listener.push(build_workers(&host, &config, listener)?);
     }
 
+    // Signal handlers before the listener lines: a SIGTERM right after start must still drain cleanly.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (mut interrupt, mut terminate) = {
+        let _guard = rt.enter();
+        use tokio::signal::unix::{SignalKind, signal};
+        (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?)
+    };
+
     let mut sockets = Vec::with_capacity(config.listeners.len());
     for listener in &config.listeners {
         let socket = StdListener::bind(listener.address)
@@ -84,10 +92,9 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         let clusters = config.clusters.clone();
         let shutdown = shutdown_rx.clone();
         let fatal = fatal_tx.clone();
-        let log_level = config.log_level;
         let thread =
             std::thread::Builder::new().name(format!("meshwasm-worker-{index}")).spawn(move || {
-                if let Err(e) = worker_thread(index, parts, clusters, log_level, shutdown) {
+                if let Err(e) = worker_thread(index, parts, clusters, shutdown) {
                     let _ = fatal.send(e.context(format!("worker {index}")));
                 }
             })?;
@@ -95,12 +102,10 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     }
     drop(fatal_tx);
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let outcome = rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
-            r = tokio::signal::ctrl_c() => { r?; eprintln!("meshwasm-host serve: interrupted, draining"); Ok(()) }
-            _ = term.recv() => { eprintln!("meshwasm-host serve: SIGTERM, draining"); Ok(()) }
+            _ = interrupt.recv() => { eprintln!("meshwasm-host serve: interrupted, draining"); Ok(()) }
+            _ = terminate.recv() => { eprintln!("meshwasm-host serve: SIGTERM, draining"); Ok(()) }
             Some(e) = fatal_rx.recv() => Err(e),
         }
     });
@@ -186,7 +191,6 @@ fn worker_thread(
     index: usize,
     parts: Vec<ListenerPart>,
     clusters: Vec<Cluster>,
-    _log_level: LogLevel,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -198,7 +202,7 @@ fn worker_thread(
         for part in parts {
             let socket = tokio::net::TcpListener::from_std(part.socket)?;
             let chain = match (part.worker, part.state) {
-                (Some(worker), Some(state)) => Some(Chain::start(worker, state)),
+                (Some(worker), Some(state)) => Some(Chain::start(worker, state, upstreams.clone())),
                 _ => None,
             };
             let ctx = Rc::new(ListenerCtx {
@@ -545,11 +549,15 @@ struct Chain {
     waiters: RefCell<HashMap<u32, mpsc::UnboundedSender<StreamEvent>>>,
     /// Signalled after every step, so the tick task re-reads the next tick time.
     timers_changed: Notify,
-    upstreams: RefCell<Option<Rc<HashMap<String, UpstreamCluster>>>>,
+    upstreams: Rc<HashMap<String, UpstreamCluster>>,
 }
 
 impl Chain {
-    fn start(mut worker: Worker, state: ProxyState) -> Rc<Self> {
+    fn start(
+        mut worker: Worker,
+        state: ProxyState,
+        upstreams: Rc<HashMap<String, UpstreamCluster>>,
+    ) -> Rc<Self> {
         let pending = Arc::new(Notify::new());
         let waker = pending.clone();
         worker.set_waker(Arc::new(move || waker.notify_one()));
@@ -558,7 +566,7 @@ impl Chain {
             state,
             waiters: RefCell::new(HashMap::new()),
             timers_changed: Notify::new(),
-            upstreams: RefCell::new(None),
+            upstreams,
         });
         spawn_local(chain.clone().tick_loop());
         spawn_local(chain.clone().queue_loop(pending));
@@ -602,8 +610,7 @@ impl Chain {
     }
 
     async fn perform_call(&self, call: OutboundCall) -> CallOutcome {
-        let upstreams = self.upstreams.borrow().clone();
-        let Some(cluster) = upstreams.as_ref().and_then(|u| u.get(&call.upstream)) else {
+        let Some(cluster) = self.upstreams.get(&call.upstream) else {
             return CallOutcome::Failure;
         };
         let Some(addr) = cluster.pick(|k| call.headers.get_bytes(k)) else {
@@ -695,9 +702,6 @@ async fn run_chain(
     local: SocketAddr,
     down: Downstream,
 ) -> Result<ProxyResponse, ResetStream> {
-    if chain.upstreams.borrow().is_none() {
-        *chain.upstreams.borrow_mut() = Some(ctx.upstreams.clone());
-    }
     // Request::new sets the pseudo-headers; :authority is replaced, the rest appended in order.
     let mut request = Request::new(&down.method, &down.path)
         .authority(headers.get(":authority").unwrap_or(""))
@@ -726,7 +730,21 @@ async fn run_chain(
 
     let mut info = RouteInfo { flags: "-", ..RouteInfo::default() };
     loop {
-        let Some(event) = rx.recv().await else {
+        let event = match tokio::time::timeout(ctx.listener.stream_idle_timeout, rx.recv()).await {
+            Ok(event) => event,
+            Err(_) => {
+                // Envoy's stream idle timeout: the stream is reset towards the filters, the client gets 408.
+                guard.finished = true;
+                chain.waiters.borrow_mut().remove(&stream.id);
+                chain.worker.borrow_mut().cancel(stream);
+                chain.pump();
+                let reply = text_response(408, "stream timeout");
+                let info = RouteInfo { flags: "SI", details: "stream_idle_timeout".into(), upstream: None };
+                log_access(ctx, &down, 408, reply.body_len(), &info);
+                return Ok(reply);
+            }
+        };
+        let Some(event) = event else {
             guard.finished = true;
             return Err(ResetStream("the worker dropped the stream".into()));
         };
