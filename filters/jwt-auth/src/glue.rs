@@ -348,15 +348,20 @@ impl Worker {
         self.expire_waiters(now);
     }
 
-    fn on_call_response(&mut self, token: u32, body_size: usize) {
+    fn on_call_response(&mut self, token: u32, num_headers: usize, body_size: usize) {
         let Some(provider) = self.calls.remove(&token) else { return };
         let now = now_ms();
-        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
-            .ok()
-            .flatten()
-            .and_then(|s| s.parse::<u32>().ok());
+        // A failed or timed-out call has no headers; reading them then is an error the SDK panics on.
+        let status = if num_headers == 0 {
+            None
+        } else {
+            hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
+                .ok()
+                .flatten()
+                .and_then(|s| std::str::from_utf8(&s).ok().and_then(|s| s.parse::<u32>().ok()))
+        };
         let max = self.plan.providers[provider].remote.as_ref().map_or(0, |r| r.max_body_bytes);
-        let body = if body_size > 0 {
+        let body = if body_size > 0 && status.is_some() {
             // Read at most one byte past the cap: enough to tell it was exceeded.
             hostcalls::get_buffer(
                 proxy_wasm::types::BufferType::HttpCallResponseBody,
@@ -392,14 +397,14 @@ impl Context for Root {
     fn on_http_call_response(
         &mut self,
         token_id: u32,
-        _num_headers: usize,
+        num_headers: usize,
         body_size: usize,
         _num_trailers: usize,
     ) {
         if let Some(w) = &self.worker
             && let Ok(mut w) = w.try_borrow_mut()
         {
-            w.on_call_response(token_id, body_size);
+            w.on_call_response(token_id, num_headers, body_size);
         }
     }
 }
@@ -485,14 +490,14 @@ impl Context for Http {
     fn on_http_call_response(
         &mut self,
         token_id: u32,
-        _num_headers: usize,
+        num_headers: usize,
         body_size: usize,
         _num_trailers: usize,
     ) {
         if let Some(w) = &self.worker
             && let Ok(mut w) = w.try_borrow_mut()
         {
-            w.on_call_response(token_id, body_size);
+            w.on_call_response(token_id, num_headers, body_size);
         }
     }
 

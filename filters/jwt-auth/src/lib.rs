@@ -21,8 +21,8 @@ pub mod cache;
 pub mod challenge;
 pub mod config;
 pub mod engine;
-pub mod jwks;
 pub mod introspection;
+pub mod jwks;
 pub mod keystore;
 pub mod validate;
 

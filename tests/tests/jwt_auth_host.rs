@@ -1,0 +1,266 @@
+//! jwt-auth's real .wasm in the wasmtime host: remote JWKS scripted per test (first load with paused
+//! requests, one fetch shared by all workers, key rotation with unknown-kid refetch and its rate limit,
+//! failures and stale-on-error), claim headers, RFC 6750 replies and metrics.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use meshwasm_host::{CallReply, Host, HostOptions, Plugin, Proxy, Request, StreamState, Upstream, UpstreamReply};
+use meshwasm_tests::artifacts;
+use serde_json::{Value, json};
+
+const ISS: &str = "https://idp.test";
+
+fn key(name: &str) -> Vec<u8> {
+    std::fs::read(artifacts::workspace_root().join("filters/jwt-auth/tests/keys").join(name)).unwrap()
+}
+
+struct Signer {
+    key: EncodingKey,
+    alg: Algorithm,
+    kid: String,
+}
+
+impl Signer {
+    fn rsa(file: &str, kid: &str) -> Self {
+        Signer { key: EncodingKey::from_rsa_pem(&key(file)).unwrap(), alg: Algorithm::RS256, kid: kid.into() }
+    }
+    fn ec(file: &str, kid: &str) -> Self {
+        Signer { key: EncodingKey::from_ec_pem(&key(file)).unwrap(), alg: Algorithm::ES256, kid: kid.into() }
+    }
+    fn jwk(&self) -> Value {
+        let mut j = Jwk::from_encoding_key(&self.key, self.alg).unwrap();
+        j.common.key_id = Some(self.kid.clone());
+        serde_json::to_value(j).unwrap()
+    }
+    fn mint(&self, claims: &Value) -> String {
+        let mut h = Header::new(self.alg);
+        h.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&h, claims, &self.key).unwrap()
+    }
+    fn mint_kid(&self, kid: &str, claims: &Value) -> String {
+        let mut h = Header::new(self.alg);
+        h.kid = Some(kid.into());
+        jsonwebtoken::encode(&h, claims, &self.key).unwrap()
+    }
+}
+
+fn jwks(signers: &[&Signer]) -> String {
+    json!({ "keys": signers.iter().map(|s| s.jwk()).collect::<Vec<_>>() }).to_string()
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn claims() -> Value {
+    json!({"iss": ISS, "aud": "api", "sub": "alice", "exp": now() + 3600, "iat": now(),
+           "scope": "read write", "groups": ["dev", "ops"], "tenant": {"id": 7}})
+}
+
+/// The JWKS endpoint: serves `body` (or fails while `down`), counts calls.
+#[derive(Clone)]
+struct Idp {
+    body: Arc<Mutex<String>>,
+    down: Arc<AtomicBool>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Idp {
+    fn new(body: String) -> Self {
+        Idp { body: Arc::new(Mutex::new(body)), down: Arc::default(), calls: Arc::default() }
+    }
+    fn upstream(&self) -> Upstream {
+        let me = self.clone();
+        Upstream::handler(move |call| {
+            me.calls.fetch_add(1, Ordering::SeqCst);
+            assert_eq!(call.headers.get(":path"), Some("/jwks"));
+            assert_eq!(call.headers.get(":authority"), Some("idp.test"));
+            if me.down.load(Ordering::SeqCst) {
+                CallReply::failure()
+            } else {
+                CallReply::response(200, [("content-type", "application/json")], me.body.lock().unwrap().clone())
+            }
+        })
+    }
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+fn config() -> String {
+    json!({
+        "realm": "api",
+        "providers": {"idp": {
+            "issuer": ISS, "audiences": ["api"], "algorithms": ["RS256", "ES256"],
+            "remote_jwks": {"cluster": "idp", "uri": "https://idp.test/jwks", "cache_duration_s": 60,
+                            "max_stale_s": 600, "unknown_kid_refetch_interval_s": 30, "retry_interval_s": 1},
+            "claim_to_headers": [{"header": "x-sub", "claim": "sub"}, {"header": "x-groups", "claim": "groups"},
+                                 {"header": "x-tenant", "claim": "tenant.id"}],
+        }},
+        "rules": [
+            {"match": {"prefix": "/admin"}, "requires_any": ["idp"], "scopes": ["admin"]},
+            {"match": {"prefix": "/"}, "requires_any": ["idp"]}
+        ],
+        "key_wait_timeout_ms": 2000
+    })
+    .to_string()
+}
+
+fn proxy(idp: &Idp, workers: usize) -> Proxy {
+    let host = Host::new(HostOptions::default()).unwrap();
+    let module = host.load(artifacts::wasm_path("meshwasm_jwt_auth")).unwrap();
+    Proxy::builder(&host)
+        .workers(workers)
+        .start_time(SystemTime::now())
+        .plugin(Plugin::new(module).name("jwt").vm_id("jwt").config(config().as_bytes()))
+        .upstream("idp", idp.upstream())
+        .build()
+        .unwrap()
+}
+
+fn bearer(t: &str) -> String {
+    format!("Bearer {t}")
+}
+
+#[test]
+fn first_load_pauses_requests_and_one_fetch_serves_all_workers() {
+    let s = Signer::rsa("rsa1.pem", "r1");
+    let idp = Idp::new(jwks(&[&s]));
+    let mut p = proxy(&idp, 3);
+    let tok = s.mint(&claims());
+    let ids: Vec<_> = (0..3).map(|w| p.start(w, Request::get("/x").header("authorization", bearer(&tok))).unwrap()).collect();
+    for id in &ids {
+        assert!(matches!(p.stream_state(*id), Some(StreamState::Paused { .. })), "{:?}", p.stream_state(*id));
+    }
+    p.advance(Duration::from_millis(600));
+    for id in ids {
+        assert!(matches!(p.stream_state(id), Some(StreamState::WaitingUpstream)), "{:?}", p.stream_state(id));
+        let ex = p.finish(id, UpstreamReply::new(200)).unwrap();
+        assert_eq!(ex.status, 200);
+    }
+    assert_eq!(idp.calls(), 1, "one JWKS fetch for the whole proxy");
+    assert_eq!(p.metric("meshwasm_jwt_auth.allowed"), Some(3));
+}
+
+#[test]
+fn verdicts_headers_and_challenges() {
+    let s = Signer::ec("ec1.pem", "e1");
+    let idp = Idp::new(jwks(&[&s]));
+    let mut p = proxy(&idp, 1);
+    p.advance(Duration::from_millis(300));
+    let tok = s.mint(&claims());
+    let ex = p
+        .send(0, Request::get("/x").header("authorization", bearer(&tok)).header("x-sub", "mallory"), UpstreamReply::new(200))
+        .unwrap();
+    assert_eq!(ex.status, 200, "{:?}", ex.local_reply);
+    let up = ex.upstream_request.unwrap();
+    assert_eq!(up.headers.get_all("x-sub"), vec![&b"alice"[..]], "client copy removed, claim set");
+    assert_eq!(up.headers.get("x-groups"), Some("dev,ops"));
+    assert_eq!(up.headers.get("x-tenant"), Some("7"));
+    assert_eq!(up.headers.get("authorization"), None, "token stripped (forward: false)");
+
+    let ex = p.send(0, Request::get("/x"), UpstreamReply::new(200)).unwrap();
+    assert_eq!(ex.status, 401);
+    assert_eq!(ex.response_headers.get("www-authenticate"), Some(r#"Bearer realm="api""#));
+
+    let mut c = claims();
+    c["exp"] = json!(now() - 600);
+    let ex = p.send(0, Request::get("/x").header("authorization", bearer(&s.mint(&c))), UpstreamReply::new(200)).unwrap();
+    assert_eq!(ex.status, 401);
+    assert_eq!(
+        ex.response_headers.get("www-authenticate"),
+        Some(r#"Bearer realm="api", error="invalid_token", error_description="token has expired""#)
+    );
+
+    let ex = p.send(0, Request::get("/admin").header("authorization", bearer(&tok)), UpstreamReply::new(200)).unwrap();
+    assert_eq!(ex.status, 403);
+    let w = ex.response_headers.get("www-authenticate").unwrap().to_string();
+    assert!(w.contains(r#"error="insufficient_scope""#) && w.contains(r#"scope="admin""#), "{w}");
+
+    // Repeated token: served from the verified-token cache.
+    let before = p.metric("meshwasm_jwt_auth.cache_hits").unwrap_or(0);
+    p.send(0, Request::get("/x").header("authorization", bearer(&tok)), UpstreamReply::new(200)).unwrap();
+    assert_eq!(p.metric("meshwasm_jwt_auth.cache_hits"), Some(before + 1));
+    assert!(p.metric("meshwasm_jwt_auth.denied.expired").unwrap_or(0) >= 1);
+}
+
+#[test]
+fn rotation_refetches_on_unknown_kid_at_most_once_per_interval() {
+    let old = Signer::rsa("rsa1.pem", "old");
+    let new = Signer::rsa("rsa2.pem", "new");
+    let idp = Idp::new(jwks(&[&old]));
+    let mut p = proxy(&idp, 2);
+    p.advance(Duration::from_millis(300));
+    assert_eq!(idp.calls(), 1);
+    // The IdP rotates; a token signed with the new key arrives. First refetch needs the interval (30 s)
+    // since the last fetch to have passed.
+    *idp.body.lock().unwrap() = jwks(&[&old, &new]);
+    p.advance(Duration::from_secs(31));
+    let id = p.start(1, Request::get("/x").header("authorization", bearer(&new.mint(&claims())))).unwrap();
+    assert!(matches!(p.stream_state(id), Some(StreamState::Paused { .. })));
+    p.advance(Duration::from_millis(600));
+    let ex = p.finish(id, UpstreamReply::new(200)).unwrap();
+    assert_eq!(ex.status, 200, "{:?}", ex.local_reply);
+    assert_eq!(idp.calls(), 2);
+    // A flood of random kids: refused without another fetch within the interval.
+    for i in 0..50 {
+        let t = new.mint_kid(&format!("random-{i}"), &claims());
+        let ex = p.send(i % 2, Request::get("/x").header("authorization", bearer(&t)), UpstreamReply::new(200)).unwrap();
+        assert_eq!(ex.status, 401);
+        p.advance(Duration::from_millis(100));
+    }
+    assert_eq!(idp.calls(), 2, "no refetch within unknown_kid_refetch_interval_s");
+    // After the interval: exactly one more.
+    p.advance(Duration::from_secs(30));
+    let t = new.mint_kid("random-x", &claims());
+    let id = p.start(0, Request::get("/x").header("authorization", bearer(&t))).unwrap();
+    p.advance(Duration::from_millis(600));
+    assert_eq!(p.exchange(id).map(|e| e.status), Some(401));
+    assert_eq!(idp.calls(), 3);
+}
+
+#[test]
+fn idp_outage_keeps_stale_keys_and_fails_closed_without_keys() {
+    let s = Signer::rsa("rsa1.pem", "r1");
+    let idp = Idp::new(jwks(&[&s]));
+    idp.down.store(true, Ordering::SeqCst);
+    let mut p = proxy(&idp, 1);
+    // No keys yet and the IdP is down: 503 (not 401: the client's token is not at fault).
+    let tok = s.mint(&claims());
+    let id = p.start(0, Request::get("/x").header("authorization", bearer(&tok))).unwrap();
+    p.advance(Duration::from_millis(600));
+    let ex = p.exchange(id).unwrap();
+    assert_eq!(ex.status, 503);
+    assert!(p.logged("JWKS fetch: no response"));
+    // The IdP comes back: keys load on the next retry.
+    idp.down.store(false, Ordering::SeqCst);
+    p.advance(Duration::from_secs(3));
+    let ex = p.send(0, Request::get("/x").header("authorization", bearer(&tok)), UpstreamReply::new(200)).unwrap();
+    assert_eq!(ex.status, 200);
+    // Down again past cache_duration (60 s): refreshes fail, old keys stay in use.
+    idp.down.store(true, Ordering::SeqCst);
+    let fetches = idp.calls();
+    p.advance(Duration::from_secs(120));
+    assert!(idp.calls() > fetches, "background refresh attempted");
+    let other = s.mint(&json!({"iss": ISS, "aud": "api", "sub": "bob", "exp": now() + 3600}));
+    let ex = p.send(0, Request::get("/x").header("authorization", bearer(&other)), UpstreamReply::new(200)).unwrap();
+    assert_eq!(ex.status, 200, "stale-on-error");
+    assert!(p.metric("meshwasm_jwt_auth.jwks_fetch_failures").unwrap_or(0) >= 2);
+}
+
+#[test]
+fn bad_config_is_rejected_naming_the_field() {
+    let host = Host::new(HostOptions::default()).unwrap();
+    let module = host.load(artifacts::wasm_path("meshwasm_jwt_auth")).unwrap();
+    let err = Proxy::builder(&host)
+        .plugin(Plugin::new(module).name("jwt").config(br#"{"providers":{"p":{"isuer":"x"}}}"#))
+        .build()
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("unknown field `isuer`"), "{err}");
+}
