@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use meshwasm_endpoints::Endpoint;
 use serde::Deserialize;
+use serde_json::Value;
 
-use super::{Outcome, SourceError, canonicalize, expect_ok, socket_addr};
+use super::{Outcome, SourceError, canonicalize, expect_ok, socket_addr, string_map, strings};
 use crate::config::Dur;
 use crate::http::{Reply, Request, encode_component, header};
 
@@ -61,58 +62,6 @@ pub struct Consul {
     service: String,
     timeout: Duration,
     index: u64,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct Entry {
-    node: Node,
-    service: Service,
-    #[serde(default)]
-    checks: Vec<Check>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct Node {
-    #[serde(default)]
-    address: String,
-    #[serde(default)]
-    meta: Option<BTreeMap<String, String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct Service {
-    #[serde(default)]
-    address: String,
-    port: u16,
-    #[serde(default)]
-    tags: Option<Vec<String>>,
-    #[serde(default)]
-    meta: Option<BTreeMap<String, String>>,
-    #[serde(default)]
-    weights: Option<Weights>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct Weights {
-    #[serde(default = "one")]
-    passing: u32,
-    #[serde(default = "one")]
-    warning: u32,
-}
-
-fn one() -> u32 {
-    1
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct Check {
-    #[serde(default)]
-    status: String,
 }
 
 impl Consul {
@@ -171,8 +120,12 @@ impl Consul {
                 return Err(e);
             }
         };
-        let entries: Vec<Entry> = match serde_json::from_slice(&body) {
-            Ok(e) => e,
+        let entries = match serde_json::from_slice::<Value>(&body) {
+            Ok(Value::Array(e)) => e,
+            Ok(_) => {
+                self.index = 0;
+                return Err(SourceError::Malformed("answer is not a JSON list".into()));
+            }
             Err(e) => {
                 self.index = 0;
                 return Err(SourceError::malformed(e));
@@ -190,10 +143,15 @@ impl Consul {
         }
         let mut endpoints = Vec::with_capacity(entries.len());
         let mut skipped = 0;
-        for entry in entries {
-            match self.endpoint(entry) {
-                Some(e) => endpoints.push(e),
-                None => skipped += 1,
+        for entry in &entries {
+            let Some(service) = entry.get("Service").filter(|s| s.is_object()) else {
+                self.index = 0;
+                return Err(SourceError::Malformed("entry without a Service object".into()));
+            };
+            match self.endpoint(entry, service) {
+                Ok(Some(e)) => endpoints.push(e),
+                Ok(None) => {}
+                Err(()) => skipped += 1,
             }
         }
         // Re-poll at once: a blocking query only returns when something changed or `wait` expired.
@@ -201,33 +159,41 @@ impl Consul {
         Ok(Outcome::Endpoints { endpoints: canonicalize(endpoints), skipped, next })
     }
 
-    fn endpoint(&self, entry: Entry) -> Option<Endpoint> {
-        let statuses = entry.checks.iter().map(|c| c.status.as_str());
+    /// `Ok(None)`: not serving (critical, or warning with `passing`); `Err`: unusable entry.
+    fn endpoint(&self, entry: &Value, svc: &Value) -> Result<Option<Endpoint>, ()> {
         let mut warning = false;
-        for s in statuses {
-            match s {
+        for check in entry.get("Checks").and_then(Value::as_array).into_iter().flatten() {
+            match check.get("Status").and_then(Value::as_str).unwrap_or("") {
                 "passing" => {}
                 "warning" => warning = true,
                 // critical, maintenance or anything unknown: no traffic.
-                _ => return None,
+                _ => return Ok(None),
             }
         }
         if warning && self.config.passing {
-            return None;
+            return Ok(None);
         }
-        let svc = entry.service;
-        let ip = if svc.address.is_empty() { &entry.node.address } else { &svc.address };
-        let address = socket_addr(ip, svc.port)?;
-        let weights = svc.weights.unwrap_or(Weights { passing: 1, warning: 1 });
-        let weight = if warning { weights.warning } else { weights.passing };
+        let node = entry.get("Node");
+        let service_address = svc.get("Address").and_then(Value::as_str).unwrap_or("");
+        let ip = if service_address.is_empty() {
+            node.and_then(|n| n.get("Address")).and_then(Value::as_str).unwrap_or("")
+        } else {
+            service_address
+        };
+        let port = svc.get("Port").and_then(Value::as_u64).and_then(|p| u16::try_from(p).ok()).ok_or(())?;
+        let address = socket_addr(ip, port).ok_or(())?;
+        let weights = svc.get("Weights");
+        let weight_of = |k: &str| weights.and_then(|w| w.get(k)).and_then(Value::as_u64).unwrap_or(1);
+        let weight = if warning { weight_of("Warning") } else { weight_of("Passing") };
         if weight == 0 {
-            return None;
+            return Ok(None);
         }
-        let meta = svc.meta.unwrap_or_default();
+        let meta = string_map(svc.get("Meta"));
         let key = &self.config.zone_meta_key;
         let zone =
-            meta.get(key).cloned().or_else(|| entry.node.meta.as_ref().and_then(|m| m.get(key).cloned()));
-        Some(Endpoint { address, weight, zone, tags: svc.tags.unwrap_or_default(), metadata: meta })
+            meta.get(key).cloned().or_else(|| string_map(node.and_then(|n| n.get("Meta"))).remove(key));
+        let weight = u32::try_from(weight).unwrap_or(u32::MAX);
+        Ok(Some(Endpoint { address, weight, zone, tags: strings(svc.get("Tags")), metadata: meta }))
     }
 }
 

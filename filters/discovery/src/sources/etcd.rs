@@ -11,6 +11,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
+use serde_json::Value;
 
 use super::{EndpointSpec, Outcome, SourceError, canonicalize, expect_ok};
 use crate::http::{Reply, Request};
@@ -39,39 +40,6 @@ fn default_path() -> String {
 pub struct Etcd {
     request: Request,
     last_revision: Option<i64>,
-}
-
-#[derive(Deserialize)]
-struct RangeResponse {
-    header: Header,
-    #[serde(default)]
-    kvs: Vec<Kv>,
-}
-
-#[derive(Deserialize)]
-struct Header {
-    #[serde(deserialize_with = "string_i64")]
-    revision: i64,
-}
-
-#[derive(Deserialize)]
-struct Kv {
-    #[serde(default)]
-    value: String,
-}
-
-/// The gateway sends int64 as strings; accept numbers too.
-fn string_i64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum N {
-        S(String),
-        I(i64),
-    }
-    match N::deserialize(d)? {
-        N::S(s) => s.parse().map_err(serde::de::Error::custom),
-        N::I(i) => Ok(i),
-    }
 }
 
 /// The smallest key greater than every key starting with `prefix` (etcd's `clientv3.GetPrefixRangeEnd`).
@@ -113,15 +81,27 @@ impl Etcd {
 
     pub fn on_reply(&mut self, reply: Reply) -> Result<Outcome, SourceError> {
         let (_, body) = expect_ok(reply)?;
-        let resp: RangeResponse = serde_json::from_slice(&body).map_err(SourceError::malformed)?;
-        if self.last_revision == Some(resp.header.revision) {
+        let resp: Value = serde_json::from_slice(&body).map_err(SourceError::malformed)?;
+        // The gateway writes int64 as strings; accept numbers too.
+        let revision = match resp.pointer("/header/revision") {
+            Some(Value::String(s)) => s.parse::<i64>().ok(),
+            Some(Value::Number(n)) => n.as_i64(),
+            _ => None,
+        }
+        .ok_or_else(|| SourceError::Malformed("no header.revision".into()))?;
+        if self.last_revision == Some(revision) {
             return Ok(Outcome::Unchanged { next: None });
         }
-        let total = resp.kvs.len();
+        let kvs = match resp.get("kvs") {
+            None | Some(Value::Null) => &[][..],
+            Some(Value::Array(a)) => &a[..],
+            Some(_) => return Err(SourceError::Malformed("kvs is not a list".into())),
+        };
+        let total = kvs.len();
         let mut endpoints = Vec::with_capacity(total);
         let mut skipped = 0;
-        for kv in resp.kvs {
-            match parse_value(&kv.value) {
+        for kv in kvs {
+            match parse_value(kv.get("value").and_then(Value::as_str).unwrap_or("")) {
                 Some(e) => endpoints.push(e),
                 None => skipped += 1,
             }
@@ -132,7 +112,7 @@ impl Etcd {
                 "none of the {total} values under the prefix is an endpoint"
             )));
         }
-        self.last_revision = Some(resp.header.revision);
+        self.last_revision = Some(revision);
         Ok(Outcome::Endpoints { endpoints: canonicalize(endpoints), skipped, next: None })
     }
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use meshwasm_endpoints::Endpoint;
 use serde::Deserialize;
+use serde_json::Value;
 
 use super::{Outcome, SourceError, canonicalize, expect_ok, socket_addr};
 use crate::http::{Reply, Request, encode_component};
@@ -47,55 +48,6 @@ pub struct Kubernetes {
     port_name: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct SliceList {
-    items: Option<Vec<Slice>>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Slice {
-    address_type: String,
-    #[serde(default)]
-    endpoints: Option<Vec<SliceEndpoint>>,
-    #[serde(default)]
-    ports: Option<Vec<Port>>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct SliceEndpoint {
-    addresses: Vec<String>,
-    #[serde(default)]
-    conditions: Option<Conditions>,
-    #[serde(default)]
-    zone: Option<String>,
-    #[serde(default)]
-    node_name: Option<String>,
-    #[serde(default)]
-    target_ref: Option<TargetRef>,
-}
-
-#[derive(Deserialize)]
-struct Conditions {
-    #[serde(default)]
-    ready: Option<bool>,
-}
-
-#[derive(Deserialize)]
-struct TargetRef {
-    #[serde(default)]
-    name: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Port {
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    port: Option<u16>,
-}
-
 impl Kubernetes {
     pub fn new(config: &KubernetesConfig, service_name: &str, timeout: Duration) -> Self {
         let service = config.service.as_deref().unwrap_or(service_name);
@@ -115,41 +67,60 @@ impl Kubernetes {
 
     pub fn on_reply(&mut self, reply: Reply) -> Result<Outcome, SourceError> {
         let (_, body) = expect_ok(reply)?;
-        let list: SliceList = serde_json::from_slice(&body).map_err(SourceError::malformed)?;
+        let list: Value = serde_json::from_slice(&body).map_err(SourceError::malformed)?;
+        let items = match list.get("items") {
+            Some(Value::Array(items)) => &items[..],
+            None | Some(Value::Null)
+                if list.get("kind").and_then(Value::as_str) == Some("EndpointSliceList") =>
+            {
+                &[][..]
+            }
+            _ => return Err(SourceError::Malformed("not an EndpointSliceList".into())),
+        };
         let mut endpoints = Vec::new();
         let mut skipped = 0;
-        for slice in list.items.unwrap_or_default() {
-            if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
+        for slice in items {
+            let family = slice.get("addressType").and_then(Value::as_str);
+            if family != Some("IPv4") && family != Some("IPv6") {
+                if family.is_none() {
+                    return Err(SourceError::Malformed("EndpointSlice without addressType".into()));
+                }
                 continue;
             }
-            let eps = slice.endpoints.unwrap_or_default();
-            let ports = slice.ports.unwrap_or_default();
+            let eps = slice.get("endpoints").and_then(Value::as_array).map_or(&[][..], |a| &a[..]);
+            let ports = slice.get("ports").and_then(Value::as_array).map_or(&[][..], |a| &a[..]);
             let port = match &self.port_name {
-                Some(name) => ports.iter().find(|p| p.name.as_deref().unwrap_or("") == name),
+                Some(name) => {
+                    ports.iter().find(|p| p.get("name").and_then(Value::as_str).unwrap_or("") == name)
+                }
                 None if ports.len() == 1 => ports.first(),
                 None => None,
             };
-            let Some(port) = port.and_then(|p| p.port) else {
+            let Some(port) =
+                port.and_then(|p| p.get("port")).and_then(Value::as_u64).and_then(|p| u16::try_from(p).ok())
+            else {
                 skipped += eps.len();
                 continue;
             };
             for ep in eps {
-                if ep.conditions.and_then(|c| c.ready) == Some(false) {
+                if ep.pointer("/conditions/ready").and_then(Value::as_bool) == Some(false) {
                     continue;
                 }
                 // The addresses of one endpoint are fungible; the API says clients may use the first.
-                let Some(address) = ep.addresses.first().and_then(|a| socket_addr(a, port)) else {
+                let first = ep.pointer("/addresses/0").and_then(Value::as_str);
+                let Some(address) = first.and_then(|a| socket_addr(a, port)) else {
                     skipped += 1;
                     continue;
                 };
                 let mut metadata = BTreeMap::new();
-                if let Some(node) = ep.node_name {
-                    metadata.insert("node".to_owned(), node);
+                if let Some(node) = ep.get("nodeName").and_then(Value::as_str) {
+                    metadata.insert("node".to_owned(), node.to_owned());
                 }
-                if let Some(pod) = ep.target_ref.and_then(|t| t.name) {
-                    metadata.insert("pod".to_owned(), pod);
+                if let Some(pod) = ep.pointer("/targetRef/name").and_then(Value::as_str) {
+                    metadata.insert("pod".to_owned(), pod.to_owned());
                 }
-                endpoints.push(Endpoint { address, weight: 1, zone: ep.zone, tags: Vec::new(), metadata });
+                let zone = ep.get("zone").and_then(Value::as_str).map(str::to_owned);
+                endpoints.push(Endpoint { address, weight: 1, zone, tags: Vec::new(), metadata });
             }
         }
         Ok(Outcome::Endpoints { endpoints: canonicalize(endpoints), skipped, next: None })

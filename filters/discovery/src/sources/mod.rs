@@ -170,6 +170,20 @@ pub fn canonicalize(mut endpoints: Vec<Endpoint>) -> Vec<Endpoint> {
     endpoints
 }
 
+/// A JSON object's string values (others are skipped): registry metadata maps.
+pub(crate) fn string_map(v: Option<&serde_json::Value>) -> BTreeMap<String, String> {
+    v.and_then(serde_json::Value::as_object)
+        .map(|m| m.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned()))).collect())
+        .unwrap_or_default()
+}
+
+/// A JSON array's strings (`null` or absent → empty).
+pub(crate) fn strings(v: Option<&serde_json::Value>) -> Vec<String> {
+    v.and_then(serde_json::Value::as_array)
+        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
 /// Parses an IP literal (v4 or v6, brackets allowed) and a port into an address.
 pub(crate) fn socket_addr(ip: &str, port: u16) -> Option<SocketAddr> {
     let ip = ip.trim().trim_start_matches('[').trim_end_matches(']');

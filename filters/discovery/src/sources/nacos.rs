@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use meshwasm_endpoints::Endpoint;
 use serde::Deserialize;
+use serde_json::Value;
 
-use super::{Outcome, SourceError, canonicalize, expect_ok, socket_addr};
+use super::{Outcome, SourceError, canonicalize, expect_ok, socket_addr, string_map};
 use crate::http::{Reply, Request, encode_component};
 
 /// `{"nacos": {"cluster": "nacos", "service_name": "api", "group_name": "DEFAULT_GROUP"}}`
@@ -48,35 +49,6 @@ pub struct Nacos {
     request: Request,
 }
 
-#[derive(Deserialize)]
-struct List {
-    hosts: Vec<Host>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Host {
-    ip: String,
-    port: u16,
-    #[serde(default = "one")]
-    weight: f64,
-    #[serde(default)]
-    healthy: bool,
-    #[serde(default = "yes")]
-    enabled: bool,
-    #[serde(default)]
-    cluster_name: Option<String>,
-    #[serde(default)]
-    metadata: Option<BTreeMap<String, String>>,
-}
-
-fn one() -> f64 {
-    1.0
-}
-fn yes() -> bool {
-    true
-}
-
 impl Nacos {
     pub fn new(config: &NacosConfig, service_name: &str, timeout: Duration) -> Self {
         let service = config.service_name.as_deref().unwrap_or(service_name);
@@ -102,24 +74,33 @@ impl Nacos {
 
     pub fn on_reply(&mut self, reply: Reply) -> Result<Outcome, SourceError> {
         let (_, body) = expect_ok(reply)?;
-        let list: List = serde_json::from_slice(&body).map_err(SourceError::malformed)?;
-        let mut endpoints = Vec::with_capacity(list.hosts.len());
+        let doc: Value = serde_json::from_slice(&body).map_err(SourceError::malformed)?;
+        let hosts = doc
+            .get("hosts")
+            .and_then(Value::as_array)
+            .ok_or_else(|| SourceError::Malformed("no `hosts` list".into()))?;
+        let mut endpoints = Vec::with_capacity(hosts.len());
         let mut skipped = 0;
-        for h in list.hosts {
+        for h in hosts {
+            let flag = |k: &str, default: bool| h.get(k).and_then(Value::as_bool).unwrap_or(default);
+            let weight = h.get("weight").and_then(Value::as_f64).unwrap_or(1.0);
             // `weight > 0` is false for NaN too.
-            let positive = h.weight > 0.0;
-            if !h.healthy || !h.enabled || !positive {
+            let positive = weight > 0.0;
+            if !flag("healthy", false) || !flag("enabled", true) || !positive {
                 continue;
             }
-            let Some(address) = socket_addr(&h.ip, h.port) else {
+            let ip = h.get("ip").and_then(Value::as_str).unwrap_or("");
+            let port = h.get("port").and_then(Value::as_u64).and_then(|p| u16::try_from(p).ok());
+            let Some(address) = port.and_then(|port| socket_addr(ip, port)) else {
                 skipped += 1;
                 continue;
             };
             // Bounded: a huge weight cannot overflow or dominate absurdly.
-            let weight = (h.weight * 100.0).round().clamp(1.0, 1_000_000.0) as u32;
-            let metadata = h.metadata.unwrap_or_default();
-            let zone =
-                metadata.get("zone").cloned().or(h.cluster_name.filter(|c| !c.is_empty() && c != "DEFAULT"));
+            let weight = (weight * 100.0).round().clamp(1.0, 1_000_000.0) as u32;
+            let metadata = string_map(h.get("metadata"));
+            let cluster =
+                h.get("clusterName").and_then(Value::as_str).filter(|c| !c.is_empty() && *c != "DEFAULT");
+            let zone = metadata.get("zone").cloned().or(cluster.map(str::to_owned));
             endpoints.push(Endpoint { address, weight, zone, tags: Vec::new(), metadata });
         }
         Ok(Outcome::Endpoints { endpoints: canonicalize(endpoints), skipped, next: None })
