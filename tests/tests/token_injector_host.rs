@@ -273,3 +273,22 @@ fn unknown_cluster_gives_503_and_bad_config_is_rejected() {
         assert!(err.to_string().contains(field), "{err}");
     }
 }
+
+#[test]
+fn waiting_requests_survive_the_dispatching_request_going_away() {
+    let idp = Idp::new();
+    idp.then(token(1, 600).after(Duration::from_millis(500)))
+        .then(token(2, 600).after(Duration::from_millis(50)));
+    let mut p = proxy(&idp, 1, config(json!({})));
+    let first = p.start(0, req()).unwrap();
+    let second = p.start(0, req()).unwrap();
+    assert_eq!(p.calls().len(), 1);
+    // The client of the request whose context dispatched the token call goes away: the proxy cancels
+    // that call. The waiting request must still get a token, from a new call, well before max_wait.
+    p.cancel(first);
+    p.advance(Duration::from_millis(400));
+    assert_eq!(p.calls().len(), 2, "token request re-dispatched after the cancellation");
+    assert_eq!(p.stream_state(second), Some(StreamState::WaitingUpstream));
+    let ex = p.finish(second, UpstreamReply::new(200)).unwrap();
+    assert_eq!(sent_auth(&ex).as_deref(), Some("Bearer tok-2"));
+}

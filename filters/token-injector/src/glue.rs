@@ -104,11 +104,13 @@ struct Worker {
     metrics: Metrics,
     /// The outstanding token call, if this worker dispatched one.
     call: Option<u32>,
+    /// The context that dispatched it (the proxy cancels a stream's calls when the stream ends).
+    call_owner: u32,
 }
 
 impl Worker {
-    /// Dispatches the token request (this worker holds the lease).
-    fn dispatch(&mut self, now: u64) {
+    /// Dispatches the token request (this worker holds the lease) from context `owner`.
+    fn dispatch(&mut self, now: u64, owner: u32) {
         let ep = &self.plan.config.token_endpoint;
         let result = hostcalls::dispatch_http_call(
             &ep.cluster,
@@ -119,7 +121,10 @@ impl Worker {
         );
         bump(self.metrics.fetches, 1);
         match result {
-            Ok(token) => self.call = Some(token),
+            Ok(token) => {
+                self.call = Some(token);
+                self.call_owner = owner;
+            }
             Err(status) => {
                 let error = FetchError::Unreachable(format!(
                     "cannot dispatch to cluster `{}` ({status:?}; is the cluster defined?)",
@@ -156,8 +161,8 @@ impl Worker {
         }
     }
 
-    /// The response of the token call `token_id`, received by any context of this worker.
-    fn on_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize) {
+    /// The response of the token call `token_id`, received by context `current` of this worker.
+    fn on_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, current: u32) {
         if self.call != Some(token_id) {
             return;
         }
@@ -184,11 +189,12 @@ impl Worker {
             }
         };
         self.finish_fetch(now, result);
-        self.settle_waiters(now);
+        self.settle_waiters(now, current);
     }
 
-    /// Resumes or fails paused requests once their token question is settled.
-    fn settle_waiters(&mut self, now: u64) {
+    /// Resumes or fails paused requests once their token question is settled; `current` is the
+    /// context whose callback runs (a new fetch is dispatched from it).
+    fn settle_waiters(&mut self, now: u64, current: u32) {
         let expired = self.waiters.take_expired(now, self.plan.max_wait_ms);
         if !expired.is_empty() {
             let msg = format!("timed out after {} ms waiting for an access token", self.plan.max_wait_ms);
@@ -199,7 +205,7 @@ impl Worker {
         }
         let poll = self.source.poll(now, &mut HostStore);
         if poll.start_fetch {
-            self.dispatch(now);
+            self.dispatch(now, current);
         }
         // A synchronous dispatch failure settled the question already: poll again.
         let state = if poll.start_fetch && !self.source.fetching() {
@@ -276,7 +282,7 @@ impl Root {
 impl Context for Root {
     fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _: usize) {
         if let Some(w) = &self.worker {
-            w.borrow_mut().on_call_response(token_id, num_headers, body_size);
+            w.borrow_mut().on_call_response(token_id, num_headers, body_size, self.context_id);
         }
         let _ = hostcalls::set_effective_context(self.context_id);
     }
@@ -316,6 +322,7 @@ impl RootContext for Root {
             waiters: Waiters::default(),
             metrics: Metrics::new(),
             call: None,
+            call_owner: 0,
             plan,
         })));
         let _ = hostcalls::set_tick_period(TICK);
@@ -330,12 +337,12 @@ impl RootContext for Root {
             w.finish_fetch(now, Err(FetchError::Timeout));
         }
         if !w.waiters.is_empty() {
-            w.settle_waiters(now);
+            w.settle_waiters(now, self.context_id);
         } else if w.source.has_token() && !w.source.fetching() {
             // Background refresh ahead of expiry, so requests never wait for it.
             let poll = w.source.poll(now, &mut HostStore);
             if poll.start_fetch {
-                w.dispatch(now);
+                w.dispatch(now, self.context_id);
             }
         }
         let _ = hostcalls::set_effective_context(self.context_id);
@@ -358,14 +365,21 @@ struct Http {
 impl Context for Http {
     fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _: usize) {
         if let Some(w) = &self.worker {
-            w.borrow_mut().on_call_response(token_id, num_headers, body_size);
+            w.borrow_mut().on_call_response(token_id, num_headers, body_size, self.context_id);
         }
         let _ = hostcalls::set_effective_context(self.context_id);
     }
 
     fn on_done(&mut self) -> bool {
         if let Some(w) = &self.worker {
-            w.borrow_mut().waiters.remove(self.context_id);
+            let mut w = w.borrow_mut();
+            w.waiters.remove(self.context_id);
+            if w.call.is_some() && w.call_owner == self.context_id {
+                // This stream's call dies with it: the root's next tick fetches again (from the root
+                // context, whose calls live on), for the requests still waiting.
+                w.call = None;
+                w.source.abandon_fetch(&mut HostStore);
+            }
         }
         true
     }
@@ -389,7 +403,7 @@ impl HttpContext for Http {
         let poll = w.source.poll(now, &mut HostStore);
         let mut state = poll.state;
         if poll.start_fetch {
-            w.dispatch(now);
+            w.dispatch(now, self.context_id);
             if !w.source.fetching() {
                 state = w.source.poll(now, &mut HostStore).state;
             }

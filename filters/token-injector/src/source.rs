@@ -280,6 +280,26 @@ impl TokenSource {
         })
     }
 
+    /// This worker's token request was cancelled (the stream that dispatched it ended, and the proxy
+    /// cancels a stream's calls): release the lease so the next poll can fetch again at once. Not a
+    /// failure of the token endpoint: no back-off.
+    pub fn abandon_fetch(&mut self, store: &mut dyn SharedStore) {
+        if self.fetch_started_ms.take().is_none() {
+            return;
+        }
+        for _ in 0..CAS_ATTEMPTS {
+            let (mut rec, cas) = self.read(store);
+            if rec.lease.is_none_or(|l| l.owner != self.worker) {
+                return;
+            }
+            rec.lease = None;
+            match self.write(store, &rec, cas) {
+                Ok(()) | Err(StoreError::Unavailable) => return,
+                Err(StoreError::CasMismatch) => continue,
+            }
+        }
+    }
+
     /// Token times from the plan's refresh policy: refresh at `fraction` of the lifetime or
     /// `before_expiry_s` before expiry, whichever is earlier but never before half the lifetime; stop
     /// sending it `expiry_margin_s` before expiry (at most a tenth of the lifetime).
@@ -606,6 +626,26 @@ mod tests {
         };
         store.set(&p.shared_key, &serde_json::to_vec(&done).unwrap(), None).unwrap();
         assert_eq!(a.poll(10, &mut store), Poll { state: ready("theirs"), start_fetch: false });
+    }
+
+    #[test]
+    fn abandoned_fetch_releases_the_lease_without_backoff() {
+        let p = plan(serde_json::json!({}));
+        let mut store = Mem::default();
+        let mut a = TokenSource::new(p.clone(), 1);
+        let mut b = TokenSource::new(p, 2);
+        assert!(a.poll(0, &mut store).start_fetch);
+        assert!(!b.poll(10, &mut store).start_fetch);
+        a.abandon_fetch(&mut store);
+        assert!(!a.fetching());
+        // Either worker can fetch again at once; no failure was recorded.
+        assert_eq!(b.poll(20, &mut store), Poll { state: State::Pending, start_fetch: true });
+        assert!(!a.poll(30, &mut store).start_fetch);
+        b.on_fetch_result(40, &mut store, token("t", 600));
+        assert_eq!(a.poll(50, &mut store).state, ready("t"));
+        // Abandoning when nothing is in flight does nothing.
+        a.abandon_fetch(&mut store);
+        assert_eq!(a.poll(60, &mut store).state, ready("t"));
     }
 
     #[test]
