@@ -54,6 +54,15 @@ enum Command {
     /// the upstream from a request header, default `x-meshwasm-endpoint`). Clusters are also the
     /// targets of the filters' http calls. See examples/serve/README.md for the full format.
     /// One access log line per request goes to stderr; Ctrl-C or SIGTERM stops the proxy.
+    #[command(after_long_help = "Example config (paths relative to the config file):\n  \
+        listeners:\n    \
+          - address: 127.0.0.1:10000\n      \
+            filters:\n        \
+              - {name: noop, wasm: target/wasm32-wasip1/wasm/meshwasm_noop.wasm, config: {}}\n      \
+            route: {cluster: backend}\n  \
+        clusters:\n    \
+          - {name: backend, type: static, endpoints: [127.0.0.1:8081]}\n    \
+          - {name: picked, type: original_dst, header: x-meshwasm-endpoint}")]
     Serve {
         /// The config file (YAML or JSON).
         config: PathBuf,

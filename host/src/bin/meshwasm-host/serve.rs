@@ -803,3 +803,51 @@ fn finish(
     log_access(ctx, down, reply.status().as_u16(), reply.body_len(), &info);
     Ok(reply)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_distinct_uuid_v4s() {
+        let (a, b) = (request_id(), request_id());
+        assert_ne!(a, b);
+        for id in [a, b] {
+            let groups: Vec<&str> = id.split('-').collect();
+            assert_eq!(groups.iter().map(|g| g.len()).collect::<Vec<_>>(), [8, 4, 4, 4, 12], "{id}");
+            assert!(groups[2].starts_with('4'), "version nibble: {id}");
+            assert!(matches!(&groups[3][..1], "8" | "9" | "a" | "b"), "variant: {id}");
+        }
+    }
+
+    #[test]
+    fn upstream_requests_drop_hop_by_hop_headers_and_take_host_from_authority() {
+        let headers = Headers::new()
+            .with(":authority", "api.test")
+            .with(":path", "/v1?q=1")
+            .with(":method", "PUT")
+            .with(":scheme", "http")
+            .with("connection", "keep-alive")
+            .with("content-length", "999")
+            .with("x-a", "1");
+        let r = build_upstream_request(&headers, b"body").unwrap();
+        assert_eq!(r.method(), "PUT");
+        assert_eq!(r.uri(), "/v1?q=1");
+        assert_eq!(r.headers()["host"], "api.test");
+        assert_eq!(r.headers()["x-a"], "1");
+        assert!(r.headers().get("connection").is_none() && r.headers().get("content-length").is_none());
+
+        let bad = Headers::new().with(":path", "/").with("x-b", "a\nb");
+        assert!(build_upstream_request(&bad, b"").unwrap_err().contains("x-b"));
+    }
+
+    #[test]
+    fn downstream_responses_need_a_status() {
+        let ok = Headers::new().with(":status", "201").with("content-length", "1").with("x-c", "v");
+        let r = to_hyper_response(&ok, b"abc".to_vec(), "GET").unwrap();
+        assert_eq!(r.status(), 201);
+        assert!(r.headers().get("content-length").is_none(), "hyper sets it from the body");
+        assert_eq!(r.body_len(), 3);
+        assert!(to_hyper_response(&Headers::new(), Vec::new(), "GET").is_err());
+    }
+}
