@@ -376,3 +376,54 @@ fn bad_configuration_is_rejected_naming_the_field() {
             .expect("rejected");
     assert!(err.to_string().contains("prefx"), "{err}");
 }
+
+#[test]
+fn balancer_in_the_same_vm_id_follows_discovered_endpoints() {
+    let etcd = Etcd::start().unwrap();
+    etcd.put("/services/api/a", "10.5.0.1:80").unwrap();
+    etcd.put("/services/api/b", "10.5.0.2:80").unwrap();
+    let host = Host::new(HostOptions::default()).unwrap();
+    let discovery = host.load(artifacts::wasm_path("meshwasm_discovery")).unwrap();
+    let balancer = host.load(artifacts::wasm_path("meshwasm_balancer")).unwrap();
+    let mut p = Proxy::builder(&host)
+        .workers(2)
+        .plugin(Plugin::new(discovery).name("discovery").vm_id(VM).config(
+            br#"{"tick":"100ms","services":[{"name":"api","refresh":"500ms",
+                "source":{"etcd":{"cluster":"etcd","prefix":"/services/api/"}}}]}"#,
+        ))
+        .plugin(
+            Plugin::new(balancer)
+                .name("balancer")
+                .vm_id(VM)
+                .config(br#"{"services":{"api":{"algorithm":"round_robin"}}}"#),
+        )
+        .upstream("etcd", Upstream::forward(etcd.addr()))
+        .build()
+        .unwrap();
+    assert!(advance_until(&mut p, Duration::from_secs(3), |p| published(p, "api").is_some()));
+    // Give the balancers' refresh (notification or slow tick) a moment.
+    p.advance(Duration::from_secs(2));
+    let picks = |p: &mut Proxy, n: usize| -> std::collections::BTreeMap<String, usize> {
+        let mut seen = std::collections::BTreeMap::new();
+        for i in 0..n {
+            let req = meshwasm_host::Request::get("/").header("x-meshwasm-service", "api");
+            let ex = p.send(i % 2, req, meshwasm_host::UpstreamReply::new(200)).unwrap();
+            let up = ex.upstream_request.expect("forwarded upstream");
+            let picked = up.headers.get("x-meshwasm-endpoint").expect("endpoint header").to_owned();
+            *seen.entry(picked).or_default() += 1;
+        }
+        seen
+    };
+    let seen = picks(&mut p, 20);
+    assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), ["10.5.0.1:80", "10.5.0.2:80"], "{seen:?}");
+    // A new instance in etcd receives traffic on both workers after the next poll.
+    etcd.put("/services/api/c", "10.5.0.3:80").unwrap();
+    assert!(advance_until(&mut p, Duration::from_secs(3), |p| published(p, "api").unwrap().version == 2));
+    p.advance(Duration::from_secs(2));
+    let seen = picks(&mut p, 30);
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    // The balancer VMs subscribed; the new set was announced on their queues.
+    let line =
+        p.logs().into_iter().map(|l| l.message).find(|m| m.contains("version 2,")).expect("publish log");
+    assert!(line.contains("subscribers notified") && !line.contains(" 0 subscribers"), "{line}");
+}
