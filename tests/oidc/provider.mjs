@@ -18,9 +18,12 @@
 //                        in the JWKS (tokens signed before the rotation still verify). Returns {kids}.
 //   POST /admin/retire   drops every non-current key from the JWKS. Returns {kids}.
 //   GET  /admin/keys     {current: {RS256: kid, ES256: kid}, published: [kid...]}
-//   POST /admin/fail?status=503&count=N   the next N token-endpoint requests get that status (N=-1: until
-//                        /admin/fail?count=0), to script IdP outages.
+//   POST /admin/fail?status=503&count=N[&endpoint=token|introspection]   the next N requests to that
+//                        endpoint (default token) get that status (N=-1: until count=0), to script outages.
+//   POST /admin/delay?ms=M[&endpoint=token|introspection]   answers of that endpoint are delayed by M ms
+//                        (0: no delay), to script timeouts.
 //   GET  /admin/stats    {token_requests: n, introspection_requests: n}
+// Also enabled: RFC 7009 revocation at /token/revocation (revoked opaque tokens introspect inactive).
 
 import http from 'node:http';
 import crypto from 'node:crypto';
@@ -69,7 +72,8 @@ let current = newKeys();
 let previous = []; // older keys still published for verification
 
 const stats = { token_requests: 0, introspection_requests: 0 };
-let failure = { status: 0, count: 0 };
+const failures = { token: { status: 0, count: 0 }, introspection: { status: 0, count: 0 } };
+const delays = { token: 0, introspection: 0 };
 let issuer;
 let provider;
 let handler;
@@ -85,6 +89,7 @@ function buildProvider() {
       devInteractions: { enabled: false },
       clientCredentials: { enabled: true },
       introspection: { enabled: true },
+      revocation: { enabled: true },
       resourceIndicators: {
         enabled: true,
         defaultResource: () => undefined,
@@ -151,12 +156,20 @@ function admin(req, res, url) {
       public: [current.RS256, current.ES256, ...previous].map(publicJwk),
     });
   }
+  const endpoint = url.searchParams.get('endpoint') ?? 'token';
+  if ((path === '/admin/fail' || path === '/admin/delay') && !(endpoint in delays)) {
+    return json(res, 400, { error: 'endpoint must be token or introspection' });
+  }
   if (path === '/admin/fail' && req.method === 'POST') {
-    failure = {
+    failures[endpoint] = {
       status: Number(url.searchParams.get('status') ?? 503),
       count: Number(url.searchParams.get('count') ?? 1),
     };
-    return json(res, 200, failure);
+    return json(res, 200, failures[endpoint]);
+  }
+  if (path === '/admin/delay' && req.method === 'POST') {
+    delays[endpoint] = Number(url.searchParams.get('ms') ?? 0);
+    return json(res, 200, { endpoint, ms: delays[endpoint] });
   }
   if (path === '/admin/stats') {
     return json(res, 200, stats);
@@ -171,15 +184,19 @@ const server = http.createServer((req, res) => {
   req.headers.host = new URL(issuer).host;
   const url = new URL(req.url, issuer);
   if (url.pathname.startsWith('/admin/')) return admin(req, res, url);
-  if (url.pathname === '/token') {
-    stats.token_requests += 1;
+  const endpoint = { '/token': 'token', '/token/introspection': 'introspection' }[url.pathname];
+  if (!endpoint) return handler(req, res);
+  stats[`${endpoint}_requests`] += 1;
+  const answer = () => {
+    const failure = failures[endpoint];
     if (failure.count !== 0) {
       if (failure.count > 0) failure.count -= 1;
       return json(res, failure.status, { error: 'temporarily_unavailable', error_description: 'scripted failure' });
     }
-  }
-  if (url.pathname === '/token/introspection') stats.introspection_requests += 1;
-  return handler(req, res);
+    return handler(req, res);
+  };
+  if (delays[endpoint] > 0) return setTimeout(answer, delays[endpoint]);
+  return answer();
 });
 
 server.listen(port, '127.0.0.1', () => {

@@ -4,9 +4,10 @@
 //! It issues client-credentials access tokens: JWTs signed RS256 or ES256 for the resource indicators
 //! `urn:meshwasm:rs256` / `urn:meshwasm:es256` (the `aud` is the resource), opaque tokens for
 //! `urn:meshwasm:opaque` or without a resource (introspectable at the RFC 7662 endpoint; oidc-provider
-//! does not introspect its JWT access tokens: they report `active: false`). Signing keys are generated at
-//! start and can be rotated ([`OidcProvider::rotate_keys`]); token-endpoint failures can be scripted
-//! ([`OidcProvider::fail_token_requests`]).
+//! does not introspect its JWT access tokens: they report `active: false`; revoked ones too, see
+//! [`OidcProvider::revoke`]). Signing keys are generated at start and can be rotated
+//! ([`OidcProvider::rotate_keys`]); failures and delays of the token and introspection endpoints can be
+//! scripted ([`OidcProvider::fail_token_requests`], [`OidcProvider::delay_introspection_requests`], ...).
 //!
 //! ```no_run
 //! use meshwasm_tests::oidc::{OidcOptions, OidcProvider, BASIC_CLIENT, RS256_RESOURCE};
@@ -390,9 +391,38 @@ impl OidcProvider {
     /// The next `count` token-endpoint requests are answered with `status` and
     /// `{"error":"temporarily_unavailable"}` (count -1: until called again with count 0).
     pub fn fail_token_requests(&self, status: u16, count: i64) -> Result<()> {
-        let resp = self.post(&format!("/admin/fail?status={status}&count={count}"), &[], b"")?;
+        self.admin(&format!("/admin/fail?endpoint=token&status={status}&count={count}"))
+    }
+
+    /// Like [`Self::fail_token_requests`], for the introspection endpoint.
+    pub fn fail_introspection_requests(&self, status: u16, count: i64) -> Result<()> {
+        self.admin(&format!("/admin/fail?endpoint=introspection&status={status}&count={count}"))
+    }
+
+    /// Delays every answer of the token endpoint by `delay` (zero: no delay), to script timeouts.
+    pub fn delay_token_requests(&self, delay: Duration) -> Result<()> {
+        self.admin(&format!("/admin/delay?endpoint=token&ms={}", delay.as_millis()))
+    }
+
+    /// Delays every answer of the introspection endpoint by `delay` (zero: no delay).
+    pub fn delay_introspection_requests(&self, delay: Duration) -> Result<()> {
+        self.admin(&format!("/admin/delay?endpoint=introspection&ms={}", delay.as_millis()))
+    }
+
+    fn admin(&self, path_and_query: &str) -> Result<()> {
+        let resp = self.post(path_and_query, &[], b"")?;
         if resp.status != 200 {
-            bail!("/admin/fail answered {}", resp.status);
+            bail!("{path_and_query} answered {}: {}", resp.status, resp.text());
+        }
+        Ok(())
+    }
+
+    /// RFC 7009 revocation of `token` by `client` (the client it was issued to): afterwards an opaque
+    /// token introspects as inactive.
+    pub fn revoke(&self, client: &Client, token: &str) -> Result<()> {
+        let resp = self.client_post("/token/revocation", client, &[("token", token)])?;
+        if resp.status != 200 {
+            bail!("revocation endpoint answered {}: {}", resp.status, resp.text());
         }
         Ok(())
     }

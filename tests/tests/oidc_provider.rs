@@ -67,6 +67,20 @@ fn provider_issues_verifiable_tokens_and_introspects() {
     assert!(intro["exp"].as_u64().is_some());
     assert_eq!(idp.introspect("not-a-token").unwrap()["active"], false);
     assert!(idp.introspection_request_count().unwrap() >= 2);
+
+    // Revocation (RFC 7009) makes it inactive.
+    idp.revoke(&BASIC_CLIENT, &opaque).unwrap();
+    assert_eq!(idp.introspect(&opaque).unwrap()["active"], false);
+
+    // Scripted introspection outage and delay.
+    idp.fail_introspection_requests(503, 1).unwrap();
+    assert!(idp.introspect("x").unwrap_err().to_string().contains("503"));
+    assert_eq!(idp.introspect("x").unwrap()["active"], false);
+    idp.delay_introspection_requests(std::time::Duration::from_millis(300)).unwrap();
+    let t0 = std::time::Instant::now();
+    idp.introspect("x").unwrap();
+    assert!(t0.elapsed() >= std::time::Duration::from_millis(300));
+    idp.delay_introspection_requests(std::time::Duration::ZERO).unwrap();
 }
 
 #[test]
