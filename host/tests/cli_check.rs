@@ -160,3 +160,32 @@ fn help_describes_both_commands() {
     let out = run(&["frobnicate"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn a_guest_looping_forever_in_configure_is_stopped() {
+    let dir = scratch_dir("loop");
+    let path = wasm_file(&dir, "loop.wasm", &wat_looping_configure());
+    let (code, _, stderr) = check(&[path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stderr}");
+    let line = error_line(&stderr);
+    assert!(line.contains("loop.wasm") && line.contains("proxy_on_configure"), "{line}");
+}
+
+/// A real Rust filter (the probe) rejecting a typo in its configuration: the line carries its reason.
+#[test]
+fn the_probe_rejects_a_typo_in_its_configuration() {
+    let probe = required_artifact("meshwasm_probe.wasm", "meshwasm-probe");
+    let dir = scratch_dir("probe-typo");
+    let config = dir.join("probe.json");
+    std::fs::write(&config, br#"{"nme": "p"}"#).unwrap();
+    let (code, stdout, stderr) = check(&[probe.to_str().unwrap(), "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    let line = error_line(&stderr);
+    assert!(line.contains("meshwasm_probe.wasm") && line.contains("unknown field `nme`"), "{line}");
+
+    std::fs::write(&config, br#"{"name": "p"}"#).unwrap();
+    let (code, stdout, stderr) = check(&[probe.to_str().unwrap(), "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    // The filter's own log lines from vm_start and configure are shown.
+    assert!(stdout.contains("log: [info]") && stdout.contains(r#""cb":"configure""#), "{stdout}");
+}

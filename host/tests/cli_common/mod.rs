@@ -146,3 +146,11 @@ pub fn wat_unknown_import() -> String {
 /// A wasm module that is not a proxy-wasm filter at all.
 pub const WAT_NOT_PROXY_WASM: &str =
     r#"(module (func (export "add") (param i32 i32) (result i32) (i32.add (local.get 0) (local.get 1))))"#;
+
+/// A filter whose configure never returns (Envoy would hang at start; the host's deadline stops it).
+pub fn wat_looping_configure() -> String {
+    format!(
+        r#"(module {WAT_BASE}
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (loop $l (br $l)) (i32.const 1)))"#
+    )
+}
