@@ -135,3 +135,74 @@ fn discovery_in_envoy_with_etcd_consul_and_doh() {
     assert_eq!(s["api"]["v"], 2);
     assert!(envoy.logs().contains("keeping the last 3 endpoints"));
 }
+
+#[test]
+fn traffic_follows_etcd_through_the_balancer_and_survives_registry_outage() {
+    use meshwasm_tests::backend::INSTANCE_HEADER;
+    use meshwasm_tests::process::http_request;
+    use std::collections::BTreeSet;
+
+    let backends = Backend::start_many("api", 3).unwrap();
+    let etcd = Etcd::start().unwrap();
+    for b in &backends[..2] {
+        etcd.put(&format!("/services/api/{}", b.addr()), &b.addr().to_string()).unwrap();
+    }
+    let discovery = format!(
+        r#"{{"tick":"100ms","debug_path":"{DEBUG}","services":[{{"name":"api","refresh":"300ms","timeout":"1s",
+            "source":{{"etcd":{{"cluster":"etcd","prefix":"/services/api/"}}}}}}]}}"#
+    );
+    let envoy = EnvoyConfig::new()
+        .concurrency(2)
+        .listener(
+            Listener::new("main", "picked")
+                .wasm(
+                    WasmFilter::new("discovery", artifacts::wasm_path("meshwasm_discovery"))
+                        .vm_id("mesh")
+                        .config(discovery),
+                )
+                .wasm(
+                    WasmFilter::new("balancer", artifacts::wasm_path("meshwasm_balancer"))
+                        .vm_id("mesh")
+                        .config(r#"{"services":{"api":{"algorithm":"round_robin"}}}"#),
+                ),
+        )
+        .cluster(Cluster::original_dst("picked"))
+        .cluster(Cluster::static_hosts("etcd", &[etcd.addr()]))
+        .start()
+        .unwrap();
+    let addr = envoy.listener_addr("main");
+    let instances = |n: usize| -> BTreeSet<String> {
+        (0..n)
+            .filter_map(|_| {
+                let r = http_request(
+                    addr,
+                    "GET",
+                    "/",
+                    &[("x-meshwasm-service", "api")],
+                    b"",
+                    Duration::from_secs(5),
+                )
+                .ok()?;
+                r.header(INSTANCE_HEADER).map(str::to_owned)
+            })
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), || instances(6)
+            == BTreeSet::from(["api-0".to_owned(), "api-1".to_owned()])),
+        "published: {}",
+        sets(&envoy)
+    );
+    // Registering a third instance shifts traffic to it.
+    let c = backends[2].addr();
+    etcd.put(&format!("/services/api/{c}"), &c.to_string()).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || instances(9).len() == 3), "published: {}", sets(&envoy));
+    // etcd down: traffic keeps flowing to all three.
+    etcd.stop();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(instances(9).len(), 3);
+    assert!(wait_until(Duration::from_secs(10), || stat(&envoy, "meshwasm_discovery.api.errors")
+        .unwrap_or(0)
+        >= 1));
+    assert_eq!(instances(9).len(), 3);
+}
