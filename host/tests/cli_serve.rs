@@ -489,9 +489,28 @@ clusters:
     assert!(head.starts_with("GET /check HTTP/1.1") && head.contains("host: authz.local"), "{head}");
     // The probe's stream trace (logged at on_delete) shows the call's response as the filter saw it.
     assert!(serve.wait_log("meshwasm-probe-stream"), "{}", serve.log());
-    let log = serve.log();
-    let trace = log.lines().find(|l| l.contains("meshwasm-probe-stream")).unwrap();
-    assert!(trace.contains("http_call_response") && trace.contains("authz"), "{trace}");
+    let event = call_response_event(&serve.log());
+    assert!(event["headers"].as_u64().unwrap() > 0 && event["body"].as_u64().unwrap() > 0, "{event}");
+    let x_backend = &event["ops"][0];
+    assert_eq!(
+        (x_backend["op"].as_str(), x_backend["status"].as_u64()),
+        (Some("get_header"), Some(0)),
+        "{event}"
+    );
+    assert!(x_backend.to_string().contains("authz"), "{event}");
+}
+
+/// The `http_call_response` event of the first probe stream trace in the log.
+fn call_response_event(log: &str) -> serde_json::Value {
+    let line = log.lines().find(|l| l.contains("meshwasm-probe-stream ")).expect("a probe stream trace");
+    let json = line.split("meshwasm-probe-stream ").nth(1).unwrap();
+    let trace: serde_json::Value = serde_json::from_str(json).unwrap();
+    let events = trace["events"].as_array().unwrap();
+    events
+        .iter()
+        .find(|e| e["cb"] == "http_call_response")
+        .cloned()
+        .unwrap_or_else(|| panic!("no call response: {trace}"))
 }
 
 /// A call whose upstream refuses the connection fails like in Envoy: the filter is called back with no
@@ -531,9 +550,10 @@ clusters:
     let r = get(serve.addr, "/", &[]);
     assert_eq!((r.status, r.header("x-backend")), (200, Some("app")), "{r:?}\n{}", serve.log());
     assert!(serve.wait_log("meshwasm-probe-stream"), "{}", serve.log());
-    let log = serve.log();
-    let trace = log.lines().find(|l| l.contains("meshwasm-probe-stream")).unwrap();
-    assert!(trace.contains(r#""headers":0"#) && trace.contains(r#""body":0"#), "{trace}");
+    let event = call_response_event(&serve.log());
+    assert_eq!((event["headers"].as_u64(), event["body"].as_u64()), (Some(0), Some(0)), "{event}");
+    assert_eq!(event["ops"][0]["op"], "get_status", "{event}");
+    assert_ne!(event["ops"][0]["code"], 0, "get_status reports the failure: {event}");
 }
 
 /// Ticks fire on real time in every worker, each on its own VM.
