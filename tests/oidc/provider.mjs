@@ -111,7 +111,8 @@ function buildProvider() {
         },
       },
     },
-    ttl: { ClientCredentials: defaultTtl },
+    // Per resource server lifetime when it has one (a fixed number here would override it).
+    ttl: { ClientCredentials: (ctx, token) => token.resourceServer?.accessTokenTTL || defaultTtl },
     // Structured JSON errors are what the filters parse; keep them.
     renderError: (ctx, out) => {
       ctx.type = 'json';

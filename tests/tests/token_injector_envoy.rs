@@ -12,7 +12,7 @@ use meshwasm_tests::backend::Backend;
 use meshwasm_tests::envoy::{Cluster, Envoy, EnvoyConfig, Listener, WasmFilter};
 use meshwasm_tests::oidc::{
     BASIC_CLIENT, Client, ES256_RESOURCE, OidcOptions, OidcProvider, POST_CLIENT, RS256_RESOURCE,
-    SPECIAL_CLIENT,
+    ResourceServer, SPECIAL_CLIENT,
 };
 use meshwasm_tests::process::{HttpResponse, free_port, http_request};
 use serde_json::{Value, json};
@@ -216,4 +216,47 @@ fn refused_or_unreachable_idp_gives_503_with_the_reason() {
         get(post, "api.internal", "/", None).status == 200
     });
     assert!(ok, "recovered after the back-off");
+}
+
+#[test]
+fn short_lived_tokens_are_refreshed_before_they_expire() {
+    // 4 s tokens: refreshed in the background at half their lifetime, never sent expired.
+    let idp = OidcProvider::start(
+        OidcOptions::default().resource(RS256_RESOURCE, ResourceServer::jwt("RS256").ttl(4)),
+    )
+    .unwrap();
+    let backend = Backend::start("api").unwrap();
+    let envoy = EnvoyConfig::new()
+        .concurrency(2)
+        .listener(listener(
+            "basic",
+            injector_config(&idp, &BASIC_CLIENT, BASIC_CLIENT.secret, RS256_RESOURCE, "idp"),
+        ))
+        .cluster(Cluster::static_hosts("api", &[backend.addr()]))
+        .cluster(Cluster::static_hosts("idp", &[idp.addr()]))
+        .start()
+        .unwrap();
+    let addr = envoy.listener_addr("basic");
+    let mut tokens: Vec<String> = Vec::new();
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(9) {
+        let resp = get(addr, "api.internal", "/", None);
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        let auth = echoed_auth(&resp).unwrap();
+        let token = auth.strip_prefix("Bearer ").unwrap().to_owned();
+        // Verified right after it was received: signature, audience and not expired.
+        let claims = idp.verify(&token, RS256_RESOURCE).unwrap();
+        let exp = claims["exp"].as_u64().unwrap();
+        assert_eq!(exp - claims["iat"].as_u64().unwrap(), 4);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        assert!(exp >= now, "an expired token was sent (exp {exp}, now {now})");
+        if tokens.last() != Some(&token) {
+            tokens.push(token);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // 9 s of 4 s tokens refreshed at 2 s: several distinct tokens, one fetch per refresh for the proxy.
+    assert!(tokens.len() >= 3, "tokens were refreshed: {}", tokens.len());
+    let fetches = idp.token_request_count().unwrap() as usize;
+    assert!(fetches <= tokens.len() + 1, "{fetches} token requests for {} tokens", tokens.len());
 }
