@@ -197,6 +197,11 @@ fn traffic_follows_etcd_through_the_balancer_and_survives_registry_outage() {
     let c = backends[2].addr();
     etcd.put(&format!("/services/api/{c}"), &c.to_string()).unwrap();
     assert!(wait_until(Duration::from_secs(10), || instances(9).len() == 3), "published: {}", sets(&envoy));
+    // The balancer VMs subscribed and the new set was announced on their shared queues.
+    let logs = envoy.logs();
+    let line =
+        logs.lines().find(|l| l.contains("published 3 endpoints, version 2,")).expect("publish log line");
+    assert!(!line.contains(" 0 subscribers"), "{line}");
     // etcd down: traffic keeps flowing to all three.
     etcd.stop();
     std::thread::sleep(Duration::from_secs(2));
