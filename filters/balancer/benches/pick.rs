@@ -1,6 +1,8 @@
 //! Pick cost per algorithm at 10, 1,000 and 10,000 endpoints (tables are built once per version, so a
 //! pick should cost the same whatever the size). Run: `cargo bench -p meshwasm-balancer --bench pick`.
 
+#![allow(clippy::unwrap_used)] // a benchmark, not filter code: a failed pick should stop it loudly
+
 use std::hint::black_box;
 use std::net::SocketAddr;
 use std::rc::Rc;

@@ -191,6 +191,8 @@ impl ServiceBalancer {
         if len == 0 {
             return Err(NoHealthyUpstream);
         }
+        // Ring hash and Maglev tables hold endpoint indexes already; the others give candidate positions.
+        let mut direct = false;
         let pos = match &mut self.table {
             Table::Empty => None,
             Table::RoundRobin(rr) => Some(rr.pick(len)),
@@ -208,17 +210,27 @@ impl ServiceBalancer {
                 )
             }
             Table::Ring(r) => match hash {
-                Some(h) => r.pick(h),
+                Some(h) => {
+                    direct = true;
+                    r.pick(h)
+                }
                 None => Some(uniform(len, &mut self.rng)),
             },
             Table::Maglev(m) => match hash {
-                Some(h) => m.pick(h),
+                Some(h) => {
+                    direct = true;
+                    m.pick(h)
+                }
                 None => Some(uniform(len, &mut self.rng)),
             },
         };
-        let index = pos.and_then(|p| self.candidates.get(p)).map(|&i| i as usize).ok_or(NoHealthyUpstream)?;
+        let index = if direct { pos } else { pos.and_then(|p| self.candidates.get(p)).map(|&i| i as usize) };
+        let index = index.ok_or(NoHealthyUpstream)?;
         let address = *self.addresses.get(index).ok_or(NoHealthyUpstream)?;
-        if let Some(a) = self.active.get_mut(index) {
+        // In-flight counts matter only to least request; other algorithms skip the extra memory access.
+        if self.policy.algorithm == Algorithm::LeastRequest
+            && let Some(a) = self.active.get_mut(index)
+        {
             *a = a.saturating_add(1);
         }
         Ok(Picked { index, address, version: self.version })
@@ -237,7 +249,9 @@ impl ServiceBalancer {
         else {
             return;
         };
-        if let Some(a) = self.active.get_mut(index) {
+        if self.policy.algorithm == Algorithm::LeastRequest
+            && let Some(a) = self.active.get_mut(index)
+        {
             *a = a.saturating_sub(1);
         }
         let Some(policy) = &self.policy.outlier else { return };

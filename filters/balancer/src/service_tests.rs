@@ -180,7 +180,7 @@ fn empty_set_means_no_healthy_upstream() {
 
 #[test]
 fn same_version_is_not_rebuilt_and_state_carries_over() {
-    let mut b = balancer(algo(Algorithm::RoundRobin), &[1; 5]);
+    let mut b = balancer(algo(Algorithm::LeastRequest), &[1; 5]);
     assert!(!b.set_endpoints(set(1, &[1; 6]), 0), "same version: ignored");
     assert_eq!(b.endpoints().len(), 5);
     let p = Picked { index: 2, address: addr(2), version: 1 };
