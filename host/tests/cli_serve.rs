@@ -119,7 +119,9 @@ impl Serve {
         std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines() {
                 let Ok(line) = line else { return };
-                if let Some(rest) = line.split("on http://").nth(1) {
+                if line.starts_with("meshwasm-host serve: listener `")
+                    && let Some(rest) = line.split("on http://").nth(1)
+                {
                     let addr = rest.split_whitespace().next().unwrap_or("").to_string();
                     let _ = tx.send(addr);
                 }
@@ -668,4 +670,52 @@ clusters: [{{name: c, type: static, endpoints: ["{}"]}}]
     assert_eq!(backend.hits(), 0);
     assert!(serve.wait_log("408 SI stream_idle_timeout"), "{}", serve.log());
     assert!(serve.wait_log("meshwasm-probe-stream"), "the stream was not torn down:\n{}", serve.log());
+}
+
+/// Metrics the filters define are shared by the workers and shown at the admin `/stats` endpoint.
+#[test]
+fn admin_stats_show_the_filters_metrics_across_workers() {
+    let probe = required_artifact("meshwasm_probe.wasm", "meshwasm-probe");
+    let backend = Backend::start("a");
+    let dir = scratch_dir("serve-admin");
+    let config = write_config(
+        &dir,
+        &format!(
+            r#"
+workers: 2
+admin: {{address: 127.0.0.1:0}}
+listeners:
+  - name: edge
+    address: 127.0.0.1:0
+    filters:
+      - name: counter
+        wasm: {}
+        config:
+          name: counter
+          configure: {{ops: [{{op: define_metric, kind: counter, name: probe_requests}}]}}
+          request_headers: {{ops: [{{op: increment_metric, name: probe_requests, delta: 1}}]}}
+    route: {{cluster: c}}
+clusters: [{{name: c, type: static, endpoints: ["{}"]}}]
+"#,
+            probe.display(),
+            backend.addr
+        ),
+    );
+    let serve = Serve::start(&config);
+    let log = serve.log();
+    let admin: SocketAddr = log
+        .lines()
+        .find_map(|l| l.strip_prefix("meshwasm-host serve: admin on http://"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no admin line:\n{log}"))
+        .parse()
+        .unwrap();
+    assert_eq!(get(admin, "/ready", &[]).body, "LIVE\n");
+    // Separate connections, so both workers are likely to serve some; the counter is proxy-wide anyway.
+    for _ in 0..6 {
+        assert_eq!(get(serve.addr, "/", &[]).status, 200);
+    }
+    let stats = get(admin, "/stats?filter=probe_requests", &[]);
+    assert_eq!(stats.status, 200);
+    assert_eq!(stats.body, "edge.probe_requests: 6\n", "{}", serve.log());
 }

@@ -5,6 +5,7 @@
 //!
 //! ```yaml
 //! workers: 2                      # worker threads, each with its own VMs (default 1)
+//! admin: {address: 127.0.0.1:9901}  # optional: GET /stats (the filters' metrics), GET /ready
 //! listeners:
 //!   - name: ingress               # optional, used in the access log
 //!     address: 127.0.0.1:10000
@@ -52,9 +53,17 @@ struct RawConfig {
     workers: Option<usize>,
     #[serde(default)]
     log_level: Option<LogLevel>,
+    #[serde(default)]
+    admin: Option<RawAdmin>,
     listeners: Vec<RawListener>,
     #[serde(default)]
     clusters: Vec<RawCluster>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    address: SocketAddr,
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,6 +158,8 @@ pub enum LogLevel {
 pub struct ServeConfig {
     pub workers: usize,
     pub log_level: LogLevel,
+    /// Where the admin endpoint (`/stats`, `/ready`) listens, if configured.
+    pub admin: Option<SocketAddr>,
     pub listeners: Vec<Listener>,
     pub clusters: Vec<Cluster>,
 }
@@ -278,7 +289,13 @@ impl ServeConfig {
             });
         }
 
-        Ok(ServeConfig { workers, log_level: raw.log_level.unwrap_or_default(), listeners, clusters })
+        Ok(ServeConfig {
+            workers,
+            log_level: raw.log_level.unwrap_or_default(),
+            admin: raw.admin.map(|a| a.address),
+            listeners,
+            clusters,
+        })
     }
 }
 

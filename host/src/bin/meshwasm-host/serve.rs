@@ -8,6 +8,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::Path;
 use std::rc::Rc;
@@ -74,6 +75,23 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         sockets.push(socket);
     }
 
+    let admin = match config.admin {
+        None => None,
+        Some(address) => {
+            let socket =
+                StdListener::bind(address).with_context(|| format!("admin: cannot bind {address}"))?;
+            socket.set_nonblocking(true)?;
+            eprintln!("meshwasm-host serve: admin on http://{} (/stats, /ready)", socket.local_addr()?);
+            Some(socket)
+        }
+    };
+    let states: Vec<(String, ProxyState)> = config
+        .listeners
+        .iter()
+        .zip(&per_listener)
+        .filter_map(|(l, (_, state))| state.clone().map(|s| (l.name.clone(), s)))
+        .collect();
+
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<anyhow::Error>();
     let mut threads = Vec::with_capacity(config.workers);
@@ -103,6 +121,10 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     drop(fatal_tx);
 
     let outcome = rt.block_on(async {
+        if let Some(socket) = admin {
+            let socket = tokio::net::TcpListener::from_std(socket)?;
+            tokio::spawn(admin_loop(socket, Arc::new(states)));
+        }
         tokio::select! {
             _ = interrupt.recv() => { eprintln!("meshwasm-host serve: interrupted, draining"); Ok(()) }
             _ = terminate.recv() => { eprintln!("meshwasm-host serve: SIGTERM, draining"); Ok(()) }
@@ -116,6 +138,49 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     outcome?;
     eprintln!("meshwasm-host serve: stopped");
     Ok(())
+}
+
+/// The admin endpoint: `GET /stats` lists the filters' metrics (`<listener>.<metric>: <value>`, one per
+/// line; histograms show their sample count), `GET /ready` answers `LIVE`.
+async fn admin_loop(socket: tokio::net::TcpListener, states: Arc<Vec<(String, ProxyState)>>) {
+    loop {
+        let Ok((stream, _)) = socket.accept().await else { continue };
+        let states = states.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: hyper::Request<Incoming>| {
+                let states = states.clone();
+                async move {
+                    let (status, body) = match req.uri().path() {
+                        "/ready" => (200, "LIVE\n".to_string()),
+                        "/stats" => {
+                            let filter = req.uri().query().and_then(|q| {
+                                q.split('&').find_map(|kv| kv.strip_prefix("filter=")).map(str::to_string)
+                            });
+                            let mut out = String::new();
+                            for (listener, state) in states.iter() {
+                                for (name, value) in state.metrics() {
+                                    let line = format!("{listener}.{name}: {value}\n");
+                                    if filter.as_deref().is_none_or(|f| line.contains(f)) {
+                                        out.push_str(&line);
+                                    }
+                                }
+                            }
+                            (200, out)
+                        }
+                        _ => (404, "admin: GET /stats[?filter=substring] or /ready\n".to_string()),
+                    };
+                    let mut r = hyper::Response::new(Full::new(Bytes::from(body)));
+                    *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
+                    r.headers_mut()
+                        .insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                    Ok::<_, Infallible>(r)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
 }
 
 /// The workers of one listener (None when it has no filters) and its shared state.
