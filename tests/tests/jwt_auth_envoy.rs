@@ -251,3 +251,66 @@ fn remote_jwks_through_an_envoy_cluster() {
     assert_eq!(jwks_requests, 1, "{:?}", idp.requests());
     assert_eq!(idp.requests()[0].header("host").or(idp.requests()[0].header(":authority")), Some("idp.test"));
 }
+
+/// Against a real OpenID Provider (npm oidc-provider): keys found by OIDC discovery from the issuer
+/// alone, RS256 and ES256 client-credentials access tokens, scopes, and key rotation picked up through
+/// the unknown-kid refetch.
+#[test]
+fn real_openid_provider_discovery_scopes_and_rotation() {
+    use meshwasm_tests::oidc::{BASIC_CLIENT, ES256_RESOURCE, OidcOptions, OidcProvider, RS256_RESOURCE};
+    let idp = OidcProvider::start(OidcOptions::default()).unwrap();
+    let backend = Backend::start("b").unwrap();
+    let cfg = json!({
+        "realm": "api",
+        "providers": {"idp": {
+            "issuer": idp.issuer(),
+            "audiences": [RS256_RESOURCE, ES256_RESOURCE],
+            "algorithms": ["RS256", "ES256"],
+            "remote_jwks": {"cluster": "idp", "unknown_kid_refetch_interval_s": 1},
+            "claim_to_headers": [{"header": "x-client", "claim": "client_id"}],
+        }},
+        "rules": [
+            {"match": {"prefix": "/write"}, "requires_any": ["idp"], "scopes": ["write"]},
+            {"match": {"prefix": "/"}, "requires_any": ["idp"], "scopes": ["read"]}
+        ],
+    });
+    let envoy = EnvoyConfig::new()
+        .concurrency(2)
+        .listener(
+            Listener::new("wasm", "backend")
+                .wasm(WasmFilter::new("jwt-auth", artifacts::wasm_path("meshwasm_jwt_auth")).config(cfg.to_string())),
+        )
+        .cluster(Cluster::static_hosts("backend", &[backend.addr()]))
+        .cluster(Cluster::static_hosts("idp", &[idp.addr()]))
+        .start()
+        .unwrap();
+    let addr = envoy.listener_addr("wasm");
+    let call = |path: &str, token: &str| {
+        let auth = format!("Bearer {token}");
+        process::http_request(addr, "GET", path, &[("authorization", &auth)], b"", Duration::from_secs(10)).unwrap()
+    };
+    for resource in [RS256_RESOURCE, ES256_RESOURCE] {
+        let tok = idp.client_credentials(&BASIC_CLIENT, "read", Some(resource)).unwrap();
+        let resp = call("/orders", &tok);
+        assert_eq!(resp.status, 200, "{resource}: {}", resp.text());
+        let echo: EchoedRequest = serde_json::from_slice(resp.body.as_slice()).unwrap();
+        assert_eq!(echo.header("x-client"), Some("meshwasm-basic"));
+        let resp = call("/write", &tok);
+        assert_eq!(resp.status, 403, "{resource}");
+        assert!(resp.header("www-authenticate").unwrap_or_default().contains("insufficient_scope"));
+    }
+    // Rotation: tokens signed with the new keys carry kids the filter has not seen yet.
+    std::thread::sleep(Duration::from_millis(1200));
+    let kids = idp.rotate_keys().unwrap();
+    assert!(kids.len() >= 4, "{kids:?}");
+    for resource in [RS256_RESOURCE, ES256_RESOURCE] {
+        let tok = idp.client_credentials(&BASIC_CLIENT, "read", Some(resource)).unwrap();
+        let resp = call("/orders", &tok);
+        assert_eq!(resp.status, 200, "after rotation, {resource}: {}", resp.text());
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let stats = envoy.stats().unwrap();
+    let fetches: u64 = stats.iter().filter(|(k, _)| k.ends_with("meshwasm_jwt_auth.jwks_fetches")).map(|(_, v)| *v).sum();
+    // Discovery + JWKS at start, then at most one refetch (JWKS) per rotated token.
+    assert!((2..=4).contains(&fetches), "fetches {fetches}: {stats:?}");
+}
