@@ -150,6 +150,16 @@ fn consul_blocking_queries_return_on_change() {
     assert!(blocking.param("passing").is_some());
     assert!(p.calls().iter().all(|c| c.timeout > Duration::from_secs(3)
         || c.headers.get(":path").is_some_and(|p| !p.contains("index="))));
+
+    // Consul garbage, then Consul gone: the last set stays.
+    consul.fail(meshwasm_tests::fakes::server::Failure::Garbage("<html>maintenance</html>".into()));
+    p.advance(Duration::from_secs(4));
+    consul.recover();
+    let mut consul = consul;
+    consul.stop();
+    p.advance(Duration::from_secs(6));
+    assert_eq!(addrs(&published(&p, "redis").unwrap()), ["10.1.0.4:6379"]);
+    assert!(p.metric("meshwasm_discovery.redis.errors").unwrap_or(0) >= 2);
 }
 
 #[test]
@@ -228,6 +238,17 @@ fn eureka_nacos_and_kubernetes_sources() {
     eureka.single_as_object(false);
     assert!(advance_until(&mut p, Duration::from_secs(7), |p| published(p, "orders").unwrap().version == 2));
     assert_eq!(addrs(&published(&p, "orders").unwrap()), ["10.2.0.1:8080", "10.2.0.9:8080"]);
+
+    // Garbage and errors from each registry keep each service's last set.
+    use meshwasm_tests::fakes::server::Failure;
+    eureka.fail(Failure::Garbage("{\"applications\":".into()));
+    nacos.fail(Failure::Status(500));
+    kube.fail(Failure::Garbage("<html>".into()));
+    p.advance(Duration::from_secs(12));
+    for (s, n) in [("orders", 2), ("billing", 2), ("checkout", 2)] {
+        assert_eq!(addrs(&published(&p, s).unwrap()).len(), n, "{s}");
+        assert!(p.metric(&format!("meshwasm_discovery.{s}.errors")).unwrap_or(0) >= 1, "{s}");
+    }
 }
 
 /// Forwards DoH calls to unbound over cleartext HTTP/2 (prior knowledge), as Envoy's
