@@ -16,7 +16,9 @@ fn noop(host: &Host) -> Module {
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip1/wasm"));
     let path = dir.join("meshwasm_noop.wasm");
-    host.load(&path).unwrap_or_else(|e| panic!("{e:#} (build it: cargo build --profile wasm --target wasm32-wasip1 -p meshwasm-noop)"))
+    host.load(&path).unwrap_or_else(|e| {
+        panic!("{e:#} (build it: cargo build --profile wasm --target wasm32-wasip1 -p meshwasm-noop)")
+    })
 }
 
 fn chain(host: &Host, module: &Module, n: usize) -> Proxy {
@@ -29,7 +31,10 @@ fn chain(host: &Host, module: &Module, n: usize) -> Proxy {
 }
 
 fn request() -> Request {
-    Request::post("/api/items?x=1").header("authorization", "Bearer abc").header("content-type", "application/json").body("{}")
+    Request::post("/api/items?x=1")
+        .header("authorization", "Bearer abc")
+        .header("content-type", "application/json")
+        .body("{}")
 }
 
 fn reply() -> UpstreamReply {
@@ -75,7 +80,9 @@ fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("request_through_noop_chain");
     for n in [1, 4, 8] {
         let mut proxy = chain(&host, &module, n);
-        g.bench_function(format!("{n}_filters"), |b| b.iter(|| proxy.send(0, request(), reply()).expect("send")));
+        g.bench_function(format!("{n}_filters"), |b| {
+            b.iter(|| proxy.send(0, request(), reply()).expect("send"))
+        });
     }
     g.finish();
     c.bench_function("vm_start_cached_module", |b| b.iter(|| chain(&host, &module, 1)));

@@ -6,15 +6,15 @@
 
 use std::sync::atomic::Ordering;
 
-use wasmtime::{Result, bail, format_err};
 use wasmtime::{Caller, Linker};
+use wasmtime::{Result, bail, format_err};
 
 use crate::http::{Headers, LocalReply};
 use crate::plugin::LogLevel;
 use crate::shared::{Metric, MetricKind, Queue};
 use crate::vm::{
-    BODY_REQ, BODY_RESP, Ctx, Dispatch, MAP_REQ_HEADERS, MAP_REQ_TRAILERS, MAP_RESP_HEADERS, MAP_RESP_TRAILERS, StreamAction,
-    StreamRef, VmState, sd,
+    BODY_REQ, BODY_RESP, Ctx, Dispatch, MAP_REQ_HEADERS, MAP_REQ_TRAILERS, MAP_RESP_HEADERS,
+    MAP_RESP_TRAILERS, StreamAction, StreamRef, VmState, sd,
 };
 
 pub(crate) const OK: u32 = 0;
@@ -73,7 +73,11 @@ pub(crate) fn return_bytes(c: &mut C<'_>, data: &[u8], ret_ptr: u32, ret_len: u3
         tri!(write_u32(c, ret_len, 0));
         return Ok(OK);
     }
-    let alloc = c.data().alloc.clone().ok_or_else(|| format_err!("module exports neither proxy_on_memory_allocate nor malloc"))?;
+    let alloc = c
+        .data()
+        .alloc
+        .clone()
+        .ok_or_else(|| format_err!("module exports neither proxy_on_memory_allocate nor malloc"))?;
     let p = alloc.call(&mut *c, data.len() as u32)?;
     if p == 0 {
         return Ok(INVALID_MEMORY_ACCESS);
@@ -86,7 +90,9 @@ pub(crate) fn return_bytes(c: &mut C<'_>, data: &[u8], ret_ptr: u32, ret_len: u3
 
 fn guard(c: &C<'_>, name: &str) -> Result<()> {
     if c.data().in_init {
-        bail!("hostcall {name} called during _initialize/main: only proxy_log and WASI are available there (as in Envoy)");
+        bail!(
+            "hostcall {name} called during _initialize/main: only proxy_log and WASI are available there (as in Envoy)"
+        );
     }
     Ok(())
 }
@@ -270,28 +276,38 @@ fn add_logging(l: &mut Linker<VmState>) -> Result<()> {
 }
 
 fn add_headers(l: &mut Linker<VmState>) -> Result<()> {
-    l.func_wrap("env", "proxy_get_header_map_pairs", |mut c: C<'_>, map: u32, rp: u32, rl: u32| -> Result<u32> {
-        guard(&c, "proxy_get_header_map_pairs")?;
-        if map > 7 {
-            return Ok(BAD_ARGUMENT);
-        }
-        // An unavailable map reads as empty (OK), as in Envoy.
-        let bytes = with_map(&mut c, map, |m| serialize_pairs(m.pairs())).unwrap_or_default();
-        return_bytes(&mut c, &bytes, rp, rl)
-    })?;
-    l.func_wrap("env", "proxy_set_header_map_pairs", |mut c: C<'_>, map: u32, p: u32, len: u32| -> Result<u32> {
-        guard(&c, "proxy_set_header_map_pairs")?;
-        let bytes = tri!(read(&c, p, len));
-        let Some(pairs) = deserialize_pairs(&bytes) else { return Ok(BAD_ARGUMENT) };
-        let pairs: Vec<_> = pairs.into_iter().map(|(k, v)| (lower(&k), v)).collect();
-        match with_map(&mut c, map, |m| *m.pairs_mut() = pairs) {
-            Ok(()) => Ok(OK),
-            Err(()) => Ok(BAD_ARGUMENT),
-        }
-    })?;
+    l.func_wrap(
+        "env",
+        "proxy_get_header_map_pairs",
+        |mut c: C<'_>, map: u32, rp: u32, rl: u32| -> Result<u32> {
+            guard(&c, "proxy_get_header_map_pairs")?;
+            if map > 7 {
+                return Ok(BAD_ARGUMENT);
+            }
+            // An unavailable map reads as empty (OK), as in Envoy.
+            let bytes = with_map(&mut c, map, |m| serialize_pairs(m.pairs())).unwrap_or_default();
+            return_bytes(&mut c, &bytes, rp, rl)
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_set_header_map_pairs",
+        |mut c: C<'_>, map: u32, p: u32, len: u32| -> Result<u32> {
+            guard(&c, "proxy_set_header_map_pairs")?;
+            let bytes = tri!(read(&c, p, len));
+            let Some(pairs) = deserialize_pairs(&bytes) else { return Ok(BAD_ARGUMENT) };
+            let pairs: Vec<_> = pairs.into_iter().map(|(k, v)| (lower(&k), v)).collect();
+            match with_map(&mut c, map, |m| *m.pairs_mut() = pairs) {
+                Ok(()) => Ok(OK),
+                Err(()) => Ok(BAD_ARGUMENT),
+            }
+        },
+    )?;
     l.func_wrap("env", "proxy_get_header_map_size", |mut c: C<'_>, map: u32, ret: u32| -> Result<u32> {
         guard(&c, "proxy_get_header_map_size")?;
-        let Ok(size) = with_map(&mut c, map, |m| serialize_pairs(m.pairs()).len()) else { return Ok(BAD_ARGUMENT) };
+        let Ok(size) = with_map(&mut c, map, |m| serialize_pairs(m.pairs()).len()) else {
+            return Ok(BAD_ARGUMENT);
+        };
         tri!(write_u32(&mut c, ret, size as u32));
         Ok(OK)
     })?;
@@ -301,7 +317,9 @@ fn add_headers(l: &mut Linker<VmState>) -> Result<()> {
         |mut c: C<'_>, map: u32, kp: u32, kl: u32, rp: u32, rl: u32| -> Result<u32> {
             guard(&c, "proxy_get_header_map_value")?;
             let key = lower(&tri!(read(&c, kp, kl)));
-            let Ok(v) = with_map(&mut c, map, |m| m.pairs().iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())) else {
+            let Ok(v) =
+                with_map(&mut c, map, |m| m.pairs().iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()))
+            else {
                 return Ok(BAD_ARGUMENT);
             };
             match v {
@@ -336,14 +354,18 @@ fn add_headers(l: &mut Linker<VmState>) -> Result<()> {
             }
         },
     )?;
-    l.func_wrap("env", "proxy_remove_header_map_value", |mut c: C<'_>, map: u32, kp: u32, kl: u32| -> Result<u32> {
-        guard(&c, "proxy_remove_header_map_value")?;
-        let key = lower(&tri!(read(&c, kp, kl)));
-        match with_map(&mut c, map, |m| m.remove(&key)) {
-            Ok(()) => Ok(OK),
-            Err(()) => Ok(BAD_ARGUMENT),
-        }
-    })?;
+    l.func_wrap(
+        "env",
+        "proxy_remove_header_map_value",
+        |mut c: C<'_>, map: u32, kp: u32, kl: u32| -> Result<u32> {
+            guard(&c, "proxy_remove_header_map_value")?;
+            let key = lower(&tri!(read(&c, kp, kl)));
+            match with_map(&mut c, map, |m| m.remove(&key)) {
+                Ok(()) => Ok(OK),
+                Err(()) => Ok(BAD_ARGUMENT),
+            }
+        },
+    )?;
     Ok(())
 }
 
@@ -404,14 +426,18 @@ fn add_buffers(l: &mut Linker<VmState>) -> Result<()> {
             return_bytes(&mut c, &bytes, rp, rl)
         },
     )?;
-    l.func_wrap("env", "proxy_get_buffer_status", |mut c: C<'_>, ty: u32, rl: u32, rf: u32| -> Result<u32> {
-        guard(&c, "proxy_get_buffer_status")?;
-        let b = tri!(buffer_ref(&c, ty));
-        let (_, len) = buffer_slice(&c, &b, 0, 0);
-        tri!(write_u32(&mut c, rl, len as u32));
-        tri!(write_u32(&mut c, rf, 0));
-        Ok(OK)
-    })?;
+    l.func_wrap(
+        "env",
+        "proxy_get_buffer_status",
+        |mut c: C<'_>, ty: u32, rl: u32, rf: u32| -> Result<u32> {
+            guard(&c, "proxy_get_buffer_status")?;
+            let b = tri!(buffer_ref(&c, ty));
+            let (_, len) = buffer_slice(&c, &b, 0, 0);
+            tri!(write_u32(&mut c, rl, len as u32));
+            tri!(write_u32(&mut c, rf, 0));
+            Ok(OK)
+        },
+    )?;
     l.func_wrap(
         "env",
         "proxy_set_buffer_bytes",
@@ -482,7 +508,16 @@ fn add_stream(l: &mut Linker<VmState>) -> Result<()> {
     l.func_wrap(
         "env",
         "proxy_send_local_response",
-        |mut c: C<'_>, code: u32, dp: u32, dl: u32, bp: u32, bl: u32, hp: u32, hl: u32, grpc: i32| -> Result<u32> {
+        |mut c: C<'_>,
+         code: u32,
+         dp: u32,
+         dl: u32,
+         bp: u32,
+         bl: u32,
+         hp: u32,
+         hl: u32,
+         grpc: i32|
+         -> Result<u32> {
             guard(&c, "proxy_send_local_response")?;
             let details = tri!(read(&c, dp, dl));
             let body = tri!(read(&c, bp, bl));
@@ -514,7 +549,18 @@ fn add_http_calls(l: &mut Linker<VmState>) -> Result<()> {
     l.func_wrap(
         "env",
         "proxy_http_call",
-        |mut c: C<'_>, up: u32, ul: u32, hp: u32, hl: u32, bp: u32, bl: u32, tp: u32, tl: u32, timeout: u32, rt: u32| -> Result<u32> {
+        |mut c: C<'_>,
+         up: u32,
+         ul: u32,
+         hp: u32,
+         hl: u32,
+         bp: u32,
+         bl: u32,
+         tp: u32,
+         tl: u32,
+         timeout: u32,
+         rt: u32|
+         -> Result<u32> {
             guard(&c, "proxy_http_call")?;
             let upstream = String::from_utf8_lossy(&tri!(read(&c, up, ul))).into_owned();
             let hdrs = tri!(read(&c, hp, hl));
@@ -526,7 +572,10 @@ fn add_http_calls(l: &mut Linker<VmState>) -> Result<()> {
             let trailers = Headers::from_raw(t.into_iter().map(|(k, v)| (lower(&k), v)).collect());
             let Some(shared) = c.data().shared.clone() else { return Ok(BAD_ARGUMENT) };
             if !shared.upstreams.contains(&upstream) {
-                c.data().log(LogLevel::Debug, format!("proxy_http_call: unknown upstream (cluster) `{upstream}`: BAD_ARGUMENT"));
+                c.data().log(
+                    LogLevel::Debug,
+                    format!("proxy_http_call: unknown upstream (cluster) `{upstream}`: BAD_ARGUMENT"),
+                );
                 return Ok(BAD_ARGUMENT);
             }
             for required in [":method", ":path", ":authority"] {
@@ -538,7 +587,15 @@ fn add_http_calls(l: &mut Linker<VmState>) -> Result<()> {
             tri!(write_u32(&mut c, rt, token));
             let st = c.data_mut();
             let ctx = st.effective;
-            st.dispatched.push(Dispatch { token, ctx, upstream, headers, body, trailers, timeout_ms: timeout });
+            st.dispatched.push(Dispatch {
+                token,
+                ctx,
+                upstream,
+                headers,
+                body,
+                trailers,
+                timeout_ms: timeout,
+            });
             Ok(OK)
         },
     )?;
@@ -546,7 +603,20 @@ fn add_http_calls(l: &mut Linker<VmState>) -> Result<()> {
     l.func_wrap(
         "env",
         "proxy_grpc_call",
-        |c: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32| -> R {
+        |c: C<'_>,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32|
+         -> R {
             guard(&c, "proxy_grpc_call")?;
             Ok(UNIMPLEMENTED)
         },
@@ -582,7 +652,10 @@ fn add_shared(l: &mut Linker<VmState>) -> Result<()> {
             guard(&c, "proxy_get_shared_data")?;
             let key = String::from_utf8_lossy(&tri!(read(&c, kp, kl))).into_owned();
             let Some(shared) = c.data().shared.clone() else { return Ok(NOT_FOUND) };
-            let found = crate::host::lock(&shared.shared_data).get(&c.data().vm_id).and_then(|m| m.get(&key)).cloned();
+            let found = crate::host::lock(&shared.shared_data)
+                .get(&c.data().vm_id)
+                .and_then(|m| m.get(&key))
+                .cloned();
             let Some((value, cas)) = found else { return Ok(NOT_FOUND) };
             let s = return_bytes(&mut c, &value, rp, rl)?;
             if s != OK {
@@ -612,28 +685,35 @@ fn add_shared(l: &mut Linker<VmState>) -> Result<()> {
             Ok(OK)
         },
     )?;
-    l.func_wrap("env", "proxy_register_shared_queue", |mut c: C<'_>, np: u32, nl: u32, ret: u32| -> Result<u32> {
-        guard(&c, "proxy_register_shared_queue")?;
-        let name = String::from_utf8_lossy(&tri!(read(&c, np, nl))).into_owned();
-        let Some(shared) = c.data().shared.clone() else { return Ok(NOT_FOUND) };
-        let st = c.data();
-        let owner = (st.worker, st.vm_index, st.root_of(st.effective));
-        let key = (st.vm_id.clone(), name.clone());
-        let token = {
-            let mut q = crate::host::lock(&shared.queues);
-            match q.by_name.get(&key) {
-                Some(t) => *t,
-                None => {
-                    let t = shared.next_queue.fetch_add(1, Ordering::SeqCst);
-                    q.by_name.insert(key, t);
-                    q.queues.insert(t, Queue { vm_id: st.vm_id.clone(), name, owner, items: Default::default() });
-                    t
+    l.func_wrap(
+        "env",
+        "proxy_register_shared_queue",
+        |mut c: C<'_>, np: u32, nl: u32, ret: u32| -> Result<u32> {
+            guard(&c, "proxy_register_shared_queue")?;
+            let name = String::from_utf8_lossy(&tri!(read(&c, np, nl))).into_owned();
+            let Some(shared) = c.data().shared.clone() else { return Ok(NOT_FOUND) };
+            let st = c.data();
+            let owner = (st.worker, st.vm_index, st.root_of(st.effective));
+            let key = (st.vm_id.clone(), name.clone());
+            let token = {
+                let mut q = crate::host::lock(&shared.queues);
+                match q.by_name.get(&key) {
+                    Some(t) => *t,
+                    None => {
+                        let t = shared.next_queue.fetch_add(1, Ordering::SeqCst);
+                        q.by_name.insert(key, t);
+                        q.queues.insert(
+                            t,
+                            Queue { vm_id: st.vm_id.clone(), name, owner, items: Default::default() },
+                        );
+                        t
+                    }
                 }
-            }
-        };
-        tri!(write_u32(&mut c, ret, token));
-        Ok(OK)
-    })?;
+            };
+            tri!(write_u32(&mut c, ret, token));
+            Ok(OK)
+        },
+    )?;
     l.func_wrap(
         "env",
         "proxy_resolve_shared_queue",
@@ -662,44 +742,56 @@ fn add_shared(l: &mut Linker<VmState>) -> Result<()> {
         shared.notify_queue(owner, id);
         Ok(OK)
     })?;
-    l.func_wrap("env", "proxy_dequeue_shared_queue", |mut c: C<'_>, id: u32, rp: u32, rl: u32| -> Result<u32> {
-        guard(&c, "proxy_dequeue_shared_queue")?;
-        let Some(shared) = c.data().shared.clone() else { return Ok(NOT_FOUND) };
-        let item = {
-            let mut q = crate::host::lock(&shared.queues);
-            let Some(queue) = q.queues.get_mut(&id) else { return Ok(NOT_FOUND) };
-            queue.items.pop_front()
-        };
-        match item {
-            None => Ok(EMPTY),
-            Some(v) => return_bytes(&mut c, &v, rp, rl),
-        }
-    })?;
+    l.func_wrap(
+        "env",
+        "proxy_dequeue_shared_queue",
+        |mut c: C<'_>, id: u32, rp: u32, rl: u32| -> Result<u32> {
+            guard(&c, "proxy_dequeue_shared_queue")?;
+            let Some(shared) = c.data().shared.clone() else { return Ok(NOT_FOUND) };
+            let item = {
+                let mut q = crate::host::lock(&shared.queues);
+                let Some(queue) = q.queues.get_mut(&id) else { return Ok(NOT_FOUND) };
+                queue.items.pop_front()
+            };
+            match item {
+                None => Ok(EMPTY),
+                Some(v) => return_bytes(&mut c, &v, rp, rl),
+            }
+        },
+    )?;
     Ok(())
 }
 
 fn add_metrics(l: &mut Linker<VmState>) -> Result<()> {
-    l.func_wrap("env", "proxy_define_metric", |mut c: C<'_>, ty: u32, np: u32, nl: u32, ret: u32| -> Result<u32> {
-        guard(&c, "proxy_define_metric")?;
-        let Some(kind) = MetricKind::from_u32(ty) else { return Ok(BAD_ARGUMENT) };
-        let name = String::from_utf8_lossy(&tri!(read(&c, np, nl))).into_owned();
-        let Some(shared) = c.data().shared.clone() else { return Ok(NOT_FOUND) };
-        crate::host::lock(&shared.metrics).entry(name.clone()).or_insert(Metric { kind, value: 0, samples: Vec::new() });
-        let st = c.data_mut();
-        let id = match st.metric_by_name.get(&(name.clone(), ty)) {
-            Some(id) => *id,
-            None => {
-                // Like Envoy, the low bits of the id carry the metric type.
-                let id = (st.next_metric << 2) | ty;
-                st.next_metric += 1;
-                st.metric_by_name.insert((name.clone(), ty), id);
-                st.metric_ids.insert(id, name);
-                id
-            }
-        };
-        tri!(write_u32(&mut c, ret, id));
-        Ok(OK)
-    })?;
+    l.func_wrap(
+        "env",
+        "proxy_define_metric",
+        |mut c: C<'_>, ty: u32, np: u32, nl: u32, ret: u32| -> Result<u32> {
+            guard(&c, "proxy_define_metric")?;
+            let Some(kind) = MetricKind::from_u32(ty) else { return Ok(BAD_ARGUMENT) };
+            let name = String::from_utf8_lossy(&tri!(read(&c, np, nl))).into_owned();
+            let Some(shared) = c.data().shared.clone() else { return Ok(NOT_FOUND) };
+            crate::host::lock(&shared.metrics).entry(name.clone()).or_insert(Metric {
+                kind,
+                value: 0,
+                samples: Vec::new(),
+            });
+            let st = c.data_mut();
+            let id = match st.metric_by_name.get(&(name.clone(), ty)) {
+                Some(id) => *id,
+                None => {
+                    // Like Envoy, the low bits of the id carry the metric type.
+                    let id = (st.next_metric << 2) | ty;
+                    st.next_metric += 1;
+                    st.metric_by_name.insert((name.clone(), ty), id);
+                    st.metric_ids.insert(id, name);
+                    id
+                }
+            };
+            tri!(write_u32(&mut c, ret, id));
+            Ok(OK)
+        },
+    )?;
     fn with_metric(c: &C<'_>, id: u32, f: impl FnOnce(&mut Metric) -> u32) -> u32 {
         let Some(name) = c.data().metric_ids.get(&id) else { return NOT_FOUND };
         let Some(shared) = c.data().shared.clone() else { return NOT_FOUND };
@@ -755,23 +847,31 @@ fn add_metrics(l: &mut Linker<VmState>) -> Result<()> {
 }
 
 fn add_properties(l: &mut Linker<VmState>) -> Result<()> {
-    l.func_wrap("env", "proxy_get_property", |mut c: C<'_>, pp: u32, pl: u32, rp: u32, rl: u32| -> Result<u32> {
-        guard(&c, "proxy_get_property")?;
-        let path = tri!(read(&c, pp, pl));
-        let Some(v) = crate::properties::lookup(c.data(), &path) else { return Ok(NOT_FOUND) };
-        return_bytes(&mut c, &v, rp, rl)
-    })?;
-    l.func_wrap("env", "proxy_set_property", |mut c: C<'_>, pp: u32, pl: u32, vp: u32, vl: u32| -> Result<u32> {
-        guard(&c, "proxy_set_property")?;
-        let path = tri!(read(&c, pp, pl));
-        let value = tri!(read(&c, vp, vl));
-        let key = crate::properties::dotted(&path);
-        match stream_ctx(&c) {
-            Some((data, _)) => sd(&data).properties_set.push((key, value)),
-            None => c.data_mut().root_props.push((key, value)),
-        }
-        Ok(OK)
-    })?;
+    l.func_wrap(
+        "env",
+        "proxy_get_property",
+        |mut c: C<'_>, pp: u32, pl: u32, rp: u32, rl: u32| -> Result<u32> {
+            guard(&c, "proxy_get_property")?;
+            let path = tri!(read(&c, pp, pl));
+            let Some(v) = crate::properties::lookup(c.data(), &path) else { return Ok(NOT_FOUND) };
+            return_bytes(&mut c, &v, rp, rl)
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_set_property",
+        |mut c: C<'_>, pp: u32, pl: u32, vp: u32, vl: u32| -> Result<u32> {
+            guard(&c, "proxy_set_property")?;
+            let path = tri!(read(&c, pp, pl));
+            let value = tri!(read(&c, vp, vl));
+            let key = crate::properties::dotted(&path);
+            match stream_ctx(&c) {
+                Some((data, _)) => sd(&data).properties_set.push((key, value)),
+                None => c.data_mut().root_props.push((key, value)),
+            }
+            Ok(OK)
+        },
+    )?;
     Ok(())
 }
 

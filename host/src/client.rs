@@ -23,7 +23,12 @@ pub(crate) fn send(
     let authority = headers.get(":authority").unwrap_or("localhost");
     let mut out = format!("{method} {path} HTTP/1.1\r\nhost: {authority}\r\n").into_bytes();
     for (k, v) in headers.iter() {
-        if k.starts_with(b":") || k == b"host" || k == b"content-length" || k == b"connection" || k == b"transfer-encoding" {
+        if k.starts_with(b":")
+            || k == b"host"
+            || k == b"content-length"
+            || k == b"connection"
+            || k == b"transfer-encoding"
+        {
             continue;
         }
         out.extend_from_slice(k);
@@ -67,7 +72,8 @@ pub(crate) fn send(
         loop {
             let mut l = String::new();
             r.read_line(&mut l)?;
-            let size = usize::from_str_radix(l.trim().split(';').next().unwrap_or("0"), 16).map_err(|_| bad("bad chunk size"))?;
+            let size = usize::from_str_radix(l.trim().split(';').next().unwrap_or("0"), 16)
+                .map_err(|_| bad("bad chunk size"))?;
             if size == 0 {
                 break;
             }

@@ -154,7 +154,11 @@ pub fn verify_signature(args: &[u8]) -> Result<Vec<u8>, u32> {
             p384::ecdsa::Signature::from_der(signature).is_ok_and(|s| k.verify_prehash(&digest, &s).is_ok())
         }
     };
-    if ok { Ok(encode_result(true, "")) } else { Ok(encode_result(false, "Failed to verify digest. Error code: 0")) }
+    if ok {
+        Ok(encode_result(true, ""))
+    } else {
+        Ok(encode_result(false, "Failed to verify digest. Error code: 0"))
+    }
 }
 
 /// Encodes `VerifySignatureArguments` (for tests and native callers).
@@ -183,6 +187,10 @@ pub fn encode_verify_args(hash: &str, public_key_der: &[u8], signature: &[u8], t
 pub fn decode_verify_result(b: &[u8]) -> Option<(bool, String)> {
     let fields = parse_proto(b)?;
     let ok = fields.iter().any(|(f, v)| *f == 1 && v.first().copied().unwrap_or(0) != 0);
-    let err = fields.iter().find(|(f, _)| *f == 2).map(|(_, v)| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+    let err = fields
+        .iter()
+        .find(|(f, _)| *f == 2)
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default();
     Some((ok, err))
 }

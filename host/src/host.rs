@@ -56,11 +56,13 @@ impl Host {
                 .map_err(|e| anyhow!("meshwasm-host: cache dir {}: {}", dir.display(), one_line_w(&e)))?;
             config.cache(Some(cache));
         }
-        let engine =
-            Engine::new(&config).map_err(|e| anyhow!("meshwasm-host: creating the wasmtime engine: {}", one_line_w(&e)))?;
+        let engine = Engine::new(&config)
+            .map_err(|e| anyhow!("meshwasm-host: creating the wasmtime engine: {}", one_line_w(&e)))?;
         let mut linker = Linker::new(&engine);
-        crate::abi::add_to_linker(&mut linker).map_err(|e| anyhow!("meshwasm-host: hostcalls: {}", one_line_w(&e)))?;
-        crate::wasi::add_to_linker(&mut linker).map_err(|e| anyhow!("meshwasm-host: WASI: {}", one_line_w(&e)))?;
+        crate::abi::add_to_linker(&mut linker)
+            .map_err(|e| anyhow!("meshwasm-host: hostcalls: {}", one_line_w(&e)))?;
+        crate::wasi::add_to_linker(&mut linker)
+            .map_err(|e| anyhow!("meshwasm-host: WASI: {}", one_line_w(&e)))?;
         let weak = engine.weak();
         std::thread::Builder::new()
             .name("meshwasm-epoch".into())
@@ -90,7 +92,8 @@ impl Host {
     /// (malformed, not proxy-wasm, unsupported ABI, missing exports, imports the host lacks).
     pub fn load(&self, path: impl AsRef<Path>) -> Result<Module> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| anyhow!("meshwasm-host: module {}: cannot read: {e}", path.display()))?;
+        let bytes = std::fs::read(path)
+            .map_err(|e| anyhow!("meshwasm-host: module {}: cannot read: {e}", path.display()))?;
         self.load_bytes(&path.display().to_string(), &bytes)
     }
 
@@ -121,7 +124,8 @@ impl Host {
     /// them (for `meshwasm-host check`). Fails only if the file cannot be read or parsed.
     pub fn inspect(&self, path: impl AsRef<Path>) -> Result<ModuleReport> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| anyhow!("meshwasm-host: module {}: cannot read: {e}", path.display()))?;
+        let bytes = std::fs::read(path)
+            .map_err(|e| anyhow!("meshwasm-host: module {}: cannot read: {e}", path.display()))?;
         self.inspect_bytes(&path.display().to_string(), &bytes)
     }
 
@@ -224,8 +228,15 @@ fn to_binary(name: &str, bytes: &[u8]) -> Result<Vec<u8>> {
     if bytes.starts_with(b"\0asm") {
         return Ok(bytes.to_vec());
     }
-    let text = std::str::from_utf8(bytes).map_err(|_| anyhow!("meshwasm-host: module {name}: malformed: not a wasm binary (bad magic) nor WAT text"))?;
-    wat::parse_str(text).map_err(|e| anyhow!("meshwasm-host: module {name}: malformed: not a wasm binary and not valid WAT: {}", e.to_string().replace('\n', " ")))
+    let text = std::str::from_utf8(bytes).map_err(|_| {
+        anyhow!("meshwasm-host: module {name}: malformed: not a wasm binary (bad magic) nor WAT text")
+    })?;
+    wat::parse_str(text).map_err(|e| {
+        anyhow!(
+            "meshwasm-host: module {name}: malformed: not a wasm binary and not valid WAT: {}",
+            e.to_string().replace('\n', " ")
+        )
+    })
 }
 
 fn inspect_binary(host: &Host, name: &str, binary: &[u8]) -> Result<ModuleReport> {

@@ -227,7 +227,11 @@ pub struct UpstreamReply {
 impl UpstreamReply {
     /// A response with `:status` only.
     pub fn new(status: u16) -> Self {
-        Self { headers: Headers::new().with(":status", status.to_string()), chunks: Vec::new(), trailers: None }
+        Self {
+            headers: Headers::new().with(":status", status.to_string()),
+            chunks: Vec::new(),
+            trailers: None,
+        }
     }
 
     /// Adds a header.

@@ -36,10 +36,13 @@ mod worker;
 
 pub use host::{AbiVersion, Host, HostOptions, Module, ModuleReport};
 pub use http::{
-    Action, Callback, CallbackRecord, Exchange, ForwardedRequest, Headers, LocalReply, Phase, Request, StreamId, StreamState,
-    UpstreamReply,
+    Action, Callback, CallbackRecord, Exchange, ForwardedRequest, Headers, LocalReply, Phase, Request,
+    StreamId, StreamState, UpstreamReply,
 };
-pub use plugin::{Backend, CallHandler, CallOutcome, CallReply, FailurePolicy, HttpCall, LogEntry, LogLevel, Plugin, Upstream};
+pub use plugin::{
+    Backend, CallHandler, CallOutcome, CallReply, FailurePolicy, HttpCall, LogEntry, LogLevel, Plugin,
+    Upstream,
+};
 pub use properties::encode as property;
 pub use proxy::{Proxy, ProxyBuilder};
 pub use shared::{ProxyState, Waker};

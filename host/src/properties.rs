@@ -27,15 +27,19 @@ pub mod encode {
     }
     /// A string map in the header-map pairs format (e.g. `request.headers`).
     pub fn map(pairs: &[(&str, &str)]) -> Vec<u8> {
-        let p: Vec<(Vec<u8>, Vec<u8>)> = pairs.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect();
+        let p: Vec<(Vec<u8>, Vec<u8>)> =
+            pairs.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect();
         super::serialize_pairs(&p)
     }
 }
 
 /// A `\0`-separated path as a dotted key.
 pub(crate) fn dotted(path: &[u8]) -> String {
-    let parts: Vec<String> =
-        path.split(|b| *b == 0).filter(|p| !p.is_empty()).map(|p| String::from_utf8_lossy(p).into_owned()).collect();
+    let parts: Vec<String> = path
+        .split(|b| *b == 0)
+        .filter(|p| !p.is_empty())
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
     parts.join(".")
 }
 

@@ -63,7 +63,11 @@ impl ProxyBuilder {
     }
 
     /// Registers (or replaces) a foreign function.
-    pub fn foreign_function(mut self, name: &str, f: impl Fn(&[u8]) -> Result<Vec<u8>, u32> + Send + Sync + 'static) -> Self {
+    pub fn foreign_function(
+        mut self,
+        name: &str,
+        f: impl Fn(&[u8]) -> Result<Vec<u8>, u32> + Send + Sync + 'static,
+    ) -> Self {
         self.foreign.insert(name.to_string(), Arc::new(f));
         self
     }
@@ -111,7 +115,9 @@ impl ProxyBuilder {
         if self.plugins.is_empty() {
             bail!("meshwasm-host: a proxy needs at least one plugin");
         }
-        (0..self.workers).map(|i| Worker::new(&self.host, shared.clone(), i, &self.plugins, self.policy)).collect()
+        (0..self.workers)
+            .map(|i| Worker::new(&self.host, shared.clone(), i, &self.plugins, self.policy))
+            .collect()
     }
 
     /// Starts every worker's VMs: `_initialize`/`main`, then per plugin `on_context_create(root)`,
@@ -232,7 +238,10 @@ impl Proxy {
 
     fn start_with(&mut self, worker: usize, req: Request, backend: Option<Backend>) -> Result<StreamId> {
         let n = self.workers.len();
-        let w = self.workers.get_mut(worker).ok_or_else(|| anyhow!("meshwasm-host: no worker {worker} (proxy has {n})"))?;
+        let w = self
+            .workers
+            .get_mut(worker)
+            .ok_or_else(|| anyhow!("meshwasm-host: no worker {worker} (proxy has {n})"))?;
         let id = w.start(req);
         if let Some(b) = backend {
             self.backends.insert(id, b);
@@ -288,7 +297,8 @@ impl Proxy {
             let Some(t) = next.filter(|t| *t <= target) else { break };
             let cur = self.state.shared.clock.mono_ns();
             self.state.shared.clock.set_virtual(t.max(cur));
-            let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.scheduled).into_iter().partition(|s| s.due_ns <= t);
+            let (due, rest): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut self.scheduled).into_iter().partition(|s| s.due_ns <= t);
             self.scheduled = rest;
             for s in due {
                 self.ready_calls.push_back((s.worker, s.token, s.outcome));
@@ -393,20 +403,34 @@ impl Proxy {
         };
         let reply = match self.upstreams.get(&call.upstream) {
             Some(Upstream::Handler(f)) => f(&record),
-            Some(Upstream::Forward(addr)) => match client::send(*addr, &call.headers, &call.body, call.timeout) {
-                Ok((h, b)) => crate::plugin::CallReply {
-                    outcome: Some(CallOutcome::Response { headers: h, body: b, trailers: Headers::new() }),
-                    delay: Duration::ZERO,
-                },
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
-                    crate::plugin::CallReply { outcome: Some(CallOutcome::Timeout), delay: Duration::ZERO }
+            Some(Upstream::Forward(addr)) => {
+                match client::send(*addr, &call.headers, &call.body, call.timeout) {
+                    Ok((h, b)) => crate::plugin::CallReply {
+                        outcome: Some(CallOutcome::Response {
+                            headers: h,
+                            body: b,
+                            trailers: Headers::new(),
+                        }),
+                        delay: Duration::ZERO,
+                    },
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::WouldBlock
+                            || e.kind() == std::io::ErrorKind::TimedOut =>
+                    {
+                        crate::plugin::CallReply {
+                            outcome: Some(CallOutcome::Timeout),
+                            delay: Duration::ZERO,
+                        }
+                    }
+                    Err(e) => crate::plugin::CallReply::response(
+                        503,
+                        Headers::new().with("content-type", "text/plain"),
+                        format!(
+                            "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: {e}"
+                        ),
+                    ),
                 }
-                Err(e) => crate::plugin::CallReply::response(
-                    503,
-                    Headers::new().with("content-type", "text/plain"),
-                    format!("upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: {e}"),
-                ),
-            },
+            }
             None => crate::plugin::CallReply::failure(),
         };
         let _ = &mut record;
@@ -416,16 +440,31 @@ impl Proxy {
         match reply.outcome {
             None => {
                 if timeout_ns > 0 {
-                    self.scheduled.push(Scheduled { due_ns: now + timeout_ns, worker, token: call.token, outcome: CallOutcome::Timeout });
+                    self.scheduled.push(Scheduled {
+                        due_ns: now + timeout_ns,
+                        worker,
+                        token: call.token,
+                        outcome: CallOutcome::Timeout,
+                    });
                 }
             }
             Some(outcome) => {
                 if timeout_ns > 0 && delay >= timeout_ns {
-                    self.scheduled.push(Scheduled { due_ns: now + timeout_ns, worker, token: call.token, outcome: CallOutcome::Timeout });
+                    self.scheduled.push(Scheduled {
+                        due_ns: now + timeout_ns,
+                        worker,
+                        token: call.token,
+                        outcome: CallOutcome::Timeout,
+                    });
                 } else if delay == 0 {
                     self.ready_calls.push_back((worker, call.token, outcome));
                 } else {
-                    self.scheduled.push(Scheduled { due_ns: now + delay, worker, token: call.token, outcome });
+                    self.scheduled.push(Scheduled {
+                        due_ns: now + delay,
+                        worker,
+                        token: call.token,
+                        outcome,
+                    });
                 }
             }
         }

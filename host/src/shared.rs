@@ -91,6 +91,9 @@ pub(crate) struct Queues {
     pub(crate) queues: HashMap<u32, Queue>,
 }
 
+/// vm_id → key → (value, cas).
+pub(crate) type SharedData = HashMap<String, HashMap<String, (Vec<u8>, u32)>>;
+
 pub(crate) struct Shared {
     pub(crate) clock: Clock,
     pub(crate) upstreams: HashSet<String>,
@@ -99,7 +102,7 @@ pub(crate) struct Shared {
     pub(crate) foreign: HashMap<String, ForeignFunction>,
     pub(crate) buffer_limit: usize,
     /// vm_id → key → (value, cas).
-    pub(crate) shared_data: Mutex<HashMap<String, HashMap<String, (Vec<u8>, u32)>>>,
+    pub(crate) shared_data: Mutex<SharedData>,
     pub(crate) next_cas: AtomicU32,
     pub(crate) queues: Mutex<Queues>,
     pub(crate) next_queue: AtomicU32,
@@ -161,7 +164,9 @@ impl ProxyState {
     pub fn metrics(&self) -> BTreeMap<String, u64> {
         lock(&self.shared.metrics)
             .iter()
-            .map(|(k, m)| (k.clone(), if m.kind == MetricKind::Histogram { m.samples.len() as u64 } else { m.value }))
+            .map(|(k, m)| {
+                (k.clone(), if m.kind == MetricKind::Histogram { m.samples.len() as u64 } else { m.value })
+            })
             .collect()
     }
 
@@ -172,7 +177,10 @@ impl ProxyState {
 
     /// The samples recorded into a histogram.
     pub fn histogram(&self, name: &str) -> Option<Vec<u64>> {
-        lock(&self.shared.metrics).get(name).filter(|m| m.kind == MetricKind::Histogram).map(|m| m.samples.clone())
+        lock(&self.shared.metrics)
+            .get(name)
+            .filter(|m| m.kind == MetricKind::Histogram)
+            .map(|m| m.samples.clone())
     }
 
     /// A shared-data value and its CAS.
@@ -183,7 +191,10 @@ impl ProxyState {
     /// Sets a shared-data value (unconditionally), as another proxy component would.
     pub fn set_shared_data(&self, vm_id: &str, key: &str, value: &[u8]) {
         let cas = self.shared.next_cas();
-        lock(&self.shared.shared_data).entry(vm_id.to_string()).or_default().insert(key.to_string(), (value.to_vec(), cas));
+        lock(&self.shared.shared_data)
+            .entry(vm_id.to_string())
+            .or_default()
+            .insert(key.to_string(), (value.to_vec(), cas));
     }
 
     /// Enqueues onto a registered shared queue (by vm_id and name) from the host side; the registering

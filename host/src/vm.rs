@@ -122,7 +122,8 @@ impl VmState {
         vm_config: Vec<u8>,
         env: Vec<(String, String)>,
     ) -> Self {
-        let seed = (worker as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (vm_index as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+        let seed = (worker as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ (vm_index as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
         Self {
             shared,
             worker,
@@ -199,6 +200,9 @@ impl VmState {
     }
 }
 
+/// `proxy_on_http_call_response(root, token, headers, body_len, trailers)`.
+pub(crate) type CallResponseFn = TypedFunc<(u32, u32, u32, u32, u32), ()>;
+
 /// The exports a VM may call.
 #[derive(Default, Clone)]
 pub(crate) struct Exports {
@@ -213,7 +217,7 @@ pub(crate) struct Exports {
     pub(crate) on_response_headers: Option<TypedFunc<(u32, u32, u32), u32>>,
     pub(crate) on_response_body: Option<TypedFunc<(u32, u32, u32), u32>>,
     pub(crate) on_response_trailers: Option<TypedFunc<(u32, u32), u32>>,
-    pub(crate) on_http_call_response: Option<TypedFunc<(u32, u32, u32, u32, u32), ()>>,
+    pub(crate) on_http_call_response: Option<CallResponseFn>,
     pub(crate) on_done: Option<TypedFunc<u32, u32>>,
     pub(crate) on_log: Option<TypedFunc<u32, ()>>,
     pub(crate) on_delete: Option<TypedFunc<u32, ()>>,
@@ -261,11 +265,19 @@ impl Vm {
             plugin.env.clone(),
         );
         let mut store = Store::new(&host.inner.engine, state);
-        let deadline_ticks =
-            (host.inner.options.callback_deadline.as_millis() / crate::host::EPOCH_TICK.as_millis()).max(1) as u64 + 1;
+        let deadline_ticks = (host.inner.options.callback_deadline.as_millis()
+            / crate::host::EPOCH_TICK.as_millis())
+        .max(1) as u64
+            + 1;
         store.set_epoch_deadline(deadline_ticks);
-        let inst = plugin.module.inner.pre.instantiate(&mut store).map_err(|e| anyhow!("instantiation failed: {}", trap_text(&e)))?;
-        let memory = inst.get_memory(&mut store, "memory").ok_or_else(|| anyhow!("module exports no memory"))?;
+        let inst = plugin
+            .module
+            .inner
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| anyhow!("instantiation failed: {}", trap_text(&e)))?;
+        let memory =
+            inst.get_memory(&mut store, "memory").ok_or_else(|| anyhow!("module exports no memory"))?;
         let alloc = match typed::<u32, u32>(&inst, &mut store, "proxy_on_memory_allocate")? {
             Some(f) => Some(f),
             None => typed::<u32, u32>(&inst, &mut store, "malloc")?,
@@ -372,9 +384,13 @@ impl Vm {
 pub(crate) fn trap_text(e: &wasmtime::Error) -> String {
     if let Some(t) = e.downcast_ref::<wasmtime::Trap>() {
         let what = match t {
-            wasmtime::Trap::Interrupt => "deadline exceeded (callback ran too long: infinite loop?)".to_string(),
+            wasmtime::Trap::Interrupt => {
+                "deadline exceeded (callback ran too long: infinite loop?)".to_string()
+            }
             wasmtime::Trap::MemoryOutOfBounds => "out-of-bounds memory access".to_string(),
-            wasmtime::Trap::UnreachableCodeReached => "wasm `unreachable` executed (guest panic or abort)".to_string(),
+            wasmtime::Trap::UnreachableCodeReached => {
+                "wasm `unreachable` executed (guest panic or abort)".to_string()
+            }
             other => other.to_string(),
         };
         return what;

@@ -110,7 +110,9 @@ pub(crate) fn add_to_linker(l: &mut Linker<VmState>) -> Result<()> {
 
 fn add_module(l: &mut Linker<VmState>, m: &str) -> Result<()> {
     type R = Result<i32>;
-    l.func_wrap(m, "fd_write", |mut c: C<'_>, fd: u32, iovs: u32, n: u32, ret: u32| -> R { write_out(&mut c, fd, iovs, n, ret) })?;
+    l.func_wrap(m, "fd_write", |mut c: C<'_>, fd: u32, iovs: u32, n: u32, ret: u32| -> R {
+        write_out(&mut c, fd, iovs, n, ret)
+    })?;
     l.func_wrap(m, "fd_pwrite", |mut c: C<'_>, fd: u32, iovs: u32, n: u32, _off: i64, ret: u32| -> R {
         write_out(&mut c, fd, iovs, n, ret)
     })?;
@@ -211,21 +213,31 @@ fn add_module(l: &mut Linker<VmState>, m: &str) -> Result<()> {
         "path_open",
         |_: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32, _: i64, _: i64, _: u32, _: u32| -> R { Ok(NOENT) },
     )?;
-    l.func_wrap(m, "path_filestat_get", |_: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32| -> R { Ok(NOTSUP) })?;
+    l.func_wrap(m, "path_filestat_get", |_: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32| -> R {
+        Ok(NOTSUP)
+    })?;
     l.func_wrap(m, "path_create_directory", |_: C<'_>, _: u32, _: u32, _: u32| -> R { Ok(NOTSUP) })?;
     l.func_wrap(m, "path_unlink_file", |_: C<'_>, _: u32, _: u32, _: u32| -> R { Ok(NOTSUP) })?;
     l.func_wrap(m, "path_remove_directory", |_: C<'_>, _: u32, _: u32, _: u32| -> R { Ok(NOTSUP) })?;
-    l.func_wrap(m, "path_readlink", |_: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32| -> R { Ok(NOTSUP) })?;
-    l.func_wrap(m, "path_rename", |_: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32| -> R { Ok(NOTSUP) })?;
+    l.func_wrap(m, "path_readlink", |_: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32| -> R {
+        Ok(NOTSUP)
+    })?;
+    l.func_wrap(m, "path_rename", |_: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32| -> R {
+        Ok(NOTSUP)
+    })?;
     l.func_wrap(m, "path_symlink", |_: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32| -> R { Ok(NOTSUP) })?;
-    l.func_wrap(m, "path_link", |_: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32| -> R { Ok(NOTSUP) })?;
+    l.func_wrap(m, "path_link", |_: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32| -> R {
+        Ok(NOTSUP)
+    })?;
     l.func_wrap(
         m,
         "path_filestat_set_times",
         |_: C<'_>, _: u32, _: u32, _: u32, _: u32, _: i64, _: i64, _: u32| -> R { Ok(NOTSUP) },
     )?;
     l.func_wrap(m, "sock_accept", |_: C<'_>, _: u32, _: u32, _: u32| -> R { Ok(NOTSUP) })?;
-    l.func_wrap(m, "sock_recv", |_: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32| -> R { Ok(NOTSUP) })?;
+    l.func_wrap(m, "sock_recv", |_: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32| -> R {
+        Ok(NOTSUP)
+    })?;
     l.func_wrap(m, "sock_send", |_: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32| -> R { Ok(NOTSUP) })?;
     l.func_wrap(m, "sock_shutdown", |_: C<'_>, _: u32, _: u32| -> R { Ok(NOTSUP) })?;
     Ok(())

@@ -13,14 +13,14 @@ use anyhow::{Result, anyhow};
 use crate::abi;
 use crate::host::{Host, lock};
 use crate::http::{
-    Action, Callback, CallbackRecord, Exchange, ForwardedRequest, Headers, LocalReply, Phase, Request, StreamId, StreamState,
-    UpstreamReply,
+    Action, Callback, CallbackRecord, Exchange, ForwardedRequest, Headers, LocalReply, Phase, Request,
+    StreamId, StreamState, UpstreamReply,
 };
 use crate::plugin::{CallOutcome, FailurePolicy, LogLevel, Plugin};
 use crate::shared::{Shared, Waker};
 use crate::vm::{
-    BODY_REQ, BODY_RESP, Ctx, MAP_REQ_HEADERS, MAP_REQ_TRAILERS, MAP_RESP_HEADERS, MAP_RESP_TRAILERS, RootInfo, StreamAction,
-    StreamData, StreamRef, Vm, sd,
+    BODY_REQ, BODY_RESP, Ctx, MAP_REQ_HEADERS, MAP_REQ_TRAILERS, MAP_RESP_HEADERS, MAP_RESP_TRAILERS,
+    RootInfo, StreamAction, StreamData, StreamRef, Vm, sd,
 };
 
 /// An http call a filter dispatched, for the driver to perform.
@@ -161,8 +161,14 @@ impl Worker {
             let vm = match w.vms.iter().position(|v| v.vm_id == p.vm_id && v.module.same_as(&p.module)) {
                 Some(i) => i,
                 None => {
-                    let vm = Vm::instantiate(host, w.shared.clone(), index, w.vms.len(), p)
-                        .map_err(|e| anyhow!("meshwasm-host: plugin `{}` (module {}): {}", p.display_name(), p.module.name(), e))?;
+                    let vm = Vm::instantiate(host, w.shared.clone(), index, w.vms.len(), p).map_err(|e| {
+                        anyhow!(
+                            "meshwasm-host: plugin `{}` (module {}): {}",
+                            p.display_name(),
+                            p.module.name(),
+                            e
+                        )
+                    })?;
                     w.vms.push(vm);
                     w.vms.len() - 1
                 }
@@ -172,8 +178,16 @@ impl Worker {
         for f in 0..w.chain.len() {
             let root = w.start_root(f).map_err(|e| {
                 let p = &w.chain[f].plugin;
-                let hint = first_error_line(&w.shared, index, p.display_name()).map(|l| format!(" (guest log: {l})")).unwrap_or_default();
-                anyhow!("meshwasm-host: plugin `{}` (module {}): {}{}", p.display_name(), p.module.name(), e, hint)
+                let hint = first_error_line(&w.shared, index, p.display_name())
+                    .map(|l| format!(" (guest log: {l})"))
+                    .unwrap_or_default();
+                anyhow!(
+                    "meshwasm-host: plugin `{}` (module {}): {}{}",
+                    p.display_name(),
+                    p.module.name(),
+                    e,
+                    hint
+                )
             })?;
             w.chain[f].root = root;
         }
@@ -237,7 +251,13 @@ impl Worker {
                             match self.start_root(f) {
                                 Ok(root) => self.chain[f].root = root,
                                 Err(e) => {
-                                    self.host_log(LogLevel::Error, format!("reloading VM for plugin `{}` failed: {e}", plugin.display_name()));
+                                    self.host_log(
+                                        LogLevel::Error,
+                                        format!(
+                                            "reloading VM for plugin `{}` failed: {e}",
+                                            plugin.display_name()
+                                        ),
+                                    );
                                     self.vms[vmi].failed = Some(e);
                                     break;
                                 }
@@ -245,10 +265,16 @@ impl Worker {
                         }
                     }
                     if self.vms[vmi].failed.is_none() {
-                        self.host_log(LogLevel::Info, format!("VM for plugin `{}` reloaded after a failure", plugin.display_name()));
+                        self.host_log(
+                            LogLevel::Info,
+                            format!("VM for plugin `{}` reloaded after a failure", plugin.display_name()),
+                        );
                     }
                 }
-                Err(e) => self.host_log(LogLevel::Error, format!("reloading VM for plugin `{}` failed: {e}", plugin.display_name())),
+                Err(e) => self.host_log(
+                    LogLevel::Error,
+                    format!("reloading VM for plugin `{}` failed: {e}", plugin.display_name()),
+                ),
             }
         }
     }
@@ -342,7 +368,9 @@ impl Worker {
     /// The upstream response for a stream waiting for it. Errors if the stream is not waiting.
     pub fn deliver_upstream(&mut self, stream: StreamId, reply: UpstreamReply) -> Result<()> {
         let id = stream.id;
-        let Some(rt) = self.streams.get_mut(&id) else { return Err(anyhow!("meshwasm-host: stream {id} is not active")) };
+        let Some(rt) = self.streams.get_mut(&id) else {
+            return Err(anyhow!("meshwasm-host: stream {id} is not active"));
+        };
         if !rt.waiting_upstream {
             return Err(anyhow!("meshwasm-host: stream {id} is not waiting for an upstream response"));
         }
@@ -385,7 +413,10 @@ impl Worker {
         let (headers, body, trailers, status) = match outcome {
             CallOutcome::Response { headers, body, trailers } => (headers, body, trailers, (0, Vec::new())),
             CallOutcome::Timeout => (
-                Headers::new().with(":status", "504").with("content-length", "24").with("content-type", "text/plain"),
+                Headers::new()
+                    .with(":status", "504")
+                    .with("content-length", "24")
+                    .with("content-type", "text/plain"),
                 b"upstream request timeout".to_vec(),
                 Headers::new(),
                 (0, Vec::new()),
@@ -412,7 +443,12 @@ impl Worker {
             && let Some(rt) = self.streams.get_mut(&sid)
         {
             let filter = self.chain.iter().position(|s| s.vm == vmi && s.root == owner.root).unwrap_or(0);
-            rt.callbacks.push(CallbackRecord { filter, plugin: plugin.clone(), callback: Callback::HttpCallResponse, action: None });
+            rt.callbacks.push(CallbackRecord {
+                filter,
+                plugin: plugin.clone(),
+                callback: Callback::HttpCallResponse,
+                action: None,
+            });
         }
         if let Err(e) = r {
             self.vm_failed(vmi, owner.root, &e);
@@ -452,7 +488,8 @@ impl Worker {
     /// Fires every tick that is due now (`on_tick` on each root context whose period elapsed).
     pub fn run_timers(&mut self) {
         let now = self.shared.clock.mono_ns();
-        let due: Vec<(usize, u32)> = self.ticks.iter().filter(|(_, (_, d))| *d <= now).map(|(k, _)| *k).collect();
+        let due: Vec<(usize, u32)> =
+            self.ticks.iter().filter(|(_, (_, d))| *d <= now).map(|(k, _)| *k).collect();
         for (vmi, root) in due {
             if let Some((period, d)) = self.ticks.get_mut(&(vmi, root)) {
                 *d = now + *period;
@@ -496,7 +533,11 @@ impl Worker {
             for pos in 0..n {
                 let f = if dir == Dir::Req { pos } else { n - 1 - pos };
                 if let Some(phase) = states[f].phase {
-                    return StreamState::Paused { filter: f, plugin: self.chain[f].plugin.display_name().to_string(), phase };
+                    return StreamState::Paused {
+                        filter: f,
+                        plugin: self.chain[f].plugin.display_name().to_string(),
+                        phase,
+                    };
                 }
             }
         }
@@ -514,7 +555,8 @@ impl Worker {
 
     fn exchange_of(&self, id: u32, rt: &StreamRt) -> Exchange {
         let headers = rt.down_headers.clone().unwrap_or_default();
-        let status = if rt.reset { 0 } else { headers.get(":status").and_then(|s| s.parse().ok()).unwrap_or(0) };
+        let status =
+            if rt.reset { 0 } else { headers.get(":status").and_then(|s| s.parse().ok()).unwrap_or(0) };
         Exchange {
             stream: StreamId { worker: self.index, id },
             state: self.state_of(rt),
@@ -568,7 +610,7 @@ impl Worker {
 
     fn active(&self, id: u32, dir: Dir) -> bool {
         match self.streams.get(&id) {
-            Some(rt) => !rt.finished && !(dir == Dir::Req && rt.req_aborted),
+            Some(rt) => !(rt.finished || (dir == Dir::Req && rt.req_aborted)),
             None => false,
         }
     }
@@ -614,7 +656,9 @@ impl Worker {
                     st.headers_eos = eos;
                 }
                 let cb = if dir == Dir::Req { Callback::RequestHeaders } else { Callback::ResponseHeaders };
-                let Some(action) = self.call_filter(id, f, cb, nh as u32, Some(u32::from(eos))) else { return };
+                let Some(action) = self.call_filter(id, f, cb, nh as u32, Some(u32::from(eos))) else {
+                    return;
+                };
                 let local = sd(&data).actions.iter().any(|a| matches!(a, StreamAction::LocalReply(..)));
                 if action == Action::Continue && !local {
                     sd(&data).maps[f] &= !map_h;
@@ -623,7 +667,11 @@ impl Worker {
                 } else {
                     if let Some(st) = self.dir_state(id, dir, f) {
                         st.stopped_all = true;
-                        st.phase = Some(if dir == Dir::Req { Phase::RequestHeaders } else { Phase::ResponseHeaders });
+                        st.phase = Some(if dir == Dir::Req {
+                            Phase::RequestHeaders
+                        } else {
+                            Phase::ResponseHeaders
+                        });
                     }
                     self.process_actions(id);
                 }
@@ -641,7 +689,9 @@ impl Worker {
                     st.body_eos = eos;
                 }
                 let cb = if dir == Dir::Req { Callback::RequestBody } else { Callback::ResponseBody };
-                let Some(action) = self.call_filter(id, f, cb, len as u32, Some(u32::from(eos))) else { return };
+                let Some(action) = self.call_filter(id, f, cb, len as u32, Some(u32::from(eos))) else {
+                    return;
+                };
                 let local = sd(&data).actions.iter().any(|a| matches!(a, StreamAction::LocalReply(..)));
                 if action == Action::Continue && !local {
                     let buf = {
@@ -660,7 +710,8 @@ impl Worker {
                     if let Some(st) = self.dir_state(id, dir, f) {
                         st.buffering = true;
                         if eos || local {
-                            st.phase = Some(if dir == Dir::Req { Phase::RequestBody } else { Phase::ResponseBody });
+                            st.phase =
+                                Some(if dir == Dir::Req { Phase::RequestBody } else { Phase::ResponseBody });
                         }
                     }
                     self.process_actions(id);
@@ -689,7 +740,11 @@ impl Worker {
                 } else {
                     if let Some(st) = self.dir_state(id, dir, f) {
                         st.stopped_all = true;
-                        st.phase = Some(if dir == Dir::Req { Phase::RequestTrailers } else { Phase::ResponseTrailers });
+                        st.phase = Some(if dir == Dir::Req {
+                            Phase::RequestTrailers
+                        } else {
+                            Phase::ResponseTrailers
+                        });
                     }
                     self.process_actions(id);
                 }
@@ -816,7 +871,8 @@ impl Worker {
                 rt.req_done = true;
                 rt.waiting_upstream = true;
                 let request = rt.forwarded.clone();
-                self.events.push(WorkerEvent::Upstream { stream: StreamId { worker: self.index, id }, request });
+                self.events
+                    .push(WorkerEvent::Upstream { stream: StreamId { worker: self.index, id }, request });
             }
             Dir::Resp => self.finish(id),
         }
@@ -841,7 +897,12 @@ impl Worker {
         let Some(func) = self.vms[vmi].exports.on_context_create.clone() else { return true };
         let r = self.vms[vmi].call(func, ctx, "proxy_on_context_create", (ctx, root));
         if let Some(rt) = self.streams.get_mut(&id) {
-            rt.callbacks.push(CallbackRecord { filter: f, plugin, callback: Callback::ContextCreate, action: None });
+            rt.callbacks.push(CallbackRecord {
+                filter: f,
+                plugin,
+                callback: Callback::ContextCreate,
+                action: None,
+            });
         }
         match r {
             Ok(()) => {
@@ -863,13 +924,21 @@ impl Worker {
         let vm = &mut self.vms[vmi];
         let e = vm.exports.clone();
         let r = match (cb, b) {
-            (Callback::RequestHeaders, Some(b)) => e.on_request_headers.map(|func| vm.call(func, ctx, "proxy_on_request_headers", (ctx, a, b))),
-            (Callback::RequestBody, Some(b)) => e.on_request_body.map(|func| vm.call(func, ctx, "proxy_on_request_body", (ctx, a, b))),
-            (Callback::RequestTrailers, _) => e.on_request_trailers.map(|func| vm.call(func, ctx, "proxy_on_request_trailers", (ctx, a))),
+            (Callback::RequestHeaders, Some(b)) => {
+                e.on_request_headers.map(|func| vm.call(func, ctx, "proxy_on_request_headers", (ctx, a, b)))
+            }
+            (Callback::RequestBody, Some(b)) => {
+                e.on_request_body.map(|func| vm.call(func, ctx, "proxy_on_request_body", (ctx, a, b)))
+            }
+            (Callback::RequestTrailers, _) => {
+                e.on_request_trailers.map(|func| vm.call(func, ctx, "proxy_on_request_trailers", (ctx, a)))
+            }
             (Callback::ResponseHeaders, Some(b)) => {
                 e.on_response_headers.map(|func| vm.call(func, ctx, "proxy_on_response_headers", (ctx, a, b)))
             }
-            (Callback::ResponseBody, Some(b)) => e.on_response_body.map(|func| vm.call(func, ctx, "proxy_on_response_body", (ctx, a, b))),
+            (Callback::ResponseBody, Some(b)) => {
+                e.on_response_body.map(|func| vm.call(func, ctx, "proxy_on_response_body", (ctx, a, b)))
+            }
             (Callback::ResponseTrailers, _) => {
                 e.on_response_trailers.map(|func| vm.call(func, ctx, "proxy_on_response_trailers", (ctx, a)))
             }
@@ -884,7 +953,12 @@ impl Worker {
                 // Envoy: 0 continues; anything else stops.
                 let action = if v == 0 { Action::Continue } else { Action::Pause };
                 if let Some(rt) = self.streams.get_mut(&id) {
-                    rt.callbacks.push(CallbackRecord { filter: f, plugin, callback: cb, action: Some(action) });
+                    rt.callbacks.push(CallbackRecord {
+                        filter: f,
+                        plugin,
+                        callback: cb,
+                        action: Some(action),
+                    });
                 }
                 self.collect(vmi);
                 self.process_touched(vmi, Some(id));
@@ -1086,7 +1160,11 @@ impl Worker {
             .iter()
             .filter(|(_, rt)| !rt.finished)
             .filter_map(|(id, rt)| {
-                rt.ctx.iter().enumerate().find(|(f, c)| c.is_some() && self.chain[*f].vm == vmi).map(|(f, _)| (*id, f))
+                rt.ctx
+                    .iter()
+                    .enumerate()
+                    .find(|(f, c)| c.is_some() && self.chain[*f].vm == vmi)
+                    .map(|(f, _)| (*id, f))
             })
             .collect();
         for (id, f) in affected {
@@ -1152,10 +1230,19 @@ impl Worker {
                 }
                 let r = match export {
                     0 => vm.exports.on_log.clone().map(|func| vm.call(func, ctx, "proxy_on_log", ctx)),
-                    1 => vm.exports.on_done.clone().map(|func| vm.call(func, ctx, "proxy_on_done", ctx).map(|_| ())),
+                    1 => vm
+                        .exports
+                        .on_done
+                        .clone()
+                        .map(|func| vm.call(func, ctx, "proxy_on_done", ctx).map(|_| ())),
                     _ => vm.exports.on_delete.clone().map(|func| vm.call(func, ctx, "proxy_on_delete", ctx)),
                 };
-                records.push(CallbackRecord { filter: f, plugin: self.chain[f].plugin.display_name().to_string(), callback: cb, action: None });
+                records.push(CallbackRecord {
+                    filter: f,
+                    plugin: self.chain[f].plugin.display_name().to_string(),
+                    callback: cb,
+                    action: None,
+                });
                 if let Some(Err(e)) = r {
                     let plugin = self.chain[f].plugin.display_name().to_string();
                     let module = self.chain[f].plugin.module.name().to_string();

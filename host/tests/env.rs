@@ -16,7 +16,8 @@ fn copy_prop(path: &str, header: &str) -> String {
 #[test]
 fn properties_are_seeded_computed_and_settable() {
     let host = host();
-    let mut body = String::from(r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)"#);
+    let mut body =
+        String::from(r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)"#);
     for (p, h) in [
         ("plugin_name", "x-plugin"),
         ("plugin_root_id", "x-root"),
@@ -134,7 +135,8 @@ fn wasi_matches_envoy() {
     "#;
     let wat = guest(body).replacen("(module\n", &format!("(module\n{WASI_IMPORTS}"), 1);
     let m = host.load_bytes("wasi", wat.as_bytes()).unwrap();
-    let mut proxy = Proxy::builder(&host).plugin(Plugin::new(m).name("wasi").env("MODE", "test")).build().unwrap();
+    let mut proxy =
+        Proxy::builder(&host).plugin(Plugin::new(m).name("wasi").env("MODE", "test")).build().unwrap();
     let logs = proxy.logs();
     assert!(logs.iter().any(|l| l.level == LogLevel::Info && l.message == "hello stdout"), "{logs:?}");
     assert!(logs.iter().any(|l| l.level == LogLevel::Error && l.message == "oops"), "{logs:?}");
@@ -173,18 +175,27 @@ fn verify_signature_ecdsa_and_rsa() {
     let (key, sig) = ecdsa_fixture(text);
     let ok = foreign::verify_signature(&foreign::encode_verify_args("sha256", &key, &sig, text)).unwrap();
     assert_eq!(foreign::decode_verify_result(&ok), Some((true, String::new())));
-    let bad = foreign::verify_signature(&foreign::encode_verify_args("sha256", &key, &sig, b"other")).unwrap();
-    assert_eq!(foreign::decode_verify_result(&bad).unwrap().0, false);
+    let bad =
+        foreign::verify_signature(&foreign::encode_verify_args("sha256", &key, &sig, b"other")).unwrap();
+    assert!(!foreign::decode_verify_result(&bad).unwrap().0);
     let md5 = foreign::verify_signature(&foreign::encode_verify_args("md4", &key, &sig, text)).unwrap();
     assert_eq!(foreign::decode_verify_result(&md5), Some((false, "md4 is not supported.".into())));
-    assert_eq!(foreign::verify_signature(&foreign::encode_verify_args("sha256", b"junk", &sig, text)), Err(status::BAD_ARGUMENT));
+    assert_eq!(
+        foreign::verify_signature(&foreign::encode_verify_args("sha256", b"junk", &sig, text)),
+        Err(status::BAD_ARGUMENT)
+    );
     assert_eq!(foreign::verify_signature(b"\xff\xff\xff"), Err(status::BAD_ARGUMENT));
 
     // RSA PKCS#1 v1.5 with a key and signature made by openssl.
     let dir = std::env::temp_dir().join(format!("meshwasm-host-rsa-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let run = |args: &[&str]| {
-        let st = std::process::Command::new("openssl").args(args).current_dir(&dir).stderr(std::process::Stdio::null()).status().expect("openssl");
+        let st = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl");
         assert!(st.success(), "openssl {args:?}");
     };
     std::fs::write(dir.join("text"), text).unwrap();
@@ -195,9 +206,9 @@ fn verify_signature_ecdsa_and_rsa() {
     let sig = std::fs::read(dir.join("sig.bin")).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     let ok = foreign::verify_signature(&foreign::encode_verify_args("sha256", &key, &sig, text)).unwrap();
-    assert_eq!(foreign::decode_verify_result(&ok).unwrap().0, true);
+    assert!(foreign::decode_verify_result(&ok).unwrap().0);
     let bad = foreign::verify_signature(&foreign::encode_verify_args("sha384", &key, &sig, text)).unwrap();
-    assert_eq!(foreign::decode_verify_result(&bad).unwrap().0, false);
+    assert!(!foreign::decode_verify_result(&bad).unwrap().0);
 }
 
 #[test]
@@ -223,8 +234,11 @@ fn foreign_functions_from_the_guest() {
         data = wat_bytes(&args)
     );
     let m = load(&host, "foreign", &body);
-    let mut proxy =
-        Proxy::builder(&host).plugin(Plugin::new(m)).foreign_function("echo", |a| Ok(a.to_vec())).build().unwrap();
+    let mut proxy = Proxy::builder(&host)
+        .plugin(Plugin::new(m))
+        .foreign_function("echo", |a| Ok(a.to_vec()))
+        .build()
+        .unwrap();
     proxy.send(0, Request::get("/"), UpstreamReply::new(200)).unwrap();
     assert_eq!(proxy.metric("verify"), Some(0));
     assert_eq!(proxy.metric("result_len"), Some(2));

@@ -53,7 +53,8 @@ fn a_trap_fails_the_stream_and_the_vm_is_reloaded() {
 
 #[test]
 fn an_endless_loop_hits_the_deadline() {
-    let host = Host::new(HostOptions { callback_deadline: Duration::from_millis(100), ..Default::default() }).unwrap();
+    let host = Host::new(HostOptions { callback_deadline: Duration::from_millis(100), ..Default::default() })
+        .unwrap();
     let m = host.load_bytes("loop", guest(FRAGILE).as_bytes()).unwrap();
     let mut proxy = Proxy::builder(&host).plugin(Plugin::new(m).name("loop")).build().unwrap();
     let ex = proxy.send(0, req(2), UpstreamReply::new(200)).unwrap();
@@ -66,8 +67,11 @@ fn an_endless_loop_hits_the_deadline() {
 fn fail_closed_keeps_failing() {
     let host = host();
     let m = load(&host, "fragile", FRAGILE);
-    let mut proxy =
-        Proxy::builder(&host).plugin(Plugin::new(m).name("fragile")).failure_policy(FailurePolicy::FailClosed).build().unwrap();
+    let mut proxy = Proxy::builder(&host)
+        .plugin(Plugin::new(m).name("fragile"))
+        .failure_policy(FailurePolicy::FailClosed)
+        .build()
+        .unwrap();
     assert_eq!(proxy.send(0, req(1), UpstreamReply::new(200)).unwrap().status, 503);
     let ex = proxy.send(0, req(0), UpstreamReply::new(200)).unwrap();
     assert_eq!(ex.status, 503);
@@ -110,7 +114,11 @@ fn bad_modules_give_one_clear_line() {
     let e = load_err(&host, "plain.wat", br#"(module (memory (export "memory") 1))"#);
     assert!(e.contains("plain.wat") && e.contains("not a proxy-wasm module"), "{e}");
 
-    let e = load_err(&host, "old.wat", br#"(module (memory (export "memory") 1) (func (export "proxy_abi_version_0_1_0")))"#);
+    let e = load_err(
+        &host,
+        "old.wat",
+        br#"(module (memory (export "memory") 1) (func (export "proxy_abi_version_0_1_0")))"#,
+    );
     assert!(e.contains("unsupported proxy-wasm ABI 0.1.0"), "{e}");
 
     let e = load_err(
@@ -127,12 +135,22 @@ fn bad_modules_give_one_clear_line() {
     assert!(e.contains("env::proxy_bogus") && e.contains("wasi_snapshot_preview1::sock_open"), "{e}");
 
     let e = load_err(&host, "nomem.wat", br#"(module (func (export "proxy_abi_version_0_2_1")))"#);
-    assert!(e.contains("missing required exports") && e.contains("memory") && e.contains("proxy_on_context_create"), "{e}");
+    assert!(
+        e.contains("missing required exports")
+            && e.contains("memory")
+            && e.contains("proxy_on_context_create"),
+        "{e}"
+    );
 
-    let report = host.inspect_bytes("imports.wat", br#"(module
+    let report = host
+        .inspect_bytes(
+            "imports.wat",
+            br#"(module
             (import "env" "proxy_bogus" (func (param i32)))
             (import "env" "proxy_log" (func (param i32 i32 i32) (result i32)))
-            (func (export "proxy_abi_version_0_2_1")))"#).unwrap();
+            (func (export "proxy_abi_version_0_2_1")))"#,
+        )
+        .unwrap();
     assert_eq!(report.abi, Some(AbiVersion::V0_2_1));
     assert_eq!(report.missing_imports, vec!["env::proxy_bogus".to_string()]);
     assert!(report.exports.contains(&"proxy_abi_version_0_2_1".to_string()));
@@ -150,8 +168,14 @@ fn a_rejected_configuration_names_plugin_module_and_guest_message() {
         (i32.const 0))
     "#,
     );
-    let e = format!("{:#}", Proxy::builder(&host).plugin(Plugin::new(m).name("strict").config("{}")).build().err().unwrap());
-    assert!(e.contains("plugin `strict`") && e.contains("strict.wasm") && e.contains("configuration rejected"), "{e}");
+    let e = format!(
+        "{:#}",
+        Proxy::builder(&host).plugin(Plugin::new(m).name("strict").config("{}")).build().err().unwrap()
+    );
+    assert!(
+        e.contains("plugin `strict`") && e.contains("strict.wasm") && e.contains("configuration rejected"),
+        "{e}"
+    );
     assert!(e.contains("unknown field `isuer`"), "{e}");
 }
 
@@ -168,5 +192,10 @@ fn only_log_and_wasi_during_initialize() {
     "#,
     );
     let e = format!("{:#}", Proxy::builder(&host).plugin(Plugin::new(m).name("init")).build().err().unwrap());
-    assert!(e.contains("_initialize") && e.contains("proxy_get_property") && e.contains("only proxy_log and WASI"), "{e}");
+    assert!(
+        e.contains("_initialize")
+            && e.contains("proxy_get_property")
+            && e.contains("only proxy_log and WASI"),
+        "{e}"
+    );
 }

@@ -88,11 +88,17 @@ fn local_reply_stops_the_chain_even_when_the_callback_continues() {
     assert_eq!(ex.response_headers.get("x-deny"), Some("1"));
     assert_eq!(ex.response_headers.get("content-length"), Some("2"));
     let lr = ex.local_reply.clone().unwrap();
-    assert_eq!((lr.status, lr.details.as_str(), lr.plugin.as_str(), lr.grpc_status), (403, "denied_by_wasm", "deny", -1));
+    assert_eq!(
+        (lr.status, lr.details.as_str(), lr.plugin.as_str(), lr.grpc_status),
+        (403, "denied_by_wasm", "deny", -1)
+    );
     assert!(ex.callbacks.iter().all(|c| c.filter == 0), "filter 1 never runs: {:?}", cb(&ex));
     // The deferred local reply forced a stop although the callback returned Continue.
     assert_eq!(ex.actions(0)[0], (Callback::RequestHeaders, Action::Continue));
-    assert!(ex.callbacks.iter().any(|c| c.callback == Callback::ResponseHeaders), "local reply passes response callbacks");
+    assert!(
+        ex.callbacks.iter().any(|c| c.callback == Callback::ResponseHeaders),
+        "local reply passes response callbacks"
+    );
 }
 
 #[test]
@@ -153,7 +159,10 @@ fn http_call_pause_and_resume_from_the_root_context() {
     let m = load(&host, "auth", &auth_guest());
     let mut proxy = Proxy::builder(&host)
         .plugin(Plugin::new(m).name("auth"))
-        .upstream("auth", Upstream::reply(CallReply::response(200, [("x-r", "1")], "yes").after(Duration::from_millis(50))))
+        .upstream(
+            "auth",
+            Upstream::reply(CallReply::response(200, [("x-r", "1")], "yes").after(Duration::from_millis(50))),
+        )
         .build()
         .unwrap();
     let id = proxy.start(0, Request::get("/p")).unwrap();
@@ -194,8 +203,11 @@ fn http_call_failure_and_timeout() {
     let host = host();
     // Failure: (token, 0, 0, 0) and get_status = BROKEN_CONNECTION.
     let m = load(&host, "auth", &auth_guest());
-    let mut proxy =
-        Proxy::builder(&host).plugin(Plugin::new(m.clone()).name("auth")).upstream("auth", Upstream::reply(CallReply::failure())).build().unwrap();
+    let mut proxy = Proxy::builder(&host)
+        .plugin(Plugin::new(m.clone()).name("auth"))
+        .upstream("auth", Upstream::reply(CallReply::failure()))
+        .build()
+        .unwrap();
     let ex = proxy.send(0, Request::get("/"), UpstreamReply::new(200)).unwrap();
     assert_eq!(ex.status, 200);
     assert_eq!(proxy.metric("nh"), Some(0));
@@ -204,8 +216,11 @@ fn http_call_failure_and_timeout() {
     assert_eq!(proxy.calls()[0].outcome, Some(CallOutcome::Failure));
 
     // No answer: after the 1 s timeout the guest gets Envoy's 504.
-    let mut proxy =
-        Proxy::builder(&host).plugin(Plugin::new(m).name("auth")).upstream("auth", Upstream::reply(CallReply::no_answer())).build().unwrap();
+    let mut proxy = Proxy::builder(&host)
+        .plugin(Plugin::new(m).name("auth"))
+        .upstream("auth", Upstream::reply(CallReply::no_answer()))
+        .build()
+        .unwrap();
     let id = proxy.start(0, Request::get("/")).unwrap();
     proxy.advance(Duration::from_millis(999));
     assert!(matches!(proxy.stream_state(id), Some(StreamState::Paused { .. })));
@@ -238,7 +253,11 @@ fn http_call_requires_pseudo_headers_and_a_known_upstream() {
         d2 = wat_bytes(&ok)
     );
     let m = load(&host, "calls", &body);
-    let mut proxy = Proxy::builder(&host).plugin(Plugin::new(m)).upstream("auth", Upstream::reply(CallReply::failure())).build().unwrap();
+    let mut proxy = Proxy::builder(&host)
+        .plugin(Plugin::new(m))
+        .upstream("auth", Upstream::reply(CallReply::failure()))
+        .build()
+        .unwrap();
     let ex = proxy.send(0, Request::get("/"), UpstreamReply::new(200)).unwrap();
     assert_eq!(ex.status, 200);
     assert_eq!(proxy.metric("no_authority"), Some(status::BAD_ARGUMENT as u64));
@@ -262,7 +281,11 @@ fn http_call_forwarded_to_a_real_server() {
     });
     let host = host();
     let m = load(&host, "auth", &auth_guest());
-    let mut proxy = Proxy::builder(&host).plugin(Plugin::new(m).name("auth")).upstream("auth", Upstream::forward(addr)).build().unwrap();
+    let mut proxy = Proxy::builder(&host)
+        .plugin(Plugin::new(m).name("auth"))
+        .upstream("auth", Upstream::forward(addr))
+        .build()
+        .unwrap();
     let ex = proxy.send(0, Request::get("/"), UpstreamReply::new(200)).unwrap();
     let req = server.join().unwrap();
     assert!(req.starts_with("GET /check HTTP/1.1"), "{req}");
@@ -316,7 +339,10 @@ fn body_buffering_is_cumulative_and_pause_on_headers_holds_the_body() {
         .build()
         .unwrap();
     let id = proxy.start(0, Request::post("/").chunk("abc").chunk("def").chunk("gh")).unwrap();
-    assert!(matches!(proxy.stream_state(id), Some(StreamState::Paused { filter: 0, phase: Phase::RequestHeaders, .. })));
+    assert!(matches!(
+        proxy.stream_state(id),
+        Some(StreamState::Paused { filter: 0, phase: Phase::RequestHeaders, .. })
+    ));
     assert_eq!(proxy.histogram("waiter_sizes"), None, "no body callbacks while paused on headers");
     proxy.advance(Duration::from_millis(10));
     assert_eq!(proxy.histogram("waiter_sizes"), Some(vec![8]), "held body delivered in one callback");
@@ -326,14 +352,20 @@ fn body_buffering_is_cumulative_and_pause_on_headers_holds_the_body() {
     assert_eq!(ex.upstream_request.unwrap().body, b"<abcdefgh>");
 
     // Without the waiter, the buffering filter sees cumulative sizes per chunk.
-    let buffer = load(&host, "buffer2", r#"
+    let buffer = load(
+        &host,
+        "buffer2",
+        r#"
       (func (export "proxy_on_request_body") (param $ctx i32) (param $len i32) (param $eos i32) (result i32)
         (drop (call $define_metric (i32.const 2) (str "sizes") (i32.const 60)))
         (drop (call $record_metric (i32.load (i32.const 60)) (i64.extend_i32_u (local.get $len))))
         (i32.xor (local.get $eos) (i32.const 1)))
-    "#);
+    "#,
+    );
     let mut proxy = Proxy::builder(&host).plugin(Plugin::new(buffer)).build().unwrap();
-    let ex = proxy.send(0, Request::post("/").chunk("abc").chunk("def").chunk("gh"), UpstreamReply::new(200)).unwrap();
+    let ex = proxy
+        .send(0, Request::post("/").chunk("abc").chunk("def").chunk("gh"), UpstreamReply::new(200))
+        .unwrap();
     assert_eq!(proxy.histogram("sizes"), Some(vec![3, 6, 8]));
     assert_eq!(ex.upstream_request.unwrap().body, b"abcdefgh");
 }
@@ -341,9 +373,13 @@ fn body_buffering_is_cumulative_and_pause_on_headers_holds_the_body() {
 #[test]
 fn buffering_past_the_limit_gives_413() {
     let host = host();
-    let m = load(&host, "hold", r#"
+    let m = load(
+        &host,
+        "hold",
+        r#"
       (func (export "proxy_on_request_body") (param i32 i32 i32) (result i32) (i32.const 1))
-    "#);
+    "#,
+    );
     let mut proxy = Proxy::builder(&host).plugin(Plugin::new(m)).buffer_limit(4).build().unwrap();
     let ex = proxy.send(0, Request::post("/").chunk("abc").chunk("def"), UpstreamReply::new(200)).unwrap();
     assert_eq!(ex.status, 413);

@@ -90,7 +90,12 @@ fn header_map_rules_match_envoy() {
     assert_eq!(m("late_pairs"), status::OK as u64);
     assert_eq!(m("late_plen"), 0);
     let up = ex.upstream_request.as_ref().unwrap();
-    assert_eq!(up.headers.get_all("x-up"), vec![&b"v1"[..], &b"v2"[..]], "keys lower-cased: {:?}", up.headers);
+    assert_eq!(
+        up.headers.get_all("x-up"),
+        vec![&b"v1"[..], &b"v2"[..]],
+        "keys lower-cased: {:?}",
+        up.headers
+    );
     assert!(up.headers.iter().all(|(k, _)| k.iter().all(|c| !c.is_ascii_uppercase())));
     assert_eq!(up.headers.get("x-rep"), Some("r"));
     assert!(!up.headers.contains("x-gone"));

@@ -11,7 +11,11 @@ fn noop_filter_passes_request_and_response() {
     let mut proxy = Proxy::builder(&host).workers(2).plugin(Plugin::new(m).name("noop")).build().unwrap();
     for w in 0..2 {
         let ex = proxy
-            .send(w, Request::post("/x").header("X-A", "1").body("hello"), UpstreamReply::new(201).header("x-b", "2").body("world"))
+            .send(
+                w,
+                Request::post("/x").header("X-A", "1").body("hello"),
+                UpstreamReply::new(201).header("x-b", "2").body("world"),
+            )
             .unwrap();
         assert_eq!(ex.status, 201, "{ex:?}");
         assert_eq!(ex.body_text(), "world");
@@ -35,12 +39,16 @@ fn noop_filter_passes_request_and_response() {
 #[test]
 fn minimal_wat_guest_runs() {
     let host = host();
-    let m = load(&host, "min", r#"
+    let m = load(
+        &host,
+        "min",
+        r#"
       (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
         (call $report (i32.const 1024) (i32.const 7) (local.get 1))
         (i32.const 0))
       (data (i32.const 1024) "headers")
-    "#);
+    "#,
+    );
     let mut proxy = Proxy::builder(&host).plugin(Plugin::new(m).name("min")).build().unwrap();
     let ex = proxy.send(0, Request::get("/").header("a", "b"), UpstreamReply::new(200)).unwrap();
     assert_eq!(ex.status, 200);

@@ -77,7 +77,8 @@ const QUEUE: &str = r#"
 fn shared_queue_wakes_the_registering_root_context() {
     let host = host();
     let m = load(&host, "queue", QUEUE);
-    let mut proxy = Proxy::builder(&host).workers(2).plugin(Plugin::new(m).name("q").vm_id("mesh")).build().unwrap();
+    let mut proxy =
+        Proxy::builder(&host).workers(2).plugin(Plugin::new(m).name("q").vm_id("mesh")).build().unwrap();
     assert_eq!(proxy.metric("register"), Some(0));
     assert!(proxy.enqueue("mesh", "q", b"hello"));
     assert_eq!(proxy.metric("dequeue"), Some(0));

@@ -105,8 +105,14 @@ const HELPERS: &str = r#"
 /// Default callbacks, each added unless the body exports the same name.
 const DEFAULTS: &[(&str, &str)] = &[
     ("proxy_on_context_create", r#"(func (export "proxy_on_context_create") (param i32 i32))"#),
-    ("proxy_on_vm_start", r#"(func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))"#),
-    ("proxy_on_configure", r#"(func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))"#),
+    (
+        "proxy_on_vm_start",
+        r#"(func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))"#,
+    ),
+    (
+        "proxy_on_configure",
+        r#"(func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))"#,
+    ),
 ];
 
 /// Replaces every `(str "text")` with `(i32.const ADDR) (i32.const LEN)` and adds the data segments
