@@ -417,6 +417,24 @@ clusters:
     }
 
     #[test]
+    fn config_files_are_read_relative_to_the_config() {
+        let text = GOOD.replace("config: \"raw text\"", "config_file: Cargo.toml\n        vm_config: [1, 2]");
+        let c = parse(&text).unwrap();
+        let f = &c.listeners[0].filters[1];
+        let manifest = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).unwrap();
+        assert_eq!(f.config, manifest);
+        assert_eq!(f.vm_config, b"[1,2]");
+
+        let both = GOOD.replace("config: \"raw text\"", "config: x\n        config_file: Cargo.toml");
+        let err = format!("{:#}", parse(&both).unwrap_err());
+        assert!(err.contains("listeners[0].filters[1].config") && err.contains("not both"), "{err}");
+
+        let missing = GOOD.replace("config: \"raw text\"", "config_file: nope.json");
+        let err = format!("{:#}", parse(&missing).unwrap_err());
+        assert!(err.contains("listeners[0].filters[1].config_file") && err.contains("nope.json"), "{err}");
+    }
+
+    #[test]
     fn json_is_accepted() {
         let json = r#"{"listeners":[{"address":"127.0.0.1:0","route":{"cluster":"b"}}],
                        "clusters":[{"name":"b","type":"static","endpoints":["127.0.0.1:9"]}]}"#;
