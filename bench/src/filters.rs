@@ -92,3 +92,30 @@ fn balancer_config() -> Value {
         "services": { SERVICE: { "algorithm": "round_robin" } },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The configurations the benchmark loads are accepted by each filter's own parser, so a change of a
+    /// filter's config format fails here instead of as a "not measured" row.
+    #[test]
+    fn configs_are_accepted_by_the_filters_own_parsers() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = TokenSet::generate(dir.path()).unwrap();
+        let jwt = jwt_auth_config(&tokens).unwrap().to_string();
+        meshwasm_jwt_auth::config::Plan::from_json(jwt.as_bytes()).unwrap();
+        let backends: Vec<SocketAddr> =
+            (1..=3).map(|p| SocketAddr::from(([127, 0, 0, 1], 8000 + p))).collect();
+        meshwasm_discovery::config::Plan::from_json(discovery_config(&backends).to_string().as_bytes())
+            .unwrap();
+        meshwasm_balancer::config::Plan::parse(balancer_config().to_string().as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn missing_artifacts_say_how_to_build_them() {
+        let set = FilterSet::new(PathBuf::from("/nonexistent"));
+        let err = set.noop().unwrap_err().to_string();
+        assert!(err.contains("meshwasm_noop.wasm is not built") && err.contains("make wasm"), "{err}");
+    }
+}
