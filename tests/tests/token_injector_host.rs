@@ -52,9 +52,7 @@ impl Idp {
         Upstream::handler(move |_call: &HttpCall| {
             let n = me.count.fetch_add(1, Ordering::SeqCst) + 1;
             let mut s = me.script.lock().unwrap();
-            let reply =
-                if s.len() > 1 { s.remove(0) } else { s.first().cloned().unwrap_or_else(|| token(n, 600)) };
-            reply
+            if s.len() > 1 { s.remove(0) } else { s.first().cloned().unwrap_or_else(|| token(n, 600)) }
         })
     }
 }
