@@ -240,6 +240,9 @@ pub struct Listener {
     pub buffer_limit: Option<u32>,
     /// Accept HTTP/2 (h2c) as well as HTTP/1.1.
     pub http2: bool,
+    /// Let Envoy add its own headers (`x-request-id`, `x-envoy-upstream-service-time`, …); off for
+    /// differential tests, whose other host does not model them.
+    pub envoy_headers: bool,
 }
 
 impl Listener {
@@ -252,6 +255,7 @@ impl Listener {
             routes: vec![Route::to_cluster("/", cluster)],
             buffer_limit: None,
             http2: false,
+            envoy_headers: true,
         }
     }
 
@@ -291,6 +295,13 @@ impl Listener {
         self
     }
 
+    /// Without Envoy-generated headers: no `x-request-id` (generate_request_id false) and the router's
+    /// `suppress_envoy_headers`.
+    pub fn without_envoy_headers(mut self) -> Self {
+        self.envoy_headers = false;
+        self
+    }
+
     pub fn buffer_limit(mut self, bytes: u32) -> Self {
         self.buffer_limit = Some(bytes);
         self
@@ -306,7 +317,10 @@ impl Listener {
         }
         filters.push(json!({
             "name": "envoy.filters.http.router",
-            "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" }
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+                "suppress_envoy_headers": !self.envoy_headers,
+            }
         }));
         let mut hcm = json!({
             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
@@ -324,6 +338,9 @@ impl Listener {
         });
         if self.http2 {
             hcm["http2_protocol_options"] = json!({});
+        }
+        if !self.envoy_headers {
+            hcm["generate_request_id"] = json!(false);
         }
         let mut l = json!({
             "name": self.name,
