@@ -719,3 +719,40 @@ clusters: [{{name: c, type: static, endpoints: ["{}"]}}]
     assert_eq!(stats.status, 200);
     assert_eq!(stats.body, "edge.probe_requests: 6\n", "{}", serve.log());
 }
+
+/// The balancer filter picks an endpoint and sets `x-meshwasm-endpoint` (replacing a client's copy);
+/// the `original_dst` cluster sends the request there, as Envoy's ORIGINAL_DST cluster would.
+#[test]
+fn the_balancer_filter_steers_through_the_original_dst_cluster() {
+    let balancer = required_artifact("meshwasm_balancer.wasm", "meshwasm-balancer");
+    let (a, b, spoofed) = (Backend::start("a"), Backend::start("b"), Backend::start("spoofed"));
+    let dir = scratch_dir("serve-balancer");
+    let config = write_config(
+        &dir,
+        &format!(
+            r#"
+listeners:
+  - address: 127.0.0.1:0
+    filters:
+      - name: balancer
+        wasm: {}
+        config:
+          service_from: [{{fixed: api}}]
+          services: {{api: {{endpoints: ["{}", "{}"]}}}}
+    route: {{cluster: picked}}
+clusters:
+  - {{name: picked, type: original_dst}}
+"#,
+            balancer.display(),
+            a.addr,
+            b.addr
+        ),
+    );
+    let serve = Serve::start(&config);
+    let spoof = spoofed.addr.to_string();
+    for _ in 0..4 {
+        let r = get(serve.addr, "/", &[("x-meshwasm-endpoint", &spoof)]);
+        assert_eq!(r.status, 200, "{r:?}\n{}", serve.log());
+    }
+    assert_eq!((a.hits(), b.hits(), spoofed.hits()), (2, 2, 0), "{}", serve.log());
+}
