@@ -242,6 +242,11 @@ impl Plan {
             if s.timeout.0.is_zero() {
                 return Err(format!("{at}.timeout: must be above 0"));
             }
+            if let SourceConfig::Consul(c) = &s.source
+                && c.wait.0 > Duration::from_secs(600)
+            {
+                return Err(format!("{at}.source.consul.wait: Consul caps blocking queries at 10m"));
+            }
             let at = format!("{at}.source");
             let (kind, upstream, headers) = match &s.source {
                 SourceConfig::Static(_) => ("static", None, None),
@@ -351,6 +356,10 @@ mod tests {
         assert!(
             err(r#"{"services":[{"name":"a","source":{"consul":{"cluster":"c","headers":{"x":"a\nb"}}}}]}"#)
                 .contains("line break")
+        );
+        assert!(
+            err(r#"{"services":[{"name":"a","source":{"consul":{"cluster":"c","wait":"11m"}}}]}"#)
+                .contains("services[0].source.consul.wait")
         );
     }
 }

@@ -189,6 +189,13 @@ impl Doh {
 
     fn parse(reply: Reply, name: &str, qtype: u16) -> Result<dns::Response, SourceError> {
         let (headers, body) = expect_ok(reply)?;
+        // A DNS message is at most 65535 bytes; anything larger is not one.
+        if body.len() > usize::from(u16::MAX) {
+            return Err(SourceError::Malformed(format!(
+                "{} byte answer exceeds the DNS message limit",
+                body.len()
+            )));
+        }
         if let Some(ct) = header(&headers, "content-type")
             && !ct.trim().to_ascii_lowercase().starts_with("application/dns-message")
         {
