@@ -376,6 +376,19 @@ clusters: [{{name: c, type: static, endpoints: ["127.0.0.1:9"]}}]
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("strict") && stderr.contains("configuration: must be empty"), "{stderr}");
     assert!(!stderr.contains("on http://"), "{stderr}");
+
+    // --validate says the same without trying to serve, and accepts the config once it is fixed.
+    let out = run(&["serve", "--validate", config.to_str().unwrap()]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("configuration: must be empty"), "{stderr}");
+    let fixed = std::fs::read_to_string(&config).unwrap().replace(", config: {mode: x}", "");
+    std::fs::write(&config, fixed).unwrap();
+    let out = run(&["serve", "--validate", config.to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stdout.contains("OK: 1 listener(s), 1 filter(s)"), "{stdout}");
+    assert!(!stderr.contains("on http://"), "{stderr}");
 }
 
 #[test]

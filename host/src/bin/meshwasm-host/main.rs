@@ -66,6 +66,10 @@ enum Command {
     Serve {
         /// The config file (YAML or JSON).
         config: PathBuf,
+        /// Check the config and start every filter's VMs (vm_start, configure), then exit without
+        /// listening: 0 when serve would start, 1 with the reason otherwise.
+        #[arg(long)]
+        validate: bool,
     },
 }
 
@@ -73,7 +77,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check(args) => check::run(&args),
-        Command::Serve { config } => match serve::run(&config) {
+        Command::Serve { config, validate } => match serve::run(&config, validate) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("meshwasm-host serve: {e:#}");

@@ -41,7 +41,7 @@ const DRAIN_TIME: Duration = Duration::from_secs(5);
 /// http calls without a timeout get this one (Envoy's route default).
 const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
-pub fn run(path: &Path) -> anyhow::Result<()> {
+pub fn run(path: &Path, validate_only: bool) -> anyhow::Result<()> {
     let config = ServeConfig::load(path)?;
     let host = Host::new(HostOptions::default())?;
 
@@ -49,6 +49,17 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     let mut per_listener = Vec::with_capacity(config.listeners.len());
     for listener in &config.listeners {
         per_listener.push(build_workers(&host, &config, listener)?);
+    }
+    if validate_only {
+        let filters: usize = config.listeners.iter().map(|l| l.filters.len()).sum();
+        println!(
+            "meshwasm-host serve: {} OK: {} listener(s), {filters} filter(s) started on {} worker(s), {} cluster(s)",
+            path.display(),
+            config.listeners.len(),
+            config.workers,
+            config.clusters.len()
+        );
+        return Ok(());
     }
 
     // Signal handlers before the listener lines: a SIGTERM right after start must still drain cleanly.
