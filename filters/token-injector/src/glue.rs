@@ -389,11 +389,13 @@ impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
         let Some(w) = &self.worker else { return Action::Continue };
         let mut w = w.borrow_mut();
-        let authority = self.get_http_request_header_bytes(":authority").unwrap_or_default();
-        let path = self.get_http_request_header_bytes(":path").unwrap_or_default();
-        if !w.plan.matcher.matches(&authority, &path) {
-            bump(w.metrics.skipped, 1);
-            return Action::Continue;
+        if !w.plan.matcher.matches_all() {
+            let authority = self.get_http_request_header_bytes(":authority").unwrap_or_default();
+            let path = self.get_http_request_header_bytes(":path").unwrap_or_default();
+            if !w.plan.matcher.matches(&authority, &path) {
+                bump(w.metrics.skipped, 1);
+                return Action::Continue;
+            }
         }
         if !w.plan.config.overwrite_existing && self.get_http_request_header_bytes(&w.plan.header).is_some() {
             bump(w.metrics.skipped, 1);

@@ -73,6 +73,11 @@ impl Matcher {
         Ok(Matcher { rules: out })
     }
 
+    /// True when there are no rules: every request matches (the glue then skips reading headers).
+    pub fn matches_all(&self) -> bool {
+        self.rules.is_empty()
+    }
+
     /// True when the request should get a token.
     pub fn matches(&self, authority: &[u8], path: &[u8]) -> bool {
         if self.rules.is_empty() {
@@ -120,6 +125,8 @@ mod tests {
     #[test]
     fn no_rules_match_everything() {
         assert!(m(&[]).matches(b"anything", b"/"));
+        assert!(m(&[]).matches_all());
+        assert!(!m(&[(None, Some("/x"))]).matches_all());
     }
 
     #[test]
