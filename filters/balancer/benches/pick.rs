@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, criterion_group};
 use meshwasm_balancer::config::{Algorithm, Policy};
 use meshwasm_balancer::service::{Outcome, ServiceBalancer};
 use meshwasm_endpoints::{Endpoint, EndpointSet};
@@ -56,5 +56,50 @@ fn pick(c: &mut Criterion) {
     }
 }
 
+/// Side-by-side 10 vs 10,000 endpoints: alternating batches, best batch of each (robust to other load
+/// on the machine), printed as a ratio per algorithm.
+fn ratio_report() {
+    const BATCH: u32 = 200_000;
+    println!("\npick cost, 10 vs 10,000 endpoints (best of 25 alternating batches of {BATCH} picks):");
+    for algorithm in [
+        Algorithm::RoundRobin,
+        Algorithm::WeightedRoundRobin,
+        Algorithm::Random,
+        Algorithm::WeightedRandom,
+        Algorithm::LeastRequest,
+        Algorithm::RingHash,
+        Algorithm::Maglev,
+    ] {
+        let mut lbs: Vec<ServiceBalancer> = [10usize, 10_000]
+            .iter()
+            .map(|&n| {
+                let mut lb = ServiceBalancer::new(Rc::new(Policy { algorithm, ..Policy::default() }), 1);
+                lb.set_endpoints(set(n, algorithm.uses_weights()), 0);
+                lb
+            })
+            .collect();
+        let mut best = [f64::MAX; 2];
+        let mut key = 0u64;
+        for _ in 0..25 {
+            for (lb, best) in lbs.iter_mut().zip(best.iter_mut()) {
+                let start = std::time::Instant::now();
+                for _ in 0..BATCH {
+                    key = key.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                    let p = lb.pick(0, Some(key)).unwrap();
+                    lb.complete(&p, Outcome::Success, 0);
+                    black_box(p.address);
+                }
+                *best = best.min(start.elapsed().as_secs_f64() * 1e9 / f64::from(BATCH));
+            }
+        }
+        println!("  {algorithm:?}: {:.1} ns vs {:.1} ns: ratio {:.2}", best[0], best[1], best[1] / best[0]);
+    }
+}
+
 criterion_group!(benches, pick);
-criterion_main!(benches);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    ratio_report();
+}
