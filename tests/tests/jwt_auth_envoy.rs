@@ -314,3 +314,63 @@ fn real_openid_provider_discovery_scopes_and_rotation() {
     // Discovery + JWKS at start, then at most one refetch (JWKS) per rotated token.
     assert!((2..=4).contains(&fetches), "fetches {fetches}: {stats:?}");
 }
+
+/// Opaque tokens from the real OpenID Provider, checked by RFC 7662 introspection through an Envoy
+/// cluster: active → allowed with claims, revoked → 401, endpoint down → 503 (fail closed), and a JWT for
+/// the same provider still verified locally.
+#[test]
+fn real_openid_provider_introspection_of_opaque_tokens() {
+    use meshwasm_tests::oidc::{
+        BASIC_CLIENT, INTROSPECTION_CLIENT, OPAQUE_RESOURCE, OidcOptions, OidcProvider, RS256_RESOURCE,
+    };
+    let idp = OidcProvider::start(OidcOptions::default()).unwrap();
+    let backend = Backend::start("b").unwrap();
+    let authority = idp.addr().to_string();
+    let cfg = json!({
+        "providers": {"idp": {
+            "issuer": idp.issuer(),
+            "audiences": [RS256_RESOURCE],
+            "remote_jwks": {"cluster": "idp"},
+            "introspection": {
+                "cluster": "idp", "path": "/token/introspection", "authority": authority,
+                "client_id": INTROSPECTION_CLIENT.id, "client_secret": INTROSPECTION_CLIENT.secret,
+                "inactive_ttl_s": 0, "max_active_ttl_s": 1
+            },
+            "claim_to_headers": [{"header": "x-client", "claim": "client_id"}],
+        }},
+        "rules": [{"match": {"prefix": "/"}, "requires_any": ["idp"], "scopes": ["read"]}],
+    });
+    let envoy = EnvoyConfig::new()
+        .listener(
+            Listener::new("wasm", "backend")
+                .wasm(WasmFilter::new("jwt-auth", artifacts::wasm_path("meshwasm_jwt_auth")).config(cfg.to_string())),
+        )
+        .cluster(Cluster::static_hosts("backend", &[backend.addr()]))
+        .cluster(Cluster::static_hosts("idp", &[idp.addr()]))
+        .start()
+        .unwrap();
+    let addr = envoy.listener_addr("wasm");
+    let call = |token: &str| {
+        let auth = format!("Bearer {token}");
+        process::http_request(addr, "GET", "/x", &[("authorization", &auth)], b"", Duration::from_secs(10)).unwrap()
+    };
+    let opaque = idp.client_credentials(&BASIC_CLIENT, "read", Some(OPAQUE_RESOURCE)).unwrap();
+    assert_eq!(opaque.split('.').count(), 1, "an opaque token");
+    let resp = call(&opaque);
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let echo: EchoedRequest = serde_json::from_slice(resp.body.as_slice()).unwrap();
+    assert_eq!(echo.header("x-client"), Some("meshwasm-basic"));
+    let jwt = idp.client_credentials(&BASIC_CLIENT, "read", Some(RS256_RESOURCE)).unwrap();
+    assert_eq!(call(&jwt).status, 200, "JWTs are still verified locally");
+    assert_eq!(call("made-up-opaque-token").status, 401);
+    idp.revoke(&BASIC_CLIENT, &opaque).unwrap();
+    std::thread::sleep(Duration::from_millis(2100)); // past max_active_ttl_s and the 1 s answer memory
+    let resp = call(&opaque);
+    assert_eq!(resp.status, 401, "revoked");
+    assert!(resp.header("www-authenticate").unwrap_or_default().contains("invalid_token"));
+    // The endpoint fails: fail closed with 503.
+    idp.fail_introspection_requests(500, -1).unwrap();
+    let fresh = idp.client_credentials(&BASIC_CLIENT, "read", Some(OPAQUE_RESOURCE)).unwrap();
+    assert_eq!(call(&fresh).status, 503);
+    idp.fail_introspection_requests(500, 0).unwrap();
+}

@@ -103,6 +103,9 @@ pub struct ProviderConfig {
     pub subjects: Option<MatchConfig>,
     #[serde(default = "default_max_token")]
     pub max_token_bytes: usize,
+    /// RFC 7662 introspection for opaque (non-JWT) tokens, instead of or besides keys.
+    #[serde(default)]
+    pub introspection: Option<crate::introspection::IntrospectionConfig>,
 }
 
 fn default_skew() -> u64 {
@@ -288,6 +291,7 @@ pub struct ProviderPlan {
     pub forward: bool,
     pub payload_header: Option<String>,
     pub claim_headers: Vec<ClaimHeader>,
+    pub introspection: Option<crate::introspection::IntrospectionConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -497,8 +501,11 @@ fn build_provider(ctx: &str, name: &str, p: &ProviderConfig) -> Result<ProviderP
         None => None,
         Some(r) => Some(build_remote(ctx, name, p.issuer.as_deref(), r)?),
     };
-    if static_keys.is_none() && remote.is_none() {
-        return err(format!("{ctx}: set local_jwks, pem or remote_jwks"));
+    if let Some(i) = &p.introspection {
+        i.validate().map_err(|e| ConfigError(format!("{ctx}.{e}")))?;
+    }
+    if static_keys.is_none() && remote.is_none() && p.introspection.is_none() {
+        return err(format!("{ctx}: set local_jwks, pem, remote_jwks or introspection"));
     }
     if let Some(keys) = &static_keys {
         let has_hmac = keys.keys.iter().any(|k| k.family == crate::jwks::KeyFamily::Hmac);
@@ -561,6 +568,7 @@ fn build_provider(ctx: &str, name: &str, p: &ProviderConfig) -> Result<ProviderP
         forward: p.forward,
         payload_header,
         claim_headers,
+        introspection: p.introspection.clone(),
     })
 }
 
@@ -699,7 +707,7 @@ mod tests {
     #[test]
     fn semantic_errors_name_the_field() {
         let e = Plan::from_json(br#"{"providers":{"p":{"issuer":"x"}}}"#).unwrap_err();
-        assert!(e.0.contains("provider `p`: set local_jwks, pem or remote_jwks"), "{e}");
+        assert!(e.0.contains("provider `p`: set local_jwks, pem, remote_jwks or introspection"), "{e}");
         let e = Plan::from_json(br#"{"providers":{"p":{"remote_jwks":{"cluster":"c"}}}}"#).unwrap_err();
         assert!(e.0.contains("provider `p`.remote_jwks.uri"), "{e}");
         let e = Plan::from_json(br#"{"providers":{"p":{"remote_jwks":{"cluster":"c","uri":"ftp://x"}}}}"#)

@@ -10,6 +10,7 @@ use serde_json::Value;
 use crate::cache::{TokenCache, key};
 use crate::challenge::{Challenge, www_authenticate};
 use crate::config::{ClaimHeader, Mode, Plan, RulePlan, Source};
+use crate::introspection::{self, Introspection, IntrospectionError};
 use crate::jwks::KeySet;
 use crate::validate::{TokenError, Verified, looks_like_jwt, validate};
 
@@ -29,7 +30,16 @@ pub trait KeyAccess {
     /// started (or is in flight) and the request should wait for it; false when refetches are
     /// rate-limited right now (the token is refused).
     fn unknown_kid(&mut self, provider: usize) -> bool;
+    /// RFC 7662: the introspection answer for this opaque token (cached, or from a finished call), or
+    /// `None` when a call was started (or is in flight) and the request should wait for it.
+    fn introspect(&mut self, provider: usize, token: &str) -> Option<IntroResult> {
+        let _ = (provider, token);
+        Some(Err(IntrospectionError::Unreachable("introspection is not available in this host".into())))
+    }
 }
+
+/// The result of asking the introspection endpoint.
+pub type IntroResult = Result<Rc<Introspection>, IntrospectionError>;
 
 /// What the glue must do with the request.
 #[derive(Debug, PartialEq, Eq)]
@@ -200,6 +210,20 @@ enum Attempt {
     Err(TokenError),
     Wait,
     Unavailable,
+    /// Introspection endpoint unusable and not fail-open: 503.
+    IntroUnavailable(String),
+}
+
+/// Verified-token view of an active introspection answer (claims for rules and headers).
+fn from_introspection(i: &Introspection) -> Verified {
+    use base64::Engine as _;
+    let mut claims = i.claims.clone();
+    if !claims.contains_key("scope") && !i.scope.is_empty() {
+        claims.insert("scope".into(), Value::String(i.scope.join(" ")));
+    }
+    let payload_b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(&Value::Object(claims.clone())).unwrap_or_default());
+    Verified { claims, exp: i.exp, payload_b64 }
 }
 
 fn deny_invalid(plan: &Plan, e: &TokenError) -> Outcome {
@@ -218,6 +242,15 @@ fn deny_unavailable(provider: &str) -> Outcome {
         www_authenticate: None,
         reason: "keys_unavailable",
         detail: format!("signing keys of provider `{provider}` are unavailable"),
+    }
+}
+
+fn deny_introspection(provider: &str, err: &str) -> Outcome {
+    Outcome::Deny {
+        status: 503,
+        www_authenticate: None,
+        reason: "introspection_unavailable",
+        detail: format!("provider `{provider}`: {err}"),
     }
 }
 
@@ -274,6 +307,29 @@ pub fn evaluate(
     let mut results: Vec<(usize, Attempt, Option<&str>)> = Vec::with_capacity(found.len());
     for (pi, token, hname) in &found {
         let p = &plan.providers[*pi];
+        if let Some(icfg) = &p.introspection
+            && (!looks_like_jwt(token) || (p.static_keys.is_none() && p.remote.is_none()))
+        {
+            let attempt = if token.len() > p.policy.max_token_bytes {
+                Attempt::Err(TokenError::TooLarge(p.policy.max_token_bytes))
+            } else {
+                match keys.introspect(*pi, token) {
+                    None => Attempt::Wait,
+                    Some(result) => match introspection::decide(icfg, result, now_s) {
+                        introspection::Outcome::Active(i) => Attempt::Ok(Rc::new(from_introspection(&i))),
+                        introspection::Outcome::Inactive(d) => Attempt::Err(TokenError::Inactive(d)),
+                        introspection::Outcome::Unavailable(e) => Attempt::IntroUnavailable(e.to_string()),
+                        introspection::Outcome::FailOpen(_) => Attempt::Ok(Rc::new(Verified {
+                            claims: Default::default(),
+                            exp: None,
+                            payload_b64: String::new(),
+                        })),
+                    },
+                }
+            };
+            results.push((*pi, attempt, *hname));
+            continue;
+        }
         let ck = key(*pi, token);
         if let Some(v) = cache.get(&ck, now_s) {
             counters.cache_hits += 1;
@@ -322,6 +378,10 @@ pub fn evaluate(
         Attempt::Unavailable => Some(*pi),
         _ => None,
     });
+    let intro_down = results.iter().find_map(|(pi, a, _)| match a {
+        Attempt::IntroUnavailable(e) => Some((*pi, e.clone())),
+        _ => None,
+    });
 
     let accepted: Vec<(usize, Rc<Verified>, Option<&str>)> = match rule.mode {
         Mode::Any => {
@@ -334,6 +394,9 @@ pub fn evaluate(
                 }
                 if let Some(pi) = unavailable {
                     return deny_unavailable(&plan.providers[pi].name);
+                }
+                if let Some((pi, e)) = intro_down {
+                    return deny_introspection(&plan.providers[pi].name, &e);
                 }
                 return deny_invalid(plan, &TokenError::Malformed);
             }
@@ -348,6 +411,9 @@ pub fn evaluate(
             }
             if let Some(pi) = unavailable {
                 return deny_unavailable(&plan.providers[pi].name);
+            }
+            if let Some((pi, e)) = intro_down {
+                return deny_introspection(&plan.providers[pi].name, &e);
             }
             let missing = rule.providers.iter().find(|pi| !ok.iter().any(|(o, _, _)| o == *pi));
             if let Some(pi) = missing {
@@ -629,5 +695,58 @@ mod tests {
         let (o, _) = run(&p, &mut k, &mut TokenCache::new(0, 0), "GET", "/x", &[("authorization", &auth)]);
         assert!(matches!(o, Outcome::Deny { status: 401, reason: "unknown_key", .. }), "{o:?}");
         assert_eq!(k.refetches, 2);
+    }
+
+    struct IntroKeys {
+        answer: Option<IntroResult>,
+        asked: u32,
+    }
+
+    impl KeyAccess for IntroKeys {
+        fn keys(&self, _p: usize) -> Keys<'_> {
+            Keys::Unavailable
+        }
+        fn unknown_kid(&mut self, _p: usize) -> bool {
+            false
+        }
+        fn introspect(&mut self, _p: usize, _token: &str) -> Option<IntroResult> {
+            self.asked += 1;
+            self.answer.clone()
+        }
+    }
+
+    #[test]
+    fn opaque_tokens_go_to_introspection() {
+        let plan = Plan::from_json(
+            br#"{"providers":{"o":{"introspection":{"cluster":"idp","path":"/introspect","authority":"idp",
+                 "client_id":"rs","client_secret":"s"},"claim_to_headers":[{"header":"x-sub","claim":"sub"}]}},
+                 "rules":[{"match":{"prefix":"/"},"requires_any":["o"],"scopes":["read"]}]}"#,
+        )
+        .unwrap();
+        let active = |scope: &str| {
+            let body = serde_json::json!({"active": true, "sub": "svc", "scope": scope, "exp": NOW + 60});
+            Some(Ok(Rc::new(crate::introspection::parse_response(200, body.to_string().as_bytes()).unwrap())))
+        };
+        let call = |k: &mut IntroKeys| {
+            let mut c = Counters::default();
+            let get = |n: &str| (n == "authorization").then(|| b"Bearer opaque-123".to_vec());
+            let req = Request { method: "GET", path: "/", header: &get };
+            evaluate(&plan, &req, k, &mut TokenCache::new(0, 0), NOW, &mut c)
+        };
+        let mut k = IntroKeys { answer: None, asked: 0 };
+        assert_eq!(call(&mut k), Outcome::Wait { providers: vec![0] });
+        k.answer = active("read");
+        let Outcome::Allow { set, .. } = call(&mut k) else { panic!() };
+        assert_eq!(set, vec![("x-sub".to_string(), "svc".to_string())]);
+        k.answer = active("write");
+        assert!(matches!(call(&mut k), Outcome::Deny { status: 403, .. }));
+        k.answer =
+            Some(Ok(Rc::new(crate::introspection::parse_response(200, br#"{"active":false}"#).unwrap())));
+        assert!(matches!(call(&mut k), Outcome::Deny { status: 401, reason: "inactive", .. }));
+        k.answer = Some(Err(IntrospectionError::Status(500)));
+        assert!(matches!(
+            call(&mut k),
+            Outcome::Deny { status: 503, reason: "introspection_unavailable", .. }
+        ));
     }
 }

@@ -18,7 +18,11 @@ use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
 
 use crate::cache::TokenCache;
 use crate::config::Plan;
-use crate::engine::{Counters, KeyAccess, Keys, Outcome, Request, evaluate};
+use crate::engine::{Counters, IntroResult, KeyAccess, Keys, Outcome, Request, evaluate};
+use crate::introspection::{
+    IntrospectionCache, IntrospectionConfig, IntrospectionError, build_request, check_body_size,
+    parse_response, token_key, token_log_id,
+};
 use crate::jwks::KeySet;
 use crate::keystore::{Event, Fetch, RemoteKeys, SharedData, State};
 
@@ -86,7 +90,32 @@ impl Metrics {
 struct ProviderKeys {
     static_keys: Option<KeySet>,
     remote: Option<RemoteKeys>,
+    intro: Option<IntroProvider>,
 }
+
+/// Per-worker introspection state of one provider.
+struct IntroProvider {
+    cfg: IntrospectionConfig,
+    cache: IntrospectionCache,
+    /// Token key → dispatch time (ms) of the call in flight.
+    inflight: HashMap<u128, u64>,
+    /// Answers (and failures) of finished calls, kept briefly so that the requests waiting for them see
+    /// them even with caching off, and a down endpoint is not asked again for every request.
+    recent: HashMap<u128, (IntroResult, u64)>,
+}
+
+/// What an outstanding `dispatch_http_call` was for.
+enum CallKind {
+    Jwks(usize),
+    /// The token is kept only until the answer arrives (to key the cache); never logged.
+    Intro {
+        provider: usize,
+        token: String,
+    },
+}
+
+/// How long a finished introspection answer is remembered outside the cache.
+const INTRO_RECENT_MS: u64 = 1000;
 
 struct Waiter {
     context_id: u32,
@@ -99,13 +128,14 @@ struct Worker {
     keys: Vec<ProviderKeys>,
     cache: TokenCache,
     waiters: Vec<Waiter>,
-    calls: HashMap<u32, usize>,
+    calls: HashMap<u32, CallKind>,
     metrics: Metrics,
 }
 
 /// The engine's view of this worker's keys. Unknown-kid refetches are started by the next tick.
 struct Access<'a> {
     keys: &'a mut [ProviderKeys],
+    calls: &'a mut HashMap<u32, CallKind>,
     now_ms: u64,
 }
 
@@ -125,6 +155,45 @@ impl KeyAccess for Access<'_> {
         match self.keys.get_mut(provider).and_then(|p| p.remote.as_mut()) {
             Some(r) => r.unknown_kid(self.now_ms, &mut HostShared),
             None => false,
+        }
+    }
+    fn introspect(&mut self, provider: usize, token: &str) -> Option<IntroResult> {
+        let now = self.now_ms;
+        let Some(ip) = self.keys.get_mut(provider).and_then(|p| p.intro.as_mut()) else {
+            return Some(Err(IntrospectionError::Unreachable("introspection is not configured".into())));
+        };
+        if let Some(i) = ip.cache.get(token, now / 1000) {
+            return Some(Ok(i));
+        }
+        let k = token_key(token);
+        if let Some((r, until)) = ip.recent.get(&k)
+            && now < *until
+        {
+            return Some(r.clone());
+        }
+        if let Some(t) = ip.inflight.get(&k)
+            && now < t.saturating_add(ip.cfg.timeout_ms).saturating_add(1000)
+        {
+            return None;
+        }
+        let (headers, body) = build_request(&ip.cfg, token);
+        let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        match hostcalls::dispatch_http_call(
+            &ip.cfg.cluster,
+            pairs,
+            Some(&body),
+            vec![],
+            Duration::from_millis(ip.cfg.timeout_ms),
+        ) {
+            Ok(call) => {
+                ip.inflight.insert(k, now);
+                self.calls.insert(call, CallKind::Intro { provider, token: token.to_string() });
+                None
+            }
+            Err(e) => Some(Err(IntrospectionError::Unreachable(format!(
+                "cannot call cluster `{}` ({e:?}); is it defined in Envoy?",
+                ip.cfg.cluster
+            )))),
         }
     }
 }
@@ -149,7 +218,7 @@ impl Worker {
         let now = now_ms();
         let mut counters = Counters::default();
         let outcome = {
-            let mut access = Access { keys: &mut self.keys, now_ms: now };
+            let mut access = Access { keys: &mut self.keys, calls: &mut self.calls, now_ms: now };
             evaluate(&plan, &req, &mut access, &mut self.cache, now / 1000, &mut counters)
         };
         self.metrics.inc("cache_hits", counters.cache_hits);
@@ -262,7 +331,7 @@ impl Worker {
             Duration::from_millis(f.timeout_ms),
         ) {
             Ok(token) => {
-                self.calls.insert(token, provider);
+                self.calls.insert(token, CallKind::Jwks(provider));
                 self.metrics.inc("jwks_fetches", 1);
                 true
             }
@@ -349,7 +418,14 @@ impl Worker {
     }
 
     fn on_call_response(&mut self, token: u32, num_headers: usize, body_size: usize) {
-        let Some(provider) = self.calls.remove(&token) else { return };
+        let provider = match self.calls.remove(&token) {
+            None => return,
+            Some(CallKind::Jwks(p)) => p,
+            Some(CallKind::Intro { provider, token }) => {
+                self.on_introspection_response(provider, &token, num_headers, body_size);
+                return;
+            }
+        };
         let now = now_ms();
         // A failed or timed-out call has no headers; reading them then is an error the SDK panics on.
         let status = if num_headers == 0 {
@@ -385,6 +461,59 @@ impl Worker {
             r.on_response(now, &mut HostShared, None, None);
             self.drain_events(provider);
         }
+        self.wake(&[provider]);
+    }
+}
+
+impl Worker {
+    fn on_introspection_response(
+        &mut self,
+        provider: usize,
+        token: &str,
+        num_headers: usize,
+        body_size: usize,
+    ) {
+        let now = now_ms();
+        let result = if num_headers == 0 {
+            Err(IntrospectionError::Unreachable("no response (timeout or connection failure)".into()))
+        } else {
+            let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
+                .ok()
+                .flatten()
+                .and_then(|s| std::str::from_utf8(&s).ok().and_then(|s| s.parse::<u32>().ok()))
+                .unwrap_or(0);
+            check_body_size(body_size).and_then(|()| {
+                let body = if body_size == 0 {
+                    Vec::new()
+                } else {
+                    hostcalls::get_buffer(proxy_wasm::types::BufferType::HttpCallResponseBody, 0, body_size)
+                        .ok()
+                        .flatten()
+                        .unwrap_or_default()
+                };
+                parse_response(status, &body)
+            })
+        };
+        let name = self.plan.providers.get(provider).map(|p| p.name.clone()).unwrap_or_default();
+        let Some(ip) = self.keys.get_mut(provider).and_then(|p| p.intro.as_mut()) else { return };
+        let k = token_key(token);
+        ip.inflight.remove(&k);
+        ip.recent.retain(|_, (_, until)| *until > now);
+        let result: IntroResult = match result {
+            Ok(i) => Ok(ip.cache.insert(token, i, now / 1000)),
+            Err(e) => {
+                log(
+                    LogLevel::Warn,
+                    &format!("meshwasm jwt-auth: provider `{name}`: token {}: {e}", token_log_id(token)),
+                );
+                Err(e)
+            }
+        };
+        if result.is_err() {
+            self.metrics.inc("introspection_failures", 1);
+        }
+        self.metrics.inc("introspections", 1);
+        ip.recent.insert(k, (result, now.saturating_add(INTRO_RECENT_MS)));
         self.wake(&[provider]);
     }
 }
@@ -433,6 +562,12 @@ impl RootContext for Root {
             .providers
             .iter()
             .map(|p| ProviderKeys {
+                intro: p.introspection.clone().map(|cfg| IntroProvider {
+                    cache: IntrospectionCache::new(&cfg),
+                    cfg,
+                    inflight: HashMap::new(),
+                    recent: HashMap::new(),
+                }),
                 static_keys: p.static_keys.clone(),
                 remote: p
                     .remote

@@ -56,6 +56,9 @@ pub enum TokenError {
     MissingClaim,
     #[error("token subject is not accepted")]
     Subject,
+    /// RFC 7662 answered `active: false` (or the token's own dates are out of range).
+    #[error("{0}")]
+    Inactive(&'static str),
 }
 
 impl TokenError {
@@ -74,6 +77,7 @@ impl TokenError {
             TokenError::Issuer => "issuer",
             TokenError::Audience => "audience",
             TokenError::MissingClaim | TokenError::Subject => "claims",
+            TokenError::Inactive(_) => "inactive",
         }
     }
 }
