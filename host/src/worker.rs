@@ -1202,7 +1202,8 @@ impl Worker {
         self.finish(id);
     }
 
-    /// Ends a stream: on_log for every filter with a context (chain order), then on_done and on_delete.
+    /// Ends a stream: on_log for every filter with a context (chain order), then per filter on_done and
+    /// on_delete.
     fn finish(&mut self, id: u32) {
         let Some(rt) = self.streams.get_mut(&id) else { return };
         if rt.finished {
@@ -1220,9 +1221,17 @@ impl Worker {
         }
         self.calls.retain(|_, o| o.stream != Some(id));
         let mut records = Vec::new();
-        for (cb, export) in [(Callback::Log, 0), (Callback::Done, 1), (Callback::Delete, 2)] {
-            for (f, ctx) in ctxs.iter().enumerate() {
-                let Some(ctx) = *ctx else { continue };
+        // Envoy logs (access-log phase) for every filter, then destroys the filters one by one
+        // (onDone, then onDelete for each).
+        let n = ctxs.len();
+        let mut order: Vec<(Callback, u8, usize)> = (0..n).map(|f| (Callback::Log, 0, f)).collect();
+        for f in 0..n {
+            order.push((Callback::Done, 1, f));
+            order.push((Callback::Delete, 2, f));
+        }
+        {
+            for (cb, export, f) in order {
+                let Some(ctx) = ctxs[f] else { continue };
                 let vmi = self.chain[f].vm;
                 let vm = &mut self.vms[vmi];
                 if vm.failed.is_some() {

@@ -47,8 +47,8 @@ fn chain_runs_requests_in_order_and_responses_in_reverse() {
             (0, Log),
             (1, Log),
             (0, Done),
-            (1, Done),
             (0, Delete),
+            (1, Done),
             (1, Delete),
         ]
     );
