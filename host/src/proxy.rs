@@ -497,11 +497,10 @@ impl Proxy {
             }
             while let Some((w, token, outcome)) = self.ready_calls.pop_front() {
                 progressed = true;
-                if let Some(&i) = self.call_index.get(&token) {
-                    self.calls[i].outcome = Some(outcome.clone());
-                }
-                if let Some(worker) = self.workers.get_mut(w) {
-                    worker.deliver_call(token, outcome);
+                let delivered =
+                    self.workers.get_mut(w).is_some_and(|worker| worker.deliver_call(token, outcome.clone()));
+                if delivered && let Some(&i) = self.call_index.get(&token) {
+                    self.calls[i].outcome = Some(outcome);
                 }
             }
             while let Some((id, reply)) = self.ready_upstream.pop_front() {

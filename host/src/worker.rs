@@ -403,12 +403,13 @@ impl Worker {
     }
 
     /// Delivers the outcome of a dispatched http call to its root context (`on_http_call_response`).
-    /// Unknown tokens (cancelled with their stream, or already answered) are ignored.
-    pub fn deliver_call(&mut self, token: u32, outcome: CallOutcome) {
-        let Some(owner) = self.calls.remove(&token) else { return };
+    /// Returns false (and does nothing) for unknown tokens: cancelled with their stream, already
+    /// answered, or belonging to a VM that failed since.
+    pub fn deliver_call(&mut self, token: u32, outcome: CallOutcome) -> bool {
+        let Some(owner) = self.calls.remove(&token) else { return false };
         let vmi = owner.vm;
         if self.vms[vmi].failed.is_some() {
-            return;
+            return false;
         }
         let (headers, body, trailers, status) = match outcome {
             CallOutcome::Response { headers, body, trailers } => (headers, body, trailers, (0, Vec::new())),
@@ -427,7 +428,7 @@ impl Worker {
         let (nh, nb, nt) =
             if failed { (0, 0, 0) } else { (headers.len() as u32, body.len() as u32, trailers.len() as u32) };
         let vm = &mut self.vms[vmi];
-        let Some(func) = vm.exports.on_http_call_response.clone() else { return };
+        let Some(func) = vm.exports.on_http_call_response.clone() else { return true };
         {
             let st = vm.store.data_mut();
             st.status = status;
@@ -454,6 +455,7 @@ impl Worker {
             self.vm_failed(vmi, owner.root, &e);
         }
         self.after_root_call(vmi);
+        true
     }
 
     /// Runs queued work from other threads: shared-queue notifications (`on_queue_ready`).

@@ -54,3 +54,58 @@ fn minimal_wat_guest_runs() {
     assert_eq!(ex.status, 200);
     assert_eq!(proxy.metric("headers"), Some(5));
 }
+
+#[test]
+fn trailers_pass_both_ways_and_are_editable_in_their_callbacks() {
+    let host = host();
+    let m = load(
+        &host,
+        "trailers",
+        r#"
+      (func (export "proxy_on_request_trailers") (param i32 i32) (result i32)
+        (call $report (str "req_trailers") (local.get 1))
+        (drop (call $add_header (i32.const 1) (str "X-Added") (str "t")))
+        (i32.const 0))
+      (func (export "proxy_on_response_trailers") (param i32 i32) (result i32)
+        (call $report (str "resp_get") (call $get_header (i32.const 3) (str "grpc-status") (i32.const 100) (i32.const 104)))
+        (call $report (str "req_map_in_resp") (call $add_header (i32.const 1) (str "x") (str "y")))
+        (i32.const 0))
+    "#,
+    );
+    let mut proxy = Proxy::builder(&host).plugin(Plugin::new(m)).build().unwrap();
+    let ex = proxy
+        .send(
+            0,
+            Request::post("/").body("b").trailer("x-t", "1"),
+            UpstreamReply::new(200).body("r").trailer("grpc-status", "0"),
+        )
+        .unwrap();
+    assert_eq!(ex.status, 200);
+    assert_eq!(proxy.metric("req_trailers"), Some(1));
+    assert_eq!(proxy.metric("resp_get"), Some(0));
+    assert_eq!(proxy.metric("req_map_in_resp"), Some(status::BAD_ARGUMENT as u64));
+    let up = ex.upstream_request.unwrap();
+    assert_eq!(up.body, b"b");
+    let t = up.trailers.unwrap();
+    assert_eq!((t.get("x-t"), t.get("x-added")), (Some("1"), Some("t")));
+    assert_eq!(ex.response_trailers.unwrap().get("grpc-status"), Some("0"));
+}
+
+#[test]
+fn modules_are_cached_in_memory_and_on_disk() {
+    let dir = std::env::temp_dir().join(format!("meshwasm-host-cache-{}", std::process::id()));
+    let opts = HostOptions { cache_dir: Some(dir.clone()), ..Default::default() };
+    let host = Host::new(opts.clone()).unwrap();
+    let a = host.load(artifact("meshwasm_noop")).unwrap();
+    let b = host.load(artifact("meshwasm_noop")).unwrap();
+    assert!(a.same_as(&b));
+    assert_eq!(a.abi(), Some(&AbiVersion::V0_2_1));
+    drop(host);
+    // A second host (as a second process would) loads from the on-disk cache and runs.
+    let host = Host::new(opts).unwrap();
+    let m = host.load(artifact("meshwasm_noop")).unwrap();
+    let mut proxy = Proxy::builder(&host).plugin(Plugin::new(m)).build().unwrap();
+    assert_eq!(proxy.send(0, Request::get("/"), UpstreamReply::new(204)).unwrap().status, 204);
+    assert!(std::fs::read_dir(&dir).map(|d| d.count() > 0).unwrap_or(false), "cache directory populated");
+    let _ = std::fs::remove_dir_all(&dir);
+}
