@@ -339,8 +339,8 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let state = self.state.clone()?;
-        Some(Box::new(Http { state, ticket: None, status: None, now: 0 }))
+        // Never None: the SDK panics on a missing context. Without a configuration, streams pass.
+        Some(Box::new(Http { state: self.state.clone(), ticket: None, status: None, now: 0 }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -349,7 +349,7 @@ impl RootContext for Root {
 }
 
 struct Http {
-    state: Rc<RefCell<State>>,
+    state: Option<Rc<RefCell<State>>>,
     /// The service and endpoint picked for this request.
     ticket: Option<(String, Picked)>,
     status: Option<u32>,
@@ -370,7 +370,8 @@ impl RequestView for View<'_> {
 impl Http {
     fn finish(&mut self, outcome: Outcome) {
         let Some((name, picked)) = self.ticket.take() else { return };
-        let Ok(mut st) = self.state.try_borrow_mut() else { return };
+        let Some(state) = &self.state else { return };
+        let Ok(mut st) = state.try_borrow_mut() else { return };
         if let Some(s) = st.services.get_mut(&name) {
             s.lb.complete(&picked, outcome, self.now);
             s.flush_events(&name);
@@ -382,7 +383,7 @@ impl Context for Http {}
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _n: usize, _eos: bool) -> Action {
-        let state = Rc::clone(&self.state);
+        let Some(state) = self.state.clone() else { return Action::Continue };
         let Ok(mut st) = state.try_borrow_mut() else { return Action::Continue };
         let plan = Rc::clone(&st.plan);
         // Never let a client steer: drop any copy it sent, whatever happens next.
