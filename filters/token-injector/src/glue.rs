@@ -203,13 +203,13 @@ impl Worker {
         if self.waiters.is_empty() {
             return;
         }
-        let poll = self.source.poll(now, &mut HostStore);
+        let poll = self.source.poll_for_request(now, &mut HostStore);
         if poll.start_fetch {
             self.dispatch(now, current);
         }
         // A synchronous dispatch failure settled the question already: poll again.
         let state = if poll.start_fetch && !self.source.fetching() {
-            self.source.poll(now, &mut HostStore).state
+            self.source.poll_for_request(now, &mut HostStore).state
         } else {
             poll.state
         };
@@ -402,12 +402,12 @@ impl HttpContext for Http {
             return Action::Continue;
         }
         let now = now_ms();
-        let poll = w.source.poll(now, &mut HostStore);
+        let poll = w.source.poll_for_request(now, &mut HostStore);
         let mut state = poll.state;
         if poll.start_fetch {
             w.dispatch(now, self.context_id);
             if !w.source.fetching() {
-                state = w.source.poll(now, &mut HostStore).state;
+                state = w.source.poll_for_request(now, &mut HostStore).state;
             }
         }
         let _ = hostcalls::set_effective_context(self.context_id);

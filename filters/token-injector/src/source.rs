@@ -159,9 +159,21 @@ impl TokenSource {
         self.plan.config.token_endpoint.timeout_ms + 1000
     }
 
-    /// The token for a request at `now_ms`, reading the shared record only when the local copy is due
-    /// for refresh.
+    /// The token at `now_ms`, reading the shared record only when the local copy is due for refresh;
+    /// starts a fetch when there is no usable token or a refresh is due (for the root context's tick,
+    /// whose calls outlive any request).
     pub fn poll(&mut self, now_ms: u64, store: &mut dyn SharedStore) -> Poll {
+        self.poll_inner(now_ms, store, true)
+    }
+
+    /// Like [`Self::poll`] for a request: while the token is still usable, a due refresh is left to the
+    /// tick (a call dispatched from a request dies with it); a fetch starts only when there is no
+    /// usable token and the request waits for it anyway.
+    pub fn poll_for_request(&mut self, now_ms: u64, store: &mut dyn SharedStore) -> Poll {
+        self.poll_inner(now_ms, store, false)
+    }
+
+    fn poll_inner(&mut self, now_ms: u64, store: &mut dyn SharedStore, refresh_ahead: bool) -> Poll {
         if let Some(l) = &self.local
             && now_ms < l.refresh_ms
         {
@@ -182,6 +194,9 @@ impl TokenSource {
             }
             if self.fetch_started_ms.is_some() {
                 return Poll { state: ready_or(State::Pending), start_fetch: false };
+            }
+            if !refresh_ahead && let Some(v) = &usable {
+                return Poll { state: State::Ready(v.clone()), start_fetch: false };
             }
             if let Some(f) = &rec.failure
                 && now_ms < f.retry_at_ms
@@ -514,6 +529,27 @@ mod tests {
         assert_eq!(w.poll(50_001, &mut store), Poll { state: ready("t1"), start_fetch: false });
         w.on_fetch_result(50_100, &mut store, token("t2", 100));
         assert_eq!(w.poll(50_200, &mut store).state, ready("t2"));
+    }
+
+    #[test]
+    fn requests_leave_refresh_ahead_to_the_tick() {
+        let p = plan(serde_json::json!({}));
+        let mut store = Mem::default();
+        let mut w = TokenSource::new(p, 1);
+        // No token: a request starts the fetch (it waits for it anyway).
+        assert_eq!(w.poll_for_request(0, &mut store), Poll { state: State::Pending, start_fetch: true });
+        w.on_fetch_result(0, &mut store, token("t1", 100));
+        // Refresh due at 50 s, token usable until 95 s: requests get it and start nothing ...
+        assert_eq!(w.poll_for_request(60_000, &mut store), Poll { state: ready("t1"), start_fetch: false });
+        // ... the tick refreshes.
+        assert_eq!(w.poll(60_100, &mut store), Poll { state: ready("t1"), start_fetch: true });
+        w.on_fetch_result(60_200, &mut store, token("t2", 100));
+        assert_eq!(w.poll_for_request(60_300, &mut store).state, ready("t2"));
+        // Past usability without a refresh: the request fetches.
+        assert_eq!(
+            w.poll_for_request(200_000, &mut store),
+            Poll { state: State::Pending, start_fetch: true }
+        );
     }
 
     #[test]
