@@ -52,6 +52,8 @@ pub const TRANSPORT_HEADERS: &[&str] = &[
     "x-envoy-upstream-service-time",
     "x-envoy-expected-rq-timeout-ms",
     "x-envoy-decorator-operation",
+    // Envoy marks its own http-call requests; the host does not (a reported host gap).
+    "x-envoy-internal",
 ];
 
 /// One probe filter in the chain.
@@ -180,6 +182,8 @@ pub struct Run {
     pub requests: Vec<Observation>,
     /// First event per (probe, root callback) for the scenario's `root_callbacks`.
     pub root_events: BTreeMap<String, Value>,
+    /// How many root contexts ran each (probe, root callback) of `root_callbacks` at least once.
+    pub root_contexts: BTreeMap<String, usize>,
     pub metrics: BTreeMap<String, Option<u64>>,
     /// Requests the `callout` server received.
     pub callouts: Vec<UpstreamSeen>,
@@ -328,6 +332,17 @@ fn stream_traces(lines: &[Value]) -> BTreeMap<String, Value> {
     out
 }
 
+fn root_contexts(s: &Scenario, lines: &[Value]) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for l in lines {
+        let (Some(p), Some(cb)) = (l["probe"].as_str(), l["cb"].as_str()) else { continue };
+        if s.root_callbacks.contains(&cb) && l["n"] == 1 {
+            *out.entry(format!("{p}/{cb}")).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
 fn root_events(s: &Scenario, lines: &[Value]) -> BTreeMap<String, Value> {
     let mut out = BTreeMap::new();
     for l in lines {
@@ -400,6 +415,7 @@ pub fn run_envoy(s: &Scenario) -> Result<Run> {
         host: "envoy",
         requests,
         root_events: root_events(s, &root),
+        root_contexts: root_contexts(s, &root),
         metrics,
         callouts: up.callout.requests().iter().map(upstream_seen).collect(),
     })
@@ -522,6 +538,7 @@ pub fn run_host(s: &Scenario) -> Result<Run> {
         host: "wasmtime",
         requests,
         root_events: root_events(s, &root),
+        root_contexts: root_contexts(s, &root),
         metrics,
         callouts: up.callout.requests().iter().map(upstream_seen).collect(),
     })
