@@ -769,3 +769,38 @@ clusters:
     }
     assert_eq!((a.hits(), b.hits(), spoofed.hits()), (2, 2, 0), "{}", serve.log());
 }
+
+/// A filter that closes the stream (`proxy_close_stream`): the client's connection is reset without
+/// a response, and the upstream is never called.
+#[test]
+fn a_filter_closing_the_stream_resets_the_connection() {
+    let probe = required_artifact("meshwasm_probe.wasm", "meshwasm-probe");
+    let backend = Backend::start("a");
+    let dir = scratch_dir("serve-close");
+    let config = write_config(
+        &dir,
+        &format!(
+            r#"
+listeners:
+  - address: 127.0.0.1:0
+    filters:
+      - name: closer
+        wasm: {}
+        config: {{name: closer, request_headers: {{ops: [{{op: close_stream, stream: request}}], action: pause}}}}
+    route: {{cluster: c}}
+clusters: [{{name: c, type: static, endpoints: ["{}"]}}]
+"#,
+            probe.display(),
+            backend.addr
+        ),
+    );
+    let serve = Serve::start(&config);
+    let mut s = TcpStream::connect(serve.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(b"GET /closed HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw); // EOF or a reset, either way no response
+    assert!(raw.is_empty(), "expected no response, got {:?}", String::from_utf8_lossy(&raw));
+    assert_eq!(backend.hits(), 0);
+    assert!(serve.wait_log("\"GET /closed HTTP/1.1\" 0 - reset_by_filter"), "{}", serve.log());
+}

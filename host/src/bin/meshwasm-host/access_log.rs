@@ -3,7 +3,7 @@
 //! ```text
 //! [2026-11-25T14:31:02.120Z] ingress "GET /users HTTP/1.1" 200 - via_upstream 0 17 3 "backend" "127.0.0.1:8080" worker=0
 //! ```
-//! Fields: time, listener, request line, status, response flags (`-`, `UH`, `UF`, `UT`, `DC`), response
+//! Fields: time, listener, request line, status, response flags (`-`, `UH`, `UF`, `UT`, `SI`), response
 //! code details, request and response body bytes, duration in ms, route cluster, upstream host, worker.
 
 use std::fmt::Write as _;

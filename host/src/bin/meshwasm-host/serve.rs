@@ -871,7 +871,7 @@ fn finish(
             down,
             0,
             0,
-            &RouteInfo { flags: "DC", details: "stream_reset".into(), upstream: info.upstream },
+            &RouteInfo { flags: "-", details: "reset_by_filter".into(), upstream: info.upstream },
         );
         return Err(ResetStream(exchange.error.unwrap_or_else(|| "reset by a filter".into())));
     }
