@@ -264,3 +264,57 @@ fn bad_config_is_rejected_naming_the_field() {
         .to_string();
     assert!(err.contains("unknown field `isuer`"), "{err}");
 }
+
+#[test]
+fn opaque_tokens_are_introspected_once_and_fail_closed() {
+    let host = Host::new(HostOptions::default()).unwrap();
+    let module = host.load(artifacts::wasm_path("meshwasm_jwt_auth")).unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let down = Arc::new(AtomicBool::new(false));
+    let (c2, d2) = (calls.clone(), down.clone());
+    let exp = now() + 600;
+    let cfg = json!({
+        "providers": {"opaque": {"introspection": {
+            "cluster": "as", "path": "/introspect", "authority": "as.test",
+            "client_id": "rs", "client_secret": "s3cret", "inactive_ttl_s": 0
+        }, "claim_to_headers": [{"header": "x-sub", "claim": "sub"}]}},
+        "rules": [{"match": {"prefix": "/"}, "requires_any": ["opaque"]}]
+    });
+    let mut p = Proxy::builder(&host)
+        .start_time(SystemTime::now())
+        .plugin(Plugin::new(module).name("jwt").config(cfg.to_string().as_bytes()))
+        .upstream(
+            "as",
+            Upstream::handler(move |call| {
+                c2.fetch_add(1, Ordering::SeqCst);
+                assert_eq!(call.headers.get(":method"), Some("POST"));
+                assert!(call.headers.get("authorization").unwrap().starts_with("Basic "));
+                if d2.load(Ordering::SeqCst) {
+                    return CallReply::response(500, [("content-type", "text/plain")], "boom");
+                }
+                let body = String::from_utf8_lossy(&call.body).to_string();
+                let active = body.contains("token=good");
+                CallReply::response(
+                    200,
+                    [("content-type", "application/json")],
+                    json!({"active": active, "sub": "svc-a", "exp": exp}).to_string(),
+                )
+            }),
+        )
+        .build()
+        .unwrap();
+    let id = p.start(0, Request::get("/").header("authorization", "Bearer good-1")).unwrap();
+    let ex = p.finish(id, UpstreamReply::new(200)).unwrap();
+    assert_eq!(ex.status, 200, "{:?}", ex.local_reply);
+    assert_eq!(ex.upstream_request.unwrap().headers.get("x-sub"), Some("svc-a"));
+    // Cached: no second call for the same token.
+    let ex = p.send(0, Request::get("/").header("authorization", "Bearer good-1"), UpstreamReply::new(200)).unwrap();
+    assert_eq!(ex.status, 200);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let ex = p.send(0, Request::get("/").header("authorization", "Bearer bad-1"), UpstreamReply::new(200)).unwrap();
+    assert_eq!(ex.status, 401);
+    down.store(true, Ordering::SeqCst);
+    let ex = p.send(0, Request::get("/").header("authorization", "Bearer good-2"), UpstreamReply::new(200)).unwrap();
+    assert_eq!(ex.status, 503);
+    assert!(!p.logs().iter().any(|l| l.message.contains("good-2")), "tokens are never logged");
+}

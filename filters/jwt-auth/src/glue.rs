@@ -303,7 +303,7 @@ impl Worker {
             log(
                 LogLevel::Warn,
                 &format!(
-                    "meshwasm jwt-auth: ctx {}: 503: signing keys not loaded within {timeout} ms",
+                    "meshwasm jwt-auth: ctx {}: 503: signing keys or introspection answer not available within {timeout} ms",
                     w.context_id
                 ),
             );
