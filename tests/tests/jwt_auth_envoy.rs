@@ -68,7 +68,12 @@ fn with_payload(token: &str, claims: &Value) -> String {
 }
 
 /// The corpus: (name, token or None for no token, expected to be allowed).
-fn corpus(rsa: &Signer, ec: &Signer, no_kid: &Signer, stranger: &Signer) -> Vec<(&'static str, Option<String>, bool)> {
+fn corpus(
+    rsa: &Signer,
+    ec: &Signer,
+    no_kid: &Signer,
+    stranger: &Signer,
+) -> Vec<(&'static str, Option<String>, bool)> {
     let valid = rsa.mint(&good_claims());
     let mut c = Vec::new();
     c.push(("valid RS256", Some(valid.clone()), true));
@@ -184,7 +189,9 @@ fn same_verdicts_as_native_jwt_authn() {
     let jwks = json!({"keys": [rsa.jwk(), ec.jwk(), no_kid.jwk()]});
     let backend = Backend::start("b").unwrap();
     let envoy = EnvoyConfig::new()
-        .listener(Listener::new("native", "backend").filter(HttpFilter::Raw(native_filter(&jwks.to_string()))))
+        .listener(
+            Listener::new("native", "backend").filter(HttpFilter::Raw(native_filter(&jwks.to_string()))),
+        )
         .listener(Listener::new("wasm", "backend").wasm(wasm_filter(json!({"local_jwks": jwks}))))
         .cluster(Cluster::static_hosts("backend", &[backend.addr()]))
         .start()
@@ -196,7 +203,10 @@ fn same_verdicts_as_native_jwt_authn() {
         let ours = get(envoy.listener_addr("wasm"), token.as_deref());
         let (n_ok, o_ok) = (native.status == 200, ours.status == 200);
         if n_ok != o_ok || o_ok != *expect_allow {
-            mismatches.push(format!("{name}: native {} ours {} expected allow={expect_allow}", native.status, ours.status));
+            mismatches.push(format!(
+                "{name}: native {} ours {} expected allow={expect_allow}",
+                native.status, ours.status
+            ));
         }
         // Never a 5xx for a client's token.
         assert!(ours.status < 500, "{name}: {}", ours.status);
@@ -216,7 +226,8 @@ fn same_verdicts_as_native_jwt_authn() {
     assert!(mismatches.is_empty(), "verdicts differ:\n{}", mismatches.join("\n"));
     assert!(corpus.len() >= 20);
     let stats = envoy.stats().unwrap();
-    let allowed: u64 = stats.iter().filter(|(k, _)| k.ends_with("meshwasm_jwt_auth.allowed")).map(|(_, v)| *v).sum();
+    let allowed: u64 =
+        stats.iter().filter(|(k, _)| k.ends_with("meshwasm_jwt_auth.allowed")).map(|(_, v)| *v).sum();
     assert_eq!(allowed, corpus.iter().filter(|c| c.2).count() as u64, "{stats:?}");
 }
 
@@ -276,10 +287,9 @@ fn real_openid_provider_discovery_scopes_and_rotation() {
     });
     let envoy = EnvoyConfig::new()
         .concurrency(2)
-        .listener(
-            Listener::new("wasm", "backend")
-                .wasm(WasmFilter::new("jwt-auth", artifacts::wasm_path("meshwasm_jwt_auth")).config(cfg.to_string())),
-        )
+        .listener(Listener::new("wasm", "backend").wasm(
+            WasmFilter::new("jwt-auth", artifacts::wasm_path("meshwasm_jwt_auth")).config(cfg.to_string()),
+        ))
         .cluster(Cluster::static_hosts("backend", &[backend.addr()]))
         .cluster(Cluster::static_hosts("idp", &[idp.addr()]))
         .start()
@@ -287,7 +297,8 @@ fn real_openid_provider_discovery_scopes_and_rotation() {
     let addr = envoy.listener_addr("wasm");
     let call = |path: &str, token: &str| {
         let auth = format!("Bearer {token}");
-        process::http_request(addr, "GET", path, &[("authorization", &auth)], b"", Duration::from_secs(10)).unwrap()
+        process::http_request(addr, "GET", path, &[("authorization", &auth)], b"", Duration::from_secs(10))
+            .unwrap()
     };
     for resource in [RS256_RESOURCE, ES256_RESOURCE] {
         let tok = idp.client_credentials(&BASIC_CLIENT, "read", Some(resource)).unwrap();
@@ -310,7 +321,8 @@ fn real_openid_provider_discovery_scopes_and_rotation() {
         std::thread::sleep(Duration::from_millis(1100));
     }
     let stats = envoy.stats().unwrap();
-    let fetches: u64 = stats.iter().filter(|(k, _)| k.ends_with("meshwasm_jwt_auth.jwks_fetches")).map(|(_, v)| *v).sum();
+    let fetches: u64 =
+        stats.iter().filter(|(k, _)| k.ends_with("meshwasm_jwt_auth.jwks_fetches")).map(|(_, v)| *v).sum();
     // Discovery + JWKS at start, then at most one refetch (JWKS) per rotated token.
     assert!((2..=4).contains(&fetches), "fetches {fetches}: {stats:?}");
 }
@@ -341,10 +353,9 @@ fn real_openid_provider_introspection_of_opaque_tokens() {
         "rules": [{"match": {"prefix": "/"}, "requires_any": ["idp"], "scopes": ["read"]}],
     });
     let envoy = EnvoyConfig::new()
-        .listener(
-            Listener::new("wasm", "backend")
-                .wasm(WasmFilter::new("jwt-auth", artifacts::wasm_path("meshwasm_jwt_auth")).config(cfg.to_string())),
-        )
+        .listener(Listener::new("wasm", "backend").wasm(
+            WasmFilter::new("jwt-auth", artifacts::wasm_path("meshwasm_jwt_auth")).config(cfg.to_string()),
+        ))
         .cluster(Cluster::static_hosts("backend", &[backend.addr()]))
         .cluster(Cluster::static_hosts("idp", &[idp.addr()]))
         .start()
@@ -352,7 +363,8 @@ fn real_openid_provider_introspection_of_opaque_tokens() {
     let addr = envoy.listener_addr("wasm");
     let call = |token: &str| {
         let auth = format!("Bearer {token}");
-        process::http_request(addr, "GET", "/x", &[("authorization", &auth)], b"", Duration::from_secs(10)).unwrap()
+        process::http_request(addr, "GET", "/x", &[("authorization", &auth)], b"", Duration::from_secs(10))
+            .unwrap()
     };
     let opaque = idp.client_credentials(&BASIC_CLIENT, "read", Some(OPAQUE_RESOURCE)).unwrap();
     assert_eq!(opaque.split('.').count(), 1, "an opaque token");

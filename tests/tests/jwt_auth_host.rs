@@ -8,7 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use meshwasm_host::{CallReply, Host, HostOptions, Plugin, Proxy, Request, StreamState, Upstream, UpstreamReply};
+use meshwasm_host::{
+    CallReply, Host, HostOptions, Plugin, Proxy, Request, StreamState, Upstream, UpstreamReply,
+};
 use meshwasm_tests::artifacts;
 use serde_json::{Value, json};
 
@@ -82,7 +84,11 @@ impl Idp {
             if me.down.load(Ordering::SeqCst) {
                 CallReply::failure()
             } else {
-                CallReply::response(200, [("content-type", "application/json")], me.body.lock().unwrap().clone())
+                CallReply::response(
+                    200,
+                    [("content-type", "application/json")],
+                    me.body.lock().unwrap().clone(),
+                )
             }
         })
     }
@@ -132,7 +138,9 @@ fn first_load_pauses_requests_and_one_fetch_serves_all_workers() {
     let idp = Idp::new(jwks(&[&s]));
     let mut p = proxy(&idp, 3);
     let tok = s.mint(&claims());
-    let ids: Vec<_> = (0..3).map(|w| p.start(w, Request::get("/x").header("authorization", bearer(&tok))).unwrap()).collect();
+    let ids: Vec<_> = (0..3)
+        .map(|w| p.start(w, Request::get("/x").header("authorization", bearer(&tok))).unwrap())
+        .collect();
     for id in &ids {
         assert!(matches!(p.stream_state(*id), Some(StreamState::Paused { .. })), "{:?}", p.stream_state(*id));
     }
@@ -154,7 +162,11 @@ fn verdicts_headers_and_challenges() {
     p.advance(Duration::from_millis(300));
     let tok = s.mint(&claims());
     let ex = p
-        .send(0, Request::get("/x").header("authorization", bearer(&tok)).header("x-sub", "mallory"), UpstreamReply::new(200))
+        .send(
+            0,
+            Request::get("/x").header("authorization", bearer(&tok)).header("x-sub", "mallory"),
+            UpstreamReply::new(200),
+        )
         .unwrap();
     assert_eq!(ex.status, 200, "{:?}", ex.local_reply);
     let up = ex.upstream_request.unwrap();
@@ -169,14 +181,18 @@ fn verdicts_headers_and_challenges() {
 
     let mut c = claims();
     c["exp"] = json!(now() - 600);
-    let ex = p.send(0, Request::get("/x").header("authorization", bearer(&s.mint(&c))), UpstreamReply::new(200)).unwrap();
+    let ex = p
+        .send(0, Request::get("/x").header("authorization", bearer(&s.mint(&c))), UpstreamReply::new(200))
+        .unwrap();
     assert_eq!(ex.status, 401);
     assert_eq!(
         ex.response_headers.get("www-authenticate"),
         Some(r#"Bearer realm="api", error="invalid_token", error_description="token has expired""#)
     );
 
-    let ex = p.send(0, Request::get("/admin").header("authorization", bearer(&tok)), UpstreamReply::new(200)).unwrap();
+    let ex = p
+        .send(0, Request::get("/admin").header("authorization", bearer(&tok)), UpstreamReply::new(200))
+        .unwrap();
     assert_eq!(ex.status, 403);
     let w = ex.response_headers.get("www-authenticate").unwrap().to_string();
     assert!(w.contains(r#"error="insufficient_scope""#) && w.contains(r#"scope="admin""#), "{w}");
@@ -209,7 +225,9 @@ fn rotation_refetches_on_unknown_kid_at_most_once_per_interval() {
     // A flood of random kids: refused without another fetch within the interval.
     for i in 0..50 {
         let t = new.mint_kid(&format!("random-{i}"), &claims());
-        let ex = p.send(i % 2, Request::get("/x").header("authorization", bearer(&t)), UpstreamReply::new(200)).unwrap();
+        let ex = p
+            .send(i % 2, Request::get("/x").header("authorization", bearer(&t)), UpstreamReply::new(200))
+            .unwrap();
         assert_eq!(ex.status, 401);
         p.advance(Duration::from_millis(100));
     }
@@ -239,7 +257,8 @@ fn idp_outage_keeps_stale_keys_and_fails_closed_without_keys() {
     // The IdP comes back: keys load on the next retry.
     idp.down.store(false, Ordering::SeqCst);
     p.advance(Duration::from_secs(3));
-    let ex = p.send(0, Request::get("/x").header("authorization", bearer(&tok)), UpstreamReply::new(200)).unwrap();
+    let ex =
+        p.send(0, Request::get("/x").header("authorization", bearer(&tok)), UpstreamReply::new(200)).unwrap();
     assert_eq!(ex.status, 200);
     // Down again past cache_duration (60 s): refreshes fail, old keys stay in use.
     idp.down.store(true, Ordering::SeqCst);
@@ -247,7 +266,9 @@ fn idp_outage_keeps_stale_keys_and_fails_closed_without_keys() {
     p.advance(Duration::from_secs(120));
     assert!(idp.calls() > fetches, "background refresh attempted");
     let other = s.mint(&json!({"iss": ISS, "aud": "api", "sub": "bob", "exp": now() + 3600}));
-    let ex = p.send(0, Request::get("/x").header("authorization", bearer(&other)), UpstreamReply::new(200)).unwrap();
+    let ex = p
+        .send(0, Request::get("/x").header("authorization", bearer(&other)), UpstreamReply::new(200))
+        .unwrap();
     assert_eq!(ex.status, 200, "stale-on-error");
     assert!(p.metric("meshwasm_jwt_auth.jwks_fetch_failures").unwrap_or(0) >= 2);
 }
@@ -308,13 +329,19 @@ fn opaque_tokens_are_introspected_once_and_fail_closed() {
     assert_eq!(ex.status, 200, "{:?}", ex.local_reply);
     assert_eq!(ex.upstream_request.unwrap().headers.get("x-sub"), Some("svc-a"));
     // Cached: no second call for the same token.
-    let ex = p.send(0, Request::get("/").header("authorization", "Bearer good-1"), UpstreamReply::new(200)).unwrap();
+    let ex = p
+        .send(0, Request::get("/").header("authorization", "Bearer good-1"), UpstreamReply::new(200))
+        .unwrap();
     assert_eq!(ex.status, 200);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
-    let ex = p.send(0, Request::get("/").header("authorization", "Bearer bad-1"), UpstreamReply::new(200)).unwrap();
+    let ex = p
+        .send(0, Request::get("/").header("authorization", "Bearer bad-1"), UpstreamReply::new(200))
+        .unwrap();
     assert_eq!(ex.status, 401);
     down.store(true, Ordering::SeqCst);
-    let ex = p.send(0, Request::get("/").header("authorization", "Bearer good-2"), UpstreamReply::new(200)).unwrap();
+    let ex = p
+        .send(0, Request::get("/").header("authorization", "Bearer good-2"), UpstreamReply::new(200))
+        .unwrap();
     assert_eq!(ex.status, 503);
     assert!(!p.logs().iter().any(|l| l.message.contains("good-2")), "tokens are never logged");
 }
