@@ -104,12 +104,11 @@ impl Host {
         if let Some(m) = lock(&self.inner.cache).get(&key) {
             return Ok(m.clone());
         }
-        let report = inspect_binary(self, name, &binary)?;
+        let module = compile(self, name, &binary)?;
+        let report = report_for(self, name, &module);
         if let Some(problem) = report.problem() {
             bail!("meshwasm-host: module {name}: {problem}");
         }
-        let module = wasmtime::Module::new(&self.inner.engine, &binary)
-            .map_err(|e| anyhow!("meshwasm-host: module {name}: does not compile: {}", one_line_w(&e)))?;
         let pre = self
             .inner
             .linker
@@ -239,10 +238,17 @@ fn to_binary(name: &str, bytes: &[u8]) -> Result<Vec<u8>> {
     })
 }
 
+fn compile(host: &Host, name: &str, binary: &[u8]) -> Result<wasmtime::Module> {
+    wasmtime::Module::new(&host.inner.engine, binary)
+        .map_err(|e| anyhow!("meshwasm-host: module {name}: malformed: {}", one_line_w(&e)))
+}
+
 fn inspect_binary(host: &Host, name: &str, binary: &[u8]) -> Result<ModuleReport> {
-    let module = wasmtime::Module::validate(&host.inner.engine, binary)
-        .and_then(|()| wasmtime::Module::new(&host.inner.engine, binary))
-        .map_err(|e| anyhow!("meshwasm-host: module {name}: malformed: {}", one_line_w(&e)))?;
+    let module = compile(host, name, binary)?;
+    Ok(report_for(host, name, &module))
+}
+
+fn report_for(host: &Host, name: &str, module: &wasmtime::Module) -> ModuleReport {
     let exports: Vec<String> = module.exports().map(|e| e.name().to_string()).collect();
     let abi = exports.iter().find_map(|e| {
         e.strip_prefix("proxy_abi_version_").map(|v| match v {
@@ -270,7 +276,7 @@ fn inspect_binary(host: &Host, name: &str, binary: &[u8]) -> Result<ModuleReport
             missing_imports.push(format!("{}::{}", imp.module(), imp.name()));
         }
     }
-    Ok(ModuleReport { name: name.to_string(), abi, missing_imports, missing_exports, exports })
+    ModuleReport { name: name.to_string(), abi, missing_imports, missing_exports, exports }
 }
 
 pub(crate) fn sha256(b: &[u8]) -> [u8; 32] {
