@@ -162,7 +162,7 @@ fn markdown(r: &RunResults) -> String {
 
     let _ = writeln!(md, "## Memory\n");
     if r.memory.is_empty() {
-        let _ = writeln!(md, "Not measured in this run (`--no-memory`).\n");
+        let _ = writeln!(md, "Not measured in this run.\n");
     } else {
         let _ = writeln!(
             md,
@@ -172,6 +172,13 @@ fn markdown(r: &RunResults) -> String {
              more VM instance of the filter chain costs. *Heap* is Envoy's own allocator accounting (admin \
              `/memory`, MiB); V8's wasm memory is outside it.\n"
         );
+        if !r.settings.memory_workers.contains(&2) {
+            let _ = writeln!(
+                md,
+                "This run read memory at {:?} worker(s) only (quick runs: 1; `make bench` reads 1 and 2).\n",
+                r.settings.memory_workers
+            );
+        }
         let _ = writeln!(
             md,
             "| listener | RSS 1 worker MiB | Δ 1 worker | RSS 2 workers MiB | Δ 2 workers | per extra worker | heap 1 / 2 workers |"

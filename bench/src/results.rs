@@ -22,7 +22,10 @@ pub struct Settings {
     pub pinning: Option<(String, String)>,
     pub backends: usize,
     pub only: Option<String>,
-    pub memory: bool,
+    /// Worker counts the memory of each listener is read at (the first also validates it alone).
+    pub memory_workers: Vec<u32>,
+    /// Run wasm-opt on artifacts whose optimized size is not cached (quick runs only reuse the cache).
+    pub wasm_opt: bool,
 }
 
 /// One round of one load.

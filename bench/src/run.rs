@@ -197,7 +197,6 @@ fn memory_and_validation(
     fixture: &Fixture,
     loads: &[Load],
     worker_counts: &[u32],
-    measure_memory: bool,
     scratch: &Path,
 ) -> (Vec<MemoryRow>, BTreeMap<ListenerId, String>) {
     let mut rows = Vec::new();
@@ -210,8 +209,7 @@ fn memory_and_validation(
                 continue;
             }
         };
-        let counts = if measure_memory { worker_counts } else { &worker_counts[..1] };
-        for &workers in counts {
+        for &workers in worker_counts {
             say(format!(
                 "start {} alone ({workers} worker{})",
                 id.name(),
@@ -311,7 +309,10 @@ pub fn run(settings: Settings, scratch: &Path) -> Result<RunResults> {
             .join("target")
             .join("meshwasm-bench")
             .join("wasm-opt");
-        std::thread::spawn(move || sizes::measure(&dir, &scratch, &cache).map_err(|e| format!("{e:#}")))
+        let run_wasm_opt = settings.wasm_opt;
+        std::thread::spawn(move || {
+            sizes::measure(&dir, &scratch, &cache, run_wasm_opt).map_err(|e| format!("{e:#}"))
+        })
     };
     if settings.unique_tokens <= 2 * crate::filters::JWT_CACHE_ENTRIES {
         notes.push(format!(
@@ -373,7 +374,7 @@ pub fn run(settings: Settings, scratch: &Path) -> Result<RunResults> {
         .collect();
 
     let (memory, mut broken) =
-        memory_and_validation(&listeners, &fixture, &loads, &[1, 2], settings.memory, scratch);
+        memory_and_validation(&listeners, &fixture, &loads, &settings.memory_workers, scratch);
 
     let sizes = match sizes_job.join() {
         Ok(Ok(sizes)) => sizes,

@@ -47,7 +47,8 @@ pub fn target_for(file: &str) -> u64 {
 
 /// Measures every `.wasm` in `dir`, writing optimized copies into `scratch`. wasm-opt takes tens of
 /// seconds on a megabyte module, so optimized sizes are cached in `cache` by the SHA-256 of the input.
-pub fn measure(dir: &Path, scratch: &Path, cache: &Path) -> Result<Vec<ArtifactSize>> {
+/// With `run_wasm_opt` false only cached sizes are reported (quick runs).
+pub fn measure(dir: &Path, scratch: &Path, cache: &Path, run_wasm_opt: bool) -> Result<Vec<ArtifactSize>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("meshwasm bench: reading {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -63,6 +64,10 @@ pub fn measure(dir: &Path, scratch: &Path, cache: &Path) -> Result<Vec<ArtifactS
         let cached = cache.join(format!("{digest}.opt-size"));
         let opt_bytes = match std::fs::read_to_string(&cached).ok().and_then(|s| s.trim().parse().ok()) {
             Some(size) => Ok(size),
+            None if !run_wasm_opt => {
+                Err("not run in a quick run (`make bench` runs it; sizes are then cached by content)"
+                    .to_owned())
+            }
             None => {
                 let r = wasm_opt(&path, &opt_path).map_err(|e| format!("{e:#}"));
                 if let Ok(size) = r {

@@ -19,7 +19,8 @@ use meshwasm_bench::results::Settings;
 struct Cli {
     #[command(subcommand)]
     command: Option<Cmd>,
-    /// Short run for development: 2 rounds of 2 s, 1 s warm-up, 500 unique tokens (< 2 minutes).
+    /// Short run for development (< 2 minutes): 2 rounds of 2 s, 1 s warm-up, 500 unique tokens,
+    /// memory at 1 worker only, wasm-opt sizes only from the cache of earlier full runs.
     #[arg(long)]
     quick: bool,
     /// Where REPORT.md, the SVG plots and results.json go.
@@ -49,9 +50,10 @@ struct Cli {
     /// Do not pin Envoy and the load generator to separate CPUs.
     #[arg(long)]
     no_pin: bool,
-    /// Skip the memory measurements at 1 and 2 workers (each listener is still validated alone).
-    #[arg(long)]
-    no_memory: bool,
+    /// Worker counts at which each listener's Envoy memory is read, comma-separated (default 1,2;
+    /// quick 1). Each listener is validated alone at the first.
+    #[arg(long, value_delimiter = ',')]
+    memory_workers: Option<Vec<u32>>,
     /// Only loads whose id contains this (plus their baselines and passthrough), e.g. `wasm-jwt`.
     #[arg(long)]
     only: Option<String>,
@@ -91,7 +93,12 @@ fn main() -> Result<()> {
         pinning,
         backends: 3,
         only: cli.only.clone(),
-        memory: !cli.no_memory,
+        memory_workers: cli
+            .memory_workers
+            .clone()
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| if cli.quick { vec![1] } else { vec![1, 2] }),
+        wasm_opt: !cli.quick,
     };
     let scratch = tempfile::Builder::new().prefix("meshwasm-bench-").tempdir()?;
     let results = meshwasm_bench::run::run(settings, scratch.path())?;
