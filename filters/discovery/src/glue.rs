@@ -62,6 +62,14 @@ impl Host for ProxyHost {
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 
+    fn random(&mut self) -> u64 {
+        // std seeds its hash keys from WASI `random_get`, which Envoy and the meshwasm host provide.
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(self.now_ms());
+        h.finish()
+    }
+
     fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
         match hostcalls::get_shared_data(key) {
             Ok((Some(v), cas)) => Some((v, cas.unwrap_or(0))),

@@ -47,6 +47,8 @@ pub enum SetError {
 pub trait Host {
     /// Wall-clock milliseconds, the same clock in every VM of the proxy.
     fn now_ms(&self) -> u64;
+    /// A random number, different in every VM (used once, for the VM's id).
+    fn random(&mut self) -> u64;
     /// Value and CAS token of a shared-data key, `None` when absent.
     fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)>;
     /// Writes a key; with `cas`, only if the key's CAS token still equals it.
@@ -104,6 +106,10 @@ pub mod fake {
     impl Host for FakeHost {
         fn now_ms(&self) -> u64 {
             self.proxy.borrow().now_ms
+        }
+        fn random(&mut self) -> u64 {
+            // Deterministic in tests; uniqueness comes from the shared counter.
+            self.proxy.borrow().writes as u64
         }
         fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
             self.proxy.borrow().data.get(key).cloned()

@@ -21,8 +21,8 @@ struct LeaseValue {
     expires_ms: u64,
 }
 
-/// A unique id for this VM: a CAS-incremented counter plus the clock (in case two VMs create
-/// the counter at the same moment).
+/// A unique id for this VM: a CAS-incremented counter plus a random part (in case two VMs create
+/// the counter at the same moment, which proxy-wasm's CAS cannot prevent).
 pub fn allocate_id(host: &mut impl Host) -> String {
     for _ in 0..16 {
         let (n, cas) = match host.shared_get(IDS_KEY) {
@@ -33,10 +33,10 @@ pub fn allocate_id(host: &mut impl Host) -> String {
         };
         let next = n + 1;
         if host.shared_set(IDS_KEY, next.to_string().as_bytes(), cas).is_ok() {
-            return format!("{next}.{}", host.now_ms());
+            return format!("{next}.{:x}", host.random());
         }
     }
-    format!("x.{}", host.now_ms())
+    format!("x.{:x}", host.random())
 }
 
 /// What a tick changed.
