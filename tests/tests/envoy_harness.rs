@@ -101,3 +101,30 @@ fn envoy_loads_the_probe_filter() {
         "no stream trace in the log"
     );
 }
+
+#[test]
+fn raw_yaml_filter_and_cluster_and_http2_cluster_are_accepted() {
+    use meshwasm_tests::envoy::HttpFilter;
+    let a = Backend::start("a").unwrap();
+    let raw_cluster = format!(
+        "name: raw\ntype: STRICT_DNS\ndns_lookup_family: V4_ONLY\nconnect_timeout: 1s\nload_assignment:\n  cluster_name: raw\n  endpoints:\n  \
+         - lb_endpoints:\n    - endpoint:\n        address:\n          socket_address: {{ address: localhost, port_value: {} }}\n",
+        a.port()
+    );
+    // A native filter given as YAML: requests over 4 bytes are rejected with 413 by the buffer filter.
+    let buffer = "name: envoy.filters.http.buffer\ntyped_config:\n  \
+                  \"@type\": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer\n  max_request_bytes: 4\n";
+    let envoy = EnvoyConfig::new()
+        .listener(Listener::new("main", "raw").filter(HttpFilter::Raw(buffer.to_owned())))
+        .cluster(Cluster::raw("raw", &raw_cluster))
+        .cluster(Cluster::static_hosts("h2", &[a.addr()]).http2(true))
+        .start()
+        .unwrap();
+    let addr = envoy.listener_addr("main");
+    let ok = http_request(addr, "POST", "/", &[], b"abc", Duration::from_secs(10)).unwrap();
+    assert_eq!(ok.header("x-backend-instance"), Some("a"), "{}", ok.text());
+    let too_big = http_request(addr, "POST", "/", &[], b"abcdefgh", Duration::from_secs(10)).unwrap();
+    assert_eq!(too_big.status, 413);
+    let clusters = envoy.admin_get("/clusters").unwrap().text();
+    assert!(clusters.contains("h2::") && clusters.contains("raw::"), "{clusters}");
+}
