@@ -508,8 +508,8 @@ impl Worker {
         }
     }
 
-    /// The downstream went away: the stream is reset (on_log, on_done, on_delete run; its calls are
-    /// cancelled).
+    /// The downstream went away: the stream is reset (on_log, on_done, on_delete run). Http calls it
+    /// dispatched still complete: like Envoy, calls belong to the root context.
     pub fn cancel(&mut self, stream: StreamId) {
         if let Some(rt) = self.streams.get_mut(&stream.id) {
             rt.reset = true;
@@ -572,6 +572,11 @@ impl Worker {
             error: rt.error.clone(),
             properties_set: sd(&rt.data).properties_set.clone(),
         }
+    }
+
+    /// Properties set with `proxy_set_property` from root contexts (per VM), in order.
+    pub fn root_properties_set(&self) -> Vec<(String, Vec<u8>)> {
+        self.vms.iter().flat_map(|v| v.store.data().root_props.iter().cloned()).collect()
     }
 
     /// Number of filters in the chain.
@@ -1107,7 +1112,6 @@ impl Worker {
             d.resp_trailers = None;
             d.response_size = body.len() as u64;
         }
-        self.calls.retain(|_, o| o.stream != Some(id));
         let empty = body.is_empty();
         self.deliver(id, Dir::Resp, 0, Ev::Headers(empty));
         if !empty {
@@ -1221,7 +1225,6 @@ impl Worker {
                 *m = MAP_REQ_HEADERS | MAP_REQ_TRAILERS | MAP_RESP_HEADERS | MAP_RESP_TRAILERS;
             }
         }
-        self.calls.retain(|_, o| o.stream != Some(id));
         let mut records = Vec::new();
         // Envoy logs (access-log phase) for every filter, then destroys the filters one by one
         // (onDone, then onDelete for each).

@@ -385,3 +385,26 @@ fn buffering_past_the_limit_gives_413() {
     assert_eq!(ex.status, 413);
     assert!(ex.upstream_request.is_none());
 }
+
+#[test]
+fn a_call_outlives_its_stream_and_still_reaches_the_root_context() {
+    let host = host();
+    let m = load(&host, "auth", &auth_guest());
+    let mut proxy = Proxy::builder(&host)
+        .plugin(Plugin::new(m).name("auth"))
+        .upstream(
+            "auth",
+            Upstream::reply(
+                CallReply::response(200, Headers::new(), "late").after(Duration::from_millis(10)),
+            ),
+        )
+        .build()
+        .unwrap();
+    let id = proxy.start(0, Request::get("/")).unwrap();
+    proxy.cancel(id);
+    assert_eq!(proxy.stream_state(id), Some(StreamState::Reset));
+    proxy.advance(Duration::from_millis(10));
+    assert_eq!(proxy.metric("bl"), Some(4), "the root context got the answer");
+    assert_eq!(proxy.metric("effective"), Some(status::BAD_ARGUMENT as u64), "the stream context is gone");
+    assert!(proxy.calls()[0].outcome.is_some());
+}
