@@ -123,11 +123,38 @@ fn default_refresh() -> Millis {
     Millis(1000)
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+/// `"ip:port"` or `{"address": "ip:port", "weight": 2, "zone": "z"}`. Hand-written instead of
+/// `#[serde(untagged)]`, which buffers values and costs tens of KB of wasm, and gives worse errors.
+#[derive(Debug)]
 enum RawEndpoint {
     Address(SocketAddr),
     Full(FullEndpoint),
+}
+
+impl<'de> Deserialize<'de> for RawEndpoint {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawEndpoint;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "an endpoint: \"ip:port\" or {\"address\": \"ip:port\", \"weight\": n, \"zone\": \"z\"}",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawEndpoint, E> {
+                v.parse().map(RawEndpoint::Address).map_err(|_| {
+                    E::custom(format!(
+                        "endpoint `{v}` is not an IP literal and port (e.g. \"10.0.0.1:8080\")"
+                    ))
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawEndpoint, A::Error> {
+                FullEndpoint::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawEndpoint::Full)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -565,7 +592,11 @@ mod tests {
         assert!(
             err(r#"{"services": {"api": {"endpoints": ["10.0.0.1:80", "10.0.0.1:80"]}}}"#).contains("twice")
         );
-        assert!(err(r#"{"services": {"api": {"endpoints": ["host:80"]}}}"#).contains("did not match"));
+        assert!(err(r#"{"services": {"api": {"endpoints": ["host:80"]}}}"#).contains("endpoint `host:80`"));
+        assert!(
+            err(r#"{"services": {"api": {"endpoints": [{"adress": "10.0.0.1:80"}]}}}"#).contains("adress")
+        );
+        assert!(err(r#"{"services": {"api": {"endpoints": [7]}}}"#).contains("an endpoint"));
         assert!(err(r#"{"service_from": [{"fixed": "nope"}], "services": {"api": {}}}"#).contains("`nope`"));
         assert!(
             err(r#"{"endpoint_header": "X-Bad Header", "services": {"api": {}}}"#)
