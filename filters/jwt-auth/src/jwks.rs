@@ -7,7 +7,9 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::Algorithm;
+
+use crate::crypto::Material;
 use serde_json::Value;
 
 /// What a key can verify.
@@ -16,8 +18,6 @@ pub enum KeyFamily {
     Rsa,
     EcP256,
     EcP384,
-    /// EC key from a PEM whose curve was not recognised by size; verification decides.
-    EcUnknown,
     Ed25519,
     Hmac,
 }
@@ -30,7 +30,6 @@ impl KeyFamily {
             KeyFamily::Rsa => matches!(alg, RS256 | RS384 | RS512 | PS256 | PS384 | PS512),
             KeyFamily::EcP256 => alg == ES256,
             KeyFamily::EcP384 => alg == ES384,
-            KeyFamily::EcUnknown => matches!(alg, ES256 | ES384),
             KeyFamily::Ed25519 => alg == EdDSA,
             KeyFamily::Hmac => matches!(alg, HS256 | HS384 | HS512),
         }
@@ -43,7 +42,7 @@ pub struct Key {
     pub kid: Option<String>,
     pub alg: Option<Algorithm>,
     pub family: KeyFamily,
-    pub key: DecodingKey,
+    pub key: Material,
 }
 
 /// A set of keys (one provider's JWKS, PEM or both).
@@ -121,7 +120,7 @@ fn parse_jwk(v: &Value) -> Option<Key> {
             if n_bits < 2041 || e.is_empty() || e.len() > 8 {
                 return None;
             }
-            (KeyFamily::Rsa, DecodingKey::from_rsa_raw_components(&n, &e))
+            (KeyFamily::Rsa, Material::rsa(&n, &e)?)
         }
         "EC" => {
             let (family, len) = match obj.get("crv")?.as_str()? {
@@ -138,7 +137,9 @@ fn parse_jwk(v: &Value) -> Option<Key> {
             point.push(0x04);
             point.extend_from_slice(&x);
             point.extend_from_slice(&y);
-            (family, DecodingKey::from_ec_der(&point))
+            let key =
+                if family == KeyFamily::EcP256 { Material::p256(&point)? } else { Material::p384(&point)? };
+            (family, key)
         }
         "OKP" => {
             if obj.get("crv")?.as_str()? != "Ed25519" {
@@ -148,14 +149,14 @@ fn parse_jwk(v: &Value) -> Option<Key> {
             if x.len() != 32 {
                 return None;
             }
-            (KeyFamily::Ed25519, DecodingKey::from_ed_der(&x))
+            (KeyFamily::Ed25519, Material::ed25519(&x)?)
         }
         "oct" => {
             let k = b64(obj.get("k"))?;
             if k.is_empty() {
                 return None;
             }
-            (KeyFamily::Hmac, DecodingKey::from_secret(&k))
+            (KeyFamily::Hmac, Material::Hmac(k))
         }
         _ => return None,
     };
@@ -194,22 +195,15 @@ pub fn parse_jwks_value(v: &Value) -> Result<KeySet, JwksError> {
 
 /// Parses a PEM public key (SubjectPublicKeyInfo of RSA, EC or Ed25519, or PKCS#1 RSA).
 pub fn parse_pem(pem: &str) -> Result<Key, JwksError> {
-    let bytes = pem.as_bytes();
-    if let Ok(key) = DecodingKey::from_rsa_pem(bytes) {
-        return Ok(Key { kid: None, alg: None, family: KeyFamily::Rsa, key });
-    }
-    if let Ok(key) = DecodingKey::from_ec_pem(bytes) {
-        let family = match key.try_get_as_bytes().map(<[u8]>::len) {
-            Ok(65) => KeyFamily::EcP256,
-            Ok(97) => KeyFamily::EcP384,
-            _ => KeyFamily::EcUnknown,
-        };
-        return Ok(Key { kid: None, alg: None, family, key });
-    }
-    if let Ok(key) = DecodingKey::from_ed_pem(bytes) {
-        return Ok(Key { kid: None, alg: None, family: KeyFamily::Ed25519, key });
-    }
-    Err(JwksError::Pem)
+    let key = crate::crypto::from_pem(pem).ok_or(JwksError::Pem)?;
+    let family = match &key {
+        Material::Rsa(_) => KeyFamily::Rsa,
+        Material::P256(_) => KeyFamily::EcP256,
+        Material::P384(_) => KeyFamily::EcP384,
+        Material::Ed25519(_) => KeyFamily::Ed25519,
+        Material::Hmac(_) => return Err(JwksError::Pem),
+    };
+    Ok(Key { kid: None, alg: None, family, key })
 }
 
 /// Result of looking for keys for a token.

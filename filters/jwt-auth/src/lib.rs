@@ -20,6 +20,7 @@
 pub mod cache;
 pub mod challenge;
 pub mod config;
+pub mod crypto;
 pub mod engine;
 pub mod introspection;
 pub mod jwks;

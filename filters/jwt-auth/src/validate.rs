@@ -336,9 +336,9 @@ fn signature_ok(
         Selection::UnknownKid => return Err(TokenError::UnknownKid),
         Selection::NoMatchingKey => return Err(TokenError::NoMatchingKey),
     };
+    let sig = decode_part(signature).ok_or(TokenError::BadSignature)?;
     for key in candidates.into_iter().take(policy.max_keys_tried) {
-        // An error from the crypto layer (bad key encoding, bad signature encoding) is a failed check.
-        if let Ok(true) = jsonwebtoken::crypto::verify(signature, signing_input.as_bytes(), &key.key, alg) {
+        if crate::crypto::verify(&key.key, alg, signing_input.as_bytes(), &sig) {
             return Ok(());
         }
     }

@@ -98,3 +98,33 @@ fn rfc7520_cookbook_jws() {
         assert!(verify_jws(&permissive(), &keys, &bad).is_err(), "{file}");
     }
 }
+
+/// PEM keys (SPKI RSA, PKCS#1 RSA, EC P-256, Ed25519) from `tests/keys`, tokens signed by jsonwebtoken.
+#[test]
+fn pem_keys_of_every_family() {
+    use jsonwebtoken::{EncodingKey, Header};
+    use meshwasm_jwt_auth::jwks::{KeySet, parse_pem};
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/keys");
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    let cases = [
+        ("rsa1.pem", "rsa1.pub.pem", Algorithm::RS256),
+        ("rsa1.pem", "rsa1.pkcs1.pem", Algorithm::PS512),
+        ("ec1.pem", "ec1.pub.pem", Algorithm::ES256),
+        ("ed1.pem", "ed1.pub.pem", Algorithm::EdDSA),
+    ];
+    for (private, public, alg) in cases {
+        let enc = match alg {
+            Algorithm::ES256 => EncodingKey::from_ec_pem(read(private).as_bytes()),
+            Algorithm::EdDSA => EncodingKey::from_ed_pem(read(private).as_bytes()),
+            _ => EncodingKey::from_rsa_pem(read(private).as_bytes()),
+        }
+        .unwrap();
+        let token = jsonwebtoken::encode(&Header::new(alg), &json!({"sub": "x"}), &enc).unwrap();
+        let keys = KeySet { keys: vec![parse_pem(&read(public)).unwrap()], skipped: 0 };
+        assert_eq!(verify_jws(&permissive(), &keys, &token).unwrap(), br#"{"sub":"x"}"#, "{public} {alg:?}");
+        let mut bad = token.clone();
+        bad.insert(bad.rfind('.').unwrap() + 1, 'A');
+        assert!(verify_jws(&permissive(), &keys, &bad).is_err());
+    }
+    assert!(parse_pem("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----").is_err());
+}
