@@ -353,6 +353,7 @@ impl Vm {
             d.current = ctx;
             d.effective = ctx;
         }
+        let logs_before = self.store.data().shared.as_ref().map_or(0, |s| lock(&s.logs).len());
         let r = f.call(&mut self.store, args);
         {
             let d = self.store.data_mut();
@@ -362,7 +363,21 @@ impl Vm {
         match r {
             Ok(v) => Ok(v),
             Err(e) => {
-                let msg = format!("{name} failed: {}", trap_text(&e));
+                // A Rust guest's panic hook logs the panic message at critical level just before the
+                // trap: quote it, it says what went wrong.
+                let worker = self.store.data().worker;
+                let guest_says = self.store.data().shared.as_ref().and_then(|s| {
+                    lock(&s.logs)
+                        .iter()
+                        .skip(logs_before)
+                        .rev()
+                        .find(|l| l.worker == worker && l.level >= LogLevel::Error)
+                        .map(|l| l.message.clone())
+                });
+                let mut msg = format!("{name} failed: {}", trap_text(&e));
+                if let Some(g) = guest_says {
+                    msg.push_str(&format!(" (guest log: {g})"));
+                }
                 self.failed = Some(msg.clone());
                 Err(msg)
             }

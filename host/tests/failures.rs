@@ -199,3 +199,22 @@ fn only_log_and_wasi_during_initialize() {
         "{e}"
     );
 }
+
+#[test]
+fn a_guest_panic_message_is_quoted_in_the_error() {
+    let host = host();
+    let m = load(
+        &host,
+        "panics",
+        r#"
+      (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+        (drop (call $log (i32.const 5) (str "panicked at src/lib.rs:10:5: bad header")))
+        unreachable)
+    "#,
+    );
+    let mut proxy = Proxy::builder(&host).plugin(Plugin::new(m).name("panics")).build().unwrap();
+    let ex = proxy.send(0, Request::get("/"), UpstreamReply::new(200)).unwrap();
+    assert_eq!(ex.status, 503);
+    let err = ex.error.unwrap();
+    assert!(err.contains("unreachable") && err.contains("panicked at src/lib.rs:10:5: bad header"), "{err}");
+}
