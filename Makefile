@@ -72,8 +72,9 @@ unit:
 test: setup wasm fmt-check clippy
 	cargo test --workspace
 
+REGISTRY ?= file
 demo: setup wasm
-	cargo run -q --release -p meshwasm-tests --bin meshwasm-demo
+	cargo run -q -p meshwasm-tests --bin meshwasm-demo -- --registry $(REGISTRY)
 
 bench: setup wasm
 	cargo run --release -p meshwasm-bench --bin meshwasm-bench -- --out bench/report

@@ -10,6 +10,7 @@ use crate::sources::consul::{Consul, ConsulConfig};
 use crate::sources::doh::{Doh, DohConfig};
 use crate::sources::etcd::{Etcd, EtcdConfig};
 use crate::sources::eureka::{Eureka, EurekaConfig};
+use crate::sources::file::{File, FileConfig};
 use crate::sources::kubernetes::{Kubernetes, KubernetesConfig};
 use crate::sources::nacos::{Nacos, NacosConfig};
 use crate::sources::static_list::{StaticConfig, StaticList};
@@ -121,6 +122,7 @@ fn default_max_retry() -> Dur {
 #[serde(rename_all = "snake_case")]
 pub enum SourceConfig {
     Static(StaticConfig),
+    File(FileConfig),
     Etcd(EtcdConfig),
     Consul(ConsulConfig),
     Eureka(EurekaConfig),
@@ -158,6 +160,9 @@ impl ServicePlan {
         Ok(match &self.source {
             SourceConfig::Static(c) => {
                 Source::Static(StaticList::new(c.clone()).map_err(|e| format!("{at}.{e}"))?)
+            }
+            SourceConfig::File(c) => {
+                Source::File(File::new(c, self.timeout).map_err(|e| format!("{at}.{e}"))?)
             }
             SourceConfig::Etcd(c) => {
                 Source::Etcd(Etcd::new(c, self.timeout).map_err(|e| format!("{at}.{e}"))?)
@@ -250,6 +255,7 @@ impl Plan {
             let at = format!("{at}.source");
             let (kind, upstream, headers) = match &s.source {
                 SourceConfig::Static(_) => ("static", None, None),
+                SourceConfig::File(c) => ("file", Some((&c.cluster, &c.authority)), Some(&c.headers)),
                 SourceConfig::Etcd(c) => ("etcd", Some((&c.cluster, &c.authority)), Some(&c.headers)),
                 SourceConfig::Consul(c) => ("consul", Some((&c.cluster, &c.authority)), Some(&c.headers)),
                 SourceConfig::Eureka(c) => ("eureka", Some((&c.cluster, &c.authority)), Some(&c.headers)),

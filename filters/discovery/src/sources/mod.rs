@@ -11,6 +11,7 @@ pub mod dns;
 pub mod doh;
 pub mod etcd;
 pub mod eureka;
+pub mod file;
 pub mod kubernetes;
 pub mod nacos;
 pub mod static_list;
@@ -68,6 +69,7 @@ pub enum Progress {
 #[derive(Debug)]
 pub enum Source {
     Static(static_list::StaticList),
+    File(file::File),
     Etcd(etcd::Etcd),
     Consul(consul::Consul),
     Eureka(eureka::Eureka),
@@ -81,6 +83,7 @@ impl Source {
     pub fn begin(&mut self) -> Result<Vec<(u32, Request)>, Outcome> {
         match self {
             Source::Static(s) => Err(s.outcome()),
+            Source::File(s) => Ok(vec![(0, s.request())]),
             Source::Etcd(s) => Ok(vec![(0, s.request())]),
             Source::Consul(s) => Ok(vec![(0, s.request())]),
             Source::Eureka(s) => Ok(vec![(0, s.request())]),
@@ -95,6 +98,7 @@ impl Source {
         let single = |r: Result<Outcome, SourceError>| Progress::Done(r);
         match self {
             Source::Static(s) => single(Ok(s.outcome())),
+            Source::File(s) => single(s.on_reply(reply)),
             Source::Etcd(s) => single(s.on_reply(reply)),
             Source::Consul(s) => single(s.on_reply(reply)),
             Source::Eureka(s) => single(s.on_reply(reply)),
