@@ -11,7 +11,9 @@ fn run_demo(registry: &str) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "demo with the {registry} registry failed\n{stdout}\n{stderr}");
-    for expected in ["-> 401", "200 from instance A", "200 from instance B", "200 from instance C", "200 from instance D"] {
+    for expected in
+        ["-> 401", "200 from instance A", "200 from instance B", "200 from instance C", "200 from instance D"]
+    {
         assert!(stdout.contains(expected), "demo transcript lacks `{expected}`:\n{stdout}");
     }
 }

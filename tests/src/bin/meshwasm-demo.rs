@@ -96,7 +96,9 @@ impl Registry {
 
     fn describe(&self) -> String {
         match self {
-            Registry::File(f) => format!("file {} served on http://{}{}", f.path.display(), f.addr, FileRegistry::PATH),
+            Registry::File(f) => {
+                format!("file {} served on http://{}{}", f.path.display(), f.addr, FileRegistry::PATH)
+            }
             Registry::Etcd(e) => format!("etcd on {} (keys under {ETCD_PREFIX})", e.addr()),
         }
     }
@@ -217,12 +219,15 @@ fn quiet_instance(envoy: &Envoy, token: &str) -> Option<String> {
 
 fn run() -> Result<()> {
     let kind = parse_args()?;
-    println!("meshwasm demo: Envoy + jwt-auth + discovery + balancer, three backends, a registry, a token issuer");
+    println!(
+        "meshwasm demo: Envoy + jwt-auth + discovery + balancer, three backends, a registry, a token issuer"
+    );
 
     let a = Backend::start("A")?;
     let b = Backend::start("B")?;
     let c = Backend::start("C")?;
-    let idp = OidcProvider::start(OidcOptions::default()).context("starting the OpenID Provider (oidc-provider)")?;
+    let idp = OidcProvider::start(OidcOptions::default())
+        .context("starting the OpenID Provider (oidc-provider)")?;
     let registry = Registry::start(kind, &[&a, &b, &c])?;
 
     let jwt = json!({
@@ -287,10 +292,15 @@ fn run() -> Result<()> {
 
     step(2, "With a client-credentials token from the issuer, A, B and C answer in turn");
     let token = idp.client_credentials(&BASIC_CLIENT, "read", Some(RS256_RESOURCE))?;
-    println!("   token: {}… ({} bytes, RS256, aud {RS256_RESOURCE})", &token[..token.len().min(24)], token.len());
+    println!(
+        "   token: {}… ({} bytes, RS256, aud {RS256_RESOURCE})",
+        &token[..token.len().min(24)],
+        token.len()
+    );
     let all: BTreeSet<String> = ["A", "B", "C"].map(String::from).into();
     ensure!(
-        wait_until(Duration::from_secs(15), || (0..3).filter_map(|_| quiet_instance(&envoy, &token)).count() == 3),
+        wait_until(Duration::from_secs(15), || (0..3).filter_map(|_| quiet_instance(&envoy, &token)).count()
+            == 3),
         "requests with a valid token did not succeed (keys or endpoints never loaded)"
     );
     let mut seen = Vec::new();
@@ -298,7 +308,10 @@ fn run() -> Result<()> {
         seen.push(show(&envoy, Some(&token))?.context("a request with a valid token failed")?);
     }
     ensure!(seen.iter().cloned().collect::<BTreeSet<_>>() == all, "A, B and C did not all answer: {seen:?}");
-    ensure!(seen[..3].iter().collect::<BTreeSet<_>>().len() == 3, "three requests in a row were not A, B, C in turn");
+    ensure!(
+        seen[..3].iter().collect::<BTreeSet<_>>().len() == 3,
+        "three requests in a row were not A, B, C in turn"
+    );
 
     step(3, "Instance B is killed: its failure ejects it and traffic continues on A and C");
     b.stop();
@@ -317,7 +330,11 @@ fn run() -> Result<()> {
     let d = Backend::start("D")?;
     let t = Instant::now();
     registry.register(&d)?;
-    println!("   registered D {} in the {}", d.addr(), if kind == RegistryKind::File { "file" } else { "etcd registry" });
+    println!(
+        "   registered D {} in the {}",
+        d.addr(),
+        if kind == RegistryKind::File { "file" } else { "etcd registry" }
+    );
     ensure!(
         wait_until(Duration::from_secs(10), || quiet_instance(&envoy, &token).as_deref() == Some("D")),
         "the newly registered instance D never received traffic"

@@ -105,7 +105,8 @@ mod tests {
     use super::*;
 
     fn file() -> File {
-        let cfg: FileConfig = serde_json::from_str(r#"{"cluster":"registry","path":"/registry.json"}"#).unwrap();
+        let cfg: FileConfig =
+            serde_json::from_str(r#"{"cluster":"registry","path":"/registry.json"}"#).unwrap();
         File::new(&cfg, Duration::from_secs(2)).unwrap()
     }
 
