@@ -408,3 +408,41 @@ fn a_call_outlives_its_stream_and_still_reaches_the_root_context() {
     assert_eq!(proxy.metric("effective"), Some(status::BAD_ARGUMENT as u64), "the stream context is gone");
     assert!(proxy.calls()[0].outcome.is_some());
 }
+
+#[test]
+fn local_reply_from_an_http_call_answer_ends_the_paused_stream() {
+    let host = host();
+    let call = pairs(&[(":method", "GET"), (":path", "/check"), (":authority", "auth")]);
+    let body = format!(
+        r#"
+      (global $sctx (mut i32) (i32.const 0))
+      (func (export "proxy_on_request_headers") (param $ctx i32) (param i32 i32) (result i32)
+        (global.set $sctx (local.get $ctx))
+        (drop (call $http_call (str "auth") (i32.const 1024) (i32.const {len}) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 1000) (i32.const 108)))
+        (i32.const 1))
+      (func (export "proxy_on_http_call_response") (param i32 i32 i32 i32 i32)
+        (drop (call $set_effective (global.get $sctx)))
+        (call $report (str "local") (call $local (i32.const 401) (str "auth_denied") (str "denied") (i32.const 0) (i32.const 0) (i32.const -1))))
+      (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+        (call $report (str "resp_headers_seen") (i32.const 1))
+        (i32.const 0))
+      (data (i32.const 1024) "{data}")
+    "#,
+        len = call.len(),
+        data = wat_bytes(&call)
+    );
+    let m = load(&host, "deny_after_call", &body);
+    let mut proxy = Proxy::builder(&host)
+        .plugin(Plugin::new(m).name("auth"))
+        .upstream("auth", Upstream::reply(CallReply::response(403, Headers::new(), "")))
+        .build()
+        .unwrap();
+    let ex = proxy.send(0, Request::get("/"), UpstreamReply::new(200)).unwrap();
+    assert_eq!(proxy.metric("local"), Some(0));
+    assert_eq!(ex.status, 401);
+    assert_eq!(ex.body_text(), "denied");
+    assert_eq!(ex.state, StreamState::Complete);
+    assert!(ex.upstream_request.is_none());
+    assert_eq!(ex.local_reply.unwrap().details, "auth_denied");
+    assert_eq!(proxy.metric("resp_headers_seen"), Some(1));
+}
