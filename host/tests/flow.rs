@@ -446,3 +446,36 @@ fn local_reply_from_an_http_call_answer_ends_the_paused_stream() {
     assert_eq!(ex.local_reply.unwrap().details, "auth_denied");
     assert_eq!(proxy.metric("resp_headers_seen"), Some(1));
 }
+
+#[test]
+fn response_body_can_be_buffered_and_replaced() {
+    let host = host();
+    let m = load(
+        &host,
+        "rewrite",
+        r#"
+      (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+        (drop (call $remove_header (i32.const 2) (str "content-length")))
+        (i32.const 0))
+      (func (export "proxy_on_response_body") (param $ctx i32) (param $len i32) (param $eos i32) (result i32)
+        (drop (call $define_metric (i32.const 2) (str "resp_sizes") (i32.const 60)))
+        (drop (call $record_metric (i32.load (i32.const 60)) (i64.extend_i32_u (local.get $len))))
+        (if (result i32) (local.get $eos)
+          (then
+            (drop (call $set_buffer (i32.const 1) (i32.const 0) (local.get $len) (str "rewritten")))
+            (i32.const 0))
+          (else (i32.const 1))))
+    "#,
+    );
+    let mut proxy = Proxy::builder(&host).plugin(Plugin::new(m)).build().unwrap();
+    let ex = proxy
+        .send(
+            0,
+            Request::get("/"),
+            UpstreamReply::new(200).header("content-length", "6").chunk("abc").chunk("def"),
+        )
+        .unwrap();
+    assert_eq!(proxy.histogram("resp_sizes"), Some(vec![3, 6]));
+    assert_eq!(ex.body_text(), "rewritten");
+    assert!(!ex.response_headers.contains("content-length"));
+}
