@@ -53,7 +53,7 @@ fn a_trap_fails_the_stream_and_the_vm_is_reloaded() {
 
 #[test]
 fn an_endless_loop_hits_the_deadline() {
-    let host = Host::new(HostOptions { callback_deadline: Duration::from_millis(100), ..Default::default() })
+    let host = Host::new(HostOptions { callback_deadline: Duration::from_millis(300), ..Default::default() })
         .unwrap();
     let m = host.load_bytes("loop", guest(FRAGILE).as_bytes()).unwrap();
     let mut proxy = Proxy::builder(&host).plugin(Plugin::new(m).name("loop")).build().unwrap();
