@@ -315,7 +315,6 @@ fn run() -> Result<()> {
 
     step(3, "Instance B is killed: its failure ejects it and traffic continues on A and C");
     b.stop();
-    let t = Instant::now();
     let mut after = Vec::new();
     for _ in 0..8 {
         if let Some(w) = show(&envoy, Some(&token))? {
@@ -324,7 +323,7 @@ fn run() -> Result<()> {
     }
     let tail: BTreeSet<&str> = after.iter().rev().take(4).map(String::as_str).collect();
     ensure!(tail == BTreeSet::from(["A", "C"]), "after B died, traffic did not settle on A and C: {after:?}");
-    println!("   (B ejected after {:?}; later requests all succeed)", t.elapsed());
+    println!("   (the balancer ejected B on its failure; every later request went to A or C)");
 
     step(4, "Instance D is registered and receives traffic");
     let d = Backend::start("D")?;
