@@ -633,3 +633,87 @@ pub fn run_both(s: &Scenario) -> Result<(Run, Run, Vec<String>)> {
     let d = diff(&envoy, &host);
     Ok((envoy, host, d))
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn run_with(events: Value) -> Run {
+        Run {
+            host: "t",
+            requests: vec![Observation {
+                status: 200,
+                response_headers: Vec::new(),
+                response_body: String::new(),
+                upstream: None,
+                traces: BTreeMap::from([("p".to_owned(), events)]),
+                response_header_traces: BTreeMap::new(),
+                upstream_header_traces: BTreeMap::new(),
+            }],
+            root_events: BTreeMap::new(),
+            root_contexts: BTreeMap::new(),
+            metrics: BTreeMap::new(),
+            callouts: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn normalize_drops_volatile_keys_counts_and_transport_headers() {
+        let v = json!({"cb":"request_headers","headers":5,"ops":[{"~token":3,"status":0,
+            "pairs":[[":path","/"],["x-request-id","abc"],["x-forwarded-proto","http"],["content-length","3"],["x-a","1"]]}]});
+        assert_eq!(
+            normalize(&v),
+            json!({"cb":"request_headers","ops":[{"status":0,"pairs":[[":path","/"],["content-length","3"],["x-a","1"]]}]})
+        );
+        // A `headers` key outside a callback event is data, not a count.
+        assert_eq!(normalize(&json!({"headers":[1]})), json!({"headers":[1]}));
+    }
+
+    #[test]
+    fn body_split_merges_into_one_end_of_stream_callback() {
+        let mut plain = run_with(json!([
+            {"cb":"response_body","size":12,"eos":false,"action":0,"ops":[]},
+            {"cb":"response_body","size":0,"eos":true,"action":0,"ops":[]}]));
+        merge_body_split(&mut plain);
+        assert_eq!(
+            plain.requests[0].traces["p"],
+            json!([{"cb":"response_body","size":12,"eos":true,"action":0,"ops":[]}])
+        );
+        let mut paused = run_with(json!([
+            {"cb":"request_body","size":5,"eos":false,"action":1,"ops":["first"]},
+            {"cb":"request_body","size":5,"eos":true,"action":0,"ops":["second"]}]));
+        merge_body_split(&mut paused);
+        assert_eq!(
+            paused.requests[0].traces["p"],
+            json!([{"cb":"request_body","size":5,"eos":true,"action":0,"ops":["second"]}])
+        );
+        // Two real chunks stay two callbacks.
+        let mut chunks = run_with(json!([
+            {"cb":"request_body","size":2,"eos":false,"action":0,"ops":[]},
+            {"cb":"request_body","size":3,"eos":true,"action":0,"ops":[]}]));
+        merge_body_split(&mut chunks);
+        assert_eq!(chunks.requests[0].traces["p"].as_array().map(Vec::len), Some(2));
+    }
+
+    #[test]
+    fn diff_names_paths_and_length_changes() {
+        let a = run_with(json!([{"cb":"a","ops":[{"status":0}]}]));
+        let b = run_with(json!([{"cb":"a","ops":[{"status":2}]},{"cb":"b"}]));
+        let d = diff(&a, &b);
+        assert!(
+            d.iter().any(|l| l.starts_with(".requests[0].traces.p[0].ops[0].status: envoy 0 != wasmtime 2")),
+            "{d:?}"
+        );
+        assert!(d.iter().any(|l| l.contains("envoy has 1 items, wasmtime 2")), "{d:?}");
+        assert!(diff(&a, &a).is_empty());
+    }
+
+    #[test]
+    fn probe_log_lines_are_found_in_envoy_log_format() {
+        let text = "[2026-01-01][1][info][wasm] [context.cc:1151] wasm log p p: meshwasm-probe-stream {\"probe\":\"p\",\"events\":[]}\nother";
+        let lines = parse_lines(text, STREAM_TRACE_PREFIX);
+        assert_eq!(lines, vec![json!({"probe":"p","events":[]})]);
+    }
+}

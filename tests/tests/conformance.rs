@@ -95,6 +95,7 @@ scenarios!(
     misc_hostcalls,
     order_plain_get,
     properties,
+    queue_across_vms,
     queues,
     repeated_headers,
     request_body_buffer,

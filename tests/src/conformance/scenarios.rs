@@ -818,6 +818,38 @@ pub fn all() -> Vec<Scenario> {
             s.settle = Duration::from_millis(800);
             s
         },
+        // 36. A queue registered by a plugin in one VM, resolved and fed from another VM.
+        {
+            let mut s = Scenario::new(
+                "queue_across_vms",
+                vec![
+                    probe_in(
+                        "owner",
+                        "vm-one",
+                        json!({"configure": step(json!([{"op":"register_queue","name":"jobs"}])),
+                        "queue_ready": step(json!([{"op":"dequeue","queue":"jobs"}]))}),
+                    ),
+                    probe_in(
+                        "feeder",
+                        "vm-two",
+                        json!({"request_headers": step(json!([
+                            {"op":"resolve_queue","vm_id":"vm-one","name":"jobs"},
+                            {"op":"enqueue","queue":"jobs","value":"job-1"},
+                            {"op":"resolve_queue","vm_id":"vm-two","name":"jobs"},
+                        ]))}),
+                    ),
+                ],
+                vec![Req::get("/")],
+                |r| {
+                    assert_eq!(r.statuses(0, "feeder", "request_headers")[..2], [OK, OK]);
+                    let ev = &r.root_events["owner/queue_ready"];
+                    assert_eq!(ev["ops"][0]["value"], "job-1", "{ev}");
+                },
+            );
+            s.root_callbacks = vec!["queue_ready"];
+            s.settle = Duration::from_millis(500);
+            s
+        },
         // 32. Body delivery exactly as Envoy does it over HTTP/1.1 (no normalization): the body, then
         //     an empty end_of_stream callback.
         {
