@@ -345,3 +345,42 @@ fn opaque_tokens_are_introspected_once_and_fail_closed() {
     assert_eq!(ex.status, 503);
     assert!(!p.logs().iter().any(|l| l.message.contains("good-2")), "tokens are never logged");
 }
+
+#[test]
+fn slow_jwks_bounds_the_wait_with_503_and_later_requests_pass() {
+    let s = Signer::rsa("rsa1.pem", "r1");
+    let body = jwks(&[&s]);
+    let host = Host::new(HostOptions::default()).unwrap();
+    let module = host.load(artifacts::wasm_path("meshwasm_jwt_auth")).unwrap();
+    let cfg = json!({
+        "providers": {"idp": {"issuer": ISS, "remote_jwks": {"cluster": "idp", "uri": "https://idp.test/jwks",
+                                                             "timeout_ms": 20000}}},
+        "rules": [{"match": {"prefix": "/"}, "requires_any": ["idp"]}],
+        "key_wait_timeout_ms": 2000
+    });
+    let mut p = Proxy::builder(&host)
+        .start_time(SystemTime::now())
+        .plugin(Plugin::new(module).name("jwt").config(cfg.to_string().as_bytes()))
+        .upstream(
+            "idp",
+            Upstream::handler(move |_| {
+                CallReply::response(200, [("content-type", "application/json")], body.clone())
+                    .after(Duration::from_secs(5))
+            }),
+        )
+        .build()
+        .unwrap();
+    let tok = s.mint(&claims());
+    let id = p.start(0, Request::get("/").header("authorization", bearer(&tok))).unwrap();
+    p.advance(Duration::from_millis(1500));
+    assert!(matches!(p.stream_state(id), Some(StreamState::Paused { .. })), "still waiting within the bound");
+    p.advance(Duration::from_millis(1000));
+    let ex = p.exchange(id).unwrap();
+    assert_eq!(ex.status, 503, "the wait is bounded by key_wait_timeout_ms");
+    assert_eq!(ex.response_headers.get("retry-after"), Some("1"));
+    p.advance(Duration::from_secs(3));
+    let ex =
+        p.send(0, Request::get("/").header("authorization", bearer(&tok)), UpstreamReply::new(200)).unwrap();
+    assert_eq!(ex.status, 200, "keys arrived after 5 s");
+    assert_eq!(p.calls().len(), 1, "one fetch");
+}
