@@ -3,11 +3,12 @@
 //! (IdP error, 5xx, connection failure, timeout) with back-off, and config rejection.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use meshwasm_host::{
-    CallReply, Host, HostOptions, HttpCall, Plugin, Proxy, Request, StreamState, Upstream, UpstreamReply,
+    CallReply, Host, HostOptions, HttpCall, Module, Plugin, Proxy, Request, StreamState, Upstream,
+    UpstreamReply,
 };
 use meshwasm_tests::artifacts::wasm_path;
 use serde_json::{Value, json};
@@ -66,12 +67,21 @@ fn token(n: usize, expires_in: u64) -> CallReply {
     )
 }
 
+/// One engine and compiled module for the whole test binary: each proxy only instantiates it.
+fn host() -> &'static (Host, Module) {
+    static HOST: OnceLock<(Host, Module)> = OnceLock::new();
+    HOST.get_or_init(|| {
+        let host = Host::new(HostOptions::default()).unwrap();
+        let module = host.load(wasm_path("meshwasm_token_injector")).unwrap();
+        (host, module)
+    })
+}
+
 fn proxy(idp: &Idp, workers: usize, cfg: String) -> Proxy {
-    let host = Host::new(HostOptions::default()).unwrap();
-    let module = host.load(wasm_path("meshwasm_token_injector")).unwrap();
-    Proxy::builder(&host)
+    let (host, module) = host();
+    Proxy::builder(host)
         .workers(workers)
-        .plugin(Plugin::new(module).name("injector").vm_id("mesh").config(cfg.as_bytes()))
+        .plugin(Plugin::new(module.clone()).name("injector").vm_id("mesh").config(cfg.as_bytes()))
         .upstream("idp", idp.upstream())
         .build()
         .unwrap()
@@ -255,14 +265,13 @@ fn unknown_cluster_gives_503_and_bad_config_is_rejected() {
     assert_eq!(ex.status, 503);
     assert!(ex.body_text().contains("cluster `nope`"), "{}", ex.body_text());
 
-    let host = Host::new(HostOptions::default()).unwrap();
-    let module = host.load(wasm_path("meshwasm_token_injector")).unwrap();
+    let (host, module) = host();
     for (bad, field) in [
         (config(json!({"scopse": ["x"]})), "scopse"),
         (config(json!({"refresh": {"fraction": 2.0}})), "refresh.fraction"),
         (config(json!({"client_secret": ""})), "client_secret"),
     ] {
-        let err = Proxy::builder(&host)
+        let err = Proxy::builder(host)
             .plugin(Plugin::new(module.clone()).name("injector").config(bad.as_bytes()))
             .upstream("idp", idp.upstream())
             .build()

@@ -1,0 +1,192 @@
+//! RFC 7662 introspection in jwt-auth's .wasm in the wasmtime host, with a scripted introspection
+//! endpoint and the virtual clock: the exact request (RFC 6749 §2.3.1 Basic encoding, `post`), active
+//! answers cached until `exp` capped by `max_active_ttl_s`, inactive answers cached for
+//! `inactive_ttl_s`, strictly parsed answers, and fail-closed / fail-open on errors and timeouts.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, UNIX_EPOCH};
+
+use meshwasm_host::{
+    CallReply, Exchange, Host, HostOptions, HttpCall, Module, Plugin, Proxy, Request, StreamState, Upstream,
+    UpstreamReply,
+};
+use meshwasm_tests::artifacts::wasm_path;
+use serde_json::{Value, json};
+
+/// The virtual wall clock at t=0.
+const T0: u64 = 1_800_000_000;
+
+/// The introspection endpoint: answers with the current reply, records what it was sent.
+#[derive(Clone, Default)]
+struct Endpoint {
+    reply: Arc<Mutex<Option<CallReply>>>,
+    calls: Arc<AtomicUsize>,
+    last: Arc<Mutex<Option<(Option<String>, String)>>>,
+}
+
+impl Endpoint {
+    fn answer(&self, reply: CallReply) {
+        *self.reply.lock().unwrap() = Some(reply);
+    }
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+    fn last(&self) -> (Option<String>, String) {
+        self.last.lock().unwrap().clone().unwrap()
+    }
+    fn upstream(&self) -> Upstream {
+        let me = self.clone();
+        Upstream::handler(move |call: &HttpCall| {
+            me.calls.fetch_add(1, Ordering::SeqCst);
+            *me.last.lock().unwrap() = Some((
+                call.headers.get("authorization").map(str::to_owned),
+                String::from_utf8_lossy(&call.body).into_owned(),
+            ));
+            me.reply.lock().unwrap().clone().unwrap_or_else(|| json_reply(200, json!({"active": false})))
+        })
+    }
+}
+
+fn json_reply(status: u16, body: Value) -> CallReply {
+    CallReply::response(status, [("content-type", "application/json")], body.to_string())
+}
+
+fn proxy(ep: &Endpoint, extra: Value) -> Proxy {
+    let mut introspection = json!({
+        "cluster": "as", "path": "/introspect", "authority": "as.example.com",
+        "client_id": "api", "client_secret": "api-secret", "timeout_ms": 500,
+        "inactive_ttl_s": 10, "max_active_ttl_s": 60,
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        introspection[k] = v.clone();
+    }
+    let cfg = json!({
+        "providers": {"as": {"introspection": introspection}},
+        "rules": [{"match": {"prefix": "/"}, "requires_any": ["as"]}],
+    });
+    // One engine and compiled module for the whole test binary: each proxy only instantiates it.
+    static HOST: OnceLock<(Host, Module)> = OnceLock::new();
+    let (host, module) = HOST.get_or_init(|| {
+        let host = Host::new(HostOptions::default()).unwrap();
+        let module = host.load(wasm_path("meshwasm_jwt_auth")).unwrap();
+        (host, module)
+    });
+    Proxy::builder(host)
+        .start_time(UNIX_EPOCH + Duration::from_secs(T0))
+        .plugin(Plugin::new(module.clone()).name("jwt").config(cfg.to_string().as_bytes()))
+        .upstream("as", ep.upstream())
+        .build()
+        .unwrap()
+}
+
+fn send(p: &mut Proxy, token: &str) -> Exchange {
+    p.send(
+        0,
+        Request::get("/orders").header("authorization", format!("Bearer {token}")),
+        UpstreamReply::new(200),
+    )
+    .unwrap()
+}
+
+#[test]
+fn request_format_and_active_cache_until_exp_capped() {
+    let ep = Endpoint::default();
+    ep.answer(json_reply(200, json!({"active": true, "scope": "read", "sub": "svc", "exp": T0 + 30})));
+    let mut p = proxy(&ep, json!({}));
+    let ex = send(&mut p, "opaque+1/=");
+    assert_eq!(ex.status, 200, "{:?}", ex.local_reply);
+    let (auth, body) = ep.last();
+    assert_eq!(auth.as_deref(), Some("Basic YXBpOmFwaS1zZWNyZXQ="), "base64(\"api:api-secret\")");
+    assert_eq!(body, "token=opaque%2B1%2F%3D&token_type_hint=access_token");
+    for _ in 0..3 {
+        assert_eq!(send(&mut p, "opaque+1/=").status, 200);
+    }
+    assert_eq!(ep.calls(), 1, "active answer cached");
+    // At exp (30 s) the cached answer is gone: asked again.
+    p.advance(Duration::from_secs(29));
+    assert_eq!(send(&mut p, "opaque+1/=").status, 200);
+    assert_eq!(ep.calls(), 1);
+    p.advance(Duration::from_secs(2));
+    ep.answer(json_reply(200, json!({"active": false})));
+    assert_eq!(send(&mut p, "opaque+1/=").status, 401);
+    assert_eq!(ep.calls(), 2);
+
+    // An `exp` far away is capped by max_active_ttl_s (60 s): a revocation is seen within a minute.
+    ep.answer(json_reply(200, json!({"active": true, "exp": T0 + 100_000})));
+    assert_eq!(send(&mut p, "long-lived").status, 200);
+    p.advance(Duration::from_secs(59));
+    assert_eq!(send(&mut p, "long-lived").status, 200);
+    assert_eq!(ep.calls(), 3);
+    p.advance(Duration::from_secs(2));
+    ep.answer(json_reply(200, json!({"active": false})));
+    assert_eq!(send(&mut p, "long-lived").status, 401, "revoked token refused after the cap");
+    assert_eq!(ep.calls(), 4);
+}
+
+#[test]
+fn inactive_answers_are_cached_briefly() {
+    let ep = Endpoint::default();
+    ep.answer(json_reply(200, json!({"active": false})));
+    let mut p = proxy(&ep, json!({}));
+    let ex = send(&mut p, "revoked");
+    assert_eq!(ex.status, 401);
+    let challenge = ex.response_headers.get("www-authenticate").unwrap_or_default().to_owned();
+    assert!(challenge.starts_with("Bearer") && challenge.contains("error=\"invalid_token\""), "{challenge}");
+    p.advance(Duration::from_secs(5));
+    assert_eq!(send(&mut p, "revoked").status, 401);
+    assert_eq!(ep.calls(), 1, "inactive answer cached for inactive_ttl_s");
+    p.advance(Duration::from_secs(6));
+    assert_eq!(send(&mut p, "revoked").status, 401);
+    assert_eq!(ep.calls(), 2, "asked again after inactive_ttl_s");
+}
+
+#[test]
+fn basic_credentials_are_form_encoded_and_post_puts_them_in_the_body() {
+    let ep = Endpoint::default();
+    ep.answer(json_reply(200, json!({"active": true})));
+    let mut p = proxy(&ep, json!({"client_id": "svc:a b", "client_secret": "p@ss:w+rd/%&="}));
+    assert_eq!(send(&mut p, "t").status, 200);
+    // RFC 6749 §2.3.1: base64("svc%3Aa+b:p%40ss%3Aw%2Brd%2F%25%26%3D").
+    assert_eq!(ep.last().0.as_deref(), Some("Basic c3ZjJTNBYStiOnAlNDBzcyUzQXclMkJyZCUyRiUyNSUyNiUzRA=="));
+
+    let mut p = proxy(&ep, json!({"auth_method": "post", "client_secret": "s e&c", "token_type_hint": ""}));
+    assert_eq!(send(&mut p, "t2").status, 200);
+    let (auth, body) = ep.last();
+    assert_eq!(auth, None);
+    assert_eq!(body, "token=t2&client_id=api&client_secret=s+e%26c");
+}
+
+#[test]
+fn bad_answers_errors_and_timeouts_fail_closed_or_open() {
+    let ep = Endpoint::default();
+    for bad in [
+        json_reply(200, json!({"active": "true"})),
+        json_reply(200, json!({"active": true, "exp": "soon"})),
+        json_reply(200, json!(["active"])),
+        json_reply(500, json!({"error": "server_error"})),
+        json_reply(401, json!({"error": "invalid_client"})),
+    ] {
+        ep.answer(bad);
+        let mut closed = proxy(&ep, json!({}));
+        let ex = send(&mut closed, "t");
+        assert_eq!(ex.status, 503, "fail closed: {:?}", ex.local_reply);
+        let mut open = proxy(&ep, json!({"fail_open": true}));
+        assert_eq!(send(&mut open, "t").status, 200, "fail_open lets it through");
+    }
+    // fail_open never admits a token the endpoint says is inactive.
+    ep.answer(json_reply(200, json!({"active": false})));
+    let mut open = proxy(&ep, json!({"fail_open": true}));
+    assert_eq!(send(&mut open, "t").status, 401);
+
+    // No answer: the request waits, then gets 503 at the 500 ms call timeout.
+    ep.answer(CallReply::no_answer());
+    let mut closed = proxy(&ep, json!({}));
+    let id = closed.start(0, Request::get("/").header("authorization", "Bearer slow")).unwrap();
+    assert!(matches!(closed.stream_state(id), Some(StreamState::Paused { .. })));
+    closed.advance(Duration::from_millis(400));
+    assert!(matches!(closed.stream_state(id), Some(StreamState::Paused { .. })), "still waiting");
+    closed.advance(Duration::from_millis(300));
+    assert_eq!(closed.stream_state(id), Some(StreamState::Complete));
+    assert_eq!(closed.exchange(id).unwrap().status, 503);
+}
