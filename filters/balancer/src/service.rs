@@ -64,6 +64,41 @@ enum Table {
     Maglev(Maglev),
 }
 
+/// Addresses in 8 bytes each: IPv4 as `ip << 16 | port`; IPv6 as a flag bit plus an index into a side list.
+#[derive(Debug, Default)]
+struct Packed {
+    words: Vec<u64>,
+    v6: Vec<SocketAddr>,
+}
+
+const V6_FLAG: u64 = 1 << 63;
+
+impl Packed {
+    fn new(addrs: impl Iterator<Item = SocketAddr>) -> Self {
+        let mut p = Self::default();
+        for a in addrs {
+            let word = match a {
+                SocketAddr::V4(v4) => (u64::from(u32::from(*v4.ip())) << 16) | u64::from(v4.port()),
+                SocketAddr::V6(_) => {
+                    p.v6.push(a);
+                    V6_FLAG | (p.v6.len() as u64 - 1)
+                }
+            };
+            p.words.push(word);
+        }
+        p
+    }
+
+    fn get(&self, i: usize) -> Option<SocketAddr> {
+        let w = *self.words.get(i)?;
+        if w & V6_FLAG != 0 {
+            return self.v6.get((w & !V6_FLAG) as usize).copied();
+        }
+        let ip = std::net::Ipv4Addr::from((w >> 16) as u32);
+        Some(SocketAddr::from((ip, w as u16)))
+    }
+}
+
 #[derive(Debug)]
 pub struct ServiceBalancer {
     policy: Rc<Policy>,
@@ -72,9 +107,9 @@ pub struct ServiceBalancer {
     endpoints: Vec<Endpoint>,
     by_address: HashMap<SocketAddr, u32>,
     outlier: Outlier,
-    /// Endpoint addresses, packed: a pick reads this rather than the much larger `endpoints`, which
-    /// keeps picks cache-friendly at 10,000 endpoints.
-    addresses: Vec<SocketAddr>,
+    /// Endpoint addresses packed into 8 bytes each (see [`Packed`]): a pick reads this rather than the
+    /// much larger `endpoints`, which keeps picks cache-friendly at 10,000 endpoints.
+    addresses: Packed,
     /// Requests in flight per endpoint (this worker only).
     active: Vec<u32>,
     /// When each endpoint's slow start began, while it lasts.
@@ -99,7 +134,7 @@ impl ServiceBalancer {
             endpoints: Vec::new(),
             by_address: HashMap::new(),
             outlier: Outlier::new(0),
-            addresses: Vec::new(),
+            addresses: Packed::default(),
             active: Vec::new(),
             ramp_since: Vec::new(),
             candidates: Vec::new(),
@@ -172,7 +207,7 @@ impl ServiceBalancer {
                 None => None,
             })
             .collect();
-        self.addresses = endpoints.iter().map(|e| e.address).collect();
+        self.addresses = Packed::new(endpoints.iter().map(|e| e.address));
         self.endpoints = endpoints;
         self.by_address = by_address;
         self.version = set.version;
@@ -226,7 +261,7 @@ impl ServiceBalancer {
         };
         let index = if direct { pos } else { pos.and_then(|p| self.candidates.get(p)).map(|&i| i as usize) };
         let index = index.ok_or(NoHealthyUpstream)?;
-        let address = *self.addresses.get(index).ok_or(NoHealthyUpstream)?;
+        let address = self.addresses.get(index).ok_or(NoHealthyUpstream)?;
         // In-flight counts matter only to least request; other algorithms skip the extra memory access.
         if self.policy.algorithm == Algorithm::LeastRequest
             && let Some(a) = self.active.get_mut(index)
@@ -244,9 +279,7 @@ impl ServiceBalancer {
             self.by_address.get(&picked.address).map(|&i| i as usize)
         };
         // The endpoint may have left the set since.
-        let Some(index) =
-            index.filter(|&i| self.endpoints.get(i).is_some_and(|e| e.address == picked.address))
-        else {
+        let Some(index) = index.filter(|&i| self.addresses.get(i) == Some(picked.address)) else {
             return;
         };
         if self.policy.algorithm == Algorithm::LeastRequest

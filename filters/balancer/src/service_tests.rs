@@ -262,3 +262,17 @@ fn ten_thousand_endpoints() {
         }
     }
 }
+
+#[test]
+fn packed_addresses_round_trip() {
+    let addrs: Vec<SocketAddr> =
+        ["10.0.0.1:80", "[::1]:9000", "255.255.255.255:65535", "0.0.0.0:0", "[fe80::1]:1"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+    let p = Packed::new(addrs.iter().copied());
+    for (i, a) in addrs.iter().enumerate() {
+        assert_eq!(p.get(i), Some(*a));
+    }
+    assert_eq!(p.get(5), None);
+}
