@@ -633,14 +633,14 @@ impl Worker {
         }
         let f = self.pos_to_filter(dir, pos);
         let has_ctx = self.streams.get(&id).is_some_and(|rt| rt.ctx[f].is_some());
-        if !has_ctx {
-            if dir == Dir::Resp {
-                // This filter never saw the request (an earlier filter replied locally).
-                return self.deliver(id, dir, pos + 1, ev);
-            }
-            if !self.create_ctx(id, f) {
-                return;
-            }
+        let vm_failed = self.vms[self.chain[f].vm].failed.is_some();
+        if dir == Dir::Resp && (!has_ctx || vm_failed) {
+            // This filter never saw the request (an earlier filter replied locally), or its VM failed
+            // (Envoy skips it: failure_local_reply_sent_).
+            return self.deliver(id, dir, pos + 1, ev);
+        }
+        if !has_ctx && !self.create_ctx(id, f) {
+            return;
         }
         let Some(st) = self.dir_state(id, dir, f) else { return };
         if st.stopped_all {
@@ -1189,23 +1189,25 @@ impl Worker {
         if rt.error.is_none() {
             rt.error = Some(format!("plugin `{plugin}` (module {module}): {e}"));
         }
+        rt.req_aborted = true;
+        rt.waiting_upstream = false;
         if rt.down_headers.is_none() {
-            rt.down_headers = Some(Headers::new().with(":status", "503"));
-            rt.down_body.clear();
-            rt.local_reply = Some(LocalReply {
+            // Like Envoy's failStream: a 503 local reply that still passes the response callbacks of the
+            // filters whose VMs are healthy (it replaces any local reply sent before).
+            rt.local_reply = None;
+            let reply = LocalReply {
                 plugin,
                 status: 503,
                 details: "wasm_fail_stream".into(),
                 headers: Headers::new(),
                 body: Vec::new(),
                 grpc_status: 14,
-            });
+            };
+            self.send_local(id, reply, f);
         } else {
             rt.reset = true;
+            self.finish(id);
         }
-        rt.req_aborted = true;
-        rt.waiting_upstream = false;
-        self.finish(id);
     }
 
     /// Ends a stream: on_log for every filter with a context (chain order), then per filter on_done and

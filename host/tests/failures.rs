@@ -218,3 +218,29 @@ fn a_guest_panic_message_is_quoted_in_the_error() {
     let err = ex.error.unwrap();
     assert!(err.contains("unreachable") && err.contains("panicked at src/lib.rs:10:5: bad header"), "{err}");
 }
+
+#[test]
+fn the_failure_reply_passes_healthy_filters_response_callbacks() {
+    let host = host();
+    let pass = load(
+        &host,
+        "pass",
+        r#"
+      (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 0))
+      (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+        (drop (call $add_header (i32.const 2) (str "x-seen-by") (str "pass")))
+        (i32.const 0))
+    "#,
+    );
+    let fragile = load(&host, "fragile", FRAGILE);
+    let mut proxy = Proxy::builder(&host)
+        .plugin(Plugin::new(pass).name("pass"))
+        .plugin(Plugin::new(fragile).name("fragile"))
+        .build()
+        .unwrap();
+    let ex = proxy.send(0, req(1), UpstreamReply::new(200)).unwrap();
+    assert_eq!(ex.status, 503);
+    assert_eq!(ex.response_headers.get("x-seen-by"), Some("pass"));
+    assert!(!ex.callbacks.iter().any(|c| c.filter == 1 && c.callback == Callback::ResponseHeaders));
+    assert_eq!(proxy.send(0, req(0), UpstreamReply::new(200)).unwrap().status, 200);
+}
