@@ -124,7 +124,7 @@ fn corpus(
         c.push((name, Some(t), false));
     }
     c.push(("bad base64 header", Some(format!("*{}", &valid[1..])), false));
-    c.push(("two parts", Some(valid.rsplitn(2, '.').nth(1).unwrap().to_string()), false));
+    c.push(("two parts", Some(valid.rsplit_once('.').unwrap().0.to_string()), false));
     c.push(("garbage", Some("not-a-jwt".into()), false));
     let mut x = good_claims();
     x["blob"] = json!("x".repeat(12_000));
