@@ -478,7 +478,10 @@ fn add_stream(l: &mut Linker<VmState>) -> Result<()> {
         Ok(match ty {
             0 => push(&mut c, StreamAction::ContinueRequest),
             1 => push(&mut c, StreamAction::ContinueResponse),
-            2 | 3 => UNIMPLEMENTED,
+            // Envoy: downstream continues a network filter's reading (a no-op for HTTP); upstream is
+            // not implemented.
+            2 => OK,
+            3 => UNIMPLEMENTED,
             _ => BAD_ARGUMENT,
         })
     })?;
@@ -495,7 +498,8 @@ fn add_stream(l: &mut Linker<VmState>) -> Result<()> {
         guard(&c, "proxy_close_stream")?;
         Ok(match ty {
             0 | 1 => push(&mut c, |_| StreamAction::Close),
-            2 | 3 => UNIMPLEMENTED,
+            // Envoy closes the connection of a network filter; nothing to do for HTTP.
+            2 | 3 => OK,
             _ => BAD_ARGUMENT,
         })
     })?;
@@ -523,12 +527,17 @@ fn add_stream(l: &mut Linker<VmState>) -> Result<()> {
             let body = tri!(read(&c, bp, bl));
             let hdrs = tri!(read(&c, hp, hl));
             let Some(pairs) = deserialize_pairs(&hdrs) else { return Ok(BAD_ARGUMENT) };
-            let Some((data, filter)) = stream_ctx(&c) else { return Ok(BAD_ARGUMENT) };
+            // Envoy: without a stream (a root context) the call does nothing and returns OK.
+            let Some((data, filter)) = stream_ctx(&c) else { return Ok(OK) };
             let plugin = c.data().plugin_name();
             let reply = LocalReply {
                 plugin,
                 status: code,
-                details: String::from_utf8_lossy(&details).into_owned(),
+                // Envoy replaces whitespace in response code details with `_`.
+                details: String::from_utf8_lossy(&details)
+                    .chars()
+                    .map(|ch| if ch.is_whitespace() { '_' } else { ch })
+                    .collect(),
                 headers: Headers::from_raw(pairs.into_iter().map(|(k, v)| (lower(&k), v)).collect()),
                 body,
                 grpc_status: grpc,

@@ -923,6 +923,35 @@ impl Worker {
         }
     }
 
+    /// Creates a stream context for the access-log phase only (no failure reply: the stream is ending).
+    fn create_log_ctx(&mut self, id: u32, f: usize) {
+        let vmi = self.chain[f].vm;
+        let root = self.chain[f].root;
+        let Some(data) = self.streams.get(&id).map(|rt| rt.data.clone()) else { return };
+        let vm = &mut self.vms[vmi];
+        let ctx = vm.new_ctx_id();
+        vm.store.data_mut().contexts.insert(ctx, Ctx::Stream { root, filter: f, data });
+        if let Some(rt) = self.streams.get_mut(&id) {
+            rt.ctx[f] = Some(ctx);
+        }
+        let plugin = self.chain[f].plugin.display_name().to_string();
+        if let Some(func) = self.vms[vmi].exports.on_context_create.clone() {
+            let r = self.vms[vmi].call(func, ctx, "proxy_on_context_create", (ctx, root));
+            if let Some(rt) = self.streams.get_mut(&id) {
+                rt.callbacks.push(CallbackRecord {
+                    filter: f,
+                    plugin,
+                    callback: Callback::ContextCreate,
+                    action: None,
+                });
+            }
+            if let Err(e) = r {
+                self.vm_failed(vmi, ctx, &e);
+            }
+            self.collect(vmi);
+        }
+    }
+
     /// Calls a header/body/trailer callback of filter `f`. None if the VM failed (stream failed).
     fn call_filter(&mut self, id: u32, f: usize, cb: Callback, a: u32, b: Option<u32>) -> Option<Action> {
         let vmi = self.chain[f].vm;
@@ -1219,6 +1248,15 @@ impl Worker {
         }
         rt.finished = true;
         let data = rt.data.clone();
+        // Envoy's access-log phase creates the context of a filter that never saw the stream (e.g. after
+        // an earlier filter's local reply), so every filter gets on_log, on_done and on_delete.
+        for f in 0..self.chain.len() {
+            let has = self.streams.get(&id).is_some_and(|rt| rt.ctx[f].is_some());
+            if !has && self.vms[self.chain[f].vm].failed.is_none() {
+                self.create_log_ctx(id, f);
+            }
+        }
+        let Some(rt) = self.streams.get(&id) else { return };
         let ctxs = rt.ctx.clone();
         {
             let mut d = sd(&data);
