@@ -163,7 +163,7 @@ impl std::fmt::Debug for Config {
 /// A configuration error: the field (dotted path) and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
-    #[error("meshwasm token-injector: configuration is not valid JSON for this filter: {0}")]
+    #[error("meshwasm token-injector: invalid configuration: {0}")]
     Json(String),
     #[error("meshwasm token-injector: `{field}` {reason}")]
     Field { field: &'static str, reason: String },
