@@ -18,7 +18,10 @@ DEBIAN_PACKAGES := etcd-server unbound wrk binaryen nghttp2-client openssl ca-ce
 export MESHWASM_WASM_DIR := $(WASM_DIR)
 export MESHWASM_ENVOY := $(VENV)/bin/envoy-binary
 
-.PHONY: all setup setup-system setup-rust setup-envoy setup-node wasm fmt-check clippy unit test demo bench bench-quick clean
+DIST_FILTERS := meshwasm_jwt_auth meshwasm_token_injector meshwasm_discovery meshwasm_balancer
+WASM_OPT_FLAGS := -Oz --strip-debug --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int --enable-mutable-globals
+
+.PHONY: dist all setup setup-system setup-rust setup-envoy setup-node wasm fmt-check clippy unit test demo bench bench-quick clean
 
 all: wasm
 
@@ -82,5 +85,14 @@ bench: setup wasm
 bench-quick: setup wasm
 	cargo run --release -p meshwasm-bench --bin meshwasm-bench -- --quick --out bench/report
 
+## Release artifacts for Envoy/Istio: wasm-opt'd filters in dist/ with checksums, each checked by the host.
+dist: setup-system wasm
+	mkdir -p dist
+	cargo build -q -p meshwasm-host --bin meshwasm-host
+	for f in $(DIST_FILTERS); do \
+	  wasm-opt $(WASM_OPT_FLAGS) $(WASM_DIR)/$$f.wasm -o dist/$$f.wasm; \
+	  target/debug/meshwasm-host check dist/$$f.wasm --config examples/istio/config/$$f.json; \
+	done
+	cd dist && sha256sum *.wasm > SHA256SUMS && ls -l
 clean:
 	cargo clean

@@ -17,12 +17,15 @@ use serde_json::{Value, json};
 /// The virtual wall clock at t=0.
 const T0: u64 = 1_800_000_000;
 
+/// The last call the endpoint got: its `authorization` header and its form body.
+type LastCall = (Option<String>, String);
+
 /// The introspection endpoint: answers with the current reply, records what it was sent.
 #[derive(Clone, Default)]
 struct Endpoint {
     reply: Arc<Mutex<Option<CallReply>>>,
     calls: Arc<AtomicUsize>,
-    last: Arc<Mutex<Option<(Option<String>, String)>>>,
+    last: Arc<Mutex<Option<LastCall>>>,
 }
 
 impl Endpoint {
@@ -32,7 +35,7 @@ impl Endpoint {
     fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
     }
-    fn last(&self) -> (Option<String>, String) {
+    fn last(&self) -> LastCall {
         self.last.lock().unwrap().clone().unwrap()
     }
     fn upstream(&self) -> Upstream {
