@@ -305,7 +305,10 @@ fn add_headers(l: &mut Linker<VmState>) -> Result<()> {
     )?;
     l.func_wrap("env", "proxy_get_header_map_size", |mut c: C<'_>, map: u32, ret: u32| -> Result<u32> {
         guard(&c, "proxy_get_header_map_size")?;
-        let Ok(size) = with_map(&mut c, map, |m| serialize_pairs(m.pairs()).len()) else {
+        // Envoy returns the map's byteSize(): the sum of key and value lengths.
+        let Ok(size) =
+            with_map(&mut c, map, |m| m.pairs().iter().map(|(k, v)| k.len() + v.len()).sum::<usize>())
+        else {
             return Ok(BAD_ARGUMENT);
         };
         tri!(write_u32(&mut c, ret, size as u32));
@@ -577,7 +580,14 @@ fn add_http_calls(l: &mut Linker<VmState>) -> Result<()> {
             let trl = tri!(read(&c, tp, tl));
             let Some(h) = deserialize_pairs(&hdrs) else { return Ok(BAD_ARGUMENT) };
             let Some(t) = deserialize_pairs(&trl) else { return Ok(BAD_ARGUMENT) };
-            let headers = Headers::from_raw(h.into_iter().map(|(k, v)| (lower(&k), v)).collect());
+            if (timeout as i32) < 0 {
+                return Ok(BAD_ARGUMENT);
+            }
+            let mut headers = Headers::from_raw(h.into_iter().map(|(k, v)| (lower(&k), v)).collect());
+            if !body.is_empty() {
+                // Envoy sets content-length on a call with a body.
+                headers.set("content-length", body.len().to_string());
+            }
             let trailers = Headers::from_raw(t.into_iter().map(|(k, v)| (lower(&k), v)).collect());
             let Some(shared) = c.data().shared.clone() else { return Ok(BAD_ARGUMENT) };
             if !shared.upstreams.contains(&upstream) {
@@ -874,9 +884,10 @@ fn add_properties(l: &mut Linker<VmState>) -> Result<()> {
             let path = tri!(read(&c, pp, pl));
             let value = tri!(read(&c, vp, vl));
             let key = crate::properties::dotted(&path);
+            // Envoy stores filter state `wasm.<path>` in the stream info: without a stream, NOT_FOUND.
             match stream_ctx(&c) {
                 Some((data, _)) => sd(&data).properties_set.push((key, value)),
-                None => c.data_mut().root_props.push((key, value)),
+                None => return Ok(NOT_FOUND),
             }
             Ok(OK)
         },

@@ -1,7 +1,7 @@
 //! Properties (`proxy_get_property`) with Envoy's binary encoding, and encoders for seeding them.
 //!
-//! Lookup order: values the filters set (`proxy_set_property`, Envoy's filter state `wasm.<path>`) for
-//! paths Envoy does not know, per-request seeds ([`crate::Request::property`]), proxy seeds
+//! Lookup order: values the filters set (`proxy_set_property`, Envoy's filter state `wasm.<path>`, found by
+//! the first path segment) for paths Envoy does not know, per-request seeds ([`crate::Request::property`]), proxy seeds
 //! ([`crate::ProxyBuilder::property`]), then values computed from the stream and plugin.
 
 use crate::abi::serialize_pairs;
@@ -77,15 +77,17 @@ pub(crate) fn lookup(st: &VmState, path: &[u8]) -> Option<Vec<u8>> {
         Some(Ctx::Stream { data, .. }) => Some(data.clone()),
         _ => None,
     };
-    // Filter state set by the guest (last write wins).
+    // Filter state set by the guest (last write wins). Like Envoy, only the first path segment names
+    // the filter-state key; the value is bytes, so a longer path finds nothing.
     if !KNOWN_ROOTS.contains(&root) {
+        let first =
+            path.split(|b| *b == 0).find(|p| !p.is_empty()).map(|p| String::from_utf8_lossy(p).into_owned());
+        let single = first.as_deref() == Some(key.as_str());
         if let Some(s) = &stream
-            && let Some((_, v)) = sd(s).properties_set.iter().rev().find(|(k, _)| *k == key)
+            && let Some(first) = &first
+            && let Some((_, v)) = sd(s).properties_set.iter().rev().find(|(k, _)| k == first)
         {
-            return Some(v.clone());
-        }
-        if let Some((_, v)) = st.root_props.iter().rev().find(|(k, _)| *k == key) {
-            return Some(v.clone());
+            return if single { Some(v.clone()) } else { None };
         }
     }
     if let Some(s) = &stream

@@ -359,11 +359,6 @@ impl Proxy {
         ok
     }
 
-    /// Properties set from root contexts of a worker (stream-level ones are in [`Exchange::properties_set`]).
-    pub fn properties_set(&self, worker: usize) -> Vec<(String, Vec<u8>)> {
-        self.workers.get(worker).map(|w| w.root_properties_set()).unwrap_or_default()
-    }
-
     /// Every http call dispatched so far, with its outcome.
     pub fn calls(&self) -> &[HttpCall] {
         &self.calls

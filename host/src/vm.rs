@@ -104,7 +104,6 @@ pub(crate) struct VmState {
     pub(crate) metric_ids: HashMap<u32, String>,
     pub(crate) metric_by_name: HashMap<(String, u32), u32>,
     pub(crate) next_metric: u32,
-    pub(crate) root_props: Vec<(String, Vec<u8>)>,
     pub(crate) rng: u64,
 }
 
@@ -146,7 +145,6 @@ impl VmState {
             metric_ids: HashMap::new(),
             metric_by_name: HashMap::new(),
             next_metric: 1,
-            root_props: Vec::new(),
             rng: seed | 1,
         }
     }

@@ -574,11 +574,6 @@ impl Worker {
         }
     }
 
-    /// Properties set with `proxy_set_property` from root contexts (per VM), in order.
-    pub fn root_properties_set(&self) -> Vec<(String, Vec<u8>)> {
-        self.vms.iter().flat_map(|v| v.store.data().root_props.iter().cloned()).collect()
-    }
-
     /// Number of filters in the chain.
     pub fn chain_len(&self) -> usize {
         self.chain.len()

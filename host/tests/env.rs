@@ -36,8 +36,10 @@ fn properties_are_seeded_computed_and_settable() {
         (call $report (str "mtls_len") (i32.load (i32.const 104)))
         (call $report (str "mtls") (i32.load8_u (i32.load (i32.const 100))))
         (call $report (str "unknown") (call $get_property (str "no\00such") (i32.const 100) (i32.const 104)))
-        (call $report (str "set") (call $set_property (str "my\00key") (str "val")))
-        (drop (call $get_property (str "my\00key") (i32.const 100) (i32.const 104)))
+        (call $report (str "set") (call $set_property (str "my_key") (str "val")))
+        (call $report (str "set_nested") (call $set_property (str "my\00nested") (str "x")))
+        (call $report (str "get_nested") (call $get_property (str "my\00nested") (i32.const 100) (i32.const 104)))
+        (drop (call $get_property (str "my_key") (i32.const 100) (i32.const 104)))
         (drop (call $add_header (i32.const 0) (str "x-mine") (i32.load (i32.const 100)) (i32.load (i32.const 104))))
         (i32.const 0))
       (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
@@ -82,7 +84,16 @@ fn properties_are_seeded_computed_and_settable() {
     assert_eq!(proxy.metric("code_status"), Some(0));
     assert_eq!(proxy.metric("code_len"), Some(8));
     assert_eq!(proxy.metric("code"), Some(201));
-    assert_eq!(ex.properties_set, vec![("my.key".to_string(), b"val".to_vec())]);
+    assert_eq!(proxy.metric("set_nested"), Some(0));
+    assert_eq!(
+        proxy.metric("get_nested"),
+        Some(status::NOT_FOUND as u64),
+        "filter state is found by the first segment"
+    );
+    assert_eq!(
+        ex.properties_set,
+        vec![("my_key".to_string(), b"val".to_vec()), ("my.nested".to_string(), b"x".to_vec())]
+    );
 }
 
 const WASI_IMPORTS: &str = r#"
