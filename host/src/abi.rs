@@ -879,7 +879,7 @@ fn add_properties(l: &mut Linker<VmState>) -> Result<()> {
     l.func_wrap(
         "env",
         "proxy_set_property",
-        |mut c: C<'_>, pp: u32, pl: u32, vp: u32, vl: u32| -> Result<u32> {
+        |c: C<'_>, pp: u32, pl: u32, vp: u32, vl: u32| -> Result<u32> {
             guard(&c, "proxy_set_property")?;
             let path = tri!(read(&c, pp, pl));
             let value = tri!(read(&c, vp, vl));
