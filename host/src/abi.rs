@@ -822,6 +822,10 @@ fn add_metrics(l: &mut Linker<VmState>) -> Result<()> {
     }
     l.func_wrap("env", "proxy_increment_metric", |c: C<'_>, id: u32, offset: i64| -> Result<u32> {
         guard(&c, "proxy_increment_metric")?;
+        // Envoy decides by the type bits of the id first: histograms (and unknown types) are BAD_ARGUMENT.
+        if id & 3 >= 2 {
+            return Ok(BAD_ARGUMENT);
+        }
         Ok(with_metric(&c, id, |m| match m.kind {
             MetricKind::Counter if offset > 0 => {
                 m.value = m.value.wrapping_add(offset as u64);
@@ -848,6 +852,9 @@ fn add_metrics(l: &mut Linker<VmState>) -> Result<()> {
     })?;
     l.func_wrap("env", "proxy_get_metric", |mut c: C<'_>, id: u32, ret: u32| -> Result<u32> {
         guard(&c, "proxy_get_metric")?;
+        if id & 3 >= 2 {
+            return Ok(BAD_ARGUMENT);
+        }
         let mut value = 0;
         let s = with_metric(&c, id, |m| match m.kind {
             MetricKind::Histogram => BAD_ARGUMENT,

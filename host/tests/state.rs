@@ -146,7 +146,9 @@ fn metrics_follow_envoy_rules() {
         (call $report (str "r_hinc") (call $increment_metric (local.get $h) (i64.const 1)))
         (call $report (str "r_hrec") (call $record_metric (local.get $h) (i64.const 42)))
         (call $report (str "r_hget") (call $get_metric (local.get $h) (i32.const 216)))
-        (call $report (str "r_unknown") (call $increment_metric (i32.const 999) (i64.const 1)))
+        (call $report (str "r_unknown") (call $increment_metric (i32.const 1000) (i64.const 1)))
+        (call $report (str "r_unknown_hist") (call $increment_metric (i32.const 1002) (i64.const 1)))
+        (call $report (str "r_unknown_rec") (call $record_metric (i32.const 1002) (i64.const 1)))
         (i32.const 0))
     "#,
     );
@@ -167,5 +169,7 @@ fn metrics_follow_envoy_rules() {
     assert_eq!(m("r_hrec"), 0);
     assert_eq!(m("r_hget"), status::BAD_ARGUMENT as u64);
     assert_eq!(m("r_unknown"), status::NOT_FOUND as u64);
+    assert_eq!(m("r_unknown_hist"), status::BAD_ARGUMENT as u64, "type bits decide first");
+    assert_eq!(m("r_unknown_rec"), status::NOT_FOUND as u64);
     assert_eq!(proxy.histogram("h"), Some(vec![42]));
 }
