@@ -558,6 +558,7 @@ impl RootContext for Root {
             }
         };
         let id = worker_id();
+        let native = crate::native::install();
         let keys = plan
             .providers
             .iter()
@@ -579,10 +580,11 @@ impl RootContext for Root {
         log(
             LogLevel::Info,
             &format!(
-                "meshwasm jwt-auth: configured {} providers ({} remote), {} rules",
+                "meshwasm jwt-auth: configured {} providers ({} remote), {} rules; RSA/ECDSA verification: {}",
                 plan.providers.len(),
                 n_remote,
-                plan.rules.len()
+                plan.rules.len(),
+                if native { "host verify_signature (BoringSSL)" } else { "built-in" }
             ),
         );
         self.worker = Some(Rc::new(RefCell::new(Worker {

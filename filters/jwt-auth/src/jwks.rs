@@ -197,9 +197,9 @@ pub fn parse_jwks_value(v: &Value) -> Result<KeySet, JwksError> {
 pub fn parse_pem(pem: &str) -> Result<Key, JwksError> {
     let key = crate::crypto::from_pem(pem).ok_or(JwksError::Pem)?;
     let family = match &key {
-        Material::Rsa(_) => KeyFamily::Rsa,
-        Material::P256(_) => KeyFamily::EcP256,
-        Material::P384(_) => KeyFamily::EcP384,
+        Material::Rsa(..) => KeyFamily::Rsa,
+        Material::P256(..) => KeyFamily::EcP256,
+        Material::P384(..) => KeyFamily::EcP384,
         Material::Ed25519(_) => KeyFamily::Ed25519,
         Material::Hmac(_) => return Err(JwksError::Pem),
     };

@@ -29,3 +29,5 @@ pub mod validate;
 
 #[cfg(target_arch = "wasm32")]
 mod glue;
+#[cfg(target_arch = "wasm32")]
+mod native;
