@@ -114,8 +114,8 @@ fn parse_key(der: Option<&[u8]>, pem: Option<&str>) -> Option<Key> {
 
 /// Envoy's `verify_signature`: `VerifySignatureArguments { 1 hash_function, 2 public_key (DER SPKI),
 /// 3 signature, 4 text, 5 public_key_pem }` → `VerifySignatureResult { 1 result, 2 error }`.
-/// RSA is PKCS#1 v1.5; ECDSA (P-256, P-384) expects a DER signature. An unparseable message or key gives
-/// BAD_ARGUMENT; an unknown hash or a wrong signature gives OK with result false and Envoy's error text.
+/// RSA is PKCS#1 v1.5; ECDSA (P-256, P-384) expects a DER signature. An unparseable message or key, or
+/// both key forms at once, gives BAD_ARGUMENT; an unknown hash or a wrong signature gives OK with result false and Envoy's error text.
 pub fn verify_signature(args: &[u8]) -> Result<Vec<u8>, u32> {
     use sha2::Digest;
     let fields = parse_proto(args).ok_or(BAD_ARGUMENT)?;
@@ -125,6 +125,10 @@ pub fn verify_signature(args: &[u8]) -> Result<Vec<u8>, u32> {
     let pem = get(5).and_then(|p| std::str::from_utf8(p).ok()).filter(|p| !p.is_empty());
     let signature = get(3).unwrap_or_default();
     let text = get(4).unwrap_or_default();
+    if der.is_some() && pem.is_some() {
+        // Envoy rejects a message carrying both key forms.
+        return Err(BAD_ARGUMENT);
+    }
     let key = parse_key(der, pem).ok_or(BAD_ARGUMENT)?;
     let digest: Vec<u8> = match hash.as_str() {
         "sha1" => sha1::Sha1::digest(text).to_vec(),
