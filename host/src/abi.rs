@@ -267,6 +267,13 @@ fn add_logging(l: &mut Linker<VmState>) -> Result<()> {
             let f = c.data().shared.as_ref().and_then(|s| s.foreign.get(&name).cloned());
             let Some(f) = f else { return Ok(NOT_FOUND) };
             match f(&args) {
+                // Envoy skips the allocation when the guest passes no result pointer.
+                Ok(out) if rp == 0 => {
+                    if rl != 0 {
+                        tri!(write_u32(&mut c, rl, out.len() as u32));
+                    }
+                    Ok(OK)
+                }
                 Ok(out) => return_bytes(&mut c, &out, rp, rl),
                 Err(status) => Ok(status),
             }
@@ -374,26 +381,33 @@ fn add_headers(l: &mut Linker<VmState>) -> Result<()> {
 
 /// Which buffer a buffer type names for the effective context. Err = NOT_FOUND (unavailable).
 enum Buf {
+    Empty,
     Body(StreamRef, usize, bool),
     CallBody,
     VmConfig,
     PluginConfig,
 }
 
+/// The buffer a type names for the effective context. Like Envoy's `getBuffer`: bodies, network data,
+/// gRPC messages and call data always exist (empty when there is nothing: [`Buf::Empty`]); the http-call
+/// body and the plugin configuration only exist in their callbacks (else NOT_FOUND); types > 8 are
+/// BAD_ARGUMENT.
 fn buffer_ref(c: &C<'_>, ty: u32) -> std::result::Result<Buf, u32> {
     match ty {
         0 | 1 => {
-            let (data, filter) = stream_ctx(c).ok_or(NOT_FOUND)?;
+            let Some((data, filter)) = stream_ctx(c) else { return Ok(Buf::Empty) };
             let bit = if ty == 0 { BODY_REQ } else { BODY_RESP };
             if sd(&data).bodies.get(filter).copied().unwrap_or(0) & bit == 0 {
-                return Err(NOT_FOUND);
+                return Ok(Buf::Empty);
             }
             Ok(Buf::Body(data, filter, ty == 0))
         }
+        2 | 3 | 5 | 8 => Ok(Buf::Empty),
         4 if c.data().call_response.is_some() => Ok(Buf::CallBody),
         6 => Ok(Buf::VmConfig),
         7 if c.data().plugin_config.is_some() => Ok(Buf::PluginConfig),
-        _ => Err(NOT_FOUND),
+        4 | 7 => Err(NOT_FOUND),
+        _ => Err(BAD_ARGUMENT),
     }
 }
 
@@ -409,6 +423,7 @@ fn buffer_slice(c: &C<'_>, b: &Buf, start: u32, max: u32) -> (Vec<u8>, usize) {
             let bufs = if *req { &d.req_bufs } else { &d.resp_bufs };
             pick(bufs.get(*filter).map(|v| v.as_slice()).unwrap_or(&[]))
         }
+        Buf::Empty => (Vec::new(), 0),
         Buf::CallBody => pick(c.data().call_response.as_ref().map(|r| r.1.as_slice()).unwrap_or(&[])),
         Buf::VmConfig => pick(&c.data().vm_config),
         Buf::PluginConfig => pick(c.data().plugin_config.as_deref().unwrap_or(&[])),
@@ -447,7 +462,9 @@ fn add_buffers(l: &mut Linker<VmState>) -> Result<()> {
         |c: C<'_>, ty: u32, start: u32, size: u32, p: u32, len: u32| -> Result<u32> {
             guard(&c, "proxy_set_buffer_bytes")?;
             let b = tri!(buffer_ref(&c, ty));
-            let Buf::Body(data, filter, req) = b else { return Ok(UNIMPLEMENTED) };
+            let Buf::Body(data, filter, req) = b else {
+                return Ok(if matches!(b, Buf::Empty) { NOT_FOUND } else { UNIMPLEMENTED });
+            };
             let bytes = tri!(read(&c, p, len));
             let mut d = sd(&data);
             let bufs = if req { &mut d.req_bufs } else { &mut d.resp_bufs };

@@ -109,3 +109,43 @@ fn modules_are_cached_in_memory_and_on_disk() {
     assert!(std::fs::read_dir(&dir).map(|d| d.count() > 0).unwrap_or(false), "cache directory populated");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn buffer_availability_follows_envoy() {
+    let host = host();
+    let m = load(
+        &host,
+        "buffers",
+        r#"
+      (func (export "proxy_on_configure") (param i32 i32) (result i32)
+        (call $report (str "cfg") (call $get_buffer (i32.const 7) (i32.const 0) (i32.const 100) (i32.const 100) (i32.const 104)))
+        (call $report (str "cfg_len") (i32.load (i32.const 104)))
+        (i32.const 1))
+      (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+        (call $report (str "body_early") (call $get_buffer (i32.const 0) (i32.const 0) (i32.const 100) (i32.const 100) (i32.const 104)))
+        (call $report (str "body_early_len") (i32.load (i32.const 104)))
+        (call $report (str "body_set_early") (call $set_buffer (i32.const 0) (i32.const 0) (i32.const 0) (str "x")))
+        (call $report (str "cfg_late") (call $get_buffer (i32.const 7) (i32.const 0) (i32.const 100) (i32.const 100) (i32.const 104)))
+        (call $report (str "call_body") (call $get_buffer (i32.const 4) (i32.const 0) (i32.const 100) (i32.const 100) (i32.const 104)))
+        (call $report (str "vm_cfg") (call $get_buffer (i32.const 6) (i32.const 0) (i32.const 100) (i32.const 100) (i32.const 104)))
+        (call $report (str "vm_cfg_len") (i32.load (i32.const 104)))
+        (call $report (str "bad_type") (call $get_buffer (i32.const 9) (i32.const 0) (i32.const 100) (i32.const 100) (i32.const 104)))
+        (call $report (str "overflow") (call $get_buffer (i32.const 6) (i32.const 1) (i32.const -1) (i32.const 100) (i32.const 104)))
+        (i32.const 0))
+    "#,
+    );
+    let mut proxy = Proxy::builder(&host)
+        .plugin(Plugin::new(m).vm_config("vmcfg").config("plugin-config"))
+        .build()
+        .unwrap();
+    proxy.send(0, Request::get("/"), UpstreamReply::new(200)).unwrap();
+    let m = |n: &str| proxy.metric(n).unwrap_or_else(|| panic!("no report {n}"));
+    assert_eq!((m("cfg"), m("cfg_len")), (0, 13));
+    assert_eq!((m("body_early"), m("body_early_len")), (0, 0));
+    assert_eq!(m("body_set_early"), status::NOT_FOUND as u64);
+    assert_eq!(m("cfg_late"), status::NOT_FOUND as u64);
+    assert_eq!(m("call_body"), status::NOT_FOUND as u64);
+    assert_eq!((m("vm_cfg"), m("vm_cfg_len")), (0, 5));
+    assert_eq!(m("bad_type"), status::BAD_ARGUMENT as u64);
+    assert_eq!(m("overflow"), status::BAD_ARGUMENT as u64);
+}
