@@ -892,10 +892,6 @@ fn host_gaps(name: &str) -> Vec<&'static str> {
             "body split: Envoy calls on_response_body(12, eos=false) (probe pauses) then (12, eos=true); host once",
             "get_buffer(request_body) in the response phase: Envoy OK with empty data, host NOT_FOUND",
         ],
-        "chain_local_reply_skips_second" => vec![
-            "Envoy creates the second filter's context (context_create, log, done, delete) although the first \
-             filter's local reply stopped the request before it; the host never creates it",
-        ],
         "empty_values" => {
             vec!["get_property with an empty path: Envoy SERIALIZATION_FAILURE (3), host NOT_FOUND (1)"]
         }
@@ -918,10 +914,6 @@ fn host_gaps(name: &str) -> Vec<&'static str> {
         "set_header_pairs" => vec![
             "after set_header_map_pairs on request headers Envoy 1.40 answers 404 (no route, upstream never \
              reached, response_headers eos=true); the host forwards the request",
-        ],
-        "stream_control_codes" => vec![
-            "continue_stream(downstream) and close_stream(upstream) return OK in Envoy (only continue_stream(upstream) \
-             is UNIMPLEMENTED); the host returns UNIMPLEMENTED for both",
         ],
         "tick" | "http_call_from_tick" => vec![
             "with --concurrency 1 Envoy runs on_tick (after set_tick_period in on_configure) on TWO root contexts \
