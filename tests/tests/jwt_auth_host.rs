@@ -151,6 +151,8 @@ fn first_load_pauses_requests_and_one_fetch_serves_all_workers() {
         assert_eq!(ex.status, 200);
     }
     assert_eq!(idp.calls(), 1, "one JWKS fetch for the whole proxy");
+    // This host offers verify_signature like Envoy, and it passed the filter's self-test.
+    assert!(p.logged("RSA/ECDSA verification: host verify_signature foreign function"));
     assert_eq!(p.metric("meshwasm_jwt_auth.allowed"), Some(3));
 }
 
@@ -383,4 +385,34 @@ fn slow_jwks_bounds_the_wait_with_503_and_later_requests_pass() {
         p.send(0, Request::get("/").header("authorization", bearer(&tok)), UpstreamReply::new(200)).unwrap();
     assert_eq!(ex.status, 200, "keys arrived after 5 s");
     assert_eq!(p.calls().len(), 1, "one fetch");
+}
+
+#[test]
+fn a_lying_verify_signature_fails_the_self_test_and_is_not_used() {
+    let s = Signer::rsa("rsa1.pem", "r1");
+    let host = Host::new(HostOptions::default()).unwrap();
+    let module = host.load(artifacts::wasm_path("meshwasm_jwt_auth")).unwrap();
+    let cfg = json!({
+        "providers": {"idp": {"issuer": ISS, "local_jwks": serde_json::from_str::<Value>(&jwks(&[&s])).unwrap()}},
+        "rules": [{"match": {"prefix": "/"}, "requires_any": ["idp"]}]
+    });
+    let mut p = Proxy::builder(&host)
+        .start_time(SystemTime::now())
+        // Answers `result: true` to everything.
+        .foreign_function("verify_signature", |_args| Ok(vec![0x08, 0x01]))
+        .plugin(Plugin::new(module).name("jwt").config(cfg.to_string().as_bytes()))
+        .build()
+        .unwrap();
+    assert!(p.logged("RSA/ECDSA verification: built-in"));
+    let tok = s.mint(&claims());
+    let ok =
+        p.send(0, Request::get("/").header("authorization", bearer(&tok)), UpstreamReply::new(200)).unwrap();
+    assert_eq!(ok.status, 200);
+    let mut forged = tok.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    let ex = p
+        .send(0, Request::get("/").header("authorization", bearer(&forged)), UpstreamReply::new(200))
+        .unwrap();
+    assert_eq!(ex.status, 401, "the pure-Rust path refuses the forged signature");
 }

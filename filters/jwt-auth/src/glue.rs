@@ -584,7 +584,7 @@ impl RootContext for Root {
                 plan.providers.len(),
                 n_remote,
                 plan.rules.len(),
-                if native { "host verify_signature (BoringSSL)" } else { "built-in" }
+                if native { "host verify_signature foreign function" } else { "built-in" }
             ),
         );
         self.worker = Some(Rc::new(RefCell::new(Worker {
