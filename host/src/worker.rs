@@ -91,6 +91,8 @@ struct StreamRt {
     forwarded: ForwardedRequest,
     req_done: bool,
     waiting_upstream: bool,
+    /// The upstream response reached the filters (response headers exist in Envoy's terms).
+    resp_started: bool,
     req_aborted: bool,
     down_headers: Option<Headers>,
     down_body: Vec<u8>,
@@ -339,6 +341,7 @@ impl Worker {
             forwarded: ForwardedRequest::default(),
             req_done: false,
             waiting_upstream: false,
+            resp_started: false,
             req_aborted: false,
             down_headers: None,
             down_body: Vec::new(),
@@ -375,6 +378,7 @@ impl Worker {
             return Err(anyhow!("meshwasm-host: stream {id} is not waiting for an upstream response"));
         }
         rt.waiting_upstream = false;
+        rt.resp_started = true;
         {
             let mut d = sd(&rt.data);
             d.response_code = reply.headers.get(":status").and_then(|s| s.parse().ok());
@@ -1102,6 +1106,34 @@ impl Worker {
         }
         rt.req_aborted = true;
         rt.waiting_upstream = false;
+        if rt.resp_started {
+            // Envoy's sendLocalReply once the upstream response headers exist but nothing went downstream
+            // yet (a response filter replies): sendDirectLocalReply writes the reply straight to the
+            // codec, so no filter sees it, and the stream ends.
+            let mut headers = Headers::new().with(":status", reply.status.to_string());
+            for (k, v) in reply.headers.iter() {
+                headers.add(k, v);
+            }
+            if !reply.body.is_empty() {
+                if !headers.contains("content-type") {
+                    headers.add("content-type", "text/plain");
+                }
+                headers.set("content-length", reply.body.len().to_string());
+            }
+            {
+                let mut d = sd(&rt.data);
+                d.response_code = u16::try_from(reply.status).ok();
+                d.resp_headers = headers.clone();
+                d.resp_trailers = None;
+                d.response_size = reply.body.len() as u64;
+            }
+            rt.down_body = reply.body.clone();
+            rt.down_headers = Some(headers);
+            rt.down_trailers = None;
+            rt.local_reply = Some(reply);
+            self.finish(id);
+            return;
+        }
         let mut headers = Headers::new().with(":status", reply.status.to_string());
         for (k, v) in reply.headers.iter() {
             headers.add(k, v);

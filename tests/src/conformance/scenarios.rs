@@ -903,10 +903,6 @@ fn host_gaps(name: &str) -> Vec<&'static str> {
             "local-reply headers as response filters see them: Envoy `:status, <filter headers>, content-length, \
              content-type`; host puts content-type before content-length",
         ],
-        "local_reply_response_phase" => vec![
-            "send_local_response from on_response_headers (nothing sent downstream yet): Envoy replies (502, body, \
-             filter headers + content-type text/plain) without re-running response callbacks; host resets the stream",
-        ],
         "request_header_ops" | "response_header_ops" => vec![
             "replace_header_map_value of an existing key: Envoy removes it and appends the new value at the end of \
              the map; the host replaces in place (header order differs upstream/downstream)",
