@@ -99,7 +99,8 @@ struct Wire<'a> {
 impl EndpointSet {
     /// Compact JSON encoding, as stored in shared data.
     pub fn encode(&self) -> Vec<u8> {
-        let wire = Wire { format: FORMAT_VERSION, version: self.version, endpoints: (&self.endpoints[..]).into() };
+        let wire =
+            Wire { format: FORMAT_VERSION, version: self.version, endpoints: (&self.endpoints[..]).into() };
         // Serializing plain structs of strings and numbers into a Vec cannot fail.
         serde_json::to_vec(&wire).unwrap_or_default()
     }
@@ -152,19 +153,26 @@ mod tests {
         e.zone = Some("us-east-1a".into());
         e.tags = vec!["primary".into()];
         e.metadata.insert("version".into(), "v2".into());
-        let set = EndpointSet { version: 42, endpoints: vec![e, Endpoint::new("10.0.0.2:80".parse().unwrap())] };
+        let set =
+            EndpointSet { version: 42, endpoints: vec![e, Endpoint::new("10.0.0.2:80".parse().unwrap())] };
         assert_eq!(EndpointSet::decode(&set.encode()).unwrap(), set);
     }
 
     #[test]
     fn omits_empty_fields() {
         let set = EndpointSet { version: 1, endpoints: vec![Endpoint::new("10.0.0.1:80".parse().unwrap())] };
-        assert_eq!(String::from_utf8(set.encode()).unwrap(), r#"{"f":1,"v":1,"e":[{"a":"10.0.0.1:80","w":1}]}"#);
+        assert_eq!(
+            String::from_utf8(set.encode()).unwrap(),
+            r#"{"f":1,"v":1,"e":[{"a":"10.0.0.1:80","w":1}]}"#
+        );
     }
 
     #[test]
     fn rejects_other_formats_and_garbage() {
-        assert!(matches!(EndpointSet::decode(br#"{"f":2,"v":1,"e":[]}"#), Err(DecodeError::UnsupportedFormat(2))));
+        assert!(matches!(
+            EndpointSet::decode(br#"{"f":2,"v":1,"e":[]}"#),
+            Err(DecodeError::UnsupportedFormat(2))
+        ));
         assert!(EndpointSet::decode(b"not json").is_err());
         assert!(EndpointSet::decode(br#"{"f":1,"v":1,"e":[{"a":"host:80"}]}"#).is_err());
     }
