@@ -83,6 +83,20 @@ fn markdown(r: &RunResults) -> String {
         r.elapsed_s
     );
 
+    let busiest = [&m.load_average_before, &m.load_average_after]
+        .iter()
+        .filter_map(|l| l.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()))
+        .fold(0.0f64, f64::max);
+    if busiest > m.nproc as f64 {
+        let _ = writeln!(
+            md,
+            "> **Busy machine:** the 1-minute load average reached {busiest:.1} on {} CPUs during this run (other \
+             work was running), so Envoy did not get its CPU to itself and requests/s vary widely between rounds. \
+             The round-paired ratios absorb part of that; the *Envoy CPU-cost ratio* (CPU time per request, \
+             insensitive to being starved) is the steadier figure.\n",
+            m.nproc
+        );
+    }
     let _ = writeln!(md, "## Ratios against the targets\n");
     let _ = writeln!(
         md,

@@ -1,14 +1,14 @@
 //! What a run measured (serialized to `results.json` next to the report) and the summaries the
 //! report prints: min/median/max over rounds and round-paired ratios to baselines.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::machine::MachineFacts;
 use crate::sizes::ArtifactSize;
 use crate::wrk::WrkResult;
 
 /// The settings a run used.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Settings {
     pub quick: bool,
     pub rounds: u32,
@@ -29,7 +29,7 @@ pub struct Settings {
 }
 
 /// One round of one load.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Sample {
     pub round: u32,
     pub wrk: WrkResult,
@@ -40,7 +40,7 @@ pub struct Sample {
 }
 
 /// A load's outcome.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LoadResult {
     pub id: String,
     pub title: String,
@@ -55,7 +55,7 @@ pub struct LoadResult {
 }
 
 /// Min, median and max.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 pub struct Spread {
     pub min: f64,
     pub median: f64,
@@ -144,7 +144,7 @@ impl LoadResult {
 }
 
 /// Memory of one Envoy running one listener.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MemoryRow {
     pub listener: String,
     pub workers: u32,
@@ -155,7 +155,7 @@ pub struct MemoryRow {
 }
 
 /// Everything a run produced.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunResults {
     pub settings: Settings,
     pub machine: MachineFacts,

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Feature flags Rust's wasm32-wasip1 output uses; wasm-opt 108 needs them spelled out.
@@ -17,7 +17,7 @@ pub const WASM_OPT_FEATURES: [&str; 4] = [
 ];
 
 /// One artifact's sizes.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ArtifactSize {
     pub file: String,
     pub raw_bytes: u64,

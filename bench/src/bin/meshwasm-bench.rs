@@ -54,6 +54,9 @@ struct Cli {
     /// quick 1). Each listener is validated alone at the first.
     #[arg(long, value_delimiter = ',')]
     memory_workers: Option<Vec<u32>>,
+    /// Re-render the report from a saved results.json instead of running (e.g. after changing the report).
+    #[arg(long)]
+    from_results: Option<PathBuf>,
     /// Only loads whose id contains this (plus their baselines and passthrough), e.g. `wasm-jwt`.
     #[arg(long)]
     only: Option<String>,
@@ -74,6 +77,12 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     if let Some(Cmd::Backend { port, name }) = &cli.command {
         return meshwasm_bench::backend::serve(*port, name);
+    }
+    if let Some(path) = &cli.from_results {
+        let results: meshwasm_bench::results::RunResults = serde_json::from_slice(&std::fs::read(path)?)?;
+        meshwasm_bench::report::write(&results, &cli.out)?;
+        eprintln!("meshwasm-bench: wrote {} from {}", cli.out.join("REPORT.md").display(), path.display());
+        return Ok(());
     }
     let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let pinning = (!cli.no_pin && nproc >= 2).then(|| {
