@@ -27,6 +27,7 @@ pub struct ProxyBuilder {
     policy: FailurePolicy,
     buffer_limit: usize,
     start_time: SystemTime,
+    split_body_end: bool,
 }
 
 impl ProxyBuilder {
@@ -85,6 +86,15 @@ impl ProxyBuilder {
         self
     }
 
+    /// How bodies end, by downstream/upstream protocol. `true` (default) is HTTP/1.1 as Envoy's codec
+    /// does it: every chunk arrives with `end_of_stream = false`, then the body callback runs once more
+    /// with 0 new bytes and `end_of_stream = true` (a filter that buffered sees the cumulative size
+    /// again). `false` is HTTP/2 style: the last chunk carries `end_of_stream = true`.
+    pub fn split_body_end(mut self, http1: bool) -> Self {
+        self.split_body_end = http1;
+        self
+    }
+
     /// Wall-clock time at virtual time zero (default 2026-01-01T00:00:00Z).
     pub fn start_time(mut self, t: SystemTime) -> Self {
         self.start_time = t;
@@ -99,6 +109,7 @@ impl ProxyBuilder {
             log_level: self.log_level,
             foreign: self.foreign.clone(),
             buffer_limit: self.buffer_limit,
+            split_body_end: self.split_body_end,
             shared_data: Default::default(),
             next_cas: AtomicU32::new(1),
             queues: Default::default(),
@@ -192,6 +203,7 @@ impl Proxy {
             foreign: builtins(),
             policy: FailurePolicy::default(),
             buffer_limit: 1 << 20,
+            split_body_end: true,
             start_time: SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_225_600),
         }
     }

@@ -101,6 +101,8 @@ pub(crate) struct Shared {
     pub(crate) log_level: LogLevel,
     pub(crate) foreign: HashMap<String, ForeignFunction>,
     pub(crate) buffer_limit: usize,
+    /// HTTP/1.1 body ends: data with eos=false, then an empty eos=true.
+    pub(crate) split_body_end: bool,
     /// vm_id → key → (value, cas).
     pub(crate) shared_data: Mutex<SharedData>,
     pub(crate) next_cas: AtomicU32,

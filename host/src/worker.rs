@@ -357,10 +357,7 @@ impl Worker {
         self.deliver(id, Dir::Req, 0, Ev::Headers(!has_body && !has_trailers));
         if has_body {
             let chunks: Vec<Vec<u8>> = req.chunks.into_iter().filter(|c| !c.is_empty()).collect();
-            let last = chunks.len() - 1;
-            for (i, c) in chunks.into_iter().enumerate() {
-                self.deliver(id, Dir::Req, 0, Ev::Data(c, i == last && !has_trailers));
-            }
+            self.deliver_body(id, Dir::Req, chunks, has_trailers);
         }
         if has_trailers {
             self.deliver(id, Dir::Req, 0, Ev::Trailers);
@@ -389,10 +386,7 @@ impl Worker {
         let chunks: Vec<Vec<u8>> = reply.chunks.into_iter().filter(|c| !c.is_empty()).collect();
         let has_trailers = reply.trailers.is_some();
         self.deliver(id, Dir::Resp, 0, Ev::Headers(chunks.is_empty() && !has_trailers));
-        let last = chunks.len().saturating_sub(1);
-        for (i, c) in chunks.into_iter().enumerate() {
-            self.deliver(id, Dir::Resp, 0, Ev::Data(c, i == last && !has_trailers));
-        }
+        self.deliver_body(id, Dir::Resp, chunks, has_trailers);
         if has_trailers {
             self.deliver(id, Dir::Resp, 0, Ev::Trailers);
         }
@@ -594,6 +588,23 @@ impl Worker {
     }
 
     // ---- internals ----
+
+    /// Delivers body chunks (non-empty) into the chain. Over HTTP/1.1 (Envoy's codec) every chunk has
+    /// eos=false and the message end is a separate empty chunk with eos=true; otherwise the last chunk
+    /// carries eos. With trailers, eos is never set here.
+    fn deliver_body(&mut self, id: u32, dir: Dir, chunks: Vec<Vec<u8>>, has_trailers: bool) {
+        if chunks.is_empty() {
+            return;
+        }
+        let split = self.shared.split_body_end;
+        let last = chunks.len() - 1;
+        for (i, c) in chunks.into_iter().enumerate() {
+            self.deliver(id, dir, 0, Ev::Data(c, i == last && !has_trailers && !split));
+        }
+        if split && !has_trailers {
+            self.deliver(id, dir, 0, Ev::Data(Vec::new(), true));
+        }
+    }
 
     fn pos_to_filter(&self, dir: Dir, pos: usize) -> usize {
         match dir {

@@ -44,6 +44,9 @@ fn chain_runs_requests_in_order_and_responses_in_reverse() {
             (0, ResponseHeaders),
             (1, ResponseBody),
             (0, ResponseBody),
+            // HTTP/1.1: the body's end is a second callback with 0 bytes and end_of_stream.
+            (1, ResponseBody),
+            (0, ResponseBody),
             (0, Log),
             (1, Log),
             (0, Done),
@@ -364,7 +367,16 @@ fn body_buffering_is_cumulative_and_pause_on_headers_holds_the_body() {
         (i32.xor (local.get $eos) (i32.const 1)))
     "#,
     );
-    let mut proxy = Proxy::builder(&host).plugin(Plugin::new(buffer)).build().unwrap();
+    let mut proxy = Proxy::builder(&host).plugin(Plugin::new(buffer.clone())).build().unwrap();
+    let ex = proxy
+        .send(0, Request::post("/").chunk("abc").chunk("def").chunk("gh"), UpstreamReply::new(200))
+        .unwrap();
+    // HTTP/1.1 (default): the end of the body comes as its own callback, with the cumulative size again.
+    assert_eq!(proxy.histogram("sizes"), Some(vec![3, 6, 8, 8]));
+    assert_eq!(ex.upstream_request.unwrap().body, b"abcdefgh");
+
+    // HTTP/2 style: the last chunk carries end_of_stream.
+    let mut proxy = Proxy::builder(&host).plugin(Plugin::new(buffer)).split_body_end(false).build().unwrap();
     let ex = proxy
         .send(0, Request::post("/").chunk("abc").chunk("def").chunk("gh"), UpstreamReply::new(200))
         .unwrap();
@@ -477,7 +489,7 @@ fn response_body_can_be_buffered_and_replaced() {
             UpstreamReply::new(200).header("content-length", "6").chunk("abc").chunk("def"),
         )
         .unwrap();
-    assert_eq!(proxy.histogram("resp_sizes"), Some(vec![3, 6]));
+    assert_eq!(proxy.histogram("resp_sizes"), Some(vec![3, 6, 6]));
     assert_eq!(ex.body_text(), "rewritten");
     assert!(!ex.response_headers.contains("content-length"));
 }

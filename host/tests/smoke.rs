@@ -28,8 +28,11 @@ fn noop_filter_passes_request_and_response() {
             ex.actions(0),
             vec![
                 (Callback::RequestHeaders, Action::Continue),
+                // HTTP/1.1 as Envoy's codec: the data, then the end of the body (0 bytes, eos).
+                (Callback::RequestBody, Action::Continue),
                 (Callback::RequestBody, Action::Continue),
                 (Callback::ResponseHeaders, Action::Continue),
+                (Callback::ResponseBody, Action::Continue),
                 (Callback::ResponseBody, Action::Continue)
             ]
         );

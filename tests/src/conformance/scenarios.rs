@@ -880,18 +880,6 @@ pub fn all() -> Vec<Scenario> {
 /// engineer to fix). Each test asserts the difference still shows, so a fix is noticed.
 fn host_gaps(name: &str) -> Vec<&'static str> {
     match name {
-        "body_end_of_stream_split" => vec![
-            "over HTTP/1.1 Envoy delivers each body as on_*_body(n, eos=false) then on_*_body(0, eos=true); \
-             the host delivers one on_*_body(n, eos=true)",
-        ],
-        "request_body_buffer" => vec![
-            "body split: Envoy calls on_request_body(5, eos=false) (probe pauses) then (5, eos=true); host once",
-            "get_buffer(response_body) in the request phase: Envoy OK with empty data, host NOT_FOUND",
-        ],
-        "response_body_buffer" => vec![
-            "body split: Envoy calls on_response_body(12, eos=false) (probe pauses) then (12, eos=true); host once",
-            "get_buffer(request_body) in the response phase: Envoy OK with empty data, host NOT_FOUND",
-        ],
         "empty_values" => {
             vec!["get_property with an empty path: Envoy SERIALIZATION_FAILURE (3), host NOT_FOUND (1)"]
         }
