@@ -345,7 +345,7 @@ fn add_headers(l: &mut Linker<VmState>) -> Result<()> {
             guard(&c, "proxy_add_header_map_value")?;
             let key = lower(&tri!(read(&c, kp, kl)));
             let val = tri!(read(&c, vp, vl));
-            match with_map(&mut c, map, |m| m.pairs_mut().push((key, val))) {
+            match with_map(&mut c, map, |m| m.add_copy(&key, &val)) {
                 Ok(()) => Ok(OK),
                 Err(()) => Ok(BAD_ARGUMENT),
             }
@@ -358,7 +358,7 @@ fn add_headers(l: &mut Linker<VmState>) -> Result<()> {
             guard(&c, "proxy_replace_header_map_value")?;
             let key = lower(&tri!(read(&c, kp, kl)));
             let val = tri!(read(&c, vp, vl));
-            match with_map(&mut c, map, |m| m.set(&key, &val)) {
+            match with_map(&mut c, map, |m| m.set_copy(&key, &val)) {
                 Ok(()) => Ok(OK),
                 Err(()) => Ok(BAD_ARGUMENT),
             }

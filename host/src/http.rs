@@ -43,6 +43,27 @@ impl Headers {
         }
     }
 
+    /// Envoy's `HeaderMapImpl::addCopy`: a pseudo-header (`:name`) goes after the existing pseudo-headers,
+    /// any other header at the end.
+    pub fn add_copy(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        let key = key.as_ref().to_ascii_lowercase();
+        let value = value.as_ref().to_vec();
+        if key.first() == Some(&b':') {
+            let at =
+                self.pairs.iter().position(|(k, _)| k.first() != Some(&b':')).unwrap_or(self.pairs.len());
+            self.pairs.insert(at, (key, value));
+        } else {
+            self.pairs.push((key, value));
+        }
+    }
+
+    /// Envoy's `HeaderMapImpl::setCopy` (what `proxy_replace_header_map_value` does): removes every value
+    /// of `key`, then [`Headers::add_copy`]s the new one, so the header moves to the end.
+    pub fn set_copy(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        self.remove(key.as_ref());
+        self.add_copy(key, value);
+    }
+
     /// Removes every value of `key`.
     pub fn remove(&mut self, key: impl AsRef<[u8]>) {
         let key = key.as_ref().to_ascii_lowercase();

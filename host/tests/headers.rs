@@ -131,3 +131,17 @@ fn pairs_roundtrip_with_set_header_map_pairs() {
     let up = ex.upstream_request.unwrap();
     assert_eq!(up.headers.pairs(), &[(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), b"2".to_vec())]);
 }
+
+#[test]
+fn replace_and_add_order_headers_as_envoy() {
+    let mut h = Headers::new().with(":method", "GET").with("a", "1").with("b", "2").with("a", "3");
+    // Envoy's setCopy: every value removed, the new one appended.
+    h.set_copy("A", "x");
+    // Envoy's addCopy: pseudo-headers stay in front.
+    h.add_copy(":path", "/");
+    let keys: Vec<String> = h
+        .iter()
+        .map(|(k, v)| format!("{}={}", String::from_utf8_lossy(k), String::from_utf8_lossy(v)))
+        .collect();
+    assert_eq!(keys, [":method=GET", ":path=/", "b=2", "a=x"]);
+}

@@ -891,10 +891,6 @@ fn host_gaps(name: &str) -> Vec<&'static str> {
             "local-reply headers as response filters see them: Envoy `:status, <filter headers>, content-length, \
              content-type`; host puts content-type before content-length",
         ],
-        "request_header_ops" | "response_header_ops" => vec![
-            "replace_header_map_value of an existing key: Envoy removes it and appends the new value at the end of \
-             the map; the host replaces in place (header order differs upstream/downstream)",
-        ],
         "set_header_pairs" => vec![
             "after set_header_map_pairs on request headers Envoy 1.40 answers 404 (no route, upstream never \
              reached, response_headers eos=true); the host forwards the request",
