@@ -2,7 +2,7 @@
 //! introspection endpoint, strict parsing of its answer, the decision it leads to, and a bounded cache
 //! of answers. Pure logic (no proxy_wasm); time is passed in as Unix seconds.
 //!
-//! Dependencies: serde, serde_json, base64, sha2 (already in this crate) and std.
+//! Dependencies: serde, serde_json, sha2, meshwasm-oauth2 (client authentication encodings) and std.
 //!
 //! # How the jwt-auth glue uses it
 //! 1. `on_configure`: deserialize a provider's `introspection` object into [`IntrospectionConfig`] and
@@ -29,7 +29,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::rc::Rc;
 
-use base64::Engine as _;
+use meshwasm_oauth2::{basic_authorization, form_urlencode_into};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -223,33 +223,6 @@ pub fn build_request(cfg: &IntrospectionConfig, token: &str) -> (Vec<(String, St
         }
     }
     (headers, body.into_bytes())
-}
-
-/// `Basic base64(urlencode(id) ":" urlencode(secret))`: RFC 6749 §2.3.1 form-urlencodes both before
-/// base64, so ids and secrets may contain `:` and non-ASCII characters.
-pub fn basic_authorization(client_id: &str, client_secret: &str) -> String {
-    let mut raw = String::with_capacity(client_id.len() + client_secret.len() + 1);
-    form_urlencode_into(&mut raw, client_id);
-    raw.push(':');
-    form_urlencode_into(&mut raw, client_secret);
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
-}
-
-/// `application/x-www-form-urlencoded` encoding (WHATWG URL standard: space → `+`, unreserved
-/// `*-._` and alphanumerics kept, every other byte percent-encoded).
-pub fn form_urlencode_into(out: &mut String, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in s.as_bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => out.push(b as char),
-            b' ' => out.push('+'),
-            _ => {
-                out.push('%');
-                out.push(HEX[usize::from(b >> 4)] as char);
-                out.push(HEX[usize::from(b & 0xf)] as char);
-            }
-        }
-    }
 }
 
 /// Rejects a response body over [`MAX_RESPONSE_BYTES`] before it is read.
@@ -576,20 +549,6 @@ mod tests {
         // base64("rs:rs-secret")
         assert_eq!(header(&h, "authorization"), Some("Basic cnM6cnMtc2VjcmV0"));
         assert_eq!(String::from_utf8(body).unwrap(), "token=tok%2Ben%2F%3D&token_type_hint=access_token");
-    }
-
-    #[test]
-    fn basic_auth_form_encodes_before_base64() {
-        // RFC 6749 §2.3.1: "svc:a b" / "p@ss:w+rd/%&=" → "svc%3Aa+b:p%40ss%3Aw%2Brd%2F%25%26%3D".
-        let got = basic_authorization("svc:a b", "p@ss:w+rd/%&=");
-        let raw =
-            base64::engine::general_purpose::STANDARD.decode(got.strip_prefix("Basic ").unwrap()).unwrap();
-        assert_eq!(String::from_utf8(raw).unwrap(), "svc%3Aa+b:p%40ss%3Aw%2Brd%2F%25%26%3D");
-        // Non-ASCII is UTF-8 percent-encoded.
-        let got = basic_authorization("ü", "x");
-        let raw =
-            base64::engine::general_purpose::STANDARD.decode(got.strip_prefix("Basic ").unwrap()).unwrap();
-        assert_eq!(String::from_utf8(raw).unwrap(), "%C3%BC:x");
     }
 
     #[test]

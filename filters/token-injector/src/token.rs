@@ -1,6 +1,6 @@
 //! The client-credentials token request (RFC 6749 §4.4) and strict parsing of the token response.
 
-use base64::Engine as _;
+use meshwasm_oauth2::{basic_authorization, form_urlencode_into};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -60,32 +60,6 @@ impl TokenRequest {
     /// Headers as the `&str` pairs `dispatch_http_call` takes.
     pub fn header_refs(&self) -> Vec<(&str, &str)> {
         self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
-    }
-}
-
-/// `Basic base64(urlencode(id) ":" urlencode(secret))`: RFC 6749 §2.3.1 form-urlencodes both before
-/// base64, so ids and secrets may contain `:` and non-ASCII characters.
-pub fn basic_authorization(client_id: &str, client_secret: &str) -> String {
-    let mut raw = String::with_capacity(client_id.len() + client_secret.len() + 1);
-    form_urlencode_into(&mut raw, client_id);
-    raw.push(':');
-    form_urlencode_into(&mut raw, client_secret);
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
-}
-
-/// `application/x-www-form-urlencoded` (space → `+`; alphanumerics and `*-._` kept; other bytes %XX).
-pub fn form_urlencode_into(out: &mut String, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in s.as_bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => out.push(b as char),
-            b' ' => out.push('+'),
-            _ => {
-                out.push('%');
-                out.push(HEX[usize::from(b >> 4)] as char);
-                out.push(HEX[usize::from(b & 0xf)] as char);
-            }
-        }
     }
 }
 
@@ -195,6 +169,7 @@ pub fn token_log_id(token: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
     use serde_json::json;
 
     fn plan(extra: Value) -> Plan {
