@@ -1121,16 +1121,7 @@ impl Worker {
             // Envoy's sendLocalReply once the upstream response headers exist but nothing went downstream
             // yet (a response filter replies): sendDirectLocalReply writes the reply straight to the
             // codec, so no filter sees it, and the stream ends.
-            let mut headers = Headers::new().with(":status", reply.status.to_string());
-            for (k, v) in reply.headers.iter() {
-                headers.add(k, v);
-            }
-            if !reply.body.is_empty() {
-                if !headers.contains("content-type") {
-                    headers.add("content-type", "text/plain");
-                }
-                headers.set("content-length", reply.body.len().to_string());
-            }
+            let headers = local_reply_headers(&reply);
             {
                 let mut d = sd(&rt.data);
                 d.response_code = u16::try_from(reply.status).ok();
@@ -1145,16 +1136,7 @@ impl Worker {
             self.finish(id);
             return;
         }
-        let mut headers = Headers::new().with(":status", reply.status.to_string());
-        for (k, v) in reply.headers.iter() {
-            headers.add(k, v);
-        }
-        if !reply.body.is_empty() {
-            if !headers.contains("content-type") {
-                headers.add("content-type", "text/plain");
-            }
-            headers.set("content-length", reply.body.len().to_string());
-        }
+        let headers = local_reply_headers(&reply);
         let body = reply.body.clone();
         rt.local_reply = Some(reply);
         for s in rt.resp.iter_mut() {
@@ -1360,4 +1342,21 @@ impl Worker {
         let ex = self.exchange_of(id, &rt);
         self.events.push(WorkerEvent::Done(Box::new(ex)));
     }
+}
+
+/// A local reply's response headers in Envoy's order (`Utility::sendLocalReply`): `:status`, the filter's
+/// headers, then with a body `content-length` (in place if the filter set one) and `content-type:
+/// text/plain` unless the filter set a content type.
+fn local_reply_headers(reply: &LocalReply) -> Headers {
+    let mut headers = Headers::new().with(":status", reply.status.to_string());
+    for (k, v) in reply.headers.iter() {
+        headers.add(k, v);
+    }
+    if !reply.body.is_empty() {
+        headers.set("content-length", reply.body.len().to_string());
+        if !headers.contains("content-type") {
+            headers.add("content-type", "text/plain");
+        }
+    }
+    headers
 }

@@ -887,10 +887,6 @@ fn host_gaps(name: &str) -> Vec<&'static str> {
             "connect failure body: Envoy `upstream connect error or disconnect/reset before headers. reset reason: \
              remote connection failure` (98 bytes); host adds `connection failure, transport failure reason: ...`",
         ],
-        "local_reply_request_phase" => vec![
-            "local-reply headers as response filters see them: Envoy `:status, <filter headers>, content-length, \
-             content-type`; host puts content-type before content-length",
-        ],
         "set_header_pairs" => vec![
             "after set_header_map_pairs on request headers Envoy 1.40 answers 404 (no route, upstream never \
              reached, response_headers eos=true); the host forwards the request",
