@@ -434,12 +434,12 @@ impl Proxy {
                             delay: Duration::ZERO,
                         }
                     }
-                    Err(e) => crate::plugin::CallReply::response(
+                    // Envoy's async client (http calls) answers a refused connection with this exact body,
+                    // without the transport failure reason the router adds for streams.
+                    Err(_) => crate::plugin::CallReply::response(
                         503,
                         Headers::new().with("content-type", "text/plain"),
-                        format!(
-                            "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: {e}"
-                        ),
+                        "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure",
                     ),
                 }
             }

@@ -883,10 +883,6 @@ fn host_gaps(name: &str) -> Vec<&'static str> {
         "empty_values" => {
             vec!["get_property with an empty path: Envoy SERIALIZATION_FAILURE (3), host NOT_FOUND (1)"]
         }
-        "http_call_upstream_down" => vec![
-            "connect failure body: Envoy `upstream connect error or disconnect/reset before headers. reset reason: \
-             remote connection failure` (98 bytes); host adds `connection failure, transport failure reason: ...`",
-        ],
         "set_header_pairs" => vec![
             "after set_header_map_pairs on request headers Envoy 1.40 answers 404 (no route, upstream never \
              reached, response_headers eos=true); the host forwards the request",
