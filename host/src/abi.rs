@@ -20,6 +20,7 @@ use crate::vm::{
 pub(crate) const OK: u32 = 0;
 pub(crate) const NOT_FOUND: u32 = 1;
 pub(crate) const BAD_ARGUMENT: u32 = 2;
+pub(crate) const SERIALIZATION_FAILURE: u32 = 3;
 pub(crate) const INVALID_MEMORY_ACCESS: u32 = 6;
 pub(crate) const EMPTY: u32 = 7;
 pub(crate) const CAS_MISMATCH: u32 = 8;
@@ -896,6 +897,10 @@ fn add_properties(l: &mut Linker<VmState>) -> Result<()> {
         |mut c: C<'_>, pp: u32, pl: u32, rp: u32, rl: u32| -> Result<u32> {
             guard(&c, "proxy_get_property")?;
             let path = tri!(read(&c, pp, pl));
+            // Envoy: no path segment leaves the whole attribute root, which does not serialize.
+            if path.is_empty() {
+                return Ok(SERIALIZATION_FAILURE);
+            }
             let Some(v) = crate::properties::lookup(c.data(), &path) else { return Ok(NOT_FOUND) };
             return_bytes(&mut c, &v, rp, rl)
         },

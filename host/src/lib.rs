@@ -57,6 +57,8 @@ pub mod status {
     pub const NOT_FOUND: u32 = 1;
     /// BAD_ARGUMENT
     pub const BAD_ARGUMENT: u32 = 2;
+    /// SERIALIZATION_FAILURE (get_property of an empty path)
+    pub const SERIALIZATION_FAILURE: u32 = 3;
     /// INVALID_MEMORY_ACCESS
     pub const INVALID_MEMORY_ACCESS: u32 = 6;
     /// EMPTY

@@ -880,9 +880,6 @@ pub fn all() -> Vec<Scenario> {
 /// engineer to fix). Each test asserts the difference still shows, so a fix is noticed.
 fn host_gaps(name: &str) -> Vec<&'static str> {
     match name {
-        "empty_values" => {
-            vec!["get_property with an empty path: Envoy SERIALIZATION_FAILURE (3), host NOT_FOUND (1)"]
-        }
         "set_header_pairs" => vec![
             "after set_header_map_pairs on request headers Envoy 1.40 answers 404 (no route, upstream never \
              reached, response_headers eos=true); the host forwards the request",
