@@ -28,6 +28,7 @@ pub struct ProxyBuilder {
     buffer_limit: usize,
     start_time: SystemTime,
     split_body_end: bool,
+    main_thread: bool,
 }
 
 impl ProxyBuilder {
@@ -95,6 +96,17 @@ impl ProxyBuilder {
         self
     }
 
+    /// Whether the proxy has Envoy's main-thread root contexts as well as the workers' (default false;
+    /// opt in for Envoy's exact root-context count). Envoy creates every plugin's root context on the
+    /// main thread too (`on_vm_start`, `on_configure`, ticks, http calls, queues, shared data), so with N
+    /// workers N+1 root contexts tick: a poller electing a leader through shared data sees N+1
+    /// contenders. The main thread runs no streams; in logs and [`Proxy::worker`] it is worker index N
+    /// ([`Proxy::worker_count`] stays N). [`ProxyBuilder::build_workers`] never creates it.
+    pub fn main_thread(mut self, on: bool) -> Self {
+        self.main_thread = on;
+        self
+    }
+
     /// Wall-clock time at virtual time zero (default 2026-01-01T00:00:00Z).
     pub fn start_time(mut self, t: SystemTime) -> Self {
         self.start_time = t;
@@ -114,29 +126,42 @@ impl ProxyBuilder {
             next_cas: AtomicU32::new(1),
             queues: Default::default(),
             next_queue: AtomicU32::new(1),
-            notify: (0..self.workers).map(|_| Default::default()).collect(),
-            wakers: (0..self.workers).map(|_| Default::default()).collect(),
+            // One more slot for the main thread (see `main_thread`).
+            notify: (0..=self.workers).map(|_| Default::default()).collect(),
+            wakers: (0..=self.workers).map(|_| Default::default()).collect(),
             metrics: Default::default(),
             logs: Default::default(),
             next_token: AtomicU32::new(1),
         })
     }
 
-    fn workers_with(&self, shared: &Arc<Shared>) -> Result<Vec<Worker>> {
+    fn workers_with(&self, shared: &Arc<Shared>, main_thread: bool) -> Result<Vec<Worker>> {
         if self.plugins.is_empty() {
             bail!("meshwasm-host: a proxy needs at least one plugin");
         }
-        (0..self.workers)
+        // Envoy starts the main thread's root contexts first.
+        let mut order: Vec<usize> = (0..self.workers).collect();
+        if main_thread {
+            order.insert(0, self.workers);
+        }
+        let mut workers: Vec<Worker> = order
+            .into_iter()
             .map(|i| Worker::new(&self.host, shared.clone(), i, &self.plugins, self.policy))
-            .collect()
+            .collect::<Result<_>>()?;
+        if main_thread {
+            // Index order: workers 0..N, then the main thread.
+            workers.rotate_left(1);
+        }
+        Ok(workers)
     }
 
     /// Starts every worker's VMs: `_initialize`/`main`, then per plugin `on_context_create(root)`,
     /// `on_vm_start`, `on_configure`. Err is one line naming the plugin, the module and the cause.
     pub fn build(self) -> Result<Proxy> {
         let shared = self.shared(ClockKind::Virtual(AtomicU64::new(0)));
-        let workers = self.workers_with(&shared)?;
+        let workers = self.workers_with(&shared, self.main_thread)?;
         let mut p = Proxy {
+            stream_workers: self.workers,
             host: self.host,
             workers,
             state: ProxyState { shared },
@@ -160,7 +185,7 @@ impl ProxyBuilder {
     /// is due. Upstream values passed to [`ProxyBuilder::upstream`] only declare the names here.
     pub fn build_workers(self) -> Result<(Vec<Worker>, ProxyState)> {
         let shared = self.shared(ClockKind::Real(Instant::now()));
-        let workers = self.workers_with(&shared)?;
+        let workers = self.workers_with(&shared, false)?;
         Ok((workers, ProxyState { shared }))
     }
 }
@@ -177,7 +202,9 @@ struct Scheduled {
 /// method is called; http-call answers without delay are delivered before `send` returns.
 pub struct Proxy {
     host: Host,
+    /// Stream workers 0..stream_workers, then (optionally) the main thread.
     workers: Vec<Worker>,
+    stream_workers: usize,
     state: ProxyState,
     upstreams: HashMap<String, Upstream>,
     calls: Vec<HttpCall>,
@@ -204,6 +231,7 @@ impl Proxy {
             policy: FailurePolicy::default(),
             buffer_limit: 1 << 20,
             split_body_end: true,
+            main_thread: false,
             start_time: SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_225_600),
         }
     }
@@ -213,12 +241,12 @@ impl Proxy {
         &self.host
     }
 
-    /// Number of workers.
+    /// Number of workers (streams run on 0..count; the main thread, if any, is not counted).
     pub fn worker_count(&self) -> usize {
-        self.workers.len()
+        self.stream_workers
     }
 
-    /// A worker (for its chain and VM details).
+    /// A worker (for its chain and VM details); index [`Proxy::worker_count`] is the main thread.
     pub fn worker(&self, index: usize) -> Option<&Worker> {
         self.workers.get(index)
     }
@@ -249,10 +277,11 @@ impl Proxy {
     }
 
     fn start_with(&mut self, worker: usize, req: Request, backend: Option<Backend>) -> Result<StreamId> {
-        let n = self.workers.len();
+        let n = self.stream_workers;
         let w = self
             .workers
             .get_mut(worker)
+            .filter(|_| worker < n)
             .ok_or_else(|| anyhow!("meshwasm-host: no worker {worker} (proxy has {n})"))?;
         let id = w.start(req);
         if let Some(b) = backend {

@@ -113,10 +113,20 @@ fn ticks_run_per_root_context_per_worker() {
         (drop (call $increment_metric (i32.load (i32.const 200)) (i64.const 1))))
     "#,
     );
-    let mut proxy = Proxy::builder(&host).workers(3).plugin(Plugin::new(m)).build().unwrap();
+    let mut proxy =
+        Proxy::builder(&host).workers(3).main_thread(true).plugin(Plugin::new(m.clone())).build().unwrap();
     proxy.advance(Duration::from_millis(999));
     assert_eq!(proxy.metric("ticks"), Some(0));
     proxy.advance(Duration::from_millis(2001));
+    assert_eq!(proxy.metric("ticks"), Some(12), "(3 workers + the main thread) × 3 periods");
+    assert_eq!(proxy.worker_count(), 3);
+    assert!(
+        proxy.send(3, Request::get("/"), UpstreamReply::new(200)).is_err(),
+        "no streams on the main thread"
+    );
+
+    let mut proxy = Proxy::builder(&host).workers(3).plugin(Plugin::new(m)).build().unwrap();
+    proxy.advance(Duration::from_millis(3000));
     assert_eq!(proxy.metric("ticks"), Some(9), "3 workers × 3 periods");
 }
 

@@ -455,8 +455,10 @@ pub fn run_host(s: &Scenario) -> Result<Run> {
     use meshwasm_host::{CallReply, Plugin, Proxy, Request, StreamState, Upstream};
     let up = Upstreams::start(s)?;
     let (host, module) = shared_host()?;
+    // Envoy runs --concurrency 1: one worker plus the main thread's root contexts.
     let mut b = Proxy::builder(host)
         .workers(1)
+        .main_thread(true)
         .upstream("backend", Upstream::forward(up.backend.addr()))
         .upstream("callout", Upstream::forward(up.callout.addr()))
         .upstream("slow", Upstream::handler(|_| CallReply::no_answer()))

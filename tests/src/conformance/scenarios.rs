@@ -884,11 +884,6 @@ fn host_gaps(name: &str) -> Vec<&'static str> {
             "after set_header_map_pairs on request headers Envoy 1.40 answers 404 (no route, upstream never \
              reached, response_headers eos=true); the host forwards the request",
         ],
-        "tick" | "http_call_from_tick" => vec![
-            "with --concurrency 1 Envoy runs on_tick (after set_tick_period in on_configure) on TWO root contexts \
-             (the main thread's VM as well as the worker's), so each root-context action (here: an http call) \
-             happens twice; the host ticks one root per worker",
-        ],
         _ => Vec::new(),
     }
 }
