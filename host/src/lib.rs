@@ -44,7 +44,7 @@ pub use plugin::{
     Upstream,
 };
 pub use properties::encode as property;
-pub use proxy::{Proxy, ProxyBuilder};
+pub use proxy::{BuildError, Proxy, ProxyBuilder};
 pub use shared::{ProxyState, Waker};
 pub use wasi::WASI_FUNCTIONS;
 pub use worker::{OutboundCall, Worker, WorkerEvent};

@@ -159,7 +159,8 @@ impl ProxyBuilder {
     /// `on_vm_start`, `on_configure`. Err is one line naming the plugin, the module and the cause.
     pub fn build(self) -> Result<Proxy> {
         let shared = self.shared(ClockKind::Virtual(AtomicU64::new(0)));
-        let workers = self.workers_with(&shared, self.main_thread)?;
+        let workers =
+            self.workers_with(&shared, self.main_thread).map_err(|e| BuildError::wrap(e, &shared))?;
         let mut p = Proxy {
             stream_workers: self.workers,
             host: self.host,
@@ -185,10 +186,36 @@ impl ProxyBuilder {
     /// is due. Upstream values passed to [`ProxyBuilder::upstream`] only declare the names here.
     pub fn build_workers(self) -> Result<(Vec<Worker>, ProxyState)> {
         let shared = self.shared(ClockKind::Real(Instant::now()));
-        let workers = self.workers_with(&shared, false)?;
+        let workers = self.workers_with(&shared, false).map_err(|e| BuildError::wrap(e, &shared))?;
         Ok((workers, ProxyState { shared }))
     }
 }
+
+/// Why [`ProxyBuilder::build`] / [`ProxyBuilder::build_workers`] failed, with every log line the guests
+/// wrote until then (at the builder's log level). It is the error inside the returned `anyhow::Error`:
+/// `err.downcast_ref::<BuildError>()` gets it; `Display` is the same one line as before.
+#[derive(Clone, Debug)]
+pub struct BuildError {
+    /// One line naming the plugin, the module and the cause.
+    pub message: String,
+    /// The guest (and host) log lines written before the failure, in order.
+    pub logs: Vec<LogEntry>,
+}
+
+impl BuildError {
+    fn wrap(e: anyhow::Error, shared: &Shared) -> anyhow::Error {
+        let logs = std::mem::take(&mut *crate::host::lock(&shared.logs));
+        anyhow::Error::new(BuildError { message: format!("{e:#}"), logs })
+    }
+}
+
+impl std::fmt::Display for BuildError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for BuildError {}
 
 struct Scheduled {
     due_ns: u64,

@@ -244,3 +244,33 @@ fn the_failure_reply_passes_healthy_filters_response_callbacks() {
     assert!(!ex.callbacks.iter().any(|c| c.filter == 1 && c.callback == Callback::ResponseHeaders));
     assert_eq!(proxy.send(0, req(0), UpstreamReply::new(200)).unwrap().status, 200);
 }
+
+#[test]
+fn a_failed_build_keeps_the_guest_log() {
+    let host = host();
+    let m = load(
+        &host,
+        "picky",
+        r#"
+      (func (export "proxy_on_vm_start") (param i32 i32) (result i32)
+        (drop (call $log (i32.const 1) (str "picky: starting")))
+        (i32.const 1))
+      (func (export "proxy_on_configure") (param i32 i32) (result i32)
+        (drop (call $log (i32.const 2) (str "picky: field `x` is required")))
+        (drop (call $log (i32.const 4) (str "picky: configuration rejected")))
+        (i32.const 0))
+    "#,
+    );
+    let err =
+        match Proxy::builder(&host).log_level(LogLevel::Debug).plugin(Plugin::new(m).name("picky")).build() {
+            Ok(_) => panic!("on_configure returned false: build must fail"),
+            Err(e) => e,
+        };
+    let line = err.to_string();
+    assert!(line.contains("on_configure returned false"), "{line}");
+    let b = err.downcast_ref::<BuildError>().expect("a BuildError");
+    let msgs: Vec<&str> = b.logs.iter().map(|l| l.message.as_str()).collect();
+    assert_eq!(msgs, ["picky: starting", "picky: field `x` is required", "picky: configuration rejected"]);
+    assert_eq!(b.logs[2].level, LogLevel::Error);
+    assert_eq!(b.logs[0].plugin, "picky");
+}

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use meshwasm_host::{AbiVersion, Host, HostOptions, LogLevel, Plugin, Proxy};
+use meshwasm_host::{AbiVersion, BuildError, Host, HostOptions, LogEntry, LogLevel, Plugin, Proxy};
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
@@ -123,8 +123,25 @@ fn check(args: &CheckArgs) -> anyhow::Result<()> {
         args.root_id,
         args.vm_id
     );
-    let proxy = Proxy::builder(&host).log_level(LogLevel::Trace).plugin(plugin).build()?;
-    for line in proxy.logs() {
+    let proxy = match Proxy::builder(&host).log_level(LogLevel::Trace).plugin(plugin).build() {
+        Ok(p) => p,
+        Err(e) => {
+            // The guest's log up to the failure (e.g. why on_configure rejected the configuration).
+            if let Some(b) = e.downcast_ref::<BuildError>() {
+                print_logs(&b.logs);
+            }
+            return Err(e);
+        }
+    };
+    print_logs(&proxy.logs());
+    println!("vm_start: ok");
+    println!("configure: ok");
+    println!("result: OK, {} would load in Envoy", args.module.display());
+    Ok(())
+}
+
+fn print_logs(lines: &[LogEntry]) {
+    for line in lines {
         println!(
             "log: [{}] {}: {}",
             format!("{:?}", line.level).to_ascii_lowercase(),
@@ -132,10 +149,6 @@ fn check(args: &CheckArgs) -> anyhow::Result<()> {
             line.message
         );
     }
-    println!("vm_start: ok");
-    println!("configure: ok");
-    println!("result: OK, {} would load in Envoy", args.module.display());
-    Ok(())
 }
 
 fn plugin_name(args: &CheckArgs) -> String {
