@@ -689,7 +689,7 @@ fn add_shared(l: &mut Linker<VmState>) -> Result<()> {
             guard(&c, "proxy_get_shared_data")?;
             let key = String::from_utf8_lossy(&tri!(read(&c, kp, kl))).into_owned();
             let Some(shared) = c.data().shared.clone() else { return Ok(NOT_FOUND) };
-            let found = crate::host::lock(&shared.shared_data)
+            let found = crate::host::lock(&shared.process.shared_data)
                 .get(&c.data().vm_id)
                 .and_then(|m| m.get(&key))
                 .cloned();
@@ -710,7 +710,7 @@ fn add_shared(l: &mut Linker<VmState>) -> Result<()> {
             let key = String::from_utf8_lossy(&tri!(read(&c, kp, kl))).into_owned();
             let value = tri!(read(&c, vp, vl));
             let Some(shared) = c.data().shared.clone() else { return Ok(NOT_FOUND) };
-            let mut all = crate::host::lock(&shared.shared_data);
+            let mut all = crate::host::lock(&shared.process.shared_data);
             let map = all.entry(c.data().vm_id.clone()).or_default();
             if let Some(existing) = map.get(&key)
                 && cas != 0
@@ -733,15 +733,21 @@ fn add_shared(l: &mut Linker<VmState>) -> Result<()> {
             let owner = (st.worker, st.vm_index, st.root_of(st.effective));
             let key = (st.vm_id.clone(), name.clone());
             let token = {
-                let mut q = crate::host::lock(&shared.queues);
+                let mut q = crate::host::lock(&shared.process.queues);
                 match q.by_name.get(&key) {
                     Some(t) => *t,
                     None => {
-                        let t = shared.next_queue.fetch_add(1, Ordering::SeqCst);
+                        let t = shared.process.next_queue.fetch_add(1, Ordering::SeqCst);
                         q.by_name.insert(key, t);
                         q.queues.insert(
                             t,
-                            Queue { vm_id: st.vm_id.clone(), name, owner, items: Default::default() },
+                            Queue {
+                                vm_id: st.vm_id.clone(),
+                                name,
+                                owner,
+                                chain: std::sync::Arc::downgrade(&shared),
+                                items: Default::default(),
+                            },
                         );
                         t
                     }
@@ -759,7 +765,7 @@ fn add_shared(l: &mut Linker<VmState>) -> Result<()> {
             let vm_id = String::from_utf8_lossy(&tri!(read(&c, vp, vl))).into_owned();
             let name = String::from_utf8_lossy(&tri!(read(&c, np, nl))).into_owned();
             let Some(shared) = c.data().shared.clone() else { return Ok(NOT_FOUND) };
-            let t = crate::host::lock(&shared.queues).by_name.get(&(vm_id, name)).copied();
+            let t = crate::host::lock(&shared.process.queues).by_name.get(&(vm_id, name)).copied();
             let Some(t) = t else { return Ok(NOT_FOUND) };
             tri!(write_u32(&mut c, ret, t));
             Ok(OK)
@@ -770,13 +776,13 @@ fn add_shared(l: &mut Linker<VmState>) -> Result<()> {
         let item = tri!(read(&c, p, len));
         let Some(shared) = c.data().shared.clone() else { return Ok(NOT_FOUND) };
         let owner = {
-            let mut q = crate::host::lock(&shared.queues);
+            let mut q = crate::host::lock(&shared.process.queues);
             let Some(queue) = q.queues.get_mut(&id) else { return Ok(NOT_FOUND) };
             queue.items.push_back(item);
             let _ = (&queue.vm_id, &queue.name);
-            queue.owner
+            (queue.owner, queue.chain.clone())
         };
-        shared.notify_queue(owner, id);
+        crate::shared::Process::notify_owner(owner.0, &owner.1, id);
         Ok(OK)
     })?;
     l.func_wrap(
@@ -786,7 +792,7 @@ fn add_shared(l: &mut Linker<VmState>) -> Result<()> {
             guard(&c, "proxy_dequeue_shared_queue")?;
             let Some(shared) = c.data().shared.clone() else { return Ok(NOT_FOUND) };
             let item = {
-                let mut q = crate::host::lock(&shared.queues);
+                let mut q = crate::host::lock(&shared.process.queues);
                 let Some(queue) = q.queues.get_mut(&id) else { return Ok(NOT_FOUND) };
                 queue.items.pop_front()
             };
@@ -808,7 +814,7 @@ fn add_metrics(l: &mut Linker<VmState>) -> Result<()> {
             let Some(kind) = MetricKind::from_u32(ty) else { return Ok(BAD_ARGUMENT) };
             let name = String::from_utf8_lossy(&tri!(read(&c, np, nl))).into_owned();
             let Some(shared) = c.data().shared.clone() else { return Ok(NOT_FOUND) };
-            crate::host::lock(&shared.metrics).entry(name.clone()).or_insert(Metric {
+            crate::host::lock(&shared.process.metrics).entry(name.clone()).or_insert(Metric {
                 kind,
                 value: 0,
                 samples: Vec::new(),
@@ -832,7 +838,7 @@ fn add_metrics(l: &mut Linker<VmState>) -> Result<()> {
     fn with_metric(c: &C<'_>, id: u32, f: impl FnOnce(&mut Metric) -> u32) -> u32 {
         let Some(name) = c.data().metric_ids.get(&id) else { return NOT_FOUND };
         let Some(shared) = c.data().shared.clone() else { return NOT_FOUND };
-        let mut m = crate::host::lock(&shared.metrics);
+        let mut m = crate::host::lock(&shared.process.metrics);
         match m.get_mut(name) {
             Some(metric) => f(metric),
             None => NOT_FOUND,

@@ -12,7 +12,7 @@ use crate::foreign::{ForeignFunction, builtins};
 use crate::host::Host;
 use crate::http::{Exchange, ForwardedRequest, Headers, Request, StreamId, StreamState, UpstreamReply};
 use crate::plugin::{Backend, CallOutcome, FailurePolicy, HttpCall, LogEntry, LogLevel, Plugin, Upstream};
-use crate::shared::{Clock, ClockKind, ProxyState, Shared, unix_ns};
+use crate::shared::{Clock, ClockKind, Process, ProxyState, Shared, unix_ns};
 use crate::worker::{Worker, WorkerEvent};
 
 /// Builds a [`Proxy`] (or bare [`Worker`]s for a real-time driver).
@@ -29,6 +29,7 @@ pub struct ProxyBuilder {
     start_time: SystemTime,
     split_body_end: bool,
     main_thread: bool,
+    process: Option<Arc<Process>>,
 }
 
 impl ProxyBuilder {
@@ -107,6 +108,15 @@ impl ProxyBuilder {
         self
     }
 
+    /// Shares Envoy's process-wide state with another proxy: shared data (per vm_id), shared queues and
+    /// metrics, as several listeners/filter chains of one Envoy do. Each proxy keeps its own logs,
+    /// clock, workers and http calls. A queue's `on_queue_ready` goes to the registering root context,
+    /// in whichever proxy that is.
+    pub fn share_state(mut self, with: &ProxyState) -> Self {
+        self.process = Some(with.shared.process.clone());
+        self
+    }
+
     /// Wall-clock time at virtual time zero (default 2026-01-01T00:00:00Z).
     pub fn start_time(mut self, t: SystemTime) -> Self {
         self.start_time = t;
@@ -122,14 +132,10 @@ impl ProxyBuilder {
             foreign: self.foreign.clone(),
             buffer_limit: self.buffer_limit,
             split_body_end: self.split_body_end,
-            shared_data: Default::default(),
-            next_cas: AtomicU32::new(1),
-            queues: Default::default(),
-            next_queue: AtomicU32::new(1),
+            process: self.process.clone().unwrap_or_default(),
             // One more slot for the main thread (see `main_thread`).
             notify: (0..=self.workers).map(|_| Default::default()).collect(),
             wakers: (0..=self.workers).map(|_| Default::default()).collect(),
-            metrics: Default::default(),
             logs: Default::default(),
             next_token: AtomicU32::new(1),
         })
@@ -259,6 +265,7 @@ impl Proxy {
             buffer_limit: 1 << 20,
             split_body_end: true,
             main_thread: false,
+            process: None,
             start_time: SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_225_600),
         }
     }

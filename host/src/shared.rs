@@ -1,10 +1,11 @@
 //! State shared by all workers of one proxy: shared data, shared queues, metrics, logs, the clock, the
-//! foreign-function registry. Envoy keeps these per process; we keep them per [`crate::Proxy`], so tests
-//! running in parallel never see each other's state.
+//! foreign-function registry. Envoy keeps shared data, queues and metrics per process; here they live in a
+//! [`Process`] per [`crate::Proxy`] (so tests running in parallel never see each other's state) that
+//! several proxies (listeners, chains) can share with [`crate::ProxyBuilder::share_state`].
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::foreign::ForeignFunction;
@@ -82,6 +83,8 @@ pub(crate) struct Queue {
     pub(crate) name: String,
     /// (worker, vm index, root context id) of the registering root context.
     pub(crate) owner: (usize, usize, u32),
+    /// The proxy (chain) of the registering root context, whose worker gets `on_queue_ready`.
+    pub(crate) chain: Weak<Shared>,
     pub(crate) items: VecDeque<Vec<u8>>,
 }
 
@@ -94,6 +97,37 @@ pub(crate) struct Queues {
 /// vm_id → key → (value, cas).
 pub(crate) type SharedData = HashMap<String, HashMap<String, (Vec<u8>, u32)>>;
 
+/// Envoy's process-wide state: shared data, shared queues, metrics.
+pub(crate) struct Process {
+    /// vm_id → key → (value, cas).
+    pub(crate) shared_data: Mutex<SharedData>,
+    pub(crate) next_cas: AtomicU32,
+    pub(crate) queues: Mutex<Queues>,
+    pub(crate) next_queue: AtomicU32,
+    pub(crate) metrics: Mutex<BTreeMap<String, Metric>>,
+}
+
+impl Default for Process {
+    fn default() -> Self {
+        Process {
+            shared_data: Default::default(),
+            next_cas: AtomicU32::new(1),
+            queues: Default::default(),
+            next_queue: AtomicU32::new(1),
+            metrics: Default::default(),
+        }
+    }
+}
+
+impl Process {
+    /// Wakes the owner of a queue (if its proxy still exists).
+    pub(crate) fn notify_owner(owner: (usize, usize, u32), chain: &Weak<Shared>, token: u32) {
+        if let Some(s) = chain.upgrade() {
+            s.notify_queue(owner, token);
+        }
+    }
+}
+
 pub(crate) struct Shared {
     pub(crate) clock: Clock,
     pub(crate) upstreams: HashSet<String>,
@@ -103,15 +137,11 @@ pub(crate) struct Shared {
     pub(crate) buffer_limit: usize,
     /// HTTP/1.1 body ends: data with eos=false, then an empty eos=true.
     pub(crate) split_body_end: bool,
-    /// vm_id → key → (value, cas).
-    pub(crate) shared_data: Mutex<SharedData>,
-    pub(crate) next_cas: AtomicU32,
-    pub(crate) queues: Mutex<Queues>,
-    pub(crate) next_queue: AtomicU32,
+    /// Shared data, queues, metrics (possibly shared with other proxies).
+    pub(crate) process: Arc<Process>,
     /// Per worker: pending queue notifications (vm index, root context, queue id).
     pub(crate) notify: Vec<Mutex<Vec<(usize, u32, u32)>>>,
     pub(crate) wakers: Vec<Mutex<Option<Waker>>>,
-    pub(crate) metrics: Mutex<BTreeMap<String, Metric>>,
     pub(crate) logs: Mutex<Vec<LogEntry>>,
     pub(crate) next_token: AtomicU32,
 }
@@ -124,7 +154,7 @@ impl Shared {
     pub(crate) fn next_cas(&self) -> u32 {
         // CAS values are never 0 (0 means "unconditional" to set_shared_data).
         loop {
-            let v = self.next_cas.fetch_add(1, Ordering::SeqCst);
+            let v = self.process.next_cas.fetch_add(1, Ordering::SeqCst);
             if v != 0 {
                 return v;
             }
@@ -164,7 +194,7 @@ impl ProxyState {
     /// Counter and gauge values by name (as defined by the filters; Envoy's admin shows them with its
     /// custom-stat prefix). Histograms report their sample count here; see [`ProxyState::histogram`].
     pub fn metrics(&self) -> BTreeMap<String, u64> {
-        lock(&self.shared.metrics)
+        lock(&self.shared.process.metrics)
             .iter()
             .map(|(k, m)| {
                 (k.clone(), if m.kind == MetricKind::Histogram { m.samples.len() as u64 } else { m.value })
@@ -174,12 +204,15 @@ impl ProxyState {
 
     /// One counter or gauge value.
     pub fn metric(&self, name: &str) -> Option<u64> {
-        lock(&self.shared.metrics).get(name).filter(|m| m.kind != MetricKind::Histogram).map(|m| m.value)
+        lock(&self.shared.process.metrics)
+            .get(name)
+            .filter(|m| m.kind != MetricKind::Histogram)
+            .map(|m| m.value)
     }
 
     /// The samples recorded into a histogram.
     pub fn histogram(&self, name: &str) -> Option<Vec<u64>> {
-        lock(&self.shared.metrics)
+        lock(&self.shared.process.metrics)
             .get(name)
             .filter(|m| m.kind == MetricKind::Histogram)
             .map(|m| m.samples.clone())
@@ -187,13 +220,13 @@ impl ProxyState {
 
     /// A shared-data value and its CAS.
     pub fn shared_data(&self, vm_id: &str, key: &str) -> Option<(Vec<u8>, u32)> {
-        lock(&self.shared.shared_data).get(vm_id).and_then(|m| m.get(key)).cloned()
+        lock(&self.shared.process.shared_data).get(vm_id).and_then(|m| m.get(key)).cloned()
     }
 
     /// Sets a shared-data value (unconditionally), as another proxy component would.
     pub fn set_shared_data(&self, vm_id: &str, key: &str, value: &[u8]) {
         let cas = self.shared.next_cas();
-        lock(&self.shared.shared_data)
+        lock(&self.shared.process.shared_data)
             .entry(vm_id.to_string())
             .or_default()
             .insert(key.to_string(), (value.to_vec(), cas));
@@ -202,19 +235,19 @@ impl ProxyState {
     /// Enqueues onto a registered shared queue (by vm_id and name) from the host side; the registering
     /// root context gets `on_queue_ready`. Returns false if no such queue is registered.
     pub fn enqueue(&self, vm_id: &str, name: &str, item: &[u8]) -> bool {
-        let mut q = lock(&self.shared.queues);
+        let mut q = lock(&self.shared.process.queues);
         let Some(&token) = q.by_name.get(&(vm_id.to_string(), name.to_string())) else { return false };
         let Some(queue) = q.queues.get_mut(&token) else { return false };
         queue.items.push_back(item.to_vec());
-        let owner = queue.owner;
+        let (owner, chain) = (queue.owner, queue.chain.clone());
         drop(q);
-        self.shared.notify_queue(owner, token);
+        Process::notify_owner(owner, &chain, token);
         true
     }
 
     /// The items currently in a shared queue.
     pub fn queue_items(&self, vm_id: &str, name: &str) -> Option<Vec<Vec<u8>>> {
-        let q = lock(&self.shared.queues);
+        let q = lock(&self.shared.process.queues);
         let token = q.by_name.get(&(vm_id.to_string(), name.to_string()))?;
         q.queues.get(token).map(|q| q.items.iter().cloned().collect())
     }

@@ -183,3 +183,30 @@ fn metrics_follow_envoy_rules() {
     assert_eq!(m("r_unknown_rec"), status::NOT_FOUND as u64);
     assert_eq!(proxy.histogram("h"), Some(vec![42]));
 }
+
+#[test]
+fn proxies_can_share_process_state() {
+    let host = host();
+    let m = load(&host, "queue", QUEUE);
+    let mut a = Proxy::builder(&host).plugin(Plugin::new(m.clone()).name("a").vm_id("mesh")).build().unwrap();
+    // A second listener of the same Envoy: same shared data, queues and metrics.
+    let mut b = Proxy::builder(&host)
+        .share_state(a.state())
+        .plugin(Plugin::new(m.clone()).name("b").vm_id("mesh"))
+        .build()
+        .unwrap();
+    a.set_shared_data("mesh", "k", b"v");
+    assert_eq!(b.shared_data("mesh", "k").map(|(v, _)| v), Some(b"v".to_vec()));
+    // b's request enqueues onto the queue a registered first: a's root context is woken.
+    b.send(0, Request::get("/"), UpstreamReply::new(200)).unwrap();
+    assert_eq!(b.metric("enqueue"), Some(0));
+    a.advance(Duration::ZERO);
+    assert!(a.logged("queue ready"), "{:?}", a.logs());
+    assert!(!b.logged("queue ready"));
+    assert_eq!(a.metric("item_len"), Some(12), "metrics are process-wide too");
+
+    // Without share_state, nothing is shared.
+    let c = Proxy::builder(&host).plugin(Plugin::new(m).name("c").vm_id("mesh")).build().unwrap();
+    assert_eq!(c.shared_data("mesh", "k"), None);
+    assert_eq!(c.metric("item_len"), None);
+}
