@@ -206,6 +206,19 @@ fn with_map<R>(c: &mut C<'_>, map: u32, f: impl FnOnce(&mut Headers) -> R) -> st
     }
 }
 
+const XFP: &[u8] = b"x-forwarded-proto";
+
+/// Records whether a filter dropped `x-forwarded-proto` from the request headers (map 0), which Envoy
+/// always has there, so the route lookup at the end of the chain fails as in Envoy.
+fn track_forwarded_proto(c: &C<'_>, map: u32, key: &[u8], dropped: bool) {
+    if map != 0 || key != XFP {
+        return;
+    }
+    if let Some((data, _)) = stream_ctx(c) {
+        sd(&data).no_forwarded_proto = dropped;
+    }
+}
+
 pub(crate) fn add_to_linker(l: &mut Linker<VmState>) -> Result<()> {
     add_logging(l)?;
     add_headers(l)?;
@@ -305,8 +318,12 @@ fn add_headers(l: &mut Linker<VmState>) -> Result<()> {
             let bytes = tri!(read(&c, p, len));
             let Some(pairs) = deserialize_pairs(&bytes) else { return Ok(BAD_ARGUMENT) };
             let pairs: Vec<_> = pairs.into_iter().map(|(k, v)| (lower(&k), v)).collect();
+            let has_xfp = pairs.iter().any(|(k, _)| k.as_slice() == XFP);
             match with_map(&mut c, map, |m| *m.pairs_mut() = pairs) {
-                Ok(()) => Ok(OK),
+                Ok(()) => {
+                    track_forwarded_proto(&c, map, b"x-forwarded-proto", !has_xfp);
+                    Ok(OK)
+                }
                 Err(()) => Ok(BAD_ARGUMENT),
             }
         },
@@ -347,7 +364,10 @@ fn add_headers(l: &mut Linker<VmState>) -> Result<()> {
             let key = lower(&tri!(read(&c, kp, kl)));
             let val = tri!(read(&c, vp, vl));
             match with_map(&mut c, map, |m| m.add_copy(&key, &val)) {
-                Ok(()) => Ok(OK),
+                Ok(()) => {
+                    track_forwarded_proto(&c, map, &key, false);
+                    Ok(OK)
+                }
                 Err(()) => Ok(BAD_ARGUMENT),
             }
         },
@@ -360,7 +380,10 @@ fn add_headers(l: &mut Linker<VmState>) -> Result<()> {
             let key = lower(&tri!(read(&c, kp, kl)));
             let val = tri!(read(&c, vp, vl));
             match with_map(&mut c, map, |m| m.set_copy(&key, &val)) {
-                Ok(()) => Ok(OK),
+                Ok(()) => {
+                    track_forwarded_proto(&c, map, &key, false);
+                    Ok(OK)
+                }
                 Err(()) => Ok(BAD_ARGUMENT),
             }
         },
@@ -372,7 +395,10 @@ fn add_headers(l: &mut Linker<VmState>) -> Result<()> {
             guard(&c, "proxy_remove_header_map_value")?;
             let key = lower(&tri!(read(&c, kp, kl)));
             match with_map(&mut c, map, |m| m.remove(&key)) {
-                Ok(()) => Ok(OK),
+                Ok(()) => {
+                    track_forwarded_proto(&c, map, &key, true);
+                    Ok(OK)
+                }
                 Err(()) => Ok(BAD_ARGUMENT),
             }
         },

@@ -51,6 +51,9 @@ pub(crate) struct StreamData {
     pub(crate) response_code: Option<u16>,
     pub(crate) request_size: u64,
     pub(crate) response_size: u64,
+    /// A filter dropped `x-forwarded-proto` from the request headers (set_header_map_pairs without it, or
+    /// remove): Envoy's route lookup then finds no route (404 `route_not_found`).
+    pub(crate) no_forwarded_proto: bool,
     pub(crate) upstream_address: Option<String>,
 }
 

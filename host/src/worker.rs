@@ -331,6 +331,7 @@ impl Worker {
             request_size,
             response_size: 0,
             upstream_address: None,
+            no_forwarded_proto: false,
         }));
         let rt = StreamRt {
             data,
@@ -852,6 +853,27 @@ impl Worker {
     }
 
     fn sink(&mut self, id: u32, dir: Dir, ev: Ev) {
+        if dir == Dir::Req
+            && matches!(ev, Ev::Headers(_))
+            && self.streams.get(&id).is_some_and(|rt| sd(&rt.data).no_forwarded_proto)
+        {
+            // Envoy's HCM adds x-forwarded-proto before the filters; a filter that dropped it leaves the
+            // router without a route (VirtualHostImpl::getRouteFromEntries: no x-forwarded-proto, no
+            // route): 404 with details route_not_found, through the response callbacks.
+            if let Some(rt) = self.streams.get(&id) {
+                sd(&rt.data).local_replies += 1;
+            }
+            let reply = LocalReply {
+                plugin: "envoy.filters.http.router".into(),
+                status: 404,
+                details: "route_not_found".into(),
+                headers: Headers::new(),
+                body: Vec::new(),
+                grpc_status: -1,
+            };
+            self.send_local(id, reply, self.chain.len().saturating_sub(1));
+            return;
+        }
         let Some(rt) = self.streams.get_mut(&id) else { return };
         let data = rt.data.clone();
         let complete = match (dir, ev) {

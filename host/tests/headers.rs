@@ -106,7 +106,8 @@ fn header_map_rules_match_envoy() {
 #[test]
 fn pairs_roundtrip_with_set_header_map_pairs() {
     let host = host();
-    let map = pairs(&[("A", "1"), ("b", "2")]);
+    // x-forwarded-proto stays (Envoy would find no route without it).
+    let map = pairs(&[("A", "1"), ("b", "2"), ("x-forwarded-proto", "http")]);
     let body = format!(
         r#"
       (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
@@ -127,9 +128,16 @@ fn pairs_roundtrip_with_set_header_map_pairs() {
     let ex = proxy.send(0, Request::get("/"), UpstreamReply::new(200)).unwrap();
     assert_eq!(proxy.metric("set"), Some(0));
     assert_eq!(proxy.metric("size"), Some(0));
-    assert_eq!(proxy.metric("bytes"), Some(4), "Envoy's byteSize: key and value lengths");
+    assert_eq!(proxy.metric("bytes"), Some(25), "Envoy's byteSize: key and value lengths");
     let up = ex.upstream_request.unwrap();
-    assert_eq!(up.headers.pairs(), &[(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), b"2".to_vec())]);
+    assert_eq!(
+        up.headers.pairs(),
+        &[
+            (b"a".to_vec(), b"1".to_vec()),
+            (b"b".to_vec(), b"2".to_vec()),
+            (b"x-forwarded-proto".to_vec(), b"http".to_vec())
+        ]
+    );
 }
 
 #[test]
@@ -144,4 +152,40 @@ fn replace_and_add_order_headers_as_envoy() {
         .map(|(k, v)| format!("{}={}", String::from_utf8_lossy(k), String::from_utf8_lossy(v)))
         .collect();
     assert_eq!(keys, [":method=GET", ":path=/", "b=2", "a=x"]);
+}
+
+#[test]
+fn dropping_x_forwarded_proto_leaves_no_route_as_in_envoy() {
+    let host = host();
+    // Envoy's connection manager adds x-forwarded-proto before the filters; without it the route lookup
+    // finds nothing: 404 route_not_found, and the upstream is never reached.
+    let m = load(
+        &host,
+        "dropper",
+        r#"
+      (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+        (drop (call $remove_header (i32.const 0) (str "X-Forwarded-Proto")))
+        (i32.const 0))
+    "#,
+    );
+    let mut proxy = Proxy::builder(&host).plugin(Plugin::new(m).name("dropper")).build().unwrap();
+    let ex = proxy.send(0, Request::get("/"), UpstreamReply::new(200)).unwrap();
+    assert_eq!(ex.status, 404);
+    assert!(ex.upstream_request.is_none());
+    assert_eq!(ex.local_reply.unwrap().details, "route_not_found");
+
+    // Removing another header routes as usual.
+    let m = load(
+        &host,
+        "other",
+        r#"
+      (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+        (drop (call $remove_header (i32.const 0) (str "x-other")))
+        (i32.const 0))
+    "#,
+    );
+    let mut proxy = Proxy::builder(&host).plugin(Plugin::new(m)).build().unwrap();
+    let ex = proxy.send(0, Request::get("/").header("x-other", "1"), UpstreamReply::new(200)).unwrap();
+    assert_eq!(ex.status, 200);
+    assert!(ex.upstream_request.is_some());
 }

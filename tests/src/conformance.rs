@@ -371,8 +371,14 @@ pub fn run_envoy(s: &Scenario) -> Result<Run> {
         .cluster(Cluster::static_hosts("backend", &[up.backend.addr()]))
         .cluster(Cluster::static_hosts("callout", &[up.callout.addr()]))
         .cluster(Cluster::static_hosts("slow", &[up.slow.addr()]))
-        .cluster(Cluster::static_hosts("down", &[up.down]))
-        .start()?;
+        .cluster(Cluster::static_hosts("down", &[up.down]));
+    // MESHWASM_CONFORMANCE_ENVOY_LOG=router:debug,http:debug prints Envoy's log for those components.
+    let debug_log = std::env::var("MESHWASM_CONFORMANCE_ENVOY_LOG").ok();
+    let mut envoy = envoy;
+    if let Some(c) = &debug_log {
+        envoy.component_log_level = Some(format!("wasm:debug,{c}"));
+    }
+    let envoy = envoy.start()?;
     let addr = envoy.listener_addr("main");
     let mut requests = Vec::new();
     for r in &s.requests {
@@ -397,6 +403,9 @@ pub fn run_envoy(s: &Scenario) -> Result<Run> {
         });
         let upstream = (up.backend.request_count() > before_up).then(|| up.backend.last_request()).flatten();
         requests.push(envoy_observation(&resp, upstream.as_ref(), &lines));
+    }
+    if debug_log.is_some() {
+        eprintln!("== Envoy log of scenario {}:\n{}", s.name, envoy.logs());
     }
     if !s.settle.is_zero() {
         std::thread::sleep(s.settle);
