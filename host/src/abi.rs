@@ -208,8 +208,9 @@ fn with_map<R>(c: &mut C<'_>, map: u32, f: impl FnOnce(&mut Headers) -> R) -> st
 
 const XFP: &[u8] = b"x-forwarded-proto";
 
-/// Records whether a filter dropped `x-forwarded-proto` from the request headers (map 0), which Envoy
-/// always has there, so the route lookup at the end of the chain fails as in Envoy.
+/// Records whether a filter dropped `x-forwarded-proto` from the request headers (map 0; Envoy always
+/// has it there, see `ProxyBuilder::forwarded_proto`), so the route lookup at the end of the chain fails
+/// as in Envoy.
 fn track_forwarded_proto(c: &C<'_>, map: u32, key: &[u8], dropped: bool) {
     if map != 0 || key != XFP {
         return;
@@ -319,9 +320,10 @@ fn add_headers(l: &mut Linker<VmState>) -> Result<()> {
             let Some(pairs) = deserialize_pairs(&bytes) else { return Ok(BAD_ARGUMENT) };
             let pairs: Vec<_> = pairs.into_iter().map(|(k, v)| (lower(&k), v)).collect();
             let has_xfp = pairs.iter().any(|(k, _)| k.as_slice() == XFP);
-            match with_map(&mut c, map, |m| *m.pairs_mut() = pairs) {
-                Ok(()) => {
-                    track_forwarded_proto(&c, map, b"x-forwarded-proto", !has_xfp);
+            match with_map(&mut c, map, |m| std::mem::replace(m.pairs_mut(), pairs)) {
+                Ok(old) => {
+                    let had_xfp = old.iter().any(|(k, _)| k.as_slice() == XFP);
+                    track_forwarded_proto(&c, map, XFP, had_xfp && !has_xfp);
                     Ok(OK)
                 }
                 Err(()) => Ok(BAD_ARGUMENT),
@@ -394,9 +396,15 @@ fn add_headers(l: &mut Linker<VmState>) -> Result<()> {
         |mut c: C<'_>, map: u32, kp: u32, kl: u32| -> Result<u32> {
             guard(&c, "proxy_remove_header_map_value")?;
             let key = lower(&tri!(read(&c, kp, kl)));
-            match with_map(&mut c, map, |m| m.remove(&key)) {
-                Ok(()) => {
-                    track_forwarded_proto(&c, map, &key, true);
+            match with_map(&mut c, map, |m| {
+                let had = m.pairs().iter().any(|(k, _)| *k == key);
+                m.remove(&key);
+                had
+            }) {
+                Ok(had) => {
+                    if had {
+                        track_forwarded_proto(&c, map, &key, true);
+                    }
                     Ok(OK)
                 }
                 Err(()) => Ok(BAD_ARGUMENT),

@@ -28,6 +28,7 @@ pub struct ProxyBuilder {
     buffer_limit: usize,
     start_time: SystemTime,
     split_body_end: bool,
+    forwarded_proto: bool,
     main_thread: bool,
     process: Option<Arc<Process>>,
 }
@@ -108,6 +109,15 @@ impl ProxyBuilder {
         self
     }
 
+    /// Whether requests without `x-forwarded-proto` get `x-forwarded-proto: http` before the filters, as
+    /// Envoy's connection manager adds it (default false: filters see the request as sent). With it,
+    /// a filter that drops the header leaves the request without a route, as in Envoy: 404
+    /// `route_not_found` at the end of the chain.
+    pub fn forwarded_proto(mut self, on: bool) -> Self {
+        self.forwarded_proto = on;
+        self
+    }
+
     /// Shares Envoy's process-wide state with another proxy: shared data (per vm_id), shared queues and
     /// metrics, as several listeners/filter chains of one Envoy do. Each proxy keeps its own logs,
     /// clock, workers and http calls. A queue's `on_queue_ready` goes to the registering root context,
@@ -132,6 +142,7 @@ impl ProxyBuilder {
             foreign: self.foreign.clone(),
             buffer_limit: self.buffer_limit,
             split_body_end: self.split_body_end,
+            forwarded_proto: self.forwarded_proto,
             process: self.process.clone().unwrap_or_default(),
             // One more slot for the main thread (see `main_thread`).
             notify: (0..=self.workers).map(|_| Default::default()).collect(),
@@ -264,6 +275,7 @@ impl Proxy {
             policy: FailurePolicy::default(),
             buffer_limit: 1 << 20,
             split_body_end: true,
+            forwarded_proto: false,
             main_thread: false,
             process: None,
             start_time: SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_225_600),

@@ -137,6 +137,8 @@ pub(crate) struct Shared {
     pub(crate) buffer_limit: usize,
     /// HTTP/1.1 body ends: data with eos=false, then an empty eos=true.
     pub(crate) split_body_end: bool,
+    /// Add `x-forwarded-proto: http` to requests without it, as Envoy's connection manager does.
+    pub(crate) forwarded_proto: bool,
     /// Shared data, queues, metrics (possibly shared with other proxies).
     pub(crate) process: Arc<Process>,
     /// Per worker: pending queue notifications (vm index, root context, queue id).

@@ -312,6 +312,10 @@ impl Worker {
         let sid = StreamId { worker: self.index, id };
         let n = self.chain.len();
         let request_size = req.chunks.iter().map(|c| c.len() as u64).sum();
+        let mut req = req;
+        if self.shared.forwarded_proto && !req.headers.contains("x-forwarded-proto") {
+            req.headers.add("x-forwarded-proto", "http");
+        }
         let data = Arc::new(Mutex::new(StreamData {
             id: sid,
             req_headers: req.headers.clone(),

@@ -168,11 +168,21 @@ fn dropping_x_forwarded_proto_leaves_no_route_as_in_envoy() {
         (i32.const 0))
     "#,
     );
-    let mut proxy = Proxy::builder(&host).plugin(Plugin::new(m).name("dropper")).build().unwrap();
+    let mut proxy = Proxy::builder(&host)
+        .forwarded_proto(true)
+        .plugin(Plugin::new(m.clone()).name("dropper"))
+        .build()
+        .unwrap();
     let ex = proxy.send(0, Request::get("/"), UpstreamReply::new(200)).unwrap();
     assert_eq!(ex.status, 404);
     assert!(ex.upstream_request.is_none());
     assert_eq!(ex.local_reply.unwrap().details, "route_not_found");
+
+    // By default the host adds no x-forwarded-proto, so there is nothing to drop.
+    let mut proxy = Proxy::builder(&host).plugin(Plugin::new(m).name("dropper")).build().unwrap();
+    let ex = proxy.send(0, Request::get("/"), UpstreamReply::new(200)).unwrap();
+    assert_eq!(ex.status, 200);
+    assert!(ex.upstream_request.unwrap().headers.get("x-forwarded-proto").is_none());
 
     // Removing another header routes as usual.
     let m = load(
@@ -184,8 +194,8 @@ fn dropping_x_forwarded_proto_leaves_no_route_as_in_envoy() {
         (i32.const 0))
     "#,
     );
-    let mut proxy = Proxy::builder(&host).plugin(Plugin::new(m)).build().unwrap();
+    let mut proxy = Proxy::builder(&host).forwarded_proto(true).plugin(Plugin::new(m)).build().unwrap();
     let ex = proxy.send(0, Request::get("/").header("x-other", "1"), UpstreamReply::new(200)).unwrap();
     assert_eq!(ex.status, 200);
-    assert!(ex.upstream_request.is_some());
+    assert_eq!(ex.upstream_request.unwrap().headers.get("x-forwarded-proto"), Some("http"));
 }

@@ -468,6 +468,7 @@ pub fn run_host(s: &Scenario) -> Result<Run> {
     let mut b = Proxy::builder(host)
         .workers(1)
         .main_thread(true)
+        .forwarded_proto(true)
         .upstream("backend", Upstream::forward(up.backend.addr()))
         .upstream("callout", Upstream::forward(up.callout.addr()))
         .upstream("slow", Upstream::handler(|_| CallReply::no_answer()))
