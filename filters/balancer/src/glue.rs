@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use meshwasm_endpoints::{EndpointSet, NOTIFY_QUEUE_PREFIX, SUBSCRIBERS_KEY, Subscribers, set_key};
+use meshwasm_endpoints::{
+    EndpointSet, QUEUE_SEQ_KEY, SUBSCRIBERS_KEY, Subscribers, notify_queue_name, set_key,
+};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType, Status};
@@ -16,8 +18,6 @@ use crate::hash::xxh64;
 use crate::request::{RequestView, key_hash, service_name};
 use crate::service::{Event, Outcome, Picked, ServiceBalancer};
 
-/// Shared-data key of the counter that makes notify-queue names unique per VM.
-const QUEUE_SEQ_KEY: &str = "meshwasm.balancer.v1.queue_seq";
 /// Envoy response flags that mean the upstream failed: UT, UR, UF, UC.
 const UPSTREAM_FAILURE_FLAGS: u64 = 0x4 | 0x10 | 0x20 | 0x40;
 
@@ -176,7 +176,7 @@ impl Root {
                     );
                     return;
                 };
-                let name = format!("{NOTIFY_QUEUE_PREFIX}balancer.{seq}");
+                let name = notify_queue_name(seq);
                 match hostcalls::register_shared_queue(&name) {
                     Ok(id) => {
                         self.queue = Some(id);

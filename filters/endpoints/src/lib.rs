@@ -4,13 +4,21 @@
 //! shared data (which Envoy keys by `vm_id`). This crate holds the contract between them and nothing else:
 //!
 //! - [`EndpointSet`]: one service's endpoints with a monotonically increasing `version`, encoded as compact
-//!   JSON (short keys, empty fields omitted) under the shared-data key [`set_key`]`(service)`.
+//!   JSON (short keys, empty fields omitted) under the shared-data key [`set_key`]`(service)`. Publishers
+//!   write the endpoints sorted by address with no duplicate addresses (the first entry for an address
+//!   wins), so readers may binary-search by address and compare sets element-wise.
 //! - [`SERVICES_KEY`]: the list of service names discovery publishes (a JSON array of strings).
-//! - Change notification: every balancer VM registers its own shared queue (a queue is consumed by one VM, so
-//!   one queue per VM is the only way to broadcast), named with [`NOTIFY_QUEUE_PREFIX`] plus a unique suffix,
-//!   and adds that name to the subscriber list under [`SUBSCRIBERS_KEY`] (CAS-updated, [`Subscribers`]).
-//!   After publishing a new set, the publisher enqueues the service name on each subscriber queue. Readers
-//!   still re-check versions on a slow tick, so a lost notification only delays an update.
+//! - Change notification: every subscriber VM registers its own shared queue (a queue is consumed by one VM,
+//!   so one queue per VM is the only way to broadcast), named [`notify_queue_name`]`(seq)` where `seq` comes
+//!   from CAS-incrementing the decimal counter under [`QUEUE_SEQ_KEY`], and adds that name to the subscriber
+//!   list under [`SUBSCRIBERS_KEY`] (CAS-updated, [`Subscribers::add`]). After publishing a new set, the
+//!   publisher enqueues the service name on each subscriber queue, resolving each name with
+//!   `resolve_shared_queue(vm_id, name)` where `vm_id` is the publisher's own `plugin_vm_id` property (queues
+//!   are keyed by vm_id, like shared data, so both plugins must share one). A listed queue that does not
+//!   resolve (NOT_FOUND: its VM was reloaded or destroyed) or refuses the message is dead: the publisher
+//!   removes it from the list with a CAS update ([`Subscribers::prune`]), retrying on CAS mismatch so that
+//!   concurrent additions are never lost. Readers still re-check versions on a slow tick, so a lost
+//!   notification only delays an update.
 //!
 //! ```
 //! use meshwasm_endpoints::{Endpoint, EndpointSet};
@@ -34,6 +42,13 @@ pub const SERVICES_KEY: &str = "meshwasm.endpoints.v1.services";
 pub const SUBSCRIBERS_KEY: &str = "meshwasm.endpoints.v1.subscribers";
 /// Prefix of each subscriber VM's shared-queue name.
 pub const NOTIFY_QUEUE_PREFIX: &str = "meshwasm.endpoints.v1.notify.";
+/// Shared-data key of the decimal counter subscribers CAS-increment to get a unique [`notify_queue_name`].
+pub const QUEUE_SEQ_KEY: &str = "meshwasm.endpoints.v1.queue_seq";
+
+/// Name of the notify queue a subscriber registers after drawing `seq` from [`QUEUE_SEQ_KEY`].
+pub fn notify_queue_name(seq: u64) -> String {
+    format!("{NOTIFY_QUEUE_PREFIX}{seq}")
+}
 
 /// Shared-data key under which the endpoint set of `service` is published.
 pub fn set_key(service: &str) -> String {
@@ -140,6 +155,20 @@ impl Subscribers {
         self.0.push(queue.to_owned());
         true
     }
+
+    /// Removes `queue` if present; returns whether the list changed.
+    pub fn remove(&mut self, queue: &str) -> bool {
+        let before = self.0.len();
+        self.0.retain(|q| q != queue);
+        self.0.len() != before
+    }
+
+    /// Removes every queue named in `dead`, keeping the others in order; returns whether the list changed.
+    pub fn prune(&mut self, dead: &[String]) -> bool {
+        let before = self.0.len();
+        self.0.retain(|q| !dead.contains(q));
+        self.0.len() != before
+    }
 }
 
 #[cfg(test)]
@@ -183,5 +212,25 @@ mod tests {
         assert!(s.add("q1"));
         assert!(!s.add("q1"));
         assert_eq!(Subscribers::decode(&s.encode()).unwrap(), s);
+    }
+
+    #[test]
+    fn subscribers_remove_and_prune_keep_the_rest() {
+        let mut s = Subscribers(vec!["q1".into(), "q2".into(), "q3".into(), "q4".into()]);
+        assert!(s.remove("q2"));
+        assert!(!s.remove("q2"));
+        assert_eq!(s.0, ["q1", "q3", "q4"]);
+        assert!(s.prune(&["q4".into(), "q1".into(), "never-listed".into()]));
+        assert_eq!(s.0, ["q3"]);
+        assert!(!s.prune(&["q1".into()]));
+        assert!(!s.prune(&[]));
+        assert_eq!(s.0, ["q3"]);
+    }
+
+    #[test]
+    fn queue_names_are_unique_per_seq_and_prefixed() {
+        assert_eq!(notify_queue_name(7), "meshwasm.endpoints.v1.notify.7");
+        assert_ne!(notify_queue_name(1), notify_queue_name(11));
+        assert!(notify_queue_name(u64::MAX).starts_with(NOTIFY_QUEUE_PREFIX));
     }
 }
