@@ -208,6 +208,10 @@ pub struct RuleConfig {
     /// A request without any token passes (a present but invalid token is still refused).
     #[serde(default)]
     pub allow_missing: bool,
+    /// As Envoy jwt_authn's requirement of the same name: the request passes whether the token is
+    /// missing or fails verification; a token that verifies still gets its claim headers.
+    #[serde(default)]
+    pub allow_missing_or_failed: bool,
     /// Scopes the token must carry (all of them), from `scope` or `scp`.
     #[serde(default)]
     pub scopes: Vec<String>,
@@ -318,6 +322,7 @@ pub struct RulePlan {
     pub providers: Vec<usize>,
     pub mode: Mode,
     pub allow_missing: bool,
+    pub allow_missing_or_failed: bool,
     pub scopes: Vec<String>,
     pub claims: Vec<ClaimMatch>,
 }
@@ -635,8 +640,20 @@ fn build_rule(ctx: &str, r: &RuleConfig, providers: &[ProviderPlan]) -> Result<R
             None => return err(format!("{ctx}.requires: unknown provider `{n}`")),
         }
     }
-    if idx.is_empty() && (!r.scopes.is_empty() || !r.claims.is_empty() || r.allow_missing) {
-        return err(format!("{ctx}: scopes, claims and allow_missing need requires_any or requires_all"));
+    if idx.is_empty()
+        && (!r.scopes.is_empty() || !r.claims.is_empty() || r.allow_missing || r.allow_missing_or_failed)
+    {
+        return err(format!(
+            "{ctx}: scopes, claims, allow_missing and allow_missing_or_failed need requires_any or requires_all"
+        ));
+    }
+    // Any client can send a garbage token to pass such a rule, so scope/claim checks there would be
+    // an illusion of authorization: refuse the combination instead of silently weakening it.
+    if r.allow_missing_or_failed && (!r.scopes.is_empty() || !r.claims.is_empty()) {
+        return err(format!(
+            "{ctx}: allow_missing_or_failed cannot be combined with scopes or claims (an invalid token \
+             would skip them); check claims upstream from the claim headers"
+        ));
     }
     let mut claims = Vec::new();
     for (i, c) in r.claims.iter().enumerate() {
@@ -666,6 +683,7 @@ fn build_rule(ctx: &str, r: &RuleConfig, providers: &[ProviderPlan]) -> Result<R
         providers: idx,
         mode,
         allow_missing: r.allow_missing,
+        allow_missing_or_failed: r.allow_missing_or_failed,
         scopes: r.scopes.clone(),
         claims,
     })
@@ -720,6 +738,43 @@ mod tests {
             "rules":[{"match":{"prefix":"/"},"requires_any":["q"]}]}"#;
         let e = Plan::from_json(bad_rule.as_bytes()).unwrap_err();
         assert!(e.0.contains("rules[0].requires: unknown provider `q`"), "{e}");
+    }
+
+    #[test]
+    fn allow_missing_or_failed_is_parsed_and_checked() {
+        let base = r#"{"providers":{"p":{"remote_jwks":{"cluster":"c","uri":"https://h/j"}}},"rules":["#;
+        let plan = Plan::from_json(
+            format!(
+                r#"{base}{{"match":{{"prefix":"/"}},"requires_any":["p"],"allow_missing_or_failed":true}}]}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        assert!(plan.rules[0].allow_missing_or_failed && !plan.rules[0].allow_missing);
+        let e = Plan::from_json(
+            format!(r#"{base}{{"match":{{"prefix":"/"}},"allow_missing_or_failed":true}}]}}"#).as_bytes(),
+        )
+        .unwrap_err();
+        assert!(
+            e.0.contains("rules[0]: scopes, claims, allow_missing and allow_missing_or_failed need"),
+            "{e}"
+        );
+        let e = Plan::from_json(
+            format!(
+                r#"{base}{{"match":{{"prefix":"/"}},"requires_any":["p"],"allow_missing_or_failed":true,"scopes":["a"]}}]}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap_err();
+        assert!(e.0.contains("rules[0]: allow_missing_or_failed cannot be combined with scopes"), "{e}");
+        let e = Plan::from_json(
+            format!(
+                r#"{base}{{"match":{{"prefix":"/"}},"requires_any":["p"],"allow_missing_or_failed":1}}]}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap_err();
+        assert!(e.0.contains("invalid type"), "{e}");
     }
 
     #[test]

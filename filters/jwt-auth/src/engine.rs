@@ -46,8 +46,15 @@ pub type IntroResult = Result<Rc<Introspection>, IntrospectionError>;
 pub enum Outcome {
     /// No rule applies (or a CORS preflight): continue unchanged.
     Pass,
-    /// Continue after removing and setting these headers.
-    Allow { remove: Vec<String>, set: Vec<(String, String)> },
+    /// Continue after removing and setting these headers, rewriting `:path` to `path` when set (a
+    /// token query parameter removed) and removing the `strip_cookies` cookies from every `cookie`
+    /// header (see [`strip_cookie_headers`]).
+    Allow {
+        remove: Vec<String>,
+        set: Vec<(String, String)>,
+        path: Option<String>,
+        strip_cookies: Vec<String>,
+    },
     /// Send a local reply.
     Deny { status: u32, www_authenticate: Option<String>, reason: &'static str, detail: String },
     /// Pause until these providers' keys change (bounded by `key_wait_timeout_ms`).
@@ -132,9 +139,10 @@ pub fn extract(source: &Source, req: &Request<'_>) -> Option<String> {
         }
         Source::Param(name) => {
             let (_, q) = req.path.split_once('?')?;
+            let q = q.split_once('#').map_or(q, |(q, _)| q);
             q.split('&').find_map(|kv| {
                 let (k, v) = kv.split_once('=')?;
-                if k == name { percent_decode(v).and_then(|v| clean_token(&v)) } else { None }
+                if param_name_is(k, name) { percent_decode(v).and_then(|v| clean_token(&v)) } else { None }
             })
         }
         Source::Cookie(name) => {
@@ -146,6 +154,79 @@ pub fn extract(source: &Source, req: &Request<'_>) -> Option<String> {
             })
         }
     }
+}
+
+/// Whether a raw (possibly percent-encoded) query parameter name is `name`, as the upstream would
+/// decode it.
+fn param_name_is(raw: &str, name: &str) -> bool {
+    raw == name || (raw.contains(['%', '+']) && percent_decode(raw).is_some_and(|d| d == name))
+}
+
+/// `path` without any `name` query parameter (every occurrence, whatever its value, also without `=`
+/// or with a percent-encoded name), the other parameters kept byte for byte and in order, the `?`
+/// dropped when none is left, a `#fragment` kept. `None` when the path has no such parameter.
+pub fn strip_query_param(path: &str, name: &str) -> Option<String> {
+    let (base, rest) = path.split_once('?')?;
+    let (query, fragment) = match rest.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (rest, None),
+    };
+    let is_token = |kv: &str| param_name_is(kv.split_once('=').map_or(kv, |(k, _)| k), name);
+    if !query.split('&').any(is_token) {
+        return None;
+    }
+    let kept: Vec<&str> = query.split('&').filter(|kv| !is_token(kv)).collect();
+    let mut out = String::with_capacity(path.len());
+    out.push_str(base);
+    // Empty segments (`a=1&&b=2`) are kept as they were, unless nothing else is left.
+    if kept.iter().any(|kv| !kv.is_empty()) {
+        out.push('?');
+        out.push_str(&kept.join("&"));
+    }
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    Some(out)
+}
+
+/// One `cookie` header value without the `names` cookies, the others kept as written (joined with
+/// `; `). `None` when it has none of them; `Some("")` when nothing is left.
+pub fn strip_cookie_value(value: &str, names: &[String]) -> Option<String> {
+    let is_token = |kv: &str| {
+        let k = kv.split_once('=').map_or(kv, |(k, _)| k).trim();
+        names.iter().any(|n| n == k)
+    };
+    if !value.split(';').any(is_token) {
+        return None;
+    }
+    let kept: Vec<&str> =
+        value.split(';').filter(|kv| !is_token(kv)).map(str::trim).filter(|kv| !kv.is_empty()).collect();
+    Some(kept.join("; "))
+}
+
+/// The `cookie` header values to send upstream once the `names` cookies are removed from each (an
+/// HTTP/2 client may send several `cookie` headers); values left empty are dropped. `None` when no
+/// header carried such a cookie (leave the headers alone).
+pub fn strip_cookie_headers(values: &[&[u8]], names: &[String]) -> Option<Vec<Vec<u8>>> {
+    if names.is_empty() {
+        return None;
+    }
+    let mut changed = false;
+    let mut out = Vec::with_capacity(values.len());
+    for v in values {
+        // A header that is not UTF-8 cannot hold a cookie we extracted; keep it as it is.
+        match std::str::from_utf8(v).ok().and_then(|s| strip_cookie_value(s, names)) {
+            Some(rest) => {
+                changed = true;
+                if !rest.is_empty() {
+                    out.push(rest.into_bytes());
+                }
+            }
+            None => out.push(v.to_vec()),
+        }
+    }
+    changed.then_some(out)
 }
 
 /// Walks a claim path (`a.b.c`) through nested objects.
@@ -277,24 +358,22 @@ pub fn evaluate(
         return Outcome::Pass;
     }
 
-    // (provider, token, source header name if it came from a header)
-    let mut found: Vec<(usize, String, Option<&str>)> = Vec::new();
+    // (provider, token, where it came from)
+    let mut found: Vec<(usize, String, &Source)> = Vec::new();
     for &pi in &rule.providers {
         let p = &plan.providers[pi];
         for s in &p.sources {
             if let Some(t) = extract(s, req) {
-                let hname = match s {
-                    Source::Header { name, .. } => Some(name.as_str()),
-                    _ => None,
-                };
-                found.push((pi, t, hname));
+                found.push((pi, t, s));
                 break;
             }
         }
     }
+    let pass_unverified =
+        || Outcome::Allow { remove: Vec::new(), set: Vec::new(), path: None, strip_cookies: Vec::new() };
     if found.is_empty() {
-        if rule.allow_missing {
-            return Outcome::Allow { remove: Vec::new(), set: Vec::new() };
+        if rule.allow_missing || rule.allow_missing_or_failed {
+            return pass_unverified();
         }
         return Outcome::Deny {
             status: 401,
@@ -304,7 +383,7 @@ pub fn evaluate(
         };
     }
 
-    let mut results: Vec<(usize, Attempt, Option<&str>)> = Vec::with_capacity(found.len());
+    let mut results: Vec<(usize, Attempt, &Source)> = Vec::with_capacity(found.len());
     for (pi, token, hname) in &found {
         let p = &plan.providers[*pi];
         if let Some(icfg) = &p.introspection
@@ -363,7 +442,7 @@ pub fn evaluate(
 
     let waiting: Vec<usize> =
         results.iter().filter(|(_, a, _)| matches!(a, Attempt::Wait)).map(|(pi, _, _)| *pi).collect();
-    let ok: Vec<(usize, Rc<Verified>, Option<&str>)> = results
+    let ok: Vec<(usize, Rc<Verified>, &Source)> = results
         .iter()
         .filter_map(|(pi, a, h)| match a {
             Attempt::Ok(v) => Some((*pi, v.clone(), *h)),
@@ -383,11 +462,14 @@ pub fn evaluate(
         _ => None,
     });
 
-    let accepted: Vec<(usize, Rc<Verified>, Option<&str>)> = match rule.mode {
+    let accepted: Vec<(usize, Rc<Verified>, &Source)> = match rule.mode {
         Mode::Any => {
             if ok.is_empty() {
                 if !waiting.is_empty() {
                     return Outcome::Wait { providers: waiting };
+                }
+                if rule.allow_missing_or_failed {
+                    return pass_unverified();
                 }
                 if let Some(e) = first_err {
                     return deny_invalid(plan, &e);
@@ -403,11 +485,17 @@ pub fn evaluate(
             ok.into_iter().take(1).collect()
         }
         Mode::All => {
-            if let Some(e) = first_err {
+            if !rule.allow_missing_or_failed
+                && let Some(e) = first_err
+            {
                 return deny_invalid(plan, &e);
             }
             if !waiting.is_empty() {
                 return Outcome::Wait { providers: waiting };
+            }
+            if rule.allow_missing_or_failed {
+                // Whatever verified is forwarded with its claims; the rest is not vouched for.
+                return allow(plan, req, &ok);
             }
             if let Some(pi) = unavailable {
                 return deny_unavailable(&plan.providers[pi].name);
@@ -461,15 +549,36 @@ pub fn evaluate(
         }
     }
 
+    allow(plan, req, &accepted)
+}
+
+/// The Allow outcome for these verified tokens: claim and payload headers set, and (unless the
+/// provider forwards it) each token removed from where it came from.
+fn allow(plan: &Plan, req: &Request<'_>, accepted: &[(usize, Rc<Verified>, &Source)]) -> Outcome {
     let mut remove = Vec::new();
     let mut set = Vec::new();
-    for (pi, v, hname) in &accepted {
+    let mut path: Option<String> = None;
+    let mut strip_cookies: Vec<String> = Vec::new();
+    for (pi, v, source) in accepted {
         let p = &plan.providers[*pi];
-        if !p.forward
-            && let Some(h) = hname
-            && !remove.iter().any(|x: &String| x == h)
-        {
-            remove.push((*h).to_string());
+        if !p.forward {
+            match source {
+                Source::Header { name, .. } => {
+                    if !remove.iter().any(|x: &String| x == name) {
+                        remove.push(name.clone());
+                    }
+                }
+                Source::Param(name) => {
+                    if let Some(stripped) = strip_query_param(path.as_deref().unwrap_or(req.path), name) {
+                        path = Some(stripped);
+                    }
+                }
+                Source::Cookie(name) => {
+                    if !strip_cookies.contains(name) {
+                        strip_cookies.push(name.clone());
+                    }
+                }
+            }
         }
         if let Some(h) = &p.payload_header {
             set.push((h.clone(), v.payload_b64.clone()));
@@ -480,7 +589,7 @@ pub fn evaluate(
             }
         }
     }
-    Outcome::Allow { remove, set }
+    Outcome::Allow { remove, set, path, strip_cookies }
 }
 
 #[cfg(test)]
@@ -584,7 +693,7 @@ mod tests {
         let t = mint(claims());
         let auth = format!("Bearer {t}");
         let (o, c) = run(&p, &mut k, &mut cache, "GET", "/x", &[("authorization", &auth)]);
-        let Outcome::Allow { remove, set } = o else { panic!("{o:?}") };
+        let Outcome::Allow { remove, set, .. } = o else { panic!("{o:?}") };
         assert_eq!(remove, vec!["authorization".to_string()]);
         let get = |h: &str| set.iter().find(|(k, _)| k == h).map(|(_, v)| v.as_str());
         assert_eq!(get("x-sub"), Some("alice"));
@@ -748,5 +857,139 @@ mod tests {
             call(&mut k),
             Outcome::Deny { status: 503, reason: "introspection_unavailable", .. }
         ));
+    }
+
+    #[test]
+    fn strip_query_param_edge_cases() {
+        let s = |p: &str| strip_query_param(p, "access_token");
+        assert_eq!(s("/x?access_token=t"), Some("/x".into()), "the ? goes when nothing is left");
+        assert_eq!(
+            s("/x?a=1&access_token=t&b=%2F+2"),
+            Some("/x?a=1&b=%2F+2".into()),
+            "order and encoding kept"
+        );
+        assert_eq!(s("/x?access_token=t&a=1&access_token=u"), Some("/x?a=1".into()), "repeated: all removed");
+        assert_eq!(s("/x?%61ccess_token=t&a=1"), Some("/x?a=1".into()), "percent-encoded name");
+        assert_eq!(s("/x?access%5Ftoken=t"), Some("/x".into()));
+        assert_eq!(s("/x?a=1&access_token=&b="), Some("/x?a=1&b=".into()), "empty values");
+        assert_eq!(s("/x?access_token&a"), Some("/x?a".into()), "name without =");
+        assert_eq!(s("/x?a=1&access_token=t#frag"), Some("/x?a=1#frag".into()), "fragment kept");
+        assert_eq!(s("/x?access_token=t#f?access_token=u"), Some("/x#f?access_token=u".into()));
+        assert_eq!(s("/x?a=1&&b=2&access_token=t"), Some("/x?a=1&&b=2".into()));
+        assert_eq!(s("/x?&access_token=t"), Some("/x".into()));
+        assert_eq!(s("/x?a=1&my_access_token=t&access_tokens=u"), None, "other names untouched");
+        assert_eq!(s("/x?a=access_token"), None, "a value equal to the name is not the parameter");
+        assert_eq!(s("/x"), None);
+        assert_eq!(s("/x#access_token=t"), None, "a fragment is not a query");
+        assert_eq!(s("/x?a=%zz&access_token=t"), Some("/x?a=%zz".into()), "bad encodings elsewhere kept");
+    }
+
+    #[test]
+    fn strip_cookie_edge_cases() {
+        let names = vec!["at".to_string()];
+        let v = |c: &str| strip_cookie_value(c, &names);
+        assert_eq!(v("a=1; at=t; b=2"), Some("a=1; b=2".into()));
+        assert_eq!(v("at=t"), Some(String::new()));
+        assert_eq!(v("a=1;at=t;b=2"), Some("a=1; b=2".into()), "no spaces after ;");
+        assert_eq!(v("  at = t ;  a=1"), Some("a=1".into()), "spacing around the name");
+        assert_eq!(v("at=t; a=1; at=u"), Some("a=1".into()), "repeated cookie");
+        assert_eq!(v("at=; a="), Some("a=".into()), "empty values");
+        assert_eq!(v("a=1; b=at; xat=1; at2=t"), None, "other cookies untouched");
+        assert_eq!(v("a=1; b=2"), None);
+        let h = |vals: &[&str]| {
+            let b: Vec<&[u8]> = vals.iter().map(|v| v.as_bytes()).collect();
+            strip_cookie_headers(&b, &names)
+                .map(|o| o.into_iter().map(|v| String::from_utf8(v).unwrap()).collect::<Vec<_>>())
+        };
+        assert_eq!(h(&["a=1", "at=t", "b=2; at=u; c=3"]), Some(vec!["a=1".into(), "b=2; c=3".into()]));
+        assert_eq!(h(&["at=t"]), Some(vec![]), "no cookie left: the header goes");
+        assert_eq!(h(&["a=1", "b=2"]), None);
+        assert_eq!(h(&[]), None);
+        let bin: Vec<&[u8]> = vec![b"x=\xff", b"at=t; y=1"];
+        assert_eq!(strip_cookie_headers(&bin, &names), Some(vec![b"x=\xff".to_vec(), b"y=1".to_vec()]));
+        assert_eq!(strip_cookie_headers(&bin, &[]), None);
+    }
+
+    #[test]
+    fn tokens_from_params_and_cookies_are_not_forwarded() {
+        let p = default_plan();
+        let mut k = keys();
+        let t = mint(claims());
+        let path = format!("/x?a=1&access_token={t}&b=2");
+        let (o, _) = run(&p, &mut k, &mut TokenCache::new(0, 0), "GET", &path, &[]);
+        let Outcome::Allow { remove, path, strip_cookies, .. } = o else { panic!("{o:?}") };
+        assert!(remove.is_empty() && strip_cookies.is_empty());
+        assert_eq!(path.as_deref(), Some("/x?a=1&b=2"));
+        let (o, _) = run(
+            &p,
+            &mut k,
+            &mut TokenCache::new(0, 0),
+            "GET",
+            "/x?a=1",
+            &[("cookie", &format!("z=1; at={t}"))],
+        );
+        let Outcome::Allow { remove, path, strip_cookies, .. } = o else { panic!("{o:?}") };
+        assert!(remove.is_empty() && path.is_none());
+        assert_eq!(strip_cookies, vec!["at".to_string()]);
+        // A percent-encoded parameter name carries the token as well (the upstream decodes it).
+        let (o, _) =
+            run(&p, &mut k, &mut TokenCache::new(0, 0), "GET", &format!("/x?%61ccess_token={t}"), &[]);
+        let Outcome::Allow { path, .. } = o else { panic!("{o:?}") };
+        assert_eq!(path.as_deref(), Some("/x"));
+        // forward: true keeps it.
+        let fwd = Plan::from_json(
+            br#"{"providers":{"p":{"algorithms":["HS256"],"forward":true,"from_params":["access_token"],
+                "local_jwks":{"keys":[{"kty":"oct","kid":"h","k":"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY"}]}}},
+                "rules":[{"match":{"prefix":"/"},"requires_any":["p"]}]}"#,
+        )
+        .unwrap();
+        let (o, _) =
+            run(&fwd, &mut k, &mut TokenCache::new(0, 0), "GET", &format!("/x?access_token={t}"), &[]);
+        assert_eq!(o, Outcome::Allow { remove: vec![], set: vec![], path: None, strip_cookies: vec![] });
+    }
+
+    #[test]
+    fn allow_missing_or_failed() {
+        let p = plan(r#"[{"match":{"prefix":"/"},"requires_any":["p"],"allow_missing_or_failed":true}]"#);
+        let mut k = keys();
+        let none = Outcome::Allow { remove: vec![], set: vec![], path: None, strip_cookies: vec![] };
+        let (o, _) = run(&p, &mut k, &mut TokenCache::new(0, 0), "GET", "/x", &[]);
+        assert_eq!(o, none, "missing passes");
+        let (o, _) = run(
+            &p,
+            &mut k,
+            &mut TokenCache::new(0, 0),
+            "GET",
+            "/x?access_token=a.b.c",
+            &[("authorization", "Bearer x.y.z")],
+        );
+        assert_eq!(o, none, "invalid passes, without claims and with nothing vouched for");
+        let mut c = claims();
+        c["exp"] = (NOW - 1000).into();
+        let auth = format!("Bearer {}", mint(c));
+        let (o, _) = run(&p, &mut k, &mut TokenCache::new(0, 0), "GET", "/x", &[("authorization", &auth)]);
+        assert_eq!(o, none, "expired passes");
+        let auth = format!("Bearer {}", mint(claims()));
+        let (o, _) = run(&p, &mut k, &mut TokenCache::new(0, 0), "GET", "/x", &[("authorization", &auth)]);
+        let Outcome::Allow { remove, set, .. } = o else { panic!("{o:?}") };
+        assert_eq!(remove, vec!["authorization".to_string()]);
+        assert!(set.contains(&("x-sub".to_string(), "alice".to_string())), "a valid token still gets claims");
+        // Keys still loading: wait for them rather than pass unverified.
+        let mut loading = FakeKeys { set: None, loading: true, refetch_allowed: false, refetches: 0 };
+        let (o, _) =
+            run(&p, &mut loading, &mut TokenCache::new(0, 0), "GET", "/x", &[("authorization", &auth)]);
+        assert_eq!(o, Outcome::Wait { providers: vec![0] });
+        loading.loading = false;
+        let (o, _) =
+            run(&p, &mut loading, &mut TokenCache::new(0, 0), "GET", "/x", &[("authorization", &auth)]);
+        assert_eq!(o, none, "keys unavailable: passes unverified");
+        // requires_all: what verifies is applied, the rest ignored.
+        let p = plan(r#"[{"match":{"prefix":"/"},"requires_all":["p"],"allow_missing_or_failed":true}]"#);
+        let (o, _) =
+            run(&p, &mut k, &mut TokenCache::new(0, 0), "GET", "/x", &[("authorization", "Bearer x.y.z")]);
+        assert_eq!(o, none);
+        let (o, _) = run(&p, &mut k, &mut TokenCache::new(0, 0), "GET", "/x", &[("authorization", &auth)]);
+        let Outcome::Allow { set, .. } = o else { panic!("{o:?}") };
+        assert!(set.contains(&("x-sub".to_string(), "alice".to_string())));
     }
 }

@@ -18,7 +18,9 @@ use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
 
 use crate::cache::TokenCache;
 use crate::config::Plan;
-use crate::engine::{Counters, IntroResult, KeyAccess, Keys, Outcome, Request, evaluate};
+use crate::engine::{
+    Counters, IntroResult, KeyAccess, Keys, Outcome, Request, evaluate, strip_cookie_headers,
+};
 use crate::introspection::{
     IntrospectionCache, IntrospectionConfig, IntrospectionError, build_request, check_body_size,
     parse_response, token_key, token_log_id,
@@ -198,6 +200,18 @@ impl KeyAccess for Access<'_> {
     }
 }
 
+/// Rewrites every `cookie` request header without the token cookies (removing those left empty).
+fn strip_cookies_upstream(names: &[String]) {
+    let Ok(all) = hostcalls::get_map_bytes(MapType::HttpRequestHeaders) else { return };
+    let values: Vec<&[u8]> =
+        all.iter().filter(|(k, _)| k.eq_ignore_ascii_case("cookie")).map(|(_, v)| v.as_slice()).collect();
+    let Some(kept) = strip_cookie_headers(&values, names) else { return };
+    let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, "cookie");
+    for v in &kept {
+        let _ = hostcalls::add_map_value_bytes(MapType::HttpRequestHeaders, "cookie", v);
+    }
+}
+
 fn header_bytes(name: &str) -> Option<Vec<u8>> {
     hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten()
 }
@@ -225,9 +239,15 @@ impl Worker {
         self.metrics.inc("verifications", counters.verifications);
         match &outcome {
             Outcome::Pass => self.metrics.inc("passed", 1),
-            Outcome::Allow { remove, set } => {
+            Outcome::Allow { remove, set, path: new_path, strip_cookies } => {
                 for h in remove {
                     let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, h);
+                }
+                if let Some(p) = new_path {
+                    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, ":path", Some(p));
+                }
+                if !strip_cookies.is_empty() {
+                    strip_cookies_upstream(strip_cookies);
                 }
                 for (h, v) in set {
                     let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, h, Some(v));
@@ -240,7 +260,8 @@ impl Worker {
                 log(
                     level,
                     &format!(
-                        "meshwasm jwt-auth: ctx {context_id}: {status} {reason}: {detail} (path {path})"
+                        "meshwasm jwt-auth: ctx {context_id}: {status} {reason}: {detail} (path {})",
+                        path.split_once('?').map_or(&*path, |(p, _)| p)
                     ),
                 );
                 let mut headers = vec![("content-type", "text/plain")];
