@@ -416,3 +416,141 @@ fn a_lying_verify_signature_fails_the_self_test_and_is_not_used() {
         .unwrap();
     assert_eq!(ex.status, 401, "the pure-Rust path refuses the forged signature");
 }
+
+/// A proxy with `config` (JSON) in front of `idp`, keys loaded.
+fn proxy_with(idp: &Idp, config: &Value) -> Proxy {
+    let host = Host::new(HostOptions::default()).unwrap();
+    let module = host.load(artifacts::wasm_path("meshwasm_jwt_auth")).unwrap();
+    let mut p = Proxy::builder(&host)
+        .workers(1)
+        .start_time(SystemTime::now())
+        .plugin(Plugin::new(module).name("jwt").vm_id("jwt").config(config.to_string().as_bytes()))
+        .upstream("idp", idp.upstream())
+        .build()
+        .unwrap();
+    p.advance(Duration::from_millis(300));
+    p
+}
+
+fn provider(extra: Value) -> Value {
+    let mut p = json!({
+        "issuer": ISS, "audiences": ["api"], "algorithms": ["ES256"],
+        "remote_jwks": {"cluster": "idp", "uri": "https://idp.test/jwks"},
+        "claim_to_headers": [{"header": "x-sub", "claim": "sub"}],
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        p[k] = v.clone();
+    }
+    p
+}
+
+#[test]
+fn query_and_cookie_tokens_are_not_forwarded_upstream() {
+    let s = Signer::ec("ec1.pem", "e1");
+    let idp = Idp::new(jwks(&[&s]));
+    let cfg = json!({
+        "providers": {
+            "idp": provider(json!({"from_params": ["access_token"], "from_cookies": ["at"]})),
+            "keep": provider(json!({"from_params": ["kept_token"], "forward": true})),
+        },
+        "rules": [
+            {"match": {"prefix": "/keep"}, "requires_any": ["keep"]},
+            {"match": {"prefix": "/"}, "requires_any": ["idp"]},
+        ],
+    });
+    let mut p = proxy_with(&idp, &cfg);
+    let tok = s.mint(&claims());
+
+    let ex = p
+        .send(0, Request::get(&format!("/x?a=%2F1&access_token={tok}&b=&a=2")), UpstreamReply::new(200))
+        .unwrap();
+    assert_eq!(ex.status, 200, "{:?}", ex.local_reply);
+    let up = ex.upstream_request.unwrap();
+    assert_eq!(
+        up.headers.get(":path"),
+        Some("/x?a=%2F1&b=&a=2"),
+        "token parameter removed, the rest as sent"
+    );
+    assert_eq!(up.headers.get("x-sub"), Some("alice"));
+
+    let ex = p.send(0, Request::get(&format!("/x?access_token={tok}")), UpstreamReply::new(200)).unwrap();
+    assert_eq!(ex.upstream_request.unwrap().headers.get(":path"), Some("/x"), "no `?` left behind");
+
+    let ex = p
+        .send(
+            0,
+            Request::get("/x?q=1").header("cookie", format!("a=1; at={tok}; b=2")).header("cookie", "c=3"),
+            UpstreamReply::new(200),
+        )
+        .unwrap();
+    assert_eq!(ex.status, 200, "{:?}", ex.local_reply);
+    let up = ex.upstream_request.unwrap();
+    assert_eq!(up.headers.get(":path"), Some("/x?q=1"));
+    let cookies: Vec<&[u8]> = up.headers.get_all("cookie");
+    assert_eq!(cookies, vec![&b"a=1; b=2"[..], &b"c=3"[..]], "token cookie removed, others kept");
+
+    let ex =
+        p.send(0, Request::get("/x").header("cookie", format!("at={tok}")), UpstreamReply::new(200)).unwrap();
+    assert_eq!(ex.status, 200);
+    assert!(ex.upstream_request.unwrap().headers.get_all("cookie").is_empty(), "empty cookie header removed");
+
+    // forward: true keeps the parameter.
+    let path = format!("/keep?kept_token={tok}");
+    let ex = p.send(0, Request::get(&path), UpstreamReply::new(200)).unwrap();
+    assert_eq!(ex.status, 200, "{:?}", ex.local_reply);
+    assert_eq!(ex.upstream_request.unwrap().headers.get(":path"), Some(path.as_str()));
+}
+
+#[test]
+fn allow_missing_or_failed_passes_but_only_vouches_for_verified_tokens() {
+    let s = Signer::ec("ec1.pem", "e1");
+    let idp = Idp::new(jwks(&[&s]));
+    let cfg = json!({
+        "providers": {"idp": provider(json!({}))},
+        "rules": [{"match": {"prefix": "/"}, "requires_any": ["idp"], "allow_missing_or_failed": true}],
+    });
+    let mut p = proxy_with(&idp, &cfg);
+
+    let ex = p.send(0, Request::get("/x").header("x-sub", "mallory"), UpstreamReply::new(200)).unwrap();
+    assert_eq!(ex.status, 200, "missing token passes: {:?}", ex.local_reply);
+    assert_eq!(
+        ex.upstream_request.unwrap().headers.get("x-sub"),
+        None,
+        "client copy of a claim header removed"
+    );
+
+    let mut c = claims();
+    c["exp"] = json!(now() - 600);
+    // Expired, garbage, and a valid signature over another payload (sub swapped to mallory).
+    let good = s.mint(&claims());
+    let mut forged_claims = claims();
+    forged_claims["sub"] = json!("mallory");
+    let forged_payload = s.mint(&forged_claims).split('.').nth(1).unwrap().to_string();
+    let parts: Vec<&str> = good.split('.').collect();
+    let forged = format!("{}.{forged_payload}.{}", parts[0], parts[2]);
+    for bad in [s.mint(&c), "x.y.z".to_string(), forged] {
+        let ex = p
+            .send(
+                0,
+                Request::get("/x").header("authorization", bearer(&bad)).header("x-sub", "mallory"),
+                UpstreamReply::new(200),
+            )
+            .unwrap();
+        assert_eq!(ex.status, 200, "invalid token passes: {:?}", ex.local_reply);
+        let up = ex.upstream_request.unwrap();
+        assert_eq!(up.headers.get("x-sub"), None, "an invalid token is not vouched for");
+    }
+
+    let ex = p
+        .send(
+            0,
+            Request::get("/x").header("authorization", bearer(&s.mint(&claims()))).header("x-sub", "mallory"),
+            UpstreamReply::new(200),
+        )
+        .unwrap();
+    assert_eq!(ex.status, 200);
+    let up = ex.upstream_request.unwrap();
+    assert_eq!(up.headers.get_all("x-sub"), vec![&b"alice"[..]], "a valid token still sets its claims");
+    assert_eq!(up.headers.get("authorization"), None, "and is stripped (forward: false)");
+    assert!(p.metric("meshwasm_jwt_auth.denied.expired").is_none());
+}
