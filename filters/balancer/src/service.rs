@@ -226,8 +226,6 @@ impl ServiceBalancer {
         if len == 0 {
             return Err(NoHealthyUpstream);
         }
-        // Ring hash and Maglev tables hold endpoint indexes already; the others give candidate positions.
-        let mut direct = false;
         let pos = match &mut self.table {
             Table::Empty => None,
             Table::RoundRobin(rr) => Some(rr.pick(len)),
@@ -245,21 +243,16 @@ impl ServiceBalancer {
                 )
             }
             Table::Ring(r) => match hash {
-                Some(h) => {
-                    direct = true;
-                    r.pick(h)
-                }
+                Some(h) => r.pick(h),
                 None => Some(uniform(len, &mut self.rng)),
             },
             Table::Maglev(m) => match hash {
-                Some(h) => {
-                    direct = true;
-                    m.pick(h)
-                }
+                Some(h) => m.pick(h),
                 None => Some(uniform(len, &mut self.rng)),
             },
         };
-        let index = if direct { pos } else { pos.and_then(|p| self.candidates.get(p)).map(|&i| i as usize) };
+        // Every table is built over `candidates`, so its positions index that list, not the endpoints.
+        let index = pos.and_then(|p| self.candidates.get(p)).map(|&i| i as usize);
         let index = index.ok_or(NoHealthyUpstream)?;
         let address = self.addresses.get(index).ok_or(NoHealthyUpstream)?;
         // In-flight counts matter only to least request; other algorithms skip the extra memory access.

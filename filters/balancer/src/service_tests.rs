@@ -107,6 +107,35 @@ fn hash_algorithms_are_sticky_and_consistent() {
 }
 
 #[test]
+fn hash_algorithms_skip_ejected_endpoints_and_stay_sticky() {
+    for algorithm in [Algorithm::RingHash, Algorithm::Maglev] {
+        let mut b = balancer(algo(algorithm), &[1; 10]);
+        let keys: Vec<u64> = (0..2000u64).map(|k| crate::hash::xxh64(&k.to_le_bytes(), 0)).collect();
+        let before: Vec<SocketAddr> = keys.iter().map(|&h| b.pick(0, Some(h)).unwrap().address).collect();
+        // Eject endpoint 2 (a low index, so candidate positions after it shift by one).
+        let bad = addr(2);
+        let p = Picked { index: 2, address: bad, version: 1 };
+        for _ in 0..5 {
+            b.complete(&p, Outcome::Failure, 0);
+        }
+        assert!(b.is_ejected(bad), "{algorithm:?}");
+        let mut moved = 0;
+        for (&h, &was) in keys.iter().zip(&before) {
+            let picked = b.pick(0, Some(h)).unwrap();
+            assert_ne!(picked.address, bad, "{algorithm:?}: picked an ejected endpoint");
+            assert_eq!(b.endpoints()[picked.index].address, picked.address, "{algorithm:?}");
+            if was != bad && picked.address != was {
+                moved += 1;
+            }
+            assert_eq!(b.pick(0, Some(h)).unwrap().address, picked.address, "{algorithm:?}: sticky");
+        }
+        let removed_share = before.iter().filter(|&&a| a == bad).count();
+        assert!(removed_share > 0);
+        assert!(moved <= removed_share / 5, "{algorithm:?}: {moved} keys moved besides {removed_share}");
+    }
+}
+
+#[test]
 fn ejects_after_failures_and_returns_on_the_virtual_clock() {
     let mut b = balancer(algo(Algorithm::RoundRobin), &[1; 10]);
     let bad = addr(3);
