@@ -124,6 +124,11 @@ pub struct TokenSource {
 
 const CAS_ATTEMPTS: usize = 8;
 
+/// Longest token lifetime believed (1 day). The IdP's `expires_in` is any u64; beyond this the token is
+/// refreshed as if it lived a day, which keeps every deadline far from overflow and bounds how long a
+/// token revoked at the IdP keeps being sent.
+pub const MAX_LIFETIME_S: u64 = 86_400;
+
 impl TokenSource {
     /// `worker` must be unique among the proxy's workers (the glue takes it from a shared counter).
     pub fn new(plan: Rc<Plan>, worker: u64) -> TokenSource {
@@ -152,7 +157,7 @@ impl TokenSource {
     /// When this worker's in-flight request should have been answered by (the proxy enforces the
     /// timeout; this catches a response that never arrives, e.g. a cancelled call).
     pub fn fetch_overdue(&self, now_ms: u64) -> bool {
-        self.fetch_started_ms.is_some_and(|t| now_ms > t + self.lease_ms())
+        self.fetch_started_ms.is_some_and(|t| now_ms > t.saturating_add(self.lease_ms()))
     }
 
     fn lease_ms(&self) -> u64 {
@@ -215,7 +220,7 @@ impl TokenSource {
             {
                 return Poll { state: ready_or(State::Pending), start_fetch: false };
             }
-            rec.lease = Some(Lease { owner: self.worker, until_ms: now_ms + self.lease_ms() });
+            rec.lease = Some(Lease { owner: self.worker, until_ms: now_ms.saturating_add(self.lease_ms()) });
             match self.write(store, &rec, cas) {
                 Ok(()) | Err(StoreError::Unavailable) => {
                     // Without shared data each worker fetches for itself; still correct.
@@ -249,8 +254,10 @@ impl TokenSource {
             }
             match &result {
                 Ok(token) => {
-                    let lifetime_s =
-                        token.expires_in.unwrap_or(self.plan.config.refresh.default_expires_in_s);
+                    let lifetime_s = token
+                        .expires_in
+                        .unwrap_or(self.plan.config.refresh.default_expires_in_s)
+                        .min(MAX_LIFETIME_S);
                     let generation = rec
                         .token
                         .as_ref()
@@ -276,7 +283,7 @@ impl TokenSource {
                     self.failure_message = Rc::from(message.as_str());
                     rec.failure = Some(Failure {
                         at_ms: now_ms,
-                        retry_at_ms: now_ms + retry_in_ms,
+                        retry_at_ms: now_ms.saturating_add(retry_in_ms),
                         consecutive,
                         message,
                     });
@@ -334,9 +341,9 @@ impl TokenSource {
             access_token: access_token.to_owned(),
             generation,
             obtained_ms,
-            refresh_ms: obtained_ms + by_fraction.min(by_margin),
-            usable_until_ms: obtained_ms + life - margin,
-            expires_ms: obtained_ms + life,
+            refresh_ms: obtained_ms.saturating_add(by_fraction.min(by_margin)),
+            usable_until_ms: obtained_ms.saturating_add(life - margin),
+            expires_ms: obtained_ms.saturating_add(life),
         }
     }
 
@@ -724,6 +731,35 @@ mod tests {
         assert!(w2.poll(500, &mut s2).start_fetch);
         assert_eq!(w2.poll(899, &mut s2).state, ready("y"));
         assert_eq!(w2.poll(900, &mut s2).state, State::Pending);
+    }
+
+    #[test]
+    fn huge_expires_in_is_clamped_to_a_day() {
+        let p = plan(serde_json::json!({}));
+        let mut store = Mem::default();
+        let mut w = TokenSource::new(p, 1);
+        let start = 1_700_000_000_000;
+        w.poll(start, &mut store);
+        let rep = w.on_fetch_result(start, &mut store, token("big", u64::MAX));
+        assert!(matches!(rep, FetchReport::Obtained { lifetime_s: MAX_LIFETIME_S, .. }));
+        let rec: SharedRecord = serde_json::from_slice(&store.get(&w.plan.shared_key).0.unwrap()).unwrap();
+        let t = rec.token.unwrap();
+        // One day: refresh at min(0.8 day, day - 60 s), usable until day - 5 s.
+        let day = MAX_LIFETIME_S * 1000;
+        assert_eq!(
+            (t.refresh_ms, t.usable_until_ms, t.expires_ms),
+            (start + day * 8 / 10, start + day - 5_000, start + day)
+        );
+        assert_eq!(w.poll(start + 1, &mut store).state, ready("big"));
+        // It is refreshed, not kept for ever.
+        assert!(w.poll(start + day * 8 / 10, &mut store).start_fetch);
+        // Even at the end of time nothing overflows.
+        let mut w2 = TokenSource::new(plan(serde_json::json!({})), 2);
+        let mut s2 = Mem::default();
+        w2.poll(u64::MAX - 10, &mut s2);
+        w2.on_fetch_result(u64::MAX - 10, &mut s2, token("late", u64::MAX));
+        let rec: SharedRecord = serde_json::from_slice(&s2.get(&w2.plan.shared_key).0.unwrap()).unwrap();
+        assert_eq!(rec.token.unwrap().expires_ms, u64::MAX);
     }
 
     #[test]
