@@ -160,6 +160,19 @@ fn client_sent_steering_header_is_replaced_or_removed() {
     assert_eq!(steered(&ex), None);
 }
 
+#[test]
+fn configured_steering_header_is_stripped_even_for_unknown_services() {
+    let config = r#"{"endpoint_header": "x-picked", "services": {"api": {"endpoints": ["10.0.0.1:80"]}}}"#;
+    let mut p = proxy(config, 1);
+    let ex = send(&mut p, 0, Request::get("/").authority("other").header("x-picked", "6.6.6.6:1"));
+    assert_eq!(ex.status, 200);
+    let up = ex.upstream_request.as_ref().expect("passed upstream");
+    assert!(up.headers.get_all("x-picked").is_empty(), "client's steering header reached the upstream");
+    let ex = send(&mut p, 0, api().header("x-picked", "6.6.6.6:1"));
+    let up = ex.upstream_request.as_ref().expect("passed upstream");
+    assert_eq!(up.headers.get_all("x-picked"), vec![b"10.0.0.1:80".to_vec()]);
+}
+
 /// Sends one request and answers it with `bad_status` when it was steered to `bad`, else 200.
 fn send_with_bad(p: &mut Proxy, bad: &str, bad_status: u16) -> String {
     let id = p.start(0, api()).unwrap();

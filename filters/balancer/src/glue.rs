@@ -18,6 +18,9 @@ use crate::hash::xxh64;
 use crate::request::{RequestView, key_hash, service_name};
 use crate::service::{Event, Outcome, Picked, ServiceBalancer};
 
+/// The steering header before (or without) a configuration: the plan's default.
+const DEFAULT_ENDPOINT_HEADER: &str = "x-meshwasm-endpoint";
+
 /// Envoy response flags that mean the upstream failed: UT, UR, UF, UC.
 const UPSTREAM_FAILURE_FLAGS: u64 = 0x4 | 0x10 | 0x20 | 0x40;
 
@@ -27,7 +30,7 @@ proxy_wasm::main! {{
         let _ = hostcalls::log(LogLevel::Critical, &format!("meshwasm balancer: panic: {info}"));
     }));
     proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
-        Box::new(Root { context_id, state: None, queue: None })
+        Box::new(Root { context_id, state: None, queue: None, header: Rc::from(DEFAULT_ENDPOINT_HEADER) })
     });
 }}
 
@@ -161,6 +164,8 @@ struct Root {
     context_id: u32,
     state: Option<Rc<RefCell<State>>>,
     queue: Option<u32>,
+    /// The steering header name, which every stream strips from the client's request.
+    header: Rc<str>,
 }
 
 impl Root {
@@ -295,6 +300,7 @@ impl RootContext for Root {
             state.refresh(n, now);
         }
         self.state = Some(Rc::new(RefCell::new(state)));
+        self.header = Rc::from(plan.endpoint_header.as_str());
         if any_discovered {
             self.subscribe();
         }
@@ -340,7 +346,13 @@ impl RootContext for Root {
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Never None: the SDK panics on a missing context. Without a configuration, streams pass.
-        Some(Box::new(Http { state: self.state.clone(), ticket: None, status: None, now: 0 }))
+        Some(Box::new(Http {
+            state: self.state.clone(),
+            header: Rc::clone(&self.header),
+            ticket: None,
+            status: None,
+            now: 0,
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -350,6 +362,7 @@ impl RootContext for Root {
 
 struct Http {
     state: Option<Rc<RefCell<State>>>,
+    header: Rc<str>,
     /// The service and endpoint picked for this request.
     ticket: Option<(String, Picked)>,
     status: Option<u32>,
@@ -383,11 +396,12 @@ impl Context for Http {}
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _n: usize, _eos: bool) -> Action {
+        // Never let a client steer: drop any copy it sent before anything else can return early, so
+        // the client's value never reaches the ORIGINAL_DST cluster.
+        self.set_http_request_header(&self.header, None);
         let Some(state) = self.state.clone() else { return Action::Continue };
         let Ok(mut st) = state.try_borrow_mut() else { return Action::Continue };
         let plan = Rc::clone(&st.plan);
-        // Never let a client steer: drop any copy it sent, whatever happens next.
-        self.set_http_request_header(&plan.endpoint_header, None);
         let Some(name) = service_name(&plan.service_from, &View(self)) else { return Action::Continue };
         let Some(s) = st.services.get_mut(name.as_ref()) else { return Action::Continue };
         self.now = now_ms(self);
