@@ -70,13 +70,28 @@ macro_rules! tri {
     };
 }
 
+/// At most this many iovecs per write (Linux `IOV_MAX`); more is `EINVAL`.
+const MAX_IOVECS: u32 = 1024;
+/// At most this many bytes are logged per write; the rest is dropped and reported as not written
+/// (a short write), so a guest cannot make the host copy all of its memory many times over.
+const MAX_WRITE_BYTES: usize = 1 << 20;
+
 fn gather(c: &C<'_>, iovs: u32, n: u32) -> std::result::Result<Vec<u8>, u32> {
+    if n > MAX_IOVECS {
+        return Err(INVAL as u32);
+    }
     let mut out = Vec::new();
     for i in 0..n {
-        let iov = read(c, iovs.wrapping_add(i * 8), 8)?;
+        let at = i.checked_mul(8).and_then(|o| iovs.checked_add(o)).ok_or(FAULT as u32)?;
+        let iov = read(c, at, 8).map_err(|_| FAULT as u32)?;
         let ptr = u32::from_le_bytes([iov[0], iov[1], iov[2], iov[3]]);
         let len = u32::from_le_bytes([iov[4], iov[5], iov[6], iov[7]]);
-        out.extend_from_slice(&read(c, ptr, len)?);
+        let room = MAX_WRITE_BYTES - out.len();
+        let take = (len as usize).min(room) as u32;
+        out.extend_from_slice(&read(c, ptr, take).map_err(|_| FAULT as u32)?);
+        if out.len() == MAX_WRITE_BYTES {
+            break;
+        }
     }
     Ok(out)
 }
@@ -87,7 +102,10 @@ fn write_out(c: &mut C<'_>, fd: u32, iovs: u32, n: u32, ret: u32) -> Result<i32>
         2 => LogLevel::Error,
         _ => return Ok(BADF),
     };
-    let bytes = tri!(gather(c, iovs, n));
+    let bytes = match gather(c, iovs, n) {
+        Ok(b) => b,
+        Err(errno) => return Ok(errno as i32),
+    };
     let mut s = String::from_utf8_lossy(&bytes).into_owned();
     if s.ends_with('\n') {
         s.pop();
@@ -159,9 +177,16 @@ fn add_module(l: &mut Linker<VmState>, m: &str) -> Result<()> {
         let env = env_block(c.data());
         let mut p = buf;
         for (i, e) in env.iter().enumerate() {
-            tri!(write_u32(&mut c, environ + 4 * i as u32, p));
+            let slot = tri!(
+                u32::try_from(i)
+                    .ok()
+                    .and_then(|i| i.checked_mul(4))
+                    .and_then(|o| environ.checked_add(o))
+                    .ok_or(())
+            );
+            tri!(write_u32(&mut c, slot, p));
             tri!(write(&mut c, p, e));
-            p += e.len() as u32;
+            p = tri!(u32::try_from(e.len()).ok().and_then(|l| p.checked_add(l)).ok_or(()));
         }
         Ok(SUCCESS)
     })?;

@@ -259,3 +259,40 @@ fn foreign_functions_from_the_guest() {
     assert_eq!(proxy.metric("custom"), Some(0));
     assert_eq!(proxy.metric("custom_len"), Some(3));
 }
+
+#[test]
+fn wasi_fd_write_and_environ_get_bound_guest_pointers() {
+    let host = host();
+    let body = r#"
+      (func $iovs (param $n i32) (local $i i32)
+        (loop $l
+          (i32.store (i32.add (i32.const 1000) (i32.mul (local.get $i) (i32.const 8))) (i32.const 0))
+          (i32.store (i32.add (i32.const 1004) (i32.mul (local.get $i) (i32.const 8))) (i32.const 65536))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if $l (i32.lt_u (local.get $i) (local.get $n)))))
+      (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+        (call $iovs (i32.const 20))
+        (call $report (str "many") (call $fd_write (i32.const 1) (i32.const 1000) (i32.const 20) (i32.const 900)))
+        (call $report (str "many_written") (i32.load (i32.const 900)))
+        (call $report (str "too_many") (call $fd_write (i32.const 1) (i32.const 1000) (i32.const 1025) (i32.const 900)))
+        (call $report (str "wrap") (call $fd_write (i32.const 1) (i32.const 0xfffffff8) (i32.const 3) (i32.const 900)))
+        (call $report (str "huge_n") (call $fd_write (i32.const 1) (i32.const 0x40000000) (i32.const 0x20000001) (i32.const 900)))
+        (call $report (str "env_wrap") (call $env_get (i32.const 0xfffffffe) (i32.const 500)))
+        (call $report (str "env_buf_wrap") (call $env_get (i32.const 400) (i32.const 0xfffffffc)))
+        (i32.const 0))
+    "#;
+    let wat = guest(body).replacen("(module\n", &format!("(module\n{WASI_IMPORTS}"), 1);
+    let m = host.load_bytes("wasi_bounds", wat.as_bytes()).unwrap();
+    let mut proxy =
+        Proxy::builder(&host).plugin(Plugin::new(m).name("wasi").env("MODE", "test")).build().unwrap();
+    let ex = proxy.send(0, Request::get("/"), UpstreamReply::new(200)).unwrap();
+    assert_eq!(ex.status, 200, "{:?}", ex.error);
+    let m = |n: &str| proxy.metric(n).unwrap_or_else(|| panic!("no report {n}"));
+    assert_eq!(m("many"), 0, "a write over 1 MiB is a short write, not an error");
+    assert_eq!(m("many_written"), 1 << 20, "only the first MiB is taken");
+    assert_eq!(m("too_many"), 28, "more than IOV_MAX iovecs is EINVAL");
+    assert_eq!(m("wrap"), 21, "an iovec array wrapping past 4 GiB is EFAULT");
+    assert_eq!(m("huge_n"), 28);
+    assert_eq!(m("env_wrap"), 21);
+    assert_eq!(m("env_buf_wrap"), 21);
+}
