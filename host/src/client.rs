@@ -6,6 +6,35 @@ use std::time::Duration;
 
 use crate::http::Headers;
 
+/// A response body larger than this is an error (a hostile or broken server cannot make the host
+/// allocate without bound).
+const MAX_BODY: u64 = 64 << 20;
+
+fn invalid(m: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string())
+}
+
+/// Header names and values (and the request line parts) must not contain CR or LF: they would end
+/// the line early and let a guest inject headers or a second request.
+fn check_field(what: &str, b: &[u8]) -> std::io::Result<()> {
+    if b.iter().any(|&c| c == b'\r' || c == b'\n') {
+        return Err(invalid(&format!("meshwasm host: {what} contains CR or LF; request not sent")));
+    }
+    Ok(())
+}
+
+/// Reads exactly `n` more body bytes into `body`, refusing to grow it past `MAX_BODY`.
+fn read_body_exact(r: &mut impl Read, body: &mut Vec<u8>, n: u64) -> std::io::Result<()> {
+    if (body.len() as u64).saturating_add(n) > MAX_BODY {
+        return Err(invalid("meshwasm host: upstream response body over 64 MiB"));
+    }
+    let got = r.take(n).read_to_end(body)?;
+    if (got as u64) < n {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "response body truncated"));
+    }
+    Ok(())
+}
+
 /// Sends one request (`Connection: close`) and reads the whole response. Err on connection failure or
 /// an unparseable response.
 pub(crate) fn send(
@@ -15,12 +44,15 @@ pub(crate) fn send(
     timeout: Duration,
 ) -> std::io::Result<(Headers, Vec<u8>)> {
     let timeout = if timeout.is_zero() { Duration::from_secs(30) } else { timeout };
-    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
     let method = headers.get(":method").unwrap_or("GET");
     let path = headers.get(":path").unwrap_or("/");
     let authority = headers.get(":authority").unwrap_or("localhost");
+    check_field(":method", method.as_bytes())?;
+    check_field(":path", path.as_bytes())?;
+    check_field(":authority", authority.as_bytes())?;
+    if method.contains(' ') || path.contains(' ') {
+        return Err(invalid("meshwasm host: :method or :path contains a space; request not sent"));
+    }
     let mut out = format!("{method} {path} HTTP/1.1\r\nhost: {authority}\r\n").into_bytes();
     for (k, v) in headers.iter() {
         if k.starts_with(b":")
@@ -31,6 +63,8 @@ pub(crate) fn send(
         {
             continue;
         }
+        check_field("header name", k)?;
+        check_field("header value", v)?;
         out.extend_from_slice(k);
         out.extend_from_slice(b": ");
         out.extend_from_slice(v);
@@ -38,9 +72,12 @@ pub(crate) fn send(
     }
     out.extend_from_slice(format!("content-length: {}\r\nconnection: close\r\n\r\n", body.len()).as_bytes());
     out.extend_from_slice(body);
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
     s.write_all(&out)?;
     let mut r = BufReader::new(s);
-    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    let bad = invalid;
     let mut line = String::new();
     r.read_line(&mut line)?;
     let status = line.split_whitespace().nth(1).ok_or_else(|| bad("no status line"))?.to_string();
@@ -77,9 +114,7 @@ pub(crate) fn send(
             if size == 0 {
                 break;
             }
-            let mut chunk = vec![0; size];
-            r.read_exact(&mut chunk)?;
-            body.extend_from_slice(&chunk);
+            read_body_exact(&mut r, &mut body, size as u64)?;
             let mut crlf = String::new();
             r.read_line(&mut crlf)?;
         }
@@ -87,10 +122,92 @@ pub(crate) fn send(
             h.add("content-length", body.len().to_string());
         }
     } else if let Some(n) = content_length {
-        body = vec![0; n];
-        r.read_exact(&mut body)?;
+        read_body_exact(&mut r, &mut body, n as u64)?;
     } else {
-        r.read_to_end(&mut body)?;
+        (&mut r).take(MAX_BODY + 1).read_to_end(&mut body)?;
+        if body.len() as u64 > MAX_BODY {
+            return Err(invalid("meshwasm host: upstream response body over 64 MiB"));
+        }
     }
     Ok((h, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// Serves one connection: reads the request head, answers with `reply`; returns what it read.
+    fn server(reply: &'static [u8]) -> (SocketAddr, std::thread::JoinHandle<Vec<u8>>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let h = std::thread::spawn(move || {
+            let Ok((mut s, _)) = l.accept() else { return Vec::new() };
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = s.write_all(reply);
+            got
+        });
+        (addr, h)
+    }
+
+    fn get() -> Headers {
+        Headers::new().with(":method", "GET").with(":path", "/").with(":authority", "a")
+    }
+
+    #[test]
+    fn huge_content_length_is_an_error_not_an_abort() {
+        let (addr, h) = server(b"HTTP/1.1 200 OK\r\ncontent-length: 18446744073709551615\r\n\r\nabc");
+        let err = send(addr, &get(), b"", Duration::from_secs(5)).unwrap_err();
+        assert!(err.to_string().contains("64 MiB"), "{err}");
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn huge_chunk_size_is_an_error_not_an_abort() {
+        let (addr, h) = server(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nffffffffffffff\r\nabc");
+        let err = send(addr, &get(), b"", Duration::from_secs(5)).unwrap_err();
+        assert!(err.to_string().contains("64 MiB"), "{err}");
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn bodies_within_the_cap_are_read() {
+        let (addr, h) =
+            server(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n");
+        let (hd, body) = send(addr, &get(), b"", Duration::from_secs(5)).unwrap();
+        assert_eq!(body, b"abcde");
+        assert_eq!(hd.get("content-length"), Some("5"));
+        h.join().unwrap();
+        let (addr, h) = server(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nxyz");
+        assert_eq!(send(addr, &get(), b"", Duration::from_secs(5)).unwrap().1, b"xyz");
+        h.join().unwrap();
+        let (addr, h) = server(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nxyz");
+        assert!(send(addr, &get(), b"", Duration::from_secs(5)).is_err(), "short body is an error");
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn header_injection_is_refused_before_sending() {
+        let (addr, h) = server(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+        for bad in [
+            get().with("x-a", "v\r\nx-injected: 1"),
+            get().with("x-a\nb", "v"),
+            Headers::new().with(":method", "GET").with(":path", "/ HTTP/1.1\r\nx: y"),
+        ] {
+            let err = send(addr, &bad, b"", Duration::from_secs(5)).unwrap_err();
+            assert!(err.to_string().contains("request not sent"), "{err}");
+        }
+        // Nothing was sent: the one good request is the first the server sees.
+        send(addr, &get().with("x-a", "ok"), b"", Duration::from_secs(5)).unwrap();
+        let got = String::from_utf8(h.join().unwrap()).unwrap();
+        assert!(got.starts_with("GET / HTTP/1.1\r\n") && got.contains("x-a: ok\r\n"), "{got}");
+        assert!(!got.contains("injected"), "{got}");
+    }
 }
