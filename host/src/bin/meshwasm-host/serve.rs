@@ -70,6 +70,18 @@ pub fn run(path: &Path, validate_only: bool) -> anyhow::Result<()> {
         (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?)
     };
 
+    // Admin first: its line precedes the listener lines, so whoever waits for a listener line
+    // already has the admin address.
+    let admin = match config.admin {
+        None => None,
+        Some(address) => {
+            let socket =
+                StdListener::bind(address).with_context(|| format!("admin: cannot bind {address}"))?;
+            socket.set_nonblocking(true)?;
+            eprintln!("meshwasm-host serve: admin on http://{} (/stats, /ready)", socket.local_addr()?);
+            Some(socket)
+        }
+    };
     let mut sockets = Vec::with_capacity(config.listeners.len());
     for listener in &config.listeners {
         let socket = StdListener::bind(listener.address)
@@ -86,16 +98,6 @@ pub fn run(path: &Path, validate_only: bool) -> anyhow::Result<()> {
         sockets.push(socket);
     }
 
-    let admin = match config.admin {
-        None => None,
-        Some(address) => {
-            let socket =
-                StdListener::bind(address).with_context(|| format!("admin: cannot bind {address}"))?;
-            socket.set_nonblocking(true)?;
-            eprintln!("meshwasm-host serve: admin on http://{} (/stats, /ready)", socket.local_addr()?);
-            Some(socket)
-        }
-    };
     let states: Vec<(String, ProxyState)> = config
         .listeners
         .iter()
