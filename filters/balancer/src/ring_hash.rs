@@ -30,10 +30,24 @@ impl Ring {
             while k > 1 && total.saturating_mul(k) > max_size {
                 k /= 2;
             }
-            points.reserve(total.saturating_mul(k).min(max_size.max(keys.len() as u64)) as usize);
+            // When even one point per unit of weight exceeds `max_size` (huge registry weights), scale
+            // every endpoint down instead: max(1, w × max_size / total) points, so the ring holds at most
+            // `max_size + endpoints` points whatever the weights.
+            let scaled = total.saturating_mul(k) > max_size;
+            let count = |w: u32| -> u64 {
+                let w = u64::from(w.max(1));
+                if scaled {
+                    let share = u128::from(w) * u128::from(max_size) / u128::from(total.max(1));
+                    u64::try_from(share).unwrap_or(u64::MAX).max(1)
+                } else {
+                    w * k
+                }
+            };
+            let planned: u64 = weights.iter().take(keys.len()).map(|&w| count(w)).sum();
+            points.reserve(planned.min(max_size.saturating_add(keys.len() as u64)) as usize);
             let mut buf = String::new();
             for (i, (key, &w)) in keys.iter().zip(weights).enumerate() {
-                for replica in 0..u64::from(w.max(1)) * k {
+                for replica in 0..count(w) {
                     buf.clear();
                     buf.push_str(key.as_ref());
                     buf.push('_');
@@ -122,6 +136,20 @@ mod tests {
         let capped = Ring::new(&keys(4), &[1; 4], 1 << 20, 4096);
         assert_eq!(capped.len(), 4096);
         assert_eq!(Ring::new::<&str>(&[], &[], 1024, 2048).pick(5), None);
+    }
+
+    #[test]
+    fn huge_weights_are_scaled_to_the_maximum_size() {
+        let max = 4096u64;
+        let ring = Ring::new(&keys(3), &[u32::MAX, u32::MAX, 1], 1024, max);
+        assert!(ring.len() as u64 <= max + 3, "{} points", ring.len());
+        assert!(ring.len() as u64 >= max - 3, "{} points", ring.len());
+        let per = |c: u32| ring.points.iter().filter(|p| p.1 == c).count();
+        assert_eq!(per(2), 1, "a tiny weight keeps one point");
+        assert!(per(0).abs_diff(per(1)) <= 1, "{} vs {}", per(0), per(1));
+        // Total weight just over the cap: scaled, not one point per unit of weight.
+        let ring = Ring::new(&keys(2), &[3000, 3000], 1024, max);
+        assert_eq!(ring.len() as u64, max);
     }
 
     #[test]
