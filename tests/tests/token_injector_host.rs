@@ -188,8 +188,11 @@ fn idp_error_gives_503_logs_the_error_and_backs_off() {
     assert_eq!(ex.status, 503);
     assert!(ex.upstream_request.is_none());
     assert!(ex.body_text().contains("invalid_client"), "{}", ex.body_text());
+    // The IdP's free-text description is for the operator's log, not for every client.
+    assert!(!ex.body_text().contains("client authentication failed"), "{}", ex.body_text());
     assert_eq!(ex.response_headers.get("x-meshwasm-token-injector"), Some("no-token"));
     assert!(p.logged("invalid_client"));
+    assert!(p.logged("client authentication failed"));
     assert!(!p.logs().iter().any(|l| l.message.contains(SECRET)));
 
     // Within the 1 s back-off: immediate 503, no new call.

@@ -279,7 +279,8 @@ impl TokenSource {
                     let backoff = &self.plan.config.retry_backoff;
                     let shift = (consecutive - 1).min(30);
                     let retry_in_ms = backoff.initial_ms.saturating_mul(1u64 << shift).min(backoff.max_ms);
-                    let message = error.to_string();
+                    // Shared with every worker and sent to downstream clients: no IdP free text.
+                    let message = error.client_reason();
                     self.failure_message = Rc::from(message.as_str());
                     rec.failure = Some(Failure {
                         at_ms: now_ms,
@@ -617,10 +618,17 @@ mod tests {
         let mut w = TokenSource::new(p.clone(), 1);
         let mut other = TokenSource::new(p, 2);
         assert!(w.poll(0, &mut store).start_fetch);
-        let err = FetchError::Refused { status: 401, error: "invalid_client".into(), description: None };
+        let err = FetchError::Refused {
+            status: 401,
+            error: "invalid_client".into(),
+            description: Some("client acme-billing secret rotated 2026-11-01".into()),
+        };
         let rep = w.on_fetch_result(10, &mut store, Err(err.clone()));
+        // The log gets the description …
+        assert!(err.to_string().contains("secret rotated"));
         assert_eq!(rep, FetchReport::Failed { error: err, consecutive: 1, retry_in_ms: 1000 });
-        // During back-off: immediate 503 with the IdP's error, in every worker, no fetch.
+        // … downstream clients do not. During back-off: immediate 503 with the IdP's error code, in every
+        // worker, no fetch.
         let msg: Rc<str> = Rc::from("token endpoint refused: HTTP 401, error `invalid_client`");
         assert_eq!(
             w.poll(500, &mut store),

@@ -86,6 +86,26 @@ pub enum FetchError {
     Malformed(String),
 }
 
+impl FetchError {
+    /// The reason told to downstream clients in the 503 reply: for a refusal only the status and the
+    /// OAuth `error` code (RFC 6749 §5.2 limits it to printable ASCII; anything else is dropped). The
+    /// IdP's free-text `error_description` stays in the proxy log ([`Display`](std::fmt::Display)),
+    /// never in replies. Other kinds carry only meshwasm's own wording.
+    pub fn client_reason(&self) -> String {
+        match self {
+            FetchError::Refused { status, error, .. } => {
+                let code: String = error
+                    .chars()
+                    .filter(|c| c.is_ascii_graphic() && *c != '"' && *c != '\\')
+                    .take(64)
+                    .collect();
+                format!("token endpoint refused: HTTP {status}, error `{code}`")
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
 /// Parses the token endpoint's answer (RFC 6749 §5.1/§5.2).
 pub fn parse_token_response(status: u32, body: &[u8]) -> Result<Token, FetchError> {
     if body.len() > MAX_RESPONSE_BYTES {
