@@ -261,22 +261,36 @@ struct Root {
 }
 
 impl Root {
-    /// A proxy-wide unique worker number from a shared counter (root context ids repeat per worker).
+    /// A proxy-wide unique worker number (root context ids repeat per worker): a shared counter in the
+    /// high 32 bits and 32 random bits below. The counter alone is not enough: while the key is absent
+    /// there is no CAS token to check, and Envoy treats a missing (0) CAS as an unconditional write, so
+    /// two workers starting together could both write 1 and then share lease ownership.
     fn next_worker_id() -> u64 {
+        let low = random_u32();
         for _ in 0..64 {
             let (value, cas) = hostcalls::get_shared_data(WORKER_SEQ_KEY).unwrap_or((None, None));
             let n = value
                 .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
                 .map(u64::from_le_bytes)
                 .unwrap_or(0)
-                + 1;
+                .wrapping_add(1);
             if hostcalls::set_shared_data(WORKER_SEQ_KEY, Some(&n.to_le_bytes()), cas).is_ok() {
-                return n;
+                return (n << 32) | u64::from(low);
             }
         }
-        // Contention this long never happens in practice; fall back to a time-derived id.
-        now_ms() ^ 0x5eed_0000_0000_0000
+        // Contention this long never happens in practice; the random bits alone then tell workers apart.
+        (u64::from(random_u32()) << 32) | u64::from(low)
     }
+}
+
+/// 32 random bits: std seeds its hash keys from WASI `random_get`, which Envoy and the meshwasm host
+/// provide; the clock is mixed in as well.
+fn random_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_ms());
+    let x = h.finish();
+    (x ^ (x >> 32)) as u32
 }
 
 impl Context for Root {
