@@ -280,7 +280,9 @@ impl Engine {
             Err(e) => {
                 host.count(i, Counter::Errors);
                 host.log(Level::Error, &format!("meshwasm discovery: service `{name}`: cannot publish: {e}"));
-                // Try again soon: the answer was good.
+                // Try again soon: the answer was good. The source's cursor already moved past it, so
+                // reset it, or the next poll would say "unchanged" and the set would stay unpublished.
+                s.source.invalidate();
                 s.next_due_ms = now + 1_000;
             }
         }
@@ -384,6 +386,28 @@ mod tests {
         assert!(vm.engine.tick(&mut vm.host).is_empty());
         advance(p, 100);
         vm.engine.tick(&mut vm.host)
+    }
+
+    #[test]
+    fn failed_publish_resets_the_cursor_so_the_set_is_published_later() {
+        let p = proxy();
+        let mut vm = vm(&p);
+        let out = elect(&p, &mut vm);
+        // Shared data refuses the set (e.g. full): the answer is good but cannot be published.
+        p.borrow_mut().refuse_prefix = Some(set_key("api"));
+        let etcd = out.iter().find(|o| o.service == 0).unwrap().clone();
+        vm.engine.on_reply(&mut vm.host, 0, etcd.poll, 0, etcd_reply(5, &["10.0.0.1:80"]));
+        assert!(published(&vm, "api").is_none());
+        assert!(vm.host.logged("cannot publish"));
+        assert_eq!(vm.host.counter(0, Counter::Errors), 1);
+        // Shared data accepts writes again; the registry has not changed (same revision 5). Without the
+        // reset the next poll would say "unchanged" and the set would never be published.
+        p.borrow_mut().refuse_prefix = None;
+        let o = next_request(&p, &mut vm, 0);
+        vm.engine.on_reply(&mut vm.host, 0, o.poll, 0, etcd_reply(5, &["10.0.0.1:80"]));
+        let set = published(&vm, "api").expect("published after the failure");
+        assert_eq!((set.version, addrs(&set)), (1, vec!["10.0.0.1:80".to_owned()]));
+        assert_eq!(vm.host.counter(0, Counter::Updates), 1);
     }
 
     #[test]

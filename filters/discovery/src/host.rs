@@ -78,6 +78,8 @@ pub mod fake {
         pub next_cas: u32,
         pub queues: BTreeMap<String, VecDeque<Vec<u8>>>,
         pub writes: usize,
+        /// Writes to keys starting with this fail (as when shared data is full).
+        pub refuse_prefix: Option<String>,
     }
 
     /// One VM's view: the shared proxy plus its own logs and metrics.
@@ -116,6 +118,9 @@ pub mod fake {
         }
         fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
             let mut p = self.proxy.borrow_mut();
+            if p.refuse_prefix.as_deref().is_some_and(|r| key.starts_with(r)) {
+                return Err(SetError::Other);
+            }
             // Envoy's semantics: a CAS only applies to an existing key.
             if let (Some(cas), Some((_, cur))) = (cas, p.data.get(key))
                 && cas != *cur

@@ -79,6 +79,11 @@ impl Etcd {
         self.request.clone()
     }
 
+    /// Forgets the last revision: the next reply is reported in full even if unchanged.
+    pub fn invalidate(&mut self) {
+        self.last_revision = None;
+    }
+
     pub fn on_reply(&mut self, reply: Reply) -> Result<Outcome, SourceError> {
         let (_, body) = expect_ok(reply)?;
         let resp: Value = serde_json::from_slice(&body).map_err(SourceError::malformed)?;

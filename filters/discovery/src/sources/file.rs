@@ -44,6 +44,11 @@ impl File {
         Ok(Self { request, etag: None })
     }
 
+    /// Forgets the ETag: the next poll fetches the whole file.
+    pub fn invalidate(&mut self) {
+        self.etag = None;
+    }
+
     pub fn request(&self) -> Request {
         let mut request = self.request.clone();
         if let Some(etag) = &self.etag {

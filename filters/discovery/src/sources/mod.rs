@@ -117,6 +117,19 @@ impl Source {
         }
     }
 
+    /// The answer of the last poll was not published: forget the cursor (etcd revision, file ETag,
+    /// Consul index) so the next poll returns the whole set instead of "unchanged". Without this a
+    /// failed publish would leave the set unpublished until the registry next changes.
+    pub fn invalidate(&mut self) {
+        match self {
+            Source::File(s) => s.invalidate(),
+            Source::Etcd(s) => s.invalidate(),
+            Source::Consul(s) => s.reset_index(),
+            // The others keep no cursor: every poll returns the whole set.
+            _ => {}
+        }
+    }
+
     /// Whether this source long-polls (its replies come back when something changed).
     pub fn is_blocking(&self) -> bool {
         matches!(self, Source::Consul(c) if c.is_blocking())
