@@ -18,11 +18,15 @@ pub struct HostOptions {
     pub cache_dir: Option<PathBuf>,
     /// Real time one callback may run before it is interrupted (a guest looping forever). Default 1 s.
     pub callback_deadline: Duration,
+    /// Most linear memory (and table growth is bounded alike) one VM may have, in bytes. A guest
+    /// growing past it gets `memory.grow` = -1, so its allocator fails and it traps; the stream fails
+    /// and the VM is reloaded as after any trap. Default 256 MiB.
+    pub max_memory_bytes: usize,
 }
 
 impl Default for HostOptions {
     fn default() -> Self {
-        Self { cache_dir: None, callback_deadline: Duration::from_secs(1) }
+        Self { cache_dir: None, callback_deadline: Duration::from_secs(1), max_memory_bytes: 256 << 20 }
     }
 }
 

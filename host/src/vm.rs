@@ -108,6 +108,8 @@ pub(crate) struct VmState {
     pub(crate) metric_by_name: HashMap<(String, u32), u32>,
     pub(crate) next_metric: u32,
     pub(crate) rng: u64,
+    /// Per-VM memory cap (see `HostOptions::max_memory_bytes`).
+    pub(crate) limits: wasmtime::StoreLimits,
 }
 
 impl VmState {
@@ -149,6 +151,7 @@ impl VmState {
             metric_by_name: HashMap::new(),
             next_metric: 1,
             rng: seed | 1,
+            limits: wasmtime::StoreLimits::default(),
         }
     }
 
@@ -265,7 +268,11 @@ impl Vm {
             plugin.vm_config.clone(),
             plugin.env.clone(),
         );
+        let mut state = state;
+        state.limits =
+            wasmtime::StoreLimitsBuilder::new().memory_size(host.inner.options.max_memory_bytes).build();
         let mut store = Store::new(&host.inner.engine, state);
+        store.limiter(|st| &mut st.limits);
         let deadline_ticks = (host.inner.options.callback_deadline.as_millis()
             / crate::host::EPOCH_TICK.as_millis())
         .max(1) as u64

@@ -274,3 +274,43 @@ fn a_failed_build_keeps_the_guest_log() {
     assert_eq!(b.logs[2].level, LogLevel::Error);
     assert_eq!(b.logs[0].plugin, "picky");
 }
+
+#[test]
+fn memory_growth_is_capped_per_vm() {
+    // 1 MiB = 16 pages; the guest starts with 4.
+    let host = Host::new(HostOptions { max_memory_bytes: 1 << 20, ..Default::default() }).unwrap();
+    let body = r#"
+      (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (local $r i32)
+        (call $report (str "grow_within") (memory.grow (i32.const 8)))
+        (local.set $r (memory.grow (i32.const 8)))
+        (call $report (str "grow_over") (local.get $r))
+        (call $report (str "pages") (memory.size))
+        ;; Like an allocator that cannot get memory: trap.
+        (if (i32.eq (local.get $r) (i32.const -1)) (then unreachable))
+        (i32.const 0))
+    "#;
+    let m = load(&host, "hungry", body);
+    let mut proxy = Proxy::builder(&host).plugin(Plugin::new(m).name("hungry")).build().unwrap();
+    let ex = proxy.send(0, Request::get("/"), UpstreamReply::new(200)).unwrap();
+    assert_eq!(proxy.metric("grow_within"), Some(4), "growing within the cap works (old size 4 pages)");
+    assert_eq!(proxy.metric("grow_over"), Some(u32::MAX as u64), "growing past the cap returns -1");
+    assert_eq!(proxy.metric("pages"), Some(12));
+    assert_eq!(ex.status, 503, "the trap fails the stream");
+    assert!(ex.error.as_deref().unwrap_or("").contains("unreachable"), "{:?}", ex.error);
+    // The VM is reloaded with fresh memory and fails the same way, not worse.
+    let again = proxy.send(0, Request::get("/"), UpstreamReply::new(200)).unwrap();
+    assert_eq!(again.status, 503);
+    assert!(proxy.logged("reloaded"));
+    assert_eq!(proxy.metric("pages"), Some(12));
+
+    // The default cap (256 MiB) lets the same guest grow.
+    let host = host_default();
+    let m = load(&host, "hungry", body);
+    let mut proxy = Proxy::builder(&host).plugin(Plugin::new(m).name("hungry")).build().unwrap();
+    assert_eq!(proxy.send(0, Request::get("/"), UpstreamReply::new(200)).unwrap().status, 200);
+    assert_eq!(proxy.metric("pages"), Some(20));
+}
+
+fn host_default() -> Host {
+    Host::new(HostOptions::default()).unwrap()
+}
