@@ -4,7 +4,10 @@
 //! Consul holds the request until the service's index passes the one given or `wait` expires (plus
 //! up to wait/16 of jitter), so the call timeout is set above that. A return does not guarantee a
 //! change (the set comparison decides), and an index that goes backwards (a Consul restart or
-//! snapshot restore) resets the cursor to 0, as Consul's documentation prescribes.
+//! snapshot restore) resets the cursor to 0, as Consul's documentation prescribes. An
+//! `X-Consul-Index` of 0 (a Consul bug that still happens) is taken as 1, also per that guidance: a
+//! blocking query with index 0 returns at once, which would poll in a hot loop. While the cursor is 0
+//! (after a reset) the next query is a plain one at the normal `refresh` interval, never at once.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -132,9 +135,9 @@ impl Consul {
             }
         };
         match header(&headers, "x-consul-index").map(|v| v.trim().parse::<u64>()) {
-            // Going backwards resets; 0 is never a valid cursor.
+            // Going backwards resets; 0 is never a valid cursor, so an answer of 0 counts as 1.
             Some(Ok(i)) if i < self.index => self.index = 0,
-            Some(Ok(i)) => self.index = i,
+            Some(Ok(i)) => self.index = i.max(1),
             _ if self.is_blocking() => {
                 self.index = 0;
                 return Err(SourceError::Malformed("missing or invalid X-Consul-Index header".into()));
@@ -154,8 +157,9 @@ impl Consul {
                 Err(()) => skipped += 1,
             }
         }
-        // Re-poll at once: a blocking query only returns when something changed or `wait` expired.
-        let next = self.is_blocking().then_some(Duration::ZERO);
+        // Re-poll at once: a blocking query only returns when something changed or `wait` expired. With
+        // no cursor (index reset) the next query would not block, so it waits for the normal refresh.
+        let next = (self.is_blocking() && self.index > 0).then_some(Duration::ZERO);
         Ok(Outcome::Endpoints { endpoints: canonicalize(endpoints), skipped, next })
     }
 
@@ -263,6 +267,27 @@ mod tests {
         let mut c = consul("");
         let Outcome::Endpoints { endpoints, .. } = c.on_reply(reply("5", DOC)).unwrap() else { panic!() };
         assert_eq!(endpoints.len(), 1);
+    }
+
+    #[test]
+    fn index_zero_counts_as_one_and_no_cursor_means_no_hot_loop() {
+        let mut c = consul("");
+        // Consul answering X-Consul-Index: 0: the next query blocks on index 1, re-polled at once.
+        let out = c.on_reply(reply("0", "[]")).unwrap();
+        assert_eq!(c.index(), 1);
+        assert!(matches!(out, Outcome::Endpoints { next: Some(Duration::ZERO), .. }));
+        assert!(c.request().path.contains("index=1&wait="), "{}", c.request().path);
+        // The index goes backwards: reset to 0, and the next (non-blocking) query waits for the
+        // normal refresh instead of running at once.
+        c.on_reply(reply("100", "[]")).unwrap();
+        let out = c.on_reply(reply("50", "[]")).unwrap();
+        assert_eq!(c.index(), 0);
+        assert!(matches!(out, Outcome::Endpoints { next: None, .. }), "{out:?}");
+        assert!(!c.request().path.contains("index="));
+        // The plain query answers a good index: blocking resumes.
+        let out = c.on_reply(reply("51", "[]")).unwrap();
+        assert_eq!(c.index(), 51);
+        assert!(matches!(out, Outcome::Endpoints { next: Some(Duration::ZERO), .. }));
     }
 
     #[test]
