@@ -1086,8 +1086,7 @@ impl Worker {
     /// Carries out actions queued on streams other than `except` by the last calls into VM `vmi`.
     fn process_touched(&mut self, vmi: usize, except: Option<u32>) {
         let touched = self.vms[vmi].take_touched();
-        let mut ids: Vec<u32> = touched.iter().map(|s| sd(s).id.id).collect();
-        ids.dedup();
+        let ids = unique_in_order(touched.iter().map(|s| sd(s).id.id));
         for id in ids {
             if Some(id) != except {
                 self.process_actions(id);
@@ -1385,4 +1384,22 @@ fn local_reply_headers(reply: &LocalReply) -> Headers {
         }
     }
     headers
+}
+
+/// Each id once, in the order first seen: a stream touched by several hostcalls appears several times,
+/// not necessarily adjacent (so `Vec::dedup` is not enough).
+fn unique_in_order(ids: impl Iterator<Item = u32>) -> Vec<u32> {
+    let mut seen = std::collections::HashSet::new();
+    ids.filter(|id| seen.insert(*id)).collect()
+}
+
+#[cfg(test)]
+mod unique_tests {
+    use super::unique_in_order;
+
+    #[test]
+    fn touched_streams_are_processed_once_each_in_first_touch_order() {
+        assert_eq!(unique_in_order([3, 1, 3, 2, 1, 3].into_iter()), vec![3, 1, 2]);
+        assert_eq!(unique_in_order([].into_iter()), Vec::<u32>::new());
+    }
 }
