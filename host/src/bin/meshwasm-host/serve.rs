@@ -157,7 +157,15 @@ pub fn run(path: &Path, validate_only: bool) -> anyhow::Result<()> {
 /// line; histograms show their sample count), `GET /ready` answers `LIVE`.
 async fn admin_loop(socket: tokio::net::TcpListener, states: Arc<Vec<(String, ProxyState)>>) {
     loop {
-        let Ok((stream, _)) = socket.accept().await else { continue };
+        let stream = match socket.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // E.g. EMFILE: back off as accept_loop does instead of spinning.
+                eprintln!("meshwasm-host serve: admin: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         let states = states.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: hyper::Request<Incoming>| {
@@ -761,11 +769,21 @@ struct StreamGuard {
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         if !self.finished {
-            self.chain.waiters.borrow_mut().remove(&self.stream.id);
-            if let Ok(mut w) = self.chain.worker.try_borrow_mut() {
-                w.cancel(self.stream);
+            if let Ok(mut waiters) = self.chain.waiters.try_borrow_mut() {
+                waiters.remove(&self.stream.id);
             }
-            self.chain.pump();
+            // Dropped while the worker is borrowed (a panic unwinding through it): cancel and pump
+            // only when the borrow is free, so a second borrow_mut in pump() cannot panic in Drop.
+            let cancelled = match self.chain.worker.try_borrow_mut() {
+                Ok(mut w) => {
+                    w.cancel(self.stream);
+                    true
+                }
+                Err(_) => false,
+            };
+            if cancelled {
+                self.chain.pump();
+            }
         }
     }
 }
