@@ -5,8 +5,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use meshwasm_endpoints::{Endpoint, EndpointSet, SUBSCRIBERS_KEY, Subscribers, set_key};
-use meshwasm_host::{Exchange, Host, HostOptions, Plugin, Proxy, Request, UpstreamReply};
+use meshwasm_host::{
+    Backend as UpstreamTarget, Exchange, Host, HostOptions, Plugin, Proxy, Request, UpstreamReply,
+};
 use meshwasm_tests::artifacts::wasm_path;
+use meshwasm_tests::backend::Backend as TestBackend;
 
 const HEADER: &str = "x-meshwasm-endpoint";
 const VM: &str = "mesh";
@@ -173,39 +176,62 @@ fn configured_steering_header_is_stripped_even_for_unknown_services() {
     assert_eq!(up.headers.get_all("x-picked"), vec![b"10.0.0.1:80".to_vec()]);
 }
 
-/// Sends one request and answers it with `bad_status` when it was steered to `bad`, else 200.
-fn send_with_bad(p: &mut Proxy, bad: &str, bad_status: u16) -> String {
+/// Sends one request and forwards it to the real backend it was steered to (so `upstream.address` is
+/// the pick); returns the pick.
+fn send_forwarded(p: &mut Proxy) -> String {
     let id = p.start(0, api()).unwrap();
     let picked = steered(&p.exchange(id).unwrap()).unwrap();
-    let status = if picked == bad { bad_status } else { 200 };
-    p.finish(id, UpstreamReply::new(status)).unwrap();
+    p.finish(id, UpstreamTarget::Forward(picked.parse().unwrap())).unwrap();
     picked
 }
 
 #[test]
 fn failing_endpoint_is_ejected_and_returns_on_the_virtual_clock() {
+    let backends = TestBackend::start_many("bal", 3).unwrap();
+    let list: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr())).collect();
     let config = static_config(
         "round_robin",
-        THREE,
+        &list.join(", "),
         r#", "outlier_detection": {"consecutive_failures": 3, "base_ejection_time": "10s", "max_ejection_percent": 50}"#,
     );
     let mut p = proxy(&config, 1);
-    let bad = "10.0.0.2:80";
+    let bad = backends[1].addr().to_string();
+    backends[1].set_status(503);
     let mut failures = 0;
     while failures < 3 {
-        failures += u32::from(send_with_bad(&mut p, bad, 503) == bad);
+        failures += u32::from(send_forwarded(&mut p) == bad);
     }
     assert_eq!(p.metric("meshwasm_balancer.api.ejections"), Some(1));
-    assert!(p.logged("ejected 10.0.0.2:80"));
+    assert!(p.logged(&format!("ejected {bad}")));
     for _ in 0..40 {
-        assert_ne!(send_with_bad(&mut p, bad, 503), bad, "ejected endpoint still picked");
+        assert_ne!(send_forwarded(&mut p), bad, "ejected endpoint still picked");
     }
+    backends[1].set_status(200);
     p.advance(Duration::from_secs(9));
-    assert_ne!(send_with_bad(&mut p, bad, 200), bad);
-    assert_ne!(send_with_bad(&mut p, bad, 200), bad);
+    assert_ne!(send_forwarded(&mut p), bad);
+    assert_ne!(send_forwarded(&mut p), bad);
     p.advance(Duration::from_secs(1));
-    let back: Vec<String> = (0..6).map(|_| send_with_bad(&mut p, bad, 200)).collect();
-    assert_eq!(back.iter().filter(|a| *a == bad).count(), 2, "{back:?}");
+    let back: Vec<String> = (0..6).map(|_| send_forwarded(&mut p)).collect();
+    assert_eq!(back.iter().filter(|a| **a == bad).count(), 2, "{back:?}");
+}
+
+#[test]
+fn local_replies_do_not_eject_endpoints() {
+    // 5xx answers that never came from the picked endpoint (no `upstream.address`, no upstream failure
+    // flag: a local reply) say nothing about it.
+    let config = static_config(
+        "round_robin",
+        THREE,
+        r#", "outlier_detection": {"consecutive_failures": 2, "max_ejection_percent": 100}"#,
+    );
+    let mut p = proxy(&config, 1);
+    for _ in 0..30 {
+        let ex = p.send(0, api(), UpstreamReply::new(503)).unwrap();
+        assert_eq!(ex.status, 503);
+    }
+    assert_eq!(p.metric("meshwasm_balancer.api.ejections").unwrap_or(0), 0);
+    let c = count(&mut p, 30, |_| api());
+    assert_eq!(c.len(), 3, "every endpoint still gets traffic: {c:?}");
 }
 
 #[test]

@@ -21,9 +21,6 @@ use crate::service::{Event, Outcome, Picked, ServiceBalancer};
 /// The steering header before (or without) a configuration: the plan's default.
 const DEFAULT_ENDPOINT_HEADER: &str = "x-meshwasm-endpoint";
 
-/// Envoy response flags that mean the upstream failed: UT, UR, UF, UC.
-const UPSTREAM_FAILURE_FLAGS: u64 = 0x4 | 0x10 | 0x20 | 0x40;
-
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     std::panic::set_hook(Box::new(|info| {
@@ -440,20 +437,18 @@ impl HttpContext for Http {
     }
 
     fn on_log(&mut self) {
-        if self.ticket.is_none() {
-            return;
-        }
+        let Some((_, picked)) = &self.ticket else { return };
+        let picked = picked.address;
         let flags = self
             .get_property(vec!["response", "flags"])
             .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
             .map(u64::from_le_bytes)
             .unwrap_or(0);
-        let outcome = match self.status {
-            Some(s) if s >= 500 => Outcome::Failure,
-            _ if flags & UPSTREAM_FAILURE_FLAGS != 0 => Outcome::Failure,
-            Some(_) => Outcome::Success,
-            None => Outcome::Neutral,
-        };
+        let upstream = self
+            .get_property(vec!["upstream", "address"])
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|a| a.parse::<SocketAddr>().ok());
+        let outcome = Outcome::classify(picked, upstream, flags, self.status);
         self.now = now_ms(self);
         self.finish(outcome);
     }

@@ -38,6 +38,34 @@ pub enum Outcome {
     Neutral,
 }
 
+/// Envoy response flags that mean the upstream failed: UT, UR, UF, UC.
+pub const UPSTREAM_FAILURE_FLAGS: u64 = 0x4 | 0x10 | 0x20 | 0x40;
+
+impl Outcome {
+    /// How a picked request ended, as far as the picked endpoint is concerned. Only a response from
+    /// that endpoint (`upstream` — Envoy's `upstream.address` — is the pick) or an upstream failure
+    /// flag (connect failure, reset, timeout: Envoy may record no address then) counts; a local reply
+    /// (another filter, a route error, a rejected request) says nothing about the endpoint and must not
+    /// eject it.
+    pub fn classify(
+        picked: SocketAddr,
+        upstream: Option<SocketAddr>,
+        flags: u64,
+        status: Option<u32>,
+    ) -> Self {
+        match upstream {
+            Some(a) if a != picked => Outcome::Neutral,
+            _ if flags & UPSTREAM_FAILURE_FLAGS != 0 => Outcome::Failure,
+            None => Outcome::Neutral,
+            Some(_) => match status {
+                Some(s) if s >= 500 => Outcome::Failure,
+                Some(_) => Outcome::Success,
+                None => Outcome::Neutral,
+            },
+        }
+    }
+}
+
 /// Something worth a log line and a metric.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {

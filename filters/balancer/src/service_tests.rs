@@ -305,3 +305,23 @@ fn packed_addresses_round_trip() {
     }
     assert_eq!(p.get(5), None);
 }
+
+#[test]
+fn only_the_picked_upstream_or_an_upstream_failure_counts() {
+    let picked = addr(1);
+    let uf = 0x20;
+    // A local reply: no upstream contacted, no upstream flag.
+    assert_eq!(Outcome::classify(picked, None, 0, Some(503)), Outcome::Neutral);
+    assert_eq!(Outcome::classify(picked, None, 0, Some(200)), Outcome::Neutral);
+    // Connect failure to the picked endpoint, with or without an address recorded.
+    assert_eq!(Outcome::classify(picked, None, uf, Some(503)), Outcome::Failure);
+    assert_eq!(Outcome::classify(picked, Some(picked), uf, Some(503)), Outcome::Failure);
+    // The picked endpoint answered.
+    assert_eq!(Outcome::classify(picked, Some(picked), 0, Some(503)), Outcome::Failure);
+    assert_eq!(Outcome::classify(picked, Some(picked), 0, Some(404)), Outcome::Success);
+    assert_eq!(Outcome::classify(picked, Some(picked), 0, None), Outcome::Neutral);
+    // Some other endpoint answered: not this pick's outcome.
+    assert_eq!(Outcome::classify(picked, Some(addr(2)), uf, Some(503)), Outcome::Neutral);
+    // Flags that are not upstream failures (0x2 UH: no healthy upstream) do not count.
+    assert_eq!(Outcome::classify(picked, None, 0x2, Some(503)), Outcome::Neutral);
+}
