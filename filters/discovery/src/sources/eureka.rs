@@ -101,12 +101,26 @@ impl Eureka {
     }
 
     fn endpoint(&self, inst: &Value) -> Option<Endpoint> {
-        let port_field = if self.config.secure_port { "securePort" } else { "port" };
-        let port = inst.get(port_field)?;
-        if !truthy(port.get("@enabled")?) {
-            return None;
-        }
-        let port = u16::try_from(number(port.get("$")?)?).ok()?;
+        // Eureka's defaults when `@enabled` is absent: `port` is enabled, `securePort` is not
+        // (InstanceInfo: isUnsecurePortEnabled = true, isSecurePortEnabled = false).
+        let (port_field, enabled_by_default) =
+            if self.config.secure_port { ("securePort", false) } else { ("port", true) };
+        let port = match inst.get(port_field)? {
+            Value::Object(p) => {
+                if !p.get("@enabled").map_or(enabled_by_default, truthy) {
+                    return None;
+                }
+                p.get("$")?
+            }
+            // A bare number (hand-written or converted documents): enabled as by default.
+            bare => {
+                if !enabled_by_default {
+                    return None;
+                }
+                bare
+            }
+        };
+        let port = u16::try_from(number(port)?).ok()?;
         let address = socket_addr(inst.get("ipAddr")?.as_str()?, port)?;
         let mut metadata = BTreeMap::new();
         if let Some(Value::Object(m)) = inst.get("metadata") {
@@ -196,6 +210,28 @@ mod tests {
             panic!()
         };
         assert!(endpoints.is_empty());
+    }
+
+    #[test]
+    fn missing_enabled_means_port_on_secure_port_off() {
+        let body = r#"{"application":{"name":"FOO","instance":[
+          {"ipAddr":"10.0.0.1","status":"UP","port":{"$":8080},"securePort":{"$":8443}},
+          {"ipAddr":"10.0.0.2","status":"UP","port":8081,"securePort":{"$":8444,"@enabled":"true"}}]}}"#;
+        let Outcome::Endpoints { endpoints, skipped, .. } =
+            eureka("").on_reply(Reply::ok(200, body)).unwrap()
+        else {
+            panic!()
+        };
+        let addrs: Vec<_> = endpoints.iter().map(|e| e.address.to_string()).collect();
+        assert_eq!((addrs, skipped), (vec!["10.0.0.1:8080".to_owned(), "10.0.0.2:8081".to_owned()], 0));
+        // securePort without `@enabled` is disabled; explicitly enabled it is used.
+        let Outcome::Endpoints { endpoints, skipped, .. } =
+            eureka(r#","secure_port":true"#).on_reply(Reply::ok(200, body)).unwrap()
+        else {
+            panic!()
+        };
+        let addrs: Vec<_> = endpoints.iter().map(|e| e.address.to_string()).collect();
+        assert_eq!((addrs, skipped), (vec!["10.0.0.2:8444".to_owned()], 1));
     }
 
     #[test]
