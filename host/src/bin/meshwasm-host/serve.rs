@@ -198,6 +198,8 @@ async fn admin_loop(socket: tokio::net::TcpListener, states: Arc<Vec<(String, Pr
                 }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
@@ -347,8 +349,12 @@ async fn accept_loop(
                 let ctx = svc_ctx.clone();
                 async move { handle(ctx, peer, local, req).await }
             });
-            let conn =
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            // A client must send its request head within 30 s (slowloris), as Envoy's
+            // request_headers_timeout bounds it.
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}

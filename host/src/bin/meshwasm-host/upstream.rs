@@ -120,13 +120,28 @@ impl UpstreamCluster {
     }
 }
 
+/// The largest upstream response body buffered; a larger one fails the exchange (503) instead of
+/// growing without bound (Envoy likewise refuses a response over its buffer limit).
+pub const MAX_RESPONSE_BODY: usize = 64 << 20;
+
+/// Collects a body, failing once it passes `limit` bytes.
+async fn collect_limited<B>(body: B, limit: usize) -> Result<Bytes, UpstreamFailure>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(UpstreamFailure::ConnectFailure(format!("response body over {} MiB", limit >> 20)))
+        }
+        Err(e) => Err(UpstreamFailure::ConnectFailure(format!("response body: {e}"))),
+    }
+}
+
 async fn read_response(response: hyper::Response<Incoming>) -> Result<Response, UpstreamFailure> {
     let (parts, body) = response.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map_err(|e| UpstreamFailure::ConnectFailure(format!("response body: {e}")))?
-        .to_bytes();
+    let body = collect_limited(body, MAX_RESPONSE_BODY).await?;
     let headers = parts
         .headers
         .iter()
@@ -144,6 +159,18 @@ pub fn parse_ip_port(value: &[u8]) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn response_bodies_are_collected_up_to_the_limit() {
+        let ok = collect_limited(Full::new(Bytes::from_static(b"0123456789")), 10).await;
+        assert_eq!(ok.ok().as_deref(), Some(&b"0123456789"[..]));
+        match collect_limited(Full::new(Bytes::from(vec![0u8; (1 << 20) + 1])), 1 << 20).await {
+            Err(UpstreamFailure::ConnectFailure(reason)) => {
+                assert!(reason.contains("over 1 MiB"), "{reason}")
+            }
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
     use crate::config::ClusterKind;
 
     fn cluster(kind: ClusterKind) -> Cluster {
