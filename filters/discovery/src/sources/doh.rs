@@ -11,7 +11,7 @@
 //! - TC set, an rcode other than NOERROR/NXDOMAIN, a malformed message or a failed follow-up fail
 //!   the whole poll, so the last good set stays.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -110,6 +110,9 @@ struct Pending {
     skipped: usize,
     /// Follow-up queries still out: tag → (target name, qtype).
     outstanding: BTreeMap<u32, (String, u16)>,
+    /// Targets with a failed follow-up query (left out of this poll), and the last such error.
+    failed: BTreeSet<String>,
+    last_error: Option<SourceError>,
 }
 
 #[derive(Debug)]
@@ -287,7 +290,7 @@ impl Doh {
             }
             pending.targets = srvs;
             if more.is_empty() {
-                return Ok(Progress::Done(Ok(self.finish_srv(pending))));
+                return Ok(Progress::Done(self.finish_srv(pending)));
             }
             self.pending = Some(pending);
             return Ok(Progress::More(more));
@@ -296,31 +299,45 @@ impl Doh {
             .outstanding
             .remove(&tag)
             .ok_or_else(|| SourceError::Transport(format!("unexpected reply tag {tag}")))?;
-        let resp = Self::parse(reply, &name, qtype)?;
-        let chain = dns::alias_chain(&resp.answers, &name);
-        for r in resp.answers.iter().filter(|r| chain.contains(&r.name)) {
-            let ip = match r.data {
-                RData::A(ip) => IpAddr::V4(ip),
-                RData::Aaaa(ip) => IpAddr::V6(ip),
-                _ => continue,
-            };
-            pending.addrs.entry(name.clone()).or_default().push(ip);
-            pending.min_ttl = Some(pending.min_ttl.map_or(r.ttl, |t| t.min(r.ttl)));
+        match Self::parse(reply, &name, qtype) {
+            Ok(resp) => {
+                let chain = dns::alias_chain(&resp.answers, &name);
+                for r in resp.answers.iter().filter(|r| chain.contains(&r.name)) {
+                    let ip = match r.data {
+                        RData::A(ip) => IpAddr::V4(ip),
+                        RData::Aaaa(ip) => IpAddr::V6(ip),
+                        _ => continue,
+                    };
+                    pending.addrs.entry(name.clone()).or_default().push(ip);
+                    pending.min_ttl = Some(pending.min_ttl.map_or(r.ttl, |t| t.min(r.ttl)));
+                }
+            }
+            // One target's lookup failing must not cost the others: leave that target out (counted
+            // as skipped) and re-check soon.
+            Err(e) => {
+                pending.failed.insert(name);
+                pending.last_error = Some(e);
+            }
         }
         if pending.outstanding.is_empty() {
-            return Ok(Progress::Done(Ok(self.finish_srv(pending))));
+            return Ok(Progress::Done(self.finish_srv(pending)));
         }
         self.pending = Some(pending);
         Ok(Progress::Waiting)
     }
 
-    fn finish_srv(&self, pending: Pending) -> Outcome {
+    /// The SRV poll's result. Targets whose lookup failed are left out; if that leaves nothing, the
+    /// poll fails (the last good set is kept) rather than reporting an empty service.
+    fn finish_srv(&self, pending: Pending) -> Result<Outcome, SourceError> {
         let mut endpoints = Vec::new();
         let mut skipped = pending.skipped;
         for t in &pending.targets {
-            let Some(ips) = pending.addrs.get(&t.name) else {
-                skipped += 1;
-                continue;
+            let ips = match pending.addrs.get(&t.name) {
+                Some(ips) if !pending.failed.contains(&t.name) => ips,
+                _ => {
+                    skipped += 1;
+                    continue;
+                }
             };
             for ip in ips {
                 let mut e = Endpoint::new(SocketAddr::new(*ip, t.port));
@@ -330,7 +347,14 @@ impl Doh {
                 endpoints.push(e);
             }
         }
-        self.finish(endpoints, skipped, pending.min_ttl)
+        if let Some(e) = pending.last_error {
+            if endpoints.is_empty() {
+                return Err(e);
+            }
+            // Partial answer: ask again at the shortest interval allowed.
+            return Ok(self.finish(endpoints, skipped, Some(0)));
+        }
+        Ok(self.finish(endpoints, skipped, pending.min_ttl))
     }
 
     fn finish(&self, endpoints: Vec<Endpoint>, skipped: usize, ttl: Option<u32>) -> Outcome {
@@ -465,7 +489,7 @@ mod tests {
             d.begin();
             assert!(matches!(d.on_reply(0, bad), Progress::Done(Err(_))));
         }
-        // A failed follow-up fails the SRV poll.
+        // When the only target's follow-up fails, nothing is left: the SRV poll fails (last set kept).
         let mut d = doh(r#","name":"_http._tcp.api.svc.test","type":"SRV","ipv6":true"#);
         d.begin();
         let Progress::More(more) = d.on_reply(0, dns_reply(hex(SRV_ANSWER))) else { panic!() };
@@ -474,5 +498,33 @@ mod tests {
         m.rr_ptr(dns::TYPE_A, 12, &[127, 0, 0, 11]);
         assert_eq!(d.on_reply(more[0].0, dns_reply(m.buf)), Progress::Waiting);
         assert!(matches!(d.on_reply(more[1].0, Reply::Failed("reset".into())), Progress::Done(Err(_))));
+    }
+
+    #[test]
+    fn one_failing_srv_target_is_skipped_not_the_whole_poll() {
+        let q = "_http._tcp.api.svc.test";
+        let mut m = Msg::new(0x8180, q, dns::TYPE_SRV, [3, 0, 0]);
+        m.rr_ptr(dns::TYPE_SRV, 300, &srv_rdata(10, 5, 8080, "a.svc.test"));
+        m.rr_ptr(dns::TYPE_SRV, 300, &srv_rdata(10, 6, 8081, "b.svc.test"));
+        m.rr_ptr(dns::TYPE_SRV, 300, &srv_rdata(10, 7, 8082, "c.svc.test"));
+        let mut d = doh(&format!(r#","name":"{q}","type":"SRV""#));
+        d.begin();
+        let Progress::More(more) = d.on_reply(0, dns_reply(m.buf)) else { panic!() };
+        assert_eq!(more.len(), 3);
+        let answer = |name: &str, ip: [u8; 4]| {
+            let mut m = Msg::new(0x8180, name, dns::TYPE_A, [1, 0, 0]);
+            m.rr_ptr(dns::TYPE_A, 60, &ip);
+            dns_reply(m.buf)
+        };
+        assert_eq!(d.on_reply(more[0].0, answer("a.svc.test", [10, 0, 0, 1])), Progress::Waiting);
+        // b's lookup fails (SERVFAIL): b is left out, a and c are still published.
+        let servfail = dns_reply(Msg::new(0x8182, "b.svc.test", dns::TYPE_A, [0, 0, 0]).buf);
+        assert_eq!(d.on_reply(more[1].0, servfail), Progress::Waiting);
+        let done = d.on_reply(more[2].0, answer("c.svc.test", [10, 0, 0, 3]));
+        let Progress::Done(Ok(Outcome::Endpoints { skipped, .. })) = &done else { panic!("{done:?}") };
+        assert_eq!(*skipped, 1, "the failed target is counted");
+        let (eps, next) = endpoints(done);
+        assert_eq!(eps, ["10.0.0.1:8080/5", "10.0.0.3:8082/7"]);
+        assert_eq!(next, Some(Duration::from_secs(1)), "partial answer: re-checked at min_ttl");
     }
 }
