@@ -230,18 +230,36 @@ thread_local! {
     static QUEUE_NAME: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
+/// A random 32-bit value: std seeds `RandomState` from WASI `random_get` (Envoy and the meshwasm host
+/// provide it); the clock is mixed in too.
+fn random_u32() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let nanos = hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as u64);
+    h.write_u64(nanos);
+    h.finish() & 0xffff_ffff
+}
+
+/// Draws this VM's notify-queue number: the CAS-incremented counter in the high bits plus 32 random bits.
+/// The very first write of the counter carries no CAS (Envoy treats CAS 0 as unconditional), so two VMs
+/// starting together may both draw the same counter value; the random bits keep their queues apart.
 fn next_queue_seq() -> Option<u64> {
+    let mut next = 0u64;
     for _ in 0..20 {
         let (bytes, cas) = hostcalls::get_shared_data(QUEUE_SEQ_KEY).ok()?;
         let n: u64 = bytes.and_then(|b| String::from_utf8(b).ok()).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let next = n + 1;
-        match hostcalls::set_shared_data(QUEUE_SEQ_KEY, Some(next.to_string().as_bytes()), cas.or(Some(0))) {
-            Ok(()) => return Some(next),
+        next = n.wrapping_add(1);
+        match hostcalls::set_shared_data(QUEUE_SEQ_KEY, Some(next.to_string().as_bytes()), cas) {
+            Ok(()) => break,
             Err(Status::CasMismatch) => continue,
             Err(_) => return None,
         }
     }
-    None
+    // Even without a successful increment the random bits make a collision unlikely.
+    Some((next << 32) | random_u32())
 }
 
 impl Context for Root {}
