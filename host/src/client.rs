@@ -23,6 +23,18 @@ fn check_field(what: &str, b: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The longest status, header or chunk-size line accepted (Envoy's default header limit is 60 KiB).
+const MAX_LINE: u64 = 64 << 10;
+
+/// `read_line`, but a line over `MAX_LINE` bytes is an error instead of unbounded growth.
+fn read_line(r: &mut impl BufRead, line: &mut String) -> std::io::Result<usize> {
+    let n = r.take(MAX_LINE + 1).read_line(line)?;
+    if n as u64 > MAX_LINE {
+        return Err(invalid("meshwasm host: response line over 64 KiB"));
+    }
+    Ok(n)
+}
+
 /// Reads exactly `n` more body bytes into `body`, refusing to grow it past `MAX_BODY`.
 fn read_body_exact(r: &mut impl Read, body: &mut Vec<u8>, n: u64) -> std::io::Result<()> {
     if (body.len() as u64).saturating_add(n) > MAX_BODY {
@@ -79,14 +91,14 @@ pub(crate) fn send(
     let mut r = BufReader::new(s);
     let bad = invalid;
     let mut line = String::new();
-    r.read_line(&mut line)?;
+    read_line(&mut r, &mut line)?;
     let status = line.split_whitespace().nth(1).ok_or_else(|| bad("no status line"))?.to_string();
     let mut h = Headers::new().with(":status", &status);
     let mut content_length = None;
     let mut chunked = false;
     loop {
         let mut l = String::new();
-        if r.read_line(&mut l)? == 0 {
+        if read_line(&mut r, &mut l)? == 0 {
             break;
         }
         let l = l.trim_end();
@@ -108,7 +120,7 @@ pub(crate) fn send(
     if chunked {
         loop {
             let mut l = String::new();
-            r.read_line(&mut l)?;
+            read_line(&mut r, &mut l)?;
             let size = usize::from_str_radix(l.trim().split(';').next().unwrap_or("0"), 16)
                 .map_err(|_| bad("bad chunk size"))?;
             if size == 0 {
@@ -116,7 +128,7 @@ pub(crate) fn send(
             }
             read_body_exact(&mut r, &mut body, size as u64)?;
             let mut crlf = String::new();
-            r.read_line(&mut crlf)?;
+            read_line(&mut r, &mut crlf)?;
         }
         if !h.contains("content-length") {
             h.add("content-length", body.len().to_string());
@@ -190,6 +202,19 @@ mod tests {
         h.join().unwrap();
         let (addr, h) = server(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nxyz");
         assert!(send(addr, &get(), b"", Duration::from_secs(5)).is_err(), "short body is an error");
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn an_endless_header_line_is_an_error() {
+        static REPLY: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+            let mut r = b"HTTP/1.1 200 OK\r\nx-long: ".to_vec();
+            r.resize(r.len() + (1 << 20), b'a');
+            r
+        });
+        let (addr, h) = server(&REPLY);
+        let err = send(addr, &get(), b"", Duration::from_secs(5)).unwrap_err();
+        assert!(err.to_string().contains("over 64 KiB"), "{err}");
         h.join().unwrap();
     }
 
