@@ -2,7 +2,8 @@
 //! at `xxh64("<address>_<i>")`; a key goes to the first point at or after its hash.
 //!
 //! `k` is the smallest power of two that makes the ring at least `min_size` points (lowered to stay within
-//! `max_size`, at least 1). Unlike Envoy, which rescales every host's point count whenever the total
+//! `max_size`, at least 1); if even `k = 1` exceeds `max_size`, each candidate gets
+//! `max(1, weight × max_size / total)` points instead, so huge weights never blow up the ring. Unlike Envoy, which rescales every host's point count whenever the total
 //! changes, `k` only changes when the total weight crosses a power of two, so adding or removing one
 //! endpoint moves only that endpoint's keys.
 //!
