@@ -174,3 +174,24 @@ fn garbage_and_unreadable_documents_keep_the_last_set() {
     assert!(advance_until(&mut p, Duration::from_secs(4), |p| version(p) == 2), "recovery not published");
     assert_eq!(addrs(&p), ["10.1.0.3:80"]);
 }
+
+#[test]
+fn oversized_document_fails_the_poll_and_keeps_the_last_set() {
+    let file = FileServer::start(r#"{"endpoints": ["10.1.0.1:80"]}"#);
+    let mut p = proxy(&file);
+    assert!(advance_until(&mut p, Duration::from_secs(3), |p| version(p) == 1));
+
+    // A valid document, but padded past the 4 MiB cap: not read, logged, the last set stays.
+    let padding = " ".repeat(5 << 20);
+    file.set(&format!(r#"{{"endpoints": ["10.1.0.9:80"]{padding}}}"#));
+    let errors = metric(&p, "errors");
+    p.advance(Duration::from_secs(3));
+    assert!(metric(&p, "errors") > errors, "oversized answer not counted as an error");
+    assert!(p.logged("over the 4194304-byte cap"));
+    assert_eq!((version(&p), addrs(&p)), (1, vec!["10.1.0.1:80".to_owned()]));
+
+    // Back under the cap: published.
+    file.set(r#"{"endpoints": ["10.1.0.9:80"]}"#);
+    assert!(advance_until(&mut p, Duration::from_secs(4), |p| version(p) == 2));
+    assert_eq!(addrs(&p), ["10.1.0.9:80"]);
+}

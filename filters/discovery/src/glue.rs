@@ -179,15 +179,17 @@ impl Context for Root {
                 .map(|(k, v)| (k.to_ascii_lowercase(), String::from_utf8_lossy(&v).into_owned()))
                 .collect();
             let status = crate::http::header(&headers, ":status").and_then(|s| s.parse::<u16>().ok());
-            match status {
-                Some(status) => {
+            // An oversized body is never copied into the VM.
+            match (status, crate::http::oversized(body_size)) {
+                (Some(_), Some(failed)) => failed,
+                (Some(status), None) => {
                     let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
                         .ok()
                         .flatten()
                         .unwrap_or_default();
                     Reply::Response { status, headers, body }
                 }
-                None => Reply::Failed("response without :status".into()),
+                (None, _) => Reply::Failed("response without :status".into()),
             }
         };
         let Some(engine) = self.engine.as_mut() else { return };

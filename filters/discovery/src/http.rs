@@ -44,6 +44,18 @@ impl Reply {
     }
 }
 
+/// Largest registry response body read into the VM (4 MiB). A bigger answer (a runaway registry, a
+/// wrong path returning a dump) fails the poll, which is logged and keeps the last good set, instead
+/// of copying it into wasm memory and parsing it.
+pub const MAX_BODY_BYTES: usize = 4 << 20;
+
+/// The failed reply for a response whose body of `body_size` bytes is over [`MAX_BODY_BYTES`].
+pub fn oversized(body_size: usize) -> Option<Reply> {
+    (body_size > MAX_BODY_BYTES).then(|| {
+        Reply::Failed(format!("response body of {body_size} bytes is over the {MAX_BODY_BYTES}-byte cap"))
+    })
+}
+
 /// First value of header `name` (lower-case) in `headers`.
 pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
@@ -67,6 +79,14 @@ pub fn encode_component(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bodies_over_the_cap_fail() {
+        assert_eq!(oversized(MAX_BODY_BYTES), None);
+        assert_eq!(oversized(0), None);
+        let Some(Reply::Failed(why)) = oversized(MAX_BODY_BYTES + 1) else { panic!() };
+        assert!(why.contains("4194305 bytes is over the 4194304-byte cap"), "{why}");
+    }
 
     #[test]
     fn encodes_reserved_characters() {
