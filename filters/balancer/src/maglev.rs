@@ -80,15 +80,7 @@ impl Maglev {
         Self { table }
     }
 
-    /// Replaces every entry `c` by `map[c]` (candidate positions → endpoint indices, so that a pick
-    /// needs no second lookup).
-    pub fn remap(&mut self, map: &[u32]) {
-        for c in &mut self.table {
-            *c = map.get(*c as usize).copied().unwrap_or(*c);
-        }
-    }
-
-    /// Position of the candidate owning `hash` (or what [`Maglev::remap`] mapped it to).
+    /// Position of the candidate owning `hash`.
     pub fn pick(&self, hash: u64) -> Option<usize> {
         if self.table.is_empty() {
             return None;

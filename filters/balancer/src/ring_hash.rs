@@ -79,14 +79,7 @@ impl Ring {
         self.points.is_empty()
     }
 
-    /// Replaces every candidate position `c` by `map[c]` (see [`crate::maglev::Maglev::remap`]).
-    pub fn remap(&mut self, map: &[u32]) {
-        for (_, c) in &mut self.points {
-            *c = map.get(*c as usize).copied().unwrap_or(*c);
-        }
-    }
-
-    /// Position of the candidate owning `hash` (or what [`Ring::remap`] mapped it to).
+    /// Position of the candidate owning `hash`.
     pub fn pick(&self, hash: u64) -> Option<usize> {
         let mut p = *self.index.get((hash >> self.shift) as usize)? as usize;
         while let Some(&(h, _)) = self.points.get(p) {
