@@ -17,15 +17,11 @@ use crate::vm::{
     MAP_RESP_TRAILERS, StreamAction, StreamRef, VmState, sd,
 };
 
-pub(crate) const OK: u32 = 0;
-pub(crate) const NOT_FOUND: u32 = 1;
-pub(crate) const BAD_ARGUMENT: u32 = 2;
-pub(crate) const SERIALIZATION_FAILURE: u32 = 3;
-pub(crate) const INVALID_MEMORY_ACCESS: u32 = 6;
-pub(crate) const EMPTY: u32 = 7;
-pub(crate) const CAS_MISMATCH: u32 = 8;
-pub(crate) const BROKEN_CONNECTION: u32 = 11;
-pub(crate) const UNIMPLEMENTED: u32 = 12;
+// The status codes are the public `crate::status` constants (one definition for guests and tests).
+pub(crate) use crate::status::{
+    BAD_ARGUMENT, BROKEN_CONNECTION, CAS_MISMATCH, EMPTY, INVALID_MEMORY_ACCESS, NOT_FOUND, OK,
+    SERIALIZATION_FAILURE, UNIMPLEMENTED,
+};
 
 type C<'a> = Caller<'a, VmState>;
 
