@@ -204,6 +204,32 @@ fn with_map<R>(c: &mut C<'_>, map: u32, f: impl FnOnce(&mut Headers) -> R) -> st
 
 const XFP: &[u8] = b"x-forwarded-proto";
 
+/// The body shared by `proxy_add_header_map_value` and `proxy_replace_header_map_value`: read the
+/// lower-cased key and the value, apply `op` to the map, note `x-forwarded-proto`, return the status.
+fn put_header(
+    c: &mut C<'_>,
+    map: u32,
+    (kp, kl): (u32, u32),
+    (vp, vl): (u32, u32),
+    op: impl FnOnce(&mut Headers, &[u8], &[u8]),
+) -> u32 {
+    let key = match read(c, kp, kl) {
+        Ok(k) => lower(&k),
+        Err(status) => return status,
+    };
+    let val = match read(c, vp, vl) {
+        Ok(v) => v,
+        Err(status) => return status,
+    };
+    match with_map(c, map, |m| op(m, &key, &val)) {
+        Ok(()) => {
+            track_forwarded_proto(c, map, &key, false);
+            OK
+        }
+        Err(()) => BAD_ARGUMENT,
+    }
+}
+
 /// Records whether a filter dropped `x-forwarded-proto` from the request headers (map 0; Envoy always
 /// has it there, see `ProxyBuilder::forwarded_proto`), so the route lookup at the end of the chain fails
 /// as in Envoy.
@@ -359,15 +385,7 @@ fn add_headers(l: &mut Linker<VmState>) -> Result<()> {
         "proxy_add_header_map_value",
         |mut c: C<'_>, map: u32, kp: u32, kl: u32, vp: u32, vl: u32| -> Result<u32> {
             guard(&c, "proxy_add_header_map_value")?;
-            let key = lower(&tri!(read(&c, kp, kl)));
-            let val = tri!(read(&c, vp, vl));
-            match with_map(&mut c, map, |m| m.add_copy(&key, &val)) {
-                Ok(()) => {
-                    track_forwarded_proto(&c, map, &key, false);
-                    Ok(OK)
-                }
-                Err(()) => Ok(BAD_ARGUMENT),
-            }
+            Ok(put_header(&mut c, map, (kp, kl), (vp, vl), |m, k, v| m.add_copy(k, v)))
         },
     )?;
     l.func_wrap(
@@ -375,15 +393,7 @@ fn add_headers(l: &mut Linker<VmState>) -> Result<()> {
         "proxy_replace_header_map_value",
         |mut c: C<'_>, map: u32, kp: u32, kl: u32, vp: u32, vl: u32| -> Result<u32> {
             guard(&c, "proxy_replace_header_map_value")?;
-            let key = lower(&tri!(read(&c, kp, kl)));
-            let val = tri!(read(&c, vp, vl));
-            match with_map(&mut c, map, |m| m.set_copy(&key, &val)) {
-                Ok(()) => {
-                    track_forwarded_proto(&c, map, &key, false);
-                    Ok(OK)
-                }
-                Err(()) => Ok(BAD_ARGUMENT),
-            }
+            Ok(put_header(&mut c, map, (kp, kl), (vp, vl), |m, k, v| m.set_copy(k, v)))
         },
     )?;
     l.func_wrap(
