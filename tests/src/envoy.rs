@@ -243,6 +243,9 @@ pub struct Listener {
     /// Let Envoy add its own headers (`x-request-id`, `x-envoy-upstream-service-time`, …); off for
     /// differential tests, whose other host does not model them.
     pub envoy_headers: bool,
+    /// Envoy's own path defences (`normalize_path`, `merge_slashes`, escaped slashes rejected), on by
+    /// default as every example config has them; off to show that a filter is safe on its own.
+    pub normalize_paths: bool,
 }
 
 impl Listener {
@@ -256,6 +259,7 @@ impl Listener {
             buffer_limit: None,
             http2: false,
             envoy_headers: true,
+            normalize_paths: true,
         }
     }
 
@@ -302,6 +306,12 @@ impl Listener {
         self
     }
 
+    /// Without Envoy's path normalization: the filters see `:path` exactly as the client sent it.
+    pub fn raw_paths(mut self) -> Self {
+        self.normalize_paths = false;
+        self
+    }
+
     pub fn buffer_limit(mut self, bytes: u32) -> Self {
         self.buffer_limit = Some(bytes);
         self
@@ -341,6 +351,11 @@ impl Listener {
         }
         if !self.envoy_headers {
             hcm["generate_request_id"] = json!(false);
+        }
+        if self.normalize_paths {
+            hcm["normalize_path"] = json!(true);
+            hcm["merge_slashes"] = json!(true);
+            hcm["path_with_escaped_slashes_action"] = json!("REJECT_REQUEST");
         }
         let mut l = json!({
             "name": self.name,
