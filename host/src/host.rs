@@ -22,12 +22,32 @@ pub struct HostOptions {
     /// growing past it gets `memory.grow` = -1, so its allocator fails and it traps; the stream fails
     /// and the VM is reloaded as after any trap. Default 256 MiB.
     pub max_memory_bytes: usize,
+    /// Where WASI `random_get` takes its bytes from. Default [`RandomSource::Os`], as Envoy (BoringSSL's
+    /// `RAND_bytes`): filters seed hash keys and draw ids and nonces from it.
+    pub random: RandomSource,
 }
 
 impl Default for HostOptions {
     fn default() -> Self {
-        Self { cache_dir: None, callback_deadline: Duration::from_secs(1), max_memory_bytes: 256 << 20 }
+        Self {
+            cache_dir: None,
+            callback_deadline: Duration::from_secs(1),
+            max_memory_bytes: 256 << 20,
+            random: RandomSource::Os,
+        }
     }
+}
+
+/// The source of WASI `random_get` bytes ([`HostOptions::random`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RandomSource {
+    /// The operating system's CSPRNG (`getrandom`): unpredictable, different in every VM and process.
+    #[default]
+    Os,
+    /// A deterministic generator (xorshift64*) seeded from this value, the worker index and the VM index:
+    /// the same bytes on every run, for tests that need repeatable randomness. Predictable: never serve
+    /// real traffic with it.
+    Seeded(u64),
 }
 
 /// How often the epoch ticker thread bumps the engine epoch; the callback deadline is measured in these.

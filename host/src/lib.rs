@@ -34,7 +34,7 @@ mod vm;
 mod wasi;
 mod worker;
 
-pub use host::{AbiVersion, Host, HostOptions, Module, ModuleReport};
+pub use host::{AbiVersion, Host, HostOptions, Module, ModuleReport, RandomSource};
 pub use http::{
     Action, Callback, CallbackRecord, Exchange, ForwardedRequest, Headers, LocalReply, Phase, Request,
     StreamId, StreamState, UpstreamReply,

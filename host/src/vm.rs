@@ -107,7 +107,7 @@ pub(crate) struct VmState {
     pub(crate) metric_ids: HashMap<u32, String>,
     pub(crate) metric_by_name: HashMap<(String, u32), u32>,
     pub(crate) next_metric: u32,
-    pub(crate) rng: u64,
+    pub(crate) rng: crate::wasi::Rng,
     /// Per-VM memory cap (see `HostOptions::max_memory_bytes`).
     pub(crate) limits: wasmtime::StoreLimits,
 }
@@ -126,8 +126,6 @@ impl VmState {
         vm_config: Vec<u8>,
         env: Vec<(String, String)>,
     ) -> Self {
-        let seed = (worker as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            ^ (vm_index as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
         Self {
             shared,
             worker,
@@ -150,7 +148,8 @@ impl VmState {
             metric_ids: HashMap::new(),
             metric_by_name: HashMap::new(),
             next_metric: 1,
-            rng: seed | 1,
+            // Replaced from the host's options in `Vm::instantiate`.
+            rng: crate::wasi::Rng::Os,
             limits: wasmtime::StoreLimits::default(),
         }
     }
@@ -191,16 +190,6 @@ impl VmState {
         {
             s.log(self.worker, &self.plugin_name(), level, message);
         }
-    }
-
-    pub(crate) fn next_random(&mut self) -> u64 {
-        // xorshift64*: WASI random_get only needs unpredictability-free determinism in tests.
-        let mut x = self.rng;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.rng = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 }
 
@@ -271,6 +260,7 @@ impl Vm {
         let mut state = state;
         state.limits =
             wasmtime::StoreLimitsBuilder::new().memory_size(host.inner.options.max_memory_bytes).build();
+        state.rng = crate::wasi::Rng::new(host.inner.options.random, worker, vm_index);
         let mut store = Store::new(&host.inner.engine, state);
         store.limiter(|st| &mut st.limits);
         let deadline_ticks = (host.inner.options.callback_deadline.as_millis()

@@ -1,11 +1,12 @@
 //! WASI preview 1 as Envoy provides it, under `wasi_snapshot_preview1` and `wasi_unstable`: stdout and
-//! stderr go to the log (info and error), environment only from the VM config, clocks and random, and
-//! nothing else (no files, no sockets, no preopens).
+//! stderr go to the log (info and error), environment only from the VM config, clocks and random (the OS
+//! CSPRNG unless a test asks for a seeded generator), and nothing else (no files, no sockets, no preopens).
 
 use wasmtime::Result;
 use wasmtime::{Caller, Linker};
 
 use crate::abi::{read, write, write_u32, write_u64};
+use crate::host::RandomSource;
 use crate::plugin::LogLevel;
 use crate::vm::VmState;
 
@@ -15,6 +16,7 @@ const SUCCESS: i32 = 0;
 const BADF: i32 = 8;
 const FAULT: i32 = 21;
 const INVAL: i32 = 28;
+const IO: i32 = 29;
 const NOENT: i32 = 44;
 const NOSYS: i32 = 52;
 const NOTSUP: i32 = 58;
@@ -115,6 +117,46 @@ fn write_out(c: &mut C<'_>, fd: u32, iovs: u32, n: u32, ret: u32) -> Result<i32>
     Ok(SUCCESS)
 }
 
+/// One VM's WASI random generator, built from [`HostOptions::random`](crate::HostOptions::random).
+pub(crate) enum Rng {
+    Os,
+    /// xorshift64* state (never 0).
+    Seeded(u64),
+}
+
+impl Rng {
+    pub(crate) fn new(source: RandomSource, worker: usize, vm_index: usize) -> Self {
+        match source {
+            RandomSource::Os => Rng::Os,
+            RandomSource::Seeded(seed) => {
+                // Distinct streams per worker and VM, so two VMs of one seeded host still differ.
+                let mixed = seed
+                    ^ (worker as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    ^ (vm_index as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+                Rng::Seeded(mixed | 1)
+            }
+        }
+    }
+
+    fn fill(&mut self, buf: &mut [u8]) -> std::result::Result<(), getrandom::Error> {
+        match self {
+            Rng::Os => getrandom::fill(buf),
+            Rng::Seeded(state) => {
+                for chunk in buf.chunks_mut(8) {
+                    let mut x = *state;
+                    x ^= x >> 12;
+                    x ^= x << 25;
+                    x ^= x >> 27;
+                    *state = x;
+                    let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
+                    chunk.copy_from_slice(&r[..chunk.len()]);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 fn env_block(st: &VmState) -> Vec<Vec<u8>> {
     st.env.iter().map(|(k, v)| format!("{k}={v}\0").into_bytes()).collect()
 }
@@ -140,12 +182,10 @@ fn add_module(l: &mut Linker<VmState>, m: &str) -> Result<()> {
         if len > 64 * 1024 {
             return Ok(INVAL);
         }
-        let mut bytes = Vec::with_capacity(len as usize + 8);
-        while bytes.len() < len as usize {
-            let r = c.data_mut().next_random();
-            bytes.extend_from_slice(&r.to_le_bytes());
+        let mut bytes = vec![0u8; len as usize];
+        if c.data_mut().rng.fill(&mut bytes).is_err() {
+            return Ok(IO);
         }
-        bytes.truncate(len as usize);
         tri!(write(&mut c, buf, &bytes));
         Ok(SUCCESS)
     })?;
