@@ -2,6 +2,7 @@
 //!
 //! - No token in the request: `Bearer realm="…"` only, no `error` attribute (§3.1).
 //! - A token that fails validation: 401 with `error="invalid_token"` and an `error_description`.
+//! - A credential that is malformed or repeated: 401 with `error="invalid_request"`.
 //! - A valid token without the required scope: 403 with `error="insufficient_scope"` and `scope="…"`.
 
 /// Which challenge to send.
@@ -11,6 +12,8 @@ pub enum Challenge<'a> {
     Missing,
     /// A token was sent but is not acceptable.
     InvalidToken(&'a str),
+    /// The credential is malformed or sent more than once (RFC 6750 §3.1 `invalid_request`).
+    InvalidRequest(&'a str),
     /// The token is valid but lacks scopes or claims the route requires.
     InsufficientScope { description: &'a str, scope: &'a str },
 }
@@ -29,6 +32,12 @@ pub fn www_authenticate(realm: &str, challenge: &Challenge<'_>) -> String {
         Challenge::InvalidToken(d) => {
             format!(
                 "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{}\"",
+                sanitize(d)
+            )
+        }
+        Challenge::InvalidRequest(d) => {
+            format!(
+                "Bearer realm=\"{realm}\", error=\"invalid_request\", error_description=\"{}\"",
                 sanitize(d)
             )
         }
