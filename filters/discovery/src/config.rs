@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::cidr::Cidr;
+use crate::debug::DebugAccess;
+use crate::policy::AddressPolicy;
 use crate::sources::Source;
 use crate::sources::consul::{Consul, ConsulConfig};
 use crate::sources::doh::{Doh, DohConfig};
@@ -53,10 +56,22 @@ pub struct Config {
     pub tick: Dur,
     #[serde(default)]
     pub lease: LeaseConfig,
-    /// When set, a GET on this exact path is answered by the filter with the published sets (JSON);
-    /// for operators and tests. Other requests pass untouched.
+    /// When set, a GET on this exact path from a loopback client (or with `debug_header`) is answered
+    /// by the filter with the published sets (JSON); for operators and tests. Off by default. Other
+    /// requests pass untouched.
     #[serde(default)]
     pub debug_path: Option<String>,
+    /// A header that also opens the debug endpoint to non-loopback clients.
+    #[serde(default)]
+    pub debug_header: Option<DebugHeaderConfig>,
+}
+
+/// `{"name": "x-meshwasm-debug", "value": "<long random string>"}`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebugHeaderConfig {
+    pub name: String,
+    pub value: String,
 }
 
 fn default_tick() -> Dur {
@@ -106,6 +121,16 @@ pub struct ServiceConfig {
     /// Longest pause between retries after errors (they back off from 1s). Default 30s.
     #[serde(default = "default_max_retry")]
     pub max_retry: Dur,
+    /// Publish loopback addresses (`127.0.0.0/8`, `::1`). Default false: a registry entry pointing at
+    /// loopback reaches the proxy's own ports (Envoy admin).
+    #[serde(default)]
+    pub allow_loopback: bool,
+    /// When set, only addresses in one of these blocks are published.
+    #[serde(default)]
+    pub allow_cidrs: Option<Vec<String>>,
+    /// Addresses in these blocks are never published (wins over `allow_cidrs`).
+    #[serde(default)]
+    pub deny_cidrs: Vec<String>,
 }
 
 fn default_refresh() -> Dur {
@@ -150,6 +175,8 @@ pub struct ServicePlan {
     pub timeout: Duration,
     pub allow_empty: bool,
     pub max_retry: Duration,
+    /// Which addresses may be published.
+    pub policy: AddressPolicy,
     source: SourceConfig,
 }
 
@@ -187,7 +214,8 @@ pub struct Plan {
     pub tick: Duration,
     pub lease_ttl: Duration,
     pub lease_name: String,
-    pub debug_path: Option<String>,
+    /// The debug endpoint, if configured.
+    pub debug: Option<DebugAccess>,
 }
 
 /// Shared-data and metric names must stay simple.
@@ -195,6 +223,46 @@ fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn parse_cidrs(list: &[String], at: &str) -> Result<Vec<Cidr>, String> {
+    list.iter().enumerate().map(|(i, c)| c.parse().map_err(|e| format!("{at}[{i}]: {e}"))).collect()
+}
+
+fn debug_access(config: &Config) -> Result<Option<DebugAccess>, String> {
+    let Some(path) = &config.debug_path else {
+        return match config.debug_header {
+            Some(_) => Err("debug_header: needs debug_path".into()),
+            None => Ok(None),
+        };
+    };
+    if !path.starts_with('/') {
+        return Err("debug_path: must start with `/`".into());
+    }
+    let header = match &config.debug_header {
+        None => None,
+        Some(h) => {
+            let name_ok = !h.name.is_empty()
+                && h.name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+            if !name_ok {
+                return Err(format!(
+                    "debug_header.name: `{}` must be a lower-case header name (letters, digits, `-`, `_`)",
+                    h.name
+                ));
+            }
+            // The value is a shared secret: long enough not to be guessed, never echoed in errors.
+            if h.value.len() < 16 {
+                return Err("debug_header.value: must be at least 16 characters".into());
+            }
+            if h.value.bytes().any(|b| b.is_ascii_control()) {
+                return Err("debug_header.value: contains a control character".into());
+            }
+            Some((h.name.clone(), h.value.as_bytes().to_vec()))
+        }
+    };
+    Ok(Some(DebugAccess { path: path.clone(), header }))
 }
 
 fn check_headers(h: &BTreeMap<String, String>) -> Result<(), String> {
@@ -226,9 +294,7 @@ impl Plan {
         if config.lease.ttl.0 < config.tick.0 * 2 {
             return Err("lease.ttl: must be at least twice the tick".into());
         }
-        if config.debug_path.as_ref().is_some_and(|p| !p.starts_with('/')) {
-            return Err("debug_path: must start with `/`".into());
-        }
+        let debug = debug_access(&config)?;
         if !valid_name(&config.lease.name) {
             return Err("lease.name: use letters, digits, `-`, `_` or `.`".into());
         }
@@ -251,6 +317,30 @@ impl Plan {
                 && c.wait.0 > Duration::from_secs(600)
             {
                 return Err(format!("{at}.source.consul.wait: Consul caps blocking queries at 10m"));
+            }
+            let policy = AddressPolicy {
+                allow_loopback: s.allow_loopback,
+                allow_cidrs: match &s.allow_cidrs {
+                    Some(list) if list.is_empty() => {
+                        return Err(format!(
+                            "{at}.allow_cidrs: an empty list would refuse every address; leave it out to allow any"
+                        ));
+                    }
+                    Some(list) => Some(parse_cidrs(list, &format!("{at}.allow_cidrs"))?),
+                    None => None,
+                },
+                deny_cidrs: parse_cidrs(&s.deny_cidrs, &format!("{at}.deny_cidrs"))?,
+            };
+            // A static list is known now: an address the policy refuses is a configuration error.
+            if let SourceConfig::Static(c) = &s.source {
+                for (j, e) in c.endpoints.iter().enumerate() {
+                    if let Err(why) = policy.check(e.address) {
+                        return Err(format!(
+                            "{at}.source.static.endpoints[{j}].address: {} is refused: {why}",
+                            e.address
+                        ));
+                    }
+                }
             }
             let at = format!("{at}.source");
             let (kind, upstream, headers) = match &s.source {
@@ -286,6 +376,7 @@ impl Plan {
                 timeout: s.timeout.0,
                 allow_empty: s.allow_empty,
                 max_retry: s.max_retry.0.max(Duration::from_secs(1)),
+                policy,
                 source: s.source,
             };
             plan.new_source().map_err(|e| format!("services[{i}].{e}"))?;
@@ -296,7 +387,7 @@ impl Plan {
             tick: config.tick.0,
             lease_ttl: config.lease.ttl.0,
             lease_name: config.lease.name,
-            debug_path: config.debug_path,
+            debug,
         })
     }
 }
@@ -367,5 +458,90 @@ mod tests {
             err(r#"{"services":[{"name":"a","source":{"consul":{"cluster":"c","wait":"11m"}}}]}"#)
                 .contains("services[0].source.consul.wait")
         );
+    }
+
+    const ETCD: &str = r#""source":{"etcd":{"cluster":"e","prefix":"/x/"}}"#;
+
+    #[test]
+    fn address_policy_fields_are_validated_naming_the_field() {
+        let err = |extra: &str| {
+            Plan::from_json(format!(r#"{{"services":[{{"name":"a",{extra}{ETCD}}}]}}"#).as_bytes())
+                .unwrap_err()
+        };
+        let e = err(r#""allow_cidrs":["10.0.0.0/8","10.0.0.1/8"],"#);
+        assert!(e.starts_with("services[0].allow_cidrs[1]: "), "{e}");
+        assert!(e.contains("did you mean 10.0.0.0/8"), "{e}");
+        let e = err(r#""deny_cidrs":["fd00::/129"],"#);
+        assert!(e.starts_with("services[0].deny_cidrs[0]: "), "{e}");
+        let e = err(r#""allow_cidrs":[],"#);
+        assert!(e.starts_with("services[0].allow_cidrs: "), "{e}");
+        let e = err(r#""allow_loopback":"yes","#);
+        assert!(e.contains("allow_loopback") || e.contains("boolean"), "{e}");
+
+        let plan = Plan::from_json(
+            format!(
+                r#"{{"services":[{{"name":"a","allow_loopback":true,"allow_cidrs":["10.0.0.0/8"],"deny_cidrs":["10.9.0.0/16"],{ETCD}}},
+                {{"name":"b",{ETCD}}}]}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let p = &plan.services[0].policy;
+        assert!(p.allow_loopback);
+        assert_eq!(p.allow_cidrs.as_ref().unwrap()[0].to_string(), "10.0.0.0/8");
+        assert_eq!(p.deny_cidrs[0].to_string(), "10.9.0.0/16");
+        // Defaults: no loopback, no CIDR lists.
+        assert_eq!(plan.services[1].policy, AddressPolicy::default());
+    }
+
+    #[test]
+    fn static_endpoints_the_policy_refuses_fail_the_configuration() {
+        let cfg = |extra: &str, addr: &str| {
+            Plan::from_json(
+                format!(
+                    r#"{{"services":[{{"name":"a",{extra}"source":{{"static":{{"endpoints":[{{"address":"10.0.0.1:80"}},{{"address":"{addr}"}}]}}}}}}]}}"#
+                )
+                .as_bytes(),
+            )
+        };
+        let e = cfg("", "127.0.0.1:9901").unwrap_err();
+        assert_eq!(
+            e,
+            "services[0].source.static.endpoints[1].address: 127.0.0.1:9901 is refused: loopback address (allow_loopback is false)"
+        );
+        assert!(cfg("", "169.254.169.254:80").unwrap_err().contains("link-local"));
+        assert!(cfg(r#""allow_loopback":true,"#, "169.254.169.254:80").is_err());
+        assert!(cfg(r#""allow_loopback":true,"#, "127.0.0.1:8080").is_ok());
+        assert!(cfg(r#""deny_cidrs":["10.0.0.0/8"],"#, "10.1.1.1:80").unwrap_err().contains("endpoints[0]"));
+    }
+
+    #[test]
+    fn debug_endpoint_is_off_by_default_and_validated() {
+        let plan =
+            |top: &str| Plan::from_json(format!(r#"{{{top}"services":[{{"name":"a",{ETCD}}}]}}"#).as_bytes());
+        assert_eq!(plan("").unwrap().debug, None);
+        let d = plan(r#""debug_path":"/dbg","#).unwrap().debug.unwrap();
+        assert_eq!((d.path.as_str(), d.header), ("/dbg", None));
+        let d =
+            plan(r#""debug_path":"/dbg","debug_header":{"name":"x-debug-key","value":"0123456789abcdef"},"#)
+                .unwrap()
+                .debug
+                .unwrap();
+        assert_eq!(d.header, Some(("x-debug-key".into(), b"0123456789abcdef".to_vec())));
+
+        assert!(plan(r#""debug_path":"dbg","#).unwrap_err().starts_with("debug_path:"));
+        let e = plan(r#""debug_header":{"name":"x-debug-key","value":"0123456789abcdef"},"#).unwrap_err();
+        assert!(e.starts_with("debug_header: "), "{e}");
+        let e = plan(r#""debug_path":"/d","debug_header":{"name":"X-Debug","value":"0123456789abcdef"},"#)
+            .unwrap_err();
+        assert!(e.starts_with("debug_header.name: "), "{e}");
+        let e = plan(r#""debug_path":"/d","debug_header":{"name":"x-debug","value":"short-secret"},"#)
+            .unwrap_err();
+        assert!(e.starts_with("debug_header.value: "), "{e}");
+        assert!(!e.contains("short-secret"), "the secret is never echoed: {e}");
+        let e =
+            plan(r#""debug_path":"/d","debug_header":{"name":"x","value":"0123456789abcdef","vlaue":1},"#)
+                .unwrap_err();
+        assert!(e.contains("vlaue"), "{e}");
     }
 }

@@ -4,6 +4,8 @@
 //! requests to send, and the host seam ([`Host`]) provides clock, shared data, queues, logs, metrics.
 
 use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use meshwasm_endpoints::Endpoint;
@@ -12,6 +14,7 @@ use crate::config::{Plan, ServicePlan};
 use crate::host::{Counter, Host, Level};
 use crate::http::{Reply, Request};
 use crate::lease::{Lease, Transition};
+use crate::policy::{Refusal, Screened};
 use crate::publish::{Published, publish, read_published};
 use crate::sources::{Outcome, Progress, Source, SourceError};
 
@@ -44,6 +47,61 @@ struct ServiceState {
     last_good: Option<Vec<Endpoint>>,
     version: u64,
     errors_in_row: u32,
+    /// What the address policy did to the last answer, so an unchanged refusal is logged at warn
+    /// once, not on every poll.
+    last_refused: Vec<(SocketAddr, Refusal)>,
+    last_clamped: Vec<(SocketAddr, u32)>,
+}
+
+/// At most this many addresses are named in one log line.
+const LOG_ADDRESSES: usize = 8;
+
+/// Logs and counts what the address policy refused or clamped in an answer of service `i`.
+fn report_screening(
+    host: &mut impl Host,
+    i: usize,
+    what: &str,
+    screened: &Screened,
+    last_refused: &mut Vec<(SocketAddr, Refusal)>,
+    last_clamped: &mut Vec<(SocketAddr, u32)>,
+) {
+    for _ in &screened.refused {
+        host.count(i, Counter::Refused);
+    }
+    for _ in &screened.clamped {
+        host.count(i, Counter::WeightClamped);
+    }
+    if !screened.refused.is_empty() {
+        let level = if screened.refused == *last_refused { Level::Debug } else { Level::Warn };
+        let mut msg = format!(
+            "meshwasm discovery: {what}: refused {} endpoint(s) by the address policy:",
+            screened.refused.len()
+        );
+        for (addr, why) in screened.refused.iter().take(LOG_ADDRESSES) {
+            let _ = write!(msg, " {addr} ({why});");
+        }
+        if screened.refused.len() > LOG_ADDRESSES {
+            let _ = write!(msg, " and {} more", screened.refused.len() - LOG_ADDRESSES);
+        }
+        host.log(level, msg.trim_end_matches(';'));
+    }
+    if !screened.clamped.is_empty() {
+        let level = if screened.clamped == *last_clamped { Level::Debug } else { Level::Warn };
+        let mut msg = format!(
+            "meshwasm discovery: {what}: clamped the weight of {} endpoint(s) to {}:",
+            screened.clamped.len(),
+            meshwasm_endpoints::MAX_WEIGHT
+        );
+        for (addr, w) in screened.clamped.iter().take(LOG_ADDRESSES) {
+            let _ = write!(msg, " {addr} (was {w});");
+        }
+        if screened.clamped.len() > LOG_ADDRESSES {
+            let _ = write!(msg, " and {} more", screened.clamped.len() - LOG_ADDRESSES);
+        }
+        host.log(level, msg.trim_end_matches(';'));
+    }
+    last_refused.clone_from(&screened.refused);
+    last_clamped.clone_from(&screened.clamped);
 }
 
 pub struct Engine {
@@ -70,6 +128,8 @@ impl Engine {
                 last_good: None,
                 version: 0,
                 errors_in_row: 0,
+                last_refused: Vec::new(),
+                last_clamped: Vec::new(),
             });
         }
         Ok(Self { services, lease: Lease::new(&plan.lease_name, ms(plan.lease_ttl), me), next_poll_id: 1 })
@@ -236,13 +296,27 @@ impl Engine {
         };
         s.errors_in_row = 0;
         s.next_due_ms = now + ms(next.unwrap_or(s.plan.refresh));
+        // Every source's answer passes the address policy here, before anything is published.
+        let screened = s.plan.policy.screen(endpoints);
+        report_screening(
+            host,
+            i,
+            &format!("service `{name}` ({kind})"),
+            &screened,
+            &mut s.last_refused,
+            &mut s.last_clamped,
+        );
+        let refused = screened.refused.len();
+        let endpoints = screened.endpoints;
         if endpoints.is_empty() && !s.plan.allow_empty {
             if s.last_good.as_ref().is_none_or(|l| !l.is_empty()) {
                 host.count(i, Counter::EmptyRejected);
+                let what =
+                    if refused > 0 { "no endpoints the address policy accepts" } else { "no endpoints" };
                 host.log(
                     Level::Warn,
                     &format!(
-                        "meshwasm discovery: service `{name}` ({kind}): registry answered no endpoints; keeping the \
+                        "meshwasm discovery: service `{name}` ({kind}): registry answered {what}; keeping the \
                          last {kept} (set allow_empty to publish empty answers)"
                     ),
                 );
@@ -560,5 +634,90 @@ mod tests {
         assert!(vm.engine.on_reply(&mut vm.host, 0, o.poll, 7, etcd_reply(1, &["10.0.0.1:1"])).is_empty());
         assert!(vm.engine.on_reply(&mut vm.host, 99, o.poll, 0, etcd_reply(1, &["10.0.0.1:1"])).is_empty());
         assert!(published(&vm, "api").is_none());
+    }
+
+    /// An etcd answer at `rev` whose values are given as written (bare `ip:port` or endpoint JSON).
+    fn etcd_values(rev: u32, values: &[&str]) -> Reply {
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let kvs: Vec<_> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| serde_json::json!({"key": b64(&format!("/services/api/{i}")), "value": b64(v)}))
+            .collect();
+        let body = serde_json::json!({"header": {"revision": rev.to_string()}, "kvs": kvs});
+        Reply::ok(200, serde_json::to_vec(&body).unwrap())
+    }
+
+    fn warnings(vm: &Vm, needle: &str) -> usize {
+        vm.host.logs.borrow().iter().filter(|(l, m)| *l == Level::Warn && m.contains(needle)).count()
+    }
+
+    #[test]
+    fn registry_answers_pass_the_address_policy_before_publishing() {
+        let p = proxy();
+        let mut vm = vm(&p);
+        let out = elect(&p, &mut vm);
+        let o = out.iter().find(|o| o.service == 0).unwrap().clone();
+        let answer = [
+            "169.254.169.254:80",
+            "0.0.0.0:8080",
+            "127.0.0.1:9901",
+            "10.0.0.1:80",
+            "[::ffff:127.0.0.1]:9901",
+            "10.0.0.2:0",
+            "224.0.0.1:80",
+            r#"{"address":"10.0.0.3:80","weight":4294967295}"#,
+        ];
+        vm.engine.on_reply(&mut vm.host, 0, o.poll, 0, etcd_values(5, &answer));
+        let set = published(&vm, "api").unwrap();
+        assert_eq!(addrs(&set), ["10.0.0.1:80", "10.0.0.3:80"]);
+        assert_eq!(set.endpoints[1].weight, meshwasm_endpoints::MAX_WEIGHT);
+        assert_eq!(vm.host.counter(0, Counter::Refused), 6);
+        assert_eq!(vm.host.counter(0, Counter::WeightClamped), 1);
+        assert_eq!(warnings(&vm, "refused 6 endpoint(s) by the address policy"), 1);
+        assert!(vm.host.logged("169.254.169.254:80 (link-local address)"));
+        assert!(vm.host.logged("127.0.0.1:9901 (loopback address (allow_loopback is false))"));
+        assert!(
+            vm.host.logged("clamped the weight of 1 endpoint(s) to 1000000: 10.0.0.3:80 (was 4294967295)")
+        );
+
+        // The same refusals in the next answer are counted again but not warned about again.
+        let o = next_request(&p, &mut vm, 0);
+        vm.engine.on_reply(&mut vm.host, 0, o.poll, 0, etcd_values(6, &answer));
+        assert_eq!(vm.host.counter(0, Counter::Refused), 12);
+        assert_eq!(warnings(&vm, "refused 6 endpoint(s)"), 1);
+        assert_eq!(warnings(&vm, "clamped the weight"), 1);
+
+        // An answer with nothing acceptable is an empty answer: the last set stays.
+        let o = next_request(&p, &mut vm, 0);
+        vm.engine.on_reply(
+            &mut vm.host,
+            0,
+            o.poll,
+            0,
+            etcd_values(7, &["127.0.0.1:9901", "169.254.169.254:80"]),
+        );
+        assert_eq!(addrs(&published(&vm, "api").unwrap()), ["10.0.0.1:80", "10.0.0.3:80"]);
+        assert_eq!(vm.host.counter(0, Counter::EmptyRejected), 1);
+        assert!(vm.host.logged("registry answered no endpoints the address policy accepts"));
+    }
+
+    #[test]
+    fn loopback_opt_in_and_cidr_lists_apply_to_registry_answers() {
+        let p = proxy();
+        let config = r#"{"tick":"100ms","lease":{"ttl":"1s"},"services":[
+            {"name":"api","allow_loopback":true,"allow_cidrs":["127.0.0.0/8","10.1.0.0/16"],"deny_cidrs":["127.0.0.1/32"],
+             "source":{"etcd":{"cluster":"etcd","prefix":"/services/api/"}}}]}"#;
+        let mut host = FakeHost::new(p.clone());
+        let id = crate::lease::allocate_id(&mut host);
+        let engine = Engine::new(&Plan::from_json(config.as_bytes()).unwrap(), id).unwrap();
+        let mut vm = Vm { host, engine };
+        let o = elect(&p, &mut vm).remove(0);
+        let answer = ["127.0.0.2:8080", "127.0.0.1:9901", "10.1.2.3:80", "10.2.0.1:80", "169.254.169.254:80"];
+        vm.engine.on_reply(&mut vm.host, 0, o.poll, 0, etcd_values(1, &answer));
+        assert_eq!(addrs(&published(&vm, "api").unwrap()), ["10.1.2.3:80", "127.0.0.2:8080"]);
+        assert_eq!(vm.host.counter(0, Counter::Refused), 3);
+        assert!(vm.host.logged("127.0.0.1:9901 (in deny_cidrs 127.0.0.1/32)"));
+        assert!(vm.host.logged("10.2.0.1:80 (not in allow_cidrs)"));
     }
 }

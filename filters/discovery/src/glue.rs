@@ -1,6 +1,6 @@
 //! proxy-wasm glue: maps root-context callbacks onto the [`Engine`] and implements the [`Host`] seam
 //! over hostcalls. Nothing happens per request: the HTTP contexts this plugin gets (when configured
-//! as an HTTP filter) just continue.
+//! as an HTTP filter) just continue, except allowed requests for the debug path ([`crate::debug`]).
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -11,6 +11,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 
 use crate::config::Plan;
+use crate::debug::{DebugAccess, Decision};
 use crate::engine::{Engine, Outgoing};
 use crate::host::{Counter, Host, Level, SetError};
 use crate::http::Reply;
@@ -26,7 +27,7 @@ proxy_wasm::main! {{
 
 /// Metric ids of one service.
 struct ServiceMetrics {
-    counters: [Option<u32>; 4],
+    counters: [Option<u32>; Counter::ALL.len()],
     endpoints: Option<u32>,
 }
 
@@ -119,7 +120,7 @@ impl Host for ProxyHost {
 #[derive(Default)]
 struct Root {
     host: ProxyHost,
-    debug_path: Option<Rc<str>>,
+    debug: Option<Rc<DebugAccess>>,
     engine: Option<Engine>,
     /// Dispatched calls: token → (service, poll, tag).
     calls: HashMap<u32, (usize, u64, u32)>,
@@ -247,7 +248,7 @@ impl RootContext for Root {
             ),
         );
         self.engine = Some(engine);
-        self.debug_path = plan.debug_path.as_deref().map(Rc::from);
+        self.debug = plan.debug.clone().map(Rc::new);
         let _ = hostcalls::set_tick_period(plan.tick.max(Duration::from_millis(10)));
         true
     }
@@ -259,7 +260,7 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Stream { debug_path: self.debug_path.clone() }))
+        Some(Box::new(Stream { debug: self.debug.clone() }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -269,20 +270,34 @@ impl RootContext for Root {
 
 /// Per request: nothing, unless the request is for the debug path.
 struct Stream {
-    debug_path: Option<Rc<str>>,
+    debug: Option<Rc<DebugAccess>>,
 }
 
 impl Context for Stream {}
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(debug) = &self.debug_path else { return Action::Continue };
-        let path = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, ":path").ok().flatten();
-        if path.as_deref() != Some(debug.as_bytes()) {
+        let Some(debug) = &self.debug else { return Action::Continue };
+        let header =
+            |name: &str| hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten();
+        if header(":path").as_deref() != Some(debug.path.as_bytes()) {
             return Action::Continue;
         }
-        let body = crate::publish::dump(&ProxyHost::default());
-        let _ = hostcalls::send_http_response(200, vec![("content-type", "application/json")], Some(&body));
-        Action::Pause
+        let method = header(":method");
+        let source = hostcalls::get_property(vec!["source", "address"]).ok().flatten();
+        let key = debug.header.as_ref().and_then(|(name, _)| header(name));
+        match debug.decide(method.as_deref(), source.as_deref(), key.as_deref()) {
+            Decision::Pass => Action::Continue,
+            Decision::MethodNotAllowed => {
+                let _ = hostcalls::send_http_response(405, vec![("allow", "GET")], None);
+                Action::Pause
+            }
+            Decision::Answer => {
+                let body = crate::publish::dump(&ProxyHost::default());
+                let headers = vec![("content-type", "application/json"), ("cache-control", "no-store")];
+                let _ = hostcalls::send_http_response(200, headers, Some(&body));
+                Action::Pause
+            }
+        }
     }
 }

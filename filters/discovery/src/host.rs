@@ -22,10 +22,21 @@ pub enum Counter {
     Updates,
     /// Empty answers not published because `allow_empty` is false.
     EmptyRejected,
+    /// Endpoints left out of an answer by the address policy (one per endpoint per answer).
+    Refused,
+    /// Endpoint weights lowered to `MAX_WEIGHT` (one per endpoint per answer).
+    WeightClamped,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 4] = [Counter::Polls, Counter::Errors, Counter::Updates, Counter::EmptyRejected];
+    pub const ALL: [Counter; 6] = [
+        Counter::Polls,
+        Counter::Errors,
+        Counter::Updates,
+        Counter::EmptyRejected,
+        Counter::Refused,
+        Counter::WeightClamped,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -33,6 +44,8 @@ impl Counter {
             Counter::Errors => "errors",
             Counter::Updates => "updates",
             Counter::EmptyRejected => "empty_rejected",
+            Counter::Refused => "refused",
+            Counter::WeightClamped => "weight_clamped",
         }
     }
 }

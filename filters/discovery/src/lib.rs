@@ -17,15 +17,23 @@
 //! assert_eq!(plan.services[0].kind, "etcd");
 //! ```
 //!
+//! Registries are not trusted: before anything is published, [`policy`] drops addresses that would
+//! steer traffic to the proxy itself or to link-local services (cloud metadata), applies the
+//! per-service CIDR lists and clamps weights.
+//!
 //! Layout: [`sources`] (one module per registry, wire format in and out), [`engine`] (schedule, keep
-//! last good, publish), [`lease`] (poller election), [`publish`] (shared-data contract), [`host`]
-//! (the seam to the proxy); the proxy-wasm glue is compiled for wasm32 only.
+//! last good, screen, publish), [`policy`] and [`cidr`] (which addresses may be published),
+//! [`lease`] (poller election), [`publish`] (shared-data contract), [`debug`] (who may read the debug
+//! endpoint), [`host`] (the seam to the proxy); the proxy-wasm glue is compiled for wasm32 only.
 
+pub mod cidr;
 pub mod config;
+pub mod debug;
 pub mod engine;
 pub mod host;
 pub mod http;
 pub mod lease;
+pub mod policy;
 pub mod publish;
 pub mod sources;
 

@@ -6,7 +6,9 @@
 //! - [`EndpointSet`]: one service's endpoints with a monotonically increasing `version`, encoded as compact
 //!   JSON (short keys, empty fields omitted) under the shared-data key [`set_key`]`(service)`. Publishers
 //!   write the endpoints sorted by address with no duplicate addresses (the first entry for an address
-//!   wins), so readers may binary-search by address and compare sets element-wise.
+//!   wins), so readers may binary-search by address and compare sets element-wise. Weights are in
+//!   `1..=`[`MAX_WEIGHT`] (discovery clamps larger registry weights), so readers may sum them in a `u64`
+//!   without care and in a `u32` for up to 4,294 endpoints.
 //! - [`SERVICES_KEY`]: the list of service names discovery publishes (a JSON array of strings).
 //! - Change notification: every subscriber VM registers its own shared queue (a queue is consumed by one VM,
 //!   so one queue per VM is the only way to broadcast), named [`notify_queue_name`]`(seq)` where `seq` comes
@@ -45,6 +47,12 @@ pub const NOTIFY_QUEUE_PREFIX: &str = "meshwasm.endpoints.v1.notify.";
 /// Shared-data key of the decimal counter subscribers CAS-increment to get a unique [`notify_queue_name`].
 pub const QUEUE_SEQ_KEY: &str = "meshwasm.endpoints.v1.queue_seq";
 
+/// Largest endpoint weight a publisher writes. Registries may report any `u32` (a Nacos weight of 10000 is
+/// published as 1,000,000, the largest legitimate value); beyond that a weight only serves to starve every
+/// other endpoint, so discovery clamps it. Like Envoy's rule that a locality's weights sum to at most
+/// `u32::MAX`, it keeps sums of thousands of endpoints within 32 bits.
+pub const MAX_WEIGHT: u32 = 1_000_000;
+
 /// Name of the notify queue a subscriber registers after drawing `seq` from [`QUEUE_SEQ_KEY`].
 pub fn notify_queue_name(seq: u64) -> String {
     format!("{NOTIFY_QUEUE_PREFIX}{seq}")
@@ -70,7 +78,7 @@ pub struct Endpoint {
     /// IP literal and port: what Envoy's ORIGINAL_DST cluster accepts.
     #[serde(rename = "a")]
     pub address: SocketAddr,
-    /// Relative weight, ≥ 1.
+    /// Relative weight, `1..=MAX_WEIGHT`.
     #[serde(rename = "w", default = "default_weight")]
     pub weight: u32,
     /// Locality zone, if the registry reports one.

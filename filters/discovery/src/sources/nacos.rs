@@ -96,7 +96,8 @@ impl Nacos {
                 continue;
             };
             // Bounded: a huge weight cannot overflow or dominate absurdly.
-            let weight = (weight * 100.0).round().clamp(1.0, 1_000_000.0) as u32;
+            let weight =
+                (weight * 100.0).round().clamp(1.0, f64::from(meshwasm_endpoints::MAX_WEIGHT)) as u32;
             let metadata = string_map(h.get("metadata"));
             let cluster =
                 h.get("clusterName").and_then(Value::as_str).filter(|c| !c.is_empty() && *c != "DEFAULT");
