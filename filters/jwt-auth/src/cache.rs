@@ -1,6 +1,10 @@
 //! Verified-token cache: bounded, per worker, keyed by a SHA-256 of (provider, token), entries expire at
 //! the token's `exp` (or after a configured maximum). A repeated token costs a hash and a lookup instead
 //! of a signature check. Tokens themselves are never stored.
+//!
+//! Entries are tagged with their provider's key-set generation: [`TokenCache::invalidate`] (called on
+//! every worker whenever a provider's keys change) bumps it, so a token verified with rotated-out keys is
+//! never served again; the stale entries age out with the FIFO order.
 
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
@@ -9,14 +13,19 @@ use sha2::{Digest, Sha256};
 
 use crate::validate::Verified;
 
-pub type CacheKey = [u8; 32];
+/// Key of a token for one provider: the provider (to invalidate per provider) and a SHA-256 of both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    provider: usize,
+    digest: [u8; 32],
+}
 
 /// Key of a token for one provider.
 pub fn key(provider: usize, token: &str) -> CacheKey {
     let mut h = Sha256::new();
     h.update((provider as u64).to_le_bytes());
     h.update(token.as_bytes());
-    h.finalize().into()
+    CacheKey { provider, digest: h.finalize().into() }
 }
 
 /// Short hex prefix of a token's hash, for logs (never log tokens).
@@ -28,6 +37,8 @@ pub fn log_id(token: &str) -> String {
 struct Entry {
     verified: Rc<Verified>,
     expires_s: u64,
+    /// The provider's key-set generation when the token was verified.
+    generation: u64,
 }
 
 /// The cache. Eviction is FIFO by insertion after expired entries, which keeps it O(1) per operation.
@@ -36,11 +47,34 @@ pub struct TokenCache {
     order: VecDeque<CacheKey>,
     capacity: usize,
     max_ttl_s: u64,
+    /// Key-set generation per provider index (missing: 0).
+    generations: Vec<u64>,
 }
 
 impl TokenCache {
     pub fn new(capacity: usize, max_ttl_s: u64) -> Self {
-        TokenCache { map: HashMap::new(), order: VecDeque::new(), capacity, max_ttl_s }
+        TokenCache {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            capacity,
+            max_ttl_s,
+            generations: Vec::new(),
+        }
+    }
+
+    fn generation(&self, provider: usize) -> u64 {
+        self.generations.get(provider).copied().unwrap_or(0)
+    }
+
+    /// The provider's keys changed (rotated, refetched, dropped): none of its cached verifications may
+    /// be used again. O(1); the stale entries are dropped when met or evicted.
+    pub fn invalidate(&mut self, provider: usize) {
+        if self.generations.len() <= provider {
+            self.generations.resize(provider + 1, 0);
+        }
+        if let Some(g) = self.generations.get_mut(provider) {
+            *g = g.wrapping_add(1);
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -54,7 +88,7 @@ impl TokenCache {
     /// A cached verification that is still valid at `now_s`.
     pub fn get(&mut self, k: &CacheKey, now_s: u64) -> Option<Rc<Verified>> {
         let e = self.map.get(k)?;
-        if now_s < e.expires_s {
+        if now_s < e.expires_s && e.generation == self.generation(k.provider) {
             return Some(e.verified.clone());
         }
         self.map.remove(k);
@@ -75,7 +109,8 @@ impl TokenCache {
             let Some(old) = self.order.pop_front() else { break };
             self.map.remove(&old);
         }
-        if self.map.insert(k, Entry { verified, expires_s }).is_none() {
+        let generation = self.generation(k.provider);
+        if self.map.insert(k, Entry { verified, expires_s, generation }).is_none() {
             self.order.push_back(k);
         }
         // Keep the order queue from growing with keys already removed on expiry.
@@ -118,6 +153,21 @@ mod tests {
         assert!(c.get(&key(0, "z"), 100).is_some());
         c.insert(key(0, "expired"), v(Some(50)), 100);
         assert!(c.get(&key(0, "expired"), 100).is_none());
+    }
+
+    #[test]
+    fn invalidate_forgets_only_that_providers_entries() {
+        let mut c = TokenCache::new(10, 300);
+        c.insert(key(0, "a"), v(Some(1000)), 100);
+        c.insert(key(1, "a"), v(Some(1000)), 100);
+        c.invalidate(0);
+        assert!(c.get(&key(0, "a"), 100).is_none(), "verified with the old keys");
+        assert!(c.get(&key(1, "a"), 100).is_some(), "other providers keep theirs");
+        c.insert(key(0, "a"), v(Some(1000)), 100);
+        assert!(c.get(&key(0, "a"), 100).is_some(), "verified again with the new keys");
+        c.invalidate(7);
+        assert!(c.get(&key(0, "a"), 100).is_some() && c.get(&key(1, "a"), 100).is_some());
+        assert!(c.len() <= 2);
     }
 
     #[test]

@@ -101,6 +101,10 @@ pub struct ProviderConfig {
     pub required_claims: Vec<String>,
     #[serde(default)]
     pub subjects: Option<MatchConfig>,
+    /// Required JWS `typ` header (RFC 8725 §3.11), e.g. `at+jwt` (RFC 9068); compared
+    /// case-insensitively, `application/at+jwt` matches `at+jwt`.
+    #[serde(default)]
+    pub typ: Option<String>,
     #[serde(default = "default_max_token")]
     pub max_token_bytes: usize,
     /// RFC 7662 introspection for opaque (non-JWT) tokens, instead of or besides keys.
@@ -338,6 +342,8 @@ pub struct Plan {
     pub bypass_cors_preflight: bool,
     /// Every header this filter writes; client-sent copies are always removed.
     pub output_headers: Vec<String>,
+    /// Legal but risky settings, logged by the glue at configure time.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -416,9 +422,18 @@ impl Plan {
         }
         let mut providers = Vec::new();
         let mut output_headers: Vec<String> = Vec::new();
+        let mut warnings = Vec::new();
         for (name, p) in &cfg.providers {
             let ctx = format!("provider `{name}`");
             let plan = build_provider(&ctx, name, p)?;
+            if plan.policy.issuer.is_none() && plan.policy.audiences.is_empty() {
+                // RFC 8725 §3.8/§3.9: a token the same keys (or introspection endpoint) issued for
+                // another service would be accepted here too.
+                warnings.push(format!(
+                    "{ctx}: neither `issuer` nor `audiences` is set, so tokens issued for any other \
+                     service by the same keys or endpoint are accepted"
+                ));
+            }
             for h in plan.claim_headers.iter().map(|c| &c.header).chain(plan.payload_header.iter()) {
                 if !output_headers.contains(h) {
                     output_headers.push(h.clone());
@@ -452,6 +467,7 @@ impl Plan {
             key_wait_timeout_ms: cfg.key_wait_timeout_ms.clamp(1, 60_000),
             bypass_cors_preflight: cfg.bypass_cors_preflight,
             output_headers,
+            warnings,
         })
     }
 
@@ -492,9 +508,21 @@ fn build_provider(ctx: &str, name: &str, p: &ProviderConfig) -> Result<ProviderP
         return err(format!("{ctx}.max_token_bytes: must be between 64 and 1048576"));
     }
     policy.max_token_bytes = p.max_token_bytes;
+    if let Some(t) = &p.typ {
+        // RFC 7515 §4.1.9: `application/` may be omitted, so compare without it.
+        let bare = match t.get(..12) {
+            Some(pre) if pre.eq_ignore_ascii_case("application/") => &t[12..],
+            _ => t.as_str(),
+        };
+        if bare.is_empty() || !bare.bytes().all(|b| b.is_ascii_graphic()) {
+            return err(format!("{ctx}.typ: `{t}` is not a media type name like `at+jwt`"));
+        }
+        policy.typ = Some(bare.to_string());
+    }
 
     let mut static_keys: Option<KeySet> = None;
     if let Some(j) = &p.local_jwks {
+        check_oct_lengths(ctx, j, &policy)?;
         let set = parse_jwks_value(j).map_err(|e| ConfigError(format!("{ctx}.local_jwks: {e}")))?;
         static_keys = Some(set);
     }
@@ -575,6 +603,42 @@ fn build_provider(ctx: &str, name: &str, p: &ProviderConfig) -> Result<ProviderP
         claim_headers,
         introspection: p.introspection.clone(),
     })
+}
+
+/// RFC 7518 §3.2: an HMAC key must be at least as long as the hash output. An `oct` key with a JWK
+/// `alg` is checked for it; one without is checked for every HS* algorithm the provider accepts (it
+/// may verify any of them).
+fn check_oct_lengths(ctx: &str, jwks: &serde_json::Value, policy: &Policy) -> Result<(), ConfigError> {
+    use base64::Engine as _;
+    let Some(list) = jwks.get("keys").and_then(serde_json::Value::as_array) else { return Ok(()) };
+    for (i, k) in list.iter().enumerate() {
+        if k.get("kty").and_then(serde_json::Value::as_str) != Some("oct") {
+            continue;
+        }
+        let Some(secret) = k
+            .get("k")
+            .and_then(serde_json::Value::as_str)
+            .and_then(|b| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(b).ok())
+        else {
+            continue;
+        };
+        let algs: Vec<jsonwebtoken::Algorithm> =
+            match k.get("alg").and_then(serde_json::Value::as_str).and_then(parse_alg) {
+                Some(a) => vec![a],
+                None => policy.algorithms.clone(),
+            };
+        let need = algs.iter().map(|a| (crate::jwks::hmac_min_len(*a), *a)).max_by_key(|(n, _)| *n);
+        if let Some((n, alg)) = need
+            && secret.len() < n
+        {
+            return err(format!(
+                "{ctx}.local_jwks.keys[{i}].k: the oct key is {} bytes, {alg:?} needs at least {n} \
+                 (RFC 7518 §3.2)",
+                secret.len()
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn build_remote(
@@ -693,7 +757,8 @@ fn build_rule(ctx: &str, r: &RuleConfig, providers: &[ProviderPlan]) -> Result<R
 mod tests {
     use super::*;
 
-    const JWKS: &str = r#"{"keys":[{"kty":"oct","kid":"h","k":"c2VjcmV0"}]}"#;
+    const JWKS: &str =
+        r#"{"keys":[{"kty":"oct","kid":"h","k":"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY"}]}"#;
 
     fn cfg(extra: &str) -> String {
         format!(
@@ -775,6 +840,67 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.0.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn weak_keys_are_refused_naming_the_field() {
+        let with = |algs: &str, keys: &str| {
+            Plan::from_json(
+                format!(r#"{{"providers":{{"p":{{"issuer":"i","algorithms":{algs},"local_jwks":{{"keys":{keys}}}}}}}}}"#)
+                    .as_bytes(),
+            )
+        };
+        let k = |bytes: usize| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(vec![7u8; bytes])
+        };
+        // RFC 7518 §3.2: HS256 ≥ 32 bytes, HS384 ≥ 48, HS512 ≥ 64.
+        for (alg, n) in [("HS256", 32), ("HS384", 48), ("HS512", 64)] {
+            let ok = format!(r#"[{{"kty":"oct","k":"{}"}}]"#, k(n));
+            with(&format!(r#"["{alg}"]"#), &ok).unwrap();
+            let short =
+                format!(r#"[{{"kty":"RSA","n":"AQAB","e":"AQAB"}},{{"kty":"oct","k":"{}"}}]"#, k(n - 1));
+            let e = with(&format!(r#"["{alg}"]"#), &short).unwrap_err();
+            assert!(
+                e.0.contains(&format!(
+                    "provider `p`.local_jwks.keys[1].k: the oct key is {} bytes, {alg} needs at least {n}",
+                    n - 1
+                )),
+                "{e}"
+            );
+        }
+        // Without a JWK `alg`, the key must be long enough for every HS* the provider accepts…
+        let e = with(r#"["HS256","HS512"]"#, &format!(r#"[{{"kty":"oct","k":"{}"}}]"#, k(32))).unwrap_err();
+        assert!(e.0.contains("HS512 needs at least 64"), "{e}");
+        // …with one, for that algorithm.
+        with(r#"["HS256","HS512"]"#, &format!(r#"[{{"kty":"oct","alg":"HS256","k":"{}"}}]"#, k(32))).unwrap();
+        let e =
+            with(r#"["HS256"]"#, &format!(r#"[{{"kty":"oct","alg":"HS384","k":"{}"}}]"#, k(32))).unwrap_err();
+        assert!(e.0.contains("keys[0].k") && e.0.contains("HS384 needs at least 48"), "{e}");
+        // PEM RSA keys below 2048 bits (a JWK RSA key that small is skipped as unusable).
+        let pem = "-----BEGIN PUBLIC KEY-----\nMIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQDH1PQ7ODLVDx7LMu+ao1s+X1UB\nHjag9GbHDGeeRtF8vxfYW3jsbvX9X7QKpozRv7aS8c4yJAd1yZwciREU5vxry0qN\n72yJk4tAT5EyqmWCZkgeMrST6oXTLALkZTIZjEPS5oMjKdSNLBKBa3KVv+6zFgS6\nBE6Ry50kJEcudHapPwIDAQAB\n-----END PUBLIC KEY-----\n";
+        let cfg = serde_json::json!({"providers": {"p": {"issuer": "i", "pem": [pem]}}});
+        let e = Plan::from_json(cfg.to_string().as_bytes()).unwrap_err();
+        assert!(e.0.contains("provider `p`.pem[0]: RSA key of 1024 bits is too small"), "{e}");
+    }
+
+    #[test]
+    fn typ_requirement_and_warnings() {
+        let plan = Plan::from_json(cfg(r#","typ":"application/AT+JWT""#).as_bytes()).unwrap();
+        assert_eq!(plan.providers[0].policy.typ.as_deref(), Some("AT+JWT"));
+        assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+        let e = Plan::from_json(cfg(r#","typ":"a t""#).as_bytes()).unwrap_err();
+        assert!(e.0.contains("provider `p`.typ"), "{e}");
+        let e = Plan::from_json(cfg(r#","typ":"application/""#).as_bytes()).unwrap_err();
+        assert!(e.0.contains("provider `p`.typ"), "{e}");
+        // Neither issuer nor audiences: legal, but warned about.
+        let plan = Plan::from_json(
+            br#"{"providers":{"open":{"remote_jwks":{"cluster":"c","uri":"https://h/j"}},
+                 "aud":{"audiences":["api"],"remote_jwks":{"cluster":"c","uri":"https://h/j"}}}}"#,
+        )
+        .unwrap();
+        assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
+        assert!(plan.warnings[0].starts_with("provider `open`: neither `issuer` nor `audiences`"));
     }
 
     #[test]

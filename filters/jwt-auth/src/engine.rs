@@ -394,9 +394,12 @@ pub fn evaluate(
             } else {
                 match keys.introspect(*pi, token) {
                     None => Attempt::Wait,
-                    Some(result) => match introspection::decide(icfg, result, now_s) {
+                    // The answer goes through the provider's policy (issuer, audiences, subjects,
+                    // required claims, lifetime, exp/nbf) exactly as a JWT's claims do.
+                    Some(result) => match introspection::decide(icfg, &p.policy, result, now_s) {
                         introspection::Outcome::Active(i) => Attempt::Ok(Rc::new(from_introspection(&i))),
                         introspection::Outcome::Inactive(d) => Attempt::Err(TokenError::Inactive(d)),
+                        introspection::Outcome::Rejected(e) => Attempt::Err(e),
                         introspection::Outcome::Unavailable(e) => Attempt::IntroUnavailable(e.to_string()),
                         introspection::Outcome::FailOpen(_) => Attempt::Ok(Rc::new(Verified {
                             claims: Default::default(),
@@ -992,4 +995,67 @@ mod tests {
         let Outcome::Allow { set, .. } = o else { panic!("{o:?}") };
         assert!(set.contains(&("x-sub".to_string(), "alice".to_string())));
     }
+    #[test]
+    fn introspected_tokens_get_the_providers_policy_and_fail_open_only_on_outages() {
+        let plan = Plan::from_json(
+            br#"{"providers":{"o":{"issuer":"https://as","audiences":["orders"],"subjects":{"prefix":"svc-"},
+                 "introspection":{"cluster":"idp","path":"/introspect","authority":"idp",
+                 "client_id":"rs","client_secret":"s","fail_open":true}}},
+                 "rules":[{"match":{"prefix":"/"},"requires_any":["o"]}]}"#,
+        )
+        .unwrap();
+        let answer = |body: serde_json::Value| {
+            Some(Ok(Rc::new(crate::introspection::parse_response(200, body.to_string().as_bytes()).unwrap())))
+        };
+        let call = |k: &mut IntroKeys| {
+            let mut c = Counters::default();
+            let get = |n: &str| (n == "authorization").then(|| b"Bearer opaque-123".to_vec());
+            let req = Request { method: "GET", path: "/", header: &get };
+            evaluate(&plan, &req, k, &mut TokenCache::new(0, 0), NOW, &mut c)
+        };
+        let good = serde_json::json!({"active": true, "iss": "https://as", "aud": "orders", "sub": "svc-a",
+            "exp": NOW + 60, "token_type": "Bearer"});
+        let mut k = IntroKeys { answer: answer(good.clone()), asked: 0 };
+        assert!(matches!(call(&mut k), Outcome::Allow { .. }));
+        for (member, value, reason) in [
+            ("iss", serde_json::json!("https://other-as"), "issuer"),
+            ("aud", serde_json::json!(["payments"]), "audience"),
+            ("sub", serde_json::json!("alice"), "claims"),
+            ("exp", serde_json::json!(NOW - 3600), "expired"),
+            ("token_type", serde_json::json!("refresh_token"), "token_type"),
+        ] {
+            let mut b = good.clone();
+            b[member] = value;
+            k.answer = answer(b);
+            let o = call(&mut k);
+            assert!(
+                matches!(&o, Outcome::Deny { status: 401, reason: r, www_authenticate: Some(w), .. }
+                    if *r == reason && w.contains(r#"error="invalid_token""#)),
+                "{member}: {o:?}"
+            );
+        }
+        // fail_open: a 5xx or an unreachable endpoint lets the request through; a 4xx, a malformed
+        // answer or the per-worker call cap answer 503.
+        for e in [IntrospectionError::Status(502), IntrospectionError::Unreachable("timeout".into())] {
+            k.answer = Some(Err(e));
+            assert!(matches!(call(&mut k), Outcome::Allow { .. }));
+        }
+        for e in [
+            IntrospectionError::Status(401),
+            IntrospectionError::Status(429),
+            IntrospectionError::Malformed("`active` is missing".into()),
+            IntrospectionError::Overloaded(64),
+        ] {
+            k.answer = Some(Err(e));
+            let o = call(&mut k);
+            assert!(
+                matches!(o, Outcome::Deny { status: 503, reason: "introspection_unavailable", .. }),
+                "{o:?}"
+            );
+        }
+    }
 }
+
+#[cfg(test)]
+#[path = "engine_attack_tests.rs"]
+mod attack_tests;

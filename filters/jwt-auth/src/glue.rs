@@ -178,6 +178,15 @@ impl KeyAccess for Access<'_> {
         {
             return None;
         }
+        // Per-worker cap on calls in flight, so a flood of unique opaque tokens cannot overload the
+        // endpoint (and, with fail_open, open the filter): past it, 503 (Overloaded never fails open).
+        if ip.inflight.len() >= ip.cfg.max_concurrent_calls {
+            // Calls whose answer the host lost do not hold a slot forever.
+            ip.inflight.retain(|_, t| now < t.saturating_add(lost_after_ms));
+            if ip.inflight.len() >= ip.cfg.max_concurrent_calls {
+                return Some(Err(IntrospectionError::Overloaded(ip.inflight.len())));
+            }
+        }
         let (headers, body) = build_request(&ip.cfg, token);
         let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         match hostcalls::dispatch_http_call(
@@ -374,9 +383,13 @@ impl Worker {
         let events = std::mem::take(&mut r.events);
         let name = self.plan.providers[provider].name.clone();
         for e in events {
+            // Every change of this worker's key set (including the keys it fetched itself) forgets the
+            // provider's verified tokens.
+            if e.changes_keys() {
+                self.cache.invalidate(provider);
+            }
             match e {
                 Event::Installed { version, keys } => {
-                    self.cache.clear();
                     log(
                         LogLevel::Info,
                         &format!(
@@ -395,7 +408,6 @@ impl Worker {
                     log(LogLevel::Warn, &format!("meshwasm jwt-auth: provider `{name}`: {reason}"));
                 }
                 Event::Expired => {
-                    self.cache.clear();
                     log(
                         LogLevel::Error,
                         &format!(
@@ -578,6 +590,9 @@ impl RootContext for Root {
                 return false;
             }
         };
+        for w in &plan.warnings {
+            log(LogLevel::Warn, &format!("meshwasm jwt-auth: {w}"));
+        }
         let id = worker_id();
         let native = crate::native::install();
         let keys = plan

@@ -19,11 +19,16 @@
 //!    and the body (refuse more than [`MAX_RESPONSE_BYTES`]: pass the size to [`check_body_size`]), then
 //!    `parse_response(status, &body)`. A failed dispatch or a timeout (Envoy calls back with no headers)
 //!    is `Err(IntrospectionError::Unreachable(..))`. On `Ok(i)`: `cache.insert(token, i.clone(), now_s)`.
-//! 4. [`decide`]`(&cfg, result, now_s)` gives the [`Outcome`]: `Active(i)` → continue (claims are in
-//!    `i.claims`, scopes in `i.scope` for the rule checks); `Inactive(why)` → 401 with
+//!    At most `max_concurrent_calls` calls are in flight per worker and provider; past that the request
+//!    gets `Err(IntrospectionError::Overloaded(..))`, which never fails open.
+//! 4. [`decide`]`(&cfg, &policy, result, now_s)` gives the [`Outcome`]: `Active(i)` → continue (claims
+//!    are in `i.claims`, scopes in `i.scope` for the rule checks); `Inactive(why)` or `Rejected(err)` (the
+//!    provider's policy — issuer, audiences, subjects, required claims, lifetime, `exp`/`nbf` — refuses
+//!    the answer, or its `token_type` is not an access token) → 401 with
 //!    `WWW-Authenticate: Bearer ..., error="invalid_token"`; `Unavailable(err)` → 503 local reply and a log
 //!    line with `err` (never the token: log [`token_log_id`]); `FailOpen(err)` → log and continue without
-//!    claims, as configured by `fail_open`.
+//!    claims, as configured by `fail_open`, and only for a transport failure, a timeout or a 5xx
+//!    ([`IntrospectionError::may_fail_open`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -33,6 +38,8 @@ use meshwasm_oauth2::{basic_authorization, form_urlencode_into};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+
+use crate::validate::{Policy, Round, TokenError, check_introspected_claims, numeric_date_value};
 
 /// Largest introspection response body accepted (64 KiB).
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
@@ -83,10 +90,16 @@ pub struct IntrospectionConfig {
     /// (default 300). Bounds how long a revoked token keeps working.
     #[serde(default = "default_max_active_ttl_s")]
     pub max_active_ttl_s: u64,
-    /// When the endpoint cannot be asked (down, timeout, bad answer): false (default) fails closed with
-    /// 503; true lets the request through without claims.
+    /// When the endpoint cannot be reached (connection failure, timeout) or answers 5xx: false
+    /// (default) fails closed with 503; true lets the request through without claims. A 4xx, a
+    /// malformed answer or too many calls in flight always fail closed.
     #[serde(default)]
     pub fail_open: bool,
+    /// Most introspection calls in flight at once per worker (default 64). Past it a request with a
+    /// new token gets 503 (never fail-open), so a flood of unique opaque tokens cannot overload the
+    /// endpoint.
+    #[serde(default = "default_max_concurrent_calls")]
+    pub max_concurrent_calls: usize,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -104,6 +117,9 @@ fn default_inactive_ttl_s() -> u64 {
 fn default_max_active_ttl_s() -> u64 {
     300
 }
+fn default_max_concurrent_calls() -> usize {
+    64
+}
 
 impl fmt::Debug for IntrospectionConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -120,6 +136,7 @@ impl fmt::Debug for IntrospectionConfig {
             .field("inactive_ttl_s", &self.inactive_ttl_s)
             .field("max_active_ttl_s", &self.max_active_ttl_s)
             .field("fail_open", &self.fail_open)
+            .field("max_concurrent_calls", &self.max_concurrent_calls)
             .finish()
     }
 }
@@ -151,6 +168,9 @@ impl IntrospectionConfig {
         if self.token_type_hint.bytes().any(|b| !(b.is_ascii_alphanumeric() || b == b'_')) {
             return bad("token_type_hint", "must be a token type name like `access_token`");
         }
+        if self.max_concurrent_calls == 0 || self.max_concurrent_calls > 10_000 {
+            return bad("max_concurrent_calls", "must be between 1 and 10000");
+        }
         if self.max_active_ttl_s == 0 && self.cache_max_entries > 0 {
             return bad(
                 "max_active_ttl_s",
@@ -174,6 +194,25 @@ pub enum IntrospectionError {
     Malformed(String),
     #[error("introspection endpoint unreachable: {0}")]
     Unreachable(String),
+    #[error("{0} introspection calls already in flight on this worker (max_concurrent_calls)")]
+    Overloaded(usize),
+}
+
+impl IntrospectionError {
+    /// Whether `fail_open` may let the request through: only when the endpoint could not be reached,
+    /// timed out or failed on its side (5xx). A 4xx (bad resource-server credentials, 429), a malformed
+    /// or oversized answer, our own call cap or a config error say nothing about the endpoint being down
+    /// and could be provoked, so they always fail closed.
+    pub fn may_fail_open(&self) -> bool {
+        match self {
+            IntrospectionError::Unreachable(_) => true,
+            IntrospectionError::Status(s) => (500..600).contains(s),
+            IntrospectionError::Config { .. }
+            | IntrospectionError::TooLarge(_)
+            | IntrospectionError::Malformed(_)
+            | IntrospectionError::Overloaded(_) => false,
+        }
+    }
 }
 
 /// A parsed introspection answer.
@@ -231,8 +270,10 @@ pub fn check_body_size(size: usize) -> Result<(), IntrospectionError> {
 }
 
 /// Parses the introspection endpoint's answer. Anything but HTTP 200 with a JSON object whose `active`
-/// is a boolean is an error; `exp`, `iat`, `nbf` must be non-negative integers when present (no
-/// strings, floats or negatives), `scope` a string or array of strings, `aud` a string or array.
+/// is a boolean is an error; `exp`, `iat`, `nbf` must be NumericDates when present (finite non-negative
+/// numbers below 2^64; a fraction is rounded toward the safe side, `exp` down and `nbf`/`iat` up; no
+/// strings or negatives; `null` counts as absent), `scope` a string or array of strings, `aud` a string
+/// or array, `sub`, `iss`, `client_id`, `token_type`, `token_use` strings.
 pub fn parse_response(status: u32, body: &[u8]) -> Result<Introspection, IntrospectionError> {
     if status != 200 {
         return Err(IntrospectionError::Status(status));
@@ -240,7 +281,7 @@ pub fn parse_response(status: u32, body: &[u8]) -> Result<Introspection, Introsp
     check_body_size(body.len())?;
     let malformed = |m: &str| IntrospectionError::Malformed(m.to_owned());
     let value: Value = serde_json::from_slice(body).map_err(|e| malformed(&format!("not JSON ({e})")))?;
-    let Value::Object(claims) = value else {
+    let Value::Object(mut claims) = value else {
         return Err(malformed("not a JSON object"));
     };
     let active = match claims.get("active") {
@@ -263,9 +304,11 @@ pub fn parse_response(status: u32, body: &[u8]) -> Result<Introspection, Introsp
             aud: Vec::new(),
         });
     }
-    let exp = numeric_date(&claims, "exp")?;
-    let iat = numeric_date(&claims, "iat")?;
-    let nbf = numeric_date(&claims, "nbf")?;
+    let exp = numeric_date(&claims, "exp", Round::Down)?;
+    let iat = numeric_date(&claims, "iat", Round::Up)?;
+    let nbf = numeric_date(&claims, "nbf", Round::Up)?;
+    // `null` means absent; drop it so the provider's claim checks see the same.
+    claims.retain(|k, v| !(v.is_null() && matches!(k.as_str(), "exp" | "iat" | "nbf")));
     let scope = match claims.get("scope") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(s)) => s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
@@ -281,15 +324,21 @@ pub fn parse_response(status: u32, body: &[u8]) -> Result<Introspection, Introsp
     let client_id = opt_string(&claims, "client_id")?;
     let sub = opt_string(&claims, "sub")?;
     let iss = opt_string(&claims, "iss")?;
+    opt_string(&claims, "token_type")?;
+    opt_string(&claims, "token_use")?;
     Ok(Introspection { active, claims, exp, iat, nbf, scope, client_id, sub, iss, aud })
 }
 
-fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, IntrospectionError> {
+fn numeric_date(
+    claims: &Map<String, Value>,
+    name: &str,
+    round: Round,
+) -> Result<Option<u64>, IntrospectionError> {
     match claims.get(name) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| {
-            IntrospectionError::Malformed(format!("`{name}` is not a non-negative integer ({n})"))
-        }),
+        Some(Value::Number(n)) => numeric_date_value(n, round)
+            .map(Some)
+            .ok_or_else(|| IntrospectionError::Malformed(format!("`{name}` is not a NumericDate ({n})"))),
         Some(_) => Err(IntrospectionError::Malformed(format!("`{name}` is not a number"))),
     }
 }
@@ -317,30 +366,54 @@ fn strings(a: &[Value], name: &str) -> Result<Vec<String>, IntrospectionError> {
 pub enum Outcome {
     /// Token active: continue, with its claims.
     Active(Rc<Introspection>),
-    /// Token not active (or expired / not yet valid by its own dates): 401 `invalid_token` with this
-    /// description.
+    /// Token not active: 401 `invalid_token` with this description.
     Inactive(&'static str),
+    /// Active, but the provider's policy refuses it (issuer, audience, subject, required claims,
+    /// lifetime, `exp`/`nbf`/`iat`, token type): 401 `invalid_token`.
+    Rejected(TokenError),
     /// The endpoint could not answer usefully and `fail_open` is false: 503.
     Unavailable(IntrospectionError),
     /// The endpoint could not answer usefully and `fail_open` is true: continue without claims.
     FailOpen(IntrospectionError),
 }
 
-/// Maps an introspection result to the filter's decision at `now_s`.
+/// Whether an active answer is for an access token. RFC 7662 §2.2 `token_type` (RFC 6749 §7.1
+/// types, or an RFC 8693 token type URI): absent, `access_token`, `Bearer`, or
+/// `urn:ietf:params:oauth:token-type:access_token` (any case). Anything else — `refresh_token`, an ID
+/// token, `DPoP` (this filter checks no DPoP proof, RFC 9449 §7) — is refused. Ory Hydra's `token_use`,
+/// when present, must be `access_token`.
+pub fn is_access_token(claims: &Map<String, Value>) -> bool {
+    let type_ok = match claims.get("token_type") {
+        None | Some(Value::Null) => true,
+        Some(Value::String(t)) => ["access_token", "bearer", "urn:ietf:params:oauth:token-type:access_token"]
+            .iter()
+            .any(|ok| t.eq_ignore_ascii_case(ok)),
+        Some(_) => false,
+    };
+    let use_ok = match claims.get("token_use") {
+        None | Some(Value::Null) => true,
+        Some(Value::String(u)) => u.eq_ignore_ascii_case("access_token"),
+        Some(_) => false,
+    };
+    type_ok && use_ok
+}
+
+/// Maps an introspection result to the filter's decision at `now_s`: an active answer goes through the
+/// provider's `policy` exactly as a JWT's claims do ([`check_introspected_claims`]).
 pub fn decide(
     cfg: &IntrospectionConfig,
+    policy: &Policy,
     result: Result<Rc<Introspection>, IntrospectionError>,
     now_s: u64,
 ) -> Outcome {
     match result {
         Ok(i) if !i.active => Outcome::Inactive("the access token is not active"),
-        Ok(i) if i.exp.is_some_and(|exp| exp <= now_s) => Outcome::Inactive("the access token expired"),
-        Ok(i) if i.nbf.is_some_and(|nbf| nbf > now_s) => {
-            Outcome::Inactive("the access token is not yet valid")
-        }
-        Ok(i) => Outcome::Active(i),
-        // A config error is not a per-request result; treat it like an unusable endpoint.
-        Err(e) if cfg.fail_open => Outcome::FailOpen(e),
+        Ok(i) if !is_access_token(&i.claims) => Outcome::Rejected(TokenError::TokenType),
+        Ok(i) => match check_introspected_claims(policy, &i.claims, now_s) {
+            Ok(_) => Outcome::Active(i),
+            Err(e) => Outcome::Rejected(e),
+        },
+        Err(e) if cfg.fail_open && e.may_fail_open() => Outcome::FailOpen(e),
         Err(e) => Outcome::Unavailable(e),
     }
 }
@@ -484,6 +557,7 @@ mod tests {
         assert_eq!(c.inactive_ttl_s, 10);
         assert_eq!(c.max_active_ttl_s, 300);
         assert!(!c.fail_open);
+        assert_eq!(c.max_concurrent_calls, 64);
         c.validate().unwrap();
         let err = serde_json::from_value::<IntrospectionConfig>(serde_json::json!({
             "cluster": "idp", "path": "/i", "authority": "a", "client_id": "x", "client_secret": "y",
@@ -520,6 +594,8 @@ mod tests {
             ("timeout_ms", Box::new(|c| c.timeout_ms = 600_000)),
             ("token_type_hint", Box::new(|c| c.token_type_hint = "a&b".into())),
             ("max_active_ttl_s", Box::new(|c| c.max_active_ttl_s = 0)),
+            ("max_concurrent_calls", Box::new(|c| c.max_concurrent_calls = 0)),
+            ("max_concurrent_calls", Box::new(|c| c.max_concurrent_calls = 10_001)),
         ];
         for (field, mutate) in cases {
             let mut c = cfg();
@@ -603,7 +679,10 @@ mod tests {
             br#"{"active":1}"#,
             br#"{"active":null}"#,
             br#"{"active":true,"exp":"2000"}"#,
-            br#"{"active":true,"exp":2000.5}"#,
+            br#"{"active":true,"exp":-0.5}"#,
+            br#"{"active":true,"nbf":18446744073709551616}"#,
+            br#"{"active":true,"token_type":1}"#,
+            br#"{"active":true,"token_use":[]}"#,
             br#"{"active":true,"exp":-1}"#,
             br#"{"active":true,"exp":1e30}"#,
             br#"{"active":true,"iat":true}"#,
@@ -627,31 +706,176 @@ mod tests {
         assert!(check_body_size(MAX_RESPONSE_BYTES).is_ok());
     }
 
+    /// A policy without skew or issuer/audience checks: only the answer's own dates matter.
+    fn lax() -> Policy {
+        Policy { clock_skew_s: 0, ..Policy::default() }
+    }
+
+    fn active(body: &[u8]) -> Result<Rc<Introspection>, IntrospectionError> {
+        Ok(Rc::new(parse_response(200, body).unwrap()))
+    }
+
     #[test]
     fn decisions() {
         let c = cfg();
-        let active = |body: &[u8]| Ok(Rc::new(parse_response(200, body).unwrap()));
-        assert!(matches!(decide(&c, active(br#"{"active":true,"exp":200}"#), 100), Outcome::Active(_)));
-        assert!(matches!(decide(&c, active(br#"{"active":true}"#), 100), Outcome::Active(_)));
+        let p = lax();
+        assert!(matches!(decide(&c, &p, active(br#"{"active":true,"exp":200}"#), 100), Outcome::Active(_)));
+        assert!(
+            matches!(decide(&c, &p, active(br#"{"active":true}"#), 100), Outcome::Active(_)),
+            "RFC 7662: exp is optional, require_expiration applies to JWTs only"
+        );
         assert_eq!(
-            decide(&c, active(br#"{"active":false}"#), 100),
+            decide(&c, &p, active(br#"{"active":false}"#), 100),
             Outcome::Inactive("the access token is not active")
         );
         assert_eq!(
-            decide(&c, active(br#"{"active":true,"exp":100}"#), 100),
-            Outcome::Inactive("the access token expired")
+            decide(&c, &p, active(br#"{"active":true,"exp":100}"#), 100),
+            Outcome::Rejected(TokenError::Expired)
         );
         assert_eq!(
-            decide(&c, active(br#"{"active":true,"nbf":101}"#), 100),
-            Outcome::Inactive("the access token is not yet valid")
+            decide(&c, &p, active(br#"{"active":true,"nbf":101}"#), 100),
+            Outcome::Rejected(TokenError::NotYetValid)
+        );
+        // The provider's clock skew applies as for JWTs.
+        let skew = Policy { clock_skew_s: 60, ..Policy::default() };
+        assert!(matches!(
+            decide(&c, &skew, active(br#"{"active":true,"exp":100}"#), 159),
+            Outcome::Active(_)
+        ));
+        assert_eq!(
+            decide(&c, &skew, active(br#"{"active":true,"exp":100}"#), 160),
+            Outcome::Rejected(TokenError::Expired)
         );
         let err = IntrospectionError::Unreachable("timeout".into());
-        assert_eq!(decide(&c, Err(err.clone()), 100), Outcome::Unavailable(err.clone()));
+        assert_eq!(decide(&c, &p, Err(err.clone()), 100), Outcome::Unavailable(err.clone()));
         let mut open = cfg();
         open.fail_open = true;
-        assert_eq!(decide(&open, Err(err.clone()), 100), Outcome::FailOpen(err));
+        assert_eq!(decide(&open, &p, Err(err.clone()), 100), Outcome::FailOpen(err));
         // fail_open never turns an inactive token into an allowed one.
-        assert!(matches!(decide(&open, active(br#"{"active":false}"#), 100), Outcome::Inactive(_)));
+        assert!(matches!(decide(&open, &p, active(br#"{"active":false}"#), 100), Outcome::Inactive(_)));
+    }
+
+    #[test]
+    fn active_answers_get_the_providers_policy() {
+        let c = cfg();
+        let policy = Policy {
+            issuer: Some("https://idp".into()),
+            audiences: vec!["orders".into()],
+            subject: Some(crate::validate::StringMatch::Prefix("svc-".into())),
+            required_claims: vec!["client_id".into()],
+            max_lifetime_s: Some(600),
+            ..Policy::default()
+        };
+        let good = serde_json::json!({"active": true, "iss": "https://idp", "aud": ["x", "orders"],
+            "sub": "svc-a", "client_id": "c", "iat": 1000, "exp": 1300});
+        let with = |k: &str, v: Value| {
+            let mut b = good.clone();
+            if v.is_null() {
+                b.as_object_mut().unwrap().remove(k);
+            } else {
+                b[k] = v;
+            }
+            decide(&c, &policy, active(b.to_string().as_bytes()), 1100)
+        };
+        assert!(matches!(with("sub", "svc-a".into()), Outcome::Active(_)));
+        assert_eq!(with("iss", "https://evil".into()), Outcome::Rejected(TokenError::Issuer));
+        assert_eq!(with("iss", Value::Null), Outcome::Rejected(TokenError::Issuer));
+        assert_eq!(with("aud", "payments".into()), Outcome::Rejected(TokenError::Audience));
+        assert_eq!(with("aud", Value::Null), Outcome::Rejected(TokenError::Audience));
+        assert_eq!(with("sub", "admin".into()), Outcome::Rejected(TokenError::Subject));
+        assert_eq!(with("client_id", Value::Null), Outcome::Rejected(TokenError::MissingClaim));
+        assert_eq!(with("exp", 1601.into()), Outcome::Rejected(TokenError::LifetimeTooLong));
+        assert_eq!(
+            with("exp", Value::Null),
+            Outcome::Rejected(TokenError::MissingExp),
+            "max_lifetime_s needs exp"
+        );
+        assert_eq!(with("exp", 1000.into()), Outcome::Rejected(TokenError::Expired));
+        assert_eq!(with("nbf", 1200.into()), Outcome::Rejected(TokenError::NotYetValid));
+        assert_eq!(with("iat", 1200.into()), Outcome::Rejected(TokenError::IssuedInFuture));
+        // fail_open does not change a policy refusal.
+        let mut open = cfg();
+        open.fail_open = true;
+        let mut b = good.clone();
+        b["aud"] = "payments".into();
+        assert_eq!(
+            decide(&open, &policy, active(b.to_string().as_bytes()), 1100),
+            Outcome::Rejected(TokenError::Audience)
+        );
+    }
+
+    #[test]
+    fn only_access_tokens_are_accepted() {
+        let c = cfg();
+        let p = lax();
+        let with =
+            |extra: &str| decide(&c, &p, active(format!(r#"{{"active":true{extra}}}"#).as_bytes()), 100);
+        for ok in [
+            "",
+            r#","token_type":null"#,
+            r#","token_type":"access_token""#,
+            r#","token_type":"Bearer""#,
+            r#","token_type":"bearer""#,
+            r#","token_type":"urn:ietf:params:oauth:token-type:access_token""#,
+            r#","token_type":"Bearer","token_use":"access_token""#,
+        ] {
+            assert!(matches!(with(ok), Outcome::Active(_)), "{ok}");
+        }
+        for bad in [
+            r#","token_type":"refresh_token""#,
+            r#","token_type":"urn:ietf:params:oauth:token-type:refresh_token""#,
+            r#","token_type":"urn:ietf:params:oauth:token-type:id_token""#,
+            r#","token_type":"DPoP""#,
+            r#","token_type":"","x":1"#,
+            r#","token_type":"Bearer","token_use":"refresh_token""#,
+        ] {
+            assert_eq!(with(bad), Outcome::Rejected(TokenError::TokenType), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_an_unreachable_or_failing_endpoint_may_fail_open() {
+        let mut open = cfg();
+        open.fail_open = true;
+        let p = lax();
+        for e in [
+            IntrospectionError::Unreachable("timeout".into()),
+            IntrospectionError::Status(500),
+            IntrospectionError::Status(503),
+            IntrospectionError::Status(599),
+        ] {
+            assert_eq!(decide(&open, &p, Err(e.clone()), 100), Outcome::FailOpen(e));
+        }
+        for e in [
+            IntrospectionError::Status(400),
+            IntrospectionError::Status(401),
+            IntrospectionError::Status(403),
+            IntrospectionError::Status(429),
+            IntrospectionError::Status(302),
+            IntrospectionError::Status(204),
+            IntrospectionError::Status(600),
+            IntrospectionError::Malformed("x".into()),
+            IntrospectionError::TooLarge(1 << 20),
+            IntrospectionError::Overloaded(64),
+            IntrospectionError::Config { field: "cluster", reason: "x".into() },
+        ] {
+            assert_eq!(decide(&open, &p, Err(e.clone()), 100), Outcome::Unavailable(e));
+        }
+    }
+
+    #[test]
+    fn fractional_dates_in_answers_round_toward_the_safe_side() {
+        let i = parse_response(200, br#"{"active":true,"exp":2000.9,"iat":1000.1,"nbf":999.5,"x":null}"#)
+            .unwrap();
+        assert_eq!((i.exp, i.iat, i.nbf), (Some(2000), Some(1001), Some(1000)));
+        let i = parse_response(200, br#"{"active":true,"exp":null,"nbf":null}"#).unwrap();
+        assert_eq!((i.exp, i.nbf), (None, None));
+        assert!(matches!(decide(&cfg(), &lax(), Ok(Rc::new(i)), 100), Outcome::Active(_)), "null is absent");
+        let p = lax();
+        let fr = |b: &[u8], now| decide(&cfg(), &p, active(b), now);
+        assert_eq!(fr(br#"{"active":true,"exp":100.5}"#, 100), Outcome::Rejected(TokenError::Expired));
+        assert_eq!(fr(br#"{"active":true,"nbf":100.5}"#, 100), Outcome::Rejected(TokenError::NotYetValid));
+        assert!(matches!(fr(br#"{"active":true,"nbf":99.5,"exp":101.5}"#, 100), Outcome::Active(_)));
     }
 
     fn active_until(exp: Option<u64>) -> Introspection {

@@ -3,7 +3,9 @@
 //! Keys that cannot be used for signature checks are skipped, not fatal: `use: enc` keys, unknown
 //! `kty`/`crv`/`alg`. A JWK's `alg`, when present, must equal the token's `alg`; a key's family (RSA, EC
 //! curve, OKP, oct) must match the token's algorithm, so an RSA public key can never be used as an HMAC
-//! secret (HS/RS confusion).
+//! secret (HS/RS confusion). Symmetric (`oct`) keys only ever come from the configuration: a remote
+//! JWKS is public, so an `oct` key in it is skipped ([`parse_remote_jwks`]). An `oct` key verifies an
+//! HS* token only when it is at least as long as the hash output (RFC 7518 §3.2).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -65,10 +67,23 @@ pub enum JwksError {
     NoUsableKey(usize),
     #[error("PEM is not an RSA, EC or Ed25519 public key")]
     Pem,
+    #[error("RSA key of {0} bits is too small (at least 2048, RFC 7518 §3.3)")]
+    WeakRsa(usize),
 }
 
 /// Upper bound of keys in one JWKS; more is a misconfiguration or an attack on CPU/memory.
 pub const MAX_KEYS: usize = 100;
+
+/// Shortest `oct` key that may verify `alg` (RFC 7518 §3.2: a key at least as long as the hash output);
+/// 0 for algorithms that are not HMAC.
+pub fn hmac_min_len(alg: Algorithm) -> usize {
+    match alg {
+        Algorithm::HS256 => 32,
+        Algorithm::HS384 => 48,
+        Algorithm::HS512 => 64,
+        _ => 0,
+    }
+}
 
 /// Parses a JWK `alg` value into a JWS algorithm (only the ones this filter can verify).
 pub fn parse_alg(s: &str) -> Option<Algorithm> {
@@ -93,8 +108,9 @@ fn b64(v: Option<&Value>) -> Option<Vec<u8>> {
     URL_SAFE_NO_PAD.decode(v?.as_str()?).ok()
 }
 
-/// Parses one JWK; `None` when the key is not a usable signature key.
-fn parse_jwk(v: &Value) -> Option<Key> {
+/// Parses one JWK; `None` when the key is not a usable signature key (or is an `oct` key and
+/// `symmetric` is false).
+fn parse_jwk(v: &Value, symmetric: bool) -> Option<Key> {
     let obj = v.as_object()?;
     if let Some(u) = obj.get("use")
         && u.as_str() != Some("sig")
@@ -152,6 +168,9 @@ fn parse_jwk(v: &Value) -> Option<Key> {
             (KeyFamily::Ed25519, Material::ed25519(&x)?)
         }
         "oct" => {
+            if !symmetric {
+                return None;
+            }
             let k = b64(obj.get("k"))?;
             if k.is_empty() {
                 return None;
@@ -168,21 +187,32 @@ fn parse_jwk(v: &Value) -> Option<Key> {
     Some(Key { kid, alg, family, key })
 }
 
-/// Parses a JWKS document (`{"keys": [...]}`).
+/// Parses a JWKS document (`{"keys": [...]}`) from the configuration (`oct` keys allowed).
 pub fn parse_jwks(body: &[u8]) -> Result<KeySet, JwksError> {
     let v: Value = serde_json::from_slice(body).map_err(|e| JwksError::Json(e.to_string()))?;
     parse_jwks_value(&v)
 }
 
-/// Parses an already decoded JWKS document.
+/// Parses a JWKS fetched from a remote JWKS URI (or found by OIDC discovery): `oct` keys are skipped,
+/// since a shared secret published on the network is no secret, and anyone could sign with it.
+pub fn parse_remote_jwks(body: &[u8]) -> Result<KeySet, JwksError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| JwksError::Json(e.to_string()))?;
+    parse_keys(&v, false)
+}
+
+/// Parses an already decoded JWKS document from the configuration (`oct` keys allowed).
 pub fn parse_jwks_value(v: &Value) -> Result<KeySet, JwksError> {
+    parse_keys(v, true)
+}
+
+fn parse_keys(v: &Value, symmetric: bool) -> Result<KeySet, JwksError> {
     let list = v.get("keys").and_then(Value::as_array).ok_or(JwksError::Shape)?;
     if list.len() > MAX_KEYS {
         return Err(JwksError::TooManyKeys(list.len(), MAX_KEYS));
     }
     let mut set = KeySet::default();
     for k in list {
-        match parse_jwk(k) {
+        match parse_jwk(k, symmetric) {
             Some(key) => set.keys.push(key),
             None => set.skipped += 1,
         }
@@ -197,7 +227,14 @@ pub fn parse_jwks_value(v: &Value) -> Result<KeySet, JwksError> {
 pub fn parse_pem(pem: &str) -> Result<Key, JwksError> {
     let key = crate::crypto::from_pem(pem).ok_or(JwksError::Pem)?;
     let family = match &key {
-        Material::Rsa(..) => KeyFamily::Rsa,
+        Material::Rsa(k, _) => {
+            use rsa::traits::PublicKeyParts as _;
+            let bits = k.n().bits();
+            if bits < 2048 {
+                return Err(JwksError::WeakRsa(bits));
+            }
+            KeyFamily::Rsa
+        }
         Material::P256(..) => KeyFamily::EcP256,
         Material::P384(..) => KeyFamily::EcP384,
         Material::Ed25519(_) => KeyFamily::Ed25519,
@@ -225,9 +262,14 @@ impl KeySet {
     }
 
     /// Keys that may verify a token with this `alg` and `kid`: with a kid only keys carrying that kid
-    /// (duplicates allowed), without one every key; always only keys whose family and JWK `alg` fit.
+    /// (duplicates allowed), without one every key; always only keys whose family and JWK `alg` fit
+    /// (and `oct` keys long enough for the hash).
     pub fn select(&self, alg: Algorithm, kid: Option<&str>) -> Selection<'_> {
-        let fits = |k: &&Key| k.family.fits(alg) && k.alg.is_none_or(|a| a == alg);
+        let strong = |k: &Key| match &k.key {
+            Material::Hmac(secret) => secret.len() >= hmac_min_len(alg),
+            _ => true,
+        };
+        let fits = |k: &&Key| k.family.fits(alg) && k.alg.is_none_or(|a| a == alg) && strong(k);
         match kid {
             Some(kid) => {
                 let mut any_kid = false;
@@ -285,7 +327,7 @@ mod tests {
     fn selection_never_crosses_families() {
         let jwks = serde_json::json!({"keys": [
             {"kty": "RSA", "kid": "k", "n": RSA_N, "e": "AQAB"},
-            {"kty": "oct", "kid": "h", "k": "c2VjcmV0"},
+            {"kty": "oct", "kid": "h", "k": HMAC_32},
         ]});
         let set = parse_jwks_value(&jwks).unwrap();
         // HS256 token naming the RSA key's kid: the RSA key is never an HMAC secret.
@@ -318,6 +360,53 @@ mod tests {
         );
         let many = serde_json::json!({"keys": vec![serde_json::json!({"kty":"oct","k":"AA"}); 101]});
         assert_eq!(parse_jwks_value(&many).unwrap_err(), JwksError::TooManyKeys(101, 100));
+    }
+
+    /// 32 bytes: enough for HS256 only.
+    const HMAC_32: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY";
+
+    #[test]
+    fn remote_jwks_never_yields_symmetric_keys() {
+        let body = serde_json::json!({"keys": [
+            {"kty": "oct", "kid": "h", "k": HMAC_32, "alg": "HS256"},
+            {"kty": "RSA", "kid": "r", "n": RSA_N, "e": "AQAB"},
+        ]})
+        .to_string();
+        let set = parse_remote_jwks(body.as_bytes()).unwrap();
+        assert_eq!(set.keys.len(), 1);
+        assert_eq!(set.keys[0].family, KeyFamily::Rsa);
+        assert_eq!(set.skipped, 1);
+        assert!(matches!(set.select(Algorithm::HS256, Some("h")), Selection::UnknownKid));
+        let only_oct = br#"{"keys":[{"kty":"oct","k":"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY"}]}"#;
+        assert_eq!(parse_remote_jwks(only_oct).unwrap_err(), JwksError::NoUsableKey(1));
+        // The configuration's JWKS keeps them.
+        assert_eq!(parse_jwks(body.as_bytes()).unwrap().keys.len(), 2);
+    }
+
+    #[test]
+    fn hmac_keys_shorter_than_the_hash_are_never_selected() {
+        let jwks = serde_json::json!({"keys": [{"kty": "oct", "kid": "h", "k": HMAC_32}]});
+        let set = parse_jwks_value(&jwks).unwrap();
+        assert!(matches!(set.select(Algorithm::HS256, Some("h")), Selection::Candidates(_)));
+        assert!(matches!(set.select(Algorithm::HS384, Some("h")), Selection::NoMatchingKey));
+        assert!(matches!(set.select(Algorithm::HS512, None), Selection::NoMatchingKey));
+        let short = serde_json::json!({"keys": [{"kty": "oct", "kid": "h", "k": "c2VjcmV0"}]});
+        let set = parse_jwks_value(&short).unwrap();
+        assert!(matches!(set.select(Algorithm::HS256, Some("h")), Selection::NoMatchingKey));
+    }
+
+    #[test]
+    fn pem_rsa_keys_below_2048_bits_are_refused() {
+        const RSA_1024: &str = "-----BEGIN PUBLIC KEY-----
+MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQDH1PQ7ODLVDx7LMu+ao1s+X1UB
+Hjag9GbHDGeeRtF8vxfYW3jsbvX9X7QKpozRv7aS8c4yJAd1yZwciREU5vxry0qN
+72yJk4tAT5EyqmWCZkgeMrST6oXTLALkZTIZjEPS5oMjKdSNLBKBa3KVv+6zFgS6
+BE6Ry50kJEcudHapPwIDAQAB
+-----END PUBLIC KEY-----";
+        assert_eq!(parse_pem(RSA_1024).unwrap_err(), JwksError::WeakRsa(1024));
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/rsa1.pub.pem");
+        let pem = std::fs::read_to_string(path).unwrap();
+        assert_eq!(parse_pem(&pem).unwrap().family, KeyFamily::Rsa);
     }
 
     #[test]

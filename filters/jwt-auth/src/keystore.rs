@@ -10,13 +10,14 @@
 //! - A token with an unknown kid may trigger a refetch, at most one per `unknown_kid_refetch_interval_s`
 //!   for the whole proxy (the last attempt time is in shared data).
 //! - With no issuer-provided `uri`, the JWKS location comes from OIDC discovery first.
+//! - `oct` (symmetric) keys in a fetched JWKS are skipped: shared secrets only come from the config.
 //!
 //! Time is passed in (milliseconds); nothing here reads a clock or calls the host.
 
 use std::rc::Rc;
 
 use crate::config::{RemotePlan, split_url};
-use crate::jwks::{KeySet, parse_jwks};
+use crate::jwks::{KeySet, parse_remote_jwks};
 
 /// What the key store needs from the host: proxy-wide shared data with compare-and-swap.
 pub trait SharedData {
@@ -89,6 +90,15 @@ pub enum Event {
     FetchFailed { reason: String },
     /// Keys were older than cache_duration + max_stale and were dropped.
     Expired,
+}
+
+impl Event {
+    /// Whether this worker's key set changed: then every verified token of the provider cached on this
+    /// worker must be forgotten. The worker that fetched new keys gets `Fetched` (never `Installed`
+    /// for them), the others `Installed`.
+    pub fn changes_keys(&self) -> bool {
+        matches!(self, Event::Installed { .. } | Event::Fetched { .. } | Event::Expired)
+    }
 }
 
 /// Key state of one remote provider on one worker.
@@ -181,7 +191,7 @@ impl RemoteKeys {
             && rec != self.record
         {
             if rec.version != self.record.version {
-                match shared.get(&self.jwks_key()).map(|(b, _)| parse_jwks(&b)) {
+                match shared.get(&self.jwks_key()).map(|(b, _)| parse_remote_jwks(&b)) {
                     Some(Ok(set)) => {
                         self.install(set);
                         let keys = self.keys.as_ref().map_or(0, |k| k.keys.len());
@@ -390,7 +400,7 @@ impl RemoteKeys {
                 }
             },
             Phase::Jwks => {
-                match parse_jwks(body) {
+                match parse_remote_jwks(body) {
                     Ok(set) => {
                         self.in_flight = None;
                         let n = set.keys.len();
@@ -594,6 +604,49 @@ mod tests {
         let evil = br#"{"issuer":"https://evil","jwks_uri":"https://evil/jwks"}"#;
         assert!(s.on_response(1, &mut shared, Some(200), Some(evil)).is_none());
         assert_eq!(s.state(), State::Unavailable);
+    }
+
+    #[test]
+    fn every_key_change_is_an_invalidating_event_on_every_worker() {
+        let mut shared = MemoryShared::default();
+        let mut fetcher = store(1);
+        let mut other = store(2);
+        fetcher.poll(0, &mut shared).unwrap();
+        fetcher.on_response(10, &mut shared, Some(200), Some(JWKS1));
+        other.poll(20, &mut shared);
+        // The fetching worker sees only `Fetched`; it must invalidate as the others do on `Installed`.
+        assert_eq!(fetcher.events, vec![Event::Fetched { keys: 1 }]);
+        assert!(matches!(other.events[..], [Event::Installed { version: 1, keys: 1 }]));
+        assert!(fetcher.events.iter().chain(&other.events).all(Event::changes_keys));
+        assert!(!Event::FetchFailed { reason: String::new() }.changes_keys());
+        assert!(Event::Expired.changes_keys());
+    }
+
+    #[test]
+    fn symmetric_keys_in_a_remote_jwks_are_never_installed() {
+        let mut shared = MemoryShared::default();
+        let mut s = store(1);
+        let mixed = br#"{"keys":[{"kty":"oct","kid":"h","k":"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY"},
+            {"kty":"EC","kid":"k1","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
+        s.poll(0, &mut shared).unwrap();
+        s.on_response(1, &mut shared, Some(200), Some(mixed));
+        assert_eq!(kid(&s), ["k1"], "the oct key is dropped by the fetching worker");
+        let mut other = store(2);
+        other.poll(2, &mut shared);
+        assert_eq!(kid(&other), ["k1"], "and by the workers that install the published JWKS");
+        // A JWKS with only a shared secret is unusable (not installed).
+        let mut s = store(3);
+        let mut shared = MemoryShared::default();
+        s.poll(0, &mut shared).unwrap();
+        let only_oct =
+            br#"{"keys":[{"kty":"oct","kid":"h","k":"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY"}]}"#;
+        s.on_response(1, &mut shared, Some(200), Some(only_oct));
+        assert!(s.keys().is_none());
+        assert!(
+            matches!(s.events.last(), Some(Event::FetchFailed { reason }) if reason.contains("no usable")),
+            "{:?}",
+            s.events
+        );
     }
 
     #[test]

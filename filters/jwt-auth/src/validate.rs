@@ -2,8 +2,9 @@
 //!
 //! The header is parsed here, not by jsonwebtoken, so that every decision is ours: `alg: none` and
 //! unknown algorithms are rejected, `crit` is rejected (this filter understands no extension), keys
-//! carried by the token (`jwk`, `jku`, `x5u`, `x5c`) are ignored. Time claims are parsed strictly (JSON
-//! integers only) and `nbf` is checked by default. Cheap claim checks run before the signature check so a
+//! carried by the token (`jwk`, `jku`, `x5u`, `x5c`) are ignored. Time claims are parsed strictly (finite
+//! non-negative JSON numbers below 2^64, fractions rounded toward the safe side) and `nbf` is checked by
+//! default. Cheap claim checks run before the signature check so a
 //! flood of expired or foreign tokens costs no public-key operation.
 
 use base64::Engine as _;
@@ -56,6 +57,9 @@ pub enum TokenError {
     MissingClaim,
     #[error("token subject is not accepted")]
     Subject,
+    /// The JWS `typ` header, or an introspection answer's `token_type`, is not the required one.
+    #[error("token type is not accepted")]
+    TokenType,
     /// RFC 7662 answered `active: false` (or the token's own dates are out of range).
     #[error("{0}")]
     Inactive(&'static str),
@@ -77,6 +81,7 @@ impl TokenError {
             TokenError::Issuer => "issuer",
             TokenError::Audience => "audience",
             TokenError::MissingClaim | TokenError::Subject => "claims",
+            TokenError::TokenType => "token_type",
             TokenError::Inactive(_) => "inactive",
         }
     }
@@ -87,6 +92,8 @@ impl TokenError {
 pub struct Parsed<'a> {
     pub alg: Algorithm,
     pub kid: Option<String>,
+    /// The `typ` header, when it is a string.
+    pub typ: Option<String>,
     /// `header.payload`, the signing input.
     pub signing_input: &'a str,
     pub signature: &'a str,
@@ -105,6 +112,7 @@ fn decode_part(s: &str) -> Option<Vec<u8>> {
 pub struct Jws<'a> {
     pub alg: Algorithm,
     pub kid: Option<String>,
+    pub typ: Option<String>,
     pub signing_input: &'a str,
     pub signature: &'a str,
     pub payload_b64: &'a str,
@@ -143,8 +151,9 @@ pub fn parse_jws(token: &str, max_bytes: usize) -> Result<Jws<'_>, TokenError> {
     if s.is_empty() {
         return Err(TokenError::BadSignature);
     }
+    let typ = header.get("typ").and_then(Value::as_str).map(str::to_owned);
     let signing_input = &token[..h.len() + 1 + p.len()];
-    Ok(Jws { alg, kid, signing_input, signature: s, payload_b64: p })
+    Ok(Jws { alg, kid, typ, signing_input, signature: s, payload_b64: p })
 }
 
 /// Splits and decodes a compact JWS (header and payload; the signature stays encoded).
@@ -158,6 +167,7 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<Parsed<'_>, TokenError> {
     Ok(Parsed {
         alg: jws.alg,
         kid: jws.kid,
+        typ: jws.typ,
         signing_input: jws.signing_input,
         signature: jws.signature,
         payload_b64: jws.payload_b64,
@@ -209,6 +219,9 @@ pub struct Policy {
     pub max_lifetime_s: Option<u64>,
     pub required_claims: Vec<String>,
     pub subject: Option<StringMatch>,
+    /// Required JWS `typ` (RFC 8725 §3.11), stored without an `application/` prefix; compared
+    /// case-insensitively.
+    pub typ: Option<String>,
     pub max_token_bytes: usize,
     /// At most this many keys are tried for one token (kid missing or duplicated).
     pub max_keys_tried: usize,
@@ -236,6 +249,7 @@ impl Default for Policy {
             max_lifetime_s: None,
             required_claims: Vec::new(),
             subject: None,
+            typ: None,
             max_token_bytes: 8192,
             max_keys_tried: 8,
         }
@@ -250,11 +264,42 @@ pub struct Verified {
     pub payload_b64: String,
 }
 
+/// Which way a fractional NumericDate is rounded: toward the safe side of its check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Round {
+    /// `exp`: an earlier expiry is safe.
+    Down,
+    /// `nbf`, `iat`: a later start is safe.
+    Up,
+}
+
+/// An RFC 7519 §2 NumericDate as whole seconds: a finite non-negative JSON number below 2^64, a
+/// fraction rounded as `round` says (Envoy's jwt_authn accepts fractions too). `None` for anything else
+/// (strings, negatives, values beyond 64 bits; JSON has no NaN).
+pub fn numeric_date_value(n: &serde_json::Number, round: Round) -> Option<u64> {
+    if let Some(v) = n.as_u64() {
+        return Some(v);
+    }
+    let f = n.as_f64()?;
+    // 2^64 as f64; `u64::MAX as f64` rounds up to it, so the comparison must be strict.
+    const LIMIT: f64 = 18_446_744_073_709_551_616.0;
+    if !f.is_finite() || f < 0.0 || f >= LIMIT {
+        return None;
+    }
+    let r = match round {
+        Round::Down => f.floor(),
+        Round::Up => f.ceil(),
+    };
+    // `r` is integral and in [0, 2^64): the cast is exact, except a ceil that reached 2^64.
+    (r < LIMIT).then_some(r as u64)
+}
+
+/// The NumericDate claim `name` (`exp` rounds down, `nbf`/`iat` up). Any other JSON type is refused.
 fn numeric_date(claims: &Map<String, Value>, name: &'static str) -> Result<Option<u64>, TokenError> {
+    let round = if name == "exp" { Round::Down } else { Round::Up };
     match claims.get(name) {
         None => Ok(None),
-        // Integers only: strings, floats, negatives and values beyond u64 are refused.
-        Some(Value::Number(n)) => n.as_u64().map(Some).ok_or(TokenError::BadTime(name)),
+        Some(Value::Number(n)) => numeric_date_value(n, round).map(Some).ok_or(TokenError::BadTime(name)),
         Some(_) => Err(TokenError::BadTime(name)),
     }
 }
@@ -265,13 +310,34 @@ pub fn check_claims(
     claims: &Map<String, Value>,
     now_s: u64,
 ) -> Result<Option<u64>, TokenError> {
+    check_claim_set(policy, claims, now_s, policy.require_exp)
+}
+
+/// The same checks for the members of an active RFC 7662 introspection answer: `iss`, `aud`, `sub`,
+/// required claims, `exp` (with the skew), `nbf`, `iat` and the lifetime, exactly as for a JWT, except
+/// that `exp` may be absent (RFC 7662 §2.2 makes it optional and the endpoint vouches for the token
+/// being active; such answers are cached at most `max_active_ttl_s`).
+pub fn check_introspected_claims(
+    policy: &Policy,
+    claims: &Map<String, Value>,
+    now_s: u64,
+) -> Result<Option<u64>, TokenError> {
+    check_claim_set(policy, claims, now_s, false)
+}
+
+fn check_claim_set(
+    policy: &Policy,
+    claims: &Map<String, Value>,
+    now_s: u64,
+    require_exp: bool,
+) -> Result<Option<u64>, TokenError> {
     let skew = policy.clock_skew_s;
     let exp = numeric_date(claims, "exp")?;
     let nbf = numeric_date(claims, "nbf")?;
     let iat = numeric_date(claims, "iat")?;
     match exp {
         Some(exp) if now_s >= exp.saturating_add(skew) => return Err(TokenError::Expired),
-        None if policy.require_exp => return Err(TokenError::MissingExp),
+        None if require_exp => return Err(TokenError::MissingExp),
         _ => {}
     }
     if policy.check_nbf
@@ -345,6 +411,17 @@ fn signature_ok(
     Err(TokenError::BadSignature)
 }
 
+/// Whether a JWS `typ` header satisfies the required one (already stored without `application/`):
+/// compared case-insensitively, with an optional `application/` prefix (RFC 7515 §4.1.9, RFC 8725 §3.11).
+pub fn typ_matches(required: &str, typ: Option<&str>) -> bool {
+    let Some(t) = typ else { return false };
+    let t = match t.get(..12) {
+        Some(pre) if pre.eq_ignore_ascii_case("application/") => &t[12..],
+        _ => t,
+    };
+    t.eq_ignore_ascii_case(required)
+}
+
 /// Checks the signature with the provider's keys.
 pub fn check_signature(policy: &Policy, keys: &KeySet, parsed: &Parsed<'_>) -> Result<(), TokenError> {
     signature_ok(policy, keys, parsed.alg, parsed.kid.as_deref(), parsed.signing_input, parsed.signature)
@@ -355,6 +432,11 @@ pub fn validate(policy: &Policy, keys: &KeySet, token: &str, now_s: u64) -> Resu
     let parsed = parse(token, policy.max_token_bytes)?;
     if !policy.algorithms.contains(&parsed.alg) {
         return Err(TokenError::AlgNotAllowed);
+    }
+    if let Some(req) = &policy.typ
+        && !typ_matches(req, parsed.typ.as_deref())
+    {
+        return Err(TokenError::TokenType);
     }
     let exp = check_claims(policy, &parsed.claims, now_s)?;
     check_signature(policy, keys, &parsed)?;
@@ -390,10 +472,12 @@ mod tests {
     use jsonwebtoken::{EncodingKey, Header};
 
     const NOW: u64 = 1_700_000_000;
+    /// 32 bytes: the least RFC 7518 §3.2 allows for HS256.
+    const SECRET: &[u8] = b"secret-secret-secret-secret-secr";
 
     fn hs_keys() -> KeySet {
         crate::jwks::parse_jwks(
-            br#"{"keys":[{"kty":"oct","kid":"h","k":"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"}]}"#,
+            br#"{"keys":[{"kty":"oct","kid":"h","k":"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3I"}]}"#,
         )
         .unwrap()
     }
@@ -410,7 +494,7 @@ mod tests {
     fn mint(claims: serde_json::Value) -> String {
         let mut h = Header::new(Algorithm::HS256);
         h.kid = Some("h".into());
-        jsonwebtoken::encode(&h, &claims, &EncodingKey::from_secret(b"secret-secret-secret-secret")).unwrap()
+        jsonwebtoken::encode(&h, &claims, &EncodingKey::from_secret(SECRET)).unwrap()
     }
 
     fn good() -> serde_json::Value {
@@ -435,7 +519,7 @@ mod tests {
         assert!(validate(&p, &k, &mint(c.clone()), NOW).is_ok());
         c["exp"] = "1900000000".into();
         assert_eq!(validate(&p, &k, &mint(c.clone()), NOW).unwrap_err(), TokenError::BadTime("exp"));
-        c["exp"] = serde_json::json!(1.9e9);
+        c["exp"] = serde_json::json!(1.9e19);
         assert_eq!(validate(&p, &k, &mint(c.clone()), NOW).unwrap_err(), TokenError::BadTime("exp"));
         c["exp"] = serde_json::json!(-5);
         assert_eq!(validate(&p, &k, &mint(c.clone()), NOW).unwrap_err(), TokenError::BadTime("exp"));
@@ -447,6 +531,77 @@ mod tests {
         assert_eq!(validate(&p, &k, &mint(c), NOW).unwrap_err(), TokenError::MissingExp);
         let p2 = Policy { max_lifetime_s: Some(50), ..hs_policy() };
         assert_eq!(validate(&p2, &k, &mint(good()), NOW).unwrap_err(), TokenError::LifetimeTooLong);
+    }
+
+    #[test]
+    fn fractional_numeric_dates_round_toward_the_safe_side() {
+        let p = Policy { clock_skew_s: 0, ..hs_policy() };
+        let k = hs_keys();
+        let with = |name: &str, v: serde_json::Value| {
+            let mut c = good();
+            c[name] = v;
+            validate(&p, &k, &mint(c), NOW)
+        };
+        // RFC 7519 §2 allows non-integer NumericDates; Envoy's jwt_authn accepts them.
+        let v = with("exp", serde_json::json!(NOW as f64 + 100.9)).unwrap();
+        assert_eq!(v.exp, Some(NOW + 100), "exp rounds down");
+        assert_eq!(with("exp", serde_json::json!(NOW as f64 + 0.5)).unwrap_err(), TokenError::Expired);
+        assert!(with("nbf", serde_json::json!(NOW as f64 - 0.5)).is_ok());
+        assert_eq!(
+            with("nbf", serde_json::json!(NOW as f64 + 0.25)).unwrap_err(),
+            TokenError::NotYetValid,
+            "nbf rounds up"
+        );
+        assert_eq!(
+            with("iat", serde_json::json!(NOW as f64 + 0.25)).unwrap_err(),
+            TokenError::IssuedInFuture,
+            "iat rounds up"
+        );
+        assert!(with("iat", serde_json::json!(NOW as f64 - 10.75)).is_ok());
+        // Still refused: strings, negatives (also fractional), and values beyond 64 bits.
+        for bad in [
+            serde_json::json!("1700000100"),
+            serde_json::json!(-0.5),
+            serde_json::json!(-1),
+            serde_json::json!(1.8446744073709552e19),
+            serde_json::json!(1e300),
+            serde_json::json!(null),
+            serde_json::json!(true),
+        ] {
+            assert_eq!(with("exp", bad.clone()).unwrap_err(), TokenError::BadTime("exp"), "{bad}");
+            assert_eq!(with("nbf", bad.clone()).unwrap_err(), TokenError::BadTime("nbf"), "{bad}");
+            assert_eq!(with("iat", bad.clone()).unwrap_err(), TokenError::BadTime("iat"), "{bad}");
+        }
+        // serde_json has no NaN or infinity: they are not JSON at all.
+        assert!(serde_json::from_str::<serde_json::Value>("NaN").is_err());
+        let num = |s: &str| serde_json::from_str::<serde_json::Number>(s).unwrap();
+        assert_eq!(numeric_date_value(&num("18446744073709551615"), Round::Down), Some(u64::MAX));
+        assert_eq!(numeric_date_value(&num("18446744073709551616"), Round::Down), None);
+        assert_eq!(numeric_date_value(&num("0.1"), Round::Up), Some(1));
+        assert_eq!(numeric_date_value(&num("0.1"), Round::Down), Some(0));
+        assert_eq!(numeric_date_value(&num("-0.0"), Round::Up), Some(0));
+    }
+
+    #[test]
+    fn required_typ() {
+        let k = hs_keys();
+        let p = Policy { typ: Some("at+jwt".into()), ..hs_policy() };
+        let mint_typ = |typ: Option<&str>| {
+            let mut h = Header::new(Algorithm::HS256);
+            h.kid = Some("h".into());
+            h.typ = typ.map(str::to_owned);
+            jsonwebtoken::encode(&h, &good(), &EncodingKey::from_secret(SECRET)).unwrap()
+        };
+        for ok in ["at+jwt", "AT+JWT", "application/at+jwt", "Application/At+JWT"] {
+            assert!(validate(&p, &k, &mint_typ(Some(ok)), NOW).is_ok(), "{ok}");
+        }
+        for bad in [Some("JWT"), Some("jwt"), Some("application/jwt"), Some("at+jwt2"), None] {
+            assert_eq!(validate(&p, &k, &mint_typ(bad), NOW).unwrap_err(), TokenError::TokenType, "{bad:?}");
+        }
+        // Without the requirement any typ (or none) is accepted.
+        assert!(validate(&hs_policy(), &k, &mint_typ(Some("JWT")), NOW).is_ok());
+        assert!(validate(&hs_policy(), &k, &mint_typ(None), NOW).is_ok());
+        assert!(!typ_matches("at+jwt", Some("application/")));
     }
 
     #[test]
