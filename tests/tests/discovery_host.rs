@@ -303,8 +303,8 @@ fn doh_srv_and_a_through_real_unbound() {
     )
     .unwrap();
     let config = r#"{"tick":"100ms","services":[
-        {"name":"api","source":{"dns":{"cluster":"doh","name":"_http._tcp.api.svc.test","type":"SRV"}}},
-        {"name":"web","source":{"dns":{"cluster":"doh","name":"web.svc.test","type":"A","port":9000,"method":"POST"}}}]}"#;
+        {"name":"api","allow_loopback":true,"source":{"dns":{"cluster":"doh","name":"_http._tcp.api.svc.test","type":"SRV"}}},
+        {"name":"web","allow_loopback":true,"source":{"dns":{"cluster":"doh","name":"web.svc.test","type":"A","port":9000,"method":"POST"}}}]}"#;
     let mut p = proxy(2, config, vec![("doh", h2c_upstream(dns.addr()))]);
     assert!(advance_until(&mut p, Duration::from_secs(3), |p| published(p, "api").is_some()
         && published(p, "web").is_some()));
