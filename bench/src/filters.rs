@@ -82,7 +82,9 @@ fn discovery_config(backends: &[SocketAddr]) -> Value {
     let endpoints: Vec<Value> = backends.iter().map(|a| json!({ "address": a.to_string() })).collect();
     json!({
         "lease": { "name": SERVICE },
-        "services": [{ "name": SERVICE, "refresh": "5s", "source": { "static": { "endpoints": endpoints } } }],
+        // The benchmark backends listen on loopback: opt in.
+        "services": [{ "name": SERVICE, "refresh": "5s", "allow_loopback": true,
+                       "source": { "static": { "endpoints": endpoints } } }],
     })
 }
 

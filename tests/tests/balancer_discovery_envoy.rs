@@ -34,7 +34,7 @@ fn etcd_registrations_shift_traffic_and_etcd_down_keeps_it_flowing() {
 
     let discovery = format!(
         r#"{{"tick": "100ms", "services": [{{"name": "api", "refresh": "200ms", "timeout": "1s",
-             "source": {{"etcd": {{"cluster": "etcd", "prefix": "{PREFIX}"}}}}}}]}}"#
+             "allow_loopback": true, "source": {{"etcd": {{"cluster": "etcd", "prefix": "{PREFIX}"}}}}}}]}}"#
     );
     let balancer =
         r#"{"service_from": [{"fixed": "api"}], "refresh_interval": "500ms", "services": {"api": {}}}"#;

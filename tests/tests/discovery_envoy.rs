@@ -51,9 +51,9 @@ fn discovery_in_envoy_with_etcd_consul_and_doh() {
     let backend = Backend::start("passthrough").unwrap();
     let config = format!(
         r#"{{"tick":"100ms","lease":{{"ttl":"3s"}},"debug_path":"{DEBUG}","services":[
-        {{"name":"api","refresh":"500ms","timeout":"1s","source":{{"etcd":{{"cluster":"etcd","prefix":"/services/api/"}}}}}},
-        {{"name":"redis","timeout":"2s","source":{{"consul":{{"cluster":"consul","wait":"2s"}}}}}},
-        {{"name":"search","source":{{"dns":{{"cluster":"doh","name":"_http._tcp.search.svc.test","type":"SRV"}}}}}}]}}"#
+        {{"name":"api","refresh":"500ms","timeout":"1s","allow_loopback":true,"source":{{"etcd":{{"cluster":"etcd","prefix":"/services/api/"}}}}}},
+        {{"name":"redis","timeout":"2s","allow_loopback":true,"source":{{"consul":{{"cluster":"consul","wait":"2s"}}}}}},
+        {{"name":"search","allow_loopback":true,"source":{{"dns":{{"cluster":"doh","name":"_http._tcp.search.svc.test","type":"SRV"}}}}}}]}}"#
     );
     let envoy = EnvoyConfig::new()
         .concurrency(3)
@@ -149,7 +149,7 @@ fn traffic_follows_etcd_through_the_balancer_and_survives_registry_outage() {
     }
     let discovery = format!(
         r#"{{"tick":"100ms","debug_path":"{DEBUG}","services":[{{"name":"api","refresh":"300ms","timeout":"1s",
-            "source":{{"etcd":{{"cluster":"etcd","prefix":"/services/api/"}}}}}}]}}"#
+            "allow_loopback":true,"source":{{"etcd":{{"cluster":"etcd","prefix":"/services/api/"}}}}}}]}}"#
     );
     let envoy = EnvoyConfig::new()
         .concurrency(2)

@@ -24,7 +24,7 @@ const WAIT: Duration = Duration::from_secs(8);
 fn envoy(source: &str, registry: Option<(&str, SocketAddr)>) -> Envoy {
     let discovery = format!(
         r#"{{"tick": "100ms", "services": [{{"name": "api", "refresh": "200ms", "timeout": "1s",
-             "source": {source}}}]}}"#
+             "allow_loopback": true, "source": {source}}}]}}"#
     );
     let balancer =
         r#"{"service_from": [{"fixed": "api"}], "refresh_interval": "200ms", "services": {"api": {}}}"#;

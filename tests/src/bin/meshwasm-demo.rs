@@ -242,7 +242,9 @@ fn run() -> Result<()> {
         "rules": [{"match": {"prefix": "/"}, "requires_any": ["demo-idp"]}]
     });
     let discovery = json!({
-        "services": [{"name": SERVICE, "refresh": "300ms", "timeout": "2s", "source": registry.source()}]
+        // The demo's backends listen on loopback, so the service opts in to loopback addresses.
+        "services": [{"name": SERVICE, "refresh": "300ms", "timeout": "2s", "allow_loopback": true,
+                      "source": registry.source()}]
     });
     let balancer = json!({
         "service_from": [{"fixed": SERVICE}],
