@@ -804,3 +804,260 @@ clusters: [{{name: c, type: static, endpoints: ["{}"]}}]
     assert_eq!(backend.hits(), 0);
     assert!(serve.wait_log("\"GET /closed HTTP/1.1\" 0 - reset_by_filter"), "{}", serve.log());
 }
+
+// ---- hardening: random source, body timeout, connection cap, listen addresses ----
+
+/// A filter that draws 16 bytes from WASI `random_get` in `proxy_on_vm_start` and logs them in hex
+/// (`random <32 hex digits>`).
+fn wat_random_logger() -> String {
+    r#"(module
+  (import "wasi_snapshot_preview1" "random_get" (func $random (param i32 i32) (result i32)))
+  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (global $heap (mut i32) (i32.const 65536))
+  (data (i32.const 1024) "random ")
+  (data (i32.const 2048) "0123456789abcdef")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
+    (local $p i32)
+    (if (i32.gt_u (i32.add (global.get $heap) (local.get $n)) (i32.const 131000))
+      (then (global.set $heap (i32.const 65536))))
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (local.get $n)))
+    (local.get $p))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32)
+    (local $i i32) (local $b i32)
+    (if (call $random (i32.const 512) (i32.const 16)) (then (unreachable)))
+    (loop $hex
+      (local.set $b (i32.load8_u (i32.add (i32.const 512) (local.get $i))))
+      (i32.store8 (i32.add (i32.const 1031) (i32.shl (local.get $i) (i32.const 1)))
+        (i32.load8_u (i32.add (i32.const 2048) (i32.shr_u (local.get $b) (i32.const 4)))))
+      (i32.store8 (i32.add (i32.const 1032) (i32.shl (local.get $i) (i32.const 1)))
+        (i32.load8_u (i32.add (i32.const 2048) (i32.and (local.get $b) (i32.const 15)))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $hex (i32.lt_u (local.get $i) (i32.const 16))))
+    (drop (call $log (i32.const 2) (i32.const 1024) (i32.const 39)))
+    (i32.const 1)))"#
+        .to_string()
+}
+
+/// The hex values the random logger printed, one per VM.
+fn random_lines(stderr: &str) -> Vec<String> {
+    stderr.lines().filter_map(|l| l.split("random ").nth(1)).map(str::to_string).collect()
+}
+
+/// serve's VMs draw WASI randomness from the OS: two runs of the same config (and two workers of one
+/// run) never see the same bytes. A seeded generator gives both runs the same sequence.
+#[test]
+fn serve_vms_draw_random_bytes_from_the_os() {
+    let dir = scratch_dir("serve-random");
+    wasm_file(&dir, "random.wasm", &wat_random_logger());
+    let config = write_config(
+        &dir,
+        "workers: 2\n\
+         listeners: [{address: '127.0.0.1:0', filters: [{name: rnd, wasm: random.wasm}], route: {cluster: c}}]\n\
+         clusters: [{name: c, type: static, endpoints: ['127.0.0.1:9']}]\n",
+    );
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let out = run(&["serve", "--validate", config.to_str().unwrap()]);
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        let values = random_lines(&stderr);
+        assert_eq!(values.len(), 2, "one line per worker VM:\n{stderr}");
+        assert!(values.iter().all(|v| v.len() == 32), "{values:?}");
+        assert_ne!(values[0], values[1], "two workers drew the same bytes");
+        runs.push(values);
+    }
+    assert!(runs[0].iter().all(|v| !runs[1].contains(v)), "two runs drew the same bytes: {runs:?}");
+}
+
+/// Reads one response (head and `content-length` body) from a keep-alive connection; None when the
+/// connection is closed (or reset) before a response.
+fn read_response(conn: &mut BufReader<TcpStream>) -> Option<Reply> {
+    let mut status_line = String::new();
+    if conn.read_line(&mut status_line).unwrap_or(0) == 0 {
+        return None;
+    }
+    let status = status_line.split_whitespace().nth(1)?.parse().ok()?;
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        if conn.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if line == "\r\n" {
+            break;
+        }
+        let (k, v) = line.split_once(':')?;
+        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let len = headers.iter().find(|(k, _)| k == "content-length").map_or(0, |(_, v)| v.parse().unwrap_or(0));
+    let mut body = vec![0; len];
+    conn.read_exact(&mut body).ok()?;
+    Some(Reply { status, headers, body: String::from_utf8_lossy(&body).into_owned() })
+}
+
+/// Whether the server closed the connection: EOF or a reset, not a read timeout.
+fn closed_by_server(conn: &mut BufReader<TcpStream>) -> bool {
+    let mut rest = Vec::new();
+    match conn.read_to_end(&mut rest) {
+        Ok(_) => true,
+        Err(e) => {
+            matches!(e.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted)
+        }
+    }
+}
+
+/// A client that sends its head and then stalls (or trickles) its body gets 408 `request timeout` after
+/// `request_body_timeout_ms` and the connection is closed; the upstream is never called.
+#[test]
+fn a_stalled_or_trickled_body_gets_408_and_the_connection_closes() {
+    let backend = Backend::start("a");
+    let dir = scratch_dir("serve-body-timeout");
+    let config = write_config(
+        &dir,
+        &format!(
+            "listeners: [{{address: '127.0.0.1:0', request_body_timeout_ms: 300, route: {{cluster: c}}}}]\n\
+             clusters: [{{name: c, type: static, endpoints: ['{}']}}]\n",
+            backend.addr
+        ),
+    );
+    let serve = Serve::start(&config);
+    for trickle in [false, true] {
+        let mut s = TcpStream::connect(serve.addr).unwrap();
+        // Far longer than the configured timeout: without it the read below fails instead of answering.
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\nfirst bytes").unwrap();
+        let writer = trickle.then(|| {
+            let mut w = s.try_clone().unwrap();
+            // One byte every 50 ms: the body keeps moving but would take 50 s to finish.
+            std::thread::spawn(move || {
+                for _ in 0..200 {
+                    std::thread::sleep(Duration::from_millis(50));
+                    if w.write_all(b"x").is_err() {
+                        return;
+                    }
+                }
+            })
+        });
+        let mut conn = BufReader::new(s);
+        let r = read_response(&mut conn).unwrap_or_else(|| panic!("no response (trickle {trickle})"));
+        assert_eq!((r.status, r.body.as_str()), (408, "request timeout"), "trickle {trickle}: {r:?}");
+        assert_eq!(r.header("connection"), Some("close"), "{r:?}");
+        assert!(closed_by_server(&mut conn), "trickle {trickle}: the connection stayed open");
+        if let Some(w) = writer {
+            w.join().unwrap();
+        }
+    }
+    assert_eq!(backend.hits(), 0);
+    assert!(serve.wait_log("\"POST /upload HTTP/1.1\" 408 - request_body_timeout"), "{}", serve.log());
+    // A body that arrives in time is still served.
+    let r = request(serve.addr, "POST", "/in-time", &[], "whole body");
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
+/// With `max_connections: 2` (over 2 workers), a third connection is closed without a response while
+/// two are open; once one closes, a new connection is served again.
+#[test]
+fn the_connection_cap_closes_connections_past_it() {
+    let backend = Backend::start("a");
+    let dir = scratch_dir("serve-conn-cap");
+    let config = write_config(
+        &dir,
+        &format!(
+            "workers: 2\n\
+             listeners: [{{address: '127.0.0.1:0', max_connections: 2, route: {{cluster: c}}}}]\n\
+             clusters: [{{name: c, type: static, endpoints: ['{}']}}]\n",
+            backend.addr
+        ),
+    );
+    let serve = Serve::start(&config);
+    let open = |path: &str| {
+        let s = TcpStream::connect(serve.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut conn = BufReader::new(s);
+        let head = format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n");
+        conn.get_mut().write_all(head.as_bytes()).ok()?;
+        read_response(&mut conn).map(|r| (r, conn))
+    };
+    // Two keep-alive connections, each served once and left open.
+    let (r1, first) = open("/one").expect("first connection served");
+    let (r2, _second) = open("/two").expect("second connection served");
+    assert_eq!((r1.status, r2.status), (200, 200));
+    for _ in 0..3 {
+        assert!(open("/three").is_none(), "a third connection was served past max_connections: 2");
+    }
+    assert!(serve.wait_log("closed a new connection"), "{}", serve.log());
+    // Closing one frees its slot (the server notices the close asynchronously: retry, bounded).
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some((r, _)) = open("/after") {
+            assert_eq!(r.status, 200, "{r:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no slot freed after a connection closed:\n{}", serve.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(backend.hits(), 3);
+}
+
+/// A bare port binds loopback; an explicit non-loopback address is bound but warned about at start-up.
+#[test]
+fn a_bare_port_listens_on_loopback_and_other_addresses_warn() {
+    let backend = Backend::start("a");
+    let dir = scratch_dir("serve-bind");
+    let config = write_config(
+        &dir,
+        &format!(
+            "listeners: [{{name: bare, address: 0, route: {{cluster: c}}}}]\n\
+             clusters: [{{name: c, type: static, endpoints: ['{}']}}]\n",
+            backend.addr
+        ),
+    );
+    let serve = Serve::start(&config);
+    assert!(serve.addr.ip().is_loopback() && serve.addr.is_ipv4(), "{}", serve.addr);
+    assert_eq!(get(serve.addr, "/", &[]).status, 200);
+    assert!(!serve.log().contains("warning"), "{}", serve.log());
+    drop(serve);
+
+    let wide = write_config(
+        &dir,
+        &format!(
+            "listeners: [{{name: wide, address: '0.0.0.0:0', route: {{cluster: c}}}}]\n\
+             clusters: [{{name: c, type: static, endpoints: ['{}']}}]\n",
+            backend.addr
+        ),
+    );
+    let serve = Serve::start(&wide);
+    assert!(serve.addr.ip().is_unspecified(), "{}", serve.addr);
+    let log = serve.log();
+    assert!(
+        log.contains("warning: listener `wide` binds 0.0.0.0:0, not a loopback address"),
+        "no warning for a non-loopback listener:\n{log}"
+    );
+}
+
+/// The example configs start (`--validate`) and listen on loopback only: no exposure warning.
+#[test]
+fn the_example_configs_validate_and_listen_on_loopback() {
+    required_artifact("meshwasm_noop.wasm", "meshwasm-noop");
+    required_artifact("meshwasm_balancer.wasm", "meshwasm-balancer");
+    let dir = workspace_root().join("examples/serve");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let out = run(&["serve", "--validate", path.to_str().unwrap()]);
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{}: {stderr}", path.display());
+        assert!(!stderr.contains("warning:"), "{}: {stderr}", path.display());
+        checked += 1;
+    }
+    assert!(checked >= 3, "expected the example configs in {}", dir.display());
+}

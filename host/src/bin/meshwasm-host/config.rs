@@ -5,10 +5,11 @@
 //!
 //! ```yaml
 //! workers: 2                      # worker threads, each with its own VMs (default 1)
-//! admin: {address: 127.0.0.1:9901}  # optional: GET /stats (the filters' metrics), GET /ready
+//! admin: {address: 9901}        # optional: GET /stats (the filters' metrics), GET /ready
 //! listeners:
 //!   - name: ingress               # optional, used in the access log
-//!     address: 127.0.0.1:10000
+//!     address: 10000              # a bare port binds 127.0.0.1; any other address is written out
+//!                                 # (0.0.0.0:10000), and serve warns at start-up that it is not loopback
 //!     filters:                    # run in this order on requests, in reverse on responses
 //!       - name: noop
 //!         wasm: ../../target/wasm32-wasip1/wasm/meshwasm_noop.wasm   # relative to this file
@@ -18,6 +19,8 @@
 //!         # config_file: noop.json  (instead of `config`)
 //!     failure_policy: fail_closed # or fail_reload (a trapped VM is recreated for the next request)
 //!     stream_idle_timeout_ms: 300000  # a request a filter holds this long gets 408 (Envoy's default)
+//!     request_body_timeout_ms: 30000  # the whole request body must arrive within this, else 408
+//!     max_connections: 1024     # open connections (all workers); past it new ones are closed at once
 //!     route:
 //!       cluster: backend
 //!       timeout_ms: 15000         # optional, Envoy's default route timeout
@@ -45,6 +48,13 @@ const DEFAULT_ROUTE_TIMEOUT_MS: u64 = 15_000;
 const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// Envoy's default stream idle timeout (5 minutes).
 const DEFAULT_STREAM_IDLE_TIMEOUT_MS: u64 = 300_000;
+/// The request body must arrive within this after the head (as the head itself within 30 s), so a
+/// client trickling or stalling its body cannot hold a connection and a buffer for long.
+const DEFAULT_REQUEST_BODY_TIMEOUT_MS: u64 = 30_000;
+/// Open downstream connections per listener, over all workers.
+const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Upper bound of `max_connections` (a typo with extra digits is an error, not "unlimited").
+const MAX_MAX_CONNECTIONS: usize = 1 << 20;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -63,7 +73,7 @@ struct RawConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
-    address: SocketAddr,
+    address: ListenAddress,
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,14 +81,62 @@ struct RawAdmin {
 struct RawListener {
     #[serde(default)]
     name: Option<String>,
-    address: SocketAddr,
+    address: ListenAddress,
     #[serde(default)]
     filters: Vec<RawFilter>,
     #[serde(default)]
     failure_policy: FailurePolicy,
     #[serde(default)]
     stream_idle_timeout_ms: Option<u64>,
+    #[serde(default)]
+    request_body_timeout_ms: Option<u64>,
+    #[serde(default)]
+    max_connections: Option<usize>,
     route: RawRoute,
+}
+
+/// A listen address: `IP:port`, or a bare port (number or string), which binds loopback (127.0.0.1).
+/// Binding anything reachable from other hosts must be written out.
+#[derive(Debug, Clone, Copy)]
+struct ListenAddress(SocketAddr);
+
+impl ListenAddress {
+    fn loopback(port: u16) -> Self {
+        Self(SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenAddress {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ListenAddress;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("`IP:port`, or a port number (binds 127.0.0.1)")
+            }
+            fn visit_u64<E: serde::de::Error>(self, port: u64) -> Result<ListenAddress, E> {
+                u16::try_from(port)
+                    .map(ListenAddress::loopback)
+                    .map_err(|_| E::custom(format!("port {port} is out of range (0-65535)")))
+            }
+            fn visit_i64<E: serde::de::Error>(self, port: i64) -> Result<ListenAddress, E> {
+                u64::try_from(port)
+                    .map_err(|_| E::custom(format!("port {port} is out of range (0-65535)")))
+                    .and_then(|p| self.visit_u64(p))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<ListenAddress, E> {
+                if let Ok(port) = s.parse::<u16>() {
+                    return Ok(ListenAddress::loopback(port));
+                }
+                s.parse::<SocketAddr>().map(ListenAddress).map_err(|_| {
+                    E::custom(format!(
+                        "`{s}` is neither `IP:port` nor a port number (e.g. `127.0.0.1:10000`)"
+                    ))
+                })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// What happens to a VM after it traps (Envoy's `failure_policy`).
@@ -172,6 +230,10 @@ pub struct Listener {
     pub failure_policy: FailurePolicy,
     /// A stream with no progress for this long (e.g. a filter that never resumes) gets 408.
     pub stream_idle_timeout: Duration,
+    /// The whole request body must arrive within this after the head, else 408 and the connection closes.
+    pub request_body_timeout: Duration,
+    /// Open downstream connections over all workers; past it new connections are closed at once.
+    pub max_connections: usize,
     pub route_cluster: String,
     pub route_timeout: Duration,
 }
@@ -264,8 +326,15 @@ impl ServeConfig {
         let mut addresses = HashSet::new();
         for (i, l) in raw.listeners.into_iter().enumerate() {
             let at = format!("listeners[{i}]");
-            if l.address.port() != 0 && !addresses.insert(l.address) {
-                bail!("{at}.address: {} is used by another listener", l.address);
+            let address = l.address.0;
+            if address.port() != 0 && !addresses.insert(address) {
+                bail!("{at}.address: {address} is used by another listener");
+            }
+            let max_connections = l.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+            if !(1..=MAX_MAX_CONNECTIONS).contains(&max_connections) {
+                bail!(
+                    "{at}.max_connections: must be between 1 and {MAX_MAX_CONNECTIONS}, got {max_connections}"
+                );
             }
             if !names.contains(&l.route.cluster) {
                 bail!("{at}.route.cluster: no cluster named `{}` in `clusters`", l.route.cluster);
@@ -276,12 +345,16 @@ impl ServeConfig {
             }
             listeners.push(Listener {
                 name: l.name.unwrap_or_else(|| format!("listener{i}")),
-                address: l.address,
+                address,
                 filters,
                 failure_policy: l.failure_policy,
                 stream_idle_timeout: Duration::from_millis(
                     l.stream_idle_timeout_ms.unwrap_or(DEFAULT_STREAM_IDLE_TIMEOUT_MS).max(1),
                 ),
+                request_body_timeout: Duration::from_millis(
+                    l.request_body_timeout_ms.unwrap_or(DEFAULT_REQUEST_BODY_TIMEOUT_MS).max(1),
+                ),
+                max_connections,
                 route_cluster: l.route.cluster,
                 route_timeout: Duration::from_millis(
                     l.route.timeout_ms.unwrap_or(DEFAULT_ROUTE_TIMEOUT_MS).max(1),
@@ -292,7 +365,7 @@ impl ServeConfig {
         Ok(ServeConfig {
             workers,
             log_level: raw.log_level.unwrap_or_default(),
-            admin: raw.admin.map(|a| a.address),
+            admin: raw.admin.map(|a| a.address.0),
             listeners,
             clusters,
         })
@@ -432,6 +505,41 @@ clusters:
         let missing = GOOD.replace("config: \"raw text\"", "config_file: nope.json");
         let err = format!("{:#}", parse(&missing).unwrap_err());
         assert!(err.contains("listeners[0].filters[1].config_file") && err.contains("nope.json"), "{err}");
+    }
+
+    #[test]
+    fn a_bare_port_binds_loopback_and_other_addresses_are_kept() {
+        let with = |address: &str| GOOD.replace("address: 127.0.0.1:0", &format!("address: {address}"));
+        let c = parse(&with("10000")).unwrap();
+        assert_eq!(c.listeners[0].address, "127.0.0.1:10000".parse().unwrap());
+        let c = parse(&with("'10001'")).unwrap();
+        assert_eq!(c.listeners[0].address, "127.0.0.1:10001".parse().unwrap());
+        let c = parse(&with("0.0.0.0:10002")).unwrap();
+        assert_eq!(c.listeners[0].address, "0.0.0.0:10002".parse().unwrap());
+        let c = parse(&with("'[::1]:10003'")).unwrap();
+        assert_eq!(c.listeners[0].address, "[::1]:10003".parse().unwrap());
+        let c = parse(&format!("admin: {{address: 9901}}\n{GOOD}")).unwrap();
+        assert_eq!(c.admin, Some("127.0.0.1:9901".parse().unwrap()));
+
+        for bad in ["70000", "-1", "localhost:80", "''"] {
+            let err = format!("{:#}", parse(&with(bad)).unwrap_err());
+            assert!(err.contains("listeners[0].address"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn body_timeout_and_connection_cap_have_defaults_and_are_checked() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.listeners[0].request_body_timeout, Duration::from_secs(30));
+        assert_eq!(c.listeners[0].max_connections, 1024);
+        let set = GOOD
+            .replace("    route:", "    request_body_timeout_ms: 300\n    max_connections: 2\n    route:");
+        let c = parse(&set).unwrap();
+        assert_eq!(c.listeners[0].request_body_timeout, Duration::from_millis(300));
+        assert_eq!(c.listeners[0].max_connections, 2);
+        let zero = GOOD.replace("    route:", "    max_connections: 0\n    route:");
+        let err = format!("{:#}", parse(&zero).unwrap_err());
+        assert!(err.contains("listeners[0].max_connections"), "{err}");
     }
 
     #[test]

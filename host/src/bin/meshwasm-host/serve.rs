@@ -13,6 +13,7 @@ use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
@@ -24,7 +25,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use meshwasm_host::{
     CallOutcome, Exchange, ForwardedRequest, Headers, Host, HostOptions, OutboundCall, Plugin, Proxy,
-    ProxyState, Request, StreamId, StreamState, Upstream, UpstreamReply, Worker, WorkerEvent, property,
+    ProxyState, RandomSource, Request, StreamId, StreamState, Upstream, UpstreamReply, Worker, WorkerEvent,
+    property,
 };
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::{LocalSet, spawn_local};
@@ -43,7 +45,10 @@ const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub fn run(path: &Path, validate_only: bool) -> anyhow::Result<()> {
     let config = ServeConfig::load(path)?;
-    let host = Host::new(HostOptions::default())?;
+    // Filters draw hash keys, ids and nonces from WASI random_get: serve real traffic with the OS CSPRNG,
+    // never the seeded generator tests may choose.
+    let host = Host::new(HostOptions { random: RandomSource::Os, ..HostOptions::default() })?;
+    warn_non_loopback(&config);
 
     // Start every VM first: a config a filter rejects stops here, before any port is opened.
     let mut per_listener = Vec::with_capacity(config.listeners.len());
@@ -105,6 +110,9 @@ pub fn run(path: &Path, validate_only: bool) -> anyhow::Result<()> {
         .filter_map(|(l, (_, state))| state.clone().map(|s| (l.name.clone(), s)))
         .collect();
 
+    // One connection cap per listener, shared by all workers.
+    let limits: Vec<Arc<ConnectionLimit>> =
+        config.listeners.iter().map(|l| Arc::new(ConnectionLimit::new(l.max_connections))).collect();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<anyhow::Error>();
     let mut threads = Vec::with_capacity(config.workers);
@@ -118,6 +126,7 @@ pub fn run(path: &Path, validate_only: bool) -> anyhow::Result<()> {
                 socket: sockets[l].try_clone()?,
                 worker,
                 state: state.clone(),
+                limit: limits[l].clone(),
             });
         }
         let clusters = config.clusters.clone();
@@ -151,6 +160,20 @@ pub fn run(path: &Path, validate_only: bool) -> anyhow::Result<()> {
     outcome?;
     eprintln!("meshwasm-host serve: stopped");
     Ok(())
+}
+
+/// One warning line per listener (or admin endpoint) that binds an address other hosts can reach: a
+/// bare port binds loopback, so any other address was written on purpose, but should be noticed.
+fn warn_non_loopback(config: &ServeConfig) {
+    let listeners = config.listeners.iter().map(|l| (format!("listener `{}`", l.name), l.address));
+    for (what, address) in config.admin.map(|a| ("admin".to_string(), a)).into_iter().chain(listeners) {
+        if !address.ip().is_loopback() {
+            eprintln!(
+                "meshwasm-host serve: warning: {what} binds {address}, not a loopback address: it is \
+                 reachable from other hosts (plain HTTP, no authentication of its own)"
+            );
+        }
+    }
 }
 
 /// The admin endpoint: `GET /stats` lists the filters' metrics (`<listener>.<metric>: <value>`, one per
@@ -273,6 +296,40 @@ struct ListenerPart {
     socket: StdListener,
     worker: Option<Worker>,
     state: Option<ProxyState>,
+    limit: Arc<ConnectionLimit>,
+}
+
+/// A listener's cap on open downstream connections, shared by its workers. Past the cap a new
+/// connection is accepted and closed at once, without a response (as Envoy's listener connection
+/// limit does), rather than left waiting in the kernel's backlog.
+struct ConnectionLimit {
+    max: usize,
+    open: AtomicUsize,
+    refused: AtomicU64,
+}
+
+impl ConnectionLimit {
+    fn new(max: usize) -> Self {
+        Self { max, open: AtomicUsize::new(0), refused: AtomicU64::new(0) }
+    }
+
+    /// A slot for one more connection, released when dropped; at the cap, how many were refused so far.
+    fn acquire(self: &Arc<Self>) -> Result<ConnectionSlot, u64> {
+        match self.open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max).then_some(n + 1))
+        {
+            Ok(_) => Ok(ConnectionSlot(self.clone())),
+            Err(_) => Err(self.refused.fetch_add(1, Ordering::Relaxed) + 1),
+        }
+    }
+}
+
+/// One open connection's place under its listener's [`ConnectionLimit`].
+struct ConnectionSlot(Arc<ConnectionLimit>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 fn worker_thread(
@@ -298,6 +355,7 @@ fn worker_thread(
                 upstreams: upstreams.clone(),
                 chain,
                 worker: index,
+                limit: part.limit,
             });
             spawn_local(accept_loop(socket, ctx, active.clone(), shutdown.clone()));
         }
@@ -316,6 +374,7 @@ struct ListenerCtx {
     upstreams: Rc<HashMap<String, UpstreamCluster>>,
     chain: Option<Rc<Chain>>,
     worker: usize,
+    limit: Arc<ConnectionLimit>,
 }
 
 async fn accept_loop(
@@ -334,6 +393,20 @@ async fn accept_loop(
             Err(e) => {
                 eprintln!("meshwasm-host serve: listener `{}`: accept: {e}", ctx.listener.name);
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let slot = match ctx.limit.acquire() {
+            Ok(slot) => slot,
+            Err(refused) => {
+                // Dropping the stream closes it. Logged at powers of two, so a flood cannot flood stderr.
+                if refused.is_power_of_two() {
+                    eprintln!(
+                        "meshwasm-host serve: listener `{}`: {} connections open (max_connections), \
+                         closed a new connection from {peer} ({refused} refused so far)",
+                        ctx.listener.name, ctx.limit.max
+                    );
+                }
                 continue;
             }
         };
@@ -363,6 +436,7 @@ async fn accept_loop(
                     let _ = tokio::time::timeout(DRAIN_TIME, conn).await;
                 }
             }
+            drop(slot);
             active.set(active.get() - 1);
         });
     }
@@ -414,7 +488,20 @@ async fn handle(
         path,
         bytes_received: 0,
     };
-    let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
+    // The whole body within the listener's timeout, so a client that trickles or stalls it is cut off.
+    let read = tokio::time::timeout(
+        ctx.listener.request_body_timeout,
+        Limited::new(body, MAX_REQUEST_BODY).collect(),
+    );
+    let Ok(read) = read.await else {
+        let mut reply = text_response(408, "request timeout");
+        // The rest of the body may still come: close instead of reading it as the next request.
+        reply.headers_mut().insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+        let info = RouteInfo { flags: "-", details: "request_body_timeout".into(), upstream: None };
+        log_access(&ctx, &down, reply.status().as_u16(), reply.body_len(), &info);
+        return Ok(reply);
+    };
+    let body = match read {
         Ok(b) => b.to_bytes(),
         Err(e) => {
             let too_large = e.downcast_ref::<http_body_util::LengthLimitError>().is_some();
