@@ -33,7 +33,8 @@ use serde_json::{Value, json};
 use crate::artifacts;
 use crate::process::{self, ChildGuard, HttpResponse};
 
-/// The header an [`Cluster::original_dst`] cluster takes the upstream address from by default.
+/// The header an [`Cluster::original_dst_header`] cluster takes the upstream address from (the
+/// balancer's `endpoint_header` default). [`Cluster::original_dst`] ignores it.
 pub const ENDPOINT_HEADER: &str = "x-meshwasm-endpoint";
 
 /// A proxy-wasm filter loaded into Envoy.
@@ -377,10 +378,11 @@ pub enum LbPolicy {
     Random,
 }
 
+/// `OriginalDst { header: None }` reads only filter state (`use_http_header: false`).
 #[derive(Debug, Clone)]
 enum ClusterKind {
     Static { hosts: Vec<SocketAddr>, lb: LbPolicy },
-    OriginalDst { header: String },
+    OriginalDst { header: Option<String> },
     Raw(String),
 }
 
@@ -405,16 +407,26 @@ impl Cluster {
         }
     }
 
-    /// An ORIGINAL_DST cluster taking the upstream `ip:port` from header [`ENDPOINT_HEADER`].
+    /// An ORIGINAL_DST cluster taking the upstream `ip:port` from filter state
+    /// `envoy.network.transport_socket.original_dst_address`, which the balancer sets: no request
+    /// header steers it (`use_http_header: false`).
     pub fn original_dst(name: &str) -> Self {
-        Self::original_dst_header(name, ENDPOINT_HEADER)
+        Self {
+            name: name.to_owned(),
+            kind: ClusterKind::OriginalDst { header: None },
+            http2: false,
+            connect_timeout: Duration::from_secs(1),
+        }
     }
 
-    /// An ORIGINAL_DST cluster taking the upstream `ip:port` from `header`.
+    /// An ORIGINAL_DST cluster that also takes the upstream `ip:port` from request header `header`
+    /// (`use_http_header: true`; filter state still wins). Any client that reaches this cluster
+    /// without the balancer removing the header can steer it: only for the balancer's opt-in
+    /// `"steering": "header"` and for tests of the harness.
     pub fn original_dst_header(name: &str, header: &str) -> Self {
         Self {
             name: name.to_owned(),
-            kind: ClusterKind::OriginalDst { header: header.to_owned() },
+            kind: ClusterKind::OriginalDst { header: Some(header.to_owned()) },
             http2: false,
             connect_timeout: Duration::from_secs(1),
         }
@@ -472,7 +484,10 @@ impl Cluster {
                 "name": self.name,
                 "type": "ORIGINAL_DST",
                 "lb_policy": "CLUSTER_PROVIDED",
-                "original_dst_lb_config": { "use_http_header": true, "http_header_name": header },
+                "original_dst_lb_config": match header {
+                    Some(h) => json!({ "use_http_header": true, "http_header_name": h }),
+                    None => json!({ "use_http_header": false }),
+                },
             }),
             ClusterKind::Raw(yaml) => return yaml_to_json(yaml),
         };

@@ -18,7 +18,7 @@ fn envoy_proxies_to_backends_and_reports_stats() {
                 .route_first(Route::direct("/direct", 418, "teapot")),
         )
         .cluster(Cluster::static_hosts("ab", &[a.addr(), b.addr()]))
-        .cluster(Cluster::original_dst("dst"))
+        .cluster(Cluster::original_dst_header("dst", ENDPOINT_HEADER))
         .start()
         .unwrap();
     let addr = envoy.listener_addr("main");

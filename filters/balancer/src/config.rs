@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
+use meshwasm_common::path::normalize;
 use meshwasm_endpoints::Endpoint;
 use serde::Deserialize;
 
@@ -75,6 +76,20 @@ impl Algorithm {
     }
 }
 
+/// How Envoy is told the picked endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Steering {
+    /// Filter state `envoy.network.transport_socket.original_dst_address`, set with the
+    /// `set_envoy_filter_state` foreign function: nothing a client sends can steer, whether or not
+    /// this filter runs (the cluster has `use_http_header: false`).
+    #[default]
+    FilterState,
+    /// The `endpoint_header` request header (cluster with `use_http_header: true`). Opt-in: if this
+    /// filter is skipped or its VM fails open, the client's own header steers the cluster.
+    Header,
+}
+
 /// Where the request's service name comes from; the first source that yields a name wins.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -104,20 +119,28 @@ pub enum HashSource {
 struct RawConfig {
     #[serde(default = "default_endpoint_header")]
     endpoint_header: String,
-    #[serde(default = "default_service_from")]
-    service_from: Vec<ServiceSource>,
+    #[serde(default)]
+    steering: Steering,
+    #[serde(default)]
+    service_from: Option<Vec<ServiceSource>>,
     services: BTreeMap<String, RawService>,
     #[serde(default)]
     seed: Option<u64>,
     #[serde(default = "default_refresh")]
     refresh_interval: Millis,
+    #[serde(default = "default_endpoint_metrics_limit")]
+    endpoint_metrics_limit: u32,
 }
 
 fn default_endpoint_header() -> String {
     "x-meshwasm-endpoint".into()
 }
-fn default_service_from() -> Vec<ServiceSource> {
-    vec![ServiceSource::Header("x-meshwasm-service".into()), ServiceSource::Authority]
+/// Distinct endpoints per service (per VM) that get their own `picks` counter; see the README.
+pub const DEFAULT_ENDPOINT_METRICS_LIMIT: u32 = 100;
+const MAX_ENDPOINT_METRICS_LIMIT: u32 = 10_000;
+
+fn default_endpoint_metrics_limit() -> u32 {
+    DEFAULT_ENDPOINT_METRICS_LIMIT
 }
 fn default_refresh() -> Millis {
     Millis(1000)
@@ -298,11 +321,16 @@ pub struct ServicePlan {
 /// The whole checked configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
+    pub steering: Steering,
+    /// Set to the pick with [`Steering::Header`]; removed from every request in both modes.
     pub endpoint_header: String,
     pub service_from: Vec<ServiceSource>,
+    /// The headers named by `service_from`: removed from every request before it is forwarded.
+    pub selection_headers: Vec<String>,
     pub services: Vec<ServicePlan>,
     pub seed: Option<u64>,
     pub refresh_interval_ms: u64,
+    pub endpoint_metrics_limit: u32,
 }
 
 fn is_header_name(s: &str) -> bool {
@@ -318,19 +346,44 @@ impl Plan {
                 raw.endpoint_header
             )));
         }
-        if raw.service_from.is_empty() {
+        if raw.services.is_empty() {
+            return Err(invalid("services must name at least one service"));
+        }
+        // No client header picks a service unless the config names it: without `service_from`, the
+        // only service is used; with several, the operator must say how to choose.
+        let service_from = match raw.service_from {
+            Some(list) => list,
+            None => match raw.services.keys().next() {
+                Some(only) if raw.services.len() == 1 => vec![ServiceSource::Fixed(only.clone())],
+                _ => {
+                    return Err(invalid(
+                        "service_from is required when more than one service is configured \
+                         (e.g. [{\"route\": {\"prefix\": \"/api/\", \"service\": \"api\"}}] or [\"authority\"])",
+                    ));
+                }
+            },
+        };
+        if service_from.is_empty() {
             return Err(invalid("service_from must list at least one source"));
         }
-        for s in &raw.service_from {
+        let mut selection_headers: Vec<String> = Vec::new();
+        for s in &service_from {
             match s {
-                ServiceSource::Header(h) if !is_header_name(h) => {
+                ServiceSource::Header(h) if !is_header_name(h) || *h == raw.endpoint_header => {
                     return Err(invalid(format!(
-                        "service_from: header `{h}` must be a lowercase header name"
+                        "service_from: header `{h}` must be a lowercase header name other than endpoint_header"
                     )));
                 }
-                ServiceSource::Route { prefix, service } if !prefix.starts_with('/') => {
+                ServiceSource::Header(h) if !selection_headers.contains(h) => {
+                    selection_headers.push(h.clone());
+                }
+                // Rules match the normalized path, so a prefix must itself be normal to ever match.
+                ServiceSource::Route { prefix, service }
+                    if normalize(prefix).ok().as_deref() != Some(prefix.as_str()) =>
+                {
                     return Err(invalid(format!(
-                        "service_from: route to `{service}`: prefix `{prefix}` must start with `/`"
+                        "service_from: route to `{service}`: prefix `{prefix}` must be a normalized path \
+                         (starting with `/`, no `//`, dot segments, escapes of unreserved characters, `?` or `;`)"
                     )));
                 }
                 ServiceSource::Route { service, .. } | ServiceSource::Fixed(service)
@@ -341,8 +394,11 @@ impl Plan {
                 _ => {}
             }
         }
-        if raw.services.is_empty() {
-            return Err(invalid("services must name at least one service"));
+        if raw.endpoint_metrics_limit > MAX_ENDPOINT_METRICS_LIMIT {
+            return Err(invalid(format!(
+                "endpoint_metrics_limit {} must be 0..={MAX_ENDPOINT_METRICS_LIMIT}",
+                raw.endpoint_metrics_limit
+            )));
         }
         if raw.refresh_interval.0 == 0 {
             return Err(invalid("refresh_interval must be greater than 0"));
@@ -353,11 +409,14 @@ impl Plan {
             .map(|(name, s)| check_service(&name, s).map_err(|e| invalid(format!("service `{name}`: {e}"))))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
+            steering: raw.steering,
             endpoint_header: raw.endpoint_header,
-            service_from: raw.service_from,
+            service_from,
+            selection_headers,
             services,
             seed: raw.seed,
             refresh_interval_ms: raw.refresh_interval.0,
+            endpoint_metrics_limit: raw.endpoint_metrics_limit,
         })
     }
 }
@@ -570,8 +629,54 @@ mod tests {
     fn defaults() {
         let plan = Plan::parse(br#"{"services": {"api": {}}}"#).unwrap();
         assert_eq!(plan.endpoint_header, "x-meshwasm-endpoint");
-        assert_eq!(plan.service_from, default_service_from());
+        assert_eq!(plan.steering, Steering::FilterState);
+        assert_eq!(plan.endpoint_metrics_limit, DEFAULT_ENDPOINT_METRICS_LIMIT);
         assert_eq!(*plan.services[0].policy, Policy::default());
+    }
+
+    #[test]
+    fn no_client_header_selects_a_service_by_default() {
+        // One service: it is the only choice, no header is read.
+        let plan = Plan::parse(br#"{"services": {"api": {}}}"#).unwrap();
+        assert_eq!(plan.service_from, [ServiceSource::Fixed("api".into())]);
+        assert!(plan.selection_headers.is_empty());
+        // Several: the config must say how to choose.
+        assert!(err(r#"{"services": {"api": {}, "web": {}}}"#).contains("service_from is required"));
+        // A header only when named, and then it is stripped before forwarding.
+        let plan = Plan::parse(
+            br#"{"service_from": [{"header": "x-svc"}, "authority", {"header": "x-svc"}],
+                 "services": {"api": {}, "web": {}}}"#,
+        )
+        .unwrap();
+        assert_eq!(plan.selection_headers, ["x-svc"]);
+        assert!(
+            err(r#"{"service_from": [{"header": "x-meshwasm-endpoint"}], "services": {"api": {}}}"#)
+                .contains("other than endpoint_header")
+        );
+    }
+
+    #[test]
+    fn route_prefixes_must_be_normal_paths() {
+        for bad in ["api/", "//api/", "/%61pi/", "/a/../api/", "/api;x", "/api%2F", "/api?"] {
+            let json = format!(
+                r#"{{"service_from": [{{"route": {{"prefix": "{bad}", "service": "api"}}}}], "services": {{"api": {{}}}}}}"#
+            );
+            assert!(err(&json).contains("must be a normalized path"), "{bad}");
+        }
+        assert!(Plan::parse(br#"{"service_from": [{"route": {"prefix": "/api/", "service": "api"}}], "services": {"api": {}}}"#).is_ok());
+    }
+
+    #[test]
+    fn steering_and_metric_limit() {
+        let plan =
+            Plan::parse(br#"{"steering": "header", "endpoint_metrics_limit": 0, "services": {"api": {}}}"#)
+                .unwrap();
+        assert_eq!((plan.steering, plan.endpoint_metrics_limit), (Steering::Header, 0));
+        assert!(err(r#"{"steering": "metadata", "services": {"api": {}}}"#).contains("metadata"));
+        assert!(
+            err(r#"{"endpoint_metrics_limit": 10001, "services": {"api": {}}}"#)
+                .contains("endpoint_metrics_limit")
+        );
     }
 
     #[test]

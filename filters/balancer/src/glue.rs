@@ -13,10 +13,12 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType, Status};
 
-use crate::config::{EndpointSource, Plan};
+use crate::config::{EndpointSource, Plan, Steering};
+use crate::endpoint_metrics::EndpointMetrics;
 use crate::hash::xxh64;
 use crate::request::{RequestView, key_hash, service_name};
 use crate::service::{Event, Outcome, Picked, ServiceBalancer};
+use crate::steer::{SET_FILTER_STATE, original_dst_args};
 
 /// The steering header before (or without) a configuration: the plan's default.
 const DEFAULT_ENDPOINT_HEADER: &str = "x-meshwasm-endpoint";
@@ -54,7 +56,7 @@ struct ServiceState {
     discovered: bool,
     /// CAS of the shared-data entry last read, to skip unchanged sets.
     last_cas: Option<u32>,
-    picks: HashMap<SocketAddr, Option<u32>>,
+    picks: EndpointMetrics,
     ejections: Option<u32>,
     panic_entries: Option<u32>,
     no_healthy: Option<u32>,
@@ -68,14 +70,9 @@ impl ServiceState {
     }
 
     fn count_pick(&mut self, name: &str, address: SocketAddr) {
-        let id = *self.picks.entry(address).or_insert_with(|| {
-            let label: String = address
-                .to_string()
-                .chars()
-                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-                .collect();
-            counter(&format!("meshwasm_balancer.{name}.endpoint.{label}.picks"))
-        });
+        let id = self
+            .picks
+            .id(address, |label| counter(&format!("meshwasm_balancer.{name}.endpoint.{label}.picks")));
         bump(id);
     }
 
@@ -300,7 +297,7 @@ impl RootContext for Root {
                     lb,
                     discovered,
                     last_cas: None,
-                    picks: HashMap::new(),
+                    picks: EndpointMetrics::new(plan.endpoint_metrics_limit),
                     ejections: ServiceState::metric(name, "ejections"),
                     panic_entries: ServiceState::metric(name, "panic_entries"),
                     no_healthy: ServiceState::metric(name, "no_healthy_upstream"),
@@ -322,11 +319,17 @@ impl RootContext for Root {
         self.set_tick_period(Duration::from_millis(plan.refresh_interval_ms));
         log(
             LogLevel::Info,
-            &format!(
-                "meshwasm balancer: configured {} services, steering header {}",
-                names.len(),
-                plan.endpoint_header
-            ),
+            &match plan.steering {
+                Steering::FilterState => format!(
+                    "meshwasm balancer: configured {} services, steering through filter state",
+                    names.len()
+                ),
+                Steering::Header => format!(
+                    "meshwasm balancer: configured {} services, steering header {}",
+                    names.len(),
+                    plan.endpoint_header
+                ),
+            },
         );
         true
     }
@@ -409,6 +412,13 @@ impl Http {
 
 impl Context for Http {}
 
+impl Http {
+    fn reply(&self, status: u32, body: &str) -> Action {
+        self.send_http_response(status, vec![("content-type", "text/plain")], Some(body.as_bytes()));
+        Action::Pause
+    }
+}
+
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _n: usize, _eos: bool) -> Action {
         // Never let a client steer: drop any copy it sent before anything else can return early, so
@@ -417,7 +427,20 @@ impl HttpContext for Http {
         let Some(state) = self.state.clone() else { return Action::Continue };
         let Ok(mut st) = state.try_borrow_mut() else { return Action::Continue };
         let plan = Rc::clone(&st.plan);
-        let Some(name) = service_name(&plan.service_from, &View(self)) else { return Action::Continue };
+        let selected = service_name(&plan.service_from, &View(self));
+        // Selection headers are for this filter only: the upstream never sees them.
+        for h in &plan.selection_headers {
+            self.set_http_request_header(h, None);
+        }
+        let name = match selected {
+            Ok(Some(name)) => name,
+            Ok(None) => return Action::Continue,
+            // A path some upstream would read differently: no route rule may pick its service.
+            Err(_) => {
+                drop(st);
+                return self.reply(400, "bad request path");
+            }
+        };
         let Some(s) = st.services.get_mut(name.as_ref()) else { return Action::Continue };
         self.now = now_ms(self);
         let hash = if s.lb.policy().algorithm.is_hash() {
@@ -429,20 +452,36 @@ impl HttpContext for Http {
         s.flush_events(&name);
         match picked {
             Ok(p) => {
+                let steered = match plan.steering {
+                    Steering::FilterState => hostcalls::call_foreign_function(
+                        SET_FILTER_STATE,
+                        Some(&original_dst_args(p.address)),
+                    )
+                    .map(drop),
+                    Steering::Header => {
+                        self.add_http_request_header(&plan.endpoint_header, &p.address.to_string());
+                        Ok(())
+                    }
+                };
+                if let Err(e) = steered {
+                    // Unsteered, the request would go wherever the cluster falls back to: fail closed.
+                    s.lb.complete(&p, Outcome::Neutral, self.now);
+                    bump(s.no_healthy);
+                    drop(st);
+                    log(
+                        LogLevel::Error,
+                        &format!("meshwasm balancer: {SET_FILTER_STATE} failed ({e:?}): answering 503"),
+                    );
+                    return self.reply(503, "no healthy upstream");
+                }
                 s.count_pick(&name, p.address);
-                self.add_http_request_header(&plan.endpoint_header, &p.address.to_string());
                 self.ticket = Some((name.into_owned(), p));
                 Action::Continue
             }
             Err(e) => {
                 bump(s.no_healthy);
                 drop(st);
-                self.send_http_response(
-                    503,
-                    vec![("content-type", "text/plain")],
-                    Some(e.to_string().as_bytes()),
-                );
-                Action::Pause
+                self.reply(503, &e.to_string())
             }
         }
     }

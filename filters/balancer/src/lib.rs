@@ -24,6 +24,7 @@
 //! ```
 
 pub mod config;
+pub mod endpoint_metrics;
 pub mod hash;
 pub mod least_request;
 pub mod maglev;
@@ -35,6 +36,7 @@ pub mod rng;
 pub mod round_robin;
 pub mod service;
 pub mod slow_start;
+pub mod steer;
 pub mod weighted;
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 
 use std::borrow::Cow;
 
+use meshwasm_common::path::{PathError, normalize};
+
 use crate::config::{HashSource, ServiceSource};
 use crate::hash::xxh64;
 
@@ -13,16 +15,25 @@ pub trait RequestView {
     fn source_address(&self) -> Option<String>;
 }
 
-/// The service this request is for: the first source that yields a name.
-pub fn service_name<'a>(sources: &'a [ServiceSource], req: &impl RequestView) -> Option<Cow<'a, str>> {
-    let mut path: Option<Option<Vec<u8>>> = None;
+/// The service this request is for: the first source that yields a name, `Ok(None)` when none does.
+///
+/// Route rules match the normalized `:path` (`meshwasm_common::path`), so `/%61pi/x`, `//api/x` and
+/// `/x/../api/x` all count as `/api/x`. When a route rule is reached and the path cannot be
+/// normalized (an encoded `/`, `;` parameters, …) the answer is the [`PathError`]: the caller
+/// rejects the request (400) rather than guess which service an upstream would see.
+pub fn service_name<'a>(
+    sources: &'a [ServiceSource],
+    req: &impl RequestView,
+) -> Result<Option<Cow<'a, str>>, PathError> {
+    // Read and normalized once, on the first route rule.
+    let mut path: Option<Option<String>> = None;
     for source in sources {
         match source {
             ServiceSource::Header(h) => {
                 if let Some(v) = req.header(h).and_then(|v| String::from_utf8(v).ok()) {
                     let v = v.trim();
                     if !v.is_empty() {
-                        return Some(Cow::Owned(v.to_owned()));
+                        return Ok(Some(Cow::Owned(v.to_owned())));
                     }
                 }
             }
@@ -30,20 +41,28 @@ pub fn service_name<'a>(sources: &'a [ServiceSource], req: &impl RequestView) ->
                 if let Some(v) = req.header(":authority").and_then(|v| String::from_utf8(v).ok()) {
                     let host = strip_port(&v);
                     if !host.is_empty() {
-                        return Some(Cow::Owned(host.to_ascii_lowercase()));
+                        return Ok(Some(Cow::Owned(host.to_ascii_lowercase())));
                     }
                 }
             }
             ServiceSource::Route { prefix, service } => {
-                let p = path.get_or_insert_with(|| req.header(":path"));
-                if p.as_deref().is_some_and(|p| p.starts_with(prefix.as_bytes())) {
-                    return Some(Cow::Borrowed(service));
+                if path.is_none() {
+                    path = Some(match req.header(":path") {
+                        None => None,
+                        Some(raw) => {
+                            let raw = String::from_utf8(raw).map_err(|_| PathError::BadCharacter)?;
+                            Some(normalize(&raw)?.into_owned())
+                        }
+                    });
+                }
+                if path.as_ref().and_then(Option::as_deref).is_some_and(|p| p.starts_with(prefix.as_str())) {
+                    return Ok(Some(Cow::Borrowed(service)));
                 }
             }
-            ServiceSource::Fixed(service) => return Some(Cow::Borrowed(service)),
+            ServiceSource::Fixed(service) => return Ok(Some(Cow::Borrowed(service))),
         }
     }
-    None
+    Ok(None)
 }
 
 /// `host:port` → `host`; `[v6]:port` → `v6`; no port → unchanged.
@@ -109,17 +128,60 @@ mod tests {
             ServiceSource::Header("x-svc".into()),
             ServiceSource::Authority,
         ];
+        let name = |r: &Req| service_name(&sources, r).unwrap().map(Cow::into_owned);
         let r = Req(vec![(":path", b"/api/v1"), ("x-svc", b"web"), (":authority", b"Shop:8080")], None);
-        assert_eq!(service_name(&sources, &r).as_deref(), Some("api"));
+        assert_eq!(name(&r).as_deref(), Some("api"));
         let r = Req(vec![(":path", b"/x"), ("x-svc", b" web "), (":authority", b"shop")], None);
-        assert_eq!(service_name(&sources, &r).as_deref(), Some("web"));
+        assert_eq!(name(&r).as_deref(), Some("web"));
         let r = Req(vec![(":path", b"/x"), ("x-svc", b"\xff"), (":authority", b"Shop:8080")], None);
-        assert_eq!(service_name(&sources, &r).as_deref(), Some("shop"));
-        assert_eq!(service_name(&sources, &Req(vec![], None)), None);
+        assert_eq!(name(&r).as_deref(), Some("shop"));
+        assert_eq!(name(&Req(vec![], None)), None);
         assert_eq!(
-            service_name(&[ServiceSource::Fixed("f".into())], &Req(vec![], None)).as_deref(),
+            service_name(&[ServiceSource::Fixed("f".into())], &Req(vec![], None)).unwrap().as_deref(),
             Some("f")
         );
+    }
+
+    fn route_then_fixed() -> Vec<ServiceSource> {
+        vec![
+            ServiceSource::Route { prefix: "/api/".into(), service: "api".into() },
+            ServiceSource::Fixed("web".into()),
+        ]
+    }
+
+    #[test]
+    fn route_rules_match_the_normalized_path() {
+        let sources = route_then_fixed();
+        for path in ["/api/x", "/%61pi/x", "//api/x", "/x/../api/x", "/x/%2e%2e/api/x", "/./api/x?q=/web"] {
+            let r = Req(vec![(":path", path.as_bytes())], None);
+            assert_eq!(service_name(&sources, &r).unwrap().as_deref(), Some("api"), "{path}");
+        }
+        for path in ["/apix", "/web/api/x", "/api/../web", "/x?/api/"] {
+            let r = Req(vec![(":path", path.as_bytes())], None);
+            assert_eq!(service_name(&sources, &r).unwrap().as_deref(), Some("web"), "{path}");
+        }
+    }
+
+    #[test]
+    fn paths_that_do_not_normalize_select_nothing() {
+        let sources = route_then_fixed();
+        for (path, e) in [
+            (&b"/api%2Fx"[..], PathError::EncodedSlash),
+            (b"/api;x/y", PathError::PathParameter),
+            (b"/api\\x", PathError::Backslash),
+            (b"/api/\xffx", PathError::BadCharacter),
+            (b"api/x", PathError::NotAbsolute),
+        ] {
+            let r = Req(vec![(":path", path)], None);
+            assert_eq!(service_name(&sources, &r), Err(e), "{path:?}");
+        }
+        // A source before the route rule decides without looking at the path.
+        let sources = [
+            ServiceSource::Fixed("web".into()),
+            ServiceSource::Route { prefix: "/api/".into(), service: "api".into() },
+        ];
+        let r = Req(vec![(":path", b"/api%2Fx")], None);
+        assert_eq!(service_name(&sources, &r).unwrap().as_deref(), Some("web"));
     }
 
     #[test]
