@@ -211,3 +211,128 @@ fn traffic_follows_etcd_through_the_balancer_and_survives_registry_outage() {
         >= 1));
     assert_eq!(instances(9).len(), 3);
 }
+
+#[test]
+fn debug_endpoint_in_envoy_is_off_by_default_and_then_for_loopback_or_the_header_only() {
+    use meshwasm_tests::backend::INSTANCE_HEADER;
+    use meshwasm_tests::process::http_request;
+
+    const KEY: &str = "0123456789abcdef-envoy";
+    let backend = Backend::start("passthrough").unwrap();
+    let service =
+        r#""services":[{"name":"api","source":{"static":{"endpoints":[{"address":"10.0.0.1:80"}]}}}]"#;
+    let discovery = |vm: &str, config: String| {
+        WasmFilter::new("discovery", artifacts::wasm_path("meshwasm_discovery")).vm_id(vm).config(config)
+    };
+    let envoy = EnvoyConfig::new()
+        .concurrency(2)
+        .listener(Listener::new("off", "backend").wasm(discovery("off", format!(r#"{{"tick":"100ms",{service}}}"#))))
+        .listener(Listener::new("on", "backend").wasm(discovery(
+            "on",
+            format!(
+                r#"{{"tick":"100ms","debug_path":"{DEBUG}","debug_header":{{"name":"x-debug-key","value":"{KEY}"}},{service}}}"#
+            ),
+        )))
+        .raw_listener(&edge_listener(&format!(
+            r#"{{"tick":"100ms","lease":{{"name":"edge"}},"debug_path":"{DEBUG}",{service}}}"#
+        )))
+        .cluster(Cluster::static_hosts("backend", &[backend.addr()]))
+        .start()
+        .unwrap();
+    let req = |listener: &str, method: &str, headers: &[(&str, &str)]| {
+        http_request(envoy.listener_addr(listener), method, DEBUG, headers, b"", Duration::from_secs(5))
+            .unwrap()
+    };
+    let from_backend =
+        |r: &meshwasm_tests::process::HttpResponse| r.header(INSTANCE_HEADER) == Some("passthrough");
+
+    // On: a loopback client gets the sets (once the static list is published).
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let r = req("on", "GET", &[]);
+            r.status == 200 && r.json().is_ok_and(|v: Value| !addrs(&v, "api").is_empty())
+        }),
+        "debug endpoint never answered"
+    );
+    let r = req("on", "GET", &[]);
+    assert!(!from_backend(&r));
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    // Other methods: 405 with Allow.
+    let r = req("on", "POST", &[]);
+    assert_eq!((r.status, r.header("allow")), (405, Some("GET")));
+    assert!(!from_backend(&r));
+
+    // Envoy's trusted client address comes from X-Forwarded-For here (use_remote_address is off in
+    // the test listeners), so this request has a non-loopback source.address: it passes through.
+    let r = req("on", "GET", &[("x-forwarded-for", "192.0.2.7")]);
+    assert!(from_backend(&r), "a non-loopback client reached the debug endpoint: {}", r.status);
+    let r = req("on", "POST", &[("x-forwarded-for", "192.0.2.7")]);
+    assert!(from_backend(&r), "a non-loopback POST is a normal request: {}", r.status);
+    let r = req("on", "GET", &[("x-forwarded-for", "192.0.2.7"), ("x-debug-key", "0123456789abcdef-envoX")]);
+    assert!(from_backend(&r), "a wrong key opens nothing");
+    // The configured header opens it from anywhere.
+    let r = req("on", "GET", &[("x-forwarded-for", "192.0.2.7"), ("x-debug-key", KEY)]);
+    assert_eq!(r.status, 200);
+    assert!(!from_backend(&r));
+    assert!(!addrs(&r.json().unwrap(), "api").is_empty());
+
+    // With `use_remote_address: true` (as in examples/discovery/envoy.yaml) source.address is the
+    // connection's peer whatever X-Forwarded-For says: here the loopback client still gets its answer
+    // (and a remote client could not claim loopback through the header).
+    let r = req("edge", "GET", &[("x-forwarded-for", "192.0.2.7")]);
+    assert_eq!(r.status, 200);
+    assert!(!from_backend(&r));
+
+    // Off by default: the same request is a normal request, even from loopback with the key.
+    for (method, headers) in [("GET", &[][..]), ("GET", &[("x-debug-key", KEY)][..]), ("POST", &[][..])] {
+        let r = req("off", method, headers);
+        assert!(from_backend(&r), "{method} {headers:?}: {}", r.status);
+    }
+}
+
+/// A listener like examples/discovery/envoy.yaml's: `use_remote_address: true`, discovery with `config`
+/// (VM `on`, so it shares the published sets with the `on` listener), then the backend.
+fn edge_listener(config: &str) -> String {
+    let wasm = serde_json::json!({
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "discovery",
+                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": config},
+                "vm_config": {
+                    "vm_id": "on",
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": artifacts::wasm_path("meshwasm_discovery")}}
+                }
+            }
+        }
+    });
+    format!(
+        r#"
+name: edge
+address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+filter_chains:
+- filters:
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+      stat_prefix: edge
+      use_remote_address: true
+      normalize_path: true
+      merge_slashes: true
+      path_with_escaped_slashes_action: REJECT_REQUEST
+      route_config:
+        virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+          - match: {{prefix: /}}
+            route: {{cluster: backend}}
+      http_filters:
+      - {wasm}
+      - name: envoy.filters.http.router
+        typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+"#
+    )
+}
