@@ -17,6 +17,11 @@ use meshwasm_tests::process::{HttpResponse, http_request};
 use serde_json::{Value, json};
 
 fn filter_config(idp: &OidcProvider, client: &Client, extra: Value) -> String {
+    filter_config_with(idp, client, extra, json!({}))
+}
+
+/// `extra` goes into the `introspection` object, `provider` into the provider.
+fn filter_config_with(idp: &OidcProvider, client: &Client, extra: Value, provider: Value) -> String {
     let mut introspection = json!({
         "cluster": "idp",
         "path": "/token/introspection",
@@ -30,8 +35,12 @@ fn filter_config(idp: &OidcProvider, client: &Client, extra: Value) -> String {
     for (k, v) in extra.as_object().unwrap() {
         introspection[k] = v.clone();
     }
+    let mut p = json!({"issuer": idp.issuer(), "introspection": introspection});
+    for (k, v) in provider.as_object().unwrap() {
+        p[k] = v.clone();
+    }
     json!({
-        "providers": {"idp": {"issuer": idp.issuer(), "introspection": introspection}},
+        "providers": {"idp": p},
         "rules": [{"match": {"prefix": "/"}, "requires_any": ["idp"]}],
     })
     .to_string()
@@ -71,6 +80,24 @@ fn setup() -> Setup {
         .listener(listener("open", filter_config(&idp, &INTROSPECTION_CLIENT, json!({"fail_open": true}))))
         .listener(listener("post", filter_config(&idp, &POST_CLIENT, json!({"auth_method": "post"}))))
         .listener(listener("special", filter_config(&idp, &SPECIAL_CLIENT, json!({}))))
+        .listener(listener(
+            "aud",
+            filter_config_with(
+                &idp,
+                &INTROSPECTION_CLIENT,
+                json!({}),
+                json!({"audiences": [OPAQUE_RESOURCE]}),
+            ),
+        ))
+        .listener(listener(
+            "other-aud",
+            filter_config_with(
+                &idp,
+                &INTROSPECTION_CLIENT,
+                json!({"fail_open": true}),
+                json!({"audiences": ["urn:meshwasm:other-api"]}),
+            ),
+        ))
         .cluster(Cluster::static_hosts("api", &[backend.addr()]))
         .cluster(Cluster::static_hosts("idp", &[idp.addr()]))
         .start()
@@ -122,6 +149,20 @@ fn active_inactive_revoked_and_cached() {
 }
 
 #[test]
+fn the_providers_policy_applies_to_real_introspection_answers() {
+    let s = setup();
+    // The real endpoint answers `active: true` with `iss`, `aud` (the resource) and `token_type`.
+    let resp = get(&s.envoy, "aud", &opaque(&s.idp));
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    // The same kind of token at a provider that expects another audience: refused, also with fail_open.
+    let resp = get(&s.envoy, "other-aud", &opaque(&s.idp));
+    assert_eq!(resp.status, 401, "{}", resp.text());
+    let challenge = resp.header("www-authenticate").unwrap_or_default();
+    assert!(challenge.contains("token audience is not accepted"), "{challenge}");
+    assert_eq!(s.backend.request_count(), 1);
+}
+
+#[test]
 fn failing_endpoint_fails_closed_or_open() {
     let s = setup();
     s.idp.fail_introspection_requests(503, -1).unwrap();
@@ -129,6 +170,14 @@ fn failing_endpoint_fails_closed_or_open() {
     assert_eq!(resp.status, 503, "{}", resp.text());
     let resp = get(&s.envoy, "open", &opaque(&s.idp));
     assert_eq!(resp.status, 200, "fail_open lets it through: {}", resp.text());
+    s.idp.fail_introspection_requests(503, 0).unwrap();
+
+    // A 4xx is no outage (our credentials refused, rate limited): fail_open does not open.
+    for status in [401, 429] {
+        s.idp.fail_introspection_requests(status, -1).unwrap();
+        let resp = get(&s.envoy, "open", &opaque(&s.idp));
+        assert_eq!(resp.status, 503, "HTTP {status} from the endpoint: {}", resp.text());
+    }
     s.idp.fail_introspection_requests(503, 0).unwrap();
 
     // Slow endpoint: the 1 s timeout fails closed.

@@ -56,6 +56,11 @@ fn json_reply(status: u16, body: Value) -> CallReply {
 }
 
 fn proxy(ep: &Endpoint, extra: Value) -> Proxy {
+    proxy_for(ep, extra, json!({}))
+}
+
+/// `extra` goes into the `introspection` object, `provider` into the provider.
+fn proxy_for(ep: &Endpoint, extra: Value, provider: Value) -> Proxy {
     let mut introspection = json!({
         "cluster": "as", "path": "/introspect", "authority": "as.example.com",
         "client_id": "api", "client_secret": "api-secret", "timeout_ms": 500,
@@ -64,8 +69,12 @@ fn proxy(ep: &Endpoint, extra: Value) -> Proxy {
     for (k, v) in extra.as_object().unwrap() {
         introspection[k] = v.clone();
     }
+    let mut provider_cfg = json!({"introspection": introspection});
+    for (k, v) in provider.as_object().unwrap() {
+        provider_cfg[k] = v.clone();
+    }
     let cfg = json!({
-        "providers": {"as": {"introspection": introspection}},
+        "providers": {"as": provider_cfg},
         "rules": [{"match": {"prefix": "/"}, "requires_any": ["as"]}],
     });
     // One engine and compiled module for the whole test binary: each proxy only instantiates it.
@@ -163,19 +172,35 @@ fn basic_credentials_are_form_encoded_and_post_puts_them_in_the_body() {
 #[test]
 fn bad_answers_errors_and_timeouts_fail_closed_or_open() {
     let ep = Endpoint::default();
-    for bad in [
-        json_reply(200, json!({"active": "true"})),
-        json_reply(200, json!({"active": true, "exp": "soon"})),
-        json_reply(200, json!(["active"])),
-        json_reply(500, json!({"error": "server_error"})),
-        json_reply(401, json!({"error": "invalid_client"})),
-    ] {
-        ep.answer(bad);
+    // The endpoint failing on its side (5xx) or not answering may fail open when configured.
+    for down in
+        [json_reply(500, json!({"error": "server_error"})), json_reply(503, json!({})), CallReply::failure()]
+    {
+        ep.answer(down);
         let mut closed = proxy(&ep, json!({}));
         let ex = send(&mut closed, "t");
         assert_eq!(ex.status, 503, "fail closed: {:?}", ex.local_reply);
         let mut open = proxy(&ep, json!({"fail_open": true}));
         assert_eq!(send(&mut open, "t").status, 200, "fail_open lets it through");
+    }
+    // A 4xx (our credentials refused, rate limited) or a malformed answer says nothing about an outage
+    // and always fails closed, with a log line.
+    for (bad, logged) in [
+        (json_reply(401, json!({"error": "invalid_client"})), "answered HTTP 401"),
+        (json_reply(403, json!({})), "answered HTTP 403"),
+        (json_reply(429, json!({})), "answered HTTP 429"),
+        (json_reply(200, json!({"active": "true"})), "`active` is not a boolean"),
+        (json_reply(200, json!({"active": true, "exp": "soon"})), "`exp` is not a number"),
+        (json_reply(200, json!(["active"])), "not a JSON object"),
+    ] {
+        ep.answer(bad);
+        for fail_open in [false, true] {
+            let mut p = proxy(&ep, json!({"fail_open": fail_open}));
+            let ex = send(&mut p, "t");
+            assert_eq!(ex.status, 503, "{logged} (fail_open {fail_open}): {:?}", ex.local_reply);
+            assert!(p.logged(logged), "{logged}: {:?}", p.logs());
+            assert!(ex.response_headers.get("www-authenticate").is_none());
+        }
     }
     // fail_open never admits a token the endpoint says is inactive.
     ep.answer(json_reply(200, json!({"active": false})));
@@ -192,4 +217,100 @@ fn bad_answers_errors_and_timeouts_fail_closed_or_open() {
     closed.advance(Duration::from_millis(300));
     assert_eq!(closed.stream_state(id), Some(StreamState::Complete));
     assert_eq!(closed.exchange(id).unwrap().status, 503);
+}
+
+#[test]
+fn active_answers_get_the_providers_policy() {
+    let ep = Endpoint::default();
+    let provider = json!({"issuer": "https://as.example.com", "audiences": ["orders"],
+                          "subjects": {"prefix": "svc-"}, "required_claims": ["client_id"]});
+    let good = json!({"active": true, "iss": "https://as.example.com", "aud": ["orders"], "sub": "svc-a",
+                      "client_id": "c1", "exp": T0 + 30, "token_type": "Bearer"});
+    let answer = |ep: &Endpoint, member: &str, value: Value| {
+        let mut a = good.clone();
+        if value.is_null() {
+            a.as_object_mut().unwrap().remove(member);
+        } else {
+            a[member] = value;
+        }
+        ep.answer(json_reply(200, a));
+    };
+    for fail_open in [false, true] {
+        let mut p = proxy_for(&ep, json!({"fail_open": fail_open}), provider.clone());
+        answer(&ep, "sub", json!("svc-a"));
+        assert_eq!(send(&mut p, &format!("good-{fail_open}")).status, 200);
+        for (i, (member, value, why)) in [
+            ("aud", json!("payments"), "token audience is not accepted"),
+            ("aud", Value::Null, "token audience is not accepted"),
+            ("iss", json!("https://other-as.example.com"), "token issuer is not accepted"),
+            ("sub", json!("alice"), "token subject is not accepted"),
+            ("client_id", Value::Null, "token lacks a required claim"),
+            ("nbf", json!(T0 + 600), "token is not yet valid"),
+            ("token_type", json!("refresh_token"), "token type is not accepted"),
+            ("token_type", json!("DPoP"), "token type is not accepted"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            answer(&ep, member, value.clone());
+            let ex = send(&mut p, &format!("t-{fail_open}-{i}"));
+            assert_eq!(ex.status, 401, "{member}={value}: {:?}", ex.local_reply);
+            let w = ex.response_headers.get("www-authenticate").unwrap_or_default().to_owned();
+            assert!(w.contains(r#"error="invalid_token""#) && w.contains(why), "{member}={value}: {w}");
+        }
+    }
+    assert!(!ep.last().1.is_empty());
+}
+
+#[test]
+fn fractional_dates_in_answers_are_accepted() {
+    let ep = Endpoint::default();
+    ep.answer(json_reply(200, json!({"active": true, "exp": T0 as f64 + 30.75, "iat": T0 as f64 - 0.5})));
+    let mut p = proxy(&ep, json!({}));
+    let ex = send(&mut p, "frac");
+    assert_eq!(ex.status, 200, "{:?}", ex.local_reply);
+    // Cached until exp rounded down (T0 + 30).
+    p.advance(Duration::from_secs(29));
+    assert_eq!(send(&mut p, "frac").status, 200);
+    assert_eq!(ep.calls(), 1);
+    p.advance(Duration::from_millis(1500));
+    ep.answer(json_reply(200, json!({"active": false})));
+    assert_eq!(send(&mut p, "frac").status, 401);
+    assert_eq!(ep.calls(), 2, "asked again once past exp rounded down");
+}
+
+#[test]
+fn concurrent_calls_are_capped_per_worker_and_the_cap_never_fails_open() {
+    let ep = Endpoint::default();
+    // A slow endpoint: answers arrive 300 ms after each call.
+    ep.answer(json_reply(200, json!({"active": true, "exp": T0 + 60})).after(Duration::from_millis(300)));
+    let mut p = proxy(&ep, json!({"max_concurrent_calls": 2, "fail_open": true}));
+    let first: Vec<_> = (0..2)
+        .map(|i| p.start(0, Request::get("/").header("authorization", format!("Bearer flood-{i}"))).unwrap())
+        .collect();
+    for id in &first {
+        assert!(matches!(p.stream_state(*id), Some(StreamState::Paused { .. })));
+    }
+    // A flood of unique opaque tokens past the cap: 503 at once, no call, even with fail_open.
+    for i in 2..20 {
+        let id = p.start(0, Request::get("/").header("authorization", format!("Bearer flood-{i}"))).unwrap();
+        assert_eq!(p.stream_state(id), Some(StreamState::Complete), "flood-{i}");
+        let ex = p.exchange(id).unwrap();
+        assert_eq!(ex.status, 503, "flood-{i}");
+    }
+    assert!(p.logged("introspection calls already in flight"));
+    // A request for a token whose call is in flight still waits for that call.
+    let again = p.start(0, Request::get("/").header("authorization", "Bearer flood-0")).unwrap();
+    assert!(matches!(p.stream_state(again), Some(StreamState::Paused { .. })));
+    p.advance(Duration::from_millis(400));
+    for id in first.into_iter().chain([again]) {
+        let ex = p.finish(id, UpstreamReply::new(200)).unwrap();
+        assert_eq!(ex.status, 200, "{:?}", ex.local_reply);
+    }
+    assert_eq!(ep.calls(), 2, "the cap held the endpoint to two calls");
+    // Slots free again once the answers are in.
+    let id = p.start(0, Request::get("/").header("authorization", "Bearer later")).unwrap();
+    p.advance(Duration::from_millis(400));
+    assert_eq!(p.finish(id, UpstreamReply::new(200)).unwrap().status, 200);
+    assert_eq!(ep.calls(), 3);
 }

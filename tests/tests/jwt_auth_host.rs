@@ -554,3 +554,188 @@ fn allow_missing_or_failed_passes_but_only_vouches_for_verified_tokens() {
     assert_eq!(up.headers.get("authorization"), None, "and is stripped (forward: false)");
     assert!(p.metric("meshwasm_jwt_auth.denied.expired").is_none());
 }
+
+// ---- Issue 8: key rotation, remote symmetric keys, weak keys, NumericDates, `typ` ----
+
+/// A proxy with `config` and `workers` workers in front of `idp`, keys loaded.
+fn proxy_workers(idp: &Idp, config: &Value, workers: usize) -> Proxy {
+    let host = Host::new(HostOptions::default()).unwrap();
+    let module = host.load(artifacts::wasm_path("meshwasm_jwt_auth")).unwrap();
+    let mut p = Proxy::builder(&host)
+        .workers(workers)
+        .start_time(SystemTime::now())
+        .plugin(Plugin::new(module).name("jwt").vm_id("jwt").config(config.to_string().as_bytes()))
+        .upstream("idp", idp.upstream())
+        .build()
+        .unwrap();
+    // One tick fetches, the next one installs the keys on the other workers.
+    p.advance(Duration::from_millis(600));
+    p
+}
+
+fn status(p: &mut Proxy, worker: usize, token: &str) -> u16 {
+    let ex = p
+        .send(worker, Request::get("/x").header("authorization", bearer(token)), UpstreamReply::new(200))
+        .unwrap();
+    ex.status
+}
+
+#[test]
+fn key_rotation_invalidates_cached_tokens_on_every_worker_including_the_fetcher() {
+    let old = Signer::ec("ec1.pem", "old");
+    let new = Signer::rsa("rsa1.pem", "new");
+    let idp = Idp::new(jwks(&[&old]));
+    let remote = json!({"cluster": "idp", "uri": "https://idp.test/jwks", "cache_duration_s": 60});
+    let cfg = json!({
+        "providers": {"idp": provider(json!({"algorithms": ["ES256", "RS256"], "remote_jwks": remote}))},
+        "rules": [{"match": {"prefix": "/"}, "requires_any": ["idp"]}],
+    });
+    for workers in [1, 2] {
+        *idp.body.lock().unwrap() = jwks(&[&old]);
+        let mut p = proxy_workers(&idp, &cfg, workers);
+        let tok = old.mint(&claims());
+        for w in 0..workers {
+            assert_eq!(status(&mut p, w, &tok), 200);
+            assert_eq!(status(&mut p, w, &tok), 200, "served from worker {w}'s cache");
+        }
+        let hits = p.metric("meshwasm_jwt_auth.cache_hits").unwrap_or(0);
+        assert_eq!(hits, workers as u64);
+        // The IdP rotates the old key out; the background refresh (at 90 % of 60 s) fetches the new set.
+        *idp.body.lock().unwrap() = jwks(&[&new]);
+        let fetches = idp.calls();
+        p.advance(Duration::from_secs(56));
+        assert_eq!(idp.calls(), fetches + 1, "one refresh for the proxy");
+        for w in 0..workers {
+            assert_eq!(
+                status(&mut p, w, &tok),
+                401,
+                "worker {w} ({workers} workers) forgot the old verification"
+            );
+            assert_eq!(status(&mut p, w, &new.mint(&claims())), 200);
+        }
+        assert_eq!(p.metric("meshwasm_jwt_auth.cache_hits").unwrap_or(0), hits, "no stale cache hit");
+    }
+}
+
+fn oct(secret: &[u8], kid: &str) -> Value {
+    use base64::Engine as _;
+    json!({"kty": "oct", "kid": kid, "k": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)})
+}
+
+fn hs256(secret: &[u8], kid: &str) -> String {
+    let mut h = Header::new(Algorithm::HS256);
+    h.kid = Some(kid.into());
+    jsonwebtoken::encode(&h, &claims(), &EncodingKey::from_secret(secret)).unwrap()
+}
+
+#[test]
+fn symmetric_keys_from_a_remote_jwks_are_never_used() {
+    const LOCAL: &[u8] = b"local-secret-local-secret-local!";
+    const ATTACKER: &[u8] = b"attacker-chosen-secret-32-bytes!";
+    let ec = Signer::ec("ec1.pem", "e1");
+    // The JWKS endpoint (public, or tampered with) lists a shared secret the attacker knows.
+    let body = json!({"keys": [ec.jwk(), oct(ATTACKER, "evil")]}).to_string();
+    let idp = Idp::new(body);
+    let cfg = json!({
+        "providers": {"idp": provider(json!({"algorithms": ["HS256", "ES256"],
+                                             "local_jwks": {"keys": [oct(LOCAL, "local")]}}))},
+        "rules": [{"match": {"prefix": "/"}, "requires_any": ["idp"]}],
+    });
+    let mut p = proxy_workers(&idp, &cfg, 1);
+    assert_eq!(status(&mut p, 0, &hs256(ATTACKER, "evil")), 401, "remote oct key ignored");
+    assert_eq!(status(&mut p, 0, &hs256(LOCAL, "local")), 200, "the configured secret works");
+    assert_eq!(status(&mut p, 0, &ec.mint(&claims())), 200, "the remote public keys work");
+}
+
+#[test]
+fn weak_keys_are_refused_at_configure_time() {
+    let host = Host::new(HostOptions::default()).unwrap();
+    let module = host.load(artifacts::wasm_path("meshwasm_jwt_auth")).unwrap();
+    let build = |cfg: Value| {
+        Proxy::builder(&host)
+            .plugin(Plugin::new(module.clone()).name("jwt").config(cfg.to_string().as_bytes()))
+            .build()
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default()
+    };
+    let err = build(json!({"providers": {"p": {"issuer": ISS, "algorithms": ["HS256"],
+                                              "local_jwks": {"keys": [oct(b"sixteen-byte-key", "k")]}}}}));
+    assert!(
+        err.contains("provider `p`.local_jwks.keys[0].k: the oct key is 16 bytes, HS256 needs at least 32"),
+        "{err}"
+    );
+    let err = build(json!({"providers": {"p": {"issuer": ISS, "algorithms": ["HS512"],
+                                              "local_jwks": {"keys": [oct(&[7u8; 48], "k")]}}}}));
+    assert!(err.contains("HS512 needs at least 64"), "{err}");
+    // A 1024-bit RSA public key (RFC 7518 §3.3 asks for 2048 at least).
+    let pem = "-----BEGIN PUBLIC KEY-----
+MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQDH1PQ7ODLVDx7LMu+ao1s+X1UB
+Hjag9GbHDGeeRtF8vxfYW3jsbvX9X7QKpozRv7aS8c4yJAd1yZwciREU5vxry0qN
+72yJk4tAT5EyqmWCZkgeMrST6oXTLALkZTIZjEPS5oMjKdSNLBKBa3KVv+6zFgS6
+BE6Ry50kJEcudHapPwIDAQAB
+-----END PUBLIC KEY-----
+";
+    let err = build(json!({"providers": {"p": {"issuer": ISS, "pem": [pem]}}}));
+    assert!(err.contains("provider `p`.pem[0]: RSA key of 1024 bits is too small"), "{err}");
+}
+
+#[test]
+fn fractional_numeric_dates_are_accepted_rounded_toward_the_safe_side() {
+    let s = Signer::ec("ec1.pem", "e1");
+    let idp = Idp::new(jwks(&[&s]));
+    let cfg = json!({
+        "providers": {"idp": provider(json!({"clock_skew_s": 0}))},
+        "rules": [{"match": {"prefix": "/"}, "requires_any": ["idp"]}],
+    });
+    let mut p = proxy_workers(&idp, &cfg, 1);
+    let mut c = claims();
+    c["exp"] = json!(now() as f64 + 3600.25);
+    c["iat"] = json!(now() as f64 - 0.5);
+    c["nbf"] = json!(now() as f64 - 10.75);
+    assert_eq!(status(&mut p, 0, &s.mint(&c)), 200, "RFC 7519 §2: NumericDates may be fractional");
+    let mut c = claims();
+    c["nbf"] = json!(now() as f64 + 30.5);
+    assert_eq!(status(&mut p, 0, &s.mint(&c)), 401, "nbf in the future");
+    for bad in [json!("2000000000"), json!(-1.5), json!(1.9e19)] {
+        let mut c = claims();
+        c["exp"] = bad.clone();
+        assert_eq!(status(&mut p, 0, &s.mint(&c)), 401, "{bad}");
+    }
+}
+
+#[test]
+fn typ_requirement_and_missing_issuer_audience_warning() {
+    let s = Signer::ec("ec1.pem", "e1");
+    let idp = Idp::new(jwks(&[&s]));
+    let open =
+        json!({"algorithms": ["ES256"], "remote_jwks": {"cluster": "idp", "uri": "https://idp.test/jwks"}});
+    let cfg = json!({
+        "providers": {"idp": provider(json!({"typ": "at+jwt"})), "open": open},
+        "rules": [{"match": {"prefix": "/"}, "requires_any": ["idp"]}],
+    });
+    let mut p = proxy_workers(&idp, &cfg, 1);
+    assert!(p.logged("provider `open`: neither `issuer` nor `audiences` is set"), "configure-time warning");
+    assert!(!p.logged("provider `idp`: neither"));
+    let with_typ = |typ: Option<&str>| {
+        let mut h = Header::new(Algorithm::ES256);
+        h.kid = Some("e1".into());
+        h.typ = typ.map(str::to_owned);
+        jsonwebtoken::encode(&h, &claims(), &EncodingKey::from_ec_pem(&key("ec1.pem")).unwrap()).unwrap()
+    };
+    for ok in ["at+jwt", "AT+JWT", "application/at+jwt"] {
+        assert_eq!(status(&mut p, 0, &with_typ(Some(ok))), 200, "{ok}");
+    }
+    for bad in [Some("JWT"), None] {
+        let ex = p
+            .send(
+                0,
+                Request::get("/x").header("authorization", bearer(&with_typ(bad))),
+                UpstreamReply::new(200),
+            )
+            .unwrap();
+        assert_eq!(ex.status, 401, "{bad:?}");
+        let w = ex.response_headers.get("www-authenticate").unwrap_or_default();
+        assert!(w.contains("token type is not accepted"), "{w}");
+    }
+}
