@@ -301,6 +301,16 @@ fn add_logging(l: &mut Linker<VmState>) -> Result<()> {
             let name = tri!(read(&c, np, nl));
             let args = tri!(read(&c, ap, al));
             let name = String::from_utf8_lossy(&name).into_owned();
+            if name == crate::foreign::SET_ENVOY_FILTER_STATE {
+                // Writes the calling stream's filter state (Envoy: the request's stream info).
+                let (key, value) = match crate::foreign::set_envoy_filter_state(&args) {
+                    Ok(kv) => kv,
+                    Err(status) => return Ok(status),
+                };
+                let Some((data, _)) = stream_ctx(&c) else { return Ok(NOT_FOUND) };
+                sd(&data).filter_state.push((key, value));
+                return Ok(OK);
+            }
             let f = c.data().shared.as_ref().and_then(|s| s.foreign.get(&name).cloned());
             let Some(f) = f else { return Ok(NOT_FOUND) };
             match f(&args) {

@@ -1,10 +1,17 @@
 //! Foreign functions (`proxy_call_foreign_function`) through a registry: Envoy's `verify_signature` and
 //! `clear_route_cache` are built in; tests may register more. Unknown names give NOT_FOUND.
+//!
+//! `set_envoy_filter_state` writes the calling stream's filter state, so it is not in the registry:
+//! the hostcall handles it ([`set_envoy_filter_state`] checks the arguments as Envoy does). The one
+//! key with an object factory here is Envoy's ORIGINAL_DST override,
+//! [`ORIGINAL_DST_FILTER_STATE_KEY`]; an `original_dst` cluster of `serve` reads it before any header
+//! ([`original_dst_from_filter_state`]).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::abi::BAD_ARGUMENT;
+use crate::abi::{BAD_ARGUMENT, NOT_FOUND};
 
 /// A foreign function: arguments in, result bytes out, or a proxy-wasm status code on failure.
 pub type ForeignFunction = Arc<dyn Fn(&[u8]) -> Result<Vec<u8>, u32> + Send + Sync>;
@@ -197,4 +204,99 @@ pub fn decode_verify_result(b: &[u8]) -> Option<(bool, String)> {
         .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
         .unwrap_or_default();
     Some((ok, err))
+}
+
+/// The foreign function that sets Envoy filter state on the calling stream.
+pub const SET_ENVOY_FILTER_STATE: &str = "set_envoy_filter_state";
+
+/// The filter-state key Envoy's ORIGINAL_DST cluster takes the upstream `ip:port` from
+/// (`OriginalDstClusterFilterStateFactory`, read before metadata and the optional header).
+pub const ORIGINAL_DST_FILTER_STATE_KEY: &str = "envoy.network.transport_socket.original_dst_address";
+
+/// Envoy's `set_envoy_filter_state`: `SetEnvoyFilterStateArguments { 1 path, 2 value, 3 span }` →
+/// the (key, value) to store on the stream. As in Envoy (`Context::setEnvoyFilterState`): an
+/// unparseable message is BAD_ARGUMENT, a key without an object factory NOT_FOUND, a value the
+/// factory refuses (for the ORIGINAL_DST key: not an `ip:port` literal) BAD_ARGUMENT. The life span
+/// is ignored: here filter state lives as long as the stream.
+pub fn set_envoy_filter_state(args: &[u8]) -> Result<(String, Vec<u8>), u32> {
+    let fields = parse_proto(args).ok_or(BAD_ARGUMENT)?;
+    let get = |n: u64| fields.iter().rev().find(|(f, _)| *f == n).map(|(_, v)| v.as_slice());
+    let key = std::str::from_utf8(get(1).unwrap_or_default()).map_err(|_| BAD_ARGUMENT)?;
+    let value = get(2).unwrap_or_default();
+    if key != ORIGINAL_DST_FILTER_STATE_KEY {
+        return Err(NOT_FOUND);
+    }
+    parse_address(value).ok_or(BAD_ARGUMENT)?;
+    Ok((key.to_owned(), value.to_vec()))
+}
+
+/// The ORIGINAL_DST override address in a stream's filter state (last write wins), if set.
+pub fn original_dst_from_filter_state(filter_state: &[(String, Vec<u8>)]) -> Option<SocketAddr> {
+    let (_, v) = filter_state.iter().rev().find(|(k, _)| k == ORIGINAL_DST_FILTER_STATE_KEY)?;
+    parse_address(v)
+}
+
+/// An `ip:port` literal (IPv6 in brackets), as Envoy's address object factory parses it.
+fn parse_address(v: &[u8]) -> Option<SocketAddr> {
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// Encodes `SetEnvoyFilterStateArguments` (span left at its default), for tests and native callers.
+pub fn encode_set_filter_state_args(key: &str, value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (field, v) in [(1u8, key.as_bytes()), (2, value)] {
+        out.push(field << 3 | 2);
+        let mut len = v.len();
+        loop {
+            let mut byte = (len & 0x7f) as u8;
+            len >>= 7;
+            if len != 0 {
+                byte |= 0x80;
+            }
+            out.push(byte);
+            if len == 0 {
+                break;
+            }
+        }
+        out.extend_from_slice(v);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_envoy_filter_state_checks_like_envoy() {
+        let ok = encode_set_filter_state_args(ORIGINAL_DST_FILTER_STATE_KEY, b"10.0.0.1:80");
+        assert_eq!(
+            set_envoy_filter_state(&ok),
+            Ok((ORIGINAL_DST_FILTER_STATE_KEY.to_owned(), b"10.0.0.1:80".to_vec()))
+        );
+        // A span (field 3, varint) is accepted and ignored.
+        let mut with_span = ok.clone();
+        with_span.extend_from_slice(&[0x18, 0x01]);
+        assert!(set_envoy_filter_state(&with_span).is_ok());
+        let v6 = encode_set_filter_state_args(ORIGINAL_DST_FILTER_STATE_KEY, b"[::1]:8080");
+        assert!(set_envoy_filter_state(&v6).is_ok());
+        for bad in [&b"localhost:80"[..], b"10.0.0.1", b"", b"10.0.0.1:80 "] {
+            let args = encode_set_filter_state_args(ORIGINAL_DST_FILTER_STATE_KEY, bad);
+            assert_eq!(set_envoy_filter_state(&args), Err(BAD_ARGUMENT), "{bad:?}");
+        }
+        let unknown = encode_set_filter_state_args("my.key", b"x");
+        assert_eq!(set_envoy_filter_state(&unknown), Err(NOT_FOUND));
+        assert_eq!(set_envoy_filter_state(&[0x0a, 0x05, b'a']), Err(BAD_ARGUMENT));
+    }
+
+    #[test]
+    fn the_last_original_dst_write_wins() {
+        let fs = vec![
+            (ORIGINAL_DST_FILTER_STATE_KEY.to_owned(), b"10.0.0.1:80".to_vec()),
+            ("other".to_owned(), b"10.0.0.9:80".to_vec()),
+            (ORIGINAL_DST_FILTER_STATE_KEY.to_owned(), b"10.0.0.2:80".to_vec()),
+        ];
+        assert_eq!(original_dst_from_filter_state(&fs), Some("10.0.0.2:80".parse().unwrap()));
+        assert_eq!(original_dst_from_filter_state(&fs[1..2]), None);
+    }
 }

@@ -294,6 +294,9 @@ pub struct ForwardedRequest {
     pub body: Vec<u8>,
     /// Trailers, if the request had any.
     pub trailers: Option<Headers>,
+    /// The stream's Envoy filter state (`set_envoy_filter_state`: key, value), which the router's
+    /// cluster may read, e.g. ORIGINAL_DST's `envoy.network.transport_socket.original_dst_address`.
+    pub filter_state: Vec<(String, Vec<u8>)>,
 }
 
 /// A local reply sent by a filter with `proxy_send_local_response`.

@@ -46,6 +46,8 @@ pub(crate) struct StreamData {
     pub(crate) actions: Vec<StreamAction>,
     pub(crate) local_replies: u32,
     pub(crate) properties_set: Vec<(String, Vec<u8>)>,
+    /// Envoy filter state set with `set_envoy_filter_state` (key, factory input), in order.
+    pub(crate) filter_state: Vec<(String, Vec<u8>)>,
     pub(crate) props: Vec<(String, Vec<u8>)>,
     pub(crate) start_unix_ns: u64,
     pub(crate) response_code: Option<u16>,

@@ -329,6 +329,7 @@ impl Worker {
             actions: Vec::new(),
             local_replies: 0,
             properties_set: Vec::new(),
+            filter_state: Vec::new(),
             props: req.properties.clone(),
             start_unix_ns: self.shared.clock.unix_ns(),
             response_code: None,
@@ -913,6 +914,7 @@ impl Worker {
             Dir::Req => {
                 rt.req_done = true;
                 rt.waiting_upstream = true;
+                rt.forwarded.filter_state = sd(&data).filter_state.clone();
                 let request = rt.forwarded.clone();
                 self.events
                     .push(WorkerEvent::Upstream { stream: StreamId { worker: self.index, id }, request });

@@ -274,7 +274,7 @@ listeners:
     filters: [{{name: guard, wasm: {}}}]
     route: {{cluster: picked}}
 clusters:
-  - {{name: picked, type: original_dst}}
+  - {{name: picked, type: original_dst, header: x-meshwasm-endpoint}}
 "#,
             wat.display()
         ),

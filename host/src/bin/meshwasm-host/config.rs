@@ -29,8 +29,8 @@
 //!     type: static
 //!     endpoints: [127.0.0.1:8080, 127.0.0.1:8081]   # round robin
 //!   - name: picked
-//!     type: original_dst
-//!     header: x-meshwasm-endpoint                   # optional, this is the default
+//!     type: original_dst            # filter state set by a filter (set_envoy_filter_state)
+//!     header: x-meshwasm-endpoint   # optional: also this request header (Envoy's use_http_header)
 //! ```
 
 use std::collections::HashSet;
@@ -41,8 +41,6 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
-/// The header an `original_dst` cluster reads by default (as our filters set it).
-pub const DEFAULT_ORIGINAL_DST_HEADER: &str = "x-meshwasm-endpoint";
 /// Envoy's default route timeout.
 const DEFAULT_ROUTE_TIMEOUT_MS: u64 = 15_000;
 const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
@@ -260,8 +258,11 @@ pub struct Cluster {
 pub enum ClusterKind {
     /// Round robin over a fixed list.
     Static(Vec<SocketAddr>),
-    /// The upstream is taken from this (lower-case) request header, which must hold an IP:port literal.
-    OriginalDst { header: String },
+    /// The upstream is taken from the stream's filter state `envoy.network.transport_socket.original_dst_address`
+    /// (set by a filter with `set_envoy_filter_state`), else, when configured, from this (lower-case)
+    /// request header, which must hold an IP:port literal. Without `header` (Envoy's
+    /// `use_http_header: false`) no client header can steer it.
+    OriginalDst { header: Option<String> },
 }
 
 impl ServeConfig {
@@ -308,13 +309,13 @@ impl ServeConfig {
                     if c.endpoints.is_some() {
                         bail!("{at}.endpoints: an `original_dst` cluster takes its endpoint from a header");
                     }
-                    let header = c.header.unwrap_or_else(|| DEFAULT_ORIGINAL_DST_HEADER.to_string());
-                    if header.is_empty()
-                        || !header.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                    if let Some(header) = &c.header
+                        && (header.is_empty()
+                            || !header.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
                     {
                         bail!("{at}.header: `{header}` is not a valid header name");
                     }
-                    ClusterKind::OriginalDst { header: header.to_ascii_lowercase() }
+                    ClusterKind::OriginalDst { header: c.header.map(|h| h.to_ascii_lowercase()) }
                 }
             };
             let connect_timeout =
@@ -456,7 +457,7 @@ clusters:
         assert_eq!(c.listeners[0].filters[1].config, b"raw text");
         assert_eq!(c.listeners[0].route_timeout, Duration::from_secs(15));
         match &c.clusters[1].kind {
-            ClusterKind::OriginalDst { header } => assert_eq!(header, DEFAULT_ORIGINAL_DST_HEADER),
+            ClusterKind::OriginalDst { header } => assert_eq!(header, &None),
             other => panic!("{other:?}"),
         }
     }

@@ -49,9 +49,10 @@ enum Command {
     Check(check::CheckArgs),
     /// Run a reverse proxy that passes each request through a filter chain.
     ///
-    /// The YAML or JSON config lists listeners (address, filters in order, route to a cluster) and
+    /// The YAML or JSON config lists listeners (address: a bare port binds 127.0.0.1, any other
+    /// address is written out and warned about; filters in order; route to a cluster) and
     /// clusters (`static` endpoint lists balanced round robin, or `original_dst` clusters that take
-    /// the upstream from a request header, default `x-meshwasm-endpoint`). Clusters are also the
+    /// the upstream from filter state a filter set, or from a request header if `header` is given). Clusters are also the
     /// targets of the filters' http calls. See examples/serve/README.md for the full format.
     /// One access log line per request goes to stderr; Ctrl-C or SIGTERM stops the proxy.
     #[command(after_long_help = "Example config (paths relative to the config file):\n  \
@@ -62,7 +63,7 @@ enum Command {
             route: {cluster: backend}\n  \
         clusters:\n    \
           - {name: backend, type: static, endpoints: [127.0.0.1:8081]}\n    \
-          - {name: picked, type: original_dst, header: x-meshwasm-endpoint}")]
+          - {name: picked, type: original_dst}")]
     Serve {
         /// The config file (YAML or JSON).
         config: PathBuf,

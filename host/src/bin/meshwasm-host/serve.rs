@@ -40,6 +40,8 @@ use crate::upstream::{HOP_BY_HOP, UpstreamCluster, UpstreamFailure};
 const MAX_REQUEST_BODY: usize = 64 << 20;
 /// How long in-flight requests may take to finish after Ctrl-C / SIGTERM.
 const DRAIN_TIME: Duration = Duration::from_secs(5);
+/// Open connections to the admin endpoint (a few scrapers and probes; it answers small GETs).
+const ADMIN_MAX_CONNECTIONS: usize = 64;
 /// http calls without a timeout get this one (Envoy's route default).
 const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -179,6 +181,7 @@ fn warn_non_loopback(config: &ServeConfig) {
 /// The admin endpoint: `GET /stats` lists the filters' metrics (`<listener>.<metric>: <value>`, one per
 /// line; histograms show their sample count), `GET /ready` answers `LIVE`.
 async fn admin_loop(socket: tokio::net::TcpListener, states: Arc<Vec<(String, ProxyState)>>) {
+    let limit = Arc::new(ConnectionLimit::new(ADMIN_MAX_CONNECTIONS));
     loop {
         let stream = match socket.accept().await {
             Ok((stream, _)) => stream,
@@ -189,8 +192,11 @@ async fn admin_loop(socket: tokio::net::TcpListener, states: Arc<Vec<(String, Pr
                 continue;
             }
         };
+        // Past the cap the connection is closed at once, as on the listeners.
+        let Ok(slot) = limit.acquire() else { continue };
         let states = states.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |req: hyper::Request<Incoming>| {
                 let states = states.clone();
                 async move {
@@ -525,7 +531,7 @@ async fn handle(
     match &ctx.chain {
         None => {
             let (response, info) =
-                route(&ctx, &ForwardedRequest { headers, body: body.to_vec(), trailers: None }).await;
+                route(&ctx, &ForwardedRequest { headers, body: body.to_vec(), ..Default::default() }).await;
             let reply = to_hyper_response(&response.headers, response.body, &down.method)?;
             log_access(&ctx, &down, reply.status().as_u16(), reply.body_len(), &info);
             Ok(reply)
@@ -601,7 +607,7 @@ async fn route(ctx: &ListenerCtx, req: &ForwardedRequest) -> (RoutedResponse, Ro
     let l = &ctx.listener;
     let result = match ctx.upstreams.get(&l.route_cluster) {
         None => Err((UpstreamFailure::NoHealthyUpstream, None)),
-        Some(cluster) => match cluster.pick(|k| req.headers.get_bytes(k)) {
+        Some(cluster) => match cluster.pick_forwarded(req) {
             None => Err((UpstreamFailure::NoHealthyUpstream, None)),
             Some(addr) => match build_upstream_request(&req.headers, &req.body) {
                 Err(e) => Err((UpstreamFailure::ConnectFailure(e), Some(addr))),

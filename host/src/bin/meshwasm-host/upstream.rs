@@ -85,8 +85,20 @@ impl UpstreamCluster {
                 self.next.set(i.wrapping_add(1));
                 endpoints.get(i % endpoints.len()).copied()
             }
-            ClusterKind::OriginalDst { header: name } => parse_ip_port(header(name)?),
+            ClusterKind::OriginalDst { header: Some(name) } => parse_ip_port(header(name)?),
+            ClusterKind::OriginalDst { header: None } => None,
         }
+    }
+
+    /// The endpoint for a request that left the filter chain. An `original_dst` cluster takes the
+    /// filter-state override first, as Envoy's `filterStateOverrideHost` does, then its header.
+    pub fn pick_forwarded(&self, req: &meshwasm_host::ForwardedRequest) -> Option<SocketAddr> {
+        if matches!(self.config.kind, ClusterKind::OriginalDst { .. })
+            && let Some(addr) = meshwasm_host::foreign::original_dst_from_filter_state(&req.filter_state)
+        {
+            return Some(addr);
+        }
+        self.pick(|k| req.headers.get_bytes(k))
     }
 
     /// Sends the request to `addr` and reads the whole response within `timeout`.
@@ -194,10 +206,34 @@ mod tests {
         let picks: Vec<_> = (0..4).map(|_| rr.pick(|_| None).unwrap()).collect();
         assert_eq!(picks, [a, b, a, b]);
 
-        let od = UpstreamCluster::new(cluster(ClusterKind::OriginalDst { header: "x-to".into() }));
+        let od = UpstreamCluster::new(cluster(ClusterKind::OriginalDst { header: Some("x-to".into()) }));
         let headers = |value: &'static [u8]| move |k: &str| (k == "x-to").then_some(value);
         assert_eq!(od.pick(headers(b"127.0.0.1:2")), Some(b));
         assert_eq!(od.pick(headers(b"not-an-ip:2")), None);
         assert_eq!(od.pick(|_| None), None);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn original_dst_takes_filter_state_first_and_a_header_only_when_configured() {
+        use meshwasm_host::foreign::ORIGINAL_DST_FILTER_STATE_KEY;
+        let req = |to: &str, state: Option<&str>| meshwasm_host::ForwardedRequest {
+            headers: meshwasm_host::Headers::new().with("x-to", to),
+            filter_state: state
+                .map(|s| (ORIGINAL_DST_FILTER_STATE_KEY.to_owned(), s.as_bytes().to_vec()))
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        };
+        let no_header = UpstreamCluster::new(cluster(ClusterKind::OriginalDst { header: None }));
+        assert_eq!(no_header.pick_forwarded(&req("127.0.0.1:2", None)), None, "the header steers nothing");
+        let picked = Some("127.0.0.1:1".parse().unwrap());
+        assert_eq!(no_header.pick_forwarded(&req("127.0.0.1:2", Some("127.0.0.1:1"))), picked);
+        let with_header =
+            UpstreamCluster::new(cluster(ClusterKind::OriginalDst { header: Some("x-to".into()) }));
+        assert_eq!(with_header.pick_forwarded(&req("127.0.0.1:2", Some("127.0.0.1:1"))), picked);
+        assert_eq!(
+            with_header.pick_forwarded(&req("127.0.0.1:2", None)),
+            Some("127.0.0.1:2".parse().unwrap())
+        );
     }
 }
