@@ -416,7 +416,11 @@ fn balancer_in_the_same_vm_id_follows_discovered_endpoints() {
             Plugin::new(balancer)
                 .name("balancer")
                 .vm_id(VM)
-                .config(br#"{"services":{"api":{"algorithm":"round_robin"}}}"#),
+                // Steered by header so the test can read the pick; the service named by a header.
+                .config(
+                    br#"{"steering":"header","service_from":[{"header":"x-meshwasm-service"}],
+                        "services":{"api":{"algorithm":"round_robin"}}}"#,
+                ),
         )
         .upstream("etcd", Upstream::forward(etcd.addr()))
         .build()
