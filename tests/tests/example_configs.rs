@@ -62,8 +62,18 @@ fn every_connection_manager_normalizes_paths() {
         assert!(!hcms.is_empty(), "{}: no http_connection_manager", f.display());
         for h in hcms {
             let name = get(h, "stat_prefix").and_then(Value::as_str).unwrap_or("?");
-            assert_eq!(get(h, "normalize_path"), Some(&Value::Bool(true)), "{}: {name}: normalize_path", f.display());
-            assert_eq!(get(h, "merge_slashes"), Some(&Value::Bool(true)), "{}: {name}: merge_slashes", f.display());
+            assert_eq!(
+                get(h, "normalize_path"),
+                Some(&Value::Bool(true)),
+                "{}: {name}: normalize_path",
+                f.display()
+            );
+            assert_eq!(
+                get(h, "merge_slashes"),
+                Some(&Value::Bool(true)),
+                "{}: {name}: merge_slashes",
+                f.display()
+            );
             assert_eq!(
                 get(h, "path_with_escaped_slashes_action").and_then(Value::as_str),
                 Some("REJECT_REQUEST"),

@@ -16,7 +16,8 @@ use serde_json::{Value, json};
 const ISS: &str = "https://idp.test";
 
 fn signing_key() -> EncodingKey {
-    let pem = std::fs::read(artifacts::workspace_root().join("filters/jwt-auth/tests/keys/rsa1.pem")).unwrap();
+    let pem =
+        std::fs::read(artifacts::workspace_root().join("filters/jwt-auth/tests/keys/rsa1.pem")).unwrap();
     EncodingKey::from_rsa_pem(&pem).unwrap()
 }
 
@@ -29,11 +30,13 @@ fn token(scope: &str) -> String {
 }
 
 fn config() -> String {
-    let mut jwk: Value = serde_json::to_value(Jwk::from_encoding_key(&signing_key(), Algorithm::RS256).unwrap()).unwrap();
+    let mut jwk: Value =
+        serde_json::to_value(Jwk::from_encoding_key(&signing_key(), Algorithm::RS256).unwrap()).unwrap();
     jwk["kid"] = json!("k1");
     json!({
         "providers": {"idp": {"issuer": ISS, "audiences": ["api"], "algorithms": ["RS256"],
                               "local_jwks": {"keys": [jwk]},
+                              "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
                               "from_params": ["access_token"], "from_cookies": ["at"]}},
         "rules": [
             {"match": {"prefix": "/public"}},
@@ -119,7 +122,10 @@ fn malformed_and_repeated_credentials_are_refused() {
         ("/opt".into(), vec![("authorization", tab)]),
         ("/opt".into(), vec![("authorization", extra)]),
         ("/opt".into(), vec![("authorization", "Bearer".into())]),
-        ("/opt".into(), vec![("authorization", bearer.clone()), ("authorization", format!("Bearer {other}"))]),
+        (
+            "/opt".into(),
+            vec![("authorization", bearer.clone()), ("authorization", format!("Bearer {other}"))],
+        ),
         ("/x".into(), vec![("authorization", bearer.clone()), ("authorization", format!("Bearer {other}"))]),
         (format!("/x?access_token={t}&access_token={other}"), vec![]),
         ("/x".into(), vec![("cookie", format!("at={t}")), ("cookie", format!("at={other}"))]),
@@ -129,7 +135,8 @@ fn malformed_and_repeated_credentials_are_refused() {
         let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let before = backend.request_count();
         let resp =
-            process::http_request(envoy.listener_addr("raw"), "GET", path, &h, b"", Duration::from_secs(10)).unwrap();
+            process::http_request(envoy.listener_addr("raw"), "GET", path, &h, b"", Duration::from_secs(10))
+                .unwrap();
         assert_eq!(resp.status, 401, "{path} {h:?}");
         let w = resp.header("www-authenticate").unwrap_or_default();
         assert!(w.contains(r#"error="invalid_request""#), "{path}: {w}");

@@ -79,7 +79,8 @@ fn check(path: &str) -> Result<bool, PathError> {
     while i < b.len() {
         match b[i] {
             b'%' => {
-                let (Some(h), Some(l)) = (b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex))
+                let (Some(h), Some(l)) =
+                    (b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex))
                 else {
                     return Err(PathError::BadPercentEncoding);
                 };
@@ -100,7 +101,10 @@ fn check(path: &str) -> Result<bool, PathError> {
             b'.' if b[i - 1] == b'/' => {
                 // `.` or `..` as a whole segment.
                 let rest = &b[i + 1..];
-                if rest.is_empty() || rest[0] == b'/' || (rest[0] == b'.' && (rest.len() == 1 || rest[1] == b'/')) {
+                if rest.is_empty()
+                    || rest[0] == b'/'
+                    || (rest[0] == b'.' && (rest.len() == 1 || rest[1] == b'/'))
+                {
                     rewrite = true;
                 }
             }
@@ -240,7 +244,11 @@ mod tests {
         assert!(matches!(normalize("/api/v1/items?x=1"), Ok(Cow::Borrowed("/api/v1/items"))));
         assert!(matches!(normalize("/"), Ok(Cow::Borrowed("/"))));
         assert!(matches!(normalize("/a.b/.hidden/..x/x.."), Ok(Cow::Borrowed(_))));
-        assert_eq!(n("/a%c3%a9").as_deref(), Ok("/a%C3%A9"), "reserved and non-ASCII escapes stay, upper-cased");
+        assert_eq!(
+            n("/a%c3%a9").as_deref(),
+            Ok("/a%C3%A9"),
+            "reserved and non-ASCII escapes stay, upper-cased"
+        );
         assert_eq!(n("/a%3b%25%3F").as_deref(), Ok("/a%3B%25%3F"));
         assert_eq!(n("/%7euser").as_deref(), Ok("/~user"));
         assert_eq!(n("/..").as_deref(), Ok("/"));

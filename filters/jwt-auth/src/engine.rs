@@ -13,6 +13,7 @@ use crate::config::{ClaimHeader, Mode, Plan, RulePlan, Source};
 use crate::introspection::{self, Introspection, IntrospectionError};
 use crate::jwks::KeySet;
 use crate::validate::{TokenError, Verified, looks_like_jwt, validate};
+use meshwasm_common::path;
 
 /// The state of one provider's keys, as the engine sees it.
 pub enum Keys<'a> {
@@ -71,23 +72,26 @@ pub struct Counters {
 /// The request as the engine sees it.
 pub struct Request<'a> {
     pub method: &'a str,
-    /// `:path` with query.
+    /// `:path` with query, as the client sent it.
     pub path: &'a str,
+    /// A request header's value. A header sent more than once comes as its values joined with `,`
+    /// (`; ` for `cookie`), as RFC 9110 §5.3 and RFC 9113 §8.2.3 combine them, so that a repeated
+    /// credential is seen rather than only its first copy.
     pub header: &'a dyn Fn(&str) -> Option<Vec<u8>>,
 }
 
+/// `path` is the normalized path (query excluded), see [`meshwasm_common::path`].
 fn rule_matches(rule: &RulePlan, method: &str, path: &str) -> bool {
     if !rule.methods.is_empty() && !rule.methods.iter().any(|m| m == method) {
         return false;
     }
-    let p = path.split_once('?').map_or(path, |(p, _)| p);
     if let Some(pre) = &rule.prefix {
-        return p.starts_with(pre.as_str());
+        return path.starts_with(pre.as_str());
     }
     if let Some(e) = &rule.exact {
-        return p == e;
+        return path::exact_matches(path, e);
     }
-    rule.regex.as_ref().is_some_and(|r| r.is_match(p))
+    rule.regex.as_ref().is_some_and(|r| r.is_match(path))
 }
 
 fn percent_decode(s: &str) -> Option<String> {
@@ -114,44 +118,135 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// A token value must be visible ASCII without separators (RFC 6750 b64token is narrower still).
+/// A token value must be visible ASCII without separators (`,` and `;` would let one header or cookie
+/// carry two tokens).
 fn clean_token(t: &str) -> Option<String> {
-    let t = t.trim_matches(|c| c == ' ' || c == '\t');
-    if t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()) { None } else { Some(t.to_string()) }
+    if t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic() && b != b',' && b != b';') {
+        None
+    } else {
+        Some(t.to_string())
+    }
 }
 
-/// The token from one source, if present.
-pub fn extract(source: &Source, req: &Request<'_>) -> Option<String> {
+/// RFC 6750 §2.1 `b64token`: the only characters a bearer credential may hold.
+fn b64token(t: &str) -> bool {
+    let body = t.trim_end_matches('=');
+    !body.is_empty()
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
+}
+
+/// What one token source holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// Nothing for this source: the credential is missing here.
+    Absent,
+    Token(String),
+    /// A credential is there but cannot be read unambiguously (a bad scheme separator, trailing data,
+    /// bad characters, or the carrier repeated). It is refused: an upstream might read it differently,
+    /// so it is never treated as missing and never forwarded unverified.
+    Malformed(String),
+}
+
+/// A header value carrying `scheme`-prefixed credentials (`prefix` as configured, e.g. `Bearer `).
+fn from_prefixed(name: &str, v: &str, prefix: &str) -> Found {
+    let scheme = prefix.trim_end_matches(' ');
+    let is_auth_scheme = scheme.len() < prefix.len();
+    // Whether a (comma-separated) element is a credential of this scheme: anything that starts with
+    // it (`Bearer`, `bearer <t>`, `Bearer\t<t>`, even `Bearer<t>`, which lenient upstreams strip and
+    // accept); `Basic …` is another scheme's business.
+    let ours = |e: &str| {
+        let e = e.trim_start_matches([' ', '\t']);
+        e.get(..scheme.len()).is_some_and(|h| h.eq_ignore_ascii_case(scheme))
+    };
+    if !v.split(',').any(ours) {
+        return Found::Absent;
+    }
+    let malformed = |why: &str| Found::Malformed(format!("`{name}` {why}"));
+    if v.contains(',') {
+        return malformed("carries more than one credential");
+    }
+    let v = v.trim_start_matches([' ', '\t']);
+    let rest = &v[scheme.len()..];
+    if !is_auth_scheme {
+        return clean_token(rest).map_or_else(|| malformed("has a malformed token"), Found::Token);
+    }
+    // RFC 7235: scheme 1*SP token68, nothing after it.
+    let token = rest.trim_start_matches(' ');
+    if token.len() == rest.len() {
+        return malformed("has no space after the scheme");
+    }
+    let token = token.trim_end_matches([' ', '\t']);
+    if !b64token(token) {
+        return malformed("has a malformed bearer token");
+    }
+    Found::Token(token.to_string())
+}
+
+/// The token from one source: absent, found, or present but unreadable.
+pub fn extract(source: &Source, req: &Request<'_>) -> Found {
     match source {
         Source::Header { name, prefix } => {
-            let raw = (req.header)(name)?;
-            let v = std::str::from_utf8(&raw).ok()?;
+            let Some(raw) = (req.header)(name) else { return Found::Absent };
+            let Ok(v) = std::str::from_utf8(&raw) else {
+                return Found::Malformed(format!("`{name}` is not UTF-8"));
+            };
             match prefix {
-                Some(pre) => {
-                    let head = v.get(..pre.len())?;
-                    if !head.eq_ignore_ascii_case(pre) {
-                        return None;
-                    }
-                    clean_token(&v[pre.len()..])
+                Some(pre) => from_prefixed(name, v, pre),
+                None if v.contains(',') => {
+                    Found::Malformed(format!("`{name}` carries more than one credential"))
                 }
-                None => clean_token(v),
+                None => clean_token(v.trim_matches([' ', '\t'])).map_or_else(
+                    || Found::Malformed(format!("`{name}` has a malformed token")),
+                    Found::Token,
+                ),
             }
         }
         Source::Param(name) => {
-            let (_, q) = req.path.split_once('?')?;
+            let Some((_, q)) = req.path.split_once('?') else { return Found::Absent };
             let q = q.split_once('#').map_or(q, |(q, _)| q);
-            q.split('&').find_map(|kv| {
-                let (k, v) = kv.split_once('=')?;
-                if param_name_is(k, name) { percent_decode(v).and_then(|v| clean_token(&v)) } else { None }
-            })
+            let mut found = Found::Absent;
+            for kv in q.split('&') {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                if !param_name_is(k, name) {
+                    continue;
+                }
+                if found != Found::Absent {
+                    return Found::Malformed(format!("query parameter `{name}` is repeated"));
+                }
+                found = percent_decode(v).and_then(|v| clean_token(&v)).map_or_else(
+                    || Found::Malformed(format!("query parameter `{name}` has a malformed token")),
+                    Found::Token,
+                );
+            }
+            found
         }
         Source::Cookie(name) => {
-            let raw = (req.header)("cookie")?;
-            let v = std::str::from_utf8(&raw).ok()?;
-            v.split(';').find_map(|kv| {
-                let (k, v) = kv.trim().split_once('=')?;
-                if k == name { clean_token(v.trim_matches('"')) } else { None }
-            })
+            let Some(raw) = (req.header)("cookie") else { return Found::Absent };
+            let Ok(v) = std::str::from_utf8(&raw) else {
+                // Other cookies may be binary; ours cannot hide in bytes we cannot read.
+                return if String::from_utf8_lossy(&raw).contains(name.as_str()) {
+                    Found::Malformed("`cookie` is not UTF-8".into())
+                } else {
+                    Found::Absent
+                };
+            };
+            let mut found = Found::Absent;
+            for kv in v.split(';') {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                if k.trim() != name {
+                    continue;
+                }
+                if found != Found::Absent {
+                    return Found::Malformed(format!("cookie `{name}` is repeated"));
+                }
+                found = clean_token(v.trim().trim_matches('"')).map_or_else(
+                    || Found::Malformed(format!("cookie `{name}` has a malformed token")),
+                    Found::Token,
+                );
+            }
+            found
         }
     }
 }
@@ -344,6 +439,19 @@ pub fn evaluate(
     now_s: u64,
     counters: &mut Counters,
 ) -> Outcome {
+    // Rules match the path as upstreams will route it; a path they would read in different ways is
+    // refused whatever the rules say, since no rule can be chosen for it safely.
+    let norm_path = match path::normalize(req.path) {
+        Ok(p) => p,
+        Err(e) => {
+            return Outcome::Deny {
+                status: 400,
+                www_authenticate: None,
+                reason: "bad_path",
+                detail: e.to_string(),
+            };
+        }
+    };
     if plan.bypass_cors_preflight
         && req.method == "OPTIONS"
         && (req.header)("origin").is_some()
@@ -351,26 +459,55 @@ pub fn evaluate(
     {
         return Outcome::Pass;
     }
-    let Some(rule) = plan.rules.iter().find(|r| rule_matches(r, req.method, req.path)) else {
+    let Some(rule) = plan.rules.iter().find(|r| rule_matches(r, req.method, &norm_path)) else {
         return Outcome::Pass;
     };
     if rule.providers.is_empty() {
         return Outcome::Pass;
     }
 
-    // (provider, token, where it came from)
+    // (provider, token, where it came from). A credential that is there but unreadable, or a provider's
+    // token sent by more than one method (RFC 6750 §2), is refused outright, even where a missing
+    // token is allowed: it must never reach the upstream unverified.
     let mut found: Vec<(usize, String, &Source)> = Vec::new();
+    let mut malformed: Option<String> = None;
     for &pi in &rule.providers {
         let p = &plan.providers[pi];
+        let mut mine: Option<(String, &Source)> = None;
         for s in &p.sources {
-            if let Some(t) = extract(s, req) {
-                found.push((pi, t, s));
-                break;
+            match extract(s, req) {
+                Found::Absent => {}
+                Found::Malformed(why) => {
+                    malformed.get_or_insert(why);
+                }
+                Found::Token(t) => {
+                    if mine.is_some() {
+                        malformed.get_or_insert_with(|| {
+                            format!("provider `{}`: a token is sent by more than one method", p.name)
+                        });
+                    } else {
+                        mine = Some((t, s));
+                    }
+                }
             }
+        }
+        if let Some((t, s)) = mine {
+            found.push((pi, t, s));
         }
     }
     let pass_unverified =
         || Outcome::Allow { remove: Vec::new(), set: Vec::new(), path: None, strip_cookies: Vec::new() };
+    if let Some(why) = malformed {
+        if rule.allow_missing_or_failed {
+            return pass_unverified();
+        }
+        return Outcome::Deny {
+            status: 401,
+            www_authenticate: Some(www_authenticate(&plan.realm, &Challenge::InvalidRequest(&why))),
+            reason: "invalid_request",
+            detail: why,
+        };
+    }
     if found.is_empty() {
         if rule.allow_missing || rule.allow_missing_or_failed {
             return pass_unverified();

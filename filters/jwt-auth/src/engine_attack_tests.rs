@@ -38,7 +38,8 @@ fn plan() -> Plan {
 }
 
 fn token(scope: &str) -> String {
-    let claims = serde_json::json!({"iss":"https://iss","aud":"api","sub":"alice","exp":NOW+300,"scope":scope});
+    let claims =
+        serde_json::json!({"iss":"https://iss","aud":"api","sub":"alice","exp":NOW+300,"scope":scope});
     let mut h = Header::new(Algorithm::HS256);
     h.kid = Some("h".into());
     jsonwebtoken::encode(&h, &claims, &EncodingKey::from_secret(SECRET)).unwrap()
@@ -74,13 +75,26 @@ fn status(o: &Outcome) -> u32 {
 fn admin_prefix_holds_for_every_spelling_of_admin() {
     let reader = format!("Bearer {}", token("read"));
     let admin = format!("Bearer {}", token("admin"));
-    for p in ["/admin", "/%61dmin", "//admin", "/public/../admin", "/public/%2e%2e/admin", "/./admin/x", "/admin?x"]
-    {
+    for p in [
+        "/admin",
+        "/%61dmin",
+        "//admin",
+        "/public/../admin",
+        "/public/%2e%2e/admin",
+        "/./admin/x",
+        "/admin?x",
+    ] {
         let o = run(p, &[("authorization", &reader)]);
         assert!(matches!(o, Outcome::Deny { status: 403, reason: "scope", .. }), "{p}: {o:?}");
         let o = run(p, &[]);
-        assert!(matches!(o, Outcome::Deny { status: 401, reason: "missing", .. }), "{p} without a token: {o:?}");
-        assert!(matches!(run(p, &[("authorization", &admin)]), Outcome::Allow { .. }), "{p} with admin scope");
+        assert!(
+            matches!(o, Outcome::Deny { status: 401, reason: "missing", .. }),
+            "{p} without a token: {o:?}"
+        );
+        assert!(
+            matches!(run(p, &[("authorization", &admin)]), Outcome::Allow { .. }),
+            "{p} with admin scope"
+        );
     }
     // Exact rules: `/exact-admin/.` and `/exact-admin/` are the same resource upstream.
     for p in ["/exact-admin", "/exact-admin/", "/exact-admin/.", "/%65xact-admin", "//exact-admin"] {
@@ -92,8 +106,15 @@ fn admin_prefix_holds_for_every_spelling_of_admin() {
 #[test]
 fn ambiguous_paths_get_400_and_are_never_forwarded() {
     let admin = format!("Bearer {}", token("admin"));
-    for p in ["/%2Fadmin", "/public\\..\\admin", "/public%5C..%5Cadmin", "/admin;x", "/exact-admin;x", "/a%zz", "admin"]
-    {
+    for p in [
+        "/%2Fadmin",
+        "/public\\..\\admin",
+        "/public%5C..%5Cadmin",
+        "/admin;x",
+        "/exact-admin;x",
+        "/a%zz",
+        "admin",
+    ] {
         for h in [vec![], vec![("authorization", admin.as_str())]] {
             let o = run(p, &h);
             assert!(matches!(o, Outcome::Deny { status: 400, reason: "bad_path", .. }), "{p}: {o:?}");
@@ -118,7 +139,8 @@ fn malformed_credentials_are_invalid_even_where_missing_is_allowed() {
         format!("Bearer \"{t}\""),
     ] {
         let o = run("/opt", &[("authorization", &v)]);
-        let Outcome::Deny { status: 401, reason: "invalid_request", www_authenticate: Some(w), .. } = &o else {
+        let Outcome::Deny { status: 401, reason: "invalid_request", www_authenticate: Some(w), .. } = &o
+        else {
             panic!("{v:?}: {o:?}")
         };
         assert!(w.contains(r#"error="invalid_request""#), "{w}");
@@ -142,9 +164,18 @@ fn repeated_carriers_and_several_methods_are_refused() {
     let good = token("read");
     let other = token("admin");
     let cases: Vec<(String, Vec<(&str, String)>)> = vec![
-        ("/x".into(), vec![("authorization", format!("Bearer {good}")), ("authorization", format!("Bearer {other}"))]),
-        ("/x".into(), vec![("authorization", format!("Bearer {good}")), ("authorization", "Basic dTpw".into())]),
-        ("/x".into(), vec![("authorization", "Basic dTpw".into()), ("authorization", format!("Bearer {good}"))]),
+        (
+            "/x".into(),
+            vec![("authorization", format!("Bearer {good}")), ("authorization", format!("Bearer {other}"))],
+        ),
+        (
+            "/x".into(),
+            vec![("authorization", format!("Bearer {good}")), ("authorization", "Basic dTpw".into())],
+        ),
+        (
+            "/x".into(),
+            vec![("authorization", "Basic dTpw".into()), ("authorization", format!("Bearer {good}"))],
+        ),
         (format!("/x?access_token={good}&access_token={other}"), vec![]),
         (format!("/x?access_token={good}&%61ccess_token={other}"), vec![]),
         ("/x".into(), vec![("cookie", format!("at={good}; at={other}"))]),
@@ -159,7 +190,10 @@ fn repeated_carriers_and_several_methods_are_refused() {
     for (path, headers) in &cases {
         let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let o = run(path, &h);
-        assert!(matches!(o, Outcome::Deny { status: 401, reason: "invalid_request", .. }), "{path} {h:?}: {o:?}");
+        assert!(
+            matches!(o, Outcome::Deny { status: 401, reason: "invalid_request", .. }),
+            "{path} {h:?}: {o:?}"
+        );
     }
     // One copy of each is fine.
     assert!(matches!(run("/x", &[("authorization", &format!("Bearer {good}"))]), Outcome::Allow { .. }));

@@ -173,8 +173,9 @@ impl KeyAccess for Access<'_> {
         {
             return Some(r.clone());
         }
+        let lost_after_ms = ip.cfg.timeout_ms.saturating_add(1000);
         if let Some(t) = ip.inflight.get(&k)
-            && now < t.saturating_add(ip.cfg.timeout_ms).saturating_add(1000)
+            && now < t.saturating_add(lost_after_ms)
         {
             return None;
         }
@@ -221,8 +222,21 @@ fn strip_cookies_upstream(names: &[String]) {
     }
 }
 
-fn header_bytes(name: &str) -> Option<Vec<u8>> {
-    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten()
+/// The value of `name` in `all`; several copies joined with `,` (`; ` for `cookie`), see
+/// [`meshwasm_jwt_auth::engine::Request::header`].
+fn combined_header(all: &[(String, Vec<u8>)], name: &str) -> Option<Vec<u8>> {
+    let sep: &[u8] = if name == "cookie" { b"; " } else { b"," };
+    let mut out: Option<Vec<u8>> = None;
+    for (_, v) in all.iter().filter(|(k, _)| k == name) {
+        match &mut out {
+            None => out = Some(v.clone()),
+            Some(o) => {
+                o.extend_from_slice(sep);
+                o.extend_from_slice(v);
+            }
+        }
+    }
+    out
 }
 
 impl Worker {
@@ -232,11 +246,14 @@ impl Worker {
         for h in &plan.output_headers {
             let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, h);
         }
-        let method_b = header_bytes(":method").unwrap_or_default();
-        let path_b = header_bytes(":path").unwrap_or_default();
+        // One read of the whole map: a credential header sent twice must be seen twice (the single-value
+        // hostcall returns only the first copy).
+        let all = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+        let get = |n: &str| combined_header(&all, n);
+        let method_b = get(":method").unwrap_or_default();
+        let path_b = get(":path").unwrap_or_default();
         let method = String::from_utf8_lossy(&method_b);
         let path = String::from_utf8_lossy(&path_b);
-        let get = |n: &str| header_bytes(n);
         let req = Request { method: &method, path: &path, header: &get };
         let now = now_ms();
         let mut counters = Counters::default();
@@ -277,10 +294,13 @@ impl Worker {
                 if let Some(w) = www_authenticate {
                     headers.push(("www-authenticate", w.as_str()));
                 }
-                let body = match status {
-                    401 => "unauthorized\n",
-                    403 => "forbidden\n",
-                    _ => "signing keys unavailable\n",
+                let body = match (*status, *reason) {
+                    (400, _) => "bad request\n",
+                    (401, _) => "unauthorized\n",
+                    (403, _) => "forbidden\n",
+                    (_, "introspection_unavailable") => "token introspection unavailable\n",
+                    (_, "keys_unavailable") => "signing keys unavailable\n",
+                    _ => "service unavailable\n",
                 };
                 let _ = hostcalls::send_http_response(*status, headers, Some(body.as_bytes()));
             }
@@ -555,6 +575,19 @@ struct Root {
     worker: Option<Rc<RefCell<Worker>>>,
 }
 
+/// An internal error on a request: 503, `meshwasm_jwt_auth.denied.internal` counted, never a pass.
+fn internal_error(context_id: u32, what: &str) {
+    if let Ok(id) = hostcalls::define_metric(MetricType::Counter, "meshwasm_jwt_auth.denied.internal") {
+        let _ = hostcalls::increment_metric(id, 1);
+    }
+    log(LogLevel::Error, &format!("meshwasm jwt-auth: ctx {context_id}: 503: internal error: {what}"));
+    let _ = hostcalls::send_http_response(
+        503,
+        vec![("content-type", "text/plain")],
+        Some(b"service unavailable\n"),
+    );
+}
+
 impl Context for Root {
     fn on_http_call_response(
         &mut self,
@@ -687,10 +720,14 @@ impl Context for Http {
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(w) = &self.worker else {
-            let _ = hostcalls::send_http_response(503, vec![], Some(b"jwt-auth not configured\n"));
+            internal_error(self.context_id, "jwt-auth is not configured");
             return Action::Pause;
         };
-        let Ok(mut w) = w.try_borrow_mut() else { return Action::Continue };
+        // Fail closed: a request is never let through unchecked because the worker is busy.
+        let Ok(mut w) = w.try_borrow_mut() else {
+            internal_error(self.context_id, "worker state is busy");
+            return Action::Pause;
+        };
         match w.process(self.context_id) {
             Outcome::Pass | Outcome::Allow { .. } => Action::Continue,
             Outcome::Deny { .. } | Outcome::Wait { .. } => Action::Pause,
