@@ -19,7 +19,8 @@ fn picks(p: &mut Proxy, n: usize) -> BTreeSet<String> {
             let ex = p.send(worker, Request::get("/").authority("api"), UpstreamReply::new(200)).unwrap();
             match ex.upstream_request {
                 Some(up) if ex.status == 200 => {
-                    seen.insert(up.headers.get("x-meshwasm-endpoint").expect("steered").to_owned());
+                    let picked = meshwasm_host::foreign::original_dst_from_filter_state(&up.filter_state);
+                    seen.insert(picked.expect("steered").to_string());
                 }
                 _ => {
                     seen.insert(ex.status.to_string());

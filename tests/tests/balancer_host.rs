@@ -1,10 +1,12 @@
-//! The real balancer `.wasm` in the wasmtime host: distribution per algorithm, steering header, passive
-//! health on the virtual clock, and endpoints published in shared data by (a stand-in for) discovery.
+//! The real balancer `.wasm` in the wasmtime host: distribution per algorithm, steering (filter state by
+//! default, the header when opted in), service selection, passive health on the virtual clock, bounded
+//! metrics, and endpoints published in shared data by (a stand-in for) discovery.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use meshwasm_endpoints::{Endpoint, EndpointSet, SUBSCRIBERS_KEY, Subscribers, set_key};
+use meshwasm_host::foreign::original_dst_from_filter_state;
 use meshwasm_host::{
     Backend as UpstreamTarget, Exchange, Host, HostOptions, Plugin, Proxy, Request, UpstreamReply,
 };
@@ -32,12 +34,13 @@ fn try_proxy(config: &str) -> anyhow::Result<Proxy> {
         .build()
 }
 
-/// The endpoint the upstream request was steered to (the one value of the header), or None.
+/// The endpoint the upstream request was steered to through filter state, or None. No steering
+/// header travels upstream.
 fn steered(ex: &Exchange) -> Option<String> {
     let up = ex.upstream_request.as_ref()?;
     let all = up.headers.get_all(HEADER);
-    assert!(all.len() <= 1, "exactly one steering header: {all:?}");
-    all.first().map(|v| String::from_utf8_lossy(v).into_owned())
+    assert!(all.is_empty(), "no steering header upstream: {all:?}");
+    original_dst_from_filter_state(&up.filter_state).map(|a| a.to_string())
 }
 
 fn send(p: &mut Proxy, worker: usize, req: Request) -> Exchange {
@@ -153,7 +156,7 @@ fn ring_hash_and_maglev_are_sticky_per_key() {
 
 #[test]
 fn client_sent_steering_header_is_replaced_or_removed() {
-    let config = r#"{"services": {"api": {"endpoints": ["10.0.0.1:80"]}}}"#;
+    let config = r#"{"service_from": ["authority"], "services": {"api": {"endpoints": ["10.0.0.1:80"]}}}"#;
     let mut p = proxy(config, 1);
     let ex = send(&mut p, 0, api().header(HEADER, "6.6.6.6:1").header(HEADER, "7.7.7.7:1"));
     assert_eq!(steered(&ex).as_deref(), Some("10.0.0.1:80"));
@@ -165,7 +168,8 @@ fn client_sent_steering_header_is_replaced_or_removed() {
 
 #[test]
 fn configured_steering_header_is_stripped_even_for_unknown_services() {
-    let config = r#"{"endpoint_header": "x-picked", "services": {"api": {"endpoints": ["10.0.0.1:80"]}}}"#;
+    let config = r#"{"steering": "header", "endpoint_header": "x-picked", "service_from": ["authority"],
+                     "services": {"api": {"endpoints": ["10.0.0.1:80"]}}}"#;
     let mut p = proxy(config, 1);
     let ex = send(&mut p, 0, Request::get("/").authority("other").header("x-picked", "6.6.6.6:1"));
     assert_eq!(ex.status, 200);
@@ -174,6 +178,73 @@ fn configured_steering_header_is_stripped_even_for_unknown_services() {
     let ex = send(&mut p, 0, api().header("x-picked", "6.6.6.6:1"));
     let up = ex.upstream_request.as_ref().expect("passed upstream");
     assert_eq!(up.headers.get_all("x-picked"), vec![b"10.0.0.1:80".to_vec()]);
+    assert!(up.filter_state.is_empty(), "header steering sets no filter state");
+}
+
+#[test]
+fn no_client_header_selects_a_service_unless_configured() {
+    // The old default read `x-meshwasm-service` first: a client could pick any configured service.
+    let two =
+        r#""services": {"api": {"endpoints": ["10.0.0.1:80"]}, "admin": {"endpoints": ["10.9.9.9:80"]}}"#;
+    let err = try_proxy(&format!("{{{two}}}")).err().expect("several services need service_from");
+    assert!(format!("{err:#}").contains("service_from is required"), "{err:#}");
+    // One service and no service_from: that service, whatever the client sends.
+    let mut p = proxy(r#"{"services": {"api": {"endpoints": ["10.0.0.1:80"]}}}"#, 1);
+    let ex = send(&mut p, 0, Request::get("/").authority("admin").header("x-meshwasm-service", "admin"));
+    assert_eq!(steered(&ex).as_deref(), Some("10.0.0.1:80"));
+    let up = ex.upstream_request.as_ref().unwrap();
+    assert_eq!(
+        up.headers.get("x-meshwasm-service"),
+        Some("admin"),
+        "an unconfigured header is not ours to strip"
+    );
+    // A header named in service_from selects, and never reaches the upstream.
+    let mut p =
+        proxy(&format!(r#"{{"service_from": [{{"header": "x-svc"}}, {{"fixed": "api"}}], {two}}}"#), 1);
+    let ex = send(&mut p, 0, api().header("x-svc", "admin"));
+    assert_eq!(steered(&ex).as_deref(), Some("10.9.9.9:80"));
+    assert!(
+        ex.upstream_request.as_ref().unwrap().headers.get_all("x-svc").is_empty(),
+        "selection header stripped"
+    );
+    let ex = send(&mut p, 0, api());
+    assert_eq!(steered(&ex).as_deref(), Some("10.0.0.1:80"));
+}
+
+#[test]
+fn route_rules_match_the_normalized_path_and_refuse_ambiguous_ones() {
+    let config = r#"{"service_from": [{"route": {"prefix": "/api/", "service": "api"}}, {"fixed": "web"}],
+                     "services": {"api": {"endpoints": ["10.0.0.1:80"]}, "web": {"endpoints": ["10.0.0.2:80"]}}}"#;
+    let mut p = proxy(config, 1);
+    for path in ["/api/x", "/%61pi/x", "//api/x", "/x/../api/x"] {
+        assert_eq!(steered(&send(&mut p, 0, Request::get(path))).as_deref(), Some("10.0.0.1:80"), "{path}");
+    }
+    assert_eq!(steered(&send(&mut p, 0, Request::get("/web/api/"))).as_deref(), Some("10.0.0.2:80"));
+    for path in ["/api%2Fx", "/api;v=1/x", "/api%2fx"] {
+        let ex = send(&mut p, 0, Request::get(path));
+        assert_eq!(ex.status, 400, "{path}");
+        assert_eq!(String::from_utf8_lossy(&ex.response_body), "bad request path");
+        assert!(ex.upstream_request.is_none(), "{path} was forwarded");
+    }
+}
+
+#[test]
+fn per_endpoint_metrics_stay_bounded_under_churn() {
+    let mut p = proxy(r#"{"seed": 1, "endpoint_metrics_limit": 8, "services": {"api": {}}}"#, 1);
+    let endpoint_metrics = |p: &Proxy| p.metrics().keys().filter(|k| k.contains(".endpoint.")).count();
+    // 100 versions, each a fresh pair of endpoints (pods replaced), each picked.
+    for v in 1..=100u64 {
+        let a = format!("10.2.{}.1:80", v);
+        let b = format!("10.2.{}.2:80", v);
+        publish(&p, v, &[&a, &b]);
+        notify(&mut p);
+        let got: std::collections::BTreeSet<String> =
+            (0..4).map(|_| steered(&send(&mut p, 0, api())).unwrap()).collect();
+        assert_eq!(got, [a, b].into_iter().collect(), "version {v}");
+    }
+    assert_eq!(endpoint_metrics(&p), 9, "8 endpoints of their own plus `other`: {:?}", p.metrics());
+    assert_eq!(p.metric("meshwasm_balancer.api.endpoint.10_2_1_1_80.picks"), Some(2));
+    assert_eq!(p.metric("meshwasm_balancer.api.endpoint.other.picks"), Some(400 - 8 * 2));
 }
 
 /// Sends one request and forwards it to the real backend it was steered to (so `upstream.address` is
