@@ -23,7 +23,7 @@ use crate::jwt::{AUDIENCE, Alg, ISSUER, TokenSet};
 pub const ONE: &str = "one_backend";
 /// Cluster with the three backends, round robin (native balancing).
 pub const THREE: &str = "three_backends";
-/// ORIGINAL_DST cluster steered by the balancer's `x-meshwasm-endpoint` header.
+/// ORIGINAL_DST cluster steered by the balancer through filter state (no request header).
 pub const PICKED: &str = "meshwasm_picked";
 
 /// Which listeners exist.

@@ -31,7 +31,8 @@ for _ in $(seq 100); do curl -sf http://127.0.0.1:10000/ >/dev/null 2>&1 && brea
 echo "web (weights 1,1,2):  $(for i in $(seq 8); do curl -s http://127.0.0.1:10000/; done | tr '\n' ' ')"
 echo "api, x-user: alice:   $(for i in $(seq 4); do curl -s -H 'x-user: alice' http://127.0.0.1:10000/api/; done | tr '\n' ' ')"
 echo "api, x-user: bob:     $(for i in $(seq 4); do curl -s -H 'x-user: bob' http://127.0.0.1:10000/api/; done | tr '\n' ' ')"
-echo "client-sent x-meshwasm-endpoint: 127.0.0.1:9 is ignored: $(curl -s -H 'x-meshwasm-endpoint: 127.0.0.1:9' http://127.0.0.1:10000/)"
+echo "client-sent x-meshwasm-endpoint: 127.0.0.1:9 steers nothing: $(curl -s -H 'x-meshwasm-endpoint: 127.0.0.1:9' http://127.0.0.1:10000/)"
+echo "an encoded slash is refused:  $(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:10000/api%2Fx)"
 kill "${pids[2]}"; wait "${pids[2]}" 2>/dev/null || true
 echo "backend C killed:     $(for i in $(seq 12); do curl -s -o /dev/null -w '%{http_code} ' http://127.0.0.1:10000/; done)"
 echo "after the ejection:   $(for i in $(seq 6); do curl -s http://127.0.0.1:10000/; done | tr '\n' ' ')"

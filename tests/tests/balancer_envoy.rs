@@ -1,5 +1,5 @@
-//! The balancer `.wasm` in real Envoy, steering an ORIGINAL_DST cluster by header to real backends that
-//! report which instance answered.
+//! The balancer `.wasm` in real Envoy, steering an ORIGINAL_DST cluster (through filter state, or by
+//! header when opted in) to real backends that report which instance answered.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -84,6 +84,33 @@ fn client_sent_endpoint_header_is_ignored() {
         let r = get(&envoy, &[(ENDPOINT_HEADER, &target)]);
         assert_eq!(r.status, 200);
         assert_ne!(r.header(INSTANCE_HEADER), Some("intruder"));
+    }
+    assert_eq!(intruder.request_count(), 0);
+    // Steering is through filter state: no steering header reaches the upstream.
+    for b in &backends {
+        for req in b.requests() {
+            assert!(req.header_all(ENDPOINT_HEADER).is_empty(), "{:?}", req.header_all(ENDPOINT_HEADER));
+        }
+    }
+}
+
+#[test]
+fn opt_in_header_steering_replaces_the_clients_header() {
+    let backends = Backend::start_many("h", 2).unwrap();
+    let intruder = Backend::start("intruder").unwrap();
+    let config = config("round_robin", &backends, &[1, 1], "").replacen('{', r#"{"steering": "header", "#, 1);
+    let envoy =
+        EnvoyConfig::new()
+            .listener(Listener::new("main", "picked").wasm(
+                WasmFilter::new("balancer", wasm_path("meshwasm_balancer")).vm_id("mesh").config(config),
+            ))
+            .cluster(Cluster::original_dst_header("picked", ENDPOINT_HEADER))
+            .start()
+            .unwrap();
+    let target = intruder.addr().to_string();
+    for _ in 0..6 {
+        let r = get(&envoy, &[(ENDPOINT_HEADER, &target)]);
+        assert_eq!(r.status, 200);
     }
     assert_eq!(intruder.request_count(), 0);
     // Upstream saw exactly one steering header: ours, naming the instance that answered.

@@ -2,9 +2,9 @@
 //!
 //! For each request the filter finds the service (a header, `:authority` or a path route), picks one of
 //! its endpoints with the configured algorithm — round robin, smooth weighted round robin, random,
-//! weighted random, least request (power of two choices), ring hash or Maglev — and sets
-//! `x-meshwasm-endpoint: ip:port` (after removing any copy the client sent), which an Envoy
-//! `ORIGINAL_DST` cluster reads to connect there. Responses feed passive health (outlier ejection, panic
+//! weighted random, least request (power of two choices), ring hash or Maglev — and records `ip:port`
+//! in Envoy filter state (`set_envoy_filter_state`, see [`steer`]), which an Envoy `ORIGINAL_DST`
+//! cluster reads to connect there; no request header steers it. Responses feed passive health (outlier ejection, panic
 //! mode) and the least-request counters. Endpoints come from the config or from the `discovery` filter
 //! through shared data (see `meshwasm-endpoints`).
 //!
