@@ -612,7 +612,10 @@ fn check_oct_lengths(ctx: &str, jwks: &serde_json::Value, policy: &Policy) -> Re
     use base64::Engine as _;
     let Some(list) = jwks.get("keys").and_then(serde_json::Value::as_array) else { return Ok(()) };
     for (i, k) in list.iter().enumerate() {
-        if k.get("kty").and_then(serde_json::Value::as_str) != Some("oct") {
+        // Keys the JWKS parser skips (not `oct`, or not for signatures) are never used.
+        if k.get("kty").and_then(serde_json::Value::as_str) != Some("oct")
+            || k.get("use").is_some_and(|u| u.as_str() != Some("sig"))
+        {
             continue;
         }
         let Some(secret) = k

@@ -283,7 +283,7 @@ pub fn numeric_date_value(n: &serde_json::Number, round: Round) -> Option<u64> {
     let f = n.as_f64()?;
     // 2^64 as f64; `u64::MAX as f64` rounds up to it, so the comparison must be strict.
     const LIMIT: f64 = 18_446_744_073_709_551_616.0;
-    if !f.is_finite() || f < 0.0 || f >= LIMIT {
+    if !f.is_finite() || !(0.0..LIMIT).contains(&f) {
         return None;
     }
     let r = match round {
