@@ -103,6 +103,7 @@ scenarios!(
     response_body_buffer,
     response_header_ops,
     resume_from_tick,
+    set_envoy_filter_state,
     set_header_pairs,
     shared_data_across_filters,
     shared_data_across_requests,

@@ -13,6 +13,15 @@ const EMPTY: u64 = 7;
 const CAS_MISMATCH: u64 = 8;
 const UNIMPLEMENTED: u64 = 12;
 
+/// The filter-state key of Envoy's ORIGINAL_DST override.
+const ORIGINAL_DST_KEY: &str = "envoy.network.transport_socket.original_dst_address";
+
+/// Serialized `SetEnvoyFilterStateArguments {path: 1, value: 2}` (ASCII, each under 128 bytes, so the
+/// bytes are a valid string for the probe's `args`).
+fn filter_state_args(key: &str, value: &str) -> String {
+    format!("\n{}{key}\u{12}{}{value}", char::from(key.len() as u8), char::from(value.len() as u8))
+}
+
 fn step(ops: Value) -> Value {
     json!({ "ops": ops })
 }
@@ -683,6 +692,36 @@ pub fn all() -> Vec<Scenario> {
                 assert_eq!(ev["ops"][2]["status"], OK);
                 assert_eq!(ev["ops"][5]["nonzero"], true);
                 assert_eq!(ev["ops"][6]["status"], NOT_FOUND);
+            },
+        ),
+        // 28b. set_envoy_filter_state: the ORIGINAL_DST override key has an object factory (the
+        // balancer steers through it); an unknown key is NOT_FOUND, a value the factory refuses or an
+        // unparseable message BAD_ARGUMENT; from a root context (no stream) NOT_FOUND.
+        Scenario::new(
+            "set_envoy_filter_state",
+            vec![probe(
+                "p",
+                json!({
+                    "configure": step(json!([
+                        {"op":"call_foreign","name":"set_envoy_filter_state","args":filter_state_args(ORIGINAL_DST_KEY, "127.0.0.1:1")},
+                    ])),
+                    "request_headers": step(json!([
+                        {"op":"call_foreign","name":"set_envoy_filter_state","args":filter_state_args(ORIGINAL_DST_KEY, "127.0.0.1:1")},
+                        {"op":"call_foreign","name":"set_envoy_filter_state","args":filter_state_args(ORIGINAL_DST_KEY, "[::1]:80")},
+                        {"op":"call_foreign","name":"set_envoy_filter_state","args":filter_state_args("meshwasm.no_such_key", "x")},
+                        {"op":"call_foreign","name":"set_envoy_filter_state","args":filter_state_args(ORIGINAL_DST_KEY, "localhost:80")},
+                        {"op":"call_foreign","name":"set_envoy_filter_state","args":"\n\u{5}a"},
+                    ]))
+                }),
+            )],
+            vec![Req::get("/")],
+            |r| {
+                assert_eq!(
+                    r.statuses(0, "p", "request_headers"),
+                    [OK, OK, NOT_FOUND, BAD_ARGUMENT, BAD_ARGUMENT]
+                );
+                // The route's cluster is STATIC: the override changes nothing there.
+                assert_eq!(r.requests[0].status, 200);
             },
         ),
         // 29. Ticks: on_tick runs on the root after set_tick_period; period 0 stops it.
