@@ -350,7 +350,8 @@ fn real_openid_provider_introspection_of_opaque_tokens() {
     let cfg = json!({
         "providers": {"idp": {
             "issuer": idp.issuer(),
-            "audiences": [RS256_RESOURCE],
+            // Introspection answers are checked against the audiences too (issue 8).
+            "audiences": [RS256_RESOURCE, OPAQUE_RESOURCE],
             "remote_jwks": {"cluster": "idp"},
             "introspection": {
                 "cluster": "idp", "path": "/token/introspection", "authority": authority,
