@@ -53,6 +53,35 @@ struct ServiceState {
     last_clamped: Vec<(SocketAddr, u32)>,
 }
 
+/// A set found published when elected went through the policy of whoever published it, which may be
+/// an older, looser configuration (shared data outlives a plugin reload). Anything the current policy
+/// refuses is taken back at once, even if that empties the service: waiting for the next acceptable
+/// registry answer could mean waiting forever. Returns the set now published.
+fn rescreen(host: &mut impl Host, i: usize, s: &mut ServiceState, inherited: Vec<Endpoint>) -> Vec<Endpoint> {
+    let screened = s.plan.policy.screen(inherited.clone());
+    if screened.refused.is_empty() && screened.clamped.is_empty() {
+        return inherited;
+    }
+    let what = format!("service `{}` (published before this configuration)", s.plan.name);
+    report_screening(host, i, &what, &screened, &mut s.last_refused, &mut s.last_clamped);
+    match publish(host, &s.plan.name, &screened.endpoints) {
+        Ok(Published::Updated { version, .. } | Published::Unchanged { version }) => {
+            host.count(i, Counter::Updates);
+            host.endpoints_gauge(i, screened.endpoints.len() as u64);
+            s.version = version;
+            screened.endpoints
+        }
+        Err(e) => {
+            host.count(i, Counter::Errors);
+            host.log(
+                Level::Error,
+                &format!("meshwasm discovery: service `{}`: cannot publish: {e}", s.plan.name),
+            );
+            inherited
+        }
+    }
+}
+
 /// At most this many addresses are named in one log line.
 const LOG_ADDRESSES: usize = 8;
 
@@ -162,12 +191,12 @@ impl Engine {
                     Level::Info,
                     &format!("meshwasm discovery: VM {} is now the poller", self.lease.id()),
                 );
-                for s in &mut self.services {
+                for (i, s) in self.services.iter_mut().enumerate() {
                     // Continue from what the previous poller published: versions keep growing and
                     // registry trouble right after a takeover still cannot empty a service.
                     if let Some(set) = read_published(host, &s.plan.name) {
                         s.version = set.version;
-                        s.last_good = Some(set.endpoints);
+                        s.last_good = Some(rescreen(host, i, s, set.endpoints));
                     }
                     s.next_due_ms = now;
                     s.errors_in_row = 0;
@@ -719,5 +748,42 @@ mod tests {
         assert_eq!(vm.host.counter(0, Counter::Refused), 3);
         assert!(vm.host.logged("127.0.0.1:9901 (in deny_cidrs 127.0.0.1/32)"));
         assert!(vm.host.logged("10.2.0.1:80 (not in allow_cidrs)"));
+    }
+
+    #[test]
+    fn a_set_published_under_a_looser_configuration_is_screened_on_election() {
+        let p = proxy();
+        let mut old = EndpointSet { version: 4, endpoints: vec![] };
+        for a in ["10.0.0.1:80", "127.0.0.1:9901", "169.254.169.254:80"] {
+            old.endpoints.push(Endpoint::new(a.parse().unwrap()));
+        }
+        old.endpoints.sort_by_key(|e| e.address);
+        p.borrow_mut().data.insert(set_key("api"), (old.encode(), 1));
+        let mut v = vm(&p);
+        elect(&p, &mut v);
+        // Taken back at election, before any registry answer.
+        let set = published(&v, "api").unwrap();
+        assert_eq!((set.version, addrs(&set)), (5, vec!["10.0.0.1:80".to_owned()]));
+        assert_eq!(v.host.counter(0, Counter::Refused), 2);
+        assert!(v.host.logged("service `api` (published before this configuration): refused 2 endpoint(s)"));
+
+        // Everything refused: the service is emptied rather than left pointing at them.
+        let p = proxy();
+        let bad =
+            EndpointSet { version: 2, endpoints: vec![Endpoint::new("127.0.0.1:9901".parse().unwrap())] };
+        p.borrow_mut().data.insert(set_key("api"), (bad.encode(), 1));
+        let mut v = vm(&p);
+        elect(&p, &mut v);
+        let set = published(&v, "api").unwrap();
+        assert_eq!((set.version, set.endpoints.len()), (3, 0));
+
+        // An acceptable inherited set is kept as it is: no write.
+        let p = proxy();
+        let good = EndpointSet { version: 7, endpoints: vec![Endpoint::new("10.0.0.1:80".parse().unwrap())] };
+        p.borrow_mut().data.insert(set_key("api"), (good.encode(), 1));
+        let mut v = vm(&p);
+        elect(&p, &mut v);
+        assert_eq!(published(&v, "api").unwrap(), good);
+        assert_eq!(v.host.counter(0, Counter::Refused), 0);
     }
 }
