@@ -179,6 +179,7 @@ fn configured_steering_header_is_stripped_even_for_unknown_services() {
     let up = ex.upstream_request.as_ref().expect("passed upstream");
     assert_eq!(up.headers.get_all("x-picked"), vec![b"10.0.0.1:80".to_vec()]);
     assert!(up.filter_state.is_empty(), "header steering sets no filter state");
+    assert!(p.logged("steering by header x-picked"), "the opt-in is called out at configure time");
 }
 
 #[test]

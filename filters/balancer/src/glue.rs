@@ -317,6 +317,16 @@ impl RootContext for Root {
             self.subscribe();
         }
         self.set_tick_period(Duration::from_millis(plan.refresh_interval_ms));
+        if plan.steering == Steering::Header {
+            log(
+                LogLevel::Warn,
+                &format!(
+                    "meshwasm balancer: steering by header {}: every route to the ORIGINAL_DST cluster must run \
+                     this filter and it must not fail open, or clients steer the cluster themselves",
+                    plan.endpoint_header
+                ),
+            );
+        }
         log(
             LogLevel::Info,
             &match plan.steering {
