@@ -95,7 +95,7 @@ pub struct IntrospectionConfig {
     /// malformed answer or too many calls in flight always fail closed.
     #[serde(default)]
     pub fail_open: bool,
-    /// Most introspection calls in flight at once per worker (default 64). Past it a request with a
+    /// Most introspection calls of this provider in flight at once per worker (default 64). Past it a request with a
     /// new token gets 503 (never fail-open), so a flood of unique opaque tokens cannot overload the
     /// endpoint.
     #[serde(default = "default_max_concurrent_calls")]
