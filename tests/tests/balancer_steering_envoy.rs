@@ -47,6 +47,8 @@ fn assert_header_does_not_steer(envoy: &Envoy, listener: &str, intruder: &Backen
     for _ in 0..5 {
         let r = get(envoy, listener, "/", &[(ENDPOINT_HEADER, &target)]);
         assert_ne!(r.header(INSTANCE_HEADER), Some("intruder"), "{listener}: {} {}", r.status, r.text());
+        // Unsteered, the ORIGINAL_DST cluster has no address: Envoy's own 503.
+        assert_eq!((r.status, r.text().as_str()), (503, "no healthy upstream"), "{listener}");
     }
     assert_eq!(intruder.request_count(), 0, "{listener}: the client's header steered Envoy");
 }
@@ -126,6 +128,7 @@ filter_chains:
     for _ in 0..5 {
         let r = get(&envoy, "main", "/skip", &[(ENDPOINT_HEADER, &target)]);
         assert_ne!(r.header(INSTANCE_HEADER), Some("intruder"), "{} {}", r.status, r.text());
+        assert_eq!((r.status, r.text().as_str()), (503, "no healthy upstream"));
     }
     assert_eq!(intruder.request_count(), 0, "the client's header steered Envoy");
     assert_eq!(get(&envoy, "main", "/", &[]).header(INSTANCE_HEADER), Some("api"));
