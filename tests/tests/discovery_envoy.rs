@@ -9,7 +9,7 @@ use meshwasm_tests::backend::Backend;
 use meshwasm_tests::envoy::{Cluster, Envoy, EnvoyConfig, Listener, WasmFilter};
 use meshwasm_tests::etcd::Etcd;
 use meshwasm_tests::fakes::consul::{Consul, ConsulInstance};
-use meshwasm_tests::process::{http_get, wait_until};
+use meshwasm_tests::process::{HttpResponse, http_get, http_request, wait_until};
 use meshwasm_tests::unbound::Unbound;
 use serde_json::Value;
 
@@ -139,7 +139,6 @@ fn discovery_in_envoy_with_etcd_consul_and_doh() {
 #[test]
 fn traffic_follows_etcd_through_the_balancer_and_survives_registry_outage() {
     use meshwasm_tests::backend::INSTANCE_HEADER;
-    use meshwasm_tests::process::http_request;
     use std::collections::BTreeSet;
 
     let backends = Backend::start_many("api", 3).unwrap();
@@ -212,82 +211,112 @@ fn traffic_follows_etcd_through_the_balancer_and_survives_registry_outage() {
     assert_eq!(instances(9).len(), 3);
 }
 
-#[test]
-fn debug_endpoint_in_envoy_is_off_by_default_and_then_for_loopback_or_the_header_only() {
-    use meshwasm_tests::backend::INSTANCE_HEADER;
-    use meshwasm_tests::process::http_request;
+const STATIC_API: &str =
+    r#""services":[{"name":"api","source":{"static":{"endpoints":[{"address":"10.0.0.1:80"}]}}}]"#;
 
-    const KEY: &str = "0123456789abcdef-envoy";
-    let backend = Backend::start("passthrough").unwrap();
-    let service =
-        r#""services":[{"name":"api","source":{"static":{"endpoints":[{"address":"10.0.0.1:80"}]}}}]"#;
-    let discovery = |vm: &str, config: String| {
-        WasmFilter::new("discovery", artifacts::wasm_path("meshwasm_discovery")).vm_id(vm).config(config)
-    };
-    let envoy = EnvoyConfig::new()
-        .concurrency(2)
-        .listener(Listener::new("off", "backend").wasm(discovery("off", format!(r#"{{"tick":"100ms",{service}}}"#))))
-        .listener(Listener::new("on", "backend").wasm(discovery(
-            "on",
-            format!(
-                r#"{{"tick":"100ms","debug_path":"{DEBUG}","debug_header":{{"name":"x-debug-key","value":"{KEY}"}},{service}}}"#
-            ),
-        )))
-        .raw_listener(&edge_listener(&format!(
-            r#"{{"tick":"100ms","lease":{{"name":"edge"}},"debug_path":"{DEBUG}",{service}}}"#
-        )))
-        .cluster(Cluster::static_hosts("backend", &[backend.addr()]))
-        .start()
-        .unwrap();
-    let req = |listener: &str, method: &str, headers: &[(&str, &str)]| {
-        http_request(envoy.listener_addr(listener), method, DEBUG, headers, b"", Duration::from_secs(5))
-            .unwrap()
-    };
-    let from_backend =
-        |r: &meshwasm_tests::process::HttpResponse| r.header(INSTANCE_HEADER) == Some("passthrough");
+fn discovery_filter(vm: &str, config: String) -> WasmFilter {
+    WasmFilter::new("discovery", artifacts::wasm_path("meshwasm_discovery")).vm_id(vm).config(config)
+}
 
-    // On: a loopback client gets the sets (once the static list is published).
+fn debug_request(envoy: &Envoy, listener: &str, method: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    http_request(envoy.listener_addr(listener), method, DEBUG, headers, b"", Duration::from_secs(5)).unwrap()
+}
+
+fn from_backend(r: &HttpResponse) -> bool {
+    r.header(meshwasm_tests::backend::INSTANCE_HEADER) == Some("passthrough")
+}
+
+/// Waits until `listener`'s debug endpoint answers a loopback GET with the published `api` set.
+fn wait_for_debug_answer(envoy: &Envoy, listener: &str, headers: &[(&str, &str)]) {
     assert!(
         wait_until(Duration::from_secs(10), || {
-            let r = req("on", "GET", &[]);
+            let r = debug_request(envoy, listener, "GET", headers);
             r.status == 200 && r.json().is_ok_and(|v: Value| !addrs(&v, "api").is_empty())
         }),
         "debug endpoint never answered"
     );
-    let r = req("on", "GET", &[]);
-    assert!(!from_backend(&r));
-    assert_eq!(r.header("cache-control"), Some("no-store"));
-    // Other methods: 405 with Allow.
-    let r = req("on", "POST", &[]);
-    assert_eq!((r.status, r.header("allow")), (405, Some("GET")));
-    assert!(!from_backend(&r));
+}
+
+#[test]
+fn debug_endpoint_in_envoy_is_off_by_default_and_answers_loopback_clients_only() {
+    let backend = Backend::start("passthrough").unwrap();
+    let envoy = EnvoyConfig::new()
+        .concurrency(2)
+        .listener(
+            Listener::new("off", "backend")
+                .wasm(discovery_filter("off", format!(r#"{{"tick":"100ms",{STATIC_API}}}"#))),
+        )
+        .listener(Listener::new("on", "backend").wasm(discovery_filter(
+            "on",
+            format!(r#"{{"tick":"100ms","debug_path":"{DEBUG}",{STATIC_API}}}"#),
+        )))
+        .raw_listener(&edge_listener(&format!(
+            r#"{{"tick":"100ms","lease":{{"name":"edge"}},"debug_path":"{DEBUG}",{STATIC_API}}}"#
+        )))
+        .cluster(Cluster::static_hosts("backend", &[backend.addr()]))
+        .start()
+        .unwrap();
+
+    // On: a loopback client gets the sets (once the static list is published).
+    wait_for_debug_answer(&envoy, "on", &[]);
 
     // Envoy's trusted client address comes from X-Forwarded-For here (use_remote_address is off in
     // the test listeners), so this request has a non-loopback source.address: it passes through.
-    let r = req("on", "GET", &[("x-forwarded-for", "192.0.2.7")]);
+    let remote = [("x-forwarded-for", "192.0.2.7")];
+    let r = debug_request(&envoy, "on", "GET", &remote);
     assert!(from_backend(&r), "a non-loopback client reached the debug endpoint: {}", r.status);
-    let r = req("on", "POST", &[("x-forwarded-for", "192.0.2.7")]);
+    let r = debug_request(&envoy, "on", "POST", &remote);
     assert!(from_backend(&r), "a non-loopback POST is a normal request: {}", r.status);
-    let r = req("on", "GET", &[("x-forwarded-for", "192.0.2.7"), ("x-debug-key", "0123456789abcdef-envoX")]);
-    assert!(from_backend(&r), "a wrong key opens nothing");
-    // The configured header opens it from anywhere.
-    let r = req("on", "GET", &[("x-forwarded-for", "192.0.2.7"), ("x-debug-key", KEY)]);
-    assert_eq!(r.status, 200);
+
+    let r = debug_request(&envoy, "on", "GET", &[]);
     assert!(!from_backend(&r));
-    assert!(!addrs(&r.json().unwrap(), "api").is_empty());
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    // Other methods: 405 with Allow.
+    let r = debug_request(&envoy, "on", "POST", &[]);
+    assert_eq!((r.status, r.header("allow")), (405, Some("GET")));
+    assert!(!from_backend(&r));
 
     // With `use_remote_address: true` (as in examples/discovery/envoy.yaml) source.address is the
     // connection's peer whatever X-Forwarded-For says: here the loopback client still gets its answer
     // (and a remote client could not claim loopback through the header).
-    let r = req("edge", "GET", &[("x-forwarded-for", "192.0.2.7")]);
+    let r = debug_request(&envoy, "edge", "GET", &remote);
     assert_eq!(r.status, 200);
     assert!(!from_backend(&r));
 
-    // Off by default: the same request is a normal request, even from loopback with the key.
-    for (method, headers) in [("GET", &[][..]), ("GET", &[("x-debug-key", KEY)][..]), ("POST", &[][..])] {
-        let r = req("off", method, headers);
-        assert!(from_backend(&r), "{method} {headers:?}: {}", r.status);
+    // Off by default: the same requests are normal requests.
+    for method in ["GET", "POST"] {
+        let r = debug_request(&envoy, "off", method, &[]);
+        assert!(from_backend(&r), "{method}: {}", r.status);
     }
+}
+
+#[test]
+fn debug_header_in_envoy_opens_the_endpoint_to_remote_clients() {
+    const KEY: &str = "0123456789abcdef-envoy";
+    let backend = Backend::start("passthrough").unwrap();
+    let envoy = EnvoyConfig::new()
+        .concurrency(2)
+        .listener(Listener::new("keyed", "backend").wasm(discovery_filter(
+            "keyed",
+            format!(
+                r#"{{"tick":"100ms","debug_path":"{DEBUG}","debug_header":{{"name":"x-debug-key","value":"{KEY}"}},{STATIC_API}}}"#
+            ),
+        )))
+        .cluster(Cluster::static_hosts("backend", &[backend.addr()]))
+        .start()
+        .unwrap();
+    wait_for_debug_answer(&envoy, "keyed", &[]);
+    let remote = ("x-forwarded-for", "192.0.2.7");
+    let r = debug_request(&envoy, "keyed", "GET", &[remote]);
+    assert!(from_backend(&r), "no key: passes");
+    let r = debug_request(&envoy, "keyed", "GET", &[remote, ("x-debug-key", "0123456789abcdef-envoX")]);
+    assert!(from_backend(&r), "a wrong key opens nothing");
+    let r = debug_request(&envoy, "keyed", "GET", &[remote, ("x-debug-key", KEY)]);
+    assert_eq!(r.status, 200);
+    assert!(!from_backend(&r));
+    assert!(!addrs(&r.json().unwrap(), "api").is_empty());
+    let r = debug_request(&envoy, "keyed", "DELETE", &[remote, ("x-debug-key", KEY)]);
+    assert_eq!((r.status, r.header("allow")), (405, Some("GET")));
 }
 
 /// A listener like examples/discovery/envoy.yaml's: `use_remote_address: true`, discovery with `config`

@@ -53,8 +53,8 @@ fn advance_until(p: &mut Proxy, limit: Duration, mut f: impl FnMut(&Proxy) -> bo
     f(p)
 }
 
-#[test]
-fn a_registry_cannot_publish_metadata_unspecified_or_loopback_addresses() {
+/// A registry serving the hostile document below, and a proxy running `services` against it.
+fn hostile_registry(services: &str) -> (FakeServer, Proxy) {
     let doc = format!(
         r#"{{"endpoints": ["169.254.169.254:80", "0.0.0.0:8080", "{ADMIN}", "10.0.0.1:8080",
             "[::ffff:169.254.169.254]:80", "[fe80::1]:80", "224.0.0.1:80", "10.0.0.3:0",
@@ -68,17 +68,28 @@ fn a_registry_cannot_publish_metadata_unspecified_or_loopback_addresses() {
         }),
     )
     .unwrap();
-    // Two services read the same document: `api` with the defaults, `local` opted in to loopback.
-    let config = r#"{"tick": "100ms", "services": [
-        {"name": "api", "refresh": "1s", "source": {"file": {"cluster": "registry", "path": "/r.json"}}},
-        {"name": "local", "refresh": "1s", "allow_loopback": true,
-         "source": {"file": {"cluster": "registry", "path": "/r.json"}}}]}"#;
-    let mut p = host_proxy(config, vec![("registry", Upstream::forward(server.addr()))]);
+    let config = format!(r#"{{"tick": "100ms", "services": [{services}]}}"#);
+    let mut p = host_proxy(&config, vec![("registry", Upstream::forward(server.addr()))]);
+    let names: Vec<String> = serde_json::from_str::<serde_json::Value>(&format!("[{services}]"))
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect();
     assert!(
-        advance_until(&mut p, Duration::from_secs(3), |p| published(p, "api").is_some()
-            && published(p, "local").is_some()),
+        advance_until(&mut p, Duration::from_secs(3), |p| names.iter().all(|n| published(p, n).is_some())),
         "nothing published"
     );
+    (server, p)
+}
+
+const API: &str =
+    r#"{"name": "api", "refresh": "1s", "source": {"file": {"cluster": "registry", "path": "/r.json"}}}"#;
+
+#[test]
+fn a_registry_cannot_publish_metadata_unspecified_or_loopback_addresses() {
+    let (_server, mut p) = hostile_registry(API);
 
     // Only the good ones are published; the heavy one is clamped.
     assert_eq!(addrs(&p, "api"), ["10.0.0.1:8080", "10.0.0.2:8080"]);
@@ -90,15 +101,23 @@ fn a_registry_cannot_publish_metadata_unspecified_or_loopback_addresses() {
     assert!(p.logged(&format!("{ADMIN} (loopback address (allow_loopback is false))")));
     assert!(p.logged("0.0.0.0:8080 (unspecified address)"));
 
-    // The opt-in is per service: `local` publishes the loopback entry, and nothing else more.
-    assert_eq!(addrs(&p, "local"), ["10.0.0.1:8080", "10.0.0.2:8080", ADMIN]);
-    assert!(metric(&p, "local", "refused") >= 6);
-
     // Every answer is screened again (no cursor for a file without ETag): counted per answer.
     let before = metric(&p, "api", "refused");
     p.advance(Duration::from_secs(3));
     assert!(metric(&p, "api", "refused") >= before + 7, "later answers screened too");
     assert_eq!(published(&p, "api").unwrap().version, 1, "unchanged answers publish nothing");
+}
+
+#[test]
+fn loopback_is_published_only_for_the_service_that_opts_in() {
+    // Two services read the same document: `api` with the defaults, `local` opted in to loopback.
+    let local = r#"{"name": "local", "refresh": "1s", "allow_loopback": true,
+        "source": {"file": {"cluster": "registry", "path": "/r.json"}}}"#;
+    let (_server, p) = hostile_registry(&format!("{API}, {local}"));
+    assert_eq!(addrs(&p, "api"), ["10.0.0.1:8080", "10.0.0.2:8080"]);
+    // `local` publishes the loopback entry, and nothing else more.
+    assert_eq!(addrs(&p, "local"), ["10.0.0.1:8080", "10.0.0.2:8080", ADMIN]);
+    assert!(metric(&p, "local", "refused") >= 6);
 }
 
 const DEBUG: &str = "/meshwasm/discovery";
@@ -144,6 +163,18 @@ fn debug_endpoint_is_off_by_default() {
     assert!(passed(&ex), "without debug_path the request is a normal one: {:?}", ex.local_reply);
     let ex = send(&mut p, Request::get(DEBUG).header(KEY_HEADER, KEY));
     assert!(passed(&ex));
+}
+
+#[test]
+fn debug_endpoint_answers_loopback_clients_only() {
+    let mut p = debug_proxy(&format!(r#""debug_path": "{DEBUG}","#));
+    assert!(answered(&send(&mut p, Request::get(DEBUG))), "a loopback client gets the sets");
+    let ex = send(&mut p, remote(Request::get(DEBUG)));
+    assert!(passed(&ex), "a remote client reached the debug endpoint: {:?}", ex.local_reply);
+    let ex = send(&mut p, remote(Request::get(DEBUG).header(KEY_HEADER, KEY)));
+    assert!(passed(&ex), "no header opens it unless configured");
+    let ex = send(&mut p, Request::post(DEBUG));
+    assert_eq!((ex.status, ex.response_headers.get("allow")), (405, Some("GET")));
 }
 
 #[test]
