@@ -50,7 +50,7 @@ fn config() -> String {
 }
 
 fn start(backend: &Backend) -> Envoy {
-    let jwt = || WasmFilter::new("jwt", artifacts::wasm_path("meshwasm_jwt_auth")).config(&config());
+    let jwt = || WasmFilter::new("jwt", artifacts::wasm_path("meshwasm_jwt_auth")).config(config());
     EnvoyConfig::new()
         .listener(Listener::new("raw", "backend").raw_paths().wasm(jwt()))
         .listener(Listener::new("normalized", "backend").wasm(jwt()))
