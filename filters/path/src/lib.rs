@@ -1,4 +1,5 @@
-//! The request path that route rules match.
+//! meshwasm-path: the request path that route rules match, shared by every filter that decides on a
+//! path (jwt-auth rules, the balancer's `route` service selection, and authz).
 //!
 //! A rule on `/admin` must hold however a client spells `/admin`: `/%61dmin`, `//admin`,
 //! `/public/../admin` and `/public/%2e%2e/admin` all reach `/admin` in common upstreams (Go, Tomcat,
