@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
-use meshwasm_common::path::normalize;
 use meshwasm_endpoints::Endpoint;
+use meshwasm_path::normalize;
 use serde::Deserialize;
 
 use crate::maglev::{DEFAULT_TABLE_SIZE, is_prime};

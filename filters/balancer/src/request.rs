@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use meshwasm_common::path::{PathError, normalize};
+use meshwasm_path::{PathError, normalize};
 
 use crate::config::{HashSource, ServiceSource};
 use crate::hash::xxh64;
@@ -17,7 +17,7 @@ pub trait RequestView {
 
 /// The service this request is for: the first source that yields a name, `Ok(None)` when none does.
 ///
-/// Route rules match the normalized `:path` (`meshwasm_common::path`), so `/%61pi/x`, `//api/x` and
+/// Route rules match the normalized `:path` (`meshwasm_path`), so `/%61pi/x`, `//api/x` and
 /// `/x/../api/x` all count as `/api/x`. When a route rule is reached and the path cannot be
 /// normalized (an encoded `/`, `;` parameters, …) the answer is the [`PathError`]: the caller
 /// rejects the request (400) rather than guess which service an upstream would see.

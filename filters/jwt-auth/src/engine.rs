@@ -13,7 +13,7 @@ use crate::config::{ClaimHeader, Mode, Plan, RulePlan, Source};
 use crate::introspection::{self, Introspection, IntrospectionError};
 use crate::jwks::KeySet;
 use crate::validate::{TokenError, Verified, looks_like_jwt, validate};
-use meshwasm_common::path;
+use meshwasm_path as path;
 
 /// The state of one provider's keys, as the engine sees it.
 pub enum Keys<'a> {
@@ -80,7 +80,7 @@ pub struct Request<'a> {
     pub header: &'a dyn Fn(&str) -> Option<Vec<u8>>,
 }
 
-/// `path` is the normalized path (query excluded), see [`meshwasm_common::path`].
+/// `path` is the normalized path (query excluded), see [`meshwasm_path`].
 fn rule_matches(rule: &RulePlan, method: &str, path: &str) -> bool {
     if !rule.methods.is_empty() && !rule.methods.iter().any(|m| m == method) {
         return false;
