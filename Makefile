@@ -66,7 +66,7 @@ fmt-check:
 
 clippy: setup-rust
 	cargo clippy --workspace --all-targets -- -D warnings
-	cargo clippy --target $(WASM_TARGET) $(FILTER_FLAGS) -p meshwasm-path -p meshwasm-config -p meshwasm-endpoints -p meshwasm-oauth2 -- -D warnings
+	cargo clippy --target $(WASM_TARGET) $(FILTER_FLAGS) -p meshwasm-path -p meshwasm-config -p meshwasm-endpoints -p meshwasm-oauth2 -p meshwasm-filter-runtime -- -D warnings
 
 unit:
 	cargo test --workspace --lib --bins
