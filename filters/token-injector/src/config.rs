@@ -1,20 +1,15 @@
-//! Plugin configuration: parsed once in `on_configure` into an immutable, validated [`Plan`].
+//! Plugin configuration: parsed once in `on_configure` into an immutable, validated [`Plan`]
+//! (`Plan::from_json`, the entry point every meshwasm filter has). Durations are strings like
+//! `"2s"` ([`meshwasm_config::Duration`]); the integer `*_ms` / `*_s` spellings of earlier releases
+//! are still accepted, with a warning in [`Plan::warnings`].
 
+use meshwasm_config::{ConfigError, Duration, Legacy, Unit};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::matcher::{Matcher, Rule};
 
-/// How the filter authenticates to the token endpoint (RFC 6749 §2.3.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AuthMethod {
-    /// `Authorization: Basic base64(urlencode(client_id) ":" urlencode(client_secret))`.
-    #[default]
-    ClientSecretBasic,
-    /// `client_id` and `client_secret` in the form body.
-    ClientSecretPost,
-}
+pub use meshwasm_oauth2::{AuthMethod, Secret};
 
 /// The token endpoint, reached through an Envoy cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -26,8 +21,12 @@ pub struct TokenEndpoint {
     pub path: String,
     /// `:authority` of the token request (the authorization server's host).
     pub authority: String,
-    /// Timeout of one token request, milliseconds (default 2000).
-    #[serde(default = "default_timeout_ms")]
+    /// `timeout`: timeout of one token request (default `"2s"`), kept in milliseconds.
+    #[serde(
+        rename = "timeout",
+        default = "default_timeout_ms",
+        deserialize_with = "meshwasm_config::millis"
+    )]
     pub timeout_ms: u64,
 }
 
@@ -38,16 +37,29 @@ pub struct Refresh {
     /// Refresh once this fraction of the token's lifetime has passed (default 0.8).
     #[serde(default = "default_fraction")]
     pub fraction: f64,
-    /// ... or this many seconds before it expires, whichever comes first (default 60; never earlier than
-    /// half the lifetime).
-    #[serde(default = "default_before_expiry_s")]
+    /// `before_expiry`: ... or this long before it expires, whichever comes first (default `"60s"`;
+    /// never earlier than half the lifetime). Whole seconds.
+    #[serde(
+        rename = "before_expiry",
+        default = "default_before_expiry_s",
+        deserialize_with = "meshwasm_config::secs"
+    )]
     pub before_expiry_s: u64,
-    /// A token is not sent once it has fewer seconds than this left (default 5; at most a tenth of the
-    /// lifetime), so it does not expire in flight.
-    #[serde(default = "default_expiry_margin_s")]
+    /// `expiry_margin`: a token is not sent once it has less than this left (default `"5s"`; at most
+    /// a tenth of the lifetime), so it does not expire in flight. Whole seconds.
+    #[serde(
+        rename = "expiry_margin",
+        default = "default_expiry_margin_s",
+        deserialize_with = "meshwasm_config::secs"
+    )]
     pub expiry_margin_s: u64,
-    /// Lifetime assumed when the token response has no `expires_in`, seconds (default 300).
-    #[serde(default = "default_expires_in_s")]
+    /// `default_expires_in`: lifetime assumed when the token response has no `expires_in` (default
+    /// `"5m"`). Whole seconds.
+    #[serde(
+        rename = "default_expires_in",
+        default = "default_expires_in_s",
+        deserialize_with = "meshwasm_config::secs"
+    )]
     pub default_expires_in_s: u64,
 }
 
@@ -66,11 +78,19 @@ impl Default for Refresh {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Backoff {
-    /// First wait after a failure, milliseconds (default 1000).
-    #[serde(default = "default_backoff_initial_ms")]
+    /// `initial`: first wait after a failure (default `"1s"`), kept in milliseconds.
+    #[serde(
+        rename = "initial",
+        default = "default_backoff_initial_ms",
+        deserialize_with = "meshwasm_config::millis"
+    )]
     pub initial_ms: u64,
-    /// Longest wait; doubles per consecutive failure up to this, milliseconds (default 30000).
-    #[serde(default = "default_backoff_max_ms")]
+    /// `max`: longest wait; doubles per consecutive failure up to this (default `"30s"`).
+    #[serde(
+        rename = "max",
+        default = "default_backoff_max_ms",
+        deserialize_with = "meshwasm_config::millis"
+    )]
     pub max_ms: u64,
 }
 
@@ -81,13 +101,13 @@ impl Default for Backoff {
 }
 
 /// The plugin configuration as written by the user (JSON).
-#[derive(Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub token_endpoint: TokenEndpoint,
     pub client_id: String,
-    /// Never logged.
-    pub client_secret: String,
+    /// Never logged (its `Debug` is redacted).
+    pub client_secret: Secret,
     /// `client_secret_basic` (default) or `client_secret_post`.
     #[serde(default)]
     pub auth_method: AuthMethod,
@@ -113,9 +133,9 @@ pub struct Config {
     pub refresh: Refresh,
     #[serde(default)]
     pub retry_backoff: Backoff,
-    /// Longest a request waits for a token before a 503, milliseconds (default: token timeout + 1000).
+    /// Longest a request waits for a token before a 503 (default: the token timeout + 1s).
     #[serde(default)]
-    pub max_wait_ms: Option<u64>,
+    pub max_wait: Option<Duration>,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -146,29 +166,6 @@ fn default_true() -> bool {
     true
 }
 
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("token_endpoint", &self.token_endpoint)
-            .field("client_id", &self.client_id)
-            .field("client_secret", &"<redacted>")
-            .field("auth_method", &self.auth_method)
-            .field("scopes", &self.scopes)
-            .field("audience", &self.audience)
-            .field("resource", &self.resource)
-            .finish_non_exhaustive()
-    }
-}
-
-/// A configuration error: the field (dotted path) and what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
-    #[error("meshwasm token-injector: invalid configuration: {0}")]
-    Json(String),
-    #[error("meshwasm token-injector: `{field}` {reason}")]
-    Field { field: &'static str, reason: String },
-}
-
 /// The validated, immutable plan the filter runs on.
 #[derive(Debug)]
 pub struct Plan {
@@ -180,18 +177,42 @@ pub struct Plan {
     /// Shared-data key of this token (one per token endpoint, client and requested token), so plugins
     /// with the same client share one token and different ones never mix.
     pub shared_key: String,
+    /// Deprecated spellings found in the configuration, logged by the glue at configure time.
+    pub warnings: Vec<String>,
+}
+
+/// Rewrites the integer duration fields of earlier releases (one release of grace).
+fn upgrade_legacy(v: &mut serde_json::Value, legacy: &mut Legacy) -> Result<(), ConfigError> {
+    legacy.duration(v, "", "max_wait_ms", Unit::Millis, "max_wait")?;
+    if let Some(ep) = v.get_mut("token_endpoint") {
+        legacy.duration(ep, "token_endpoint", "timeout_ms", Unit::Millis, "timeout")?;
+    }
+    if let Some(r) = v.get_mut("refresh") {
+        legacy.duration(r, "refresh", "before_expiry_s", Unit::Seconds, "before_expiry")?;
+        legacy.duration(r, "refresh", "expiry_margin_s", Unit::Seconds, "expiry_margin")?;
+        legacy.duration(r, "refresh", "default_expires_in_s", Unit::Seconds, "default_expires_in")?;
+    }
+    if let Some(b) = v.get_mut("retry_backoff") {
+        legacy.duration(b, "retry_backoff", "initial_ms", Unit::Millis, "initial")?;
+        legacy.duration(b, "retry_backoff", "max_ms", Unit::Millis, "max")?;
+    }
+    Ok(())
 }
 
 impl Plan {
-    /// Parses and validates a plugin configuration.
-    pub fn parse(json: &[u8]) -> Result<Plan, ConfigError> {
-        let config: Config = serde_json::from_slice(json).map_err(|e| ConfigError::Json(e.to_string()))?;
-        Plan::new(config)
+    /// Parses and validates a plugin configuration; the error names the field.
+    pub fn from_json(json: &[u8]) -> Result<Plan, ConfigError> {
+        let mut value: serde_json::Value = meshwasm_config::from_json(json)?;
+        let mut legacy = Legacy::default();
+        upgrade_legacy(&mut value, &mut legacy)?;
+        let config: Config = meshwasm_config::from_value(value)?;
+        let mut plan = Plan::from_config(config)?;
+        plan.warnings = legacy.warnings;
+        Ok(plan)
     }
 
-    pub fn new(config: Config) -> Result<Plan, ConfigError> {
-        let bad =
-            |field: &'static str, reason: &str| Err(ConfigError::Field { field, reason: reason.to_owned() });
+    pub fn from_config(config: Config) -> Result<Plan, ConfigError> {
+        let bad = |field: &str, reason: &str| Err(ConfigError::new(field, reason));
         let ep = &config.token_endpoint;
         if ep.cluster.trim().is_empty() {
             return bad("token_endpoint.cluster", "must name an Envoy cluster");
@@ -206,7 +227,7 @@ impl Plan {
             return bad("token_endpoint.authority", "must be a host[:port] without spaces or `/`");
         }
         if ep.timeout_ms == 0 || ep.timeout_ms > 60_000 {
-            return bad("token_endpoint.timeout_ms", "must be between 1 and 60000");
+            return bad("token_endpoint.timeout", "must be between 1ms and 60s");
         }
         if config.client_id.is_empty() {
             return bad("client_id", "must not be empty");
@@ -231,37 +252,29 @@ impl Plan {
         if config.resource.as_deref() == Some("") {
             return bad("resource", "must not be empty when set");
         }
-        let header = config.header.to_ascii_lowercase();
-        if header.is_empty()
-            || header.starts_with(':')
-            || !header.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-        {
-            return bad("header", "must be a valid HTTP header name (not a pseudo-header)");
-        }
+        let header = meshwasm_config::header_name("header", &config.header)?;
         let r = &config.refresh;
         if !(r.fraction > 0.0 && r.fraction < 1.0) {
             return bad("refresh.fraction", "must be between 0 and 1 (exclusive)");
         }
         if r.default_expires_in_s == 0 {
-            return bad("refresh.default_expires_in_s", "must be at least 1");
+            return bad("refresh.default_expires_in", "must be at least 1s");
         }
         let b = &config.retry_backoff;
         if b.initial_ms == 0 {
-            return bad("retry_backoff.initial_ms", "must be at least 1");
+            return bad("retry_backoff.initial", "must be at least 1ms");
         }
         if b.max_ms < b.initial_ms {
-            return bad("retry_backoff.max_ms", "must be at least retry_backoff.initial_ms");
+            return bad("retry_backoff.max", "must be at least retry_backoff.initial");
         }
-        let max_wait_ms = config.max_wait_ms.unwrap_or(ep.timeout_ms + 1000);
+        let max_wait_ms = config.max_wait.map_or(ep.timeout_ms + 1000, Duration::as_millis);
         if max_wait_ms == 0 || max_wait_ms > 300_000 {
-            return bad("max_wait_ms", "must be between 1 and 300000");
+            return bad("max_wait", "must be between 1ms and 5m");
         }
-        let matcher = Matcher::new(&config.match_rules).map_err(|(i, reason)| ConfigError::Field {
-            field: "match",
-            reason: format!("entry {i}: {reason}"),
-        })?;
+        let matcher = Matcher::new(&config.match_rules)
+            .map_err(|(i, reason)| ConfigError::new(format!("match[{i}]"), reason))?;
         let shared_key = shared_key(&config);
-        Ok(Plan { header, matcher, max_wait_ms, shared_key, config })
+        Ok(Plan { header, matcher, max_wait_ms, shared_key, config, warnings: Vec::new() })
     }
 }
 
@@ -281,7 +294,7 @@ fn shared_key(c: &Config) -> String {
     }
     // The secret is part of the identity too (a rotated secret must not reuse a token obtained with
     // the old one), but only through the hash.
-    h.update(c.client_secret.as_bytes());
+    h.update(c.client_secret.expose().as_bytes());
     let d = h.finalize();
     let hex: String = d.iter().take(8).map(|b| format!("{b:02x}")).collect();
     format!("meshwasm.token-injector.v1.{hex}")
@@ -301,7 +314,7 @@ mod tests {
     }
 
     fn parse(v: serde_json::Value) -> Result<Plan, ConfigError> {
-        Plan::parse(v.to_string().as_bytes())
+        Plan::from_json(v.to_string().as_bytes())
     }
 
     #[test]
@@ -317,26 +330,94 @@ mod tests {
         assert_eq!(p.max_wait_ms, 3000);
         assert!(p.shared_key.starts_with("meshwasm.token-injector.v1."));
         assert!(!format!("{c:?}").contains("s3cret"));
+        assert!(!format!("{p:?}").contains("s3cret"));
+        assert!(p.warnings.is_empty());
+    }
+
+    #[test]
+    fn durations_in_the_new_and_the_deprecated_spelling() {
+        let mut v = base();
+        v["token_endpoint"]["timeout"] = json!("1500ms");
+        v["refresh"] = json!({"before_expiry": "2m", "expiry_margin": "10s", "default_expires_in": "1h"});
+        v["retry_backoff"] = json!({"initial": "250ms", "max": "1m"});
+        v["max_wait"] = json!("4s");
+        let new = parse(v).unwrap();
+        assert!(new.warnings.is_empty(), "{:?}", new.warnings);
+        let mut v = base();
+        v["token_endpoint"]["timeout_ms"] = json!(1500);
+        v["refresh"] = json!({"before_expiry_s": 120, "expiry_margin_s": 10, "default_expires_in_s": 3600});
+        v["retry_backoff"] = json!({"initial_ms": 250, "max_ms": 60000});
+        v["max_wait_ms"] = json!(4000);
+        let old = parse(v).unwrap();
+        assert_eq!(old.config, new.config);
+        assert_eq!(old.max_wait_ms, 4000);
+        let c = &old.config;
+        assert_eq!(
+            (c.token_endpoint.timeout_ms, c.refresh.before_expiry_s, c.refresh.expiry_margin_s),
+            (1500, 120, 10)
+        );
+        assert_eq!(
+            (c.refresh.default_expires_in_s, c.retry_backoff.initial_ms, c.retry_backoff.max_ms),
+            (3600, 250, 60_000)
+        );
+        assert_eq!(old.warnings.len(), 7, "{:?}", old.warnings);
+        assert!(old.warnings.iter().any(|w| w.starts_with("`token_endpoint.timeout_ms` is deprecated")));
+        assert!(old.warnings.iter().any(|w| w.contains("write `\"before_expiry\": \"120s\"`")));
+        // Bad values name the field, in either spelling.
+        let bad = |patch: serde_json::Value| {
+            let mut v = base();
+            for (k, val) in patch.as_object().unwrap() {
+                v[k] = val.clone();
+            }
+            parse(v).unwrap_err()
+        };
+        let e = bad(json!({"max_wait": "4"}));
+        assert_eq!(e.path(), "max_wait");
+        assert!(e.reason().contains("`4` is not a duration"), "{e}");
+        let e = bad(json!({"refresh": {"before_expiry": "1500ms"}}));
+        assert_eq!(e.path(), "refresh.before_expiry");
+        assert!(e.reason().contains("whole number of seconds"), "{e}");
+        let e = bad(json!({"retry_backoff": {"initial_ms": "250"}}));
+        assert_eq!(
+            (e.path(), e.reason()),
+            ("retry_backoff.initial_ms", "must be a whole number of milliseconds")
+        );
+        let e = bad(json!({"max_wait_ms": 10, "max_wait": "10ms"}));
+        assert_eq!(e.path(), "max_wait_ms");
+        assert!(e.reason().contains("keep only `max_wait`"), "{e}");
     }
 
     #[test]
     fn unknown_fields_and_types_are_rejected() {
         let mut v = base();
         v["scoeps"] = json!(["a"]);
-        assert!(matches!(parse(v), Err(ConfigError::Json(m)) if m.contains("scoeps")));
+        let e = parse(v).unwrap_err();
+        assert!(e.path() == "scoeps" && e.reason().contains("unknown field `scoeps`"), "{e}");
+        let mut v = base();
+        v["token_endpoint"]["timeot"] = json!(5);
+        let e = parse(v).unwrap_err();
+        assert!(e.path() == "token_endpoint.timeot" && e.reason().contains("timeot"), "{e}");
         let mut v = base();
         v["token_endpoint"]["timeout"] = json!(5);
-        assert!(matches!(parse(v), Err(ConfigError::Json(m)) if m.contains("timeout")));
+        let e = parse(v).unwrap_err();
+        assert!(e.path() == "token_endpoint.timeout" && e.reason().contains("invalid type"), "{e}");
         let mut v = base();
         v["refresh"] = json!({"fraction": "0.5"});
-        assert!(matches!(parse(v), Err(ConfigError::Json(m)) if m.contains("invalid type")));
+        let e = parse(v).unwrap_err();
+        assert!(e.path() == "refresh.fraction" && e.reason().contains("invalid type"), "{e}");
+        // Only the RFC 7591 names (jwt-auth's old `basic` was never accepted here).
         let mut v = base();
         v["auth_method"] = json!("basic");
-        assert!(matches!(parse(v), Err(ConfigError::Json(m)) if m.contains("basic")));
+        let e = parse(v).unwrap_err();
+        assert!(e.path() == "auth_method" && e.reason().contains("basic"), "{e}");
+        let mut v = base();
+        v["auth_method"] = json!("client_secret_post");
+        assert_eq!(parse(v).unwrap().config.auth_method, AuthMethod::ClientSecretPost);
         let mut v = base();
         v["match"] = json!([{"host": "x"}]);
-        assert!(matches!(parse(v), Err(ConfigError::Json(m)) if m.contains("host")));
-        assert!(matches!(Plan::parse(b"not json"), Err(ConfigError::Json(_))));
+        let e = parse(v).unwrap_err();
+        assert!(e.path() == "match[0].host" && e.reason().contains("host"), "{e}");
+        assert_eq!(Plan::from_json(b"not json").unwrap_err().path(), "");
     }
 
     #[test]
@@ -345,7 +426,8 @@ mod tests {
             ("token_endpoint.cluster", json!({"token_endpoint": {"cluster": ""}})),
             ("token_endpoint.path", json!({"token_endpoint": {"path": "token"}})),
             ("token_endpoint.authority", json!({"token_endpoint": {"authority": "a b"}})),
-            ("token_endpoint.timeout_ms", json!({"token_endpoint": {"timeout_ms": 0}})),
+            ("token_endpoint.timeout", json!({"token_endpoint": {"timeout_ms": 0}})),
+            ("token_endpoint.timeout", json!({"token_endpoint": {"timeout": "61s"}})),
             ("client_id", json!({"client_id": ""})),
             ("client_secret", json!({"client_secret": ""})),
             ("scopes", json!({"scopes": ["a b"]})),
@@ -356,12 +438,15 @@ mod tests {
             ("header", json!({"header": "x y"})),
             ("refresh.fraction", json!({"refresh": {"fraction": 1.0}})),
             ("refresh.fraction", json!({"refresh": {"fraction": 0.0}})),
-            ("refresh.default_expires_in_s", json!({"refresh": {"default_expires_in_s": 0}})),
-            ("retry_backoff.initial_ms", json!({"retry_backoff": {"initial_ms": 0}})),
-            ("retry_backoff.max_ms", json!({"retry_backoff": {"initial_ms": 500, "max_ms": 100}})),
-            ("max_wait_ms", json!({"max_wait_ms": 0})),
-            ("match", json!({"match": [{}]})),
-            ("match", json!({"match": [{"path_prefix": "v1"}]})),
+            ("refresh.default_expires_in", json!({"refresh": {"default_expires_in_s": 0}})),
+            ("refresh.default_expires_in", json!({"refresh": {"default_expires_in": "0s"}})),
+            ("retry_backoff.initial", json!({"retry_backoff": {"initial_ms": 0}})),
+            ("retry_backoff.max", json!({"retry_backoff": {"initial_ms": 500, "max_ms": 100}})),
+            ("retry_backoff.max", json!({"retry_backoff": {"initial": "500ms", "max": "100ms"}})),
+            ("max_wait", json!({"max_wait_ms": 0})),
+            ("max_wait", json!({"max_wait": "6m"})),
+            ("match[0]", json!({"match": [{}]})),
+            ("match[0]", json!({"match": [{"path_prefix": "v1"}]})),
         ];
         for (field, patch) in cases {
             let mut v = base();
@@ -375,8 +460,8 @@ mod tests {
                 }
             }
             match parse(v) {
-                Err(ConfigError::Field { field: f, .. }) => assert_eq!(f, field),
-                other => panic!("{field}: expected a field error, got {other:?}"),
+                Err(e) => assert_eq!(e.path(), field, "{e}"),
+                Ok(_) => panic!("{field}: expected a field error"),
             }
         }
     }

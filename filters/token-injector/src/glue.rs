@@ -308,13 +308,16 @@ impl RootContext for Root {
             .ok()
             .flatten()
             .unwrap_or_default();
-        let plan = match Plan::parse(&raw) {
+        let plan = match Plan::from_json(&raw) {
             Ok(p) => Rc::new(p),
             Err(e) => {
-                log(LogLevel::Error, &e.to_string());
+                log(LogLevel::Error, &format!("meshwasm token-injector: rejected configuration: {e}"));
                 return false;
             }
         };
+        for w in &plan.warnings {
+            log(LogLevel::Warn, &format!("meshwasm token-injector: {w}"));
+        }
         // Create the shared record so the lease is always taken by compare-and-swap.
         if let Ok((None, _)) = hostcalls::get_shared_data(&plan.shared_key) {
             let _ = hostcalls::set_shared_data(&plan.shared_key, Some(b"{}"), None);

@@ -488,7 +488,7 @@ mod tests {
         for (k, x) in extra.as_object().unwrap() {
             v[k] = x.clone();
         }
-        Rc::new(Plan::parse(v.to_string().as_bytes()).unwrap())
+        Rc::new(Plan::from_json(v.to_string().as_bytes()).unwrap())
     }
 
     fn token(t: &str, expires_in: u64) -> Result<Token, FetchError> {

@@ -1,10 +1,10 @@
 //! The client-credentials token request (RFC 6749 §4.4) and strict parsing of the token response.
 
-use meshwasm_oauth2::{basic_authorization, form_urlencode_into};
+use meshwasm_oauth2::{authenticate, form_urlencode_into};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::config::{AuthMethod, Plan};
+use crate::config::Plan;
 
 /// Largest token response body read (64 KiB).
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
@@ -44,16 +44,7 @@ impl TokenRequest {
             ("content-type".to_owned(), "application/x-www-form-urlencoded".to_owned()),
             ("accept".to_owned(), "application/json".to_owned()),
         ];
-        match c.auth_method {
-            AuthMethod::ClientSecretBasic => {
-                headers
-                    .push(("authorization".to_owned(), basic_authorization(&c.client_id, &c.client_secret)));
-            }
-            AuthMethod::ClientSecretPost => {
-                param("client_id", &c.client_id);
-                param("client_secret", &c.client_secret);
-            }
-        }
+        authenticate(c.auth_method, &c.client_id, &c.client_secret, &mut headers, &mut body);
         TokenRequest { headers, body: body.into_bytes() }
     }
 
@@ -201,7 +192,7 @@ mod tests {
         for (k, x) in extra.as_object().unwrap() {
             v[k] = x.clone();
         }
-        Plan::parse(v.to_string().as_bytes()).unwrap()
+        Plan::from_json(v.to_string().as_bytes()).unwrap()
     }
 
     fn header<'a>(r: &'a TokenRequest, name: &str) -> Option<&'a str> {
