@@ -18,33 +18,10 @@ use crate::sources::kubernetes::{Kubernetes, KubernetesConfig};
 use crate::sources::nacos::{Nacos, NacosConfig};
 use crate::sources::static_list::{StaticConfig, StaticList};
 
-/// A duration written as `"250ms"`, `"5s"`, `"2m"` or `"1h"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Dur(pub Duration);
-
-impl Dur {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration like \"500ms\" or \"5s\""))?;
-        let d = match unit {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.saturating_mul(60)),
-            "h" => Duration::from_secs(n.saturating_mul(3600)),
-            _ => return Err(format!("`{s}`: unit must be ms, s, m or h")),
-        };
-        Ok(Dur(d))
-    }
-}
-
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Dur::parse(&s).map_err(serde::de::Error::custom)
-    }
-}
+/// A duration written as `"250ms"`, `"5s"`, `"2m"` or `"1h"`: the one duration type of meshwasm
+/// configurations (the sources name it `Dur`).
+pub use meshwasm_config::Duration as Dur;
+use meshwasm_config::{ConfigError, header_name};
 
 /// The plugin configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -225,53 +202,56 @@ fn valid_name(s: &str) -> bool {
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-fn parse_cidrs(list: &[String], at: &str) -> Result<Vec<Cidr>, String> {
-    list.iter().enumerate().map(|(i, c)| c.parse().map_err(|e| format!("{at}[{i}]: {e}"))).collect()
+fn parse_cidrs(list: &[String], at: &str) -> Result<Vec<Cidr>, ConfigError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, c)| c.parse::<Cidr>().map_err(|e| ConfigError::new(format!("{at}[{i}]"), e.to_string())))
+        .collect()
 }
 
-fn debug_access(config: &Config) -> Result<Option<DebugAccess>, String> {
+/// The sources report `source.<kind>.<field>: reason` (or `... <field> reason`); `at` is the service.
+fn source_error(at: &str, e: &str) -> ConfigError {
+    match e.find([':', ' ']) {
+        Some(end) => {
+            let reason = e[end..].trim_start_matches(':').trim_start();
+            ConfigError::new(format!("{at}.{}", &e[..end]), reason)
+        }
+        None => ConfigError::new(at, e),
+    }
+}
+
+fn debug_access(config: &Config) -> Result<Option<DebugAccess>, ConfigError> {
     let Some(path) = &config.debug_path else {
         return match config.debug_header {
-            Some(_) => Err("debug_header: needs debug_path".into()),
+            Some(_) => Err(ConfigError::new("debug_header", "needs debug_path")),
             None => Ok(None),
         };
     };
     if !path.starts_with('/') {
-        return Err("debug_path: must start with `/`".into());
+        return Err(ConfigError::new("debug_path", "must start with `/`"));
     }
     let header = match &config.debug_header {
         None => None,
         Some(h) => {
-            let name_ok = !h.name.is_empty()
-                && h.name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-            if !name_ok {
-                return Err(format!(
-                    "debug_header.name: `{}` must be a lower-case header name (letters, digits, `-`, `_`)",
-                    h.name
-                ));
-            }
+            let name = header_name("debug_header.name", &h.name)?;
             // The value is a shared secret: long enough not to be guessed, never echoed in errors.
             if h.value.len() < 16 {
-                return Err("debug_header.value: must be at least 16 characters".into());
+                return Err(ConfigError::new("debug_header.value", "must be at least 16 characters"));
             }
             if h.value.bytes().any(|b| b.is_ascii_control()) {
-                return Err("debug_header.value: contains a control character".into());
+                return Err(ConfigError::new("debug_header.value", "contains a control character"));
             }
-            Some((h.name.clone(), h.value.as_bytes().to_vec()))
+            Some((name, h.value.as_bytes().to_vec()))
         }
     };
     Ok(Some(DebugAccess { path: path.clone(), header }))
 }
 
-fn check_headers(h: &BTreeMap<String, String>) -> Result<(), String> {
+fn check_headers(h: &BTreeMap<String, String>) -> Result<(), ConfigError> {
     for (k, v) in h {
-        if k.is_empty() || k.starts_with(':') || !k.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(format!("headers: `{k}` is not a valid header name"));
-        }
+        header_name("headers", k)?;
         if v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
-            return Err(format!("headers: value of `{k}` contains a line break"));
+            return Err(ConfigError::new("headers", format!("value of `{k}` contains a line break")));
         }
     }
     Ok(())
@@ -279,51 +259,57 @@ fn check_headers(h: &BTreeMap<String, String>) -> Result<(), String> {
 
 impl Plan {
     /// Parses and validates; the error names the field.
-    pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
-        let config: Config = serde_json::from_slice(bytes).map_err(|e| format!("configuration: {e}"))?;
-        Self::from_config(config)
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
+        Self::from_config(meshwasm_config::from_json(bytes)?)
     }
 
-    pub fn from_config(config: Config) -> Result<Self, String> {
+    pub fn from_config(config: Config) -> Result<Self, ConfigError> {
         if config.services.is_empty() {
-            return Err("services: at least one service is required".into());
+            return Err(ConfigError::new("services", "at least one service is required"));
         }
         if config.tick.0 < Duration::from_millis(10) {
-            return Err("tick: must be at least 10ms".into());
+            return Err(ConfigError::new("tick", "must be at least 10ms"));
         }
         if config.lease.ttl.0 < config.tick.0 * 2 {
-            return Err("lease.ttl: must be at least twice the tick".into());
+            return Err(ConfigError::new("lease.ttl", "must be at least twice the tick"));
         }
         let debug = debug_access(&config)?;
         if !valid_name(&config.lease.name) {
-            return Err("lease.name: use letters, digits, `-`, `_` or `.`".into());
+            return Err(ConfigError::new("lease.name", "use letters, digits, `-`, `_` or `.`"));
         }
         let mut services = Vec::with_capacity(config.services.len());
         for (i, s) in config.services.into_iter().enumerate() {
             let at = format!("services[{i}]");
             if !valid_name(&s.name) {
-                return Err(format!(
-                    "{at}.name: `{}` must be 1-128 letters, digits, `-`, `_` or `.`",
-                    s.name
+                return Err(ConfigError::new(
+                    format!("{at}.name"),
+                    format!("`{}` must be 1-128 letters, digits, `-`, `_` or `.`", s.name),
                 ));
             }
             if services.iter().any(|p: &ServicePlan| p.name == s.name) {
-                return Err(format!("{at}.name: service `{}` is listed twice", s.name));
+                return Err(ConfigError::new(
+                    format!("{at}.name"),
+                    format!("service `{}` is listed twice", s.name),
+                ));
             }
             if s.timeout.0.is_zero() {
-                return Err(format!("{at}.timeout: must be above 0"));
+                return Err(ConfigError::new(format!("{at}.timeout"), "must be above 0"));
             }
             if let SourceConfig::Consul(c) = &s.source
                 && c.wait.0 > Duration::from_secs(600)
             {
-                return Err(format!("{at}.source.consul.wait: Consul caps blocking queries at 10m"));
+                return Err(ConfigError::new(
+                    format!("{at}.source.consul.wait"),
+                    "Consul caps blocking queries at 10m",
+                ));
             }
             let policy = AddressPolicy {
                 allow_loopback: s.allow_loopback,
                 allow_cidrs: match &s.allow_cidrs {
                     Some(list) if list.is_empty() => {
-                        return Err(format!(
-                            "{at}.allow_cidrs: an empty list would refuse every address; leave it out to allow any"
+                        return Err(ConfigError::new(
+                            format!("{at}.allow_cidrs"),
+                            "an empty list would refuse every address; leave it out to allow any",
                         ));
                     }
                     Some(list) => Some(parse_cidrs(list, &format!("{at}.allow_cidrs"))?),
@@ -335,9 +321,9 @@ impl Plan {
             if let SourceConfig::Static(c) = &s.source {
                 for (j, e) in c.endpoints.iter().enumerate() {
                     if let Err(why) = policy.check(e.address) {
-                        return Err(format!(
-                            "{at}.source.static.endpoints[{j}].address: {} is refused: {why}",
-                            e.address
+                        return Err(ConfigError::new(
+                            format!("{at}.source.static.endpoints[{j}].address"),
+                            format!("{} is refused: {why}", e.address),
                         ));
                     }
                 }
@@ -356,11 +342,11 @@ impl Plan {
                 SourceConfig::Dns(c) => ("dns", Some((&c.cluster, &c.authority)), Some(&c.headers)),
             };
             if let Some(h) = headers {
-                check_headers(h).map_err(|e| format!("{at}.{kind}.{e}"))?;
+                check_headers(h).map_err(|e| e.within(&format!("{at}.{kind}")))?;
             }
             let upstream = match upstream {
                 Some((cluster, _)) if cluster.is_empty() => {
-                    return Err(format!("{at}.{kind}.cluster: must not be empty"));
+                    return Err(ConfigError::new(format!("{at}.{kind}.cluster"), "must not be empty"));
                 }
                 Some((cluster, authority)) => Some(Upstream {
                     cluster: cluster.clone(),
@@ -379,7 +365,7 @@ impl Plan {
                 policy,
                 source: s.source,
             };
-            plan.new_source().map_err(|e| format!("services[{i}].{e}"))?;
+            plan.new_source().map_err(|e| source_error(&format!("services[{i}]"), &e))?;
             services.push(plan);
         }
         Ok(Plan {
@@ -416,7 +402,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let err = |j: &str| Plan::from_json(j.as_bytes()).unwrap_err();
+        let err = |j: &str| Plan::from_json(j.as_bytes()).unwrap_err().to_string();
         assert!(err(r#"{"services":[]}"#).contains("services"));
         assert!(
             err(r#"{"services":[{"name":"a","source":{"static":{"endpoints":[]}}}],"tik":"1s"}"#)
@@ -458,6 +444,21 @@ mod tests {
             err(r#"{"services":[{"name":"a","source":{"consul":{"cluster":"c","wait":"11m"}}}]}"#)
                 .contains("services[0].source.consul.wait")
         );
+        // Paths from serde name the field too, and the sources' own checks are placed under the service.
+        let e = Plan::from_json(
+            br#"{"services":[{"name":"a","timeout":5,"source":{"static":{"endpoints":[]}}}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.path(), "services[0].timeout");
+        let e = Plan::from_json(
+            br#"{"services":[{"name":"a","source":{"consul":{"cluster":"c","headers":{"x y":"v"}}}}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.path(), "services[0].source.consul.headers");
+        let e =
+            Plan::from_json(br#"{"services":[{"name":"a","source":{"etcd":{"cluster":"e","prefix":""}}}]}"#)
+                .unwrap_err();
+        assert_eq!(e.path(), "services[0].source.etcd.prefix");
     }
 
     const ETCD: &str = r#""source":{"etcd":{"cluster":"e","prefix":"/x/"}}"#;
@@ -467,6 +468,7 @@ mod tests {
         let err = |extra: &str| {
             Plan::from_json(format!(r#"{{"services":[{{"name":"a",{extra}{ETCD}}}]}}"#).as_bytes())
                 .unwrap_err()
+                .to_string()
         };
         let e = err(r#""allow_cidrs":["10.0.0.0/8","10.0.0.1/8"],"#);
         assert!(e.starts_with("services[0].allow_cidrs[1]: "), "{e}");
@@ -503,6 +505,7 @@ mod tests {
                 )
                 .as_bytes(),
             )
+            .map_err(|e| e.to_string())
         };
         let e = cfg("", "127.0.0.1:9901").unwrap_err();
         assert_eq!(
@@ -517,8 +520,10 @@ mod tests {
 
     #[test]
     fn debug_endpoint_is_off_by_default_and_validated() {
-        let plan =
-            |top: &str| Plan::from_json(format!(r#"{{{top}"services":[{{"name":"a",{ETCD}}}]}}"#).as_bytes());
+        let plan = |top: &str| {
+            Plan::from_json(format!(r#"{{{top}"services":[{{"name":"a",{ETCD}}}]}}"#).as_bytes())
+                .map_err(|e| e.to_string())
+        };
         assert_eq!(plan("").unwrap().debug, None);
         let d = plan(r#""debug_path":"/dbg","#).unwrap().debug.unwrap();
         assert_eq!((d.path.as_str(), d.header), ("/dbg", None));
@@ -532,7 +537,14 @@ mod tests {
         assert!(plan(r#""debug_path":"dbg","#).unwrap_err().starts_with("debug_path:"));
         let e = plan(r#""debug_header":{"name":"x-debug-key","value":"0123456789abcdef"},"#).unwrap_err();
         assert!(e.starts_with("debug_header: "), "{e}");
-        let e = plan(r#""debug_path":"/d","debug_header":{"name":"X-Debug","value":"0123456789abcdef"},"#)
+        // The one header-name check of every filter: any case (stored lower-cased, as Envoy hands
+        // headers to filters), RFC 9110 token characters only.
+        let d = plan(r#""debug_path":"/d","debug_header":{"name":"X-Debug","value":"0123456789abcdef"},"#)
+            .unwrap()
+            .debug
+            .unwrap();
+        assert_eq!(d.header.unwrap().0, "x-debug");
+        let e = plan(r#""debug_path":"/d","debug_header":{"name":"x debug","value":"0123456789abcdef"},"#)
             .unwrap_err();
         assert!(e.starts_with("debug_header.name: "), "{e}");
         let e = plan(r#""debug_path":"/d","debug_header":{"name":"x-debug","value":"short-secret"},"#)
