@@ -10,8 +10,13 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
+use meshwasm_filter_runtime::call_response::CallError;
+use meshwasm_filter_runtime::glue::{
+    HostShared, Metrics, install_panic_hook, log, now_ms, plugin_config, random_u64, read_call_response,
+};
+use meshwasm_filter_runtime::worker_id;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
@@ -22,72 +27,21 @@ use crate::engine::{
     Counters, IntroResult, KeyAccess, Keys, Outcome, Request, evaluate, strip_cookie_headers,
 };
 use crate::introspection::{
-    IntrospectionCache, IntrospectionConfig, IntrospectionError, build_request, check_body_size,
+    IntrospectionCache, IntrospectionConfig, IntrospectionError, MAX_RESPONSE_BYTES, build_request,
     parse_response, token_key, token_log_id,
 };
 use crate::jwks::KeySet;
-use crate::keystore::{Event, Fetch, RemoteKeys, SharedData, State};
+use crate::keystore::{Event, Fetch, RemoteKeys, State};
 
 const TICK: Duration = Duration::from_millis(250);
+/// Shared-data counter behind the worker ids (the high half of each, see `worker_id`).
+const WORKER_IDS_KEY: &str = "meshwasm.jwt-auth.v1.worker-ids";
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    std::panic::set_hook(Box::new(|info| {
-        let _ = hostcalls::log(LogLevel::Critical, &format!("meshwasm jwt-auth: panic: {info}"));
-    }));
+    install_panic_hook("jwt-auth");
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { worker: None }) });
 }}
-
-fn now_ms() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn log(level: LogLevel, msg: &str) {
-    let _ = hostcalls::log(level, msg);
-}
-
-struct HostShared;
-
-impl SharedData for HostShared {
-    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        match hostcalls::get_shared_data(key) {
-            Ok((Some(v), Some(cas))) if !v.is_empty() => Some((v, cas)),
-            Ok((Some(v), cas)) => Some((v, cas.unwrap_or(0))),
-            _ => None,
-        }
-    }
-    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
-        hostcalls::set_shared_data(key, Some(value), cas).is_ok()
-    }
-}
-
-/// Metric ids, defined once per worker (Envoy merges same-named metrics of all workers).
-struct Metrics {
-    ids: HashMap<String, u32>,
-}
-
-impl Metrics {
-    fn inc(&mut self, name: &str, by: u32) {
-        if by == 0 {
-            return;
-        }
-        let id = match self.ids.get(name) {
-            Some(id) => *id,
-            None => match hostcalls::define_metric(MetricType::Counter, &format!("meshwasm_jwt_auth.{name}"))
-            {
-                Ok(id) => {
-                    self.ids.insert(name.to_string(), id);
-                    id
-                }
-                Err(_) => return,
-            },
-        };
-        let _ = hostcalls::increment_metric(id, i64::from(by));
-    }
-}
 
 struct ProviderKeys {
     static_keys: Option<KeySet>,
@@ -261,8 +215,8 @@ impl Worker {
             let mut access = Access { keys: &mut self.keys, calls: &mut self.calls, now_ms: now };
             evaluate(&plan, &req, &mut access, &mut self.cache, now / 1000, &mut counters)
         };
-        self.metrics.inc("cache_hits", counters.cache_hits);
-        self.metrics.inc("verifications", counters.verifications);
+        self.metrics.inc("cache_hits", u64::from(counters.cache_hits));
+        self.metrics.inc("verifications", u64::from(counters.verifications));
         match &outcome {
             Outcome::Pass => self.metrics.inc("passed", 1),
             Outcome::Allow { remove, set, path: new_path, strip_cookies } => {
@@ -480,30 +434,12 @@ impl Worker {
             }
         };
         let now = now_ms();
-        // A failed or timed-out call has no headers; reading them then is an error the SDK panics on.
-        let status = if num_headers == 0 {
-            None
-        } else {
-            hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
-                .ok()
-                .flatten()
-                .and_then(|s| std::str::from_utf8(&s).ok().and_then(|s| s.parse::<u32>().ok()))
-        };
-        let max = self.plan.providers[provider].remote.as_ref().map_or(0, |r| r.max_body_bytes);
-        let body = if body_size > 0 && status.is_some() {
-            // Read at most one byte past the cap: enough to tell it was exceeded.
-            hostcalls::get_buffer(
-                proxy_wasm::types::BufferType::HttpCallResponseBody,
-                0,
-                body_size.min(max + 1),
-            )
-            .ok()
-            .flatten()
-        } else {
-            Some(Vec::new())
-        };
+        // The body cap of a JWKS or discovery document is the provider's `max_body_bytes`.
+        let max =
+            self.plan.providers.get(provider).and_then(|p| p.remote.as_ref()).map_or(0, |r| r.max_body_bytes);
+        let response = read_call_response(num_headers, body_size, max);
         let next = match self.keys.get_mut(provider).and_then(|p| p.remote.as_mut()) {
-            Some(r) => r.on_response(now, &mut HostShared, status, body.as_deref()),
+            Some(r) => r.on_call(now, &mut HostShared, response),
             None => None,
         };
         self.drain_events(provider);
@@ -527,25 +463,13 @@ impl Worker {
         body_size: usize,
     ) {
         let now = now_ms();
-        let result = if num_headers == 0 {
-            Err(IntrospectionError::Unreachable("no response (timeout or connection failure)".into()))
-        } else {
-            let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
-                .ok()
-                .flatten()
-                .and_then(|s| std::str::from_utf8(&s).ok().and_then(|s| s.parse::<u32>().ok()))
-                .unwrap_or(0);
-            check_body_size(body_size).and_then(|()| {
-                let body = if body_size == 0 {
-                    Vec::new()
-                } else {
-                    hostcalls::get_buffer(proxy_wasm::types::BufferType::HttpCallResponseBody, 0, body_size)
-                        .ok()
-                        .flatten()
-                        .unwrap_or_default()
-                };
-                parse_response(status, &body)
-            })
+        let result = match read_call_response(num_headers, body_size, MAX_RESPONSE_BYTES) {
+            Ok(r) => parse_response(u32::from(r.status), &r.body),
+            Err(CallError::NoResponse) => {
+                Err(IntrospectionError::Unreachable("no response (timeout or connection failure)".into()))
+            }
+            Err(CallError::BodyTooLarge { size, .. }) => Err(IntrospectionError::TooLarge(size)),
+            Err(e @ CallError::NoStatus) => Err(IntrospectionError::Unreachable(e.to_string())),
         };
         let name = self.plan.providers.get(provider).map(|p| p.name.clone()).unwrap_or_default();
         let Some(ip) = self.keys.get_mut(provider).and_then(|p| p.intro.as_mut()) else { return };
@@ -604,18 +528,14 @@ impl Context for Root {
     }
 }
 
-fn worker_id() -> u64 {
-    use std::hash::BuildHasher;
-    // RandomState draws its keys from the host's random source (WASI random_get).
-    std::collections::hash_map::RandomState::new().hash_one(now_ms())
+/// A proxy-wide unique id for this worker's lease claims.
+fn allocate_worker_id() -> u64 {
+    worker_id::allocate(&mut HostShared, WORKER_IDS_KEY, random_u64())
 }
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = hostcalls::get_buffer(proxy_wasm::types::BufferType::PluginConfiguration, 0, usize::MAX)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let bytes = plugin_config();
         let plan = match Plan::from_json(&bytes) {
             Ok(p) => Rc::new(p),
             Err(e) => {
@@ -626,7 +546,7 @@ impl RootContext for Root {
         for w in &plan.warnings {
             log(LogLevel::Warn, &format!("meshwasm jwt-auth: {w}"));
         }
-        let id = worker_id();
+        let id = allocate_worker_id();
         let native = crate::native::install();
         let keys = plan
             .providers
@@ -662,7 +582,7 @@ impl RootContext for Root {
             keys,
             waiters: Vec::new(),
             calls: HashMap::new(),
-            metrics: Metrics { ids: HashMap::new() },
+            metrics: Metrics::new("meshwasm_jwt_auth"),
         })));
         if n_remote > 0 {
             let _ = hostcalls::set_tick_period(TICK);

@@ -1,7 +1,9 @@
 //! Remote JWKS state of one provider, shared by every worker of the proxy.
 //!
-//! - One fetch per proxy: a worker that wants keys takes a lease in shared data with a CAS write
-//!   (`<key>.lease` = `<worker> <expires_ms>`); only the lease holder dispatches the fetch.
+//! - One fetch per proxy: a worker that wants keys takes the lease `<key>.lease` in shared data
+//!   ([`meshwasm_filter_runtime::lease`]); only the lease holder dispatches the fetch. The very first
+//!   claim creates the key, which CAS cannot protect, so it is confirmed on the next tick (the old
+//!   plain-text lease was read straight back, and two workers could both believe they held it).
 //! - The holder publishes validated keys in shared data (`<key>.jwks` = the JWKS body, then
 //!   `<key>.meta` = version, fetch time, last attempt, failure count); every worker reads the small meta
 //!   record on its tick and parses the body once per new version.
@@ -16,16 +18,13 @@
 
 use std::rc::Rc;
 
+use meshwasm_filter_runtime::backoff::Backoff;
+use meshwasm_filter_runtime::call_response::{CallError, CallResponse};
+use meshwasm_filter_runtime::lease::Lease;
+use meshwasm_filter_runtime::shared_data::SharedData;
+
 use crate::config::{RemotePlan, split_url};
 use crate::jwks::{KeySet, parse_remote_jwks};
-
-/// What the key store needs from the host: proxy-wide shared data with compare-and-swap.
-pub trait SharedData {
-    /// The value and its CAS token.
-    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)>;
-    /// Writes `value`; with `cas`, only if the value still has that CAS token. False on mismatch.
-    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
-}
 
 /// An HTTP GET the glue must dispatch (and report back with [`RemoteKeys::on_response`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,7 +105,7 @@ pub struct RemoteKeys {
     plan: RemotePlan,
     issuer: Option<String>,
     static_keys: Option<KeySet>,
-    worker_id: u64,
+    lease: Lease,
     record: Record,
     keys: Option<Rc<KeySet>>,
     in_flight: Option<InFlight>,
@@ -131,11 +130,14 @@ impl RemoteKeys {
         worker_id: u64,
     ) -> Self {
         let jwks_target = (!plan.discovery).then(|| (plan.authority.clone(), plan.path.clone()));
+        // Held for one fetch (discovery and JWKS), released when it ends; expires if the worker stalls.
+        let lease_ttl_ms = plan.timeout_ms.saturating_mul(2).saturating_add(2000);
+        let lease = Lease::new(format!("{}.lease", plan.shared_key), lease_ttl_ms, worker_id);
         RemoteKeys {
             plan,
             issuer,
             static_keys,
-            worker_id,
+            lease,
             record: Record::default(),
             keys: None,
             in_flight: None,
@@ -151,10 +153,6 @@ impl RemoteKeys {
 
     fn meta_key(&self) -> String {
         format!("{}.meta", self.plan.shared_key)
-    }
-
-    fn lease_key(&self) -> String {
-        format!("{}.lease", self.plan.shared_key)
     }
 
     fn stale_deadline_ms(&self) -> u64 {
@@ -221,10 +219,12 @@ impl RemoteKeys {
         self.keys = Some(Rc::new(set));
     }
 
+    /// Doubling from `retry_interval_s`, at most 64 times that and at most 5 minutes (unless the
+    /// interval itself is longer).
     fn retry_delay_ms(&self) -> u64 {
         let base = self.plan.retry_interval_s.saturating_mul(1000);
-        let shift = self.record.failures.saturating_sub(1).min(6);
-        base.saturating_mul(1 << shift).min(300_000.max(base))
+        let backoff = Backoff { initial_ms: base, max_ms: base.saturating_mul(64).min(300_000.max(base)) };
+        backoff.delay_ms(self.record.failures.max(1))
     }
 
     fn needs_fetch(&self, now_ms: u64) -> bool {
@@ -281,7 +281,7 @@ impl RemoteKeys {
 
     /// A token carried an unknown kid. True when the request should wait for a refetch.
     pub fn unknown_kid(&mut self, now_ms: u64, shared: &mut dyn SharedData) -> bool {
-        if self.in_flight.is_some() || self.lease_held_by_other(now_ms, shared) {
+        if self.in_flight.is_some() || self.lease.held_by_other(now_ms, shared) {
             return true;
         }
         self.sync(now_ms, shared);
@@ -296,52 +296,22 @@ impl RemoteKeys {
         allowed
     }
 
-    fn lease_held_by_other(&self, now_ms: u64, shared: &dyn SharedData) -> bool {
-        match shared.get(&self.lease_key()).and_then(|(v, _)| parse_lease(&v)) {
-            Some((owner, exp)) => owner != self.worker_id && now_ms < exp,
-            None => false,
-        }
-    }
-
     fn acquire(&mut self, now_ms: u64, shared: &mut dyn SharedData) -> bool {
-        let key = self.lease_key();
-        let current = shared.get(&key);
-        let cas = match &current {
-            Some((v, cas)) => {
-                if let Some((owner, exp)) = parse_lease(v)
-                    && owner != self.worker_id
-                    && now_ms < exp
-                {
-                    return false;
-                }
-                Some(*cas)
-            }
-            None => None,
-        };
-        let exp = now_ms.saturating_add(self.plan.timeout_ms.saturating_mul(2).saturating_add(2000));
-        let value = format!("{} {}", self.worker_id, exp);
-        if !shared.set(&key, value.as_bytes(), cas) {
-            return false;
-        }
-        // A key that did not exist cannot be CAS-protected: read back to settle a creation race.
-        matches!(shared.get(&key).and_then(|(v, _)| parse_lease(&v)), Some((o, _)) if o == self.worker_id)
+        self.lease.acquire(now_ms, shared)
     }
 
     fn release(&mut self, shared: &mut dyn SharedData) {
-        let key = self.lease_key();
-        if let Some((v, cas)) = shared.get(&key)
-            && parse_lease(&v).is_some_and(|(o, _)| o == self.worker_id)
-        {
-            shared.set(&key, b"", Some(cas));
-        }
+        self.lease.release(shared);
     }
 
-    /// Writes the body (when new) and then the record, so a reader that sees a new version finds its body.
+    /// Writes the body (when new) and then the record, so a reader that sees a new version finds its
+    /// body. Only the lease holder writes them: unconditional writes. A refused write leaves the other
+    /// workers on the previous version (they fetch again when it is due).
     fn publish(&mut self, shared: &mut dyn SharedData, body: Option<&[u8]>) {
         if let Some(b) = body {
-            shared.set(&self.jwks_key(), b, None);
+            let _ = shared.set(&self.jwks_key(), b, None);
         }
-        shared.set(&self.meta_key(), &self.record.encode(), None);
+        let _ = shared.set(&self.meta_key(), &self.record.encode(), None);
     }
 
     fn fail(&mut self, now_ms: u64, shared: &mut dyn SharedData, reason: String) {
@@ -356,6 +326,28 @@ impl RemoteKeys {
         self.publish(shared, None);
         self.release(shared);
         self.events.push(Event::FetchFailed { reason });
+    }
+
+    /// The response to the fetch this worker dispatched, as the glue read it (body capped at
+    /// `max_body_bytes`). May return the next request (the JWKS after discovery).
+    pub fn on_call(
+        &mut self,
+        now_ms: u64,
+        shared: &mut dyn SharedData,
+        response: Result<CallResponse, CallError>,
+    ) -> Option<Fetch> {
+        match response {
+            Ok(r) => self.on_response(now_ms, shared, Some(u32::from(r.status)), Some(&r.body)),
+            Err(CallError::BodyTooLarge { size, .. }) => {
+                let what = match self.in_flight?.phase {
+                    Phase::Discovery => "OIDC discovery",
+                    Phase::Jwks => "JWKS fetch",
+                };
+                self.fail(now_ms, shared, format!("{what}: body of {size} bytes exceeds max_body_bytes"));
+                None
+            }
+            Err(CallError::NoResponse | CallError::NoStatus) => self.on_response(now_ms, shared, None, None),
+        }
     }
 
     /// The response to the fetch this worker dispatched: `status` is `None` when the call failed or
@@ -422,12 +414,6 @@ impl RemoteKeys {
     }
 }
 
-fn parse_lease(v: &[u8]) -> Option<(u64, u64)> {
-    let s = std::str::from_utf8(v).ok()?;
-    let (a, b) = s.split_once(' ')?;
-    Some((a.parse().ok()?, b.parse().ok()?))
-}
-
 /// The JWKS location from an OIDC discovery document; its `issuer` must equal the configured one.
 fn discovery_jwks_uri(body: &[u8], issuer: Option<&str>) -> Result<(String, String), String> {
     let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
@@ -441,33 +427,10 @@ fn discovery_jwks_uri(body: &[u8], issuer: Option<&str>) -> Result<(String, Stri
     split_url(uri).ok_or_else(|| format!("jwks_uri `{uri}` is not an http(s) URL"))
 }
 
-/// An in-memory [`SharedData`] with Envoy's semantics (CAS tokens bump on every write; a write with a
-/// CAS to a missing key succeeds). For tests.
-#[derive(Default, Debug)]
-pub struct MemoryShared {
-    map: std::collections::HashMap<String, (Vec<u8>, u32)>,
-    next: u32,
-}
-
-impl SharedData for MemoryShared {
-    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        self.map.get(key).cloned()
-    }
-    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
-        if let (Some(c), Some((_, cur))) = (cas, self.map.get(key))
-            && c != 0
-            && c != *cur
-        {
-            return false;
-        }
-        self.next += 1;
-        self.map.insert(key.to_string(), (value.to_vec(), self.next));
-        true
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use meshwasm_filter_runtime::shared_data::MemoryShared;
+
     use super::*;
     use crate::config::Plan;
 
@@ -491,6 +454,12 @@ mod tests {
         )
     }
 
+    /// The first fetch of a proxy: the claim creates the lease key, so it holds from the next tick.
+    fn first_fetch(s: &mut RemoteKeys, shared: &mut MemoryShared, now: u64) -> Fetch {
+        assert!(s.poll(now, shared).is_none(), "a created lease is confirmed on a later tick");
+        s.poll(now + 1, shared).unwrap()
+    }
+
     fn kid(s: &RemoteKeys) -> Vec<String> {
         s.keys().map(|k| k.keys.iter().filter_map(|k| k.kid.clone()).collect()).unwrap_or_default()
     }
@@ -499,7 +468,9 @@ mod tests {
     fn one_fetch_shared_by_all_workers() {
         let mut shared = MemoryShared::default();
         let mut w: Vec<RemoteKeys> = (1..=4).map(store).collect();
-        let fetches: Vec<Option<Fetch>> = w.iter_mut().map(|s| s.poll(0, &mut shared)).collect();
+        let claims: Vec<Option<Fetch>> = w.iter_mut().map(|s| s.poll(0, &mut shared)).collect();
+        assert!(claims.iter().all(Option::is_none), "the first claim is confirmed on the next tick");
+        let fetches: Vec<Option<Fetch>> = w.iter_mut().map(|s| s.poll(250, &mut shared)).collect();
         assert_eq!(fetches.iter().filter(|f| f.is_some()).count(), 1, "only the lease holder fetches");
         let f = fetches[0].clone().unwrap();
         assert_eq!((f.cluster.as_str(), f.authority.as_str(), f.path.as_str()), ("idp", "idp.test", "/jwks"));
@@ -514,10 +485,29 @@ mod tests {
     }
 
     #[test]
+    fn two_workers_creating_the_lease_together_fetch_once() {
+        // Both read "absent" before either writes, and both create the lease key (creation is not
+        // CAS-protected). The old lease read its claim straight back, so both fetched.
+        let shared = MemoryShared::default();
+        let (mut sa, mut sb) = (shared.clone(), shared.clone());
+        let (mut a, mut b) = (store(1), store(2));
+        let mut fetches = Vec::new();
+        fetches.push(a.poll(0, &mut sa));
+        shared.remove(a.lease.key()); // as if b's read happened before a's write
+        fetches.push(b.poll(0, &mut sb));
+        fetches.push(a.poll(250, &mut sa));
+        fetches.push(b.poll(250, &mut sb));
+        assert_eq!(fetches.iter().filter(|f| f.is_some()).count(), 1, "{fetches:?}");
+        assert!(fetches[3].is_some(), "the later write won the lease");
+        assert!(a.unknown_kid(300, &mut sa), "a waits for b's fetch");
+        assert!(a.poll(300, &mut sa).is_none());
+    }
+
+    #[test]
     fn refresh_before_expiry_and_stale_on_error() {
         let mut shared = MemoryShared::default();
         let mut s = store(1);
-        s.poll(0, &mut shared).unwrap();
+        first_fetch(&mut s, &mut shared, 0);
         s.on_response(0, &mut shared, Some(200), Some(JWKS1));
         assert!(s.poll(89_000, &mut shared).is_none(), "fresh");
         assert!(s.poll(90_000, &mut shared).is_some(), "refresh at 90% of cache_duration");
@@ -545,7 +535,7 @@ mod tests {
         let mut shared = MemoryShared::default();
         let mut a = store(1);
         let mut b = store(2);
-        a.poll(0, &mut shared).unwrap();
+        first_fetch(&mut a, &mut shared, 0);
         a.on_response(0, &mut shared, Some(200), Some(JWKS1));
         b.poll(0, &mut shared);
         // Within the interval after the last fetch: no refetch, the token is refused.
@@ -578,7 +568,7 @@ mod tests {
         let mut shared = MemoryShared::default();
         let mut s = store(1);
         assert_eq!(s.state(), State::Loading);
-        s.poll(0, &mut shared).unwrap();
+        first_fetch(&mut s, &mut shared, 0);
         s.on_response(100, &mut shared, Some(503), Some(b""));
         assert_eq!(s.state(), State::Unavailable);
         s.poll(5_200, &mut shared).unwrap();
@@ -590,7 +580,7 @@ mod tests {
     fn oidc_discovery_then_jwks() {
         let mut shared = MemoryShared::default();
         let mut s = RemoteKeys::new(plan(r#"{"cluster":"idp"}"#), Some("https://idp.test".into()), None, 1);
-        let f = s.poll(0, &mut shared).unwrap();
+        let f = first_fetch(&mut s, &mut shared, 0);
         assert_eq!(f.path, "/.well-known/openid-configuration");
         let doc = br#"{"issuer":"https://idp.test","jwks_uri":"https://keys.idp.test/oauth/jwks"}"#;
         let f2 = s.on_response(1, &mut shared, Some(200), Some(doc)).unwrap();
@@ -600,7 +590,7 @@ mod tests {
         // A discovery document for another issuer is refused.
         let mut s = RemoteKeys::new(plan(r#"{"cluster":"idp"}"#), Some("https://idp.test".into()), None, 1);
         let mut shared = MemoryShared::default();
-        s.poll(0, &mut shared).unwrap();
+        first_fetch(&mut s, &mut shared, 0);
         let evil = br#"{"issuer":"https://evil","jwks_uri":"https://evil/jwks"}"#;
         assert!(s.on_response(1, &mut shared, Some(200), Some(evil)).is_none());
         assert_eq!(s.state(), State::Unavailable);
@@ -611,7 +601,7 @@ mod tests {
         let mut shared = MemoryShared::default();
         let mut fetcher = store(1);
         let mut other = store(2);
-        fetcher.poll(0, &mut shared).unwrap();
+        first_fetch(&mut fetcher, &mut shared, 0);
         fetcher.on_response(10, &mut shared, Some(200), Some(JWKS1));
         other.poll(20, &mut shared);
         // The fetching worker sees only `Fetched`; it must invalidate as the others do on `Installed`.
@@ -628,7 +618,7 @@ mod tests {
         let mut s = store(1);
         let mixed = br#"{"keys":[{"kty":"oct","kid":"h","k":"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY"},
             {"kty":"EC","kid":"k1","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
-        s.poll(0, &mut shared).unwrap();
+        first_fetch(&mut s, &mut shared, 0);
         s.on_response(1, &mut shared, Some(200), Some(mixed));
         assert_eq!(kid(&s), ["k1"], "the oct key is dropped by the fetching worker");
         let mut other = store(2);
@@ -637,7 +627,7 @@ mod tests {
         // A JWKS with only a shared secret is unusable (not installed).
         let mut s = store(3);
         let mut shared = MemoryShared::default();
-        s.poll(0, &mut shared).unwrap();
+        first_fetch(&mut s, &mut shared, 0);
         let only_oct =
             br#"{"keys":[{"kty":"oct","kid":"h","k":"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY"}]}"#;
         s.on_response(1, &mut shared, Some(200), Some(only_oct));
@@ -650,6 +640,32 @@ mod tests {
     }
 
     #[test]
+    fn call_errors_fail_the_fetch() {
+        let mut shared = MemoryShared::default();
+        let mut s = RemoteKeys::new(
+            plan(r#"{"cluster":"idp","uri":"https://idp.test/jwks","max_body_bytes":256}"#),
+            None,
+            None,
+            1,
+        );
+        first_fetch(&mut s, &mut shared, 0);
+        s.on_call(2, &mut shared, Err(CallError::BodyTooLarge { size: 9_999, cap: 256 }));
+        assert!(
+            matches!(&s.events[..], [Event::FetchFailed { reason }] if reason == "JWKS fetch: body of 9999 bytes exceeds max_body_bytes"),
+            "{:?}",
+            s.events
+        );
+        assert!(!s.is_fetching());
+        s.poll(5_100, &mut shared).unwrap();
+        s.on_call(5_200, &mut shared, Err(CallError::NoResponse));
+        assert!(matches!(&s.events[1], Event::FetchFailed { reason } if reason.contains("no response")));
+        s.poll(15_300, &mut shared).unwrap();
+        let ok = CallResponse { status: 200, headers: Vec::new(), body: JWKS1.to_vec() };
+        s.on_call(15_400, &mut shared, Ok(ok));
+        assert_eq!(kid(&s), ["k1"]);
+    }
+
+    #[test]
     fn oversized_body_is_refused() {
         let mut shared = MemoryShared::default();
         let mut s = RemoteKeys::new(
@@ -658,7 +674,7 @@ mod tests {
             None,
             1,
         );
-        s.poll(0, &mut shared).unwrap();
+        first_fetch(&mut s, &mut shared, 0);
         let big = vec![b' '; 300];
         s.on_response(1, &mut shared, Some(200), Some(&big));
         assert!(matches!(&s.events[0], Event::FetchFailed { reason } if reason.contains("max_body_bytes")));
