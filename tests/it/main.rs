@@ -1,0 +1,33 @@
+//! meshwasm's integration tests, one binary so the harness (`meshwasm_tests`) is linked once.
+//!
+//! One module per area and real part; test names carry it as a prefix, so
+//! `cargo test -p meshwasm-tests --test it balancer_envoy::` runs one former file. Modules named
+//! `*_envoy` run real Envoy, `*_host` the wasmtime host; real etcd, unbound and the OpenID Provider are
+//! started where a module says so.
+
+mod balancer_algorithms_envoy;
+mod balancer_discovery_envoy;
+mod balancer_discovery_host;
+mod balancer_envoy;
+mod balancer_examples;
+mod balancer_host;
+mod balancer_steering_envoy;
+mod conformance;
+mod demo;
+mod discovery_envoy;
+mod discovery_file_host;
+mod discovery_host;
+mod discovery_policy_host;
+mod discovery_sources_envoy;
+mod endpoints_contract_host;
+mod envoy_harness;
+mod envoy_root_contexts;
+mod example_configs;
+mod introspection_envoy;
+mod introspection_host;
+mod jwt_auth_attacks_envoy;
+mod jwt_auth_envoy;
+mod jwt_auth_host;
+mod oidc_provider;
+mod token_injector_envoy;
+mod token_injector_host;
