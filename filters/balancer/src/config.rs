@@ -13,46 +13,8 @@ use crate::maglev::{DEFAULT_TABLE_SIZE, is_prime};
 use crate::outlier::OutlierPolicy;
 use crate::slow_start::SlowStartPolicy;
 
-/// Why a configuration was rejected; the message names the field.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("meshwasm balancer: configuration is not valid JSON for this filter: {0}")]
-    Json(#[from] serde_json::Error),
-    #[error("meshwasm balancer: {0}")]
-    Invalid(String),
-}
-
-fn invalid(msg: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid(msg.into())
-}
-
-/// A duration written as `"250ms"`, `"30s"`, `"5m"` or `"1h"`, stored in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Millis(pub u64);
-
-impl<'de> Deserialize<'de> for Millis {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        parse_duration(&s).map(Millis).ok_or_else(|| {
-            serde::de::Error::custom(format!("`{s}` is not a duration (use e.g. \"250ms\", \"30s\", \"5m\")"))
-        })
-    }
-}
-
-fn parse_duration(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit())?;
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    let mult = match unit {
-        "ms" => 1,
-        "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => return None,
-    };
-    n.checked_mul(mult)
-}
+pub use meshwasm_config::ConfigError;
+use meshwasm_config::{Duration, header_name};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -127,7 +89,7 @@ struct RawConfig {
     #[serde(default)]
     seed: Option<u64>,
     #[serde(default = "default_refresh")]
-    refresh_interval: Millis,
+    refresh_interval: Duration,
     #[serde(default = "default_endpoint_metrics_limit")]
     endpoint_metrics_limit: u32,
 }
@@ -142,8 +104,8 @@ const MAX_ENDPOINT_METRICS_LIMIT: u32 = 10_000;
 fn default_endpoint_metrics_limit() -> u32 {
     DEFAULT_ENDPOINT_METRICS_LIMIT
 }
-fn default_refresh() -> Millis {
-    Millis(1000)
+fn default_refresh() -> Duration {
+    Duration::from_secs(1)
 }
 
 /// `"ip:port"` or `{"address": "ip:port", "weight": 2, "zone": "z"}`. Hand-written instead of
@@ -220,10 +182,10 @@ struct RawOutlier {
     #[serde(default = "yes")]
     enabled: bool,
     consecutive_failures: Option<u32>,
-    base_ejection_time: Option<Millis>,
-    max_ejection_time: Option<Millis>,
+    base_ejection_time: Option<Duration>,
+    max_ejection_time: Option<Duration>,
     max_ejection_percent: Option<u32>,
-    interval: Option<Millis>,
+    interval: Option<Duration>,
 }
 
 fn yes() -> bool {
@@ -233,7 +195,7 @@ fn yes() -> bool {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSlowStart {
-    window: Millis,
+    window: Duration,
     aggression: Option<f64>,
     min_weight_percent: Option<u32>,
 }
@@ -333,30 +295,24 @@ pub struct Plan {
     pub endpoint_metrics_limit: u32,
 }
 
-fn is_header_name(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-}
-
 impl Plan {
-    pub fn parse(bytes: &[u8]) -> Result<Self, ConfigError> {
-        let raw: RawConfig = serde_json::from_slice(bytes)?;
-        if !is_header_name(&raw.endpoint_header) {
-            return Err(invalid(format!(
-                "endpoint_header `{}` must be a lowercase header name",
-                raw.endpoint_header
-            )));
-        }
+    /// Parses and validates a plugin configuration; the error names the field.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
+        let mut raw: RawConfig = meshwasm_config::from_json(bytes)?;
+        let endpoint_header = header_name("endpoint_header", &raw.endpoint_header)?;
         if raw.services.is_empty() {
-            return Err(invalid("services must name at least one service"));
+            return Err(ConfigError::new("services", "must name at least one service"));
         }
         // No client header picks a service unless the config names it: without `service_from`, the
         // only service is used; with several, the operator must say how to choose.
-        let service_from = match raw.service_from {
+        let mut service_from = match raw.service_from.take() {
             Some(list) => list,
             None => match raw.services.keys().next() {
                 Some(only) if raw.services.len() == 1 => vec![ServiceSource::Fixed(only.clone())],
                 _ => {
-                    return Err(invalid(
+                    // A rule across two fields, so the message names both.
+                    return Err(ConfigError::new(
+                        "",
                         "service_from is required when more than one service is configured \
                          (e.g. [{\"route\": {\"prefix\": \"/api/\", \"service\": \"api\"}}] or [\"authority\"])",
                     ));
@@ -364,58 +320,69 @@ impl Plan {
             },
         };
         if service_from.is_empty() {
-            return Err(invalid("service_from must list at least one source"));
+            return Err(ConfigError::new("service_from", "must list at least one source"));
         }
         let mut selection_headers: Vec<String> = Vec::new();
-        for s in &service_from {
+        for (i, s) in service_from.iter_mut().enumerate() {
+            let at = || format!("service_from[{i}]");
             match s {
-                ServiceSource::Header(h) if !is_header_name(h) || *h == raw.endpoint_header => {
-                    return Err(invalid(format!(
-                        "service_from: header `{h}` must be a lowercase header name other than endpoint_header"
-                    )));
-                }
-                ServiceSource::Header(h) if !selection_headers.contains(h) => {
-                    selection_headers.push(h.clone());
+                ServiceSource::Header(h) => {
+                    *h = header_name(&format!("{}.header", at()), h)?;
+                    if *h == endpoint_header {
+                        return Err(ConfigError::new(
+                            format!("{}.header", at()),
+                            format!("`{h}` must be a header other than endpoint_header"),
+                        ));
+                    }
+                    if !selection_headers.contains(h) {
+                        selection_headers.push(h.clone());
+                    }
                 }
                 // Rules match the normalized path, so a prefix must itself be normal to ever match.
                 ServiceSource::Route { prefix, service }
                     if normalize(prefix).ok().as_deref() != Some(prefix.as_str()) =>
                 {
-                    return Err(invalid(format!(
-                        "service_from: route to `{service}`: prefix `{prefix}` must be a normalized path \
-                         (starting with `/`, no `//`, dot segments, escapes of unreserved characters, `?` or `;`)"
-                    )));
+                    return Err(ConfigError::new(
+                        format!("{}.route.prefix", at()),
+                        format!(
+                            "route to `{service}`: prefix `{prefix}` must be a normalized path \
+                             (starting with `/`, no `//`, dot segments, escapes of unreserved characters, `?` or `;`)"
+                        ),
+                    ));
                 }
                 ServiceSource::Route { service, .. } | ServiceSource::Fixed(service)
-                    if !raw.services.contains_key(service) =>
+                    if !raw.services.contains_key(service.as_str()) =>
                 {
-                    return Err(invalid(format!("service_from: service `{service}` is not under services")));
+                    return Err(ConfigError::new(at(), format!("service `{service}` is not under services")));
                 }
                 _ => {}
             }
         }
         if raw.endpoint_metrics_limit > MAX_ENDPOINT_METRICS_LIMIT {
-            return Err(invalid(format!(
-                "endpoint_metrics_limit {} must be 0..={MAX_ENDPOINT_METRICS_LIMIT}",
-                raw.endpoint_metrics_limit
-            )));
+            return Err(ConfigError::new(
+                "endpoint_metrics_limit",
+                format!("{} must be 0..={MAX_ENDPOINT_METRICS_LIMIT}", raw.endpoint_metrics_limit),
+            ));
         }
-        if raw.refresh_interval.0 == 0 {
-            return Err(invalid("refresh_interval must be greater than 0"));
+        if raw.refresh_interval.is_zero() {
+            return Err(ConfigError::new("refresh_interval", "must be greater than 0"));
         }
         let services = raw
             .services
             .into_iter()
-            .map(|(name, s)| check_service(&name, s).map_err(|e| invalid(format!("service `{name}`: {e}"))))
+            .map(|(name, s)| {
+                let at = format!("services.{name}");
+                check_service(&name, s).map_err(|e| ConfigError::split(&at, &e))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             steering: raw.steering,
-            endpoint_header: raw.endpoint_header,
+            endpoint_header,
             service_from,
             selection_headers,
             services,
             seed: raw.seed,
-            refresh_interval_ms: raw.refresh_interval.0,
+            refresh_interval_ms: raw.refresh_interval.as_millis(),
             endpoint_metrics_limit: raw.endpoint_metrics_limit,
         })
     }
@@ -474,10 +441,11 @@ fn check_service(name: &str, s: RawService) -> Result<ServicePlan, String> {
     } else if !s.hash_key.is_empty() {
         return Err(format!("hash_key is only used by ring_hash and maglev, not {:?}", s.algorithm));
     }
-    for k in &s.hash_key {
+    let mut hash_key = s.hash_key;
+    for (i, k) in hash_key.iter_mut().enumerate() {
         match k {
-            HashSource::Header(h) if !is_header_name(h) => {
-                return Err(format!("hash_key: header `{h}` must be a lowercase header name"));
+            HashSource::Header(h) => {
+                *h = header_name(&format!("hash_key[{i}].header"), h).map_err(|e| e.to_string())?;
             }
             HashSource::Cookie(c) if c.is_empty() || c.contains([';', '=', ' ']) => {
                 return Err(format!("hash_key: cookie name `{c}` is not valid"));
@@ -485,16 +453,16 @@ fn check_service(name: &str, s: RawService) -> Result<ServicePlan, String> {
             _ => {}
         }
     }
-    p.hash_key = s.hash_key;
+    p.hash_key = hash_key;
     if let Some(o) = s.outlier_detection {
         p.outlier = if o.enabled {
             let d = OutlierPolicy::default();
             let policy = OutlierPolicy {
                 consecutive_failures: o.consecutive_failures.unwrap_or(d.consecutive_failures),
-                base_ejection_ms: o.base_ejection_time.map_or(d.base_ejection_ms, |m| m.0),
-                max_ejection_ms: o.max_ejection_time.map_or(d.max_ejection_ms, |m| m.0),
+                base_ejection_ms: o.base_ejection_time.map_or(d.base_ejection_ms, Duration::as_millis),
+                max_ejection_ms: o.max_ejection_time.map_or(d.max_ejection_ms, Duration::as_millis),
                 max_ejection_percent: o.max_ejection_percent.unwrap_or(d.max_ejection_percent),
-                interval_ms: o.interval.map_or(d.interval_ms, |m| m.0),
+                interval_ms: o.interval.map_or(d.interval_ms, Duration::as_millis),
             };
             if policy.consecutive_failures == 0 {
                 return Err("outlier_detection.consecutive_failures must be at least 1".into());
@@ -524,7 +492,7 @@ fn check_service(name: &str, s: RawService) -> Result<ServicePlan, String> {
             return Err("slow_start does not apply to ring_hash or maglev".into());
         }
         let policy = SlowStartPolicy {
-            window_ms: ss.window.0,
+            window_ms: ss.window.as_millis(),
             aggression: ss.aggression.unwrap_or(1.0),
             min_weight_percent: ss.min_weight_percent.unwrap_or(10),
         };
@@ -583,12 +551,12 @@ mod tests {
     use super::*;
 
     fn err(json: &str) -> String {
-        Plan::parse(json.as_bytes()).unwrap_err().to_string()
+        Plan::from_json(json.as_bytes()).unwrap_err().to_string()
     }
 
     #[test]
     fn full_example_parses() {
-        let plan = Plan::parse(
+        let plan = Plan::from_json(
             br#"{
               "endpoint_header": "x-picked",
               "service_from": [{"route": {"prefix": "/api/", "service": "api"}}, {"header": "x-svc"}, "authority"],
@@ -627,7 +595,7 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let plan = Plan::parse(br#"{"services": {"api": {}}}"#).unwrap();
+        let plan = Plan::from_json(br#"{"services": {"api": {}}}"#).unwrap();
         assert_eq!(plan.endpoint_header, "x-meshwasm-endpoint");
         assert_eq!(plan.steering, Steering::FilterState);
         assert_eq!(plan.endpoint_metrics_limit, DEFAULT_ENDPOINT_METRICS_LIMIT);
@@ -637,13 +605,13 @@ mod tests {
     #[test]
     fn no_client_header_selects_a_service_by_default() {
         // One service: it is the only choice, no header is read.
-        let plan = Plan::parse(br#"{"services": {"api": {}}}"#).unwrap();
+        let plan = Plan::from_json(br#"{"services": {"api": {}}}"#).unwrap();
         assert_eq!(plan.service_from, [ServiceSource::Fixed("api".into())]);
         assert!(plan.selection_headers.is_empty());
         // Several: the config must say how to choose.
         assert!(err(r#"{"services": {"api": {}, "web": {}}}"#).contains("service_from is required"));
         // A header only when named, and then it is stripped before forwarding.
-        let plan = Plan::parse(
+        let plan = Plan::from_json(
             br#"{"service_from": [{"header": "x-svc"}, "authority", {"header": "x-svc"}],
                  "services": {"api": {}, "web": {}}}"#,
         )
@@ -663,14 +631,15 @@ mod tests {
             );
             assert!(err(&json).contains("must be a normalized path"), "{bad}");
         }
-        assert!(Plan::parse(br#"{"service_from": [{"route": {"prefix": "/api/", "service": "api"}}], "services": {"api": {}}}"#).is_ok());
+        assert!(Plan::from_json(br#"{"service_from": [{"route": {"prefix": "/api/", "service": "api"}}], "services": {"api": {}}}"#).is_ok());
     }
 
     #[test]
     fn steering_and_metric_limit() {
-        let plan =
-            Plan::parse(br#"{"steering": "header", "endpoint_metrics_limit": 0, "services": {"api": {}}}"#)
-                .unwrap();
+        let plan = Plan::from_json(
+            br#"{"steering": "header", "endpoint_metrics_limit": 0, "services": {"api": {}}}"#,
+        )
+        .unwrap();
         assert_eq!((plan.steering, plan.endpoint_metrics_limit), (Steering::Header, 0));
         assert!(err(r#"{"steering": "metadata", "services": {"api": {}}}"#).contains("metadata"));
         assert!(
@@ -683,9 +652,12 @@ mod tests {
     fn errors_name_the_field() {
         assert!(err(r#"{"services": {"api": {"algoritm": "random"}}}"#).contains("algoritm"));
         assert!(err(r#"{"services": {"api": {"algorithm": "fastest"}}}"#).contains("fastest"));
-        assert!(err(r#"{"services": {"api": {"algorithm": "maglev", "hash_key": ["path"], "maglev": {"table_size": 1000}}}}"#).contains("maglev.table_size 1000"));
+        assert!(err(r#"{"services": {"api": {"algorithm": "maglev", "hash_key": ["path"], "maglev": {"table_size": 1000}}}}"#).contains("services.api.maglev.table_size: 1000 must be a prime"));
         assert!(err(r#"{"services": {"api": {"algorithm": "maglev"}}}"#).contains("hash_key"));
-        assert!(err(r#"{"services": {"api": {"least_request": {}}}}"#).contains("least_request is set"));
+        assert!(
+            err(r#"{"services": {"api": {"least_request": {}}}}"#)
+                .contains("services.api.least_request: is set but")
+        );
         assert!(
             err(r#"{"services": {"api": {"outlier_detection": {"base_ejection_time": "3 days"}}}}"#)
                 .contains("not a duration")
@@ -707,17 +679,39 @@ mod tests {
             err(r#"{"endpoint_header": "X-Bad Header", "services": {"api": {}}}"#)
                 .contains("endpoint_header")
         );
-        assert!(err(r#"{"services": {}}"#).contains("at least one service"));
+        assert!(err(r#"{"services": {}}"#).contains("services: must name at least one service"));
     }
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms"), Some(250));
-        assert_eq!(parse_duration("30s"), Some(30_000));
-        assert_eq!(parse_duration("5m"), Some(300_000));
-        assert_eq!(parse_duration("1h"), Some(3_600_000));
-        assert_eq!(parse_duration("5"), None);
-        assert_eq!(parse_duration("s"), None);
-        assert_eq!(parse_duration("-5s"), None);
+    fn durations_and_header_names_use_the_shared_checks() {
+        let plan = Plan::from_json(
+            br#"{"endpoint_header": "X-Picked", "service_from": [{"header": "X-Svc"}], "refresh_interval": "250ms",
+                 "services": {"api": {"algorithm": "ring_hash", "hash_key": [{"header": "X-User"}],
+                                      "outlier_detection": {"base_ejection_time": "1m", "interval": "2s"}}}}"#,
+        )
+        .unwrap();
+        // Header names of any case are stored lower-cased, as requests carry them.
+        assert_eq!(plan.endpoint_header, "x-picked");
+        assert_eq!(plan.selection_headers, ["x-svc"]);
+        assert_eq!(plan.service_from, [ServiceSource::Header("x-svc".into())]);
+        assert_eq!(plan.services[0].policy.hash_key, [HashSource::Header("x-user".into())]);
+        assert_eq!(plan.refresh_interval_ms, 250);
+        let o = plan.services[0].policy.outlier.as_ref().unwrap();
+        assert_eq!((o.base_ejection_ms, o.interval_ms), (60_000, 2000));
+        // Errors carry the field path.
+        let e = Plan::from_json(br#"{"refresh_interval": "5", "services": {"api": {}}}"#).unwrap_err();
+        assert_eq!(e.path(), "refresh_interval");
+        let e = Plan::from_json(
+            br#"{"services": {"api": {"algorithm": "maglev", "hash_key": [{"header": "x y"}]}}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.path(), "services.api.hash_key[0].header");
+        let e = Plan::from_json(
+            br#"{"service_from": [{"header": "X-Meshwasm-Endpoint"}], "services": {"api": {}}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.path(), "service_from[0].header");
+        let e = Plan::from_json(br#"{"services": {"api": {"slow_start": {"window": "0s"}}}}"#).unwrap_err();
+        assert_eq!(e.path(), "services.api.slow_start.window");
     }
 }

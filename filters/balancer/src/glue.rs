@@ -264,10 +264,10 @@ impl Context for Root {}
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
-        let plan = match Plan::parse(&bytes) {
+        let plan = match Plan::from_json(&bytes) {
             Ok(p) => Rc::new(p),
             Err(e) => {
-                log(LogLevel::Error, &e.to_string());
+                log(LogLevel::Error, &format!("meshwasm balancer: rejected configuration: {e}"));
                 return false;
             }
         };

@@ -27,6 +27,23 @@ impl ConfigError {
         &self.reason
     }
 
+    /// An error from a check that reports a plain message starting with the field, `field: reason`
+    /// or `field.sub reason` (a dotted, snake_case path), placed under `parent`. A message that does
+    /// not start with such a path stays whole, at `parent`.
+    pub fn split(parent: &str, message: &str) -> Self {
+        let end = message
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "_.[]".contains(c)))
+            .unwrap_or(message.len());
+        let (field, rest) = message.split_at(end);
+        let is_path = field.contains(['_', '.', '[']);
+        let reason = match rest.strip_prefix(':') {
+            Some(r) if !field.is_empty() => r.trim_start(),
+            _ if is_path && rest.starts_with(' ') => rest.trim_start(),
+            _ => return Self::new(parent, message),
+        };
+        Self::new(join(parent, field), reason)
+    }
+
     /// The same error, for a configuration nested under `parent` (`parent.path`).
     pub fn within(mut self, parent: &str) -> Self {
         self.path = join(parent, &self.path);
@@ -125,6 +142,23 @@ mod tests {
         assert!(e.reason().contains("trailing"), "{e}");
         let e = from_value::<Outer>(serde_json::json!({"name": 1})).unwrap_err();
         assert_eq!(e.path(), "name");
+    }
+
+    #[test]
+    fn split_finds_the_field_at_the_start_of_a_message() {
+        let e = ConfigError::split("services.api", "maglev.table_size 1000 must be a prime");
+        assert_eq!((e.path(), e.reason()), ("services.api.maglev.table_size", "1000 must be a prime"));
+        let e = ConfigError::split("services[0]", "source.etcd.prefix: must not be empty");
+        assert_eq!((e.path(), e.reason()), ("services[0].source.etcd.prefix", "must not be empty"));
+        let e = ConfigError::split("s", "endpoints: 10.0.0.1:80 is listed twice");
+        assert_eq!((e.path(), e.reason()), ("s.endpoints", "10.0.0.1:80 is listed twice"));
+        let e = ConfigError::split("s", "hash_key must list at least one source");
+        assert_eq!((e.path(), e.reason()), ("s.hash_key", "must list at least one source"));
+        // Prose, not a path: kept whole.
+        for msg in ["a service name must have 1 to 253 characters", "Bad thing", "", ": x"] {
+            let e = ConfigError::split("s", msg);
+            assert_eq!((e.path(), e.reason()), ("s", msg));
+        }
     }
 
     #[test]

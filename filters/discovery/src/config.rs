@@ -209,17 +209,6 @@ fn parse_cidrs(list: &[String], at: &str) -> Result<Vec<Cidr>, ConfigError> {
         .collect()
 }
 
-/// The sources report `source.<kind>.<field>: reason` (or `... <field> reason`); `at` is the service.
-fn source_error(at: &str, e: &str) -> ConfigError {
-    match e.find([':', ' ']) {
-        Some(end) => {
-            let reason = e[end..].trim_start_matches(':').trim_start();
-            ConfigError::new(format!("{at}.{}", &e[..end]), reason)
-        }
-        None => ConfigError::new(at, e),
-    }
-}
-
 fn debug_access(config: &Config) -> Result<Option<DebugAccess>, ConfigError> {
     let Some(path) = &config.debug_path else {
         return match config.debug_header {
@@ -365,7 +354,7 @@ impl Plan {
                 policy,
                 source: s.source,
             };
-            plan.new_source().map_err(|e| source_error(&format!("services[{i}]"), &e))?;
+            plan.new_source().map_err(|e| ConfigError::split(&format!("services[{i}]"), &e))?;
             services.push(plan);
         }
         Ok(Plan {
