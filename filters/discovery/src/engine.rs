@@ -11,6 +11,8 @@ use std::time::Duration;
 use meshwasm_endpoints::Endpoint;
 
 use crate::config::{Plan, ServicePlan};
+use meshwasm_filter_runtime::backoff::Backoff;
+
 use crate::host::{Counter, Host, Level};
 use crate::http::{Reply, Request};
 use crate::lease::{Lease, Transition};
@@ -145,7 +147,7 @@ fn ms(d: Duration) -> u64 {
 
 impl Engine {
     /// An engine for `plan`; `me` is this VM's unique id (see [`crate::lease::allocate_id`]).
-    pub fn new(plan: &Plan, me: String) -> Result<Self, String> {
+    pub fn new(plan: &Plan, me: u64) -> Result<Self, String> {
         let mut services = Vec::with_capacity(plan.services.len());
         for (i, p) in plan.services.iter().enumerate() {
             let source = p.new_source().map_err(|e| format!("services[{i}].{e}"))?;
@@ -168,7 +170,7 @@ impl Engine {
         self.lease.is_leader()
     }
 
-    pub fn id(&self) -> &str {
+    pub fn id(&self) -> u64 {
         self.lease.id()
     }
 
@@ -312,8 +314,9 @@ impl Engine {
                     Level::Warn,
                     &format!("meshwasm discovery: service `{name}` ({kind}): poll failed, keeping the last {kept} endpoints: {e}"),
                 );
-                let backoff = Duration::from_secs(1u64 << (s.errors_in_row - 1).min(16));
-                s.next_due_ms = now + ms(backoff.min(s.plan.max_retry));
+                // Doubling from 1 s, at most 2^16 s and at most `max_retry`.
+                let backoff = Backoff { initial_ms: 1_000, max_ms: ms(s.plan.max_retry).min(1_000 << 16) };
+                s.next_due_ms = now + backoff.delay_ms(s.errors_in_row);
                 return;
             }
             Ok(Outcome::Unchanged { next }) => {
@@ -497,7 +500,7 @@ mod tests {
         let mut vm = vm(&p);
         let out = elect(&p, &mut vm);
         // Shared data refuses the set (e.g. full): the answer is good but cannot be published.
-        p.borrow_mut().refuse_prefix = Some(set_key("api"));
+        p.borrow().shared.refuse_writes_under(Some(set_key("api")));
         let etcd = out.iter().find(|o| o.service == 0).unwrap().clone();
         vm.engine.on_reply(&mut vm.host, 0, etcd.poll, 0, etcd_reply(5, &["10.0.0.1:80"]));
         assert!(published(&vm, "api").is_none());
@@ -505,7 +508,7 @@ mod tests {
         assert_eq!(vm.host.counter(0, Counter::Errors), 1);
         // Shared data accepts writes again; the registry has not changed (same revision 5). Without the
         // reset the next poll would say "unchanged" and the set would never be published.
-        p.borrow_mut().refuse_prefix = None;
+        p.borrow().shared.refuse_writes_under(None);
         let o = next_request(&p, &mut vm, 0);
         vm.engine.on_reply(&mut vm.host, 0, o.poll, 0, etcd_reply(5, &["10.0.0.1:80"]));
         let set = published(&vm, "api").expect("published after the failure");
@@ -534,9 +537,9 @@ mod tests {
         // Due: same revision → unchanged, no write.
         let out = run(&p, &mut vm, 300);
         let o = out.iter().find(|o| o.service == 0).unwrap().clone();
-        let writes = p.borrow().writes;
+        let writes = p.borrow().shared.writes();
         vm.engine.on_reply(&mut vm.host, 0, o.poll, 0, etcd_reply(5, &["10.0.0.9:80"]));
-        assert_eq!(p.borrow().writes, writes, "same revision is not even parsed");
+        assert_eq!(p.borrow().shared.writes(), writes, "same revision is not even parsed");
 
         // Errors, garbage, timeouts and an empty answer (allow_empty false) never empty the service.
         for bad in [
@@ -758,7 +761,7 @@ mod tests {
             old.endpoints.push(Endpoint::new(a.parse().unwrap()));
         }
         old.endpoints.sort_by_key(|e| e.address);
-        p.borrow_mut().data.insert(set_key("api"), (old.encode(), 1));
+        p.borrow().shared.put(&set_key("api"), &old.encode());
         let mut v = vm(&p);
         elect(&p, &mut v);
         // Taken back at election, before any registry answer.
@@ -771,7 +774,7 @@ mod tests {
         let p = proxy();
         let bad =
             EndpointSet { version: 2, endpoints: vec![Endpoint::new("127.0.0.1:9901".parse().unwrap())] };
-        p.borrow_mut().data.insert(set_key("api"), (bad.encode(), 1));
+        p.borrow().shared.put(&set_key("api"), &bad.encode());
         let mut v = vm(&p);
         elect(&p, &mut v);
         let set = published(&v, "api").unwrap();
@@ -780,7 +783,7 @@ mod tests {
         // An acceptable inherited set is kept as it is: no write.
         let p = proxy();
         let good = EndpointSet { version: 7, endpoints: vec![Endpoint::new("10.0.0.1:80".parse().unwrap())] };
-        p.borrow_mut().data.insert(set_key("api"), (good.encode(), 1));
+        p.borrow().shared.put(&set_key("api"), &good.encode());
         let mut v = vm(&p);
         elect(&p, &mut v);
         assert_eq!(published(&v, "api").unwrap(), good);

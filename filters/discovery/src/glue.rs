@@ -4,23 +4,26 @@
 
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
+use meshwasm_filter_runtime::glue::{
+    HostShared, define, increment, install_panic_hook, log, now_ms, plugin_config, random_u64,
+    read_call_response,
+};
+use meshwasm_filter_runtime::shared_data::SharedData;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
 
 use crate::config::Plan;
 use crate::debug::{DebugAccess, Decision};
 use crate::engine::{Engine, Outgoing};
 use crate::host::{Counter, Host, Level, SetError};
-use crate::http::Reply;
+use crate::http::{MAX_BODY_BYTES, Reply};
 use crate::lease::allocate_id;
 
 proxy_wasm::main! {{
-    std::panic::set_hook(Box::new(|info| {
-        let _ = hostcalls::log(LogLevel::Critical, &format!("meshwasm discovery: panic: {info}"));
-    }));
+    install_panic_hook("discovery");
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
 }}
@@ -43,12 +46,11 @@ impl ProxyHost {
             .services
             .iter()
             .map(|s| {
-                let define = |kind, what: &str| {
-                    hostcalls::define_metric(kind, &format!("meshwasm_discovery.{}.{what}", s.name)).ok()
-                };
+                let metric =
+                    |kind, what: &str| define(kind, &format!("meshwasm_discovery.{}.{what}", s.name));
                 ServiceMetrics {
-                    counters: Counter::ALL.map(|c| define(MetricType::Counter, c.name())),
-                    endpoints: define(MetricType::Gauge, "endpoints"),
+                    counters: Counter::ALL.map(|c| metric(MetricType::Counter, c.name())),
+                    endpoints: metric(MetricType::Gauge, "endpoints"),
                 }
             })
             .collect();
@@ -57,33 +59,19 @@ impl ProxyHost {
 
 impl Host for ProxyHost {
     fn now_ms(&self) -> u64 {
-        hostcalls::get_current_time()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        now_ms()
     }
 
     fn random(&mut self) -> u64 {
-        // std seeds its hash keys from WASI `random_get`, which Envoy and the meshwasm host provide.
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(self.now_ms());
-        h.finish()
+        random_u64()
     }
 
     fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        match hostcalls::get_shared_data(key) {
-            Ok((Some(v), cas)) => Some((v, cas.unwrap_or(0))),
-            _ => None,
-        }
+        HostShared.get(key)
     }
 
     fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
-        match hostcalls::set_shared_data(key, Some(value), cas) {
-            Ok(()) => Ok(()),
-            Err(Status::CasMismatch) => Err(SetError::CasMismatch),
-            Err(_) => Err(SetError::Other),
-        }
+        HostShared.set(key, value, cas)
     }
 
     fn enqueue(&mut self, queue: &str, msg: &[u8]) -> bool {
@@ -100,13 +88,13 @@ impl Host for ProxyHost {
             Level::Warn => LogLevel::Warn,
             Level::Error => LogLevel::Error,
         };
-        let _ = hostcalls::log(level, msg);
+        log(level, msg);
     }
 
     fn count(&mut self, service: usize, counter: Counter) {
         let i = Counter::ALL.iter().position(|c| *c == counter).unwrap_or(0);
         if let Some(Some(id)) = self.metrics.get(service).map(|m| m.counters[i]) {
-            let _ = hostcalls::increment_metric(id, 1);
+            increment(id, 1);
         }
     }
 
@@ -171,28 +159,8 @@ impl Context for Root {
         _num_trailers: usize,
     ) {
         let Some((service, poll, tag)) = self.calls.remove(&token_id) else { return };
-        let reply = if num_headers == 0 {
-            Reply::Failed("no response (timeout, reset or no healthy upstream)".into())
-        } else {
-            let raw = hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders).unwrap_or_default();
-            let headers: Vec<(String, String)> = raw
-                .into_iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), String::from_utf8_lossy(&v).into_owned()))
-                .collect();
-            let status = crate::http::header(&headers, ":status").and_then(|s| s.parse::<u16>().ok());
-            // An oversized body is never copied into the VM.
-            match (status, crate::http::oversized(body_size)) {
-                (Some(_), Some(failed)) => failed,
-                (Some(status), None) => {
-                    let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-                        .ok()
-                        .flatten()
-                        .unwrap_or_default();
-                    Reply::Response { status, headers, body }
-                }
-                (None, _) => Reply::Failed("response without :status".into()),
-            }
-        };
+        // An oversized body is never copied into the VM.
+        let reply = Reply::from(read_call_response(num_headers, body_size, MAX_BODY_BYTES));
         let Some(engine) = self.engine.as_mut() else { return };
         let more = engine.on_reply(&mut self.host, service, poll, tag, reply);
         self.dispatch(more);
@@ -208,17 +176,11 @@ impl Context for Root {
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let bytes = plugin_config();
         let plan = match Plan::from_json(&bytes) {
             Ok(p) => p,
             Err(e) => {
-                let _ = hostcalls::log(
-                    LogLevel::Error,
-                    &format!("meshwasm discovery: rejected configuration: {e}"),
-                );
+                log(LogLevel::Error, &format!("meshwasm discovery: rejected configuration: {e}"));
                 return false;
             }
         };
@@ -232,14 +194,11 @@ impl RootContext for Root {
         let engine = match Engine::new(&plan, id) {
             Ok(e) => e,
             Err(e) => {
-                let _ = hostcalls::log(
-                    LogLevel::Error,
-                    &format!("meshwasm discovery: rejected configuration: {e}"),
-                );
+                log(LogLevel::Error, &format!("meshwasm discovery: rejected configuration: {e}"));
                 return false;
             }
         };
-        let _ = hostcalls::log(
+        log(
             LogLevel::Info,
             &format!(
                 "meshwasm discovery: VM {} configured with {} services",

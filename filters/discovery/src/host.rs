@@ -50,12 +50,8 @@ impl Counter {
     }
 }
 
-/// A compare-and-swap write lost the race.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SetError {
-    CasMismatch,
-    Other,
-}
+/// A failed shared-data write (the filters' one type: a lost compare-and-swap or another status).
+pub use meshwasm_filter_runtime::shared_data::SetError;
 
 pub trait Host {
     /// Wall-clock milliseconds, the same clock in every VM of the proxy.
@@ -64,7 +60,8 @@ pub trait Host {
     fn random(&mut self) -> u64;
     /// Value and CAS token of a shared-data key, `None` when absent.
     fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)>;
-    /// Writes a key; with `cas`, only if the key's CAS token still equals it.
+    /// Writes a key; with a non-zero `cas`, only if the key's CAS token still equals it (Envoy's rules,
+    /// see [`meshwasm_filter_runtime::shared_data`]: CAS 0 is unconditional, an absent key is created).
     fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError>;
     /// Enqueues `msg` on the shared queue called `queue` (in this VM id); false when it does not exist.
     fn enqueue(&mut self, queue: &str, msg: &[u8]) -> bool;
@@ -81,18 +78,17 @@ pub mod fake {
     use std::collections::{BTreeMap, VecDeque};
     use std::rc::Rc;
 
+    use meshwasm_filter_runtime::shared_data::{MemoryShared, SharedData};
+
     use super::*;
 
     /// What all fake VMs of one proxy share.
     #[derive(Debug, Default)]
     pub struct Proxy {
         pub now_ms: u64,
-        pub data: BTreeMap<String, (Vec<u8>, u32)>,
-        pub next_cas: u32,
+        /// Shared data with Envoy's semantics (and its helpers to refuse or race writes).
+        pub shared: MemoryShared,
         pub queues: BTreeMap<String, VecDeque<Vec<u8>>>,
-        pub writes: usize,
-        /// Writes to keys starting with this fail (as when shared data is full).
-        pub refuse_prefix: Option<String>,
     }
 
     /// One VM's view: the shared proxy plus its own logs and metrics.
@@ -124,27 +120,14 @@ pub mod fake {
         }
         fn random(&mut self) -> u64 {
             // Deterministic in tests; uniqueness comes from the shared counter.
-            self.proxy.borrow().writes as u64
+            self.proxy.borrow().shared.writes() as u64
         }
         fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-            self.proxy.borrow().data.get(key).cloned()
+            self.proxy.borrow().shared.get(key)
         }
         fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
-            let mut p = self.proxy.borrow_mut();
-            if p.refuse_prefix.as_deref().is_some_and(|r| key.starts_with(r)) {
-                return Err(SetError::Other);
-            }
-            // Envoy's semantics: a CAS only applies to an existing key.
-            if let (Some(cas), Some((_, cur))) = (cas, p.data.get(key))
-                && cas != *cur
-            {
-                return Err(SetError::CasMismatch);
-            }
-            p.next_cas += 1;
-            let c = p.next_cas;
-            p.data.insert(key.to_owned(), (value.to_vec(), c));
-            p.writes += 1;
-            Ok(())
+            let mut shared = self.proxy.borrow().shared.clone();
+            shared.set(key, value, cas)
         }
         fn enqueue(&mut self, queue: &str, msg: &[u8]) -> bool {
             match self.proxy.borrow_mut().queues.get_mut(queue) {

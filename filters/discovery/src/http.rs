@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use meshwasm_filter_runtime::call_response::{CallError, CallResponse};
+
 /// A request a source wants sent to its cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
@@ -44,16 +46,20 @@ impl Reply {
     }
 }
 
-/// Largest registry response body read into the VM (4 MiB). A bigger answer (a runaway registry, a
-/// wrong path returning a dump) fails the poll, which is logged and keeps the last good set, instead
-/// of copying it into wasm memory and parsing it.
+/// Largest registry response body read into the VM (4 MiB): the cap the glue passes to the shared
+/// call-response reader. A bigger answer (a runaway registry, a wrong path returning a dump) fails
+/// the poll, which is logged and keeps the last good set, instead of copying it into wasm memory and
+/// parsing it.
 pub const MAX_BODY_BYTES: usize = 4 << 20;
 
-/// The failed reply for a response whose body of `body_size` bytes is over [`MAX_BODY_BYTES`].
-pub fn oversized(body_size: usize) -> Option<Reply> {
-    (body_size > MAX_BODY_BYTES).then(|| {
-        Reply::Failed(format!("response body of {body_size} bytes is over the {MAX_BODY_BYTES}-byte cap"))
-    })
+impl From<Result<CallResponse, CallError>> for Reply {
+    /// A response as the shared reader returns it; every error is a failed poll, with its reason.
+    fn from(r: Result<CallResponse, CallError>) -> Self {
+        match r {
+            Ok(CallResponse { status, headers, body }) => Reply::Response { status, headers, body },
+            Err(e) => Reply::Failed(e.to_string()),
+        }
+    }
 }
 
 /// First value of header `name` (lower-case) in `headers`.
@@ -82,10 +88,21 @@ mod tests {
 
     #[test]
     fn bodies_over_the_cap_fail() {
-        assert_eq!(oversized(MAX_BODY_BYTES), None);
-        assert_eq!(oversized(0), None);
-        let Some(Reply::Failed(why)) = oversized(MAX_BODY_BYTES + 1) else { panic!() };
+        let ok = |size| {
+            meshwasm_filter_runtime::call_response::assemble(
+                1,
+                || vec![(":status".into(), b"200".to_vec())],
+                size,
+                MAX_BODY_BYTES,
+                |n| vec![b'x'; n],
+            )
+        };
+        assert!(matches!(Reply::from(ok(MAX_BODY_BYTES)), Reply::Response { status: 200, .. }));
+        assert!(matches!(Reply::from(ok(0)), Reply::Response { status: 200, .. }));
+        let Reply::Failed(why) = Reply::from(ok(MAX_BODY_BYTES + 1)) else { panic!() };
         assert!(why.contains("4194305 bytes is over the 4194304-byte cap"), "{why}");
+        let Reply::Failed(why) = Reply::from(Err(CallError::NoResponse)) else { panic!() };
+        assert!(why.starts_with("no response"), "{why}");
     }
 
     #[test]

@@ -1,121 +1,69 @@
-//! Electing one poller per proxy: a lease in shared data, claimed and renewed with CAS writes.
+//! Electing one poller per proxy: the shared lease of [`meshwasm_filter_runtime::lease`] under
+//! `meshwasm.discovery.v1.lease.<name>`, ticked with the proxy clock.
 //!
 //! Every VM (one per Envoy worker, plus the main thread's) runs the same ticks. A VM claims the
-//! lease when it is free or expired, but only polls after it has read its own claim back on a later
-//! tick: proxy-wasm's CAS does not protect the creation of a key, so two VMs may both "create" it;
-//! the later write wins and the earlier claimant sees that on its confirming read. The poller renews
-//! well before expiry; if it stalls or its VM goes away, another VM takes over after `ttl`.
+//! lease when it is free or expired. A claim that created the key only holds once the VM reads it
+//! back on a later tick (proxy-wasm's CAS does not protect the creation of a key, so two VMs may both
+//! "create" it; the later write wins); a claim written by CAS over an existing (expired or released)
+//! lease holds at once. The poller renews well before expiry; if it stalls or its VM goes away,
+//! another VM takes over after `ttl`.
 
-use serde::{Deserialize, Serialize};
+use meshwasm_filter_runtime::lease::Lease as SharedLease;
+pub use meshwasm_filter_runtime::lease::Transition;
+use meshwasm_filter_runtime::shared_data::{SetError, SharedData};
+use meshwasm_filter_runtime::worker_id;
 
-use crate::host::{Host, SetError};
+use crate::host::Host;
 
 /// Shared-data key prefix of leases.
 pub const LEASE_KEY_PREFIX: &str = "meshwasm.discovery.v1.lease.";
 /// Shared-data key of the VM id counter.
 pub const IDS_KEY: &str = "meshwasm.discovery.v1.ids";
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct LeaseValue {
-    owner: String,
-    expires_ms: u64,
-}
+/// A host's shared data, as the shared lease and id allocation use it.
+struct HostData<'a, H: Host>(&'a mut H);
 
-/// A unique id for this VM: a CAS-incremented counter plus a random part (in case two VMs create
-/// the counter at the same moment, which proxy-wasm's CAS cannot prevent).
-pub fn allocate_id(host: &mut impl Host) -> String {
-    for _ in 0..16 {
-        let (n, cas) = match host.shared_get(IDS_KEY) {
-            Some((v, cas)) => {
-                (std::str::from_utf8(&v).ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or(0), Some(cas))
-            }
-            None => (0, None),
-        };
-        let next = n + 1;
-        if host.shared_set(IDS_KEY, next.to_string().as_bytes(), cas).is_ok() {
-            return format!("{next}.{:x}", host.random());
-        }
+impl<H: Host> SharedData for HostData<'_, H> {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.0.shared_get(key)
     }
-    format!("x.{:x}", host.random())
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
+        self.0.shared_set(key, value, cas)
+    }
 }
 
-/// What a tick changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transition {
-    None,
-    Elected,
-    Lost,
+/// A unique id for this VM ([`worker_id::allocate`]: a shared counter plus 32 random bits).
+pub fn allocate_id(host: &mut impl Host) -> u64 {
+    let random = host.random();
+    worker_id::allocate(&mut HostData(host), IDS_KEY, random)
 }
 
 #[derive(Debug)]
-pub struct Lease {
-    key: String,
-    ttl_ms: u64,
-    me: String,
-    leader: bool,
-}
+pub struct Lease(SharedLease);
 
 impl Lease {
-    pub fn new(name: &str, ttl_ms: u64, me: String) -> Self {
-        Self { key: format!("{LEASE_KEY_PREFIX}{name}"), ttl_ms, me, leader: false }
+    pub fn new(name: &str, ttl_ms: u64, me: u64) -> Self {
+        Self(SharedLease::new(format!("{LEASE_KEY_PREFIX}{name}"), ttl_ms, me))
     }
 
     pub fn is_leader(&self) -> bool {
-        self.leader
+        self.0.is_held()
     }
 
-    pub fn id(&self) -> &str {
-        &self.me
+    pub fn id(&self) -> u64 {
+        self.0.owner()
     }
 
     /// Claims, confirms, renews or gives up the lease; call on every tick.
     pub fn tick(&mut self, host: &mut impl Host) -> Transition {
         let now = host.now_ms();
-        let current = host.shared_get(&self.key);
-        let (value, cas) = match &current {
-            Some((bytes, cas)) => (serde_json::from_slice::<LeaseValue>(bytes).ok(), Some(*cas)),
-            None => (None, None),
-        };
-        let was = self.leader;
-        let mine = value.as_ref().is_some_and(|v| v.owner == self.me && v.expires_ms > now);
-        let free = value.as_ref().is_none_or(|v| v.expires_ms <= now);
-        let claim = LeaseValue { owner: self.me.clone(), expires_ms: now + self.ttl_ms };
-        let claim = serde_json::to_vec(&claim).unwrap_or_default();
-        if mine {
-            let remaining = value.as_ref().map_or(0, |v| v.expires_ms - now);
-            self.leader = true;
-            if remaining <= self.ttl_ms * 3 / 4 {
-                match host.shared_set(&self.key, &claim, cas) {
-                    Ok(()) => {}
-                    // Someone wrote in between: re-read on the next tick before polling again.
-                    Err(SetError::CasMismatch) | Err(SetError::Other) => self.leader = false,
-                }
-            }
-        } else {
-            self.leader = false;
-            if free {
-                // Claimed now, confirmed (and polling) on a later tick.
-                let _ = host.shared_set(&self.key, &claim, cas);
-            }
-        }
-        match (was, self.leader) {
-            (false, true) => Transition::Elected,
-            (true, false) => Transition::Lost,
-            _ => Transition::None,
-        }
+        self.0.tick(now, &mut HostData(host))
     }
 
     /// Gives the lease up (VM shutting down) so another VM takes over without waiting for expiry.
     pub fn release(&mut self, host: &mut impl Host) {
-        if !self.leader {
-            return;
-        }
-        self.leader = false;
-        if let Some((bytes, cas)) = host.shared_get(&self.key)
-            && serde_json::from_slice::<LeaseValue>(&bytes).is_ok_and(|v| v.owner == self.me)
-        {
-            let free = LeaseValue { owner: String::new(), expires_ms: 0 };
-            let _ = host.shared_set(&self.key, &serde_json::to_vec(&free).unwrap_or_default(), Some(cas));
+        if self.0.is_held() {
+            self.0.release(&mut HostData(host));
         }
     }
 }
@@ -181,8 +129,8 @@ mod tests {
         let proxy = Rc::new(RefCell::new(Proxy { now_ms: 1_000, ..Default::default() }));
         let mut a_host = FakeHost::new(proxy.clone());
         let mut b_host = FakeHost::new(proxy.clone());
-        let mut a = Lease::new("x", 5_000, "a".into());
-        let mut b = Lease::new("x", 5_000, "b".into());
+        let mut a = Lease::new("x", 5_000, 1);
+        let mut b = Lease::new("x", 5_000, 2);
         a.tick(&mut a_host);
         b.tick(&mut b_host);
         proxy.borrow_mut().now_ms += 100;
@@ -190,9 +138,12 @@ mod tests {
         b.tick(&mut b_host);
         assert!(!b.is_leader());
         a.release(&mut a_host);
-        b.tick(&mut b_host);
-        proxy.borrow_mut().now_ms += 100;
+        assert!(!a.is_leader());
+        // The released lease exists: b's CAS claim over it is atomic and holds on this very tick.
         assert_eq!(b.tick(&mut b_host), Transition::Elected);
+        proxy.borrow_mut().now_ms += 100;
+        assert_eq!(b.tick(&mut b_host), Transition::None);
+        assert!(b.is_leader());
     }
 
     #[test]
@@ -201,10 +152,10 @@ mod tests {
         let proxy = Rc::new(RefCell::new(Proxy { now_ms: 1_000, ..Default::default() }));
         let mut ha = FakeHost::new(proxy.clone());
         let mut hb = FakeHost::new(proxy.clone());
-        let mut a = Lease::new("x", 5_000, "a".into());
-        let mut b = Lease::new("x", 5_000, "b".into());
+        let mut a = Lease::new("x", 5_000, 1);
+        let mut b = Lease::new("x", 5_000, 2);
         a.tick(&mut ha);
-        proxy.borrow_mut().data.clear(); // as if b's read happened before a's write
+        proxy.borrow().shared.clear(); // as if b's read happened before a's write
         b.tick(&mut hb);
         proxy.borrow_mut().now_ms += 100;
         a.tick(&mut ha);

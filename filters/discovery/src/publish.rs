@@ -239,9 +239,9 @@ mod tests {
         for q in ["new", "late"] {
             proxy.borrow_mut().queues.insert(q.into(), Default::default());
         }
-        let writes = proxy.borrow().writes;
+        let writes = proxy.borrow().shared.writes();
         assert_eq!(notify(&mut h, "api"), 4);
-        assert_eq!(proxy.borrow().writes, writes);
+        assert_eq!(proxy.borrow().shared.writes(), writes);
     }
 
     /// A host on which another VM adds a subscriber right after the first read of the list.
