@@ -1,10 +1,15 @@
-//! Plugin configuration (JSON) and its validation into an immutable [`Plan`].
+//! Plugin configuration (JSON) and its validation into an immutable [`Plan`] (`Plan::from_json`,
+//! the entry point every meshwasm filter has).
 //!
 //! Every struct denies unknown fields, so a typo such as `isuer` fails the configuration instead of
-//! silently disabling a check. Errors name the provider, rule and field.
+//! silently disabling a check. Errors name the provider, rule and field. Durations are strings like
+//! `"5s"` ([`meshwasm_config::Duration`]); the integer `*_ms` / `*_s` fields and the `basic` / `post`
+//! introspection methods of earlier releases are still accepted, with a warning in
+//! [`Plan::warnings`].
 
 use std::collections::BTreeMap;
 
+use meshwasm_config::{Duration, Legacy, Unit, header_name};
 use serde::Deserialize;
 
 use crate::jwks::{KeySet, parse_alg, parse_jwks_value, parse_pem};
@@ -24,13 +29,13 @@ pub struct Config {
     /// Verified-token cache size per worker (0 disables it).
     #[serde(default = "default_cache_entries")]
     pub cache_entries: usize,
-    /// Longest time a verified token stays cached (also for tokens without `exp`).
+    /// Longest time a verified token stays cached (also for tokens without `exp`). Whole seconds.
     #[serde(default = "default_cache_max_ttl")]
-    pub cache_max_ttl_s: u64,
+    pub cache_max_ttl: Duration,
     /// How long a request waits for a provider's remote keys to first load (or refetch on an unknown
     /// kid) before it is answered 503.
     #[serde(default = "default_wait")]
-    pub key_wait_timeout_ms: u64,
+    pub key_wait_timeout: Duration,
     /// Let CORS preflight requests (OPTIONS with Origin and Access-Control-Request-Method) through.
     #[serde(default = "yes")]
     pub bypass_cors_preflight: bool,
@@ -42,11 +47,11 @@ fn default_realm() -> String {
 fn default_cache_entries() -> usize {
     1024
 }
-fn default_cache_max_ttl() -> u64 {
-    3600
+fn default_cache_max_ttl() -> Duration {
+    Duration::from_secs(3600)
 }
-fn default_wait() -> u64 {
-    3000
+fn default_wait() -> Duration {
+    Duration::from_secs(3)
 }
 fn yes() -> bool {
     true
@@ -89,14 +94,16 @@ pub struct ProviderConfig {
     pub forward_payload_header: Option<String>,
     #[serde(default)]
     pub claim_to_headers: Vec<ClaimHeaderConfig>,
+    /// Allowed clock difference for `exp`, `nbf` and `iat`. Whole seconds.
     #[serde(default = "default_skew")]
-    pub clock_skew_s: u64,
+    pub clock_skew: Duration,
     #[serde(default = "yes")]
     pub require_expiration: bool,
     #[serde(default = "yes")]
     pub check_nbf: bool,
+    /// Longest `exp - iat` accepted. Whole seconds.
     #[serde(default)]
-    pub max_lifetime_s: Option<u64>,
+    pub max_lifetime: Option<Duration>,
     #[serde(default)]
     pub required_claims: Vec<String>,
     #[serde(default)]
@@ -112,8 +119,8 @@ pub struct ProviderConfig {
     pub introspection: Option<crate::introspection::IntrospectionConfig>,
 }
 
-fn default_skew() -> u64 {
-    60
+fn default_skew() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_max_token() -> usize {
     8192
@@ -139,37 +146,38 @@ pub struct RemoteJwksConfig {
     #[serde(default)]
     pub authority: Option<String>,
     #[serde(default = "default_fetch_timeout")]
-    pub timeout_ms: u64,
-    /// How long fetched keys are fresh; refreshed in the background before that.
+    pub timeout: Duration,
+    /// How long fetched keys are fresh; refreshed in the background before that. (This and the
+    /// durations below are whole seconds.)
     #[serde(default = "default_cache_duration")]
-    pub cache_duration_s: u64,
+    pub cache_duration: Duration,
     /// How long keys are still used after they went stale because refreshes failed.
     #[serde(default = "default_max_stale")]
-    pub max_stale_s: u64,
+    pub max_stale: Duration,
     /// At most one refetch per this interval for tokens with an unknown `kid`.
     #[serde(default = "default_refetch")]
-    pub unknown_kid_refetch_interval_s: u64,
+    pub unknown_kid_refetch_interval: Duration,
     /// Wait between failed fetches.
     #[serde(default = "default_retry")]
-    pub retry_interval_s: u64,
+    pub retry_interval: Duration,
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
 }
 
-fn default_fetch_timeout() -> u64 {
-    1500
+fn default_fetch_timeout() -> Duration {
+    Duration::from_millis(1500)
 }
-fn default_cache_duration() -> u64 {
-    600
+fn default_cache_duration() -> Duration {
+    Duration::from_secs(600)
 }
-fn default_max_stale() -> u64 {
-    86_400
+fn default_max_stale() -> Duration {
+    Duration::from_secs(86_400)
 }
-fn default_refetch() -> u64 {
-    30
+fn default_refetch() -> Duration {
+    Duration::from_secs(30)
 }
-fn default_retry() -> u64 {
-    5
+fn default_retry() -> Duration {
+    Duration::from_secs(5)
 }
 fn default_max_body() -> usize {
     64 * 1024
@@ -346,12 +354,63 @@ pub struct Plan {
     pub warnings: Vec<String>,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("meshwasm jwt-auth: {0}")]
-pub struct ConfigError(pub String);
+pub use meshwasm_config::ConfigError;
+
+/// The checks here word their messages `<path>: <reason>`, where the path starts at the provider
+/// (`provider `p`.remote_jwks.uri`) or rule (`rules[0].match`); the error keeps the two apart.
+fn config_error(msg: impl Into<String>) -> ConfigError {
+    let msg = msg.into();
+    match msg.split_once(": ") {
+        Some((path, reason)) => ConfigError::new(path, reason),
+        None => ConfigError::new("", msg),
+    }
+}
 
 fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
-    Err(ConfigError(msg.into()))
+    Err(config_error(msg))
+}
+
+/// A duration field the plan keeps in whole seconds.
+fn whole_secs(path: String, d: Duration) -> Result<u64, ConfigError> {
+    d.as_whole_secs().map_err(|reason| ConfigError::new(path, reason))
+}
+
+/// Rewrites the spellings of earlier releases (one release of grace); each leaves a warning.
+fn upgrade_legacy(v: &mut serde_json::Value, legacy: &mut Legacy) -> Result<(), ConfigError> {
+    legacy.duration(v, "", "cache_max_ttl_s", Unit::Seconds, "cache_max_ttl")?;
+    legacy.duration(v, "", "key_wait_timeout_ms", Unit::Millis, "key_wait_timeout")?;
+    let Some(providers) = v.get_mut("providers").and_then(serde_json::Value::as_object_mut) else {
+        return Ok(());
+    };
+    for (name, p) in providers.iter_mut() {
+        let at = format!("providers.{name}");
+        legacy.duration(p, &at, "clock_skew_s", Unit::Seconds, "clock_skew")?;
+        legacy.duration(p, &at, "max_lifetime_s", Unit::Seconds, "max_lifetime")?;
+        if let Some(r) = p.get_mut("remote_jwks") {
+            let at = format!("{at}.remote_jwks");
+            legacy.duration(r, &at, "timeout_ms", Unit::Millis, "timeout")?;
+            legacy.duration(r, &at, "cache_duration_s", Unit::Seconds, "cache_duration")?;
+            legacy.duration(r, &at, "max_stale_s", Unit::Seconds, "max_stale")?;
+            legacy.duration(
+                r,
+                &at,
+                "unknown_kid_refetch_interval_s",
+                Unit::Seconds,
+                "unknown_kid_refetch_interval",
+            )?;
+            legacy.duration(r, &at, "retry_interval_s", Unit::Seconds, "retry_interval")?;
+        }
+        if let Some(i) = p.get_mut("introspection") {
+            let at = format!("{at}.introspection");
+            legacy.duration(i, &at, "timeout_ms", Unit::Millis, "timeout")?;
+            legacy.duration(i, &at, "inactive_ttl_s", Unit::Seconds, "inactive_ttl")?;
+            legacy.duration(i, &at, "max_active_ttl_s", Unit::Seconds, "max_active_ttl")?;
+            // RFC 7591 names, as token-injector spells them.
+            legacy.value(i, &at, "auth_method", "basic", "client_secret_basic");
+            legacy.value(i, &at, "auth_method", "post", "client_secret_post");
+        }
+    }
+    Ok(())
 }
 
 fn string_match(ctx: &str, m: &MatchConfig) -> Result<StringMatch, ConfigError> {
@@ -367,24 +426,13 @@ fn string_match(ctx: &str, m: &MatchConfig) -> Result<StringMatch, ConfigError> 
         StringMatch::Suffix(s.clone())
     } else {
         let r = m.regex.as_deref().unwrap_or_default();
-        StringMatch::Regex(anchored(r).map_err(|e| ConfigError(format!("{ctx}.regex: {e}")))?)
+        StringMatch::Regex(anchored(r).map_err(|e| config_error(format!("{ctx}.regex: {e}")))?)
     })
 }
 
 /// Regexes match the whole value, like Envoy's safe_regex.
 fn anchored(r: &str) -> Result<regex_lite::Regex, regex_lite::Error> {
     regex_lite::Regex::new(&format!("^(?:{r})$"))
-}
-
-fn header_name(ctx: &str, h: &str) -> Result<String, ConfigError> {
-    let lower = h.to_ascii_lowercase();
-    if lower.is_empty()
-        || lower.starts_with(':')
-        || !lower.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-    {
-        return err(format!("{ctx}: `{h}` is not a valid header name"));
-    }
-    Ok(lower)
 }
 
 /// Splits an `http(s)://host[:port]/path` URL into (authority, path).
@@ -410,13 +458,19 @@ fn claim_path(p: &str) -> Vec<String> {
 }
 
 impl Plan {
-    /// Parses and validates a JSON plugin configuration.
+    /// Parses and validates a JSON plugin configuration; the error names the field.
     pub fn from_json(bytes: &[u8]) -> Result<Plan, ConfigError> {
-        let cfg: Config = serde_json::from_slice(bytes).map_err(|e| ConfigError(format!("config: {e}")))?;
-        Plan::build(cfg)
+        let mut value: serde_json::Value = meshwasm_config::from_json(bytes)?;
+        let mut legacy = Legacy::default();
+        upgrade_legacy(&mut value, &mut legacy)?;
+        let mut plan = Plan::from_config(meshwasm_config::from_value(value)?)?;
+        // Deprecations first: they are about the spelling, the others about the settings.
+        legacy.warnings.append(&mut plan.warnings);
+        plan.warnings = legacy.warnings;
+        Ok(plan)
     }
 
-    pub fn build(cfg: Config) -> Result<Plan, ConfigError> {
+    pub fn from_config(cfg: Config) -> Result<Plan, ConfigError> {
         if cfg.providers.is_empty() {
             return err("providers: at least one provider is required");
         }
@@ -463,8 +517,8 @@ impl Plan {
             rules,
             realm: cfg.realm,
             cache_entries: cfg.cache_entries.min(1_000_000),
-            cache_max_ttl_s: cfg.cache_max_ttl_s,
-            key_wait_timeout_ms: cfg.key_wait_timeout_ms.clamp(1, 60_000),
+            cache_max_ttl_s: whole_secs("cache_max_ttl".into(), cfg.cache_max_ttl)?,
+            key_wait_timeout_ms: cfg.key_wait_timeout.as_millis().clamp(1, 60_000),
             bypass_cors_preflight: cfg.bypass_cors_preflight,
             output_headers,
             warnings,
@@ -496,10 +550,13 @@ fn build_provider(ctx: &str, name: &str, p: &ProviderConfig) -> Result<ProviderP
     }
     policy.issuer = p.issuer.clone();
     policy.audiences = p.audiences.clone();
-    policy.clock_skew_s = p.clock_skew_s.min(3600);
+    policy.clock_skew_s = whole_secs(format!("{ctx}.clock_skew"), p.clock_skew)?.min(3600);
     policy.require_exp = p.require_expiration;
     policy.check_nbf = p.check_nbf;
-    policy.max_lifetime_s = p.max_lifetime_s;
+    policy.max_lifetime_s = match p.max_lifetime {
+        Some(d) => Some(whole_secs(format!("{ctx}.max_lifetime"), d)?),
+        None => None,
+    };
     policy.required_claims = p.required_claims.clone();
     if let Some(s) = &p.subjects {
         policy.subject = Some(string_match(&format!("{ctx}.subjects"), s)?);
@@ -523,11 +580,11 @@ fn build_provider(ctx: &str, name: &str, p: &ProviderConfig) -> Result<ProviderP
     let mut static_keys: Option<KeySet> = None;
     if let Some(j) = &p.local_jwks {
         check_oct_lengths(ctx, j, &policy)?;
-        let set = parse_jwks_value(j).map_err(|e| ConfigError(format!("{ctx}.local_jwks: {e}")))?;
+        let set = parse_jwks_value(j).map_err(|e| config_error(format!("{ctx}.local_jwks: {e}")))?;
         static_keys = Some(set);
     }
     for (i, pem) in p.pem.iter().enumerate() {
-        let key = parse_pem(pem).map_err(|e| ConfigError(format!("{ctx}.pem[{i}]: {e}")))?;
+        let key = parse_pem(pem).map_err(|e| config_error(format!("{ctx}.pem[{i}]: {e}")))?;
         static_keys.get_or_insert_with(KeySet::default).keys.push(key);
     }
     let remote = match &p.remote_jwks {
@@ -535,7 +592,7 @@ fn build_provider(ctx: &str, name: &str, p: &ProviderConfig) -> Result<ProviderP
         Some(r) => Some(build_remote(ctx, name, p.issuer.as_deref(), r)?),
     };
     if let Some(i) = &p.introspection {
-        i.validate().map_err(|e| ConfigError(format!("{ctx}.{e}")))?;
+        i.validate().map_err(|e| config_error(format!("{ctx}.{e}")))?;
     }
     if static_keys.is_none() && remote.is_none() && p.introspection.is_none() {
         return err(format!("{ctx}: set local_jwks, pem, remote_jwks or introspection"));
@@ -665,8 +722,13 @@ fn build_remote(
     let Some((host, path)) = split_url(&url) else {
         return err(format!("{ctx}.remote_jwks.uri: `{url}` must be an http(s) URL with a host"));
     };
-    if r.timeout_ms == 0 || r.cache_duration_s == 0 {
-        return err(format!("{ctx}.remote_jwks: timeout_ms and cache_duration_s must be positive"));
+    let at = format!("{ctx}.remote_jwks");
+    if r.timeout.is_zero() {
+        return err(format!("{at}.timeout: must be positive"));
+    }
+    let cache_duration_s = whole_secs(format!("{at}.cache_duration"), r.cache_duration)?;
+    if cache_duration_s == 0 {
+        return err(format!("{at}.cache_duration: must be positive"));
     }
     if r.max_body_bytes < 256 || r.max_body_bytes > 4 * 1024 * 1024 {
         return err(format!("{ctx}.remote_jwks.max_body_bytes: must be between 256 and 4194304"));
@@ -677,11 +739,15 @@ fn build_remote(
         shared_key: format!("meshwasm.jwt-auth.{name}.{}", short_hash(&format!("{}|{url}", r.cluster))),
         path,
         discovery,
-        timeout_ms: r.timeout_ms,
-        cache_duration_s: r.cache_duration_s,
-        max_stale_s: r.max_stale_s,
-        unknown_kid_refetch_interval_s: r.unknown_kid_refetch_interval_s.max(1),
-        retry_interval_s: r.retry_interval_s.max(1),
+        timeout_ms: r.timeout.as_millis(),
+        cache_duration_s,
+        max_stale_s: whole_secs(format!("{at}.max_stale"), r.max_stale)?,
+        unknown_kid_refetch_interval_s: whole_secs(
+            format!("{at}.unknown_kid_refetch_interval"),
+            r.unknown_kid_refetch_interval,
+        )?
+        .max(1),
+        retry_interval_s: whole_secs(format!("{at}.retry_interval"), r.retry_interval)?.max(1),
         max_body_bytes: r.max_body_bytes,
     })
 }
@@ -692,7 +758,7 @@ fn build_rule(ctx: &str, r: &RuleConfig, providers: &[ProviderPlan]) -> Result<R
         return err(format!("{ctx}.match: set exactly one of prefix, path, regex"));
     }
     let regex = match &r.route.regex {
-        Some(x) => Some(anchored(x).map_err(|e| ConfigError(format!("{ctx}.match.regex: {e}")))?),
+        Some(x) => Some(anchored(x).map_err(|e| config_error(format!("{ctx}.match.regex: {e}")))?),
         None => None,
     };
     if !r.requires_any.is_empty() && !r.requires_all.is_empty() {
@@ -785,27 +851,30 @@ mod tests {
     #[test]
     fn unknown_fields_are_named() {
         let e = Plan::from_json(cfg(r#","isuer":"x""#).as_bytes()).unwrap_err();
-        assert!(e.0.contains("unknown field `isuer`"), "{e}");
+        assert!(e.to_string().contains("unknown field `isuer`"), "{e}");
         let e = Plan::from_json(cfg(r#","algorithms":["RS1"]"#).as_bytes()).unwrap_err();
-        assert!(e.0.contains("duplicate field") || e.0.contains("algorithms"), "{e}");
+        assert!(e.to_string().contains("duplicate field") || e.to_string().contains("algorithms"), "{e}");
     }
 
     #[test]
     fn semantic_errors_name_the_field() {
         let e = Plan::from_json(br#"{"providers":{"p":{"issuer":"x"}}}"#).unwrap_err();
-        assert!(e.0.contains("provider `p`: set local_jwks, pem, remote_jwks or introspection"), "{e}");
+        assert!(
+            e.to_string().contains("provider `p`: set local_jwks, pem, remote_jwks or introspection"),
+            "{e}"
+        );
         let e = Plan::from_json(br#"{"providers":{"p":{"remote_jwks":{"cluster":"c"}}}}"#).unwrap_err();
-        assert!(e.0.contains("provider `p`.remote_jwks.uri"), "{e}");
+        assert!(e.to_string().contains("provider `p`.remote_jwks.uri"), "{e}");
         let e = Plan::from_json(br#"{"providers":{"p":{"remote_jwks":{"cluster":"c","uri":"ftp://x"}}}}"#)
             .unwrap_err();
-        assert!(e.0.contains("must be an http(s) URL"), "{e}");
+        assert!(e.to_string().contains("must be an http(s) URL"), "{e}");
         let e = Plan::from_json(format!(r#"{{"providers":{{"p":{{"local_jwks":{JWKS}}}}}}}"#).as_bytes())
             .unwrap_err();
-        assert!(e.0.contains("list HS256/384/512"), "{e}");
+        assert!(e.to_string().contains("list HS256/384/512"), "{e}");
         let bad_rule = r#"{"providers":{"p":{"remote_jwks":{"cluster":"c","uri":"https://h/j"}}},
             "rules":[{"match":{"prefix":"/"},"requires_any":["q"]}]}"#;
         let e = Plan::from_json(bad_rule.as_bytes()).unwrap_err();
-        assert!(e.0.contains("rules[0].requires: unknown provider `q`"), "{e}");
+        assert!(e.to_string().contains("rules[0].requires: unknown provider `q`"), "{e}");
     }
 
     #[test]
@@ -824,7 +893,8 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            e.0.contains("rules[0]: scopes, claims, allow_missing and allow_missing_or_failed need"),
+            e.to_string()
+                .contains("rules[0]: scopes, claims, allow_missing and allow_missing_or_failed need"),
             "{e}"
         );
         let e = Plan::from_json(
@@ -834,7 +904,10 @@ mod tests {
             .as_bytes(),
         )
         .unwrap_err();
-        assert!(e.0.contains("rules[0]: allow_missing_or_failed cannot be combined with scopes"), "{e}");
+        assert!(
+            e.to_string().contains("rules[0]: allow_missing_or_failed cannot be combined with scopes"),
+            "{e}"
+        );
         let e = Plan::from_json(
             format!(
                 r#"{base}{{"match":{{"prefix":"/"}},"requires_any":["p"],"allow_missing_or_failed":1}}]}}"#
@@ -842,7 +915,7 @@ mod tests {
             .as_bytes(),
         )
         .unwrap_err();
-        assert!(e.0.contains("invalid type"), "{e}");
+        assert!(e.to_string().contains("invalid type"), "{e}");
     }
 
     #[test]
@@ -865,7 +938,7 @@ mod tests {
                 format!(r#"[{{"kty":"RSA","n":"AQAB","e":"AQAB"}},{{"kty":"oct","k":"{}"}}]"#, k(n - 1));
             let e = with(&format!(r#"["{alg}"]"#), &short).unwrap_err();
             assert!(
-                e.0.contains(&format!(
+                e.to_string().contains(&format!(
                     "provider `p`.local_jwks.keys[1].k: the oct key is {} bytes, {alg} needs at least {n}",
                     n - 1
                 )),
@@ -874,17 +947,20 @@ mod tests {
         }
         // Without a JWK `alg`, the key must be long enough for every HS* the provider accepts…
         let e = with(r#"["HS256","HS512"]"#, &format!(r#"[{{"kty":"oct","k":"{}"}}]"#, k(32))).unwrap_err();
-        assert!(e.0.contains("HS512 needs at least 64"), "{e}");
+        assert!(e.to_string().contains("HS512 needs at least 64"), "{e}");
         // …with one, for that algorithm.
         with(r#"["HS256","HS512"]"#, &format!(r#"[{{"kty":"oct","alg":"HS256","k":"{}"}}]"#, k(32))).unwrap();
         let e =
             with(r#"["HS256"]"#, &format!(r#"[{{"kty":"oct","alg":"HS384","k":"{}"}}]"#, k(32))).unwrap_err();
-        assert!(e.0.contains("keys[0].k") && e.0.contains("HS384 needs at least 48"), "{e}");
+        assert!(
+            e.to_string().contains("keys[0].k") && e.to_string().contains("HS384 needs at least 48"),
+            "{e}"
+        );
         // PEM RSA keys below 2048 bits (a JWK RSA key that small is skipped as unusable).
         let pem = "-----BEGIN PUBLIC KEY-----\nMIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQDH1PQ7ODLVDx7LMu+ao1s+X1UB\nHjag9GbHDGeeRtF8vxfYW3jsbvX9X7QKpozRv7aS8c4yJAd1yZwciREU5vxry0qN\n72yJk4tAT5EyqmWCZkgeMrST6oXTLALkZTIZjEPS5oMjKdSNLBKBa3KVv+6zFgS6\nBE6Ry50kJEcudHapPwIDAQAB\n-----END PUBLIC KEY-----\n";
         let cfg = serde_json::json!({"providers": {"p": {"issuer": "i", "pem": [pem]}}});
         let e = Plan::from_json(cfg.to_string().as_bytes()).unwrap_err();
-        assert!(e.0.contains("provider `p`.pem[0]: RSA key of 1024 bits is too small"), "{e}");
+        assert!(e.to_string().contains("provider `p`.pem[0]: RSA key of 1024 bits is too small"), "{e}");
     }
 
     #[test]
@@ -893,9 +969,9 @@ mod tests {
         assert_eq!(plan.providers[0].policy.typ.as_deref(), Some("AT+JWT"));
         assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
         let e = Plan::from_json(cfg(r#","typ":"a t""#).as_bytes()).unwrap_err();
-        assert!(e.0.contains("provider `p`.typ"), "{e}");
+        assert!(e.to_string().contains("provider `p`.typ"), "{e}");
         let e = Plan::from_json(cfg(r#","typ":"application/""#).as_bytes()).unwrap_err();
-        assert!(e.0.contains("provider `p`.typ"), "{e}");
+        assert!(e.to_string().contains("provider `p`.typ"), "{e}");
         // Neither issuer nor audiences: legal, but warned about.
         let plan = Plan::from_json(
             br#"{"providers":{"open":{"remote_jwks":{"cluster":"c","uri":"https://h/j"}},
@@ -904,6 +980,140 @@ mod tests {
         .unwrap();
         assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
         assert!(plan.warnings[0].starts_with("provider `open`: neither `issuer` nor `audiences`"));
+    }
+
+    #[test]
+    fn durations_in_the_new_and_the_deprecated_spelling() {
+        let remote = |fields: &str| {
+            Plan::from_json(
+                format!(
+                    r#"{{"providers":{{"p":{{"issuer":"i","remote_jwks":{{"cluster":"c","uri":"https://h/j"{fields}}}}}}}}}"#
+                )
+                .as_bytes(),
+            )
+        };
+        let new = remote(
+            r#","timeout":"2s","cache_duration":"5m","max_stale":"1h","unknown_kid_refetch_interval":"10s","retry_interval":"1m""#,
+        )
+        .unwrap();
+        assert!(new.warnings.is_empty(), "{:?}", new.warnings);
+        let old = remote(
+            r#","timeout_ms":2000,"cache_duration_s":300,"max_stale_s":3600,"unknown_kid_refetch_interval_s":10,"retry_interval_s":60"#,
+        )
+        .unwrap();
+        for plan in [&new, &old] {
+            let r = plan.providers[0].remote.as_ref().unwrap();
+            assert_eq!(
+                (
+                    r.timeout_ms,
+                    r.cache_duration_s,
+                    r.max_stale_s,
+                    r.unknown_kid_refetch_interval_s,
+                    r.retry_interval_s
+                ),
+                (2000, 300, 3600, 10, 60)
+            );
+        }
+        assert_eq!(old.warnings.len(), 5, "{:?}", old.warnings);
+        assert!(
+            old.warnings[0].starts_with("`providers.p.remote_jwks.timeout_ms` is deprecated"),
+            "{:?}",
+            old.warnings
+        );
+        // Top level and provider durations, both spellings.
+        let top = |json: &str| Plan::from_json(json.as_bytes());
+        let n = top(&cfg(r#","clock_skew":"30s","max_lifetime":"1h""#).replacen(
+            "{\"providers\"",
+            "{\"cache_max_ttl\":\"10m\",\"key_wait_timeout\":\"500ms\",\"providers\"",
+            1,
+        ))
+        .unwrap();
+        let o = top(&cfg(r#","clock_skew_s":30,"max_lifetime_s":3600"#).replacen(
+            "{\"providers\"",
+            "{\"cache_max_ttl_s\":600,\"key_wait_timeout_ms\":500,\"providers\"",
+            1,
+        ))
+        .unwrap();
+        for plan in [&n, &o] {
+            assert_eq!((plan.cache_max_ttl_s, plan.key_wait_timeout_ms), (600, 500));
+            let pol = &plan.providers[0].policy;
+            assert_eq!((pol.clock_skew_s, pol.max_lifetime_s), (30, Some(3600)));
+        }
+        assert!(n.warnings.is_empty(), "{:?}", n.warnings);
+        assert_eq!(o.warnings.len(), 4, "{:?}", o.warnings);
+        // Bad values name the field, in either spelling.
+        let e = remote(r#","timeout":"2""#).unwrap_err();
+        assert_eq!(e.path(), "providers.p.remote_jwks.timeout");
+        assert!(e.reason().contains("`2` is not a duration"), "{e}");
+        let e = remote(r#","timeout_ms":"2000""#).unwrap_err();
+        assert_eq!(
+            (e.path(), e.reason()),
+            ("providers.p.remote_jwks.timeout_ms", "must be a whole number of milliseconds")
+        );
+        let e = remote(r#","cache_duration":"1500ms""#).unwrap_err();
+        assert_eq!(e.path(), "provider `p`.remote_jwks.cache_duration");
+        assert!(e.reason().contains("not a whole number of seconds"), "{e}");
+        let e = remote(r#","timeout":"0s""#).unwrap_err();
+        assert_eq!(e.path(), "provider `p`.remote_jwks.timeout");
+        let e = remote(r#","timeout":"1s","timeout_ms":1000"#).unwrap_err();
+        assert!(e.reason().contains("keep only `timeout`"), "{e}");
+        let e = top(&cfg(r#","clock_skew":"1500ms""#)).unwrap_err();
+        assert_eq!(e.path(), "provider `p`.clock_skew");
+    }
+
+    #[test]
+    fn introspection_uses_the_rfc_7591_method_names() {
+        let with = |fields: &str| {
+            Plan::from_json(
+                format!(
+                    r#"{{"providers":{{"p":{{"issuer":"i","introspection":{{"cluster":"c","path":"/i","authority":"a",
+                       "client_id":"rs","client_secret":"hunter2"{fields}}}}}}}}}"#
+                )
+                .as_bytes(),
+            )
+        };
+        use crate::introspection::AuthMethod;
+        let method = |p: &Plan| p.providers[0].introspection.as_ref().unwrap().auth_method;
+        let p = with(r#","auth_method":"client_secret_post""#).unwrap();
+        assert_eq!(method(&p), AuthMethod::ClientSecretPost);
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        // jwt-auth's old spellings: accepted for one release, with a warning.
+        for (old, m) in [("basic", AuthMethod::ClientSecretBasic), ("post", AuthMethod::ClientSecretPost)] {
+            let p = with(&format!(r#","auth_method":"{old}""#)).unwrap();
+            assert_eq!(method(&p), m);
+            assert_eq!(p.warnings.len(), 1, "{:?}", p.warnings);
+            assert!(
+                p.warnings[0].starts_with(&format!(
+                    "`providers.p.introspection.auth_method: \"{old}\"` is deprecated"
+                ))
+            );
+        }
+        let e = with(r#","auth_method":"private_key_jwt""#).unwrap_err();
+        assert_eq!(e.path(), "providers.p.introspection.auth_method");
+        // Durations, both spellings; the secret never shows in the plan's Debug output.
+        let n = with(r#","timeout":"1500ms","inactive_ttl":"30s","max_active_ttl":"2m""#).unwrap();
+        let o = with(r#","timeout_ms":1500,"inactive_ttl_s":30,"max_active_ttl_s":120"#).unwrap();
+        for p in [&n, &o] {
+            let i = p.providers[0].introspection.as_ref().unwrap();
+            assert_eq!((i.timeout_ms, i.inactive_ttl_s, i.max_active_ttl_s), (1500, 30, 120));
+            assert!(!format!("{p:?}").contains("hunter2"));
+        }
+        assert_eq!(o.warnings.len(), 3, "{:?}", o.warnings);
+        let e = with(r#","timeout":"0s""#).unwrap_err();
+        assert_eq!(e.path(), "provider `p`.introspection.timeout");
+    }
+
+    #[test]
+    fn header_names_use_the_shared_check() {
+        let plan = Plan::from_json(
+            cfg(r#","from_headers":[{"name":"X-Token"}],"forward_payload_header":"X-Payload!""#).as_bytes(),
+        )
+        .unwrap();
+        assert!(matches!(&plan.providers[0].sources[0], Source::Header { name, .. } if name == "x-token"));
+        assert_eq!(plan.providers[0].payload_header.as_deref(), Some("x-payload!"));
+        let e = Plan::from_json(cfg(r#","claim_to_headers":[{"header":"x sub","claim":"sub"}]"#).as_bytes())
+            .unwrap_err();
+        assert_eq!(e.path(), "provider `p`.claim_to_headers[0].header");
     }
 
     #[test]

@@ -31,10 +31,9 @@
 //!    ([`IntrospectionError::may_fail_open`]).
 
 use std::collections::{HashMap, VecDeque};
-use std::fmt;
 use std::rc::Rc;
 
-use meshwasm_oauth2::{basic_authorization, form_urlencode_into};
+use meshwasm_oauth2::{authenticate, form_urlencode_into};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -46,19 +45,13 @@ pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// Largest token sent to the introspection endpoint (8 KiB); longer ones are rejected without a call.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
-/// How the filter authenticates to the introspection endpoint (RFC 6749 §2.3.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AuthMethod {
-    /// `Authorization: Basic base64(urlencode(client_id) ":" urlencode(client_secret))`.
-    #[default]
-    Basic,
-    /// `client_id` and `client_secret` in the form body.
-    Post,
-}
+/// How the filter authenticates to the introspection endpoint, and its secret: shared with
+/// token-injector. The jwt-auth config maps the deprecated `basic` / `post` spellings.
+pub use meshwasm_oauth2::{AuthMethod, Secret};
 
-/// A provider's introspection settings.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+/// A provider's introspection settings. Durations are written as strings (`"2s"`) and kept here in
+/// the unit the field name says.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IntrospectionConfig {
     /// Envoy cluster of the introspection endpoint.
@@ -69,13 +62,17 @@ pub struct IntrospectionConfig {
     pub authority: String,
     /// Client id the filter authenticates with.
     pub client_id: String,
-    /// Client secret the filter authenticates with. Never logged.
-    pub client_secret: String,
-    /// `basic` (default) or `post`.
+    /// Client secret the filter authenticates with. Never logged (its `Debug` is redacted).
+    pub client_secret: Secret,
+    /// `client_secret_basic` (default) or `client_secret_post`.
     #[serde(default)]
     pub auth_method: AuthMethod,
-    /// Timeout of one introspection call, milliseconds (default 2000).
-    #[serde(default = "default_timeout_ms")]
+    /// `timeout`: timeout of one introspection call (default `"2s"`).
+    #[serde(
+        rename = "timeout",
+        default = "default_timeout_ms",
+        deserialize_with = "meshwasm_config::millis"
+    )]
     pub timeout_ms: u64,
     /// `token_type_hint` sent with the token (default `access_token`; empty string: none sent).
     #[serde(default = "default_hint")]
@@ -83,12 +80,21 @@ pub struct IntrospectionConfig {
     /// Bound on cached answers per worker (default 1000; 0 disables caching).
     #[serde(default = "default_cache_max_entries")]
     pub cache_max_entries: usize,
-    /// How long an `active: false` answer is cached, seconds (default 10; 0: not cached).
-    #[serde(default = "default_inactive_ttl_s")]
+    /// `inactive_ttl`: how long an `active: false` answer is cached (default `"10s"`; `"0s"`: not
+    /// cached). Whole seconds.
+    #[serde(
+        rename = "inactive_ttl",
+        default = "default_inactive_ttl_s",
+        deserialize_with = "meshwasm_config::secs"
+    )]
     pub inactive_ttl_s: u64,
-    /// Longest an `active: true` answer is cached even if the token's `exp` is later, seconds
-    /// (default 300). Bounds how long a revoked token keeps working.
-    #[serde(default = "default_max_active_ttl_s")]
+    /// `max_active_ttl`: longest an `active: true` answer is cached even if the token's `exp` is
+    /// later (default `"5m"`). Bounds how long a revoked token keeps working. Whole seconds.
+    #[serde(
+        rename = "max_active_ttl",
+        default = "default_max_active_ttl_s",
+        deserialize_with = "meshwasm_config::secs"
+    )]
     pub max_active_ttl_s: u64,
     /// When the endpoint cannot be reached (connection failure, timeout) or answers 5xx: false
     /// (default) fails closed with 503; true lets the request through without claims. A 4xx, a
@@ -121,26 +127,6 @@ fn default_max_concurrent_calls() -> usize {
     64
 }
 
-impl fmt::Debug for IntrospectionConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("IntrospectionConfig")
-            .field("cluster", &self.cluster)
-            .field("path", &self.path)
-            .field("authority", &self.authority)
-            .field("client_id", &self.client_id)
-            .field("client_secret", &"<redacted>")
-            .field("auth_method", &self.auth_method)
-            .field("timeout_ms", &self.timeout_ms)
-            .field("token_type_hint", &self.token_type_hint)
-            .field("cache_max_entries", &self.cache_max_entries)
-            .field("inactive_ttl_s", &self.inactive_ttl_s)
-            .field("max_active_ttl_s", &self.max_active_ttl_s)
-            .field("fail_open", &self.fail_open)
-            .field("max_concurrent_calls", &self.max_concurrent_calls)
-            .finish()
-    }
-}
-
 impl IntrospectionConfig {
     /// Checks values serde cannot: every error names the field.
     pub fn validate(&self) -> Result<(), IntrospectionError> {
@@ -163,7 +149,7 @@ impl IntrospectionConfig {
             return bad("client_secret", "must not be empty");
         }
         if self.timeout_ms == 0 || self.timeout_ms > 60_000 {
-            return bad("timeout_ms", "must be between 1 and 60000");
+            return bad("timeout", "must be between 1ms and 60s");
         }
         if self.token_type_hint.bytes().any(|b| !(b.is_ascii_alphanumeric() || b == b'_')) {
             return bad("token_type_hint", "must be a token type name like `access_token`");
@@ -173,8 +159,8 @@ impl IntrospectionConfig {
         }
         if self.max_active_ttl_s == 0 && self.cache_max_entries > 0 {
             return bad(
-                "max_active_ttl_s",
-                "must be at least 1 (set cache_max_entries to 0 to disable caching)",
+                "max_active_ttl",
+                "must be at least 1s (set cache_max_entries to 0 to disable caching)",
             );
         }
         Ok(())
@@ -249,18 +235,7 @@ pub fn build_request(cfg: &IntrospectionConfig, token: &str) -> (Vec<(String, St
         ("content-type".to_owned(), "application/x-www-form-urlencoded".to_owned()),
         ("accept".to_owned(), "application/json".to_owned()),
     ];
-    match cfg.auth_method {
-        AuthMethod::Basic => {
-            headers
-                .push(("authorization".to_owned(), basic_authorization(&cfg.client_id, &cfg.client_secret)));
-        }
-        AuthMethod::Post => {
-            body.push_str("&client_id=");
-            form_urlencode_into(&mut body, &cfg.client_id);
-            body.push_str("&client_secret=");
-            form_urlencode_into(&mut body, &cfg.client_secret);
-        }
-    }
+    authenticate(cfg.auth_method, &cfg.client_id, &cfg.client_secret, &mut headers, &mut body);
     (headers, body.into_bytes())
 }
 
@@ -550,7 +525,7 @@ mod tests {
     #[test]
     fn config_defaults_and_unknown_fields() {
         let c = cfg();
-        assert_eq!(c.auth_method, AuthMethod::Basic);
+        assert_eq!(c.auth_method, AuthMethod::ClientSecretBasic);
         assert_eq!(c.timeout_ms, 2000);
         assert_eq!(c.token_type_hint, "access_token");
         assert_eq!(c.cache_max_entries, 1000);
@@ -567,10 +542,17 @@ mod tests {
         assert!(err.to_string().contains("fail_opne"), "{err}");
         let err = serde_json::from_value::<IntrospectionConfig>(serde_json::json!({
             "cluster": "idp", "path": "/i", "authority": "a", "client_id": "x", "client_secret": "y",
-            "timeout_ms": "100"
+            "timeout": 100
         }))
         .unwrap_err();
         assert!(err.to_string().contains("invalid type"), "{err}");
+        let c: IntrospectionConfig = serde_json::from_value(serde_json::json!({
+            "cluster": "idp", "path": "/i", "authority": "a", "client_id": "x", "client_secret": "y",
+            "timeout": "1500ms", "inactive_ttl": "1m", "max_active_ttl": "1h", "auth_method": "client_secret_post"
+        }))
+        .unwrap();
+        assert_eq!((c.timeout_ms, c.inactive_ttl_s, c.max_active_ttl_s), (1500, 60, 3600));
+        assert_eq!(c.auth_method, AuthMethod::ClientSecretPost);
         let err = serde_json::from_value::<IntrospectionConfig>(serde_json::json!({
             "cluster": "idp", "path": "/i", "authority": "a", "client_id": "x", "client_secret": "y",
             "auth_method": "jwt"
@@ -589,11 +571,11 @@ mod tests {
             ("authority", Box::new(|c| c.authority = "".into())),
             ("authority", Box::new(|c| c.authority = "http://x".into())),
             ("client_id", Box::new(|c| c.client_id = "".into())),
-            ("client_secret", Box::new(|c| c.client_secret = "".into())),
-            ("timeout_ms", Box::new(|c| c.timeout_ms = 0)),
-            ("timeout_ms", Box::new(|c| c.timeout_ms = 600_000)),
+            ("client_secret", Box::new(|c| c.client_secret = Secret::new(""))),
+            ("timeout", Box::new(|c| c.timeout_ms = 0)),
+            ("timeout", Box::new(|c| c.timeout_ms = 600_000)),
             ("token_type_hint", Box::new(|c| c.token_type_hint = "a&b".into())),
-            ("max_active_ttl_s", Box::new(|c| c.max_active_ttl_s = 0)),
+            ("max_active_ttl", Box::new(|c| c.max_active_ttl_s = 0)),
             ("max_concurrent_calls", Box::new(|c| c.max_concurrent_calls = 0)),
             ("max_concurrent_calls", Box::new(|c| c.max_concurrent_calls = 10_001)),
         ];
@@ -630,8 +612,8 @@ mod tests {
     #[test]
     fn request_post_auth_and_no_hint() {
         let mut c = cfg();
-        c.auth_method = AuthMethod::Post;
-        c.client_secret = "s e&c=r".into();
+        c.auth_method = AuthMethod::ClientSecretPost;
+        c.client_secret = Secret::new("s e&c=r");
         c.token_type_hint = String::new();
         let (h, body) = build_request(&c, "abc");
         assert_eq!(header(&h, "authorization"), None);
