@@ -9,60 +9,34 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
+use meshwasm_filter_runtime::call_response::CallError;
+use meshwasm_filter_runtime::glue::{
+    HostShared, define, increment, install_panic_hook, log, now_ms, plugin_config, random_u64,
+    read_call_response,
+};
+use meshwasm_filter_runtime::shared_data::SharedData;
+use meshwasm_filter_runtime::worker_id;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
 
 use crate::config::Plan;
-use crate::source::{FetchReport, SharedStore, State, StoreError, TokenSource, Waiters};
+use crate::source::{FetchReport, State, TokenSource, Waiters};
 use crate::token::{FetchError, MAX_RESPONSE_BYTES, TokenRequest, parse_token_response};
 
+/// Shared-data counter behind the worker ids (decimal; an older 8-byte value restarts it).
 const WORKER_SEQ_KEY: &str = "meshwasm.token-injector.v1.worker-seq";
 const TICK: Duration = Duration::from_millis(100);
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    std::panic::set_hook(Box::new(|info| {
-        let _ = hostcalls::log(LogLevel::Critical, &format!("meshwasm token-injector: panic: {info}"));
-    }));
+    install_panic_hook("token-injector");
     proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
         Box::new(Root { context_id, worker: None })
     });
 }}
-
-fn log(level: LogLevel, msg: &str) {
-    let _ = hostcalls::log(level, msg);
-}
-
-fn now_ms() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// Shared data through the proxy-wasm hostcalls.
-struct HostStore;
-
-impl SharedStore for HostStore {
-    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-        match hostcalls::get_shared_data(key) {
-            Ok((value, cas)) => (value, cas),
-            Err(_) => (None, None),
-        }
-    }
-
-    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
-        match hostcalls::set_shared_data(key, Some(value), cas) {
-            Ok(()) => Ok(()),
-            Err(Status::CasMismatch) => Err(StoreError::CasMismatch),
-            Err(_) => Err(StoreError::Unavailable),
-        }
-    }
-}
 
 struct Metrics {
     injected: Option<u32>,
@@ -75,9 +49,7 @@ struct Metrics {
 
 impl Metrics {
     fn new() -> Self {
-        let c = |name: &str| {
-            hostcalls::define_metric(MetricType::Counter, &format!("meshwasm_token_injector.{name}")).ok()
-        };
+        let c = |name: &str| define(MetricType::Counter, &format!("meshwasm_token_injector.{name}"));
         Metrics {
             injected: c("injected"),
             skipped: c("skipped"),
@@ -91,7 +63,7 @@ impl Metrics {
 
 fn bump(metric: Option<u32>, by: usize) {
     if let Some(id) = metric {
-        let _ = hostcalls::increment_metric(id, by as i64);
+        increment(id, by as u64);
     }
 }
 
@@ -138,7 +110,7 @@ impl Worker {
     /// Publishes a fetch result and logs it.
     fn finish_fetch(&mut self, now: u64, result: Result<crate::token::Token, FetchError>) {
         self.call = None;
-        match self.source.on_fetch_result(now, &mut HostStore, result) {
+        match self.source.on_fetch_result(now, &mut HostShared, result) {
             FetchReport::Obtained { log_id, lifetime_s } => log(
                 LogLevel::Info,
                 &format!(
@@ -167,26 +139,17 @@ impl Worker {
             return;
         }
         let now = now_ms();
-        let result = if num_headers == 0 {
+        // A token response over MAX_RESPONSE_BYTES is refused unread.
+        let result = match read_call_response(num_headers, body_size, MAX_RESPONSE_BYTES) {
+            Ok(r) => parse_token_response(u32::from(r.status), &r.body),
             // Envoy answers a failed or timed-out call with no headers.
-            Err(FetchError::Unreachable("no response (connection failure or timeout)".into()))
-        } else {
-            let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
-                .ok()
-                .flatten()
-                .and_then(|s| std::str::from_utf8(&s).ok().and_then(|s| s.parse::<u32>().ok()))
-                .unwrap_or(0);
-            if body_size > MAX_RESPONSE_BYTES {
-                Err(FetchError::Malformed(format!(
-                    "{body_size} bytes is over the {MAX_RESPONSE_BYTES}-byte cap"
-                )))
-            } else {
-                let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default();
-                parse_token_response(status, &body)
+            Err(CallError::NoResponse) => {
+                Err(FetchError::Unreachable("no response (connection failure or timeout)".into()))
             }
+            Err(CallError::BodyTooLarge { size, cap }) => {
+                Err(FetchError::Malformed(format!("{size} bytes is over the {cap}-byte cap")))
+            }
+            Err(e @ CallError::NoStatus) => Err(FetchError::Malformed(e.to_string())),
         };
         self.finish_fetch(now, result);
         self.settle_waiters(now, current);
@@ -203,13 +166,13 @@ impl Worker {
         if self.waiters.is_empty() {
             return;
         }
-        let poll = self.source.poll_for_request(now, &mut HostStore);
+        let poll = self.source.poll_for_request(now, &mut HostShared);
         if poll.start_fetch {
             self.dispatch(now, current);
         }
         // A synchronous dispatch failure settled the question already: poll again.
         let state = if poll.start_fetch && !self.source.fetching() {
-            self.source.poll_for_request(now, &mut HostStore).state
+            self.source.poll_for_request(now, &mut HostShared).state
         } else {
             poll.state
         };
@@ -260,39 +223,7 @@ struct Root {
     worker: Option<Rc<RefCell<Worker>>>,
 }
 
-impl Root {
-    /// A proxy-wide unique worker number (root context ids repeat per worker): a shared counter in the
-    /// high 32 bits and 32 random bits below. The counter alone is not enough: while the key is absent
-    /// there is no CAS token to check, and Envoy treats a missing (0) CAS as an unconditional write, so
-    /// two workers starting together could both write 1 and then share lease ownership.
-    fn next_worker_id() -> u64 {
-        let low = random_u32();
-        for _ in 0..64 {
-            let (value, cas) = hostcalls::get_shared_data(WORKER_SEQ_KEY).unwrap_or((None, None));
-            let n = value
-                .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-                .map(u64::from_le_bytes)
-                .unwrap_or(0)
-                .wrapping_add(1);
-            if hostcalls::set_shared_data(WORKER_SEQ_KEY, Some(&n.to_le_bytes()), cas).is_ok() {
-                return (n << 32) | u64::from(low);
-            }
-        }
-        // Contention this long never happens in practice; the random bits alone then tell workers apart.
-        (u64::from(random_u32()) << 32) | u64::from(low)
-    }
-}
-
-/// 32 random bits: std seeds its hash keys from WASI `random_get`, which Envoy and the meshwasm host
-/// provide; the clock is mixed in as well.
-fn random_u32() -> u32 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(now_ms());
-    let x = h.finish();
-    (x ^ (x >> 32)) as u32
-}
-
+/// Shared-data counter behind the worker ids ([`worker_id::allocate`]: counter and random bits).
 impl Context for Root {
     fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _: usize) {
         if let Some(w) = &self.worker {
@@ -304,10 +235,7 @@ impl Context for Root {
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let raw = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let raw = plugin_config();
         let plan = match Plan::from_json(&raw) {
             Ok(p) => Rc::new(p),
             Err(e) => {
@@ -319,10 +247,11 @@ impl RootContext for Root {
             log(LogLevel::Warn, &format!("meshwasm token-injector: {w}"));
         }
         // Create the shared record so the lease is always taken by compare-and-swap.
-        if let Ok((None, _)) = hostcalls::get_shared_data(&plan.shared_key) {
-            let _ = hostcalls::set_shared_data(&plan.shared_key, Some(b"{}"), None);
+        if HostShared.get(&plan.shared_key).is_none() {
+            let _ = HostShared.set(&plan.shared_key, b"{}", None);
         }
-        let worker_id = Self::next_worker_id();
+        // Proxy-wide unique (root context ids repeat per worker): a shared counter and random bits.
+        let worker_id = worker_id::allocate(&mut HostShared, WORKER_SEQ_KEY, random_u64());
         log(
             LogLevel::Info,
             &format!(
@@ -357,7 +286,7 @@ impl RootContext for Root {
             w.settle_waiters(now, self.context_id);
         } else if w.source.has_token() && !w.source.fetching() {
             // Background refresh ahead of expiry, so requests never wait for it.
-            let poll = w.source.poll(now, &mut HostStore);
+            let poll = w.source.poll(now, &mut HostShared);
             if poll.start_fetch {
                 w.dispatch(now, self.context_id);
             }
@@ -395,7 +324,7 @@ impl Context for Http {
                 // This stream's call dies with it: the root's next tick fetches again (from the root
                 // context, whose calls live on), for the requests still waiting.
                 w.call = None;
-                w.source.abandon_fetch(&mut HostStore);
+                w.source.abandon_fetch(&mut HostShared);
             }
         }
         true
@@ -419,12 +348,12 @@ impl HttpContext for Http {
             return Action::Continue;
         }
         let now = now_ms();
-        let poll = w.source.poll_for_request(now, &mut HostStore);
+        let poll = w.source.poll_for_request(now, &mut HostShared);
         let mut state = poll.state;
         if poll.start_fetch {
             w.dispatch(now, self.context_id);
             if !w.source.fetching() {
-                state = w.source.poll_for_request(now, &mut HostStore).state;
+                state = w.source.poll_for_request(now, &mut HostShared).state;
             }
         }
         let _ = hostcalls::set_effective_context(self.context_id);

@@ -3,7 +3,9 @@
 //! back-off after failures.
 //!
 //! The record under the plan's shared key holds the current token, the lease of the worker fetching
-//! one, and the last failure. A worker asks [`TokenSource::poll`] for a token; the answer is a token
+//! one ([`LeaseRecord`], claimed by the rule of [`meshwasm_filter_runtime::lease`]: a CAS write over
+//! the existing record holds at once, a claim that created the record only once read back on a later
+//! poll), and the last failure. A worker asks [`TokenSource::poll`] for a token; the answer is a token
 //! ([`State::Ready`]), "wait" ([`State::Pending`]: a fetch is in flight here or in another worker) or
 //! "none to be had" ([`State::Unavailable`]: the last fetch failed and its back-off has not passed), and
 //! whether this worker must now dispatch the fetch (it won the lease). The fetch result goes to
@@ -11,27 +13,14 @@
 
 use std::rc::Rc;
 
+use meshwasm_filter_runtime::backoff::Backoff;
+pub use meshwasm_filter_runtime::lease::LeaseRecord;
+use meshwasm_filter_runtime::lease::{Claimant, Standing};
+use meshwasm_filter_runtime::shared_data::{SetError, SharedData};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Plan;
 use crate::token::{FetchError, Token, token_log_id};
-
-/// What the filter needs from the proxy's shared data (Envoy: `proxy_get/set_shared_data`).
-pub trait SharedStore {
-    /// The value and its CAS version (None, None when the key is absent).
-    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
-    /// Writes when `cas` still matches (or unconditionally with None).
-    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError>;
-}
-
-/// A failed shared-data write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoreError {
-    /// Another worker wrote first: re-read and retry.
-    CasMismatch,
-    /// Shared data does not work at all.
-    Unavailable,
-}
 
 /// The shared record (JSON in shared data; it never leaves the proxy).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,7 +28,7 @@ pub struct SharedRecord {
     #[serde(default)]
     pub token: Option<SharedToken>,
     #[serde(default)]
-    pub lease: Option<Lease>,
+    pub lease: Option<LeaseRecord>,
     #[serde(default)]
     pub failure: Option<Failure>,
 }
@@ -53,13 +42,6 @@ pub struct SharedToken {
     pub refresh_ms: u64,
     pub usable_until_ms: u64,
     pub expires_ms: u64,
-}
-
-/// The worker fetching a token, until when.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Lease {
-    pub owner: u64,
-    pub until_ms: u64,
 }
 
 /// The last failed fetch.
@@ -116,6 +98,8 @@ pub enum FetchReport {
 pub struct TokenSource {
     plan: Rc<Plan>,
     worker: u64,
+    /// Whether this worker's lease claim holds (see the module docs).
+    claimant: Claimant,
     local: Option<Local>,
     fetch_started_ms: Option<u64>,
     /// Last shared failure seen, to answer [`State::Unavailable`] without re-reading.
@@ -132,7 +116,14 @@ pub const MAX_LIFETIME_S: u64 = 86_400;
 impl TokenSource {
     /// `worker` must be unique among the proxy's workers (the glue takes it from a shared counter).
     pub fn new(plan: Rc<Plan>, worker: u64) -> TokenSource {
-        TokenSource { plan, worker, local: None, fetch_started_ms: None, failure_message: Rc::from("") }
+        TokenSource {
+            plan,
+            worker,
+            claimant: Claimant::default(),
+            local: None,
+            fetch_started_ms: None,
+            failure_message: Rc::from(""),
+        }
     }
 
     pub fn worker(&self) -> u64 {
@@ -167,18 +158,18 @@ impl TokenSource {
     /// The token at `now_ms`, reading the shared record only when the local copy is due for refresh;
     /// starts a fetch when there is no usable token or a refresh is due (for the root context's tick,
     /// whose calls outlive any request).
-    pub fn poll(&mut self, now_ms: u64, store: &mut dyn SharedStore) -> Poll {
+    pub fn poll(&mut self, now_ms: u64, store: &mut dyn SharedData) -> Poll {
         self.poll_inner(now_ms, store, true)
     }
 
     /// Like [`Self::poll`] for a request: while the token is still usable, a due refresh is left to the
     /// tick (a call dispatched from a request dies with it); a fetch starts only when there is no
     /// usable token and the request waits for it anyway.
-    pub fn poll_for_request(&mut self, now_ms: u64, store: &mut dyn SharedStore) -> Poll {
+    pub fn poll_for_request(&mut self, now_ms: u64, store: &mut dyn SharedData) -> Poll {
         self.poll_inner(now_ms, store, false)
     }
 
-    fn poll_inner(&mut self, now_ms: u64, store: &mut dyn SharedStore, refresh_ahead: bool) -> Poll {
+    fn poll_inner(&mut self, now_ms: u64, store: &mut dyn SharedData, refresh_ahead: bool) -> Poll {
         if let Some(l) = &self.local
             && now_ms < l.refresh_ms
         {
@@ -214,20 +205,32 @@ impl TokenSource {
                     start_fetch: false,
                 };
             }
-            if let Some(lease) = &rec.lease
-                && lease.owner != self.worker
-                && now_ms < lease.until_ms
-            {
+            let standing = LeaseRecord::standing(rec.lease.as_ref(), self.worker, now_ms);
+            if self.claimant.on_read(standing, now_ms) {
+                // This worker's claim that created the record, read back on a later poll.
+                self.fetch_started_ms = Some(now_ms);
+                return Poll { state: ready_or(State::Pending), start_fetch: true };
+            }
+            if standing != Standing::Free {
+                // Another worker's lease, or this worker's claim still to be confirmed.
                 return Poll { state: ready_or(State::Pending), start_fetch: false };
             }
-            rec.lease = Some(Lease { owner: self.worker, until_ms: now_ms.saturating_add(self.lease_ms()) });
+            rec.lease =
+                Some(LeaseRecord { owner: self.worker, until_ms: now_ms.saturating_add(self.lease_ms()) });
             match self.write(store, &rec, cas) {
-                Ok(()) | Err(StoreError::Unavailable) => {
+                Ok(()) => {
+                    if !self.claimant.on_claim_written(cas, now_ms) {
+                        return Poll { state: ready_or(State::Pending), start_fetch: false };
+                    }
+                    self.fetch_started_ms = Some(now_ms);
+                    return Poll { state: ready_or(State::Pending), start_fetch: true };
+                }
+                Err(SetError::Other) => {
                     // Without shared data each worker fetches for itself; still correct.
                     self.fetch_started_ms = Some(now_ms);
                     return Poll { state: ready_or(State::Pending), start_fetch: true };
                 }
-                Err(StoreError::CasMismatch) => continue,
+                Err(SetError::CasMismatch) => continue,
             }
         }
         let state = match self.usable(now_ms) {
@@ -241,11 +244,12 @@ impl TokenSource {
     pub fn on_fetch_result(
         &mut self,
         now_ms: u64,
-        store: &mut dyn SharedStore,
+        store: &mut dyn SharedData,
         result: Result<Token, FetchError>,
     ) -> FetchReport {
         // Lifetimes count from when the request left: the token was issued after that.
         let started = self.fetch_started_ms.take().unwrap_or(now_ms).min(now_ms);
+        self.claimant = Claimant::default();
         let mut report = None;
         for _ in 0..CAS_ATTEMPTS {
             let (mut rec, cas) = self.read(store);
@@ -276,9 +280,9 @@ impl TokenSource {
                 }
                 Err(error) => {
                     let consecutive = rec.failure.as_ref().map_or(1, |f| f.consecutive.saturating_add(1));
-                    let backoff = &self.plan.config.retry_backoff;
-                    let shift = (consecutive - 1).min(30);
-                    let retry_in_ms = backoff.initial_ms.saturating_mul(1u64 << shift).min(backoff.max_ms);
+                    let b = &self.plan.config.retry_backoff;
+                    let retry_in_ms =
+                        Backoff { initial_ms: b.initial_ms, max_ms: b.max_ms }.delay_ms(consecutive);
                     // Shared with every worker and sent to downstream clients: no IdP free text.
                     let message = error.client_reason();
                     self.failure_message = Rc::from(message.as_str());
@@ -292,8 +296,8 @@ impl TokenSource {
                 }
             }
             match self.write(store, &rec, cas) {
-                Ok(()) | Err(StoreError::Unavailable) => break,
-                Err(StoreError::CasMismatch) => continue,
+                Ok(()) | Err(SetError::Other) => break,
+                Err(SetError::CasMismatch) => continue,
             }
         }
         report.unwrap_or_else(|| FetchReport::Failed {
@@ -306,7 +310,8 @@ impl TokenSource {
     /// This worker's token request was cancelled (the stream that dispatched it ended, and the proxy
     /// cancels a stream's calls): release the lease so the next poll can fetch again at once. Not a
     /// failure of the token endpoint: no back-off.
-    pub fn abandon_fetch(&mut self, store: &mut dyn SharedStore) {
+    pub fn abandon_fetch(&mut self, store: &mut dyn SharedData) {
+        self.claimant = Claimant::default();
         if self.fetch_started_ms.take().is_none() {
             return;
         }
@@ -317,8 +322,8 @@ impl TokenSource {
             }
             rec.lease = None;
             match self.write(store, &rec, cas) {
-                Ok(()) | Err(StoreError::Unavailable) => return,
-                Err(StoreError::CasMismatch) => continue,
+                Ok(()) | Err(SetError::Other) => return,
+                Err(SetError::CasMismatch) => continue,
             }
         }
     }
@@ -366,22 +371,23 @@ impl TokenSource {
         });
     }
 
-    fn read(&self, store: &dyn SharedStore) -> (SharedRecord, Option<u32>) {
-        let (bytes, cas) = store.get(&self.plan.shared_key);
+    fn read(&self, store: &dyn SharedData) -> (SharedRecord, Option<u32>) {
+        let Some((bytes, cas)) = store.get(&self.plan.shared_key) else {
+            return (SharedRecord::default(), None);
+        };
         // An unreadable record (another version of the filter) is replaced.
-        let rec = bytes.and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-        (rec, cas)
+        (serde_json::from_slice(&bytes).unwrap_or_default(), Some(cas))
     }
 
     fn write(
         &self,
-        store: &mut dyn SharedStore,
+        store: &mut dyn SharedData,
         rec: &SharedRecord,
         cas: Option<u32>,
-    ) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(rec).map_err(|_| StoreError::Unavailable)?;
-        // An absent key has no CAS to check; the glue creates the record at start-up so that the lease
-        // is always taken by compare-and-swap.
+    ) -> Result<(), SetError> {
+        let bytes = serde_json::to_vec(rec).map_err(|_| SetError::Other)?;
+        // An absent key has no CAS to check: the glue creates the record at start-up so that the lease
+        // is normally taken by compare-and-swap (a claim that creates it waits for a later poll).
         store.set(&self.plan.shared_key, &bytes, cas)
     }
 }
@@ -431,51 +437,25 @@ impl Waiters {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use std::cell::RefCell;
-    use std::collections::HashMap;
 
-    /// In-memory shared data with Envoy's CAS semantics.
-    #[derive(Default)]
-    struct Mem {
-        map: HashMap<String, (Vec<u8>, u32)>,
-        next_cas: u32,
-        /// When set, the next `set` fails with a CAS mismatch after this write lands (a racing worker).
-        race: Option<Vec<u8>>,
+    use meshwasm_filter_runtime::shared_data::MemoryShared;
+
+    use super::*;
+
+    /// Shared data as the glue leaves it at start-up: the record exists (empty), so the lease is
+    /// claimed by compare-and-swap.
+    fn mem(p: &Plan) -> MemoryShared {
+        let m = MemoryShared::default();
+        m.put(&p.shared_key, b"{}");
+        m
     }
 
-    impl SharedStore for Mem {
-        fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-            match self.map.get(key) {
-                Some((v, c)) => (Some(v.clone()), Some(*c)),
-                None => (None, None),
-            }
-        }
-        fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
-            if let Some(other) = self.race.take() {
-                self.next_cas += 1;
-                self.map.insert(key.to_owned(), (other, self.next_cas));
-                return Err(StoreError::CasMismatch);
-            }
-            if let (Some(c), Some((_, cur))) = (cas, self.map.get(key))
-                && c != *cur
-            {
-                return Err(StoreError::CasMismatch);
-            }
-            self.next_cas += 1;
-            self.map.insert(key.to_owned(), (value.to_vec(), self.next_cas));
-            Ok(())
-        }
-    }
-
-    struct Broken;
-    impl SharedStore for Broken {
-        fn get(&self, _: &str) -> (Option<Vec<u8>>, Option<u32>) {
-            (None, None)
-        }
-        fn set(&mut self, _: &str, _: &[u8], _: Option<u32>) -> Result<(), StoreError> {
-            Err(StoreError::Unavailable)
-        }
+    /// A host whose shared data refuses every write.
+    fn broken() -> MemoryShared {
+        let m = MemoryShared::default();
+        m.refuse_writes_under(Some(String::new()));
+        m
     }
 
     fn plan(extra: serde_json::Value) -> Rc<Plan> {
@@ -502,7 +482,7 @@ mod tests {
     #[test]
     fn first_request_fetches_then_serves_from_memory() {
         let p = plan(serde_json::json!({}));
-        let mut store = Mem::default();
+        let mut store = mem(&p);
         let mut w = TokenSource::new(p, 1);
         let poll = w.poll(0, &mut store);
         assert_eq!(poll, Poll { state: State::Pending, start_fetch: true });
@@ -514,7 +494,7 @@ mod tests {
         assert!(matches!(rep, FetchReport::Obtained { lifetime_s: 1000, .. }));
         assert_eq!(w.poll(100, &mut store), Poll { state: ready("t1"), start_fetch: false });
         assert!(!w.fetching());
-        let rec: SharedRecord = serde_json::from_slice(&store.get(&w.plan.shared_key).0.unwrap()).unwrap();
+        let rec: SharedRecord = serde_json::from_slice(&store.value(&w.plan.shared_key).unwrap()).unwrap();
         assert_eq!(rec.lease, None, "lease released");
         let t = rec.token.unwrap();
         // lifetime 1000 s from the request start (0): refresh at min(800 s, 940 s), usable to 995 s.
@@ -527,7 +507,7 @@ mod tests {
     #[test]
     fn refresh_ahead_keeps_serving_the_old_token() {
         let p = plan(serde_json::json!({}));
-        let mut store = Mem::default();
+        let mut store = mem(&p);
         let mut w = TokenSource::new(p, 1);
         w.poll(0, &mut store);
         w.on_fetch_result(0, &mut store, token("t1", 100));
@@ -542,7 +522,7 @@ mod tests {
     #[test]
     fn requests_leave_refresh_ahead_to_the_tick() {
         let p = plan(serde_json::json!({}));
-        let mut store = Mem::default();
+        let mut store = mem(&p);
         let mut w = TokenSource::new(p, 1);
         // No token: a request starts the fetch (it waits for it anyway).
         assert_eq!(w.poll_for_request(0, &mut store), Poll { state: State::Pending, start_fetch: true });
@@ -563,7 +543,7 @@ mod tests {
     #[test]
     fn expired_token_is_not_sent() {
         let p = plan(serde_json::json!({}));
-        let mut store = Mem::default();
+        let mut store = mem(&p);
         let mut w = TokenSource::new(p, 1);
         w.poll(0, &mut store);
         w.on_fetch_result(0, &mut store, token("t1", 100));
@@ -578,7 +558,7 @@ mod tests {
     #[test]
     fn two_workers_share_one_fetch() {
         let p = plan(serde_json::json!({}));
-        let mut store = Mem::default();
+        let mut store = mem(&p);
         let mut a = TokenSource::new(p.clone(), 1);
         let mut b = TokenSource::new(p, 2);
         assert!(a.poll(0, &mut store).start_fetch);
@@ -598,9 +578,32 @@ mod tests {
     }
 
     #[test]
+    fn two_workers_creating_the_record_together_fetch_once() {
+        // Without the record the glue creates at start-up, the lease claim creates it, which CAS cannot
+        // protect: both workers read "absent" and both write. The old code fetched on both claims.
+        let p = plan(serde_json::json!({}));
+        let store = MemoryShared::default();
+        let (mut sa, mut sb) = (store.clone(), store.clone());
+        let mut a = TokenSource::new(p.clone(), 1);
+        let mut b = TokenSource::new(p.clone(), 2);
+        let mut fetches = 0;
+        fetches += usize::from(a.poll(0, &mut sa).start_fetch);
+        store.remove(&p.shared_key); // as if b's read happened before a's write
+        fetches += usize::from(b.poll(0, &mut sb).start_fetch);
+        let pa = a.poll(1, &mut sa);
+        let pb = b.poll(1, &mut sb);
+        fetches += usize::from(pa.start_fetch) + usize::from(pb.start_fetch);
+        assert_eq!(fetches, 1);
+        assert_eq!(pb, Poll { state: State::Pending, start_fetch: true }, "the later write won");
+        assert_eq!(pa, Poll { state: State::Pending, start_fetch: false });
+        b.on_fetch_result(5, &mut sb, token("t", 600));
+        assert_eq!(a.poll(6, &mut sa).state, ready("t"));
+    }
+
+    #[test]
     fn expired_lease_is_taken_over() {
         let p = plan(serde_json::json!({}));
-        let mut store = Mem::default();
+        let mut store = mem(&p);
         let mut a = TokenSource::new(p.clone(), 1);
         let mut b = TokenSource::new(p, 2);
         assert!(a.poll(0, &mut store).start_fetch);
@@ -614,7 +617,7 @@ mod tests {
     #[test]
     fn failures_back_off_exponentially_and_fail_fast() {
         let p = plan(serde_json::json!({}));
-        let mut store = Mem::default();
+        let mut store = mem(&p);
         let mut w = TokenSource::new(p.clone(), 1);
         let mut other = TokenSource::new(p, 2);
         assert!(w.poll(0, &mut store).start_fetch);
@@ -650,18 +653,19 @@ mod tests {
         assert!(other.poll(now, &mut store).start_fetch);
         other.on_fetch_result(now, &mut store, token("ok", 600));
         assert_eq!(w.poll(now + 1, &mut store).state, ready("ok"));
-        let rec: SharedRecord = serde_json::from_slice(&store.get(&w.plan.shared_key).0.unwrap()).unwrap();
+        let rec: SharedRecord = serde_json::from_slice(&store.value(&w.plan.shared_key).unwrap()).unwrap();
         assert_eq!(rec.failure, None);
     }
 
     #[test]
     fn cas_race_is_retried() {
         let p = plan(serde_json::json!({}));
-        let mut store = Mem::default();
+        let mut store = mem(&p);
         let mut a = TokenSource::new(p.clone(), 1);
         // Another worker takes the lease between a's read and write.
-        let racing = SharedRecord { lease: Some(Lease { owner: 9, until_ms: 5000 }), ..Default::default() };
-        store.race = Some(serde_json::to_vec(&racing).unwrap());
+        let racing =
+            SharedRecord { lease: Some(LeaseRecord { owner: 9, until_ms: 5000 }), ..Default::default() };
+        store.race_next_write(&serde_json::to_vec(&racing).unwrap());
         assert_eq!(a.poll(0, &mut store), Poll { state: State::Pending, start_fetch: false });
         // The racing worker publishes; a adopts without fetching.
         let done = SharedRecord {
@@ -682,7 +686,7 @@ mod tests {
     #[test]
     fn abandoned_fetch_releases_the_lease_without_backoff() {
         let p = plan(serde_json::json!({}));
-        let mut store = Mem::default();
+        let mut store = mem(&p);
         let mut a = TokenSource::new(p.clone(), 1);
         let mut b = TokenSource::new(p, 2);
         assert!(a.poll(0, &mut store).start_fetch);
@@ -703,15 +707,16 @@ mod tests {
     fn works_without_shared_data() {
         let p = plan(serde_json::json!({}));
         let mut w = TokenSource::new(p, 1);
-        assert!(w.poll(0, &mut Broken).start_fetch);
-        w.on_fetch_result(1, &mut Broken, token("local", 600));
-        assert_eq!(w.poll(2, &mut Broken).state, ready("local"));
+        let mut broken = broken();
+        assert!(w.poll(0, &mut broken).start_fetch);
+        w.on_fetch_result(1, &mut broken, token("local", 600));
+        assert_eq!(w.poll(2, &mut broken).state, ready("local"));
     }
 
     #[test]
     fn garbage_record_is_replaced() {
         let p = plan(serde_json::json!({}));
-        let mut store = Mem::default();
+        let mut store = mem(&p);
         store.set(&p.shared_key, b"\xff not json", None).unwrap();
         let mut w = TokenSource::new(p, 1);
         assert!(w.poll(0, &mut store).start_fetch);
@@ -722,17 +727,17 @@ mod tests {
     #[test]
     fn short_lifetimes_and_default_lifetime() {
         let p = plan(serde_json::json!({"refresh": {"default_expires_in_s": 40}}));
-        let mut store = Mem::default();
+        let mut store = mem(&p);
         let mut w = TokenSource::new(p, 1);
         w.poll(0, &mut store);
         w.on_fetch_result(0, &mut store, Ok(Token { access_token: "x".into(), expires_in: None }));
-        let rec: SharedRecord = serde_json::from_slice(&store.get(&w.plan.shared_key).0.unwrap()).unwrap();
+        let rec: SharedRecord = serde_json::from_slice(&store.value(&w.plan.shared_key).unwrap()).unwrap();
         let t = rec.token.unwrap();
         // 40 s: refresh at min(32, max(-20→0, 20)) = 20 s (never before half); margin min(5, 4) = 4 s.
         assert_eq!((t.refresh_ms, t.usable_until_ms, t.expires_ms), (20_000, 36_000, 40_000));
         // 1 s tokens still work: refresh at 0.5 s, usable until 0.9 s.
         let mut w2 = TokenSource::new(plan(serde_json::json!({})), 2);
-        let mut s2 = Mem::default();
+        let mut s2 = mem(&w2.plan);
         w2.poll(0, &mut s2);
         w2.on_fetch_result(0, &mut s2, token("y", 1));
         assert_eq!(w2.poll(499, &mut s2).state, ready("y"));
@@ -744,13 +749,13 @@ mod tests {
     #[test]
     fn huge_expires_in_is_clamped_to_a_day() {
         let p = plan(serde_json::json!({}));
-        let mut store = Mem::default();
+        let mut store = mem(&p);
         let mut w = TokenSource::new(p, 1);
         let start = 1_700_000_000_000;
         w.poll(start, &mut store);
         let rep = w.on_fetch_result(start, &mut store, token("big", u64::MAX));
         assert!(matches!(rep, FetchReport::Obtained { lifetime_s: MAX_LIFETIME_S, .. }));
-        let rec: SharedRecord = serde_json::from_slice(&store.get(&w.plan.shared_key).0.unwrap()).unwrap();
+        let rec: SharedRecord = serde_json::from_slice(&store.value(&w.plan.shared_key).unwrap()).unwrap();
         let t = rec.token.unwrap();
         // One day: refresh at min(0.8 day, day - 60 s), usable until day - 5 s.
         let day = MAX_LIFETIME_S * 1000;
@@ -763,10 +768,10 @@ mod tests {
         assert!(w.poll(start + day * 8 / 10, &mut store).start_fetch);
         // Even at the end of time nothing overflows.
         let mut w2 = TokenSource::new(plan(serde_json::json!({})), 2);
-        let mut s2 = Mem::default();
+        let mut s2 = mem(&w2.plan);
         w2.poll(u64::MAX - 10, &mut s2);
         w2.on_fetch_result(u64::MAX - 10, &mut s2, token("late", u64::MAX));
-        let rec: SharedRecord = serde_json::from_slice(&s2.get(&w2.plan.shared_key).0.unwrap()).unwrap();
+        let rec: SharedRecord = serde_json::from_slice(&s2.value(&w2.plan.shared_key).unwrap()).unwrap();
         assert_eq!(rec.token.unwrap().expires_ms, u64::MAX);
     }
 
@@ -788,8 +793,8 @@ mod tests {
     fn refcell_store_usable_from_glue_shape() {
         // The glue keeps a TokenSource in a RefCell shared by the root and HTTP contexts.
         let p = plan(serde_json::json!({}));
-        let src = RefCell::new(TokenSource::new(p, 7));
-        let mut store = Mem::default();
+        let src = RefCell::new(TokenSource::new(p.clone(), 7));
+        let mut store = mem(&p);
         assert_eq!(src.borrow().worker(), 7);
         assert!(src.borrow_mut().poll(0, &mut store).start_fetch);
         assert!(src.borrow().fetching());
