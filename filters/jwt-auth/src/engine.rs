@@ -1,7 +1,20 @@
 //! The per-request decision: which rule applies, where the token is, which provider verifies it, what
 //! the upstream request gets (claim headers, payload header, token stripped) or which local reply the
-//! client gets (401/403/503 with an RFC 6750 challenge). Pure: the glue passes the request's headers, the
+//! client gets (status, RFC 6750 challenge and body). Pure: the glue passes the request's headers, the
 //! key state and the cache in, and applies the [`Outcome`].
+//!
+//! [`evaluate`] runs these steps; each ends the decision early with an [`Outcome`] when it can:
+//! 1. [`select_rule`]: the rule for the normalized path (400 when upstreams could read the path in
+//!    different ways), or none (pass).
+//! 2. extract ([`extract_credentials`]): each provider's token from its sources. A malformed or repeated
+//!    credential, or one provider's token sent by two methods, is 401 `invalid_request`, also under
+//!    `allow_missing`; no token is 401, or a pass under `allow_missing`.
+//! 3. [`authenticate`]: each token verified (token cache, keys, unknown-kid refetch) or introspected.
+//! 4. [`combine`]: the attempts under the rule's `requires_any` / `requires_all`: the accepted tokens, a
+//!    wait, a 401, or a 503 (keys or introspection unavailable).
+//! 5. [`authorize`]: scopes and claim matchers (403 `insufficient_scope`).
+//!
+//! Then [`allow`] builds what the upstream request gets.
 
 use std::rc::Rc;
 
@@ -9,11 +22,15 @@ use serde_json::Value;
 
 use crate::cache::{TokenCache, key};
 use crate::challenge::{Challenge, www_authenticate};
-use crate::config::{ClaimHeader, Mode, Plan, RulePlan, Source};
+use crate::claims::{claim_header_value, claim_ok, token_scopes};
+use crate::config::{Mode, Plan, RulePlan, Source};
+use crate::credentials::{Found, extract, strip_query_param};
 use crate::introspection::{self, Introspection, IntrospectionError};
 use crate::jwks::KeySet;
 use crate::validate::{TokenError, Verified, looks_like_jwt, validate};
 use meshwasm_path as path;
+
+pub use crate::introspection_state::IntroResult;
 
 /// The state of one provider's keys, as the engine sees it.
 pub enum Keys<'a> {
@@ -39,8 +56,22 @@ pub trait KeyAccess {
     }
 }
 
-/// The result of asking the introspection endpoint.
-pub type IntroResult = Result<Rc<Introspection>, IntrospectionError>;
+/// What a paused request waits for; it decides the reply when the wait times out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitFor {
+    /// Remote keys loading, or an unknown-kid refetch.
+    Keys,
+    /// An introspection call.
+    Introspection,
+    /// Both, for different providers (`requires_all`, or one JWT and one opaque token).
+    KeysAndIntrospection,
+}
+
+impl WaitFor {
+    fn and(self, other: WaitFor) -> WaitFor {
+        if self == other { self } else { WaitFor::KeysAndIntrospection }
+    }
+}
 
 /// What the glue must do with the request.
 #[derive(Debug, PartialEq, Eq)]
@@ -49,17 +80,38 @@ pub enum Outcome {
     Pass,
     /// Continue after removing and setting these headers, rewriting `:path` to `path` when set (a
     /// token query parameter removed) and removing the `strip_cookies` cookies from every `cookie`
-    /// header (see [`strip_cookie_headers`]).
+    /// header (see [`crate::credentials::strip_cookie_headers`]).
     Allow {
         remove: Vec<String>,
         set: Vec<(String, String)>,
         path: Option<String>,
         strip_cookies: Vec<String>,
     },
-    /// Send a local reply.
-    Deny { status: u32, www_authenticate: Option<String>, reason: &'static str, detail: String },
-    /// Pause until these providers' keys change (bounded by `key_wait_timeout_ms`).
-    Wait { providers: Vec<usize> },
+    /// Send this local reply: `status`, a `www-authenticate` challenge and a `retry-after` (seconds)
+    /// when set, `body` as `text/plain`. `reason` names the counter (`denied.<reason>`); `detail` is
+    /// for the log line (never a token).
+    Deny {
+        status: u32,
+        www_authenticate: Option<String>,
+        retry_after: Option<u32>,
+        reason: &'static str,
+        detail: String,
+        body: &'static str,
+    },
+    /// Pause until these providers' keys or introspection answers change (bounded by
+    /// `key_wait_timeout_ms`, then [`wait_timeout`]).
+    Wait { providers: Vec<usize>, on: WaitFor },
+}
+
+/// Reply bodies, one per kind of refusal: the body says what failed, never more than the status.
+pub mod body {
+    pub const BAD_REQUEST: &str = "bad request\n";
+    pub const UNAUTHORIZED: &str = "unauthorized\n";
+    pub const FORBIDDEN: &str = "forbidden\n";
+    pub const KEYS_UNAVAILABLE: &str = "signing keys unavailable\n";
+    pub const INTROSPECTION_UNAVAILABLE: &str = "token introspection unavailable\n";
+    pub const KEYS_OR_INTROSPECTION_UNAVAILABLE: &str = "signing keys or token introspection unavailable\n";
+    pub const SERVICE_UNAVAILABLE: &str = "service unavailable\n";
 }
 
 /// Counters the glue turns into metrics.
@@ -80,6 +132,96 @@ pub struct Request<'a> {
     pub header: &'a dyn Fn(&str) -> Option<Vec<u8>>,
 }
 
+/// A token found for one of the rule's providers, and where it came from.
+#[derive(Debug, Clone)]
+pub struct Credential<'p> {
+    pub provider: usize,
+    pub token: String,
+    pub source: &'p Source,
+}
+
+/// What verifying or introspecting one token gave.
+#[derive(Debug, Clone)]
+pub enum Attempt {
+    Ok(Rc<Verified>),
+    /// The token is refused: 401 `invalid_token`.
+    Err(TokenError),
+    Wait(WaitFor),
+    /// The provider's keys are unavailable: 503.
+    KeysUnavailable,
+    /// Introspection endpoint unusable and not fail-open: 503.
+    IntroUnavailable(String),
+}
+
+/// A token accepted for a provider: its claims and where it came from.
+pub type Accepted<'p> = (usize, Rc<Verified>, &'p Source);
+
+/// A step's result: `Err` ends the decision with that outcome (a refusal, a wait, or a pass).
+pub type Step<T> = Result<T, Outcome>;
+
+fn deny(status: u32, reason: &'static str, detail: String, body: &'static str) -> Outcome {
+    Outcome::Deny { status, www_authenticate: None, retry_after: None, reason, detail, body }
+}
+
+/// 401 or 403 with an RFC 6750 challenge.
+fn challenge(plan: &Plan, status: u32, reason: &'static str, detail: String, c: &Challenge<'_>) -> Outcome {
+    let body = if status == 403 { body::FORBIDDEN } else { body::UNAUTHORIZED };
+    Outcome::Deny {
+        status,
+        www_authenticate: Some(www_authenticate(&plan.realm, c)),
+        retry_after: None,
+        reason,
+        detail,
+        body,
+    }
+}
+
+fn deny_invalid(plan: &Plan, e: &TokenError) -> Outcome {
+    let d = e.to_string();
+    challenge(plan, 401, e.reason(), d.clone(), &Challenge::InvalidToken(&d))
+}
+
+fn deny_keys_unavailable(provider: &str) -> Outcome {
+    let d = format!("signing keys of provider `{provider}` are unavailable");
+    deny(503, "keys_unavailable", d, body::KEYS_UNAVAILABLE)
+}
+
+fn deny_introspection(provider: &str, err: &str) -> Outcome {
+    let d = format!("provider `{provider}`: {err}");
+    deny(503, "introspection_unavailable", d, body::INTROSPECTION_UNAVAILABLE)
+}
+
+/// The reply to a request that waited `timeout_ms` (`key_wait_timeout_ms`) in vain: 503 with
+/// `retry-after: 1` (the client's token is not at fault), the body naming what did not come.
+pub fn wait_timeout(on: WaitFor, timeout_ms: u64) -> Outcome {
+    let (what, body) = match on {
+        WaitFor::Keys => ("signing keys", body::KEYS_UNAVAILABLE),
+        WaitFor::Introspection => ("introspection answer", body::INTROSPECTION_UNAVAILABLE),
+        WaitFor::KeysAndIntrospection => {
+            ("signing keys or introspection answer", body::KEYS_OR_INTROSPECTION_UNAVAILABLE)
+        }
+    };
+    Outcome::Deny {
+        status: 503,
+        www_authenticate: None,
+        retry_after: Some(1),
+        reason: "keys_timeout",
+        detail: format!("{what} not available within {timeout_ms} ms"),
+        body,
+    }
+}
+
+/// The reply when the filter cannot decide (not configured, worker state unavailable): 503, never a
+/// pass.
+pub fn internal_error(what: &str) -> Outcome {
+    deny(503, "internal", format!("internal error: {what}"), body::SERVICE_UNAVAILABLE)
+}
+
+/// Continue without claims: nothing verified is vouched for.
+fn pass_unverified() -> Outcome {
+    Outcome::Allow { remove: Vec::new(), set: Vec::new(), path: None, strip_cookies: Vec::new() }
+}
+
 /// `path` is the normalized path (query excluded), see [`meshwasm_path`].
 fn rule_matches(rule: &RulePlan, method: &str, path: &str) -> bool {
     if !rule.methods.is_empty() && !rule.methods.iter().any(|m| m == method) {
@@ -94,290 +236,165 @@ fn rule_matches(rule: &RulePlan, method: &str, path: &str) -> bool {
     rule.regex.as_ref().is_some_and(|r| r.is_match(path))
 }
 
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' => {
-                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
+/// Decides what to do with a request.
+pub fn evaluate(
+    plan: &Plan,
+    req: &Request<'_>,
+    keys: &mut dyn KeyAccess,
+    cache: &mut TokenCache,
+    now_s: u64,
+    counters: &mut Counters,
+) -> Outcome {
+    steps(plan, req, keys, cache, now_s, counters).unwrap_or_else(|decided| decided)
 }
 
-/// A token value must be visible ASCII without separators (`,` and `;` would let one header or cookie
-/// carry two tokens).
-fn clean_token(t: &str) -> Option<String> {
-    if t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic() && b != b',' && b != b';') {
-        None
-    } else {
-        Some(t.to_string())
-    }
+fn steps(
+    plan: &Plan,
+    req: &Request<'_>,
+    keys: &mut dyn KeyAccess,
+    cache: &mut TokenCache,
+    now_s: u64,
+    counters: &mut Counters,
+) -> Step<Outcome> {
+    let Some(rule) = select_rule(plan, req)? else { return Ok(Outcome::Pass) };
+    let credentials = extract_credentials(plan, rule, req)?;
+    let attempts: Vec<Attempt> =
+        credentials.iter().map(|c| authenticate(plan, c, keys, cache, now_s, counters)).collect();
+    let accepted = combine(plan, rule, &credentials, &attempts)?;
+    authorize(plan, rule, &accepted)?;
+    Ok(allow(plan, req, &accepted))
 }
 
-/// What one token source holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Found {
-    /// Nothing for this source: the credential is missing here.
-    Absent,
-    Token(String),
-    /// A credential is there but cannot be read unambiguously (a bad scheme separator, trailing data,
-    /// bad characters, or the carrier repeated). It is refused: an upstream might read it differently,
-    /// so it is never treated as missing and never forwarded unverified.
-    Malformed(String),
+/// Step 1: the rule for this request, `None` when it passes unchecked (no rule matches, the rule names
+/// no provider, or a CORS preflight). Rules match the path as upstreams will route it; a path they
+/// would read in different ways is refused (400) whatever the rules say, since no rule can be chosen
+/// for it safely.
+pub fn select_rule<'p>(plan: &'p Plan, req: &Request<'_>) -> Step<Option<&'p RulePlan>> {
+    let norm_path =
+        path::normalize(req.path).map_err(|e| deny(400, "bad_path", e.to_string(), body::BAD_REQUEST))?;
+    if plan.bypass_cors_preflight
+        && req.method == "OPTIONS"
+        && (req.header)("origin").is_some()
+        && (req.header)("access-control-request-method").is_some()
+    {
+        return Ok(None);
+    }
+    Ok(plan
+        .rules
+        .iter()
+        .find(|r| rule_matches(r, req.method, &norm_path))
+        .filter(|r| !r.providers.is_empty()))
 }
 
-/// A header value carrying `scheme`-prefixed credentials (`prefix` as configured, e.g. `Bearer `).
-fn from_prefixed(name: &str, v: &str, prefix: &str) -> Found {
-    let scheme = prefix.trim_end_matches(' ');
-    let is_auth_scheme = scheme.len() < prefix.len();
-    // Whether a (comma-separated) element is a credential of this scheme: anything that starts with
-    // it (`Bearer`, `bearer <t>`, `Bearer\t<t>`, even `Bearer<t>`, which lenient upstreams strip and
-    // accept); `Basic …` is another scheme's business.
-    let ours = |e: &str| {
-        let e = e.trim_start_matches([' ', '\t']);
-        e.get(..scheme.len()).is_some_and(|h| h.eq_ignore_ascii_case(scheme))
-    };
-    if !v.split(',').any(ours) {
-        return Found::Absent;
-    }
-    let malformed = |why: &str| Found::Malformed(format!("`{name}` {why}"));
-    if v.contains(',') {
-        return malformed("carries more than one credential");
-    }
-    let v = v.trim_start_matches([' ', '\t']);
-    let rest = &v[scheme.len()..];
-    if !is_auth_scheme {
-        return clean_token(rest).map_or_else(|| malformed("has a malformed token"), Found::Token);
-    }
-    // RFC 7235: scheme 1*SP token68, nothing after it.
-    let token = rest.trim_start_matches(' ');
-    if token.len() == rest.len() {
-        return malformed("has no space after the scheme");
-    }
-    // Whitespace or a separator inside is trailing data an upstream may read differently; any other
-    // character is left to verification (an `invalid_token`, as jwt_authn answers).
-    clean_token(token.trim_end_matches([' ', '\t']))
-        .map_or_else(|| malformed("has trailing data"), Found::Token)
-}
-
-/// The token from one source: absent, found, or present but unreadable.
-pub fn extract(source: &Source, req: &Request<'_>) -> Found {
-    match source {
-        Source::Header { name, prefix } => {
-            let Some(raw) = (req.header)(name) else { return Found::Absent };
-            let Ok(v) = std::str::from_utf8(&raw) else {
-                return Found::Malformed(format!("`{name}` is not UTF-8"));
-            };
-            match prefix {
-                Some(pre) => from_prefixed(name, v, pre),
-                None if v.contains(',') => {
-                    Found::Malformed(format!("`{name}` carries more than one credential"))
+/// Step 2: each of the rule's providers' token. A credential that is there but unreadable, or a
+/// provider's token sent by more than one method (RFC 6750 §2), is refused outright (401
+/// `invalid_request`), even where a missing token is allowed: it must never reach the upstream
+/// unverified. No token at all: 401, or a pass under `allow_missing`.
+pub fn extract_credentials<'p>(
+    plan: &'p Plan,
+    rule: &RulePlan,
+    req: &Request<'_>,
+) -> Step<Vec<Credential<'p>>> {
+    let mut found = Vec::new();
+    let mut malformed: Option<String> = None;
+    for &pi in &rule.providers {
+        let p = &plan.providers[pi];
+        let mut mine: Option<Credential<'p>> = None;
+        for s in &p.sources {
+            match extract(s, req) {
+                Found::Absent => {}
+                Found::Malformed(why) => {
+                    malformed.get_or_insert(why);
                 }
-                None => clean_token(v.trim_matches([' ', '\t'])).map_or_else(
-                    || Found::Malformed(format!("`{name}` has a malformed token")),
-                    Found::Token,
-                ),
-            }
-        }
-        Source::Param(name) => {
-            let Some((_, q)) = req.path.split_once('?') else { return Found::Absent };
-            let q = q.split_once('#').map_or(q, |(q, _)| q);
-            let mut found = Found::Absent;
-            for kv in q.split('&') {
-                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                if !param_name_is(k, name) {
-                    continue;
-                }
-                if found != Found::Absent {
-                    return Found::Malformed(format!("query parameter `{name}` is repeated"));
-                }
-                found = percent_decode(v).and_then(|v| clean_token(&v)).map_or_else(
-                    || Found::Malformed(format!("query parameter `{name}` has a malformed token")),
-                    Found::Token,
-                );
-            }
-            found
-        }
-        Source::Cookie(name) => {
-            let Some(raw) = (req.header)("cookie") else { return Found::Absent };
-            let Ok(v) = std::str::from_utf8(&raw) else {
-                // Other cookies may be binary; ours cannot hide in bytes we cannot read.
-                return if String::from_utf8_lossy(&raw).contains(name.as_str()) {
-                    Found::Malformed("`cookie` is not UTF-8".into())
-                } else {
-                    Found::Absent
-                };
-            };
-            let mut found = Found::Absent;
-            for kv in v.split(';') {
-                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                if k.trim() != name {
-                    continue;
-                }
-                if found != Found::Absent {
-                    return Found::Malformed(format!("cookie `{name}` is repeated"));
-                }
-                found = clean_token(v.trim().trim_matches('"')).map_or_else(
-                    || Found::Malformed(format!("cookie `{name}` has a malformed token")),
-                    Found::Token,
-                );
-            }
-            found
-        }
-    }
-}
-
-/// Whether a raw (possibly percent-encoded) query parameter name is `name`, as the upstream would
-/// decode it.
-fn param_name_is(raw: &str, name: &str) -> bool {
-    raw == name || (raw.contains(['%', '+']) && percent_decode(raw).is_some_and(|d| d == name))
-}
-
-/// `path` without any `name` query parameter (every occurrence, whatever its value, also without `=`
-/// or with a percent-encoded name), the other parameters kept byte for byte and in order, the `?`
-/// dropped when none is left, a `#fragment` kept. `None` when the path has no such parameter.
-pub fn strip_query_param(path: &str, name: &str) -> Option<String> {
-    let (base, rest) = path.split_once('?')?;
-    let (query, fragment) = match rest.split_once('#') {
-        Some((q, f)) => (q, Some(f)),
-        None => (rest, None),
-    };
-    let is_token = |kv: &str| param_name_is(kv.split_once('=').map_or(kv, |(k, _)| k), name);
-    if !query.split('&').any(is_token) {
-        return None;
-    }
-    let kept: Vec<&str> = query.split('&').filter(|kv| !is_token(kv)).collect();
-    let mut out = String::with_capacity(path.len());
-    out.push_str(base);
-    // Empty segments (`a=1&&b=2`) are kept as they were, unless nothing else is left.
-    if kept.iter().any(|kv| !kv.is_empty()) {
-        out.push('?');
-        out.push_str(&kept.join("&"));
-    }
-    if let Some(f) = fragment {
-        out.push('#');
-        out.push_str(f);
-    }
-    Some(out)
-}
-
-/// One `cookie` header value without the `names` cookies, the others kept as written (joined with
-/// `; `). `None` when it has none of them; `Some("")` when nothing is left.
-pub fn strip_cookie_value(value: &str, names: &[String]) -> Option<String> {
-    let is_token = |kv: &str| {
-        let k = kv.split_once('=').map_or(kv, |(k, _)| k).trim();
-        names.iter().any(|n| n == k)
-    };
-    if !value.split(';').any(is_token) {
-        return None;
-    }
-    let kept: Vec<&str> =
-        value.split(';').filter(|kv| !is_token(kv)).map(str::trim).filter(|kv| !kv.is_empty()).collect();
-    Some(kept.join("; "))
-}
-
-/// The `cookie` header values to send upstream once the `names` cookies are removed from each (an
-/// HTTP/2 client may send several `cookie` headers); values left empty are dropped. `None` when no
-/// header carried such a cookie (leave the headers alone).
-pub fn strip_cookie_headers(values: &[&[u8]], names: &[String]) -> Option<Vec<Vec<u8>>> {
-    if names.is_empty() {
-        return None;
-    }
-    let mut changed = false;
-    let mut out = Vec::with_capacity(values.len());
-    for v in values {
-        // A header that is not UTF-8 cannot hold a cookie we extracted; keep it as it is.
-        match std::str::from_utf8(v).ok().and_then(|s| strip_cookie_value(s, names)) {
-            Some(rest) => {
-                changed = true;
-                if !rest.is_empty() {
-                    out.push(rest.into_bytes());
+                Found::Token(token) => {
+                    if mine.is_some() {
+                        malformed.get_or_insert_with(|| {
+                            format!("provider `{}`: a token is sent by more than one method", p.name)
+                        });
+                    } else {
+                        mine = Some(Credential { provider: pi, token, source: s });
+                    }
                 }
             }
-            None => out.push(v.to_vec()),
+        }
+        found.extend(mine);
+    }
+    if let Some(why) = malformed {
+        if rule.allow_missing_or_failed {
+            return Err(pass_unverified());
+        }
+        return Err(challenge(plan, 401, "invalid_request", why.clone(), &Challenge::InvalidRequest(&why)));
+    }
+    if found.is_empty() {
+        if rule.allow_missing || rule.allow_missing_or_failed {
+            return Err(pass_unverified());
+        }
+        return Err(challenge(plan, 401, "missing", "no token".into(), &Challenge::Missing));
+    }
+    Ok(found)
+}
+
+/// Step 3: one token verified with its provider's keys (through the token cache; an unknown `kid` may
+/// start a refetch to wait for), or, when it is opaque (or the provider has no keys) and the provider
+/// introspects, the introspection answer put through the provider's policy.
+pub fn authenticate(
+    plan: &Plan,
+    c: &Credential<'_>,
+    keys: &mut dyn KeyAccess,
+    cache: &mut TokenCache,
+    now_s: u64,
+    counters: &mut Counters,
+) -> Attempt {
+    let pi = c.provider;
+    let p = &plan.providers[pi];
+    let token = c.token.as_str();
+    if let Some(icfg) = &p.introspection
+        && (!looks_like_jwt(token) || (p.static_keys.is_none() && p.remote.is_none()))
+    {
+        if token.len() > p.policy.max_token_bytes {
+            return Attempt::Err(TokenError::TooLarge(p.policy.max_token_bytes));
+        }
+        let Some(result) = keys.introspect(pi, token) else { return Attempt::Wait(WaitFor::Introspection) };
+        // The answer goes through the provider's policy (issuer, audiences, subjects, required claims,
+        // lifetime, exp/nbf) exactly as a JWT's claims do.
+        return match introspection::decide(icfg, &p.policy, result, now_s) {
+            introspection::Outcome::Active(i) => Attempt::Ok(Rc::new(from_introspection(&i))),
+            introspection::Outcome::Inactive(d) => Attempt::Err(TokenError::Inactive(d)),
+            introspection::Outcome::Rejected(e) => Attempt::Err(e),
+            introspection::Outcome::Unavailable(e) => Attempt::IntroUnavailable(e.to_string()),
+            introspection::Outcome::FailOpen(_) => Attempt::Ok(Rc::new(Verified {
+                claims: Default::default(),
+                exp: None,
+                payload_b64: String::new(),
+            })),
+        };
+    }
+    let ck = key(pi, token);
+    if let Some(v) = cache.get(&ck, now_s) {
+        counters.cache_hits += 1;
+        return Attempt::Ok(v);
+    }
+    if !looks_like_jwt(token) {
+        return Attempt::Err(TokenError::Malformed);
+    }
+    match keys.keys(pi) {
+        Keys::Loading => Attempt::Wait(WaitFor::Keys),
+        Keys::Unavailable => Attempt::KeysUnavailable,
+        Keys::Ready(ks) => {
+            counters.verifications += 1;
+            match validate(&p.policy, ks, token, now_s) {
+                Ok(v) => {
+                    let v = Rc::new(v);
+                    cache.insert(ck, v.clone(), now_s);
+                    Attempt::Ok(v)
+                }
+                Err(TokenError::UnknownKid) if p.remote.is_some() && keys.unknown_kid(pi) => {
+                    Attempt::Wait(WaitFor::Keys)
+                }
+                Err(e) => Attempt::Err(e),
+            }
         }
     }
-    changed.then_some(out)
-}
-
-/// Walks a claim path (`a.b.c`) through nested objects.
-pub fn claim_at<'v>(claims: &'v serde_json::Map<String, Value>, path: &[String]) -> Option<&'v Value> {
-    let (first, rest) = path.split_first()?;
-    let mut v = claims.get(first)?;
-    for p in rest {
-        v = v.as_object()?.get(p)?;
-    }
-    Some(v)
-}
-
-fn scalar_string(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
-/// A claim rendered as a header value; `None` when absent or when it cannot be a safe header value.
-pub fn claim_header_value(claims: &serde_json::Map<String, Value>, ch: &ClaimHeader) -> Option<String> {
-    let v = claim_at(claims, &ch.path)?;
-    let s = match v {
-        Value::Array(items) => {
-            let parts: Vec<String> =
-                items.iter().map(|i| scalar_string(i).unwrap_or_else(|| i.to_string())).collect();
-            parts.join(&ch.separator)
-        }
-        Value::Object(_) => v.to_string(),
-        Value::Null => return None,
-        other => scalar_string(other)?,
-    };
-    // Never let a claim inject header syntax (CR, LF, NUL or other controls).
-    if s.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) { None } else { Some(s) }
-}
-
-fn token_scopes(claims: &serde_json::Map<String, Value>) -> Vec<&str> {
-    let mut out = Vec::new();
-    for name in ["scope", "scp"] {
-        match claims.get(name) {
-            Some(Value::String(s)) => out.extend(s.split(' ').filter(|x| !x.is_empty())),
-            Some(Value::Array(a)) => out.extend(a.iter().filter_map(Value::as_str)),
-            _ => {}
-        }
-    }
-    out
-}
-
-fn claim_ok(claims: &serde_json::Map<String, Value>, m: &crate::config::ClaimMatch) -> bool {
-    let Some(v) = claim_at(claims, &m.path) else { return false };
-    let Some(matcher) = &m.matcher else { return !v.is_null() };
-    match v {
-        Value::Array(items) => items.iter().filter_map(scalar_string).any(|s| matcher.matches(&s)),
-        other => scalar_string(other).is_some_and(|s| matcher.matches(&s)),
-    }
-}
-
-enum Attempt {
-    Ok(Rc<Verified>),
-    Err(TokenError),
-    Wait,
-    Unavailable,
-    /// Introspection endpoint unusable and not fail-open: 503.
-    IntroUnavailable(String),
 }
 
 /// Verified-token view of an active introspection answer (claims for rules and headers).
@@ -392,299 +409,121 @@ fn from_introspection(i: &Introspection) -> Verified {
     Verified { claims, exp: i.exp, payload_b64 }
 }
 
-fn deny_invalid(plan: &Plan, e: &TokenError) -> Outcome {
-    let d = e.to_string();
-    Outcome::Deny {
-        status: 401,
-        www_authenticate: Some(www_authenticate(&plan.realm, &Challenge::InvalidToken(&d))),
-        reason: e.reason(),
-        detail: d,
-    }
-}
-
-fn deny_unavailable(provider: &str) -> Outcome {
-    Outcome::Deny {
-        status: 503,
-        www_authenticate: None,
-        reason: "keys_unavailable",
-        detail: format!("signing keys of provider `{provider}` are unavailable"),
-    }
-}
-
-fn deny_introspection(provider: &str, err: &str) -> Outcome {
-    Outcome::Deny {
-        status: 503,
-        www_authenticate: None,
-        reason: "introspection_unavailable",
-        detail: format!("provider `{provider}`: {err}"),
-    }
-}
-
-/// Decides what to do with a request.
-pub fn evaluate(
+/// Step 4: the attempts (one per credential, in order) under the rule's mode.
+/// - `requires_any`: the first accepted token; else wait for any pending one; else (unless
+///   `allow_missing_or_failed` passes the request unverified) 401 for the first refused token, then 503
+///   for unavailable keys, then 503 for an unusable introspection endpoint.
+/// - `requires_all`: a refused token is 401 at once; else wait for pending ones; then every provider
+///   needs an accepted token (503 when keys or introspection are unavailable, else 401). Under
+///   `allow_missing_or_failed` only the tokens that verified are accepted.
+pub fn combine<'p>(
     plan: &Plan,
-    req: &Request<'_>,
-    keys: &mut dyn KeyAccess,
-    cache: &mut TokenCache,
-    now_s: u64,
-    counters: &mut Counters,
-) -> Outcome {
-    // Rules match the path as upstreams will route it; a path they would read in different ways is
-    // refused whatever the rules say, since no rule can be chosen for it safely.
-    let norm_path = match path::normalize(req.path) {
-        Ok(p) => p,
-        Err(e) => {
-            return Outcome::Deny {
-                status: 400,
-                www_authenticate: None,
-                reason: "bad_path",
-                detail: e.to_string(),
-            };
-        }
-    };
-    if plan.bypass_cors_preflight
-        && req.method == "OPTIONS"
-        && (req.header)("origin").is_some()
-        && (req.header)("access-control-request-method").is_some()
-    {
-        return Outcome::Pass;
-    }
-    let Some(rule) = plan.rules.iter().find(|r| rule_matches(r, req.method, &norm_path)) else {
-        return Outcome::Pass;
-    };
-    if rule.providers.is_empty() {
-        return Outcome::Pass;
-    }
-
-    // (provider, token, where it came from). A credential that is there but unreadable, or a provider's
-    // token sent by more than one method (RFC 6750 §2), is refused outright, even where a missing
-    // token is allowed: it must never reach the upstream unverified.
-    let mut found: Vec<(usize, String, &Source)> = Vec::new();
-    let mut malformed: Option<String> = None;
-    for &pi in &rule.providers {
-        let p = &plan.providers[pi];
-        let mut mine: Option<(String, &Source)> = None;
-        for s in &p.sources {
-            match extract(s, req) {
-                Found::Absent => {}
-                Found::Malformed(why) => {
-                    malformed.get_or_insert(why);
-                }
-                Found::Token(t) => {
-                    if mine.is_some() {
-                        malformed.get_or_insert_with(|| {
-                            format!("provider `{}`: a token is sent by more than one method", p.name)
-                        });
-                    } else {
-                        mine = Some((t, s));
-                    }
+    rule: &RulePlan,
+    credentials: &[Credential<'p>],
+    attempts: &[Attempt],
+) -> Step<Vec<Accepted<'p>>> {
+    let all = || credentials.iter().zip(attempts);
+    let mut waiting: Option<(Vec<usize>, WaitFor)> = None;
+    for (c, a) in all() {
+        if let Attempt::Wait(on) = a {
+            match &mut waiting {
+                None => waiting = Some((vec![c.provider], *on)),
+                Some((providers, acc)) => {
+                    providers.push(c.provider);
+                    *acc = acc.and(*on);
                 }
             }
         }
-        if let Some((t, s)) = mine {
-            found.push((pi, t, s));
-        }
     }
-    let pass_unverified =
-        || Outcome::Allow { remove: Vec::new(), set: Vec::new(), path: None, strip_cookies: Vec::new() };
-    if let Some(why) = malformed {
-        if rule.allow_missing_or_failed {
-            return pass_unverified();
-        }
-        return Outcome::Deny {
-            status: 401,
-            www_authenticate: Some(www_authenticate(&plan.realm, &Challenge::InvalidRequest(&why))),
-            reason: "invalid_request",
-            detail: why,
-        };
-    }
-    if found.is_empty() {
-        if rule.allow_missing || rule.allow_missing_or_failed {
-            return pass_unverified();
-        }
-        return Outcome::Deny {
-            status: 401,
-            www_authenticate: Some(www_authenticate(&plan.realm, &Challenge::Missing)),
-            reason: "missing",
-            detail: "no token".into(),
-        };
-    }
-
-    let mut results: Vec<(usize, Attempt, &Source)> = Vec::with_capacity(found.len());
-    for (pi, token, hname) in &found {
-        let p = &plan.providers[*pi];
-        if let Some(icfg) = &p.introspection
-            && (!looks_like_jwt(token) || (p.static_keys.is_none() && p.remote.is_none()))
-        {
-            let attempt = if token.len() > p.policy.max_token_bytes {
-                Attempt::Err(TokenError::TooLarge(p.policy.max_token_bytes))
-            } else {
-                match keys.introspect(*pi, token) {
-                    None => Attempt::Wait,
-                    // The answer goes through the provider's policy (issuer, audiences, subjects,
-                    // required claims, lifetime, exp/nbf) exactly as a JWT's claims do.
-                    Some(result) => match introspection::decide(icfg, &p.policy, result, now_s) {
-                        introspection::Outcome::Active(i) => Attempt::Ok(Rc::new(from_introspection(&i))),
-                        introspection::Outcome::Inactive(d) => Attempt::Err(TokenError::Inactive(d)),
-                        introspection::Outcome::Rejected(e) => Attempt::Err(e),
-                        introspection::Outcome::Unavailable(e) => Attempt::IntroUnavailable(e.to_string()),
-                        introspection::Outcome::FailOpen(_) => Attempt::Ok(Rc::new(Verified {
-                            claims: Default::default(),
-                            exp: None,
-                            payload_b64: String::new(),
-                        })),
-                    },
-                }
-            };
-            results.push((*pi, attempt, *hname));
-            continue;
-        }
-        let ck = key(*pi, token);
-        if let Some(v) = cache.get(&ck, now_s) {
-            counters.cache_hits += 1;
-            results.push((*pi, Attempt::Ok(v), *hname));
-            continue;
-        }
-        if !looks_like_jwt(token) {
-            results.push((*pi, Attempt::Err(TokenError::Malformed), *hname));
-            continue;
-        }
-        let attempt = match keys.keys(*pi) {
-            Keys::Loading => Attempt::Wait,
-            Keys::Unavailable => Attempt::Unavailable,
-            Keys::Ready(ks) => {
-                counters.verifications += 1;
-                match validate(&p.policy, ks, token, now_s) {
-                    Ok(v) => {
-                        let v = Rc::new(v);
-                        cache.insert(ck, v.clone(), now_s);
-                        Attempt::Ok(v)
-                    }
-                    Err(TokenError::UnknownKid) if p.remote.is_some() && keys.unknown_kid(*pi) => {
-                        Attempt::Wait
-                    }
-                    Err(e) => Attempt::Err(e),
-                }
-            }
-        };
-        results.push((*pi, attempt, *hname));
-    }
-
-    let waiting: Vec<usize> =
-        results.iter().filter(|(_, a, _)| matches!(a, Attempt::Wait)).map(|(pi, _, _)| *pi).collect();
-    let ok: Vec<(usize, Rc<Verified>, &Source)> = results
-        .iter()
-        .filter_map(|(pi, a, h)| match a {
-            Attempt::Ok(v) => Some((*pi, v.clone(), *h)),
+    let wait = |(providers, on): (Vec<usize>, WaitFor)| Outcome::Wait { providers, on };
+    let ok: Vec<Accepted<'p>> = all()
+        .filter_map(|(c, a)| match a {
+            Attempt::Ok(v) => Some((c.provider, v.clone(), c.source)),
             _ => None,
         })
         .collect();
-    let first_err = results.iter().find_map(|(_, a, _)| match a {
-        Attempt::Err(e) => Some(e.clone()),
+    let first_err = attempts.iter().find_map(|a| match a {
+        Attempt::Err(e) => Some(e),
         _ => None,
     });
-    let unavailable = results.iter().find_map(|(pi, a, _)| match a {
-        Attempt::Unavailable => Some(*pi),
+    let unavailable = all().find_map(|(c, a)| matches!(a, Attempt::KeysUnavailable).then_some(c.provider));
+    let intro_down = all().find_map(|(c, a)| match a {
+        Attempt::IntroUnavailable(e) => Some((c.provider, e)),
         _ => None,
     });
-    let intro_down = results.iter().find_map(|(pi, a, _)| match a {
-        Attempt::IntroUnavailable(e) => Some((*pi, e.clone())),
-        _ => None,
-    });
+    let unavailable_reply = || {
+        if let Some(pi) = unavailable {
+            return Some(deny_keys_unavailable(&plan.providers[pi].name));
+        }
+        intro_down.map(|(pi, e)| deny_introspection(&plan.providers[pi].name, e))
+    };
 
-    let accepted: Vec<(usize, Rc<Verified>, &Source)> = match rule.mode {
+    match rule.mode {
         Mode::Any => {
-            if ok.is_empty() {
-                if !waiting.is_empty() {
-                    return Outcome::Wait { providers: waiting };
-                }
-                if rule.allow_missing_or_failed {
-                    return pass_unverified();
-                }
-                if let Some(e) = first_err {
-                    return deny_invalid(plan, &e);
-                }
-                if let Some(pi) = unavailable {
-                    return deny_unavailable(&plan.providers[pi].name);
-                }
-                if let Some((pi, e)) = intro_down {
-                    return deny_introspection(&plan.providers[pi].name, &e);
-                }
-                return deny_invalid(plan, &TokenError::Malformed);
+            if !ok.is_empty() {
+                return Ok(ok.into_iter().take(1).collect());
             }
-            ok.into_iter().take(1).collect()
+            if let Some(w) = waiting {
+                return Err(wait(w));
+            }
+            if rule.allow_missing_or_failed {
+                return Err(pass_unverified());
+            }
+            if let Some(e) = first_err {
+                return Err(deny_invalid(plan, e));
+            }
+            Err(unavailable_reply().unwrap_or_else(|| deny_invalid(plan, &TokenError::Malformed)))
         }
         Mode::All => {
             if !rule.allow_missing_or_failed
                 && let Some(e) = first_err
             {
-                return deny_invalid(plan, &e);
+                return Err(deny_invalid(plan, e));
             }
-            if !waiting.is_empty() {
-                return Outcome::Wait { providers: waiting };
+            if let Some(w) = waiting {
+                return Err(wait(w));
             }
             if rule.allow_missing_or_failed {
                 // Whatever verified is forwarded with its claims; the rest is not vouched for.
-                return allow(plan, req, &ok);
+                return Ok(ok);
             }
-            if let Some(pi) = unavailable {
-                return deny_unavailable(&plan.providers[pi].name);
+            if let Some(o) = unavailable_reply() {
+                return Err(o);
             }
-            if let Some((pi, e)) = intro_down {
-                return deny_introspection(&plan.providers[pi].name, &e);
-            }
-            let missing = rule.providers.iter().find(|pi| !ok.iter().any(|(o, _, _)| o == *pi));
-            if let Some(pi) = missing {
+            if let Some(pi) = rule.providers.iter().find(|pi| !ok.iter().any(|(o, _, _)| o == *pi)) {
                 let d = format!("a token for `{}` is required", plan.providers[*pi].name);
-                return Outcome::Deny {
-                    status: 401,
-                    www_authenticate: Some(www_authenticate(&plan.realm, &Challenge::InvalidToken(&d))),
-                    reason: "missing",
-                    detail: d,
-                };
+                return Err(challenge(plan, 401, "missing", d.clone(), &Challenge::InvalidToken(&d)));
             }
-            ok
+            Ok(ok)
         }
-    };
+    }
+}
 
-    // Authorization: scopes and claim matchers (403 insufficient_scope).
+/// Step 5: the rule's scopes (all of them, across the accepted tokens) and claim matchers (each met by
+/// one accepted token); failing, 403 `insufficient_scope`.
+pub fn authorize(plan: &Plan, rule: &RulePlan, accepted: &[Accepted<'_>]) -> Step<()> {
     if !rule.scopes.is_empty() {
         let have: Vec<&str> = accepted.iter().flat_map(|(_, v, _)| token_scopes(&v.claims)).collect();
         if let Some(missing) = rule.scopes.iter().find(|s| !have.contains(&s.as_str())) {
             let scope = rule.scopes.join(" ");
             let d = format!("scope `{missing}` is required");
-            return Outcome::Deny {
-                status: 403,
-                www_authenticate: Some(www_authenticate(
-                    &plan.realm,
-                    &Challenge::InsufficientScope { description: &d, scope: &scope },
-                )),
-                reason: "scope",
-                detail: d,
-            };
+            let c = Challenge::InsufficientScope { description: &d, scope: &scope };
+            return Err(challenge(plan, 403, "scope", d.clone(), &c));
         }
     }
     for m in &rule.claims {
         if !accepted.iter().any(|(_, v, _)| claim_ok(&v.claims, m)) {
             let d = format!("claim `{}` does not match", m.name);
-            return Outcome::Deny {
-                status: 403,
-                www_authenticate: Some(www_authenticate(
-                    &plan.realm,
-                    &Challenge::InsufficientScope { description: &d, scope: "" },
-                )),
-                reason: "claims",
-                detail: d,
-            };
+            let c = Challenge::InsufficientScope { description: &d, scope: "" };
+            return Err(challenge(plan, 403, "claims", d.clone(), &c));
         }
     }
-
-    allow(plan, req, &accepted)
+    Ok(())
 }
 
 /// The Allow outcome for these verified tokens: claim and payload headers set, and (unless the
 /// provider forwards it) each token removed from where it came from.
-fn allow(plan: &Plan, req: &Request<'_>, accepted: &[(usize, Rc<Verified>, &Source)]) -> Outcome {
+pub fn allow(plan: &Plan, req: &Request<'_>, accepted: &[Accepted<'_>]) -> Outcome {
     let mut remove = Vec::new();
     let mut set = Vec::new();
     let mut path: Option<String> = None;
@@ -723,465 +562,8 @@ fn allow(plan: &Plan, req: &Request<'_>, accepted: &[(usize, Rc<Verified>, &Sour
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use jsonwebtoken::{Algorithm, EncodingKey, Header};
-    use std::collections::HashMap;
-
-    const NOW: u64 = 1_700_000_000;
-    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
-
-    struct FakeKeys {
-        set: Option<KeySet>,
-        loading: bool,
-        refetch_allowed: bool,
-        refetches: u32,
-    }
-
-    impl KeyAccess for FakeKeys {
-        fn keys(&self, _p: usize) -> Keys<'_> {
-            match &self.set {
-                Some(s) => Keys::Ready(s),
-                None if self.loading => Keys::Loading,
-                None => Keys::Unavailable,
-            }
-        }
-        fn unknown_kid(&mut self, _p: usize) -> bool {
-            self.refetches += 1;
-            self.refetch_allowed
-        }
-    }
-
-    fn keys() -> FakeKeys {
-        let set = crate::jwks::parse_jwks(
-            br#"{"keys":[{"kty":"oct","kid":"h","k":"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY"}]}"#,
-        )
-        .unwrap();
-        FakeKeys { set: Some(set), loading: false, refetch_allowed: false, refetches: 0 }
-    }
-
-    fn plan(rules: &str) -> Plan {
-        let cfg = format!(
-            r#"{{"realm":"api","providers":{{
-              "p":{{"issuer":"https://iss","audiences":["api"],"algorithms":["HS256"],
-                   "local_jwks":{{"keys":[{{"kty":"oct","kid":"h","k":"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY"}}]}},
-                   "remote_jwks":{{"cluster":"idp","uri":"https://idp/jwks"}},
-                   "from_headers":[{{"name":"authorization","value_prefix":"Bearer "}},{{"name":"x-token"}}],
-                   "from_params":["access_token"],"from_cookies":["at"],
-                   "forward_payload_header":"x-jwt-payload",
-                   "claim_to_headers":[{{"header":"x-sub","claim":"sub"}},{{"header":"x-groups","claim":"realm.groups"}},
-                                       {{"header":"x-n","claim":"n"}},{{"header":"x-admin","claim":"admin"}},
-                                       {{"header":"x-evil","claim":"evil"}}]}}}},
-              "rules":{rules}}}"#
-        );
-        Plan::from_json(cfg.as_bytes()).unwrap()
-    }
-
-    fn default_plan() -> Plan {
-        plan(
-            r#"[{"match":{"prefix":"/public"}},
-                {"match":{"prefix":"/opt"},"requires_any":["p"],"allow_missing":true},
-                {"match":{"prefix":"/admin"},"requires_any":["p"],"scopes":["admin"],
-                 "claims":[{"claim":"realm.groups","exact":"ops"}]},
-                {"match":{"prefix":"/"},"requires_any":["p"]}]"#,
-        )
-    }
-
-    fn mint(claims: serde_json::Value) -> String {
-        let mut h = Header::new(Algorithm::HS256);
-        h.kid = Some("h".into());
-        jsonwebtoken::encode(&h, &claims, &EncodingKey::from_secret(SECRET)).unwrap()
-    }
-
-    fn claims() -> serde_json::Value {
-        serde_json::json!({"iss":"https://iss","aud":"api","sub":"alice","exp":NOW+300,
-            "scope":"read admin","realm":{"groups":["dev","ops"]},"n":42,"admin":true,"evil":"a\r\nx-injected: 1"})
-    }
-
-    fn run(
-        plan: &Plan,
-        keys: &mut FakeKeys,
-        cache: &mut TokenCache,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-    ) -> (Outcome, Counters) {
-        let map: HashMap<String, Vec<u8>> =
-            headers.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect();
-        let get = move |n: &str| map.get(n).cloned();
-        let req = Request { method, path, header: &get };
-        let mut c = Counters::default();
-        let o = evaluate(plan, &req, keys, cache, NOW, &mut c);
-        (o, c)
-    }
-
-    #[test]
-    fn allows_and_sets_claim_headers() {
-        let p = default_plan();
-        let mut k = keys();
-        let mut cache = TokenCache::new(10, 3600);
-        let t = mint(claims());
-        let auth = format!("Bearer {t}");
-        let (o, c) = run(&p, &mut k, &mut cache, "GET", "/x", &[("authorization", &auth)]);
-        let Outcome::Allow { remove, set, .. } = o else { panic!("{o:?}") };
-        assert_eq!(remove, vec!["authorization".to_string()]);
-        let get = |h: &str| set.iter().find(|(k, _)| k == h).map(|(_, v)| v.as_str());
-        assert_eq!(get("x-sub"), Some("alice"));
-        assert_eq!(get("x-groups"), Some("dev,ops"));
-        assert_eq!(get("x-n"), Some("42"));
-        assert_eq!(get("x-admin"), Some("true"));
-        assert_eq!(get("x-evil"), None, "control characters never reach a header");
-        assert_eq!(get("x-jwt-payload"), t.split('.').nth(1));
-        assert_eq!(c, Counters { cache_hits: 0, verifications: 1 });
-        let (_, c) = run(&p, &mut k, &mut cache, "GET", "/x", &[("authorization", &auth)]);
-        assert_eq!(c, Counters { cache_hits: 1, verifications: 0 });
-        assert!(p.output_headers.contains(&"x-sub".to_string()));
-    }
-
-    #[test]
-    fn token_sources() {
-        let p = default_plan();
-        let mut k = keys();
-        let t = mint(claims());
-        for (path, headers) in [
-            (format!("/x?a=1&access_token={t}"), vec![]),
-            ("/x".to_string(), vec![("cookie", format!("z=1; at={t}"))]),
-            ("/x".to_string(), vec![("x-token", t.clone())]),
-            ("/x".to_string(), vec![("authorization", format!("bearer {t}"))]),
-        ] {
-            let h: Vec<(&str, &str)> = headers.iter().map(|(a, b)| (*a, b.as_str())).collect();
-            let (o, _) = run(&p, &mut k, &mut TokenCache::new(0, 0), "GET", &path, &h);
-            assert!(matches!(o, Outcome::Allow { .. }), "{path}: {o:?}");
-        }
-    }
-
-    #[test]
-    fn missing_invalid_scope_and_rules() {
-        let p = default_plan();
-        let mut k = keys();
-        let mut cache = TokenCache::new(10, 3600);
-        let (o, _) = run(&p, &mut k, &mut cache, "GET", "/x", &[]);
-        assert_eq!(
-            o,
-            Outcome::Deny {
-                status: 401,
-                www_authenticate: Some(r#"Bearer realm="api""#.into()),
-                reason: "missing",
-                detail: "no token".into()
-            }
-        );
-        let (o, _) = run(&p, &mut k, &mut cache, "GET", "/public/a", &[]);
-        assert_eq!(o, Outcome::Pass);
-        let (o, _) = run(&p, &mut k, &mut cache, "GET", "/opt", &[]);
-        assert!(matches!(o, Outcome::Allow { .. }));
-        let (o, _) = run(&p, &mut k, &mut cache, "GET", "/opt", &[("authorization", "Bearer a.b.c")]);
-        assert!(matches!(o, Outcome::Deny { status: 401, .. }), "allow_missing still refuses a bad token");
-        let mut c = claims();
-        c["exp"] = (NOW - 1000).into();
-        let auth = format!("Bearer {}", mint(c));
-        let (o, _) = run(&p, &mut k, &mut cache, "GET", "/x", &[("authorization", &auth)]);
-        let Outcome::Deny { status: 401, www_authenticate: Some(w), reason: "expired", .. } = o else {
-            panic!("{o:?}")
-        };
-        assert_eq!(w, r#"Bearer realm="api", error="invalid_token", error_description="token has expired""#);
-        // Scope present, claim matches: allowed. Without the admin scope: 403.
-        let auth = format!("Bearer {}", mint(claims()));
-        let (o, _) = run(&p, &mut k, &mut cache, "GET", "/admin", &[("authorization", &auth)]);
-        assert!(matches!(o, Outcome::Allow { .. }), "{o:?}");
-        let mut c = claims();
-        c["scope"] = serde_json::json!(["read"]);
-        let auth = format!("Bearer {}", mint(c));
-        let (o, _) = run(&p, &mut k, &mut cache, "GET", "/admin", &[("authorization", &auth)]);
-        let Outcome::Deny { status: 403, www_authenticate: Some(w), .. } = o else { panic!("{o:?}") };
-        assert!(w.contains(r#"error="insufficient_scope""#) && w.contains(r#"scope="admin""#), "{w}");
-        let mut c = claims();
-        c["realm"]["groups"] = serde_json::json!(["dev"]);
-        let auth = format!("Bearer {}", mint(c));
-        let (o, _) = run(&p, &mut k, &mut cache, "GET", "/admin", &[("authorization", &auth)]);
-        assert!(matches!(o, Outcome::Deny { status: 403, reason: "claims", .. }), "{o:?}");
-        // CORS preflight passes.
-        let (o, _) = run(
-            &p,
-            &mut k,
-            &mut cache,
-            "OPTIONS",
-            "/x",
-            &[("origin", "o"), ("access-control-request-method", "GET")],
-        );
-        assert_eq!(o, Outcome::Pass);
-    }
-
-    #[test]
-    fn waits_for_keys_and_unknown_kid_refetch() {
-        let p = default_plan();
-        let auth = format!("Bearer {}", mint(claims()));
-        let mut k = FakeKeys { set: None, loading: true, refetch_allowed: false, refetches: 0 };
-        let (o, _) = run(&p, &mut k, &mut TokenCache::new(0, 0), "GET", "/x", &[("authorization", &auth)]);
-        assert_eq!(o, Outcome::Wait { providers: vec![0] });
-        k.loading = false;
-        let (o, _) = run(&p, &mut k, &mut TokenCache::new(0, 0), "GET", "/x", &[("authorization", &auth)]);
-        assert!(matches!(o, Outcome::Deny { status: 503, .. }), "{o:?}");
-
-        let mut h = Header::new(Algorithm::HS256);
-        h.kid = Some("rotated".into());
-        let t = jsonwebtoken::encode(&h, &claims(), &EncodingKey::from_secret(SECRET)).unwrap();
-        let auth = format!("Bearer {t}");
-        let mut k = keys();
-        k.refetch_allowed = true;
-        let (o, _) = run(&p, &mut k, &mut TokenCache::new(0, 0), "GET", "/x", &[("authorization", &auth)]);
-        assert_eq!(o, Outcome::Wait { providers: vec![0] });
-        k.refetch_allowed = false;
-        let (o, _) = run(&p, &mut k, &mut TokenCache::new(0, 0), "GET", "/x", &[("authorization", &auth)]);
-        assert!(matches!(o, Outcome::Deny { status: 401, reason: "unknown_key", .. }), "{o:?}");
-        assert_eq!(k.refetches, 2);
-    }
-
-    struct IntroKeys {
-        answer: Option<IntroResult>,
-        asked: u32,
-    }
-
-    impl KeyAccess for IntroKeys {
-        fn keys(&self, _p: usize) -> Keys<'_> {
-            Keys::Unavailable
-        }
-        fn unknown_kid(&mut self, _p: usize) -> bool {
-            false
-        }
-        fn introspect(&mut self, _p: usize, _token: &str) -> Option<IntroResult> {
-            self.asked += 1;
-            self.answer.clone()
-        }
-    }
-
-    #[test]
-    fn opaque_tokens_go_to_introspection() {
-        let plan = Plan::from_json(
-            br#"{"providers":{"o":{"introspection":{"cluster":"idp","path":"/introspect","authority":"idp",
-                 "client_id":"rs","client_secret":"s"},"claim_to_headers":[{"header":"x-sub","claim":"sub"}]}},
-                 "rules":[{"match":{"prefix":"/"},"requires_any":["o"],"scopes":["read"]}]}"#,
-        )
-        .unwrap();
-        let active = |scope: &str| {
-            let body = serde_json::json!({"active": true, "sub": "svc", "scope": scope, "exp": NOW + 60});
-            Some(Ok(Rc::new(crate::introspection::parse_response(200, body.to_string().as_bytes()).unwrap())))
-        };
-        let call = |k: &mut IntroKeys| {
-            let mut c = Counters::default();
-            let get = |n: &str| (n == "authorization").then(|| b"Bearer opaque-123".to_vec());
-            let req = Request { method: "GET", path: "/", header: &get };
-            evaluate(&plan, &req, k, &mut TokenCache::new(0, 0), NOW, &mut c)
-        };
-        let mut k = IntroKeys { answer: None, asked: 0 };
-        assert_eq!(call(&mut k), Outcome::Wait { providers: vec![0] });
-        k.answer = active("read");
-        let Outcome::Allow { set, .. } = call(&mut k) else { panic!() };
-        assert_eq!(set, vec![("x-sub".to_string(), "svc".to_string())]);
-        k.answer = active("write");
-        assert!(matches!(call(&mut k), Outcome::Deny { status: 403, .. }));
-        k.answer =
-            Some(Ok(Rc::new(crate::introspection::parse_response(200, br#"{"active":false}"#).unwrap())));
-        assert!(matches!(call(&mut k), Outcome::Deny { status: 401, reason: "inactive", .. }));
-        k.answer = Some(Err(IntrospectionError::Status(500)));
-        assert!(matches!(
-            call(&mut k),
-            Outcome::Deny { status: 503, reason: "introspection_unavailable", .. }
-        ));
-    }
-
-    #[test]
-    fn strip_query_param_edge_cases() {
-        let s = |p: &str| strip_query_param(p, "access_token");
-        assert_eq!(s("/x?access_token=t"), Some("/x".into()), "the ? goes when nothing is left");
-        assert_eq!(
-            s("/x?a=1&access_token=t&b=%2F+2"),
-            Some("/x?a=1&b=%2F+2".into()),
-            "order and encoding kept"
-        );
-        assert_eq!(s("/x?access_token=t&a=1&access_token=u"), Some("/x?a=1".into()), "repeated: all removed");
-        assert_eq!(s("/x?%61ccess_token=t&a=1"), Some("/x?a=1".into()), "percent-encoded name");
-        assert_eq!(s("/x?access%5Ftoken=t"), Some("/x".into()));
-        assert_eq!(s("/x?a=1&access_token=&b="), Some("/x?a=1&b=".into()), "empty values");
-        assert_eq!(s("/x?access_token&a"), Some("/x?a".into()), "name without =");
-        assert_eq!(s("/x?a=1&access_token=t#frag"), Some("/x?a=1#frag".into()), "fragment kept");
-        assert_eq!(s("/x?access_token=t#f?access_token=u"), Some("/x#f?access_token=u".into()));
-        assert_eq!(s("/x?a=1&&b=2&access_token=t"), Some("/x?a=1&&b=2".into()));
-        assert_eq!(s("/x?&access_token=t"), Some("/x".into()));
-        assert_eq!(s("/x?a=1&my_access_token=t&access_tokens=u"), None, "other names untouched");
-        assert_eq!(s("/x?a=access_token"), None, "a value equal to the name is not the parameter");
-        assert_eq!(s("/x"), None);
-        assert_eq!(s("/x#access_token=t"), None, "a fragment is not a query");
-        assert_eq!(s("/x?a=%zz&access_token=t"), Some("/x?a=%zz".into()), "bad encodings elsewhere kept");
-    }
-
-    #[test]
-    fn strip_cookie_edge_cases() {
-        let names = vec!["at".to_string()];
-        let v = |c: &str| strip_cookie_value(c, &names);
-        assert_eq!(v("a=1; at=t; b=2"), Some("a=1; b=2".into()));
-        assert_eq!(v("at=t"), Some(String::new()));
-        assert_eq!(v("a=1;at=t;b=2"), Some("a=1; b=2".into()), "no spaces after ;");
-        assert_eq!(v("  at = t ;  a=1"), Some("a=1".into()), "spacing around the name");
-        assert_eq!(v("at=t; a=1; at=u"), Some("a=1".into()), "repeated cookie");
-        assert_eq!(v("at=; a="), Some("a=".into()), "empty values");
-        assert_eq!(v("a=1; b=at; xat=1; at2=t"), None, "other cookies untouched");
-        assert_eq!(v("a=1; b=2"), None);
-        let h = |vals: &[&str]| {
-            let b: Vec<&[u8]> = vals.iter().map(|v| v.as_bytes()).collect();
-            strip_cookie_headers(&b, &names)
-                .map(|o| o.into_iter().map(|v| String::from_utf8(v).unwrap()).collect::<Vec<_>>())
-        };
-        assert_eq!(h(&["a=1", "at=t", "b=2; at=u; c=3"]), Some(vec!["a=1".into(), "b=2; c=3".into()]));
-        assert_eq!(h(&["at=t"]), Some(vec![]), "no cookie left: the header goes");
-        assert_eq!(h(&["a=1", "b=2"]), None);
-        assert_eq!(h(&[]), None);
-        let bin: Vec<&[u8]> = vec![b"x=\xff", b"at=t; y=1"];
-        assert_eq!(strip_cookie_headers(&bin, &names), Some(vec![b"x=\xff".to_vec(), b"y=1".to_vec()]));
-        assert_eq!(strip_cookie_headers(&bin, &[]), None);
-    }
-
-    #[test]
-    fn tokens_from_params_and_cookies_are_not_forwarded() {
-        let p = default_plan();
-        let mut k = keys();
-        let t = mint(claims());
-        let path = format!("/x?a=1&access_token={t}&b=2");
-        let (o, _) = run(&p, &mut k, &mut TokenCache::new(0, 0), "GET", &path, &[]);
-        let Outcome::Allow { remove, path, strip_cookies, .. } = o else { panic!("{o:?}") };
-        assert!(remove.is_empty() && strip_cookies.is_empty());
-        assert_eq!(path.as_deref(), Some("/x?a=1&b=2"));
-        let (o, _) = run(
-            &p,
-            &mut k,
-            &mut TokenCache::new(0, 0),
-            "GET",
-            "/x?a=1",
-            &[("cookie", &format!("z=1; at={t}"))],
-        );
-        let Outcome::Allow { remove, path, strip_cookies, .. } = o else { panic!("{o:?}") };
-        assert!(remove.is_empty() && path.is_none());
-        assert_eq!(strip_cookies, vec!["at".to_string()]);
-        // A percent-encoded parameter name carries the token as well (the upstream decodes it).
-        let (o, _) =
-            run(&p, &mut k, &mut TokenCache::new(0, 0), "GET", &format!("/x?%61ccess_token={t}"), &[]);
-        let Outcome::Allow { path, .. } = o else { panic!("{o:?}") };
-        assert_eq!(path.as_deref(), Some("/x"));
-        // forward: true keeps it.
-        let fwd = Plan::from_json(
-            br#"{"providers":{"p":{"algorithms":["HS256"],"forward":true,"from_params":["access_token"],
-                "local_jwks":{"keys":[{"kty":"oct","kid":"h","k":"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY"}]}}},
-                "rules":[{"match":{"prefix":"/"},"requires_any":["p"]}]}"#,
-        )
-        .unwrap();
-        let (o, _) =
-            run(&fwd, &mut k, &mut TokenCache::new(0, 0), "GET", &format!("/x?access_token={t}"), &[]);
-        assert_eq!(o, Outcome::Allow { remove: vec![], set: vec![], path: None, strip_cookies: vec![] });
-    }
-
-    #[test]
-    fn allow_missing_or_failed() {
-        let p = plan(r#"[{"match":{"prefix":"/"},"requires_any":["p"],"allow_missing_or_failed":true}]"#);
-        let mut k = keys();
-        let none = Outcome::Allow { remove: vec![], set: vec![], path: None, strip_cookies: vec![] };
-        let (o, _) = run(&p, &mut k, &mut TokenCache::new(0, 0), "GET", "/x", &[]);
-        assert_eq!(o, none, "missing passes");
-        let (o, _) = run(
-            &p,
-            &mut k,
-            &mut TokenCache::new(0, 0),
-            "GET",
-            "/x?access_token=a.b.c",
-            &[("authorization", "Bearer x.y.z")],
-        );
-        assert_eq!(o, none, "invalid passes, without claims and with nothing vouched for");
-        let mut c = claims();
-        c["exp"] = (NOW - 1000).into();
-        let auth = format!("Bearer {}", mint(c));
-        let (o, _) = run(&p, &mut k, &mut TokenCache::new(0, 0), "GET", "/x", &[("authorization", &auth)]);
-        assert_eq!(o, none, "expired passes");
-        let auth = format!("Bearer {}", mint(claims()));
-        let (o, _) = run(&p, &mut k, &mut TokenCache::new(0, 0), "GET", "/x", &[("authorization", &auth)]);
-        let Outcome::Allow { remove, set, .. } = o else { panic!("{o:?}") };
-        assert_eq!(remove, vec!["authorization".to_string()]);
-        assert!(set.contains(&("x-sub".to_string(), "alice".to_string())), "a valid token still gets claims");
-        // Keys still loading: wait for them rather than pass unverified.
-        let mut loading = FakeKeys { set: None, loading: true, refetch_allowed: false, refetches: 0 };
-        let (o, _) =
-            run(&p, &mut loading, &mut TokenCache::new(0, 0), "GET", "/x", &[("authorization", &auth)]);
-        assert_eq!(o, Outcome::Wait { providers: vec![0] });
-        loading.loading = false;
-        let (o, _) =
-            run(&p, &mut loading, &mut TokenCache::new(0, 0), "GET", "/x", &[("authorization", &auth)]);
-        assert_eq!(o, none, "keys unavailable: passes unverified");
-        // requires_all: what verifies is applied, the rest ignored.
-        let p = plan(r#"[{"match":{"prefix":"/"},"requires_all":["p"],"allow_missing_or_failed":true}]"#);
-        let (o, _) =
-            run(&p, &mut k, &mut TokenCache::new(0, 0), "GET", "/x", &[("authorization", "Bearer x.y.z")]);
-        assert_eq!(o, none);
-        let (o, _) = run(&p, &mut k, &mut TokenCache::new(0, 0), "GET", "/x", &[("authorization", &auth)]);
-        let Outcome::Allow { set, .. } = o else { panic!("{o:?}") };
-        assert!(set.contains(&("x-sub".to_string(), "alice".to_string())));
-    }
-    #[test]
-    fn introspected_tokens_get_the_providers_policy_and_fail_open_only_on_outages() {
-        let plan = Plan::from_json(
-            br#"{"providers":{"o":{"issuer":"https://as","audiences":["orders"],"subjects":{"prefix":"svc-"},
-                 "introspection":{"cluster":"idp","path":"/introspect","authority":"idp",
-                 "client_id":"rs","client_secret":"s","fail_open":true}}},
-                 "rules":[{"match":{"prefix":"/"},"requires_any":["o"]}]}"#,
-        )
-        .unwrap();
-        let answer = |body: serde_json::Value| {
-            Some(Ok(Rc::new(crate::introspection::parse_response(200, body.to_string().as_bytes()).unwrap())))
-        };
-        let call = |k: &mut IntroKeys| {
-            let mut c = Counters::default();
-            let get = |n: &str| (n == "authorization").then(|| b"Bearer opaque-123".to_vec());
-            let req = Request { method: "GET", path: "/", header: &get };
-            evaluate(&plan, &req, k, &mut TokenCache::new(0, 0), NOW, &mut c)
-        };
-        let good = serde_json::json!({"active": true, "iss": "https://as", "aud": "orders", "sub": "svc-a",
-            "exp": NOW + 60, "token_type": "Bearer"});
-        let mut k = IntroKeys { answer: answer(good.clone()), asked: 0 };
-        assert!(matches!(call(&mut k), Outcome::Allow { .. }));
-        for (member, value, reason) in [
-            ("iss", serde_json::json!("https://other-as"), "issuer"),
-            ("aud", serde_json::json!(["payments"]), "audience"),
-            ("sub", serde_json::json!("alice"), "claims"),
-            ("exp", serde_json::json!(NOW - 3600), "expired"),
-            ("token_type", serde_json::json!("refresh_token"), "token_type"),
-        ] {
-            let mut b = good.clone();
-            b[member] = value;
-            k.answer = answer(b);
-            let o = call(&mut k);
-            assert!(
-                matches!(&o, Outcome::Deny { status: 401, reason: r, www_authenticate: Some(w), .. }
-                    if *r == reason && w.contains(r#"error="invalid_token""#)),
-                "{member}: {o:?}"
-            );
-        }
-        // fail_open: a 5xx or an unreachable endpoint lets the request through; a 4xx, a malformed
-        // answer or the per-worker call cap answer 503.
-        for e in [IntrospectionError::Status(502), IntrospectionError::Unreachable("timeout".into())] {
-            k.answer = Some(Err(e));
-            assert!(matches!(call(&mut k), Outcome::Allow { .. }));
-        }
-        for e in [
-            IntrospectionError::Status(401),
-            IntrospectionError::Status(429),
-            IntrospectionError::Malformed("`active` is missing".into()),
-            IntrospectionError::Overloaded(64),
-        ] {
-            k.answer = Some(Err(e));
-            let o = call(&mut k);
-            assert!(
-                matches!(o, Outcome::Deny { status: 503, reason: "introspection_unavailable", .. }),
-                "{o:?}"
-            );
-        }
-    }
-}
+#[path = "engine_tests.rs"]
+mod tests;
 
 #[cfg(test)]
 #[path = "engine_attack_tests.rs"]

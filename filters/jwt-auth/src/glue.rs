@@ -23,15 +23,17 @@ use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
 
 use crate::cache::TokenCache;
 use crate::config::Plan;
+use crate::credentials::strip_cookie_headers;
 use crate::engine::{
-    Counters, IntroResult, KeyAccess, Keys, Outcome, Request, evaluate, strip_cookie_headers,
+    Counters, IntroResult, KeyAccess, Keys, Outcome, Request, evaluate, internal_error, wait_timeout,
 };
 use crate::introspection::{
-    IntrospectionCache, IntrospectionConfig, IntrospectionError, MAX_RESPONSE_BYTES, build_request,
-    parse_response, token_key, token_log_id,
+    IntrospectionError, MAX_RESPONSE_BYTES, build_request, parse_response, token_log_id,
 };
+use crate::introspection_state::{IntrospectionState, Lookup};
 use crate::jwks::KeySet;
 use crate::keystore::{Event, Fetch, RemoteKeys, State};
+use crate::waiters::Waiters;
 
 const TICK: Duration = Duration::from_millis(250);
 /// Shared-data counter behind the worker ids (the high half of each, see `worker_id`).
@@ -46,18 +48,7 @@ proxy_wasm::main! {{
 struct ProviderKeys {
     static_keys: Option<KeySet>,
     remote: Option<RemoteKeys>,
-    intro: Option<IntroProvider>,
-}
-
-/// Per-worker introspection state of one provider.
-struct IntroProvider {
-    cfg: IntrospectionConfig,
-    cache: IntrospectionCache,
-    /// Token key → dispatch time (ms) of the call in flight.
-    inflight: HashMap<u128, u64>,
-    /// Answers (and failures) of finished calls, kept briefly so that the requests waiting for them see
-    /// them even with caching off, and a down endpoint is not asked again for every request.
-    recent: HashMap<u128, (IntroResult, u64)>,
+    intro: Option<IntrospectionState>,
 }
 
 /// What an outstanding `dispatch_http_call` was for.
@@ -70,20 +61,11 @@ enum CallKind {
     },
 }
 
-/// How long a finished introspection answer is remembered outside the cache.
-const INTRO_RECENT_MS: u64 = 1000;
-
-struct Waiter {
-    context_id: u32,
-    since_ms: u64,
-    providers: Vec<usize>,
-}
-
 struct Worker {
     plan: Rc<Plan>,
     keys: Vec<ProviderKeys>,
     cache: TokenCache,
-    waiters: Vec<Waiter>,
+    waiters: Waiters,
     calls: HashMap<u32, CallKind>,
     metrics: Metrics,
 }
@@ -118,47 +100,29 @@ impl KeyAccess for Access<'_> {
         let Some(ip) = self.keys.get_mut(provider).and_then(|p| p.intro.as_mut()) else {
             return Some(Err(IntrospectionError::Unreachable("introspection is not configured".into())));
         };
-        if let Some(i) = ip.cache.get(token, now / 1000) {
-            return Some(Ok(i));
+        match ip.lookup(token, now) {
+            Lookup::Answer(r) => return Some(r),
+            Lookup::Wait => return None,
+            Lookup::Call => {}
         }
-        let k = token_key(token);
-        if let Some((r, until)) = ip.recent.get(&k)
-            && now < *until
-        {
-            return Some(r.clone());
-        }
-        let lost_after_ms = ip.cfg.timeout_ms.saturating_add(1000);
-        if let Some(t) = ip.inflight.get(&k)
-            && now < t.saturating_add(lost_after_ms)
-        {
-            return None;
-        }
-        // Per-worker cap on calls in flight, so a flood of unique opaque tokens cannot overload the
-        // endpoint (and, with fail_open, open the filter): past it, 503 (Overloaded never fails open).
-        if ip.inflight.len() >= ip.cfg.max_concurrent_calls {
-            // Calls whose answer the host lost do not hold a slot forever.
-            ip.inflight.retain(|_, t| now < t.saturating_add(lost_after_ms));
-            if ip.inflight.len() >= ip.cfg.max_concurrent_calls {
-                return Some(Err(IntrospectionError::Overloaded(ip.inflight.len())));
-            }
-        }
-        let (headers, body) = build_request(&ip.cfg, token);
+        let cfg = ip.config();
+        let (headers, body) = build_request(cfg, token);
         let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         match hostcalls::dispatch_http_call(
-            &ip.cfg.cluster,
+            &cfg.cluster,
             pairs,
             Some(&body),
             vec![],
-            Duration::from_millis(ip.cfg.timeout_ms),
+            Duration::from_millis(cfg.timeout_ms),
         ) {
             Ok(call) => {
-                ip.inflight.insert(k, now);
+                ip.started(token, now);
                 self.calls.insert(call, CallKind::Intro { provider, token: token.to_string() });
                 None
             }
             Err(e) => Some(Err(IntrospectionError::Unreachable(format!(
                 "cannot call cluster `{}` ({e:?}); is it defined in Envoy?",
-                ip.cfg.cluster
+                cfg.cluster
             )))),
         }
     }
@@ -193,9 +157,24 @@ fn combined_header(all: &[(String, Vec<u8>)], name: &str) -> Option<Vec<u8>> {
     out
 }
 
+/// Sends a `Deny` outcome as the local reply of the current (effective) HTTP context.
+fn send_reply(outcome: &Outcome) {
+    let Outcome::Deny { status, www_authenticate, retry_after, body, .. } = outcome else { return };
+    let retry = retry_after.map(|s| s.to_string());
+    let mut headers = vec![("content-type", "text/plain")];
+    if let Some(w) = www_authenticate {
+        headers.push(("www-authenticate", w.as_str()));
+    }
+    if let Some(r) = &retry {
+        headers.push(("retry-after", r.as_str()));
+    }
+    let _ = hostcalls::send_http_response(*status, headers, Some(body.as_bytes()));
+}
+
 impl Worker {
-    /// Runs the engine for the current (effective) HTTP context and applies the outcome, except Wait.
-    fn process(&mut self, context_id: u32) -> Outcome {
+    /// Runs the engine for the current (effective) HTTP context and applies the outcome; a Wait records
+    /// the request among the waiters, paused since `since_ms` (now for a new request).
+    fn process(&mut self, context_id: u32, since_ms: Option<u64>) -> Outcome {
         let plan = self.plan.clone();
         for h in &plan.output_headers {
             let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, h);
@@ -234,7 +213,7 @@ impl Worker {
                 }
                 self.metrics.inc("allowed", 1);
             }
-            Outcome::Deny { status, www_authenticate, reason, detail } => {
+            Outcome::Deny { status, reason, detail, .. } => {
                 self.metrics.inc(&format!("denied.{reason}"), 1);
                 let level = if *status >= 500 { LogLevel::Warn } else { LogLevel::Debug };
                 log(
@@ -244,25 +223,11 @@ impl Worker {
                         path.split_once('?').map_or(&*path, |(p, _)| p)
                     ),
                 );
-                let mut headers = vec![("content-type", "text/plain")];
-                if let Some(w) = www_authenticate {
-                    headers.push(("www-authenticate", w.as_str()));
-                }
-                let body = match (*status, *reason) {
-                    (400, _) => "bad request\n",
-                    (401, _) => "unauthorized\n",
-                    (403, _) => "forbidden\n",
-                    (_, "introspection_unavailable") => "token introspection unavailable\n",
-                    (_, "keys_unavailable") => "signing keys unavailable\n",
-                    _ => "service unavailable\n",
-                };
-                let _ = hostcalls::send_http_response(*status, headers, Some(body.as_bytes()));
+                send_reply(&outcome);
             }
-            Outcome::Wait { providers } => {
+            Outcome::Wait { providers, on } => {
                 self.metrics.inc("paused", 1);
-                if !self.waiters.iter().any(|w| w.context_id == context_id) {
-                    self.waiters.push(Waiter { context_id, since_ms: now, providers: providers.clone() });
-                }
+                self.waiters.wait(context_id, providers.clone(), *on, since_ms.unwrap_or(now));
             }
         }
         outcome
@@ -270,52 +235,35 @@ impl Worker {
 
     /// Re-runs waiting requests of these providers (keys changed or a fetch finished).
     fn wake(&mut self, providers: &[usize]) {
-        let (ready, rest): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut self.waiters)
-            .into_iter()
-            .partition(|w| w.providers.iter().any(|p| providers.contains(p)));
-        self.waiters = rest;
-        for w in ready {
+        for w in self.waiters.take_ready(providers) {
             if hostcalls::set_effective_context(w.context_id).is_err() {
                 continue;
             }
-            match self.process(w.context_id) {
+            // Still waiting (a refetch in flight elsewhere) keeps the original start time.
+            match self.process(w.context_id, Some(w.since_ms)) {
                 Outcome::Pass | Outcome::Allow { .. } => {
                     let _ = hostcalls::resume_http_request();
                 }
-                Outcome::Deny { .. } => {}
-                // Still waiting (a refetch in flight elsewhere): keep the original start time.
-                Outcome::Wait { .. } => {
-                    if let Some(x) = self.waiters.iter_mut().find(|x| x.context_id == w.context_id) {
-                        x.since_ms = w.since_ms;
-                    }
-                }
+                Outcome::Deny { .. } | Outcome::Wait { .. } => {}
             }
         }
     }
 
     fn expire_waiters(&mut self, now: u64) {
         let timeout = self.plan.key_wait_timeout_ms;
-        let (expired, rest): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut self.waiters)
-            .into_iter()
-            .partition(|w| now.saturating_sub(w.since_ms) >= timeout);
-        self.waiters = rest;
-        for w in expired {
+        for w in self.waiters.take_expired(now, timeout) {
             if hostcalls::set_effective_context(w.context_id).is_err() {
                 continue;
             }
-            self.metrics.inc("denied.keys_timeout", 1);
-            log(
-                LogLevel::Warn,
-                &format!(
-                    "meshwasm jwt-auth: ctx {}: 503: signing keys or introspection answer not available within {timeout} ms",
-                    w.context_id
-                ),
-            );
-            let _ = hostcalls::send_http_response(
-                503,
-                vec![("content-type", "text/plain"), ("retry-after", "1")],
-                Some(b"signing keys unavailable\n"),
-            );
+            let reply = wait_timeout(w.on, timeout);
+            if let Outcome::Deny { status, reason, detail, .. } = &reply {
+                self.metrics.inc(&format!("denied.{reason}"), 1);
+                log(
+                    LogLevel::Warn,
+                    &format!("meshwasm jwt-auth: ctx {}: {status} {reason}: {detail}", w.context_id),
+                );
+            }
+            send_reply(&reply);
         }
     }
 
@@ -473,24 +421,15 @@ impl Worker {
         };
         let name = self.plan.providers.get(provider).map(|p| p.name.clone()).unwrap_or_default();
         let Some(ip) = self.keys.get_mut(provider).and_then(|p| p.intro.as_mut()) else { return };
-        let k = token_key(token);
-        ip.inflight.remove(&k);
-        ip.recent.retain(|_, (_, until)| *until > now);
-        let result: IntroResult = match result {
-            Ok(i) => Ok(ip.cache.insert(token, i, now / 1000)),
-            Err(e) => {
-                log(
-                    LogLevel::Warn,
-                    &format!("meshwasm jwt-auth: provider `{name}`: token {}: {e}", token_log_id(token)),
-                );
-                Err(e)
-            }
-        };
-        if result.is_err() {
+        let result: IntroResult = ip.finish(token, result, now);
+        if let Err(e) = &result {
+            log(
+                LogLevel::Warn,
+                &format!("meshwasm jwt-auth: provider `{name}`: token {}: {e}", token_log_id(token)),
+            );
             self.metrics.inc("introspection_failures", 1);
         }
         self.metrics.inc("introspections", 1);
-        ip.recent.insert(k, (result, now.saturating_add(INTRO_RECENT_MS)));
         self.wake(&[provider]);
     }
 }
@@ -499,17 +438,17 @@ struct Root {
     worker: Option<Rc<RefCell<Worker>>>,
 }
 
-/// An internal error on a request: 503, `meshwasm_jwt_auth.denied.internal` counted, never a pass.
-fn internal_error(context_id: u32, what: &str) {
+/// An internal error on a request: the engine's 503 reply, `meshwasm_jwt_auth.denied.internal`
+/// counted, never a pass.
+fn reply_internal_error(context_id: u32, what: &str) {
     if let Ok(id) = hostcalls::define_metric(MetricType::Counter, "meshwasm_jwt_auth.denied.internal") {
         let _ = hostcalls::increment_metric(id, 1);
     }
-    log(LogLevel::Error, &format!("meshwasm jwt-auth: ctx {context_id}: 503: internal error: {what}"));
-    let _ = hostcalls::send_http_response(
-        503,
-        vec![("content-type", "text/plain")],
-        Some(b"service unavailable\n"),
-    );
+    let reply = internal_error(what);
+    if let Outcome::Deny { status, detail, .. } = &reply {
+        log(LogLevel::Error, &format!("meshwasm jwt-auth: ctx {context_id}: {status}: {detail}"));
+    }
+    send_reply(&reply);
 }
 
 impl Context for Root {
@@ -552,12 +491,7 @@ impl RootContext for Root {
             .providers
             .iter()
             .map(|p| ProviderKeys {
-                intro: p.introspection.clone().map(|cfg| IntroProvider {
-                    cache: IntrospectionCache::new(&cfg),
-                    cfg,
-                    inflight: HashMap::new(),
-                    recent: HashMap::new(),
-                }),
+                intro: p.introspection.clone().map(IntrospectionState::new),
                 static_keys: p.static_keys.clone(),
                 remote: p
                     .remote
@@ -580,7 +514,7 @@ impl RootContext for Root {
             cache: TokenCache::new(plan.cache_entries, plan.cache_max_ttl_s),
             plan,
             keys,
-            waiters: Vec::new(),
+            waiters: Waiters::default(),
             calls: HashMap::new(),
             metrics: Metrics::new("meshwasm_jwt_auth"),
         })));
@@ -631,7 +565,7 @@ impl Context for Http {
         if let Some(w) = &self.worker
             && let Ok(mut w) = w.try_borrow_mut()
         {
-            w.waiters.retain(|x| x.context_id != self.context_id);
+            w.waiters.remove(self.context_id);
         }
         true
     }
@@ -640,15 +574,15 @@ impl Context for Http {
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(w) = &self.worker else {
-            internal_error(self.context_id, "jwt-auth is not configured");
+            reply_internal_error(self.context_id, "jwt-auth is not configured");
             return Action::Pause;
         };
         // Fail closed: a request is never let through unchecked because the worker is busy.
         let Ok(mut w) = w.try_borrow_mut() else {
-            internal_error(self.context_id, "worker state is busy");
+            reply_internal_error(self.context_id, "worker state is busy");
             return Action::Pause;
         };
-        match w.process(self.context_id) {
+        match w.process(self.context_id, None) {
             Outcome::Pass | Outcome::Allow { .. } => Action::Continue,
             Outcome::Deny { .. } | Outcome::Wait { .. } => Action::Pause,
         }

@@ -19,13 +19,17 @@
 
 pub mod cache;
 pub mod challenge;
+pub mod claims;
 pub mod config;
+pub mod credentials;
 pub mod crypto;
 pub mod engine;
 pub mod introspection;
+pub mod introspection_state;
 pub mod jwks;
 pub mod keystore;
 pub mod validate;
+pub mod waiters;
 
 #[cfg(target_arch = "wasm32")]
 mod glue;

@@ -1,0 +1,282 @@
+//! Where a token is: reading one token source (header, query parameter, cookie) into a token, nothing,
+//! or a credential that cannot be read unambiguously, and removing a token from the request sent
+//! upstream (query parameter, cookies). Pure.
+
+use crate::config::Source;
+use crate::engine::Request;
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A token value must be visible ASCII without separators (`,` and `;` would let one header or cookie
+/// carry two tokens).
+fn clean_token(t: &str) -> Option<String> {
+    if t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic() && b != b',' && b != b';') {
+        None
+    } else {
+        Some(t.to_string())
+    }
+}
+
+/// What one token source holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// Nothing for this source: the credential is missing here.
+    Absent,
+    Token(String),
+    /// A credential is there but cannot be read unambiguously (a bad scheme separator, trailing data,
+    /// bad characters, or the carrier repeated). It is refused: an upstream might read it differently,
+    /// so it is never treated as missing and never forwarded unverified.
+    Malformed(String),
+}
+
+/// A header value carrying `scheme`-prefixed credentials (`prefix` as configured, e.g. `Bearer `).
+fn from_prefixed(name: &str, v: &str, prefix: &str) -> Found {
+    let scheme = prefix.trim_end_matches(' ');
+    let is_auth_scheme = scheme.len() < prefix.len();
+    // Whether a (comma-separated) element is a credential of this scheme: anything that starts with
+    // it (`Bearer`, `bearer <t>`, `Bearer\t<t>`, even `Bearer<t>`, which lenient upstreams strip and
+    // accept); `Basic …` is another scheme's business.
+    let ours = |e: &str| {
+        let e = e.trim_start_matches([' ', '\t']);
+        e.get(..scheme.len()).is_some_and(|h| h.eq_ignore_ascii_case(scheme))
+    };
+    if !v.split(',').any(ours) {
+        return Found::Absent;
+    }
+    let malformed = |why: &str| Found::Malformed(format!("`{name}` {why}"));
+    if v.contains(',') {
+        return malformed("carries more than one credential");
+    }
+    let v = v.trim_start_matches([' ', '\t']);
+    let rest = &v[scheme.len()..];
+    if !is_auth_scheme {
+        return clean_token(rest).map_or_else(|| malformed("has a malformed token"), Found::Token);
+    }
+    // RFC 7235: scheme 1*SP token68, nothing after it.
+    let token = rest.trim_start_matches(' ');
+    if token.len() == rest.len() {
+        return malformed("has no space after the scheme");
+    }
+    // Whitespace or a separator inside is trailing data an upstream may read differently; any other
+    // character is left to verification (an `invalid_token`, as jwt_authn answers).
+    clean_token(token.trim_end_matches([' ', '\t']))
+        .map_or_else(|| malformed("has trailing data"), Found::Token)
+}
+
+/// The token from one source: absent, found, or present but unreadable.
+pub fn extract(source: &Source, req: &Request<'_>) -> Found {
+    match source {
+        Source::Header { name, prefix } => {
+            let Some(raw) = (req.header)(name) else { return Found::Absent };
+            let Ok(v) = std::str::from_utf8(&raw) else {
+                return Found::Malformed(format!("`{name}` is not UTF-8"));
+            };
+            match prefix {
+                Some(pre) => from_prefixed(name, v, pre),
+                None if v.contains(',') => {
+                    Found::Malformed(format!("`{name}` carries more than one credential"))
+                }
+                None => clean_token(v.trim_matches([' ', '\t'])).map_or_else(
+                    || Found::Malformed(format!("`{name}` has a malformed token")),
+                    Found::Token,
+                ),
+            }
+        }
+        Source::Param(name) => {
+            let Some((_, q)) = req.path.split_once('?') else { return Found::Absent };
+            let q = q.split_once('#').map_or(q, |(q, _)| q);
+            let mut found = Found::Absent;
+            for kv in q.split('&') {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                if !param_name_is(k, name) {
+                    continue;
+                }
+                if found != Found::Absent {
+                    return Found::Malformed(format!("query parameter `{name}` is repeated"));
+                }
+                found = percent_decode(v).and_then(|v| clean_token(&v)).map_or_else(
+                    || Found::Malformed(format!("query parameter `{name}` has a malformed token")),
+                    Found::Token,
+                );
+            }
+            found
+        }
+        Source::Cookie(name) => {
+            let Some(raw) = (req.header)("cookie") else { return Found::Absent };
+            let Ok(v) = std::str::from_utf8(&raw) else {
+                // Other cookies may be binary; ours cannot hide in bytes we cannot read.
+                return if String::from_utf8_lossy(&raw).contains(name.as_str()) {
+                    Found::Malformed("`cookie` is not UTF-8".into())
+                } else {
+                    Found::Absent
+                };
+            };
+            let mut found = Found::Absent;
+            for kv in v.split(';') {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                if k.trim() != name {
+                    continue;
+                }
+                if found != Found::Absent {
+                    return Found::Malformed(format!("cookie `{name}` is repeated"));
+                }
+                found = clean_token(v.trim().trim_matches('"')).map_or_else(
+                    || Found::Malformed(format!("cookie `{name}` has a malformed token")),
+                    Found::Token,
+                );
+            }
+            found
+        }
+    }
+}
+
+/// Whether a raw (possibly percent-encoded) query parameter name is `name`, as the upstream would
+/// decode it.
+fn param_name_is(raw: &str, name: &str) -> bool {
+    raw == name || (raw.contains(['%', '+']) && percent_decode(raw).is_some_and(|d| d == name))
+}
+
+/// `path` without any `name` query parameter (every occurrence, whatever its value, also without `=`
+/// or with a percent-encoded name), the other parameters kept byte for byte and in order, the `?`
+/// dropped when none is left, a `#fragment` kept. `None` when the path has no such parameter.
+pub fn strip_query_param(path: &str, name: &str) -> Option<String> {
+    let (base, rest) = path.split_once('?')?;
+    let (query, fragment) = match rest.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (rest, None),
+    };
+    let is_token = |kv: &str| param_name_is(kv.split_once('=').map_or(kv, |(k, _)| k), name);
+    if !query.split('&').any(is_token) {
+        return None;
+    }
+    let kept: Vec<&str> = query.split('&').filter(|kv| !is_token(kv)).collect();
+    let mut out = String::with_capacity(path.len());
+    out.push_str(base);
+    // Empty segments (`a=1&&b=2`) are kept as they were, unless nothing else is left.
+    if kept.iter().any(|kv| !kv.is_empty()) {
+        out.push('?');
+        out.push_str(&kept.join("&"));
+    }
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    Some(out)
+}
+
+/// One `cookie` header value without the `names` cookies, the others kept as written (joined with
+/// `; `). `None` when it has none of them; `Some("")` when nothing is left.
+pub fn strip_cookie_value(value: &str, names: &[String]) -> Option<String> {
+    let is_token = |kv: &str| {
+        let k = kv.split_once('=').map_or(kv, |(k, _)| k).trim();
+        names.iter().any(|n| n == k)
+    };
+    if !value.split(';').any(is_token) {
+        return None;
+    }
+    let kept: Vec<&str> =
+        value.split(';').filter(|kv| !is_token(kv)).map(str::trim).filter(|kv| !kv.is_empty()).collect();
+    Some(kept.join("; "))
+}
+
+/// The `cookie` header values to send upstream once the `names` cookies are removed from each (an
+/// HTTP/2 client may send several `cookie` headers); values left empty are dropped. `None` when no
+/// header carried such a cookie (leave the headers alone).
+pub fn strip_cookie_headers(values: &[&[u8]], names: &[String]) -> Option<Vec<Vec<u8>>> {
+    if names.is_empty() {
+        return None;
+    }
+    let mut changed = false;
+    let mut out = Vec::with_capacity(values.len());
+    for v in values {
+        // A header that is not UTF-8 cannot hold a cookie we extracted; keep it as it is.
+        match std::str::from_utf8(v).ok().and_then(|s| strip_cookie_value(s, names)) {
+            Some(rest) => {
+                changed = true;
+                if !rest.is_empty() {
+                    out.push(rest.into_bytes());
+                }
+            }
+            None => out.push(v.to_vec()),
+        }
+    }
+    changed.then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strip_query_param_edge_cases() {
+        let s = |p: &str| strip_query_param(p, "access_token");
+        assert_eq!(s("/x?access_token=t"), Some("/x".into()), "the ? goes when nothing is left");
+        assert_eq!(
+            s("/x?a=1&access_token=t&b=%2F+2"),
+            Some("/x?a=1&b=%2F+2".into()),
+            "order and encoding kept"
+        );
+        assert_eq!(s("/x?access_token=t&a=1&access_token=u"), Some("/x?a=1".into()), "repeated: all removed");
+        assert_eq!(s("/x?%61ccess_token=t&a=1"), Some("/x?a=1".into()), "percent-encoded name");
+        assert_eq!(s("/x?access%5Ftoken=t"), Some("/x".into()));
+        assert_eq!(s("/x?a=1&access_token=&b="), Some("/x?a=1&b=".into()), "empty values");
+        assert_eq!(s("/x?access_token&a"), Some("/x?a".into()), "name without =");
+        assert_eq!(s("/x?a=1&access_token=t#frag"), Some("/x?a=1#frag".into()), "fragment kept");
+        assert_eq!(s("/x?access_token=t#f?access_token=u"), Some("/x#f?access_token=u".into()));
+        assert_eq!(s("/x?a=1&&b=2&access_token=t"), Some("/x?a=1&&b=2".into()));
+        assert_eq!(s("/x?&access_token=t"), Some("/x".into()));
+        assert_eq!(s("/x?a=1&my_access_token=t&access_tokens=u"), None, "other names untouched");
+        assert_eq!(s("/x?a=access_token"), None, "a value equal to the name is not the parameter");
+        assert_eq!(s("/x"), None);
+        assert_eq!(s("/x#access_token=t"), None, "a fragment is not a query");
+        assert_eq!(s("/x?a=%zz&access_token=t"), Some("/x?a=%zz".into()), "bad encodings elsewhere kept");
+    }
+
+    #[test]
+    fn strip_cookie_edge_cases() {
+        let names = vec!["at".to_string()];
+        let v = |c: &str| strip_cookie_value(c, &names);
+        assert_eq!(v("a=1; at=t; b=2"), Some("a=1; b=2".into()));
+        assert_eq!(v("at=t"), Some(String::new()));
+        assert_eq!(v("a=1;at=t;b=2"), Some("a=1; b=2".into()), "no spaces after ;");
+        assert_eq!(v("  at = t ;  a=1"), Some("a=1".into()), "spacing around the name");
+        assert_eq!(v("at=t; a=1; at=u"), Some("a=1".into()), "repeated cookie");
+        assert_eq!(v("at=; a="), Some("a=".into()), "empty values");
+        assert_eq!(v("a=1; b=at; xat=1; at2=t"), None, "other cookies untouched");
+        assert_eq!(v("a=1; b=2"), None);
+        let h = |vals: &[&str]| {
+            let b: Vec<&[u8]> = vals.iter().map(|v| v.as_bytes()).collect();
+            strip_cookie_headers(&b, &names)
+                .map(|o| o.into_iter().map(|v| String::from_utf8(v).unwrap()).collect::<Vec<_>>())
+        };
+        assert_eq!(h(&["a=1", "at=t", "b=2; at=u; c=3"]), Some(vec!["a=1".into(), "b=2; c=3".into()]));
+        assert_eq!(h(&["at=t"]), Some(vec![]), "no cookie left: the header goes");
+        assert_eq!(h(&["a=1", "b=2"]), None);
+        assert_eq!(h(&[]), None);
+        let bin: Vec<&[u8]> = vec![b"x=\xff", b"at=t; y=1"];
+        assert_eq!(strip_cookie_headers(&bin, &names), Some(vec![b"x=\xff".to_vec(), b"y=1".to_vec()]));
+        assert_eq!(strip_cookie_headers(&bin, &[]), None);
+    }
+}
