@@ -4,23 +4,21 @@
 //! Data returned to the guest is allocated with `proxy_on_memory_allocate` (or `malloc`); an empty value
 //! is returned as (0, 0) without an allocation.
 
-use std::sync::atomic::Ordering;
-
 use wasmtime::{Caller, Linker};
 use wasmtime::{Result, bail, format_err};
 
 use crate::http::{Headers, LocalReply};
 use crate::plugin::LogLevel;
-use crate::shared::{Metric, MetricKind, Queue};
+use crate::shared::{CallRefused, MetricKind, QueueOwner, Shared};
 use crate::vm::{
     BODY_REQ, BODY_RESP, Ctx, Dispatch, MAP_REQ_HEADERS, MAP_REQ_TRAILERS, MAP_RESP_HEADERS,
-    MAP_RESP_TRAILERS, StreamAction, StreamRef, VmState, sd,
+    MAP_RESP_TRAILERS, StreamAction, StreamRef, VmState, edit_body, sd,
 };
 
 // The status codes are the public `crate::status` constants (one definition for guests and tests).
 pub(crate) use crate::status::{
-    BAD_ARGUMENT, BROKEN_CONNECTION, CAS_MISMATCH, EMPTY, INVALID_MEMORY_ACCESS, NOT_FOUND, OK,
-    SERIALIZATION_FAILURE, UNIMPLEMENTED,
+    BAD_ARGUMENT, BROKEN_CONNECTION, INVALID_MEMORY_ACCESS, NOT_FOUND, OK, SERIALIZATION_FAILURE,
+    UNIMPLEMENTED,
 };
 
 type C<'a> = Caller<'a, VmState>;
@@ -520,17 +518,7 @@ fn add_buffers(l: &mut Linker<VmState>) -> Result<()> {
             let mut d = sd(&data);
             let bufs = if req { &mut d.req_bufs } else { &mut d.resp_bufs };
             let Some(buf) = bufs.get_mut(filter) else { return Ok(NOT_FOUND) };
-            let (start, size) = (start as usize, size as usize);
-            // Envoy supports exactly these three edits of a live body buffer.
-            if start == 0 && size == 0 {
-                buf.splice(0..0, bytes);
-            } else if start == 0 && size >= buf.len() {
-                *buf = bytes;
-            } else if start >= buf.len() {
-                buf.extend_from_slice(&bytes);
-            } else {
-                return Ok(BAD_ARGUMENT);
-            }
+            tri!(edit_body(buf, start as usize, size as usize, bytes));
             Ok(OK)
         },
     )?;
@@ -648,9 +636,6 @@ fn add_http_calls(l: &mut Linker<VmState>) -> Result<()> {
             let trl = tri!(read(&c, tp, tl));
             let Some(h) = deserialize_pairs(&hdrs) else { return Ok(BAD_ARGUMENT) };
             let Some(t) = deserialize_pairs(&trl) else { return Ok(BAD_ARGUMENT) };
-            if (timeout as i32) < 0 {
-                return Ok(BAD_ARGUMENT);
-            }
             let mut headers = Headers::from_raw(h.into_iter().map(|(k, v)| (lower(&k), v)).collect());
             if !body.is_empty() {
                 // Envoy sets content-length on a call with a body.
@@ -658,19 +643,18 @@ fn add_http_calls(l: &mut Linker<VmState>) -> Result<()> {
             }
             let trailers = Headers::from_raw(t.into_iter().map(|(k, v)| (lower(&k), v)).collect());
             let Some(shared) = c.data().shared.clone() else { return Ok(BAD_ARGUMENT) };
-            if !shared.upstreams.contains(&upstream) {
-                c.data().log(
-                    LogLevel::Debug,
-                    format!("proxy_http_call: unknown upstream (cluster) `{upstream}`: BAD_ARGUMENT"),
-                );
-                return Ok(BAD_ARGUMENT);
-            }
-            for required in [":method", ":path", ":authority"] {
-                if !headers.contains(required) {
+            match shared.admit_http_call(&upstream, &headers, timeout) {
+                Ok(()) => {}
+                Err(CallRefused::UnknownUpstream) => {
+                    c.data().log(
+                        LogLevel::Debug,
+                        format!("proxy_http_call: unknown upstream (cluster) `{upstream}`: BAD_ARGUMENT"),
+                    );
                     return Ok(BAD_ARGUMENT);
                 }
+                Err(_) => return Ok(BAD_ARGUMENT),
             }
-            let token = shared.next_token.fetch_add(1, Ordering::SeqCst);
+            let token = shared.next_call_token();
             tri!(write_u32(&mut c, rt, token));
             let st = c.data_mut();
             let ctx = st.effective;
@@ -739,11 +723,9 @@ fn add_shared(l: &mut Linker<VmState>) -> Result<()> {
             guard(&c, "proxy_get_shared_data")?;
             let key = String::from_utf8_lossy(&tri!(read(&c, kp, kl))).into_owned();
             let Some(shared) = c.data().shared.clone() else { return Ok(NOT_FOUND) };
-            let found = crate::host::lock(&shared.process.shared_data)
-                .get(&c.data().vm_id)
-                .and_then(|m| m.get(&key))
-                .cloned();
-            let Some((value, cas)) = found else { return Ok(NOT_FOUND) };
+            let Some((value, cas)) = shared.process.shared_data(&c.data().vm_id, &key) else {
+                return Ok(NOT_FOUND);
+            };
             let s = return_bytes(&mut c, &value, rp, rl)?;
             if s != OK {
                 return Ok(s);
@@ -760,15 +742,7 @@ fn add_shared(l: &mut Linker<VmState>) -> Result<()> {
             let key = String::from_utf8_lossy(&tri!(read(&c, kp, kl))).into_owned();
             let value = tri!(read(&c, vp, vl));
             let Some(shared) = c.data().shared.clone() else { return Ok(NOT_FOUND) };
-            let mut all = crate::host::lock(&shared.process.shared_data);
-            let map = all.entry(c.data().vm_id.clone()).or_default();
-            if let Some(existing) = map.get(&key)
-                && cas != 0
-                && cas != existing.1
-            {
-                return Ok(CAS_MISMATCH);
-            }
-            map.insert(key, (value, shared.next_cas()));
+            tri!(shared.process.set_shared(&c.data().vm_id, &key, value, cas));
             Ok(OK)
         },
     )?;
@@ -780,29 +754,13 @@ fn add_shared(l: &mut Linker<VmState>) -> Result<()> {
             let name = String::from_utf8_lossy(&tri!(read(&c, np, nl))).into_owned();
             let Some(shared) = c.data().shared.clone() else { return Ok(NOT_FOUND) };
             let st = c.data();
-            let owner = (st.worker, st.vm_index, st.root_of(st.effective));
-            let key = (st.vm_id.clone(), name.clone());
-            let token = {
-                let mut q = crate::host::lock(&shared.process.queues);
-                match q.by_name.get(&key) {
-                    Some(t) => *t,
-                    None => {
-                        let t = shared.process.next_queue.fetch_add(1, Ordering::SeqCst);
-                        q.by_name.insert(key, t);
-                        q.queues.insert(
-                            t,
-                            Queue {
-                                vm_id: st.vm_id.clone(),
-                                name,
-                                owner,
-                                chain: std::sync::Arc::downgrade(&shared),
-                                items: Default::default(),
-                            },
-                        );
-                        t
-                    }
-                }
+            let owner = QueueOwner {
+                worker: st.worker,
+                vm: st.vm_index,
+                root: st.root_of(st.effective),
+                chain: std::sync::Arc::downgrade(&shared),
             };
+            let token = shared.process.register_queue(&st.vm_id, &name, owner);
             tri!(write_u32(&mut c, ret, token));
             Ok(OK)
         },
@@ -815,8 +773,7 @@ fn add_shared(l: &mut Linker<VmState>) -> Result<()> {
             let vm_id = String::from_utf8_lossy(&tri!(read(&c, vp, vl))).into_owned();
             let name = String::from_utf8_lossy(&tri!(read(&c, np, nl))).into_owned();
             let Some(shared) = c.data().shared.clone() else { return Ok(NOT_FOUND) };
-            let t = crate::host::lock(&shared.process.queues).by_name.get(&(vm_id, name)).copied();
-            let Some(t) = t else { return Ok(NOT_FOUND) };
+            let Some(t) = shared.process.resolve_queue(&vm_id, &name) else { return Ok(NOT_FOUND) };
             tri!(write_u32(&mut c, ret, t));
             Ok(OK)
         },
@@ -825,14 +782,7 @@ fn add_shared(l: &mut Linker<VmState>) -> Result<()> {
         guard(&c, "proxy_enqueue_shared_queue")?;
         let item = tri!(read(&c, p, len));
         let Some(shared) = c.data().shared.clone() else { return Ok(NOT_FOUND) };
-        let owner = {
-            let mut q = crate::host::lock(&shared.process.queues);
-            let Some(queue) = q.queues.get_mut(&id) else { return Ok(NOT_FOUND) };
-            queue.items.push_back(item);
-            let _ = (&queue.vm_id, &queue.name);
-            (queue.owner, queue.chain.clone())
-        };
-        crate::shared::Process::notify_owner(owner.0, &owner.1, id);
+        tri!(shared.process.enqueue(id, item));
         Ok(OK)
     })?;
     l.func_wrap(
@@ -841,15 +791,8 @@ fn add_shared(l: &mut Linker<VmState>) -> Result<()> {
         |mut c: C<'_>, id: u32, rp: u32, rl: u32| -> Result<u32> {
             guard(&c, "proxy_dequeue_shared_queue")?;
             let Some(shared) = c.data().shared.clone() else { return Ok(NOT_FOUND) };
-            let item = {
-                let mut q = crate::host::lock(&shared.process.queues);
-                let Some(queue) = q.queues.get_mut(&id) else { return Ok(NOT_FOUND) };
-                queue.items.pop_front()
-            };
-            match item {
-                None => Ok(EMPTY),
-                Some(v) => return_bytes(&mut c, &v, rp, rl),
-            }
+            let item = tri!(shared.process.dequeue(id));
+            return_bytes(&mut c, &item, rp, rl)
         },
     )?;
     Ok(())
@@ -864,35 +807,17 @@ fn add_metrics(l: &mut Linker<VmState>) -> Result<()> {
             let Some(kind) = MetricKind::from_u32(ty) else { return Ok(BAD_ARGUMENT) };
             let name = String::from_utf8_lossy(&tri!(read(&c, np, nl))).into_owned();
             let Some(shared) = c.data().shared.clone() else { return Ok(NOT_FOUND) };
-            crate::host::lock(&shared.process.metrics).entry(name.clone()).or_insert(Metric {
-                kind,
-                value: 0,
-                samples: Vec::new(),
-            });
-            let st = c.data_mut();
-            let id = match st.metric_by_name.get(&(name.clone(), ty)) {
-                Some(id) => *id,
-                None => {
-                    // Like Envoy, the low bits of the id carry the metric type.
-                    let id = (st.next_metric << 2) | ty;
-                    st.next_metric += 1;
-                    st.metric_by_name.insert((name.clone(), ty), id);
-                    st.metric_ids.insert(id, name);
-                    id
-                }
-            };
+            shared.process.define_metric(&name, kind);
+            let id = c.data_mut().metric_id(name, ty);
             tri!(write_u32(&mut c, ret, id));
             Ok(OK)
         },
     )?;
-    fn with_metric(c: &C<'_>, id: u32, f: impl FnOnce(&mut Metric) -> u32) -> u32 {
-        let Some(name) = c.data().metric_ids.get(&id) else { return NOT_FOUND };
-        let Some(shared) = c.data().shared.clone() else { return NOT_FOUND };
-        let mut m = crate::host::lock(&shared.process.metrics);
-        match m.get_mut(name) {
-            Some(metric) => f(metric),
-            None => NOT_FOUND,
-        }
+    /// The process and the metric name behind a VM's metric id.
+    fn metric(c: &C<'_>, id: u32) -> std::result::Result<(std::sync::Arc<Shared>, String), u32> {
+        let name = c.data().metric_ids.get(&id).ok_or(NOT_FOUND)?.clone();
+        let shared = c.data().shared.clone().ok_or(NOT_FOUND)?;
+        Ok((shared, name))
     }
     l.func_wrap("env", "proxy_increment_metric", |c: C<'_>, id: u32, offset: i64| -> Result<u32> {
         guard(&c, "proxy_increment_metric")?;
@@ -900,46 +825,23 @@ fn add_metrics(l: &mut Linker<VmState>) -> Result<()> {
         if id & 3 >= 2 {
             return Ok(BAD_ARGUMENT);
         }
-        Ok(with_metric(&c, id, |m| match m.kind {
-            MetricKind::Counter if offset > 0 => {
-                m.value = m.value.wrapping_add(offset as u64);
-                OK
-            }
-            MetricKind::Counter => BAD_ARGUMENT,
-            MetricKind::Gauge => {
-                m.value = m.value.wrapping_add(offset as u64);
-                OK
-            }
-            MetricKind::Histogram => BAD_ARGUMENT,
-        }))
+        let (shared, name) = tri!(metric(&c, id));
+        tri!(shared.process.increment_metric(&name, offset));
+        Ok(OK)
     })?;
     l.func_wrap("env", "proxy_record_metric", |c: C<'_>, id: u32, value: u64| -> Result<u32> {
         guard(&c, "proxy_record_metric")?;
-        Ok(with_metric(&c, id, |m| {
-            match m.kind {
-                MetricKind::Counter => m.value = m.value.wrapping_add(value),
-                MetricKind::Gauge => m.value = value,
-                MetricKind::Histogram => m.samples.push(value),
-            }
-            OK
-        }))
+        let (shared, name) = tri!(metric(&c, id));
+        tri!(shared.process.record_metric(&name, value));
+        Ok(OK)
     })?;
     l.func_wrap("env", "proxy_get_metric", |mut c: C<'_>, id: u32, ret: u32| -> Result<u32> {
         guard(&c, "proxy_get_metric")?;
         if id & 3 >= 2 {
             return Ok(BAD_ARGUMENT);
         }
-        let mut value = 0;
-        let s = with_metric(&c, id, |m| match m.kind {
-            MetricKind::Histogram => BAD_ARGUMENT,
-            _ => {
-                value = m.value;
-                OK
-            }
-        });
-        if s != OK {
-            return Ok(s);
-        }
+        let (shared, name) = tri!(metric(&c, id));
+        let value = tri!(shared.process.metric_value(&name));
         tri!(write_u64(&mut c, ret, value));
         Ok(OK)
     })?;

@@ -9,7 +9,7 @@ use wasmtime::{Memory, Store, TypedFunc, WasmParams, WasmResults};
 use crate::host::{Host, Module, lock};
 use crate::http::{Headers, LocalReply, StreamId};
 use crate::plugin::{LogLevel, Plugin};
-use crate::shared::Shared;
+use crate::shared::{Shared, Status};
 
 /// Header-map availability bits (per filter of a stream).
 pub(crate) const MAP_REQ_HEADERS: u8 = 1;
@@ -27,6 +27,22 @@ pub(crate) enum StreamAction {
     ContinueResponse(usize),
     LocalReply(LocalReply, usize),
     Close,
+}
+
+/// `proxy_set_buffer_bytes` on a live body buffer. Envoy supports exactly three edits: insert at the
+/// front (`start == 0, size == 0`), replace all (`start == 0, size >= len`) and append (`start >= len`);
+/// anything else is BAD_ARGUMENT.
+pub(crate) fn edit_body(buf: &mut Vec<u8>, start: usize, size: usize, bytes: Vec<u8>) -> Result<(), Status> {
+    if start == 0 && size == 0 {
+        buf.splice(0..0, bytes);
+    } else if start == 0 && size >= buf.len() {
+        *buf = bytes;
+    } else if start >= buf.len() {
+        buf.extend_from_slice(&bytes);
+    } else {
+        return Err(crate::status::BAD_ARGUMENT);
+    }
+    Ok(())
 }
 
 /// Stream data shared between the worker and the VMs of the chain.
@@ -179,6 +195,19 @@ impl VmState {
     }
 
     /// The root context id for the effective context.
+    /// This VM's id of metric `name` of type `ty`, allocated on first definition. Like Envoy, the low
+    /// bits of the id carry the metric type.
+    pub(crate) fn metric_id(&mut self, name: String, ty: u32) -> u32 {
+        if let Some(id) = self.metric_by_name.get(&(name.clone(), ty)) {
+            return *id;
+        }
+        let id = (self.next_metric << 2) | ty;
+        self.next_metric += 1;
+        self.metric_by_name.insert((name.clone(), ty), id);
+        self.metric_ids.insert(id, name);
+        id
+    }
+
     pub(crate) fn root_of(&self, ctx: u32) -> u32 {
         match self.contexts.get(&ctx) {
             Some(Ctx::Stream { root, .. }) => *root,
@@ -427,4 +456,27 @@ pub(crate) fn trap_text(e: &wasmtime::Error) -> String {
 /// Locks stream data.
 pub(crate) fn sd(s: &StreamRef) -> std::sync::MutexGuard<'_, StreamData> {
     lock(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::edit_body;
+    use crate::status::BAD_ARGUMENT;
+
+    #[test]
+    fn a_live_body_takes_exactly_envoys_three_edits() {
+        let mut b = b"body".to_vec();
+        assert_eq!(edit_body(&mut b, 0, 0, b">".to_vec()), Ok(()));
+        assert_eq!(b, b">body");
+        assert_eq!(edit_body(&mut b, 5, 0, b"<".to_vec()), Ok(()));
+        assert_eq!(b, b">body<");
+        assert_eq!(edit_body(&mut b, 0, 6, b"new".to_vec()), Ok(()));
+        assert_eq!(b, b"new");
+        assert_eq!(edit_body(&mut b, 0, 99, b"all".to_vec()), Ok(()));
+        assert_eq!(b, b"all");
+        // A splice in the middle (or a partial replace at the front) is not supported.
+        assert_eq!(edit_body(&mut b, 1, 1, b"x".to_vec()), Err(BAD_ARGUMENT));
+        assert_eq!(edit_body(&mut b, 0, 1, b"x".to_vec()), Err(BAD_ARGUMENT));
+        assert_eq!(b, b"all");
+    }
 }
