@@ -4,11 +4,15 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use meshwasm_endpoints::{
     EndpointSet, QUEUE_SEQ_KEY, SUBSCRIBERS_KEY, Subscribers, notify_queue_name, set_key,
 };
+use meshwasm_filter_runtime::glue::{
+    HostShared, define, increment, install_panic_hook, log, now_ms, now_nanos, plugin_config, random_u64,
+};
+use meshwasm_filter_runtime::worker_id;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType, Status};
@@ -25,29 +29,19 @@ const DEFAULT_ENDPOINT_HEADER: &str = "x-meshwasm-endpoint";
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    std::panic::set_hook(Box::new(|info| {
-        let _ = hostcalls::log(LogLevel::Critical, &format!("meshwasm balancer: panic: {info}"));
-    }));
+    install_panic_hook("balancer");
     proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
         Box::new(Root { context_id, state: None, queue: None, header: Rc::from(DEFAULT_ENDPOINT_HEADER) })
     });
 }}
 
-fn log(level: LogLevel, msg: &str) {
-    let _ = hostcalls::log(level, msg);
-}
-
-fn now_ms(ctx: &dyn Context) -> u64 {
-    ctx.get_current_time().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 fn counter(name: &str) -> Option<u32> {
-    hostcalls::define_metric(MetricType::Counter, name).ok()
+    define(MetricType::Counter, name)
 }
 
 fn bump(metric: Option<u32>) {
     if let Some(id) = metric {
-        let _ = hostcalls::increment_metric(id, 1);
+        increment(id, 1);
     }
 }
 
@@ -168,14 +162,7 @@ impl Root {
         let name = match self.queue {
             Some(_) => None,
             None => {
-                let Some(seq) = next_queue_seq() else {
-                    log(
-                        LogLevel::Warn,
-                        "meshwasm balancer: cannot allocate a notify queue; relying on the tick",
-                    );
-                    return;
-                };
-                let name = notify_queue_name(seq);
+                let name = notify_queue_name(next_queue_seq());
                 match hostcalls::register_shared_queue(&name) {
                     Ok(id) => {
                         self.queue = Some(id);
@@ -227,43 +214,17 @@ thread_local! {
     static QUEUE_NAME: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
-/// A random 32-bit value: std seeds `RandomState` from WASI `random_get` (Envoy and the meshwasm host
-/// provide it); the clock is mixed in too.
-fn random_u32() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    let nanos = hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos() as u64);
-    h.write_u64(nanos);
-    h.finish() & 0xffff_ffff
-}
-
-/// Draws this VM's notify-queue number: the CAS-incremented counter in the high bits plus 32 random bits.
-/// The very first write of the counter carries no CAS (Envoy treats CAS 0 as unconditional), so two VMs
-/// starting together may both draw the same counter value; the random bits keep their queues apart.
-fn next_queue_seq() -> Option<u64> {
-    let mut next = 0u64;
-    for _ in 0..20 {
-        let (bytes, cas) = hostcalls::get_shared_data(QUEUE_SEQ_KEY).ok()?;
-        let n: u64 = bytes.and_then(|b| String::from_utf8(b).ok()).and_then(|s| s.parse().ok()).unwrap_or(0);
-        next = n.wrapping_add(1);
-        match hostcalls::set_shared_data(QUEUE_SEQ_KEY, Some(next.to_string().as_bytes()), cas) {
-            Ok(()) => break,
-            Err(Status::CasMismatch) => continue,
-            Err(_) => return None,
-        }
-    }
-    // Even without a successful increment the random bits make a collision unlikely.
-    Some((next << 32) | random_u32())
+/// Draws this VM's notify-queue number ([`worker_id::allocate`]): the CAS-incremented counter in the
+/// high bits plus 32 random bits, which keep two VMs apart when both create the counter at once.
+fn next_queue_seq() -> u64 {
+    worker_id::allocate(&mut HostShared, QUEUE_SEQ_KEY, random_u64())
 }
 
 impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        let bytes = plugin_config();
         let plan = match Plan::from_json(&bytes) {
             Ok(p) => Rc::new(p),
             Err(e) => {
@@ -271,10 +232,9 @@ impl RootContext for Root {
                 return false;
             }
         };
-        let now = now_ms(self);
+        let now = now_ms();
         let base_seed = plan.seed.unwrap_or_else(|| {
-            let nanos =
-                self.get_current_time().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+            let nanos = now_nanos();
             nanos ^ u64::from(self.context_id).rotate_left(32)
         });
         let mut services = HashMap::new();
@@ -346,7 +306,7 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         let Some(state) = self.state.clone() else { return };
-        let now = now_ms(self);
+        let now = now_ms();
         let discovered = {
             let Ok(mut st) = state.try_borrow_mut() else { return };
             let names: Vec<String> =
@@ -363,7 +323,7 @@ impl RootContext for Root {
 
     fn on_queue_ready(&mut self, queue_id: u32) {
         let Some(state) = self.state.clone() else { return };
-        let now = now_ms(self);
+        let now = now_ms();
         let Ok(mut st) = state.try_borrow_mut() else { return };
         while let Ok(Some(msg)) = hostcalls::dequeue_shared_queue(queue_id) {
             if let Ok(name) = std::str::from_utf8(&msg) {
@@ -452,7 +412,7 @@ impl HttpContext for Http {
             }
         };
         let Some(s) = st.services.get_mut(name.as_ref()) else { return Action::Continue };
-        self.now = now_ms(self);
+        self.now = now_ms();
         let hash = if s.lb.policy().algorithm.is_hash() {
             key_hash(&s.lb.policy().hash_key, &View(self))
         } else {
@@ -516,7 +476,7 @@ impl HttpContext for Http {
             .and_then(|b| String::from_utf8(b).ok())
             .and_then(|a| a.parse::<SocketAddr>().ok());
         let outcome = Outcome::classify(picked, upstream, flags, self.status);
-        self.now = now_ms(self);
+        self.now = now_ms();
         self.finish(outcome);
     }
 }
