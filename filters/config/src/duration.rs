@@ -74,32 +74,36 @@ impl From<Duration> for std::time::Duration {
     }
 }
 
+/// Reads a duration string and converts it with `convert`, inside the visitor, so that serde_json
+/// attaches the position (and so the field path) to a conversion error too.
+struct Visit<T>(fn(Duration) -> Result<T, String>);
+
+impl<T> serde::de::Visitor<'_> for Visit<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a duration string like \"250ms\", \"5s\", \"1m\" or \"1h\"")
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
+        Duration::parse(v).and_then(self.0).map_err(E::custom)
+    }
+}
+
 impl<'de> serde::Deserialize<'de> for Duration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = Duration;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a duration string like \"250ms\", \"5s\", \"1m\" or \"1h\"")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
-                Duration::parse(v).map_err(E::custom)
-            }
-        }
-        d.deserialize_str(V)
+        d.deserialize_str(Visit(Ok))
     }
 }
 
 /// `#[serde(deserialize_with = "meshwasm_config::millis")]`: a duration string into a field the
 /// filter keeps as `u64` milliseconds.
 pub fn millis<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    <Duration as serde::Deserialize>::deserialize(d).map(Duration::as_millis)
+    d.deserialize_str(Visit(|d| Ok(d.as_millis())))
 }
 
 /// `#[serde(deserialize_with = "meshwasm_config::secs")]`: a duration string into a field the
 /// filter keeps as `u64` seconds; a fraction of a second is refused.
 pub fn secs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    <Duration as serde::Deserialize>::deserialize(d)?.as_whole_secs().map_err(serde::de::Error::custom)
+    d.deserialize_str(Visit(Duration::as_whole_secs))
 }
 
 #[cfg(test)]

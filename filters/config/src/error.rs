@@ -75,22 +75,107 @@ impl std::error::Error for ConfigError {}
 
 /// Deserializes a JSON document; a type error, an unknown field or a bad value names its path.
 pub fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(path_error)?;
-    // Trailing data after the document is an error too.
-    de.end().map_err(|e| ConfigError::new("", e.to_string()))?;
-    Ok(value)
+    serde_json::from_slice(bytes).map_err(|e| located(bytes, &e))
 }
 
-/// As [`from_json`], from a document already parsed (after [`crate::Legacy`] rewrote it).
+/// As [`from_json`], from a document already parsed (after [`crate::Legacy`] rewrote it). It is
+/// written out again so that an error has a position to find its path from.
 pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ConfigError> {
-    serde_path_to_error::deserialize(value).map_err(path_error)
+    let bytes = serde_json::to_vec(&value).map_err(|e| ConfigError::new("", e.to_string()))?;
+    from_json(&bytes)
 }
 
-fn path_error(e: serde_path_to_error::Error<serde_json::Error>) -> ConfigError {
-    let path = e.path().to_string();
-    let path = if path == "." { String::new() } else { path };
-    ConfigError::new(path, e.into_inner().to_string())
+/// serde_json knows where an error happened (line and column), not in which field. Rather than a
+/// path-tracking deserializer (tens of KB of generic code in every filter), the path is recovered
+/// by scanning the text up to that position.
+fn located(text: &[u8], e: &serde_json::Error) -> ConfigError {
+    let message = e.to_string();
+    if e.line() == 0 {
+        return ConfigError::new("", message);
+    }
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    let reason = message.strip_suffix(&suffix).unwrap_or(&message);
+    ConfigError::new(path_at(text, e.line(), e.column()), reason)
+}
+
+enum Level {
+    /// The key being read or whose value is being read.
+    Object(Option<String>),
+    Array(usize),
+}
+
+/// The path (`a.b[2].c`) of the value at `line`/`column` (1-based; the column counts bytes, as
+/// serde_json's does) of a JSON text: the member or element being read there. An error at a `}` or
+/// `]` (such as a missing field) is about the object or array it closes.
+fn path_at(text: &[u8], line: usize, column: usize) -> String {
+    let mut at = 0;
+    for _ in 1..line {
+        match text[at..].iter().position(|&b| b == b'\n') {
+            Some(nl) => at += nl + 1,
+            None => break,
+        }
+    }
+    let end = (at + column.saturating_sub(1)).min(text.len());
+    let mut stack: Vec<Level> = Vec::new();
+    let mut expect_key = false;
+    let mut i = 0;
+    while i < end {
+        match text[i] {
+            b'{' => {
+                stack.push(Level::Object(None));
+                expect_key = true;
+            }
+            b'[' => {
+                stack.push(Level::Array(0));
+                expect_key = false;
+            }
+            b'}' | b']' => {
+                stack.pop();
+                expect_key = false;
+            }
+            b',' => match stack.last_mut() {
+                Some(Level::Object(key)) => {
+                    *key = None;
+                    expect_key = true;
+                }
+                Some(Level::Array(n)) => *n += 1,
+                None => {}
+            },
+            b'"' => {
+                let start = i + 1;
+                i = start;
+                while i < text.len() && text[i] != b'"' {
+                    i += if text[i] == b'\\' { 2 } else { 1 };
+                }
+                if expect_key && let Some(Level::Object(key)) = stack.last_mut() {
+                    let raw = text.get(start..i.min(text.len())).unwrap_or_default();
+                    *key = Some(String::from_utf8_lossy(raw).into_owned());
+                    expect_key = false;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    if matches!(text.get(end), Some(b'}' | b']'))
+        && let Some(Level::Object(key)) = stack.last_mut()
+    {
+        *key = None;
+    }
+    let mut path = String::new();
+    for level in &stack {
+        match level {
+            Level::Object(Some(key)) => {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(key);
+            }
+            Level::Object(None) => {}
+            Level::Array(n) => path.push_str(&format!("[{n}]")),
+        }
+    }
+    path
 }
 
 #[cfg(test)]
@@ -131,6 +216,20 @@ mod tests {
         let e = from_json::<Outer>(br#"{"rules": [{}]}"#).unwrap_err();
         assert_eq!(e.path(), "rules[0]");
         assert!(e.reason().contains("missing field `prefix`"), "{e}");
+    }
+
+    #[test]
+    fn paths_across_lines_nesting_and_escapes() {
+        let text = b"{\n  \"a\": {\"b\\\"x\": [1, {\"c\": 2}]},\n  \"d\": [[], [3, 4]]\n}";
+        // Line 2, at the 2 (inside a.b\"x[1].c).
+        let col = text.split(|&b| b == b'\n').nth(1).unwrap().iter().position(|&b| b == b'2').unwrap() + 1;
+        assert_eq!(path_at(text, 2, col), "a.b\\\"x[1].c");
+        let col = text.split(|&b| b == b'\n').nth(2).unwrap().iter().position(|&b| b == b'4').unwrap() + 1;
+        assert_eq!(path_at(text, 3, col), "d[1][1]");
+        // Past the end: clamped, never a panic.
+        assert_eq!(path_at(text, 99, 99), "");
+        assert_eq!(path_at(b"", 1, 1), "");
+        assert_eq!(path_at(b"{\"unterminated", 1, 40), "unterminated");
     }
 
     #[test]
