@@ -1,5 +1,7 @@
 //! `meshwasm-host`: a wasmtime host for proxy-wasm filters (ABI 0.2.1) that behaves like Envoy, so the
-//! same `.wasm` files can be tested fast and deterministically without Envoy, and run in a small proxy.
+//! same `.wasm` files can be tested fast without Envoy, and run in a small proxy. Tests run on a virtual
+//! clock; WASI randomness comes from the OS unless seeded on request ([`HostOptions::random`] set to
+//! [`RandomSource::Seeded`]).
 //!
 //! ```no_run
 //! use meshwasm_host::{Host, HostOptions, Plugin, Proxy, Request, UpstreamReply, Upstream, CallReply};
@@ -16,10 +18,13 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Layout: [`host`](Host) (engine, linker, module cache, inspection), `abi` (the `env` hostcalls),
+//! Layout: [`host`](Host) (engine, linker, module cache, inspection), `abi` (the `env` hostcalls: they
+//! only marshal), `shared` (process state: shared data, queues, metrics and the hostcall rules over them),
 //! `wasi` (WASI preview 1 as Envoy provides it), `vm` (one instance and its contexts), [`Worker`] (one
-//! simulated Envoy worker: filter chain and stream state machine), [`Proxy`] (test driver with a virtual
-//! clock), `properties`, `foreign` (foreign-function registry).
+//! simulated Envoy worker: `worker/chain` the stream state machine, `worker/vms` VM management,
+//! `worker/local` local replies, `worker/driver` the driver API, `worker/dir` what differs between the
+//! request and response paths), [`Proxy`] (test driver with a virtual clock), `properties`, `foreign`
+//! (foreign-function registry).
 
 mod abi;
 mod client;
