@@ -47,7 +47,7 @@ pub struct OutboundCall {
 #[derive(Clone, Debug)]
 pub enum WorkerEvent {
     /// Perform this http call, then [`Worker::deliver_call`] its outcome (a timeout is the driver's job:
-    /// deliver [`CallOutcome::Timeout`]).
+    /// deliver [`crate::CallOutcome::Timeout`]).
     HttpCall(OutboundCall),
     /// The request went through the chain: send it upstream, then [`Worker::deliver_upstream`].
     Upstream {
