@@ -498,7 +498,10 @@ impl RootContext for Root {
                     .clone()
                     .map(|r| RemoteKeys::new(r, p.policy.issuer.clone(), p.static_keys.clone(), id)),
             })
-            .collect();
+            .collect::<Vec<_>>();
+        for r in keys.iter().filter_map(|k| k.remote.as_ref()) {
+            r.prepare(&mut HostShared);
+        }
         let n_remote = plan.providers.iter().filter(|p| p.remote.is_some()).count();
         log(
             LogLevel::Info,

@@ -147,6 +147,12 @@ impl RemoteKeys {
         }
     }
 
+    /// Creates the lease key when absent (configure time), so the first fetch is not delayed by a
+    /// tick (see [`Lease::prepare`]).
+    pub fn prepare(&self, shared: &mut dyn SharedData) {
+        self.lease.prepare(shared);
+    }
+
     fn jwks_key(&self) -> String {
         format!("{}.jwks", self.plan.shared_key)
     }
@@ -501,6 +507,18 @@ mod tests {
         assert!(fetches[3].is_some(), "the later write won the lease");
         assert!(a.unknown_kid(300, &mut sa), "a waits for b's fetch");
         assert!(a.poll(300, &mut sa).is_none());
+    }
+
+    #[test]
+    fn a_prepared_lease_fetches_on_the_first_tick() {
+        let mut shared = MemoryShared::default();
+        let mut w: Vec<RemoteKeys> = (1..=3).map(store).collect();
+        for s in &w {
+            s.prepare(&mut shared);
+        }
+        let fetches: Vec<Option<Fetch>> = w.iter_mut().map(|s| s.poll(0, &mut shared)).collect();
+        assert!(fetches[0].is_some(), "the first claim is a CAS over the prepared key");
+        assert_eq!(fetches.iter().filter(|f| f.is_some()).count(), 1, "only the lease holder fetches");
     }
 
     #[test]

@@ -142,6 +142,16 @@ impl Lease {
         serde_json::to_vec(&record).is_ok_and(|bytes| shared.set(&self.key, &bytes, cas).is_ok())
     }
 
+    /// Creates the key with a free lease when it is absent, so that the first claim is a CAS write
+    /// that holds at once instead of waiting for a later tick. Call at configure time, well before
+    /// the first claim: two VMs creating it together both write the same free value, and a claim
+    /// comes a tick later. Never overwrites an existing lease.
+    pub fn prepare(&self, shared: &mut dyn SharedData) {
+        if shared.get(&self.key).is_none() {
+            self.write(shared, LeaseRecord { owner: 0, until_ms: 0 }, None);
+        }
+    }
+
     /// Claims, confirms, renews or loses the lease; call on every tick. A holder renews once a
     /// quarter of the ttl has passed, so it stays held while the holder keeps ticking.
     pub fn tick(&mut self, now_ms: u64, shared: &mut dyn SharedData) -> Transition {
@@ -317,6 +327,19 @@ mod tests {
         let r: LeaseRecord = serde_json::from_slice(&shared.value("lease").unwrap()).unwrap();
         assert_eq!(r.until_ms, 0);
         assert_eq!(LeaseRecord::standing(Some(&r), 1, 0), Standing::Free);
+    }
+
+    #[test]
+    fn a_prepared_lease_is_held_on_the_first_claim_and_prepare_never_overwrites() {
+        let (shared, mut ws) = workers(2, 5_000);
+        let [(a, sa), (b, sb)] = &mut ws[..] else { unreachable!() };
+        a.prepare(sa);
+        b.prepare(sb);
+        assert_eq!(a.tick(0, sa), Transition::Elected, "CAS over the prepared free value");
+        let before = shared.value("lease");
+        b.prepare(sb);
+        assert_eq!(shared.value("lease"), before, "an existing lease is left alone");
+        assert!(!b.acquire(1, sb));
     }
 
     #[test]
