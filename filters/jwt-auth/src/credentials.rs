@@ -279,4 +279,56 @@ mod tests {
         assert_eq!(strip_cookie_headers(&bin, &names), Some(vec![b"x=\xff".to_vec(), b"y=1".to_vec()]));
         assert_eq!(strip_cookie_headers(&bin, &[]), None);
     }
+
+    fn found(source: &Source, path: &str, headers: &[(&str, &[u8])]) -> Found {
+        let headers: Vec<(String, Vec<u8>)> =
+            headers.iter().map(|(k, v)| (k.to_string(), v.to_vec())).collect();
+        let get = move |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        extract(source, &Request { method: "GET", path, header: &get })
+    }
+
+    fn malformed(f: &Found) -> bool {
+        matches!(f, Found::Malformed(_))
+    }
+
+    #[test]
+    fn bearer_header() {
+        let s = Source::Header { name: "authorization".into(), prefix: Some("Bearer ".into()) };
+        let h = |v: &[u8]| found(&s, "/", &[("authorization", v)]);
+        assert_eq!(h(b"Bearer a.b.c"), Found::Token("a.b.c".into()));
+        assert_eq!(h(b"bearer   a.b.c  "), Found::Token("a.b.c".into()), "scheme case, spaces around");
+        assert_eq!(found(&s, "/", &[]), Found::Absent);
+        assert_eq!(h(b"Basic dTpw"), Found::Absent, "another scheme");
+        for bad in [
+            &b"Bearer"[..],
+            b"Bearer\ta.b.c",
+            b"Bearera.b.c",
+            b"Bearer a b",
+            b"Bearer a,Bearer b",
+            b"Bearer a;b",
+        ] {
+            assert!(malformed(&h(bad)), "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert!(malformed(&h(b"Bearer \xff")), "not UTF-8");
+        assert!(malformed(&h(b"Basic x, Bearer a")), "a bearer credential among others");
+    }
+
+    #[test]
+    fn plain_header_param_and_cookie() {
+        let s = Source::Header { name: "x-token".into(), prefix: None };
+        assert_eq!(found(&s, "/", &[("x-token", b" t ")]), Found::Token("t".into()));
+        assert!(malformed(&found(&s, "/", &[("x-token", b"a,b")])));
+        let p = Source::Param("access_token".into());
+        assert_eq!(found(&p, "/x?a=1&access_token=t%2Bu", &[]), Found::Token("t+u".into()));
+        assert_eq!(found(&p, "/x?%61ccess_token=t", &[]), Found::Token("t".into()), "encoded name");
+        assert_eq!(found(&p, "/x#access_token=t", &[]), Found::Absent, "a fragment is not a query");
+        assert!(malformed(&found(&p, "/x?access_token=t&%61ccess_token=u", &[])), "repeated");
+        assert!(malformed(&found(&p, "/x?access_token=%zz", &[])), "bad encoding");
+        let c = Source::Cookie("at".into());
+        assert_eq!(found(&c, "/", &[("cookie", b"a=1; at=\"t\"")]), Found::Token("t".into()));
+        assert_eq!(found(&c, "/", &[("cookie", b"xat=1; at2=2")]), Found::Absent);
+        assert!(malformed(&found(&c, "/", &[("cookie", b"at=t; at=u")])), "repeated");
+        assert_eq!(found(&c, "/", &[("cookie", b"bin=\xff")]), Found::Absent, "binary cookies of others");
+        assert!(malformed(&found(&c, "/", &[("cookie", b"bin=\xff; at=t")])), "ours cannot hide in bytes");
+    }
 }

@@ -4,12 +4,10 @@
 //! [`IntrospectionState::started`], and hands the answer to [`IntrospectionState::finish`]. Time is
 //! passed in as Unix milliseconds.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
-use crate::introspection::{
-    Introspection, IntrospectionCache, IntrospectionConfig, IntrospectionError, token_key,
-};
+use crate::introspection::{Introspection, IntrospectionConfig, IntrospectionError, token_key};
 
 /// The result of asking the introspection endpoint.
 pub type IntroResult = Result<Rc<Introspection>, IntrospectionError>;
@@ -111,9 +109,107 @@ impl IntrospectionState {
     }
 }
 
+struct Entry {
+    value: Rc<Introspection>,
+    expires_s: u64,
+    seq: u64,
+}
+
+/// Bounded per-worker cache of introspection answers keyed by [`token_key`]. Active answers live until
+/// `min(exp, now + max_active_ttl_s)`, inactive ones for `inactive_ttl_s`. When full, expired entries go
+/// first, then the oldest inserted (FIFO; O(1) amortized per operation).
+pub struct IntrospectionCache {
+    map: HashMap<u128, Entry>,
+    order: VecDeque<(u128, u64)>,
+    next_seq: u64,
+    max_entries: usize,
+    inactive_ttl_s: u64,
+    max_active_ttl_s: u64,
+}
+
+impl IntrospectionCache {
+    pub fn new(cfg: &IntrospectionConfig) -> Self {
+        Self::with_limits(cfg.cache_max_entries, cfg.inactive_ttl_s, cfg.max_active_ttl_s)
+    }
+
+    pub fn with_limits(max_entries: usize, inactive_ttl_s: u64, max_active_ttl_s: u64) -> Self {
+        Self {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            next_seq: 0,
+            max_entries,
+            inactive_ttl_s,
+            max_active_ttl_s,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The cached answer for `token` still fresh at `now_s`.
+    pub fn get(&mut self, token: &str, now_s: u64) -> Option<Rc<Introspection>> {
+        let key = token_key(token);
+        let e = self.map.get(&key)?;
+        if now_s < e.expires_s {
+            return Some(e.value.clone());
+        }
+        self.map.remove(&key);
+        None
+    }
+
+    /// Caches an answer received at `now_s`; returns the shared value (also when not cached: caching
+    /// off, an inactive TTL of 0, or an active token already past its `exp`).
+    pub fn insert(&mut self, token: &str, value: Introspection, now_s: u64) -> Rc<Introspection> {
+        let value = Rc::new(value);
+        let expires_s = if value.active {
+            let cap = now_s.saturating_add(self.max_active_ttl_s);
+            value.exp.map_or(cap, |exp| exp.min(cap))
+        } else {
+            now_s.saturating_add(self.inactive_ttl_s)
+        };
+        if self.max_entries == 0 || expires_s <= now_s {
+            return value;
+        }
+        let key = token_key(token);
+        if !self.map.contains_key(&key) && self.map.len() >= self.max_entries {
+            self.evict(now_s);
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.map.insert(key, Entry { value: value.clone(), expires_s, seq });
+        self.order.push_back((key, seq));
+        // Re-inserted keys leave stale order records behind; compact when they dominate.
+        if self.order.len() > self.max_entries.saturating_mul(2).max(16) {
+            let map = &self.map;
+            self.order.retain(|(k, s)| map.get(k).is_some_and(|e| e.seq == *s));
+        }
+        value
+    }
+
+    fn evict(&mut self, now_s: u64) {
+        let before = self.map.len();
+        self.map.retain(|_, e| e.expires_s > now_s);
+        if self.map.len() < before {
+            return;
+        }
+        while let Some((key, seq)) = self.order.pop_front() {
+            if self.map.get(&key).is_some_and(|e| e.seq == seq) {
+                self.map.remove(&key);
+                return;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::introspection::parse_response;
 
     fn state(extra: serde_json::Value) -> IntrospectionState {
         let mut v = serde_json::json!({"cluster": "idp", "path": "/introspect", "authority": "idp",
@@ -187,5 +283,92 @@ mod tests {
         let lost = T + 2000 + LOST_AFTER_TIMEOUT_MS;
         assert_eq!(s.lookup("b", lost), Lookup::Call, "the lost call's token is asked again");
         assert_eq!(s.lookup("d", lost), Lookup::Call);
+    }
+
+    fn active_until(exp: Option<u64>) -> Introspection {
+        let body = match exp {
+            Some(e) => format!(r#"{{"active":true,"exp":{e}}}"#),
+            None => r#"{"active":true}"#.to_owned(),
+        };
+        parse_response(200, body.as_bytes()).unwrap()
+    }
+
+    fn inactive() -> Introspection {
+        parse_response(200, br#"{"active":false}"#).unwrap()
+    }
+
+    #[test]
+    fn cache_active_until_exp_or_max_ttl() {
+        let mut cache = IntrospectionCache::with_limits(10, 5, 300);
+        cache.insert("a", active_until(Some(1100)), 1000);
+        assert!(cache.get("a", 1099).is_some());
+        assert!(cache.get("a", 1100).is_none(), "expires at exp");
+        assert!(cache.is_empty());
+        // exp further than the max TTL: capped.
+        cache.insert("b", active_until(Some(10_000)), 1000);
+        assert!(cache.get("b", 1299).is_some());
+        assert!(cache.get("b", 1300).is_none());
+        // no exp: max TTL.
+        cache.insert("c", active_until(None), 1000);
+        assert!(cache.get("c", 1299).is_some());
+        assert!(cache.get("c", 1300).is_none());
+        // already expired: not cached, but returned.
+        let v = cache.insert("d", active_until(Some(900)), 1000);
+        assert!(v.active);
+        assert!(cache.get("d", 1000).is_none());
+        assert!(cache.get("unknown", 1000).is_none());
+    }
+
+    #[test]
+    fn cache_inactive_briefly() {
+        let mut cache = IntrospectionCache::with_limits(10, 5, 300);
+        cache.insert("x", inactive(), 1000);
+        assert!(!cache.get("x", 1004).unwrap().active);
+        assert!(cache.get("x", 1005).is_none());
+        let mut no_inactive = IntrospectionCache::with_limits(10, 0, 300);
+        no_inactive.insert("x", inactive(), 1000);
+        assert!(no_inactive.get("x", 1000).is_none());
+        let mut off = IntrospectionCache::with_limits(0, 5, 300);
+        off.insert("x", active_until(None), 1000);
+        assert!(off.get("x", 1000).is_none());
+    }
+
+    #[test]
+    fn cache_is_bounded_evicting_expired_then_oldest() {
+        let mut cache = IntrospectionCache::with_limits(3, 5, 300);
+        cache.insert("short", inactive(), 1000); // expires 1005
+        cache.insert("a", active_until(None), 1000);
+        cache.insert("b", active_until(None), 1000);
+        cache.insert("c", active_until(None), 1006); // "short" expired: evicted first
+        assert_eq!(cache.len(), 3);
+        assert!(
+            cache.get("a", 1006).is_some()
+                && cache.get("b", 1006).is_some()
+                && cache.get("c", 1006).is_some()
+        );
+        cache.insert("d", active_until(None), 1007); // full, nothing expired: oldest ("a") goes
+        assert_eq!(cache.len(), 3);
+        assert!(cache.get("a", 1007).is_none());
+        assert!(cache.get("d", 1007).is_some());
+        // Re-inserting a key does not grow the cache, and its old order record does not evict it.
+        for i in 0..100 {
+            cache.insert("d", active_until(None), 1008 + i);
+        }
+        assert_eq!(cache.len(), 3);
+        cache.insert("e", active_until(None), 1200);
+        assert!(cache.get("d", 1200).is_some(), "re-inserted key is the newest");
+        assert!(cache.get("b", 1200).is_none());
+        assert!(cache.order.len() <= 16);
+    }
+
+    #[test]
+    fn cache_many_tokens_stays_bounded() {
+        let mut cache = IntrospectionCache::with_limits(50, 5, 300);
+        for i in 0..10_000u64 {
+            cache.insert(&format!("tok-{i}"), active_until(Some(5000)), 1000 + i / 100);
+            assert!(cache.len() <= 50);
+        }
+        assert!(cache.order.len() <= 100);
+        assert!(cache.get("tok-9999", 1100).is_some());
     }
 }
