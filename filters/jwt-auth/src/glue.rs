@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use meshwasm_filter_runtime::call_response::CallError;
 use meshwasm_filter_runtime::glue::{
-    HostShared, Metrics, install_panic_hook, log, now_ms, plugin_config, random_u64, read_call_response,
+    HostShared, Metrics, define, increment, install_panic_hook, log, now_ms, plugin_config, random_u64,
+    read_call_response,
 };
 use meshwasm_filter_runtime::worker_id;
 use proxy_wasm::hostcalls;
@@ -441,8 +442,9 @@ struct Root {
 /// An internal error on a request: the engine's 503 reply, `meshwasm_jwt_auth.denied.internal`
 /// counted, never a pass.
 fn reply_internal_error(context_id: u32, what: &str) {
-    if let Ok(id) = hostcalls::define_metric(MetricType::Counter, "meshwasm_jwt_auth.denied.internal") {
-        let _ = hostcalls::increment_metric(id, 1);
+    // Outside the worker (there may be none, or it is busy): defined here, once per call.
+    if let Some(id) = define(MetricType::Counter, "meshwasm_jwt_auth.denied.internal") {
+        increment(id, 1);
     }
     let reply = internal_error(what);
     if let Outcome::Deny { status, detail, .. } = &reply {
