@@ -1,0 +1,265 @@
+//! proxy-wasm glue: reads what the plan needs from Envoy, decides with [`evaluate`], replies and
+//! counts. Compiled for wasm32 only.
+//!
+//! Fails closed: without a valid plan, or when a hostcall fails, the request gets a 503; a path that
+//! does not normalize gets a 400 before any policy.
+
+use std::rc::Rc;
+
+use meshwasm_filter_runtime::glue::{define, increment, install_panic_hook, log, plugin_config};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType, Status};
+
+use crate::attributes::{
+    Attributes, DNS_SAN, MTLS, Peer, REQUEST_CLAIM_PREFIX, REQUEST_PRINCIPAL, REQUEST_PROVIDER,
+    SHA256_DIGEST, SOURCE_ADDRESS, SUBJECT, URI_SAN, claim_values,
+};
+use crate::config::Plan;
+use crate::pattern::source_ip;
+use crate::policy::{Verdict, evaluate};
+
+const PREFIX: &str = "meshwasm_authz";
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    install_panic_hook("authz");
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { filter: None }) });
+}}
+
+/// Counter ids, defined once per VM at configure time.
+struct Counters {
+    allowed: Option<u32>,
+    denied: Option<u32>,
+    dry_run_denied: Option<u32>,
+    audited: Option<u32>,
+    bad_path: Option<u32>,
+    errors: Option<u32>,
+}
+
+impl Counters {
+    fn new(prefix: &str) -> Self {
+        let c = |name: &str| define(MetricType::Counter, &format!("{prefix}.{name}"));
+        Self {
+            allowed: c("allowed"),
+            denied: c("denied"),
+            dry_run_denied: c("dry_run_denied"),
+            audited: c("audited"),
+            bad_path: c("bad_path"),
+            errors: c("errors"),
+        }
+    }
+}
+
+fn bump(id: Option<u32>) {
+    if let Some(id) = id {
+        increment(id, 1);
+    }
+}
+
+struct Filter {
+    plan: Plan,
+    total: Counters,
+    /// Per policy, in plan order (`meshwasm_authz.policy.<name>.*`).
+    per_policy: Vec<Counters>,
+}
+
+struct Root {
+    filter: Option<Rc<Filter>>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        // A rejected reconfiguration leaves no plan behind: requests then get 503, never a pass.
+        self.filter = None;
+        let plan = match Plan::from_json(&plugin_config()) {
+            Ok(p) => p,
+            Err(e) => {
+                log(LogLevel::Error, &format!("meshwasm authz: rejected configuration: {e}"));
+                return false;
+            }
+        };
+        for w in &plan.warnings {
+            log(LogLevel::Warn, &format!("meshwasm authz: {w}"));
+        }
+        let per_policy =
+            plan.policies.iter().map(|p| Counters::new(&format!("{PREFIX}.policy.{}", p.name))).collect();
+        log(LogLevel::Info, &format!("meshwasm authz: {} policies", plan.policies.len()));
+        self.filter = Some(Rc::new(Filter { plan, total: Counters::new(PREFIX), per_policy }));
+        true
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Http { context_id, filter: self.filter.clone() }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Http {
+    context_id: u32,
+    filter: Option<Rc<Filter>>,
+}
+
+impl Context for Http {}
+
+fn reply(status: u32, body: &str) -> Action {
+    let _ = hostcalls::send_http_response(
+        status,
+        vec![("content-type", "text/plain; charset=utf-8")],
+        Some(body.as_bytes()),
+    );
+    Action::Pause
+}
+
+fn property(path: &[&str]) -> Result<Option<Vec<u8>>, Status> {
+    hostcalls::get_property(path.to_vec())
+}
+
+fn string(path: &[&str]) -> Result<Option<String>, Status> {
+    Ok(property(path)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+}
+
+fn header(name: &str) -> Result<Vec<u8>, Status> {
+    Ok(hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)?.unwrap_or_default())
+}
+
+/// Reads what the plan needs, beyond the path (already normalized).
+fn attributes(plan: &Plan, path: String) -> Result<Attributes, Status> {
+    let needs = &plan.needs;
+    let mut a = Attributes {
+        method: header(":method")?,
+        path,
+        authority: header(":authority")?.to_ascii_lowercase(),
+        ..Attributes::default()
+    };
+    if needs.peer {
+        let mtls = property(MTLS)?.is_some_and(|v| v.first() == Some(&1));
+        a.peer = if mtls {
+            Peer::new(true, string(URI_SAN)?, string(DNS_SAN)?, string(SUBJECT)?, string(SHA256_DIGEST)?)
+        } else {
+            Peer::default()
+        };
+    }
+    if needs.source_ip {
+        a.source_ip = property(SOURCE_ADDRESS)?.as_deref().and_then(source_ip);
+    }
+    if needs.request_principal {
+        a.request_principal = property(&[REQUEST_PRINCIPAL])?;
+    }
+    if needs.request_provider {
+        a.request_provider = property(&[REQUEST_PROVIDER])?;
+    }
+    for name in &needs.claims {
+        let value = property(&[&format!("{REQUEST_CLAIM_PREFIX}{name}")])?;
+        a.claims.push((name.clone(), value.as_deref().map(claim_values).unwrap_or_default()));
+    }
+    if !needs.headers.is_empty() {
+        // Every value of a repeated header (the single-value hostcall returns only the first).
+        let all = hostcalls::get_map_bytes(MapType::HttpRequestHeaders)?;
+        for name in &needs.headers {
+            let values = all.iter().filter(|(k, _)| k == name).map(|(_, v)| v.clone()).collect();
+            a.headers.push((name.clone(), values));
+        }
+    }
+    Ok(a)
+}
+
+impl HttpContext for Http {
+    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+        let Some(f) = self.filter.clone() else {
+            log(
+                LogLevel::Error,
+                &format!("meshwasm authz: {}: no valid configuration: 503", self.context_id),
+            );
+            return reply(503, "authorization unavailable\n");
+        };
+        let raw = match hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, ":path") {
+            Ok(p) => p.unwrap_or_default(),
+            Err(s) => return self.internal_error(&f, s),
+        };
+        let path = match std::str::from_utf8(&raw)
+            .map_err(|_| None)
+            .and_then(|p| meshwasm_path::normalize(p).map_err(Some))
+        {
+            Ok(p) => p.into_owned(),
+            Err(e) => {
+                bump(f.total.bad_path);
+                let why = e.map_or_else(|| "the path is not UTF-8".to_owned(), |e| e.to_string());
+                log(LogLevel::Debug, &format!("meshwasm authz: {}: 400: {why}", self.context_id));
+                return reply(400, "bad request path\n");
+            }
+        };
+        let a = match attributes(&f.plan, path) {
+            Ok(a) => a,
+            Err(s) => return self.internal_error(&f, s),
+        };
+        let d = evaluate(&f.plan.policies, &a);
+        let name = |i: usize| f.plan.policies.get(i).map_or("?", |p| p.name.as_str());
+        let counters = |i: usize| f.per_policy.get(i);
+        for &i in &d.audited {
+            bump(f.total.audited);
+            bump(counters(i).and_then(|c| c.audited));
+            log(
+                LogLevel::Info,
+                &format!("meshwasm authz: {}: audit: policy `{}` matched", self.context_id, name(i)),
+            );
+        }
+        if !d.dry_run_denied.is_empty() {
+            bump(f.total.dry_run_denied);
+            for &i in &d.dry_run_denied {
+                bump(counters(i).and_then(|c| c.dry_run_denied));
+                log(
+                    LogLevel::Info,
+                    &format!("meshwasm authz: {}: dry run: policy `{}` would deny", self.context_id, name(i)),
+                );
+            }
+        }
+        match d.verdict {
+            Verdict::Allow => {
+                bump(f.total.allowed);
+                if let Some(i) = d.by {
+                    bump(counters(i).and_then(|c| c.allowed));
+                    log(
+                        LogLevel::Debug,
+                        &format!("meshwasm authz: {}: allowed by policy `{}`", self.context_id, name(i)),
+                    );
+                }
+                Action::Continue
+            }
+            Verdict::Deny => {
+                bump(f.total.denied);
+                match d.by {
+                    Some(i) => {
+                        bump(counters(i).and_then(|c| c.denied));
+                        log(
+                            LogLevel::Debug,
+                            &format!("meshwasm authz: {}: denied by policy `{}`", self.context_id, name(i)),
+                        );
+                    }
+                    None => log(
+                        LogLevel::Debug,
+                        &format!("meshwasm authz: {}: denied: no ALLOW policy matched", self.context_id),
+                    ),
+                }
+                // The body does not say which policy, or why.
+                reply(403, "access denied\n")
+            }
+        }
+    }
+}
+
+impl Http {
+    fn internal_error(&self, f: &Filter, status: Status) -> Action {
+        bump(f.total.errors);
+        log(
+            LogLevel::Error,
+            &format!("meshwasm authz: {}: hostcall failed ({status:?}): 503", self.context_id),
+        );
+        reply(503, "authorization unavailable\n")
+    }
+}
