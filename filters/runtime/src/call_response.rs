@@ -1,6 +1,6 @@
 //! The response to a `dispatch_http_call`, read one way by every filter: `:status` parsed as a
 //! three-digit code, headers with lower-case names, the body refused (never copied into the VM) when
-//! it is over the caller's cap. The glue reads it with [`crate::glue::read_call_response`]; the rules
+//! it is over the caller's cap. The glue reads it with `glue::read_call_response` (wasm32); the rules
 //! are here, testable natively.
 
 /// A complete response.

@@ -18,7 +18,7 @@ pub enum SetError {
     Other,
 }
 
-/// Shared data with compare-and-swap, implemented over hostcalls by [`crate::glue::HostShared`]
+/// Shared data with compare-and-swap, implemented over hostcalls by `glue::HostShared`
 /// (wasm32) and in memory by [`MemoryShared`] (tests).
 pub trait SharedData {
     /// The value and its CAS token, `None` when the key is absent.
