@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
+use meshwasm_tests::artifacts;
 use meshwasm_tests::envoy::WasmFilter;
 use serde_json::{Value, json};
 
@@ -31,11 +32,14 @@ impl FilterSet {
 
     /// Path of `<crate_with_underscores>.wasm`, or an error saying it is not built.
     pub fn artifact(&self, file_stem: &str) -> Result<PathBuf> {
-        let path = self.dir.join(format!("{file_stem}.wasm"));
-        if !path.is_file() {
-            bail!("{file_stem}.wasm is not built in {} (`make wasm`)", self.dir.display());
+        match artifacts::find_wasm_in(&self.dir, file_stem) {
+            Some(path) => Ok(path),
+            None => bail!(
+                "{file_stem}.wasm is not built in {}: {}",
+                self.dir.display(),
+                artifacts::build_hint(file_stem)
+            ),
         }
-        Ok(path)
     }
 
     pub fn noop(&self) -> Result<WasmFilter> {

@@ -4,35 +4,26 @@
 //! safe on its own, and one configured as our examples are (normalize_path, merge_slashes, escaped
 //! slashes rejected). The backend records what reaches it: a refused request never does.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use jsonwebtoken::jwk::Jwk;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use meshwasm_tests::backend::Backend;
 use meshwasm_tests::envoy::{Cluster, Envoy, EnvoyConfig, Listener, WasmFilter};
+use meshwasm_tests::signer::{Signer, now};
 use meshwasm_tests::{artifacts, process};
-use serde_json::{Value, json};
+use serde_json::json;
 
 const ISS: &str = "https://idp.test";
 
-fn signing_key() -> EncodingKey {
-    let pem =
-        std::fs::read(artifacts::workspace_root().join("filters/jwt-auth/tests/keys/rsa1.pem")).unwrap();
-    EncodingKey::from_rsa_pem(&pem).unwrap()
+fn signer() -> Signer {
+    Signer::rsa("rsa1.pem", "k1")
 }
 
 fn token(scope: &str) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-    let claims = json!({"iss": ISS, "aud": "api", "sub": "alice", "exp": now + 3600, "scope": scope});
-    let mut h = Header::new(Algorithm::RS256);
-    h.kid = Some("k1".into());
-    jsonwebtoken::encode(&h, &claims, &signing_key()).unwrap()
+    signer().mint(&json!({"iss": ISS, "aud": "api", "sub": "alice", "exp": now() + 3600, "scope": scope}))
 }
 
 fn config() -> String {
-    let mut jwk: Value =
-        serde_json::to_value(Jwk::from_encoding_key(&signing_key(), Algorithm::RS256).unwrap()).unwrap();
-    jwk["kid"] = json!("k1");
+    let jwk = signer().jwk();
     json!({
         "providers": {"idp": {"issuer": ISS, "audiences": ["api"], "algorithms": ["RS256"],
                               "local_jwks": {"keys": [jwk]},

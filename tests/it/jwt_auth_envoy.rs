@@ -3,53 +3,18 @@
 //! Also: remote JWKS from a real HTTP server through an Envoy cluster (first request paused until keys
 //! arrive), claim headers and token stripping as the backend sees them, and the filter's metrics.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::jwk::Jwk;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::Algorithm;
 use meshwasm_tests::backend::{Backend, EchoedRequest};
 use meshwasm_tests::envoy::{Cluster, EnvoyConfig, HttpFilter, Listener, WasmFilter};
+use meshwasm_tests::signer::{Signer, now};
 use meshwasm_tests::{artifacts, process};
 use serde_json::{Value, json};
 
 const ISS: &str = "https://idp.test";
-
-fn key(name: &str) -> Vec<u8> {
-    std::fs::read(artifacts::workspace_root().join("filters/jwt-auth/tests/keys").join(name)).unwrap()
-}
-
-struct Signer {
-    key: EncodingKey,
-    alg: Algorithm,
-    kid: Option<String>,
-}
-
-impl Signer {
-    fn new(file: &str, alg: Algorithm, kid: Option<&str>) -> Self {
-        let pem = key(file);
-        let key = match alg {
-            Algorithm::ES256 => EncodingKey::from_ec_pem(&pem).unwrap(),
-            _ => EncodingKey::from_rsa_pem(&pem).unwrap(),
-        };
-        Signer { key, alg, kid: kid.map(str::to_string) }
-    }
-    fn jwk(&self) -> Value {
-        let mut j = Jwk::from_encoding_key(&self.key, self.alg).unwrap();
-        j.common.key_id = self.kid.clone();
-        serde_json::to_value(j).unwrap()
-    }
-    fn mint(&self, claims: &Value) -> String {
-        let mut h = Header::new(self.alg);
-        h.kid = self.kid.clone();
-        jsonwebtoken::encode(&h, claims, &self.key).unwrap()
-    }
-}
-
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
-}
 
 fn good_claims() -> Value {
     json!({"iss": ISS, "aud": "api", "sub": "alice", "exp": now() + 3600, "iat": now(), "groups": ["a", "b"]})
@@ -118,9 +83,7 @@ fn corpus(
         ("HS256 keyed with the RSA modulus", rsa.jwk()["n"].as_str().unwrap().as_bytes().to_vec()),
         ("HS256 keyed with the JWK text", rsa.jwk().to_string().into_bytes()),
     ] {
-        let mut h = Header::new(Algorithm::HS256);
-        h.kid = Some("r1".into());
-        let t = jsonwebtoken::encode(&h, &good_claims(), &EncodingKey::from_secret(&secret)).unwrap();
+        let t = Signer::hs256(&secret, Some("r1")).mint(&good_claims());
         c.push((name, Some(t), false));
     }
     c.push(("bad base64 header", Some(format!("*{}", &valid[1..])), false));

@@ -4,59 +4,16 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-use jsonwebtoken::jwk::Jwk;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use meshwasm_host::{
     CallReply, Host, HostOptions, Plugin, Proxy, Request, StreamState, Upstream, UpstreamReply,
 };
 use meshwasm_tests::artifacts;
+use meshwasm_tests::signer::{Signer, jwks, now};
 use serde_json::{Value, json};
 
 const ISS: &str = "https://idp.test";
-
-fn key(name: &str) -> Vec<u8> {
-    std::fs::read(artifacts::workspace_root().join("filters/jwt-auth/tests/keys").join(name)).unwrap()
-}
-
-struct Signer {
-    key: EncodingKey,
-    alg: Algorithm,
-    kid: String,
-}
-
-impl Signer {
-    fn rsa(file: &str, kid: &str) -> Self {
-        Signer { key: EncodingKey::from_rsa_pem(&key(file)).unwrap(), alg: Algorithm::RS256, kid: kid.into() }
-    }
-    fn ec(file: &str, kid: &str) -> Self {
-        Signer { key: EncodingKey::from_ec_pem(&key(file)).unwrap(), alg: Algorithm::ES256, kid: kid.into() }
-    }
-    fn jwk(&self) -> Value {
-        let mut j = Jwk::from_encoding_key(&self.key, self.alg).unwrap();
-        j.common.key_id = Some(self.kid.clone());
-        serde_json::to_value(j).unwrap()
-    }
-    fn mint(&self, claims: &Value) -> String {
-        let mut h = Header::new(self.alg);
-        h.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&h, claims, &self.key).unwrap()
-    }
-    fn mint_kid(&self, kid: &str, claims: &Value) -> String {
-        let mut h = Header::new(self.alg);
-        h.kid = Some(kid.into());
-        jsonwebtoken::encode(&h, claims, &self.key).unwrap()
-    }
-}
-
-fn jwks(signers: &[&Signer]) -> String {
-    json!({ "keys": signers.iter().map(|s| s.jwk()).collect::<Vec<_>>() }).to_string()
-}
-
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
-}
 
 fn claims() -> Value {
     json!({"iss": ISS, "aud": "api", "sub": "alice", "exp": now() + 3600, "iat": now(),
@@ -623,9 +580,7 @@ fn oct(secret: &[u8], kid: &str) -> Value {
 }
 
 fn hs256(secret: &[u8], kid: &str) -> String {
-    let mut h = Header::new(Algorithm::HS256);
-    h.kid = Some(kid.into());
-    jsonwebtoken::encode(&h, &claims(), &EncodingKey::from_secret(secret)).unwrap()
+    Signer::hs256(secret, Some(kid)).mint(&claims())
 }
 
 #[test]
@@ -717,12 +672,7 @@ fn typ_requirement_and_missing_issuer_audience_warning() {
     let mut p = proxy_workers(&idp, &cfg, 1);
     assert!(p.logged("provider `open`: neither `issuer` nor `audiences` is set"), "configure-time warning");
     assert!(!p.logged("provider `idp`: neither"));
-    let with_typ = |typ: Option<&str>| {
-        let mut h = Header::new(Algorithm::ES256);
-        h.kid = Some("e1".into());
-        h.typ = typ.map(str::to_owned);
-        jsonwebtoken::encode(&h, &claims(), &EncodingKey::from_ec_pem(&key("ec1.pem")).unwrap()).unwrap()
-    };
+    let with_typ = |typ: Option<&str>| s.mint_with(&claims(), |h| h.typ = typ.map(str::to_owned));
     for ok in ["at+jwt", "AT+JWT", "application/at+jwt"] {
         assert_eq!(status(&mut p, 0, &with_typ(Some(ok))), 200, "{ok}");
     }

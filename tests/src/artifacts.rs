@@ -20,21 +20,38 @@ pub fn wasm_dir() -> PathBuf {
     }
 }
 
-/// Path of a filter artifact, e.g. `wasm_path("meshwasm_probe")` (a `-` in the name is accepted too).
+/// `<dir>/<name>.wasm` when that file exists. `name` is a crate or file name: `meshwasm-probe`,
+/// `meshwasm_probe` and `meshwasm_probe.wasm` all name `meshwasm_probe.wasm`.
+pub fn find_wasm_in(dir: &Path, name: &str) -> Option<PathBuf> {
+    let path = dir.join(format!("{}.wasm", wasm_file_stem(name)));
+    path.is_file().then_some(path)
+}
+
+/// The command that builds the artifact `name`, for error messages.
+pub fn build_hint(name: &str) -> String {
+    format!(
+        "run `make wasm` (or `cargo build --profile wasm --target wasm32-wasip1 -p {}`)",
+        wasm_file_stem(name).replace('_', "-")
+    )
+}
+
+fn wasm_file_stem(name: &str) -> String {
+    name.trim_end_matches(".wasm").replace('-', "_")
+}
+
+/// Path of a filter artifact in [`wasm_dir`], e.g. `wasm_path("meshwasm_probe")`.
 ///
 /// # Panics
 /// When the file does not exist: the message says to run `make wasm`.
 pub fn wasm_path(name: &str) -> PathBuf {
-    let file = name.trim_end_matches(".wasm").replace('-', "_");
-    let path = wasm_dir().join(format!("{file}.wasm"));
-    assert!(
-        path.is_file(),
-        "meshwasm tests: filter artifact {} is missing: run `make wasm` (or `cargo build --profile wasm \
-         --target wasm32-wasip1 -p {}`)",
-        path.display(),
-        file.replace('_', "-"),
-    );
-    path
+    let dir = wasm_dir();
+    find_wasm_in(&dir, name).unwrap_or_else(|| {
+        panic!(
+            "meshwasm tests: filter artifact {} is missing: {}",
+            dir.join(format!("{}.wasm", wasm_file_stem(name))).display(),
+            build_hint(name)
+        )
+    })
 }
 
 /// Path of the Envoy binary: `$MESHWASM_ENVOY`, else `<workspace>/.venv/bin/envoy-binary`.
@@ -52,4 +69,21 @@ pub fn envoy_binary() -> PathBuf {
         path.display()
     );
     path
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crate_and_file_names_find_the_same_artifact() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("meshwasm_probe.wasm"), b"\0asm").unwrap();
+        let want = Some(dir.path().join("meshwasm_probe.wasm"));
+        for name in ["meshwasm-probe", "meshwasm_probe", "meshwasm_probe.wasm"] {
+            assert_eq!(find_wasm_in(dir.path(), name), want, "{name}");
+        }
+        assert_eq!(find_wasm_in(dir.path(), "meshwasm_noop"), None);
+        assert!(build_hint("meshwasm_noop.wasm").contains("-p meshwasm-noop"));
+    }
 }

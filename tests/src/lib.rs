@@ -9,4 +9,5 @@ pub mod etcd;
 pub mod fakes;
 pub mod oidc;
 pub mod process;
+pub mod signer;
 pub mod unbound;
