@@ -2,7 +2,7 @@
 //! decisions.
 //!
 //! - [`shared_data`]: the shared-data seam ([`shared_data::SharedData`], CAS with Envoy's rules) and
-//!   [`shared_data::MemoryShared`], the one in-memory implementation for native tests (feature
+//!   `shared_data::MemoryShared`, the one in-memory implementation for native tests (feature
 //!   `memory`, enabled by the filters' dev-dependencies only).
 //! - [`lease`]: one worker per proxy does a job: claim, confirm on a later tick, renew, release, take
 //!   over on expiry.

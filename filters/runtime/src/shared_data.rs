@@ -1,5 +1,5 @@
 //! Proxy-wide shared data (`proxy_get_shared_data` / `proxy_set_shared_data`), as the filters' logic
-//! sees it, and [`MemoryShared`], the one in-memory implementation their native tests use.
+//! sees it, and `MemoryShared`, the one in-memory implementation their native tests use.
 //!
 //! Envoy's rules, which every implementation follows:
 //! - every write gives the key a new, non-zero CAS token;
@@ -19,7 +19,7 @@ pub enum SetError {
 }
 
 /// Shared data with compare-and-swap, implemented over hostcalls by `glue::HostShared`
-/// (wasm32) and in memory by [`MemoryShared`] (tests).
+/// (wasm32) and in memory by `MemoryShared` (tests).
 pub trait SharedData {
     /// The value and its CAS token, `None` when the key is absent.
     fn get(&self, key: &str) -> Option<(Vec<u8>, u32)>;
