@@ -11,14 +11,14 @@ VENV := $(CURDIR)/.venv
 PYTHON ?= python3
 WASM_TARGET := wasm32-wasip1
 WASM_DIR := $(CURDIR)/target/$(WASM_TARGET)/wasm
-FILTERS := meshwasm-probe meshwasm-noop meshwasm-jwt-auth meshwasm-token-injector meshwasm-discovery meshwasm-balancer
+FILTERS := meshwasm-probe meshwasm-noop meshwasm-jwt-auth meshwasm-token-injector meshwasm-discovery meshwasm-balancer meshwasm-authz
 FILTER_FLAGS := $(foreach f,$(FILTERS),-p $(f))
 DEBIAN_PACKAGES := etcd-server unbound wrk binaryen nghttp2-client openssl ca-certificates
 
 export MESHWASM_WASM_DIR := $(WASM_DIR)
 export MESHWASM_ENVOY := $(VENV)/bin/envoy-binary
 
-DIST_FILTERS := meshwasm_jwt_auth meshwasm_token_injector meshwasm_discovery meshwasm_balancer
+DIST_FILTERS := meshwasm_jwt_auth meshwasm_token_injector meshwasm_discovery meshwasm_balancer meshwasm_authz
 WASM_OPT_FLAGS := -Oz --strip-debug --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int --enable-mutable-globals
 
 .PHONY: dist all setup setup-system setup-rust setup-envoy setup-node wasm fmt-check clippy unit test demo bench bench-quick clean
