@@ -314,3 +314,40 @@ fn concurrent_calls_are_capped_per_worker_and_the_cap_never_fails_open() {
     assert_eq!(p.finish(id, UpstreamReply::new(200)).unwrap().status, 200);
     assert_eq!(ep.calls(), 3);
 }
+
+/// A request waiting for an introspection answer past `key_wait_timeout` gets the engine's timeout
+/// reply, naming introspection: the glue used to answer every timed-out wait `signing keys
+/// unavailable`. (Waits time out on the tick, which runs when some provider has remote keys.)
+#[test]
+fn a_timed_out_introspection_wait_says_introspection_not_keys() {
+    let ep = Endpoint::default();
+    ep.answer(CallReply::no_answer());
+    let cfg = json!({
+        "key_wait_timeout": "1s",
+        "providers": {
+            "as": {"introspection": {"cluster": "as", "path": "/introspect", "authority": "as.example.com",
+                                     "client_id": "api", "client_secret": "api-secret", "timeout": "5s"}},
+            "keys": {"issuer": "https://idp.example.com",
+                     "remote_jwks": {"cluster": "idp", "uri": "https://idp.example.com/jwks"}},
+        },
+        "rules": [{"match": {"prefix": "/"}, "requires_any": ["as"]}],
+    });
+    let host = Host::new(HostOptions::default()).unwrap();
+    let module = host.load(wasm_path("meshwasm_jwt_auth")).unwrap();
+    let mut p = Proxy::builder(&host)
+        .start_time(UNIX_EPOCH + Duration::from_secs(T0))
+        .plugin(Plugin::new(module).name("jwt").config(cfg.to_string().as_bytes()))
+        .upstream("as", ep.upstream())
+        .upstream("idp", Upstream::handler(|_: &HttpCall| CallReply::response(503, [("content-length", "0")], "")))
+        .build()
+        .unwrap();
+    let id = p.start(0, Request::get("/").header("authorization", "Bearer slow")).unwrap();
+    p.advance(Duration::from_millis(900));
+    assert!(matches!(p.stream_state(id), Some(StreamState::Paused { .. })), "still waiting");
+    p.advance(Duration::from_millis(400));
+    let ex = p.exchange(id).unwrap();
+    assert_eq!(ex.status, 503);
+    assert_eq!(ex.response_headers.get("retry-after"), Some("1"));
+    assert_eq!(String::from_utf8_lossy(&ex.response_body), "token introspection unavailable\n");
+    assert_eq!(ep.calls(), 1);
+}
