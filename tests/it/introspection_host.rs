@@ -338,7 +338,10 @@ fn a_timed_out_introspection_wait_says_introspection_not_keys() {
         .start_time(UNIX_EPOCH + Duration::from_secs(T0))
         .plugin(Plugin::new(module).name("jwt").config(cfg.to_string().as_bytes()))
         .upstream("as", ep.upstream())
-        .upstream("idp", Upstream::handler(|_: &HttpCall| CallReply::response(503, [("content-length", "0")], "")))
+        .upstream(
+            "idp",
+            Upstream::handler(|_: &HttpCall| CallReply::response(503, [("content-length", "0")], "")),
+        )
         .build()
         .unwrap();
     let id = p.start(0, Request::get("/").header("authorization", "Bearer slow")).unwrap();
