@@ -16,8 +16,10 @@ impl Duration {
         Self(std::time::Duration::from_secs(s))
     }
 
-    /// Parses `<digits><unit>` with unit `ms`, `s`, `m` or `h`; the error says what is wrong.
+    /// Parses `<digits><unit>` with unit `ms`, `s`, `m` or `h` (surrounding spaces are ignored, as
+    /// the filters' earlier parsers did); the error says what is wrong.
     pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
         let bad = || {
@@ -117,11 +119,12 @@ mod tests {
         assert_eq!(Duration::parse("2m").unwrap().as_millis(), 120_000);
         assert_eq!(Duration::parse("1h").unwrap().as_millis(), 3_600_000);
         assert_eq!(Duration::parse("0s").unwrap(), Duration::default());
+        assert_eq!(Duration::parse(" 5s ").unwrap().as_millis(), 5000);
     }
 
     #[test]
     fn malformed_durations_say_how_to_write_one() {
-        for bad in ["5", "s", "-1s", "1.5s", "5 s", " 5s", "5sec", "5S", "", "1d", "ms5"] {
+        for bad in ["5", "s", "-1s", "1.5s", "5 s", "5sec", "5S", "", "1d", "ms5"] {
             let e = Duration::parse(bad).unwrap_err();
             assert!(e.contains("is not a duration") && e.contains("\"250ms\""), "{bad}: {e}");
         }

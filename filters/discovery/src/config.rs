@@ -444,6 +444,14 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.path(), "services[0].source.consul.headers");
+        // Names that are not RFC 9110 tokens were accepted before and failed only when the call was
+        // dispatched; now the configuration is refused.
+        for bad in ["x(y", "a/b", "a\\\"b", "x@y"] {
+            let cfg = serde_json::json!({"services": [{"name": "a",
+                "source": {"consul": {"cluster": "c", "headers": {bad: "v"}}}}]});
+            let e = Plan::from_json(cfg.to_string().as_bytes()).unwrap_err();
+            assert_eq!(e.path(), "services[0].source.consul.headers", "{bad}");
+        }
         let e =
             Plan::from_json(br#"{"services":[{"name":"a","source":{"etcd":{"cluster":"e","prefix":""}}}]}"#)
                 .unwrap_err();
