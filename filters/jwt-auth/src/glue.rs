@@ -480,7 +480,7 @@ impl RootContext for Root {
         let plan = match Plan::from_json(&bytes) {
             Ok(p) => Rc::new(p),
             Err(e) => {
-                log(LogLevel::Error, &e.to_string());
+                log(LogLevel::Error, &format!("meshwasm jwt-auth: rejected configuration: {e}"));
                 return false;
             }
         };
