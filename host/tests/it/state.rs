@@ -1,8 +1,7 @@
 //! Shared data (per vm_id, CAS), shared queues (on_queue_ready on the registering root context),
 //! ticks per worker, and metrics with Envoy's rules.
 
-mod common;
-use common::*;
+use crate::common::*;
 use meshwasm_host::*;
 use std::time::Duration;
 

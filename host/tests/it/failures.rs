@@ -2,8 +2,7 @@
 //! error; the next request works (reload) or keeps failing (fail closed). Bad modules and rejected
 //! configurations give one clear line naming the module and the cause.
 
-mod common;
-use common::*;
+use crate::common::*;
 use meshwasm_host::*;
 use std::time::Duration;
 

@@ -1,7 +1,6 @@
 //! Smoke tests: the noop filter (a real Rust SDK module with WASI) and a minimal WAT guest.
 
-mod common;
-use common::*;
+use crate::common::*;
 use meshwasm_host::*;
 
 #[test]

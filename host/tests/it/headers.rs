@@ -1,8 +1,7 @@
 //! Header-map hostcalls with Envoy's rules: lower-cased keys, first of repeated values, NOT_FOUND,
 //! remove-when-absent OK, maps gone after Continue, unavailable maps read as empty.
 
-mod common;
-use common::*;
+use crate::common::*;
 use meshwasm_host::*;
 
 const GUEST: &str = r#"

@@ -1,8 +1,7 @@
 //! Stream flow through a chain: order of callbacks, local replies, pause/resume with http calls and
 //! ticks, body buffering, Envoy's deferred actions.
 
-mod common;
-use common::*;
+use crate::common::*;
 use meshwasm_host::*;
 use std::time::Duration;
 

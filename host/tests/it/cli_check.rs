@@ -1,9 +1,7 @@
 //! `meshwasm-host check` against real artifacts and small WAT modules: one clear error line and a
 //! non-zero exit for each way a module can fail to load in Envoy.
 
-mod cli_common;
-
-use cli_common::*;
+use crate::cli_common::*;
 
 /// Runs `check`, returns (exit code, stdout, stderr).
 fn check(args: &[&str]) -> (i32, String, String) {

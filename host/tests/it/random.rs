@@ -1,8 +1,6 @@
 //! WASI `random_get`: the OS CSPRNG by default, a seeded generator only when a test asks for it.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use meshwasm_host::{Host, HostOptions, Plugin, Proxy, RandomSource, Request, UpstreamReply};
 
 const RANDOM_IMPORT: &str =

@@ -1,7 +1,6 @@
 //! Properties (Envoy encoding, seeds, set_property), WASI as Envoy provides it, and foreign functions.
 
-mod common;
-use common::*;
+use crate::common::*;
 use meshwasm_host::*;
 
 /// Copies property `path` (a `(str ...)` with `\00` separators) into request header `name`.

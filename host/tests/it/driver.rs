@@ -1,7 +1,6 @@
 //! VM sharing by vm_id and module, and the real-time driver API (workers on their own threads).
 
-mod common;
-use common::*;
+use crate::common::*;
 use meshwasm_host::*;
 use std::time::Duration;
 

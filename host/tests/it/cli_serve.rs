@@ -1,7 +1,5 @@
 //! `meshwasm-host serve` end to end: the real binary, real backends on loopback, real HTTP/1.1.
 
-mod cli_common;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -10,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use cli_common::*;
+use crate::cli_common::*;
 
 // ---- a backend: a tiny HTTP/1.1 server that says who it is and what it got ----
 
