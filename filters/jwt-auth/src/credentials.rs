@@ -39,6 +39,24 @@ fn clean_token(t: &str) -> Option<String> {
     }
 }
 
+/// The value of header `name` in a request's header list (names lower-case, as hosts pass them); several
+/// copies joined with `,` (`; ` for `cookie`), as [`Request::header`] wants them, so that a repeated
+/// credential is seen rather than only its first copy.
+pub fn combined_header(all: &[(String, Vec<u8>)], name: &str) -> Option<Vec<u8>> {
+    let sep: &[u8] = if name == "cookie" { b"; " } else { b"," };
+    let mut out: Option<Vec<u8>> = None;
+    for (_, v) in all.iter().filter(|(k, _)| k == name) {
+        match &mut out {
+            None => out = Some(v.clone()),
+            Some(o) => {
+                o.extend_from_slice(sep);
+                o.extend_from_slice(v);
+            }
+        }
+    }
+    out
+}
+
 /// What one token source holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Found {
@@ -330,5 +348,27 @@ mod tests {
         assert!(malformed(&found(&c, "/", &[("cookie", b"at=t; at=u")])), "repeated");
         assert_eq!(found(&c, "/", &[("cookie", b"bin=\xff")]), Found::Absent, "binary cookies of others");
         assert!(malformed(&found(&c, "/", &[("cookie", b"bin=\xff; at=t")])), "ours cannot hide in bytes");
+    }
+
+    #[test]
+    fn repeated_headers_are_joined_so_a_second_credential_is_seen() {
+        let all: Vec<(String, Vec<u8>)> = [
+            ("authorization", &b"Bearer a"[..]),
+            ("cookie", b"x=1"),
+            ("authorization", b"Bearer b"),
+            ("cookie", b"at=t"),
+            ("x-bin", b"\xff"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_vec()))
+        .collect();
+        assert_eq!(combined_header(&all, "authorization"), Some(b"Bearer a,Bearer b".to_vec()));
+        assert_eq!(combined_header(&all, "cookie"), Some(b"x=1; at=t".to_vec()));
+        assert_eq!(combined_header(&all, "x-bin"), Some(b"\xff".to_vec()), "bytes kept as sent");
+        assert_eq!(combined_header(&all, "x-token"), None);
+        let get = |n: &str| combined_header(&all, n);
+        let s = Source::Header { name: "authorization".into(), prefix: Some("Bearer ".into()) };
+        let f = extract(&s, &Request { method: "GET", path: "/", header: &get });
+        assert!(matches!(f, Found::Malformed(_)), "two authorization headers: {f:?}");
     }
 }

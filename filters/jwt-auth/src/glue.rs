@@ -24,7 +24,7 @@ use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
 
 use crate::cache::TokenCache;
 use crate::config::Plan;
-use crate::credentials::strip_cookie_headers;
+use crate::credentials::{combined_header, strip_cookie_headers};
 use crate::engine::{
     Counters, IntroResult, KeyAccess, Keys, Outcome, Request, evaluate, internal_error, wait_timeout,
 };
@@ -139,23 +139,6 @@ fn strip_cookies_upstream(names: &[String]) {
     for v in &kept {
         let _ = hostcalls::add_map_value_bytes(MapType::HttpRequestHeaders, "cookie", v);
     }
-}
-
-/// The value of `name` in `all`; several copies joined with `,` (`; ` for `cookie`), see
-/// [`meshwasm_jwt_auth::engine::Request::header`].
-fn combined_header(all: &[(String, Vec<u8>)], name: &str) -> Option<Vec<u8>> {
-    let sep: &[u8] = if name == "cookie" { b"; " } else { b"," };
-    let mut out: Option<Vec<u8>> = None;
-    for (_, v) in all.iter().filter(|(k, _)| k == name) {
-        match &mut out {
-            None => out = Some(v.clone()),
-            Some(o) => {
-                o.extend_from_slice(sep);
-                o.extend_from_slice(v);
-            }
-        }
-    }
-    out
 }
 
 /// Sends a `Deny` outcome as the local reply of the current (effective) HTTP context.
