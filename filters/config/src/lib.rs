@@ -2,7 +2,9 @@
 //!
 //! - one entry point per filter, `Plan::from_json(&[u8]) -> Result<Plan, ConfigError>`, which
 //!   deserializes with [`from_json`] (or [`from_value`]) and then validates;
-//! - one error, [`ConfigError`]: the field path (`providers.idp.remote_jwks.timeout`) and the reason;
+//! - one error, [`ConfigError`]: the field path (`providers.idp.remote_jwks.timeout`) and the reason.
+//!   Type errors, unknown fields and bad values get their path from where serde_json stopped
+//!   (see [`from_json`]); a filter's own checks name theirs;
 //! - one duration type, [`Duration`], written `"250ms"`, `"5s"`, `"1m"` or `"1h"`;
 //! - one header-name check, [`header_name`];
 //! - one shim for the spellings deprecated by this convention ([`Legacy`]): integer `*_ms` / `*_s`
