@@ -233,6 +233,18 @@ mod tests {
     }
 
     #[test]
+    fn multi_line_documents_as_written_in_envoy_yaml() {
+        let text = "{\n  \"name\": \"x\",\n  \"rules\": [\n    { \"prefix\": \"/\" },\n    {\n      \"prefix\": \"/a\",\n      \"weight\": -1\n    }\n  ]\n}\n";
+        let e = from_json::<Outer>(text.as_bytes()).unwrap_err();
+        assert_eq!(e.path(), "rules[1].weight", "{e}");
+        assert!(!e.reason().contains("line"), "the position is replaced by the path: {e}");
+        let text = "{\n  \"rules\": [\n    {\"prefix\": \"/\",\n     \"wieght\": 1}]}";
+        assert_eq!(from_json::<Outer>(text.as_bytes()).unwrap_err().path(), "rules[0].wieght");
+        let text = "{\"rules\": [{\"prefix\": \"/\"}],\n \"name\": [\"x\"]}";
+        assert_eq!(from_json::<Outer>(text.as_bytes()).unwrap_err().path(), "name");
+    }
+
+    #[test]
     fn document_errors_have_no_path() {
         let e = from_json::<Outer>(b"not json").unwrap_err();
         assert_eq!(e.path(), "");
