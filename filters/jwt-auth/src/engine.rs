@@ -27,6 +27,7 @@ use crate::config::{Mode, Plan, RulePlan, Source};
 use crate::credentials::{Found, extract, strip_query_param};
 use crate::introspection::{self, Introspection, IntrospectionError};
 use crate::jwks::KeySet;
+use crate::keystore::{RemoteKeys, State};
 use crate::validate::{TokenError, Verified, looks_like_jwt, validate};
 use meshwasm_path as path;
 
@@ -39,6 +40,21 @@ pub enum Keys<'a> {
     Loading,
     /// Remote keys could not be loaded (or are older than the maximum staleness).
     Unavailable,
+}
+
+impl<'a> Keys<'a> {
+    /// A provider's keys: its remote key store's (which holds the inline keys too) when it fetches
+    /// keys, else its inline keys.
+    pub fn of(static_keys: Option<&'a KeySet>, remote: Option<&'a RemoteKeys>) -> Keys<'a> {
+        match remote {
+            None => static_keys.map_or(Keys::Unavailable, Keys::Ready),
+            Some(r) => match (r.state(), r.keys()) {
+                (State::Ready, Some(k)) => Keys::Ready(k),
+                (State::Loading, _) => Keys::Loading,
+                _ => Keys::Unavailable,
+            },
+        }
+    }
 }
 
 /// What the engine needs from the key store.

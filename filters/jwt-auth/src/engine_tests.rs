@@ -697,3 +697,18 @@ fn every_refusal_carries_its_own_body() {
     let (o, _) = run(&p, &mut down, &mut none, "GET", "/x", &[("authorization", &auth)]);
     assert_eq!(body_of(o), body::KEYS_UNAVAILABLE);
 }
+
+#[test]
+fn a_providers_keys_come_from_its_remote_store_when_it_fetches() {
+    let p = default_plan(); // inline keys and remote_jwks
+    let inline = p.providers[0].static_keys.as_ref();
+    assert!(inline.is_some());
+    assert!(matches!(Keys::of(inline, None), Keys::Ready(_)));
+    assert!(matches!(Keys::of(None, None), Keys::Unavailable));
+    let plan = p.providers[0].remote.clone().unwrap();
+    let remote = crate::keystore::RemoteKeys::new(plan, None, inline.cloned(), 1);
+    assert!(
+        matches!(Keys::of(inline, Some(&remote)), Keys::Loading),
+        "a fetching provider waits for its first fetch, inline keys included"
+    );
+}

@@ -33,7 +33,7 @@ use crate::introspection::{
 };
 use crate::introspection_state::{IntrospectionState, Lookup};
 use crate::jwks::KeySet;
-use crate::keystore::{Event, Fetch, RemoteKeys, State};
+use crate::keystore::{Event, Fetch, RemoteKeys};
 use crate::waiters::Waiters;
 
 const TICK: Duration = Duration::from_millis(250);
@@ -81,14 +81,7 @@ struct Access<'a> {
 impl KeyAccess for Access<'_> {
     fn keys(&self, provider: usize) -> Keys<'_> {
         let Some(p) = self.keys.get(provider) else { return Keys::Unavailable };
-        match &p.remote {
-            None => p.static_keys.as_ref().map_or(Keys::Unavailable, Keys::Ready),
-            Some(r) => match (r.state(), r.keys()) {
-                (State::Ready, Some(k)) => Keys::Ready(k),
-                (State::Loading, _) => Keys::Loading,
-                _ => Keys::Unavailable,
-            },
-        }
+        Keys::of(p.static_keys.as_ref(), p.remote.as_ref())
     }
     fn unknown_kid(&mut self, provider: usize) -> bool {
         match self.keys.get_mut(provider).and_then(|p| p.remote.as_mut()) {
