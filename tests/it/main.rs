@@ -5,6 +5,7 @@
 //! `*_envoy` run real Envoy, `*_host` the wasmtime host; real etcd, unbound and the OpenID Provider are
 //! started where a module says so.
 
+mod authz_envoy;
 mod authz_host;
 mod balancer_algorithms_envoy;
 mod balancer_discovery_envoy;

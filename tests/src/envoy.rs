@@ -247,6 +247,8 @@ pub struct Listener {
     /// Envoy's own path defences (`normalize_path`, `merge_slashes`, escaped slashes rejected), on by
     /// default as every example config has them; off to show that a filter is safe on its own.
     pub normalize_paths: bool,
+    /// The filter chain's `transport_socket` as JSON (e.g. a `DownstreamTlsContext` for mTLS); none: plaintext.
+    pub transport_socket: Option<Value>,
 }
 
 impl Listener {
@@ -261,6 +263,7 @@ impl Listener {
             http2: false,
             envoy_headers: true,
             normalize_paths: true,
+            transport_socket: None,
         }
     }
 
@@ -318,6 +321,12 @@ impl Listener {
         self
     }
 
+    /// Serves TLS with this `transport_socket` (JSON, as in Envoy's `filter_chains[].transport_socket`).
+    pub fn transport_socket(mut self, transport_socket: Value) -> Self {
+        self.transport_socket = Some(transport_socket);
+        self
+    }
+
     fn to_json(&self) -> Result<Value> {
         let mut filters = Vec::new();
         for f in &self.filters {
@@ -365,6 +374,9 @@ impl Listener {
         });
         if let Some(limit) = self.buffer_limit {
             l["per_connection_buffer_limit_bytes"] = json!(limit);
+        }
+        if let Some(ts) = &self.transport_socket {
+            l["filter_chains"][0]["transport_socket"] = ts.clone();
         }
         Ok(l)
     }

@@ -1,0 +1,261 @@
+//! The authz filter in real Envoy behind an mTLS listener: the peer identity is Envoy's, from a real
+//! handshake with certificates made at test time (a CA and SVID-style leaf certificates with URI SAN
+//! `spiffe://<td>/ns/<ns>/sa/<sa>`, by Debian's `openssl`; no key is committed). Shows which
+//! `connection.*` attributes Envoy 1.40 fills for wasm, and the 403s.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use meshwasm_tests::artifacts::wasm_path;
+use meshwasm_tests::envoy::{Envoy, EnvoyConfig, Listener, Route, WasmFilter};
+use serde_json::json;
+
+/// A CA and leaf certificates in a temporary directory.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl Pki {
+    fn new() -> Self {
+        let dir = tempfile::Builder::new().prefix("meshwasm-authz-pki-").tempdir().unwrap();
+        openssl(
+            dir.path(),
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=meshwasm test CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        );
+        Self { dir }
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    /// A short-lived leaf `name` signed by the CA, with the given SANs (`URI:…,DNS:…`) and subject.
+    fn leaf(&self, name: &str, sans: &str, subject: &str) -> (PathBuf, PathBuf) {
+        let ext = format!(
+            "subjectAltName={sans}\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+             extendedKeyUsage=serverAuth,clientAuth\n"
+        );
+        std::fs::write(self.path(&format!("{name}.ext")), ext).unwrap();
+        let (key, csr, pem, extf) =
+            (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("{name}.ext"));
+        openssl(
+            self.dir.path(),
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                subject,
+            ],
+        );
+        openssl(
+            self.dir.path(),
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "1",
+                "-extfile",
+                &extf,
+            ],
+        );
+        (self.path(&pem), self.path(&key))
+    }
+
+    /// The lower-case hex SHA-256 of a certificate (DER), as Envoy reports it.
+    fn sha256(&self, pem: &Path) -> String {
+        let out = Command::new("openssl")
+            .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+            .arg(pem)
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        text.trim().rsplit('=').next().unwrap().replace(':', "").to_ascii_lowercase()
+    }
+}
+
+fn tls(pki: &Pki, server: &(PathBuf, PathBuf), require_client: bool) -> serde_json::Value {
+    json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "require_client_certificate": require_client,
+            "common_tls_context": {
+                "tls_certificates": [{
+                    "certificate_chain": {"filename": server.0},
+                    "private_key": {"filename": server.1},
+                }],
+                "validation_context": {"trusted_ca": {"filename": pki.path("ca.pem")}},
+            }
+        }
+    })
+}
+
+/// `(status, body)` of `GET path` over HTTPS, presenting `client` if given.
+fn get(pki: &Pki, addr: SocketAddr, path: &str, client: Option<&(PathBuf, PathBuf)>) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}", "--cacert"])
+        .arg(pki.path("ca.pem"))
+        .args(["--resolve", &format!("localhost:{}:127.0.0.1", addr.port())]);
+    if let Some((cert, key)) = client {
+        cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+    }
+    let out = cmd.arg(format!("https://localhost:{}{path}", addr.port())).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+fn plain_get(addr: SocketAddr, path: &str) -> u16 {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("http://{addr}{path}"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+}
+
+struct Mesh {
+    pki: Pki,
+    envoy: Envoy,
+    frontend: (PathBuf, PathBuf),
+    rogue: (PathBuf, PathBuf),
+    other_ca: (PathBuf, PathBuf),
+    not_spiffe: (PathBuf, PathBuf),
+    two_sans: (PathBuf, PathBuf),
+    /// Keeps the other CA's files until the test ends.
+    _other: Pki,
+}
+
+fn start() -> Mesh {
+    let pki = Pki::new();
+    let server =
+        pki.leaf("orders", "DNS:localhost,URI:spiffe://cluster.local/ns/shop/sa/orders", "/O=shop/CN=orders");
+    let frontend = pki.leaf(
+        "frontend",
+        "URI:spiffe://cluster.local/ns/shop/sa/frontend,DNS:frontend.shop.svc",
+        "/O=shop/CN=frontend",
+    );
+    let rogue = pki.leaf("rogue", "URI:spiffe://cluster.local/ns/shop/sa/rogue", "/O=shop/CN=rogue");
+    let not_spiffe =
+        pki.leaf("legacy", "URI:spiffe://Cluster.Local/ns/shop/sa/frontend", "/O=shop/CN=legacy");
+    // Two URI SANs: Envoy hands wasm only the first.
+    let two_sans = pki.leaf(
+        "two-sans",
+        "URI:spiffe://cluster.local/ns/other/sa/x,URI:spiffe://cluster.local/ns/shop/sa/frontend",
+        "/O=shop/CN=two-sans",
+    );
+    // A certificate from another CA, with the frontend's identity.
+    let other = Pki::new();
+    let other_ca =
+        other.leaf("impostor", "URI:spiffe://cluster.local/ns/shop/sa/frontend", "/O=shop/CN=impostor");
+    let digest = pki.sha256(&frontend.0);
+
+    let config = json!({"policies": [
+        {"name": "deny-rogue", "action": "DENY",
+         "rules": [{"from": [{"source": {"service_accounts": ["shop/rogue"]}}]}]},
+        {"name": "shop", "rules": [{"from": [{"source": {"namespaces": ["shop"]}}], "to": [{"operation": {"paths": ["/orders", "/orders/*"]}}]}]},
+        {"name": "by-dns", "rules": [{"from": [{"source": {"dns_sans": ["*.shop.svc"]}}], "to": [{"operation": {"paths": ["/dns"]}}]}]},
+        {"name": "by-subject", "rules": [{"from": [{"source": {"subjects": ["CN=frontend,*"]}}], "to": [{"operation": {"paths": ["/subject"]}}]}]},
+        {"name": "by-digest", "rules": [{"from": [{"source": {"certificate_sha256": [digest]}}], "to": [{"operation": {"paths": ["/digest"]}}]}]},
+        {"name": "by-raw-san", "rules": [{"from": [{"source": {"uri_sans": ["spiffe://Cluster.Local/*"]}}], "to": [{"operation": {"paths": ["/legacy"]}}]}]},
+    ]});
+    let authz = || WasmFilter::new("authz", wasm_path("meshwasm_authz")).config(config.to_string());
+    let listener = |name: &str| Listener::empty(name).route(Route::direct("/", 200, "backend")).wasm(authz());
+    let envoy = EnvoyConfig::new()
+        .listener(listener("mtls").transport_socket(tls(&pki, &server, true)))
+        .listener(listener("tls").transport_socket(tls(&pki, &server, false)))
+        .listener(listener("plain"))
+        .start()
+        .unwrap();
+    Mesh { pki, envoy, frontend, rogue, other_ca, not_spiffe, two_sans, _other: other }
+}
+
+fn stat(envoy: &Envoy, suffix: &str) -> u64 {
+    envoy.stats().unwrap().iter().filter(|(k, _)| k.ends_with(suffix)).map(|(_, v)| *v).sum()
+}
+
+#[test]
+fn peer_identity_from_a_real_mtls_handshake() {
+    let m = start();
+    let mtls = m.envoy.listener_addr("mtls");
+    assert_eq!(get(&m.pki, mtls, "/orders/1", Some(&m.frontend)), (200, "backend".into()));
+    // Another workload of the same namespace: the DENY policy, with a body that names nothing.
+    assert_eq!(get(&m.pki, mtls, "/orders/1", Some(&m.rogue)), (403, "access denied\n".into()));
+    // Not under an allowed path: no ALLOW policy matches.
+    assert_eq!(get(&m.pki, mtls, "/admin", Some(&m.frontend)).0, 403);
+    // Envoy fills the DNS SAN, the subject and the digest for wasm.
+    assert_eq!(get(&m.pki, mtls, "/dns", Some(&m.frontend)).0, 200);
+    assert_eq!(get(&m.pki, mtls, "/subject", Some(&m.frontend)).0, 200);
+    assert_eq!(get(&m.pki, mtls, "/digest", Some(&m.frontend)).0, 200);
+    assert_eq!(get(&m.pki, mtls, "/digest", Some(&m.rogue)).0, 403);
+    // A SAN that is not a valid SPIFFE ID: no namespace, only the raw-SAN rule.
+    assert_eq!(get(&m.pki, mtls, "/orders/1", Some(&m.not_spiffe)).0, 403);
+    assert_eq!(get(&m.pki, mtls, "/legacy", Some(&m.not_spiffe)).0, 200);
+    // Only the first URI SAN is seen (`connection.uri_san_peer_certificate`): the second one, in
+    // the allowed namespace, does not count.
+    assert_eq!(get(&m.pki, mtls, "/orders/1", Some(&m.two_sans)).0, 403);
+    // rogue on /orders/1 and on /digest.
+    assert_eq!(stat(&m.envoy, "meshwasm_authz.policy.deny-rogue.denied"), 2);
+    assert!(stat(&m.envoy, "meshwasm_authz.policy.shop.allowed") >= 1);
+}
+
+#[test]
+fn callers_without_a_trusted_certificate_have_no_principal() {
+    let m = start();
+    // Required client certificate: no certificate, or one from another CA, fails the handshake.
+    let mtls = m.envoy.listener_addr("mtls");
+    assert_eq!(get(&m.pki, mtls, "/orders/1", None).0, 0);
+    assert_eq!(get(&m.pki, mtls, "/orders/1", Some(&m.other_ca)).0, 0);
+    // TLS without a client certificate, and plaintext: authz sees no principal and denies.
+    let tls = m.envoy.listener_addr("tls");
+    assert_eq!(
+        get(&m.pki, tls, "/orders/1", Some(&m.frontend)).0,
+        200,
+        "the same listener with a certificate"
+    );
+    assert_eq!(get(&m.pki, tls, "/orders/1", None), (403, "access denied\n".into()));
+    assert_eq!(plain_get(m.envoy.listener_addr("plain"), "/orders/1"), 403);
+}
