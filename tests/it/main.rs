@@ -4,6 +4,11 @@
 //! `cargo test -p meshwasm-tests --test it balancer_envoy::` runs one former file. Modules named
 //! `*_envoy` run real Envoy, `*_host` the wasmtime host; real etcd, unbound and the OpenID Provider are
 //! started where a module says so.
+//!
+//! Tests share one process, so none may rely on process state: no `std::env::set_var`, no fixed ports
+//! (Envoy, etcd, unbound, the OpenID Provider and backends all bind port 0 or a fresh free port), each
+//! test its own host and temporary directories. libtest runs as many tests at once as there are cores,
+//! as it did inside each former binary, so no lock is needed around the Envoy or etcd tests.
 
 mod authz_envoy;
 mod authz_host;
