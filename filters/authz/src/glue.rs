@@ -27,7 +27,7 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { filter: None }) });
 }}
 
-/// Counter ids, defined once per VM at configure time.
+/// Counter ids, defined once per VM at configure time: the totals.
 struct Counters {
     allowed: Option<u32>,
     denied: Option<u32>,
@@ -38,8 +38,8 @@ struct Counters {
 }
 
 impl Counters {
-    fn new(prefix: &str) -> Self {
-        let c = |name: &str| define(MetricType::Counter, &format!("{prefix}.{name}"));
+    fn new() -> Self {
+        let c = |name: &str| define(MetricType::Counter, &format!("{PREFIX}.{name}"));
         Self {
             allowed: c("allowed"),
             denied: c("denied"),
@@ -47,6 +47,26 @@ impl Counters {
             audited: c("audited"),
             bad_path: c("bad_path"),
             errors: c("errors"),
+        }
+    }
+}
+
+/// One policy's counters (`meshwasm_authz.policy.<name>.*`).
+struct PolicyCounters {
+    allowed: Option<u32>,
+    denied: Option<u32>,
+    dry_run_denied: Option<u32>,
+    audited: Option<u32>,
+}
+
+impl PolicyCounters {
+    fn new(policy: &str) -> Self {
+        let c = |name: &str| define(MetricType::Counter, &format!("{PREFIX}.policy.{policy}.{name}"));
+        Self {
+            allowed: c("allowed"),
+            denied: c("denied"),
+            dry_run_denied: c("dry_run_denied"),
+            audited: c("audited"),
         }
     }
 }
@@ -61,7 +81,7 @@ struct Filter {
     plan: Plan,
     total: Counters,
     /// Per policy, in plan order (`meshwasm_authz.policy.<name>.*`).
-    per_policy: Vec<Counters>,
+    per_policy: Vec<PolicyCounters>,
 }
 
 struct Root {
@@ -84,10 +104,9 @@ impl RootContext for Root {
         for w in &plan.warnings {
             log(LogLevel::Warn, &format!("meshwasm authz: {w}"));
         }
-        let per_policy =
-            plan.policies.iter().map(|p| Counters::new(&format!("{PREFIX}.policy.{}", p.name))).collect();
+        let per_policy = plan.policies.iter().map(|p| PolicyCounters::new(&p.name)).collect();
         log(LogLevel::Info, &format!("meshwasm authz: {} policies", plan.policies.len()));
-        self.filter = Some(Rc::new(Filter { plan, total: Counters::new(PREFIX), per_policy }));
+        self.filter = Some(Rc::new(Filter { plan, total: Counters::new(), per_policy }));
         true
     }
 
