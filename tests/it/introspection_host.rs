@@ -354,3 +354,34 @@ fn a_timed_out_introspection_wait_says_introspection_not_keys() {
     assert_eq!(String::from_utf8_lossy(&ex.response_body), "token introspection unavailable\n");
     assert_eq!(ep.calls(), 1);
 }
+
+/// With introspection-only providers (no remote keys to refresh), `key_wait_timeout` still bounds a wait:
+/// the tick that expires waiters runs whenever a provider introspects.
+#[test]
+fn key_wait_timeout_bounds_introspection_waits_without_remote_keys() {
+    let ep = Endpoint::default();
+    ep.answer(CallReply::no_answer());
+    let cfg = json!({
+        "key_wait_timeout": "1s",
+        "providers": {
+            "as": {"introspection": {"cluster": "as", "path": "/introspect", "authority": "as.example.com",
+                                     "client_id": "api", "client_secret": "api-secret", "timeout": "30s"}},
+        },
+        "rules": [{"match": {"prefix": "/"}, "requires_any": ["as"]}],
+    });
+    let host = Host::new(HostOptions::default()).unwrap();
+    let module = host.load(wasm_path("meshwasm_jwt_auth")).unwrap();
+    let mut p = Proxy::builder(&host)
+        .start_time(UNIX_EPOCH + Duration::from_secs(T0))
+        .plugin(Plugin::new(module).name("jwt").config(cfg.to_string().as_bytes()))
+        .upstream("as", ep.upstream())
+        .build()
+        .unwrap();
+    let id = p.start(0, Request::get("/").header("authorization", "Bearer slow")).unwrap();
+    p.advance(Duration::from_millis(900));
+    assert!(matches!(p.stream_state(id), Some(StreamState::Paused { .. })), "still waiting");
+    p.advance(Duration::from_millis(400));
+    let ex = p.exchange(id).unwrap();
+    assert_eq!(ex.status, 503, "the 30 s call timeout, not key_wait_timeout, ended the wait");
+    assert_eq!(String::from_utf8_lossy(&ex.response_body), "token introspection unavailable\n");
+}

@@ -481,6 +481,7 @@ impl RootContext for Root {
             r.prepare(&mut HostShared);
         }
         let n_remote = plan.providers.iter().filter(|p| p.remote.is_some()).count();
+        let plan_has_introspection = plan.providers.iter().any(|p| p.introspection.is_some());
         log(
             LogLevel::Info,
             &format!(
@@ -499,7 +500,9 @@ impl RootContext for Root {
             calls: HashMap::new(),
             metrics: Metrics::new("meshwasm_jwt_auth"),
         })));
-        if n_remote > 0 {
+        // The tick refreshes remote keys and bounds every wait (`key_wait_timeout`), introspection
+        // waits included.
+        if n_remote > 0 || plan_has_introspection {
             let _ = hostcalls::set_tick_period(TICK);
         }
         true
