@@ -3,6 +3,11 @@
 //! needs through [`WorkerEvent`]s (an http call to dispatch, a request to forward upstream, a finished
 //! exchange) and is fed answers later. [`crate::Proxy`] drives workers for tests; the `serve` command
 //! drives each on its own thread.
+//!
+//! By concern: `driver` is the API a driver calls, `chain` the stream state machine (events through the
+//! filters, pauses, the ends of the chain, finishing), `dir` what differs between the request and the
+//! response path, `local` local replies (filters', buffer overflows, failed VMs, missing routes), `vms`
+//! the VMs (root contexts, reload, stream contexts, calls and what they produce).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -60,6 +65,8 @@ pub enum WorkerEvent {
     Done(Box<Exchange>),
 }
 
+/// One stream's state in this worker: its contexts, both directions per filter, and what went up and
+/// down so far.
 struct StreamRt {
     data: StreamRef,
     ctx: Vec<Option<u32>>,
@@ -81,12 +88,14 @@ struct StreamRt {
     finished: bool,
 }
 
+/// One filter of the chain: its plugin, the VM that runs it and its root context there.
 struct FilterSlot {
     plugin: Plugin,
     vm: usize,
     root: u32,
 }
 
+/// Who gets an http call's answer: a root context, and the stream it was made for (if any).
 struct CallOwner {
     vm: usize,
     root: u32,
