@@ -1,7 +1,8 @@
 //! The authz filter in real Envoy behind an mTLS listener: the peer identity is Envoy's, from a real
 //! handshake with certificates made at test time (a CA and SVID-style leaf certificates with URI SAN
 //! `spiffe://<td>/ns/<ns>/sa/<sa>`, by Debian's `openssl`; no key is committed). Shows which
-//! `connection.*` attributes Envoy 1.40 fills for wasm, and the 403s.
+//! `connection.*` attributes Envoy 1.40 fills for wasm, and the 403s; and the request matchers and
+//! DENY / ALLOW / dry-run / AUDIT semantics on a listener without Envoy's path normalization.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -258,4 +259,71 @@ fn callers_without_a_trusted_certificate_have_no_principal() {
     );
     assert_eq!(get(&m.pki, tls, "/orders/1", None), (403, "access denied\n".into()));
     assert_eq!(plain_get(m.envoy.listener_addr("plain"), "/orders/1"), 403);
+}
+
+/// The status of a plaintext request through curl (`--path-as-is`: the path is sent as written).
+fn plain(addr: SocketAddr, method: &str, host: &str, path: &str, headers: &[&str]) -> u16 {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-s",
+        "--path-as-is",
+        "--max-time",
+        "10",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-X",
+        method,
+    ])
+    .args(["-H", &format!("host: {host}")]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    let out = cmd.arg(format!("http://{addr}{path}")).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+}
+
+#[test]
+fn request_matchers_and_policy_semantics_in_envoy() {
+    let config = json!({"policies": [
+        {"name": "no-debug", "action": "DENY",
+         "rules": [{"when": [{"key": "request.headers[x-debug]", "values": ["on"]}]}]},
+        {"name": "watch-admin", "action": "AUDIT", "rules": [{"to": [{"operation": {"paths": ["/admin/*"]}}]}]},
+        {"name": "would-deny-delete", "action": "DENY", "dry_run": true,
+         "rules": [{"to": [{"operation": {"methods": ["DELETE"]}}]}]},
+        {"name": "reads", "rules": [{
+            "from": [{"source": {"ip_blocks": ["127.0.0.0/8"]}}],
+            "to": [{"operation": {"methods": ["GET", "DELETE"], "hosts": ["orders.shop"], "paths": ["/orders/*", "/admin/*"]}}]}]},
+    ]});
+    let authz = WasmFilter::new("authz", wasm_path("meshwasm_authz")).config(config.to_string());
+    // Without Envoy's own normalization: the filter normalizes on its own.
+    let envoy = EnvoyConfig::new()
+        .listener(Listener::empty("raw").raw_paths().route(Route::direct("/", 200, "backend")).wasm(authz))
+        .start()
+        .unwrap();
+    let addr = envoy.listener_addr("raw");
+    let req =
+        |method: &str, host: &str, path: &str, headers: &[&str]| plain(addr, method, host, path, headers);
+    assert_eq!(req("GET", "orders.shop", "/orders/1", &[]), 200);
+    assert_eq!(req("GET", "Orders.Shop:10000", "/orders/1", &[]), 200, "hosts: any case, port ignored");
+    assert_eq!(req("GET", "evil.shop", "/orders/1", &[]), 403);
+    assert_eq!(req("POST", "orders.shop", "/orders/1", &[]), 403);
+    // Paths are matched normalized; ambiguous ones are refused before any policy.
+    assert_eq!(req("GET", "orders.shop", "/%6Frders/1", &[]), 200);
+    assert_eq!(req("GET", "orders.shop", "//orders/./1", &[]), 200);
+    assert_eq!(req("GET", "orders.shop", "/orders/../secret", &[]), 403);
+    assert_eq!(req("GET", "orders.shop", "/orders;x/1", &[]), 400);
+    assert_eq!(req("GET", "orders.shop", "/orders%2F1", &[]), 400);
+    // DENY first: a header value, also when a repeated header sends another value first.
+    assert_eq!(req("GET", "orders.shop", "/orders/1", &["x-debug: on"]), 403);
+    assert_eq!(req("GET", "orders.shop", "/orders/1", &["x-debug: off", "x-debug: on"]), 403);
+    assert_eq!(req("GET", "orders.shop", "/orders/1", &["x-debug: off"]), 200);
+    // Dry run and audit: counted, let through.
+    assert_eq!(req("DELETE", "orders.shop", "/orders/1", &[]), 200);
+    assert_eq!(req("GET", "orders.shop", "/admin/x", &[]), 200);
+    assert_eq!(stat(&envoy, "meshwasm_authz.policy.would-deny-delete.dry_run_denied"), 1);
+    assert_eq!(stat(&envoy, "meshwasm_authz.policy.watch-admin.audited"), 1);
+    assert_eq!(stat(&envoy, "meshwasm_authz.policy.no-debug.denied"), 2);
+    assert_eq!(stat(&envoy, "meshwasm_authz.bad_path"), 2);
 }
