@@ -346,6 +346,9 @@ fn bracketed<'a>(key: &'a str, prefix: &str) -> Option<&'a str> {
 
 fn condition(at: &str, c: RawCondition, needs: &mut Needs) -> Result<Condition, ConfigError> {
     let key_at = format!("{at}.key");
+    if c.values.is_none() && c.not_values.is_none() {
+        return Err(ConfigError::new(at, "a condition needs `values` or `not_values`"));
+    }
     let key = if let Some(name) = bracketed(&c.key, "request.headers[") {
         Key::Header(header_name(&key_at, name)?)
     } else if let Some(name) = bracketed(&c.key, "request.auth.claims[") {
@@ -363,7 +366,10 @@ fn condition(at: &str, c: RawCondition, needs: &mut Needs) -> Result<Condition, 
         match c.key.as_str() {
             "request.auth.principal" => Key::RequestPrincipal,
             "request.auth.provider" => Key::RequestProvider,
-            "source.ip" => Key::SourceIp,
+            "source.ip" => {
+                needs.source_ip = true;
+                return Ok(Condition::SourceIp(field(at, "values", c.values, c.not_values, cidr)?));
+            }
             other => {
                 return Err(ConfigError::new(
                     key_at,
@@ -375,23 +381,12 @@ fn condition(at: &str, c: RawCondition, needs: &mut Needs) -> Result<Condition, 
             }
         }
     };
-    if c.values.is_none() && c.not_values.is_none() {
-        return Err(ConfigError::new(at, "a condition needs `values` or `not_values`"));
+    match &key {
+        Key::Header(h) if !needs.headers.contains(h) => needs.headers.push(h.clone()),
+        Key::Claim(n) if !needs.claims.contains(n) => needs.claims.push(n.clone()),
+        Key::RequestPrincipal => needs.request_principal = true,
+        Key::RequestProvider => needs.request_provider = true,
+        _ => {}
     }
-    match key {
-        Key::SourceIp => {
-            needs.source_ip = true;
-            Ok(Condition::SourceIp(field(at, "values", c.values, c.not_values, cidr)?))
-        }
-        key => {
-            match &key {
-                Key::Header(h) if !needs.headers.contains(h) => needs.headers.push(h.clone()),
-                Key::Claim(n) if !needs.claims.contains(n) => needs.claims.push(n.clone()),
-                Key::RequestPrincipal => needs.request_principal = true,
-                Key::RequestProvider => needs.request_provider = true,
-                _ => {}
-            }
-            Ok(Condition::Strings(key, field(at, "values", c.values, c.not_values, plain)?))
-        }
-    }
+    Ok(Condition::Strings(key, field(at, "values", c.values, c.not_values, plain)?))
 }

@@ -126,6 +126,11 @@ struct Http {
 
 impl Context for Http {}
 
+/// Whether Envoy logs debug lines now (checked before formatting one: the per-request path).
+fn debug_on() -> bool {
+    matches!(hostcalls::get_log_level(), Ok(LogLevel::Trace | LogLevel::Debug))
+}
+
 fn reply(status: u32, body: &str) -> Action {
     let _ = hostcalls::send_http_response(
         status,
@@ -209,7 +214,9 @@ impl HttpContext for Http {
             Err(e) => {
                 bump(f.total.bad_path);
                 let why = e.map_or_else(|| "the path is not UTF-8".to_owned(), |e| e.to_string());
-                log(LogLevel::Debug, &format!("meshwasm authz: {}: 400: {why}", self.context_id));
+                if debug_on() {
+                    log(LogLevel::Debug, &format!("meshwasm authz: {}: 400: {why}", self.context_id));
+                }
                 return reply(400, "bad request path\n");
             }
         };
@@ -238,32 +245,35 @@ impl HttpContext for Http {
                 );
             }
         }
+        let debug = debug_on();
         match d.verdict {
             Verdict::Allow => {
                 bump(f.total.allowed);
                 if let Some(i) = d.by {
                     bump(counters(i).and_then(|c| c.allowed));
-                    log(
-                        LogLevel::Debug,
-                        &format!("meshwasm authz: {}: allowed by policy `{}`", self.context_id, name(i)),
-                    );
+                    if debug {
+                        let msg =
+                            format!("meshwasm authz: {}: allowed by policy `{}`", self.context_id, name(i));
+                        log(LogLevel::Debug, &msg);
+                    }
                 }
                 Action::Continue
             }
             Verdict::Deny => {
                 bump(f.total.denied);
-                match d.by {
-                    Some(i) => {
-                        bump(counters(i).and_then(|c| c.denied));
-                        log(
-                            LogLevel::Debug,
-                            &format!("meshwasm authz: {}: denied by policy `{}`", self.context_id, name(i)),
-                        );
-                    }
-                    None => log(
-                        LogLevel::Debug,
-                        &format!("meshwasm authz: {}: denied: no ALLOW policy matched", self.context_id),
-                    ),
+                if let Some(i) = d.by {
+                    bump(counters(i).and_then(|c| c.denied));
+                }
+                if debug {
+                    let msg = match d.by {
+                        Some(i) => {
+                            format!("meshwasm authz: {}: denied by policy `{}`", self.context_id, name(i))
+                        }
+                        None => {
+                            format!("meshwasm authz: {}: denied: no ALLOW policy matched", self.context_id)
+                        }
+                    };
+                    log(LogLevel::Debug, &msg);
                 }
                 // The body does not say which policy, or why.
                 reply(403, "access denied\n")

@@ -159,13 +159,12 @@ pub enum Key {
     RequestProvider,
     /// `request.auth.claims[<name>]`.
     Claim(String),
-    /// `source.ip` (values are IP blocks).
-    SourceIp,
 }
 
 #[derive(Debug, Clone)]
 pub enum Condition {
     Strings(Key, Field<Pattern>),
+    /// `source.ip`: values are IP blocks.
     SourceIp(Field<Cidr>),
 }
 
@@ -178,8 +177,6 @@ impl Condition {
                 Key::Claim(name) => f.matches(a.claim(name).iter().map(Vec::as_slice), pat),
                 Key::RequestPrincipal => f.matches(a.request_principal.as_deref().into_iter(), pat),
                 Key::RequestProvider => f.matches(a.request_provider.as_deref().into_iter(), pat),
-                // Parsed into `Condition::SourceIp`.
-                Key::SourceIp => false,
             },
         }
     }
