@@ -327,3 +327,41 @@ fn request_matchers_and_policy_semantics_in_envoy() {
     assert_eq!(stat(&envoy, "meshwasm_authz.policy.no-debug.denied"), 2);
     assert_eq!(stat(&envoy, "meshwasm_authz.bad_path"), 2);
 }
+
+/// jwt-auth's hand-off stood in for by the probe filter, which writes the same properties with
+/// `proxy_set_property` before authz runs: Envoy keeps them as filter state (`wasm.<path>`) that
+/// authz reads back. This is the contract in `meshwasm_authz::attributes`.
+#[test]
+fn the_token_identity_reaches_authz_through_envoy_filter_state() {
+    let config = json!({"policies": [{"name": "admins", "rules": [{
+        "from": [{"source": {"request_principals": ["https://idp.example/*"]}}],
+        "when": [{"key": "request.auth.claims[groups]", "values": ["admin"]},
+                 {"key": "request.auth.provider", "values": ["idp"]}]}]}]});
+    let authz = || WasmFilter::new("authz", wasm_path("meshwasm_authz")).config(config.to_string());
+    let hand_on = |name: &str, groups: &str| {
+        let set = |path: &str, value: &str| json!({"op": "set_property", "path": [path], "value": value});
+        let script = json!({"name": name, "request_headers": {"ops": [
+            set("meshwasm.jwt.principal", "https://idp.example/alice"),
+            set("meshwasm.jwt.provider", "idp"),
+            set("meshwasm.jwt.claim.groups", groups),
+        ]}});
+        WasmFilter::new(name, wasm_path("meshwasm_probe")).config(script.to_string())
+    };
+    let listener = |name: &str| Listener::empty(name).route(Route::direct("/", 200, "backend"));
+    let envoy = EnvoyConfig::new()
+        .listener(listener("admin").wasm(hand_on("jwt-admin", r#"["staff","admin"]"#)).wasm(authz()))
+        .listener(listener("staff").wasm(hand_on("jwt-staff", r#"["staff"]"#)).wasm(authz()))
+        .listener(listener("none").wasm(authz()))
+        .start()
+        .unwrap();
+    let get = |l: &str| plain(envoy.listener_addr(l), "GET", "orders.shop", "/", &[]);
+    assert_eq!(get("admin"), 200);
+    assert_eq!(get("staff"), 403, "the claim does not match");
+    assert_eq!(get("none"), 403, "no token handed on: no request principal");
+    // A client cannot write filter state: the same names as headers change nothing.
+    let addr = envoy.listener_addr("none");
+    assert_eq!(
+        plain(addr, "GET", "orders.shop", "/", &["meshwasm.jwt.principal: https://idp.example/alice"]),
+        403
+    );
+}
