@@ -29,6 +29,7 @@ mod discovery_sources_envoy;
 mod endpoints_contract_host;
 mod envoy_harness;
 mod envoy_root_contexts;
+mod identity_handoff;
 mod example_configs;
 mod introspection_envoy;
 mod introspection_host;

@@ -94,6 +94,10 @@ pub struct ProviderConfig {
     pub forward_payload_header: Option<String>,
     #[serde(default)]
     pub claim_to_headers: Vec<ClaimHeaderConfig>,
+    /// Claims (paths such as `groups` or `realm.roles`) handed on to later filters as Envoy filter state
+    /// `wasm.meshwasm.jwt.claim.<claim>` (see the README's "Identity for later filters").
+    #[serde(default)]
+    pub claims_to_filter_state: Vec<String>,
     /// Allowed clock difference for `exp`, `nbf` and `iat`. Whole seconds.
     #[serde(default = "default_skew")]
     pub clock_skew: Duration,
@@ -307,6 +311,8 @@ pub struct ProviderPlan {
     pub forward: bool,
     pub payload_header: Option<String>,
     pub claim_headers: Vec<ClaimHeader>,
+    /// (property name `meshwasm.jwt.claim.<claim>`, claim path) handed on after verification.
+    pub identity_claims: Vec<(String, Vec<String>)>,
     pub introspection: Option<crate::introspection::IntrospectionConfig>,
 }
 
@@ -649,6 +655,18 @@ fn build_provider(ctx: &str, name: &str, p: &ProviderConfig) -> Result<ProviderP
             separator: c.separator.clone().unwrap_or_else(|| ",".into()),
         });
     }
+    let mut identity_claims = Vec::new();
+    for (i, c) in p.claims_to_filter_state.iter().enumerate() {
+        let ok = c.len() <= 128
+            && !c.split('.').any(str::is_empty)
+            && c.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
+        if !ok {
+            return err(format!(
+                "{ctx}.claims_to_filter_state[{i}]: `{c}` is not a claim path (letters, digits, `_-.:`, dot-separated)"
+            ));
+        }
+        identity_claims.push((format!("{}{c}", crate::engine::identity::CLAIM_PREFIX), claim_path(c)));
+    }
     Ok(ProviderPlan {
         name: name.to_string(),
         policy,
@@ -658,6 +676,7 @@ fn build_provider(ctx: &str, name: &str, p: &ProviderConfig) -> Result<ProviderP
         forward: p.forward,
         payload_header,
         claim_headers,
+        identity_claims,
         introspection: p.introspection.clone(),
     })
 }

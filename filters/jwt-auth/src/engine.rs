@@ -96,12 +96,14 @@ pub enum Outcome {
     Pass,
     /// Continue after removing and setting these headers, rewriting `:path` to `path` when set (a
     /// token query parameter removed) and removing the `strip_cookies` cookies from every `cookie`
-    /// header (see [`crate::credentials::strip_cookie_headers`]).
+    /// header (see [`crate::credentials::strip_cookie_headers`]). `identity`: the properties to set for
+    /// later filters (see [`identity`]); empty when no token was verified.
     Allow {
         remove: Vec<String>,
         set: Vec<(String, String)>,
         path: Option<String>,
         strip_cookies: Vec<String>,
+        identity: Vec<(String, Vec<u8>)>,
     },
     /// Send this local reply: `status`, a `www-authenticate` challenge and a `retry-after` (seconds)
     /// when set, `body` as `text/plain`. `reason` names the counter (`denied.<reason>`); `detail` is
@@ -235,7 +237,13 @@ pub fn internal_error(what: &str) -> Outcome {
 
 /// Continue without claims: nothing verified is vouched for.
 fn pass_unverified() -> Outcome {
-    Outcome::Allow { remove: Vec::new(), set: Vec::new(), path: None, strip_cookies: Vec::new() }
+    Outcome::Allow {
+        remove: Vec::new(),
+        set: Vec::new(),
+        path: None,
+        strip_cookies: Vec::new(),
+        identity: Vec::new(),
+    }
 }
 
 /// `path` is the normalized path (query excluded), see [`meshwasm_path`].
@@ -574,7 +582,44 @@ pub fn allow(plan: &Plan, req: &Request<'_>, accepted: &[Accepted<'_>]) -> Outco
             }
         }
     }
-    Outcome::Allow { remove, set, path, strip_cookies }
+    let identity =
+        accepted.first().map(|(pi, v, _)| identity::of(&plan.providers[*pi], v)).unwrap_or_default();
+    Outcome::Allow { remove, set, path, strip_cookies, identity }
+}
+
+/// The identity jwt-auth hands on to later filters (authz, Envoy RBAC) through `proxy_set_property`.
+/// Envoy keeps a value set at the single-segment path `p` as filter state `wasm.p` for the rest of the
+/// filter chain; a client cannot set filter state, so only a verified token is ever seen there.
+pub mod identity {
+    use serde_json::Value;
+
+    use crate::claims::claim_at;
+    use crate::config::ProviderPlan;
+    use crate::validate::Verified;
+
+    /// `<iss>/<sub>` of the verified token (Istio's `request.auth.principal`).
+    pub const PRINCIPAL: &str = "meshwasm.jwt.principal";
+    /// The name of the provider that verified it.
+    pub const PROVIDER: &str = "meshwasm.jwt.provider";
+    /// One property per claim in the provider's `claims_to_filter_state`: the claim's JSON.
+    pub const CLAIM_PREFIX: &str = "meshwasm.jwt.claim.";
+
+    /// The properties to set for the token `v` verified by provider `p`. No principal when the token
+    /// has no string `sub` (an opaque token's answer may lack one); `iss` may be empty.
+    pub fn of(p: &ProviderPlan, v: &Verified) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::with_capacity(2 + p.identity_claims.len());
+        if let Some(Value::String(sub)) = v.claims.get("sub") {
+            let iss = v.claims.get("iss").and_then(Value::as_str).unwrap_or_default();
+            out.push((PRINCIPAL.to_string(), format!("{iss}/{sub}").into_bytes()));
+        }
+        out.push((PROVIDER.to_string(), p.name.clone().into_bytes()));
+        for (name, path) in &p.identity_claims {
+            if let Some(c) = claim_at(&v.claims, path) {
+                out.push((name.clone(), c.to_string().into_bytes()));
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]

@@ -293,14 +293,63 @@ fn tokens_from_params_and_cookies_are_not_forwarded() {
     )
     .unwrap();
     let (o, _) = run(&fwd, &mut k, &mut TokenCache::new(0, 0), "GET", &format!("/x?access_token={t}"), &[]);
-    assert_eq!(o, Outcome::Allow { remove: vec![], set: vec![], path: None, strip_cookies: vec![] });
+    let identity = vec![
+        ("meshwasm.jwt.principal".to_string(), b"https://iss/alice".to_vec()),
+        ("meshwasm.jwt.provider".to_string(), b"p".to_vec()),
+    ];
+    assert_eq!(
+        o,
+        Outcome::Allow { remove: vec![], set: vec![], path: None, strip_cookies: vec![], identity }
+    );
+}
+
+#[test]
+fn verified_identity_is_handed_on_and_nothing_without_a_verified_token() {
+    let p = Plan::from_json(
+        br#"{"providers":{"p":{"issuer":"https://iss","algorithms":["HS256"],
+            "claims_to_filter_state":["scope","realm.groups","absent"],
+            "local_jwks":{"keys":[{"kty":"oct","kid":"h","k":"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY"}]}}},
+            "rules":[{"match":{"prefix":"/opt"},"requires_any":["p"],"allow_missing_or_failed":true},
+                     {"match":{"prefix":"/"},"requires_any":["p"]}]}"#,
+    )
+    .unwrap();
+    let mut k = keys();
+    let auth = format!("Bearer {}", mint(claims()));
+    let (o, _) = run(&p, &mut k, &mut TokenCache::new(0, 0), "GET", "/x", &[("authorization", &auth)]);
+    let Outcome::Allow { identity, .. } = o else { panic!("{o:?}") };
+    let got: Vec<(&str, String)> =
+        identity.iter().map(|(k, v)| (k.as_str(), String::from_utf8(v.clone()).unwrap())).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("meshwasm.jwt.principal", "https://iss/alice".to_string()),
+            ("meshwasm.jwt.provider", "p".to_string()),
+            ("meshwasm.jwt.claim.scope", r#""read admin""#.to_string()),
+            ("meshwasm.jwt.claim.realm.groups", r#"["dev","ops"]"#.to_string()),
+        ]
+    );
+    // An invalid token let through by allow_missing_or_failed hands on nothing.
+    let (o, _) =
+        run(&p, &mut k, &mut TokenCache::new(0, 0), "GET", "/opt", &[("authorization", "Bearer x.y.z")]);
+    let Outcome::Allow { identity, .. } = o else { panic!("{o:?}") };
+    assert!(identity.is_empty());
+    // Bad claim names are refused at configure time, naming the field.
+    let e = Plan::from_json(
+        br#"{"providers":{"p":{"issuer":"https://iss","algorithms":["HS256"],"claims_to_filter_state":["ok","a..b"],
+            "local_jwks":{"keys":[{"kty":"oct","kid":"h","k":"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY"}]}}},
+            "rules":[]}"#,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("claims_to_filter_state[1]"), "{e}");
 }
 
 #[test]
 fn allow_missing_or_failed() {
     let p = plan(r#"[{"match":{"prefix":"/"},"requires_any":["p"],"allow_missing_or_failed":true}]"#);
     let mut k = keys();
-    let none = Outcome::Allow { remove: vec![], set: vec![], path: None, strip_cookies: vec![] };
+    let none =
+        Outcome::Allow { remove: vec![], set: vec![], path: None, strip_cookies: vec![], identity: vec![] };
     let (o, _) = run(&p, &mut k, &mut TokenCache::new(0, 0), "GET", "/x", &[]);
     assert_eq!(o, none, "missing passes");
     let (o, _) = run(

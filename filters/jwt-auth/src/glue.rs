@@ -175,7 +175,13 @@ impl Worker {
         self.metrics.inc("verifications", u64::from(counters.verifications));
         match &outcome {
             Outcome::Pass => self.metrics.inc("passed", 1),
-            Outcome::Allow { remove, set, path: new_path, strip_cookies } => {
+            Outcome::Allow { remove, set, path: new_path, strip_cookies, identity } => {
+                // A property Envoy refuses is simply absent later: authz then sees no principal (deny).
+                for (k, v) in identity {
+                    if let Err(e) = hostcalls::set_property(vec![k.as_str()], Some(v)) {
+                        log(LogLevel::Warn, &format!("meshwasm jwt-auth: cannot hand on `{k}` ({e:?})"));
+                    }
+                }
                 for h in remove {
                     let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, h);
                 }
