@@ -365,3 +365,22 @@ fn the_token_identity_reaches_authz_through_envoy_filter_state() {
         403
     );
 }
+
+/// Fail closed: Envoy does not start with an authz configuration the filter rejects (with
+/// `fail_open: false`, the default: "Plugin configured to fail closed failed to load"). The log line
+/// naming the field is the same as in the host (`authz_host::a_bad_config_is_rejected_naming_the_field`).
+#[test]
+fn envoy_refuses_a_rejected_configuration() {
+    let bad = r#"{"policies": [{"name": "a", "rules": [{"from": [{"source": {"principal": ["x"]}}]}]}]}"#;
+    let err = EnvoyConfig::new()
+        .listener(
+            Listener::empty("l")
+                .route(Route::direct("/", 200, "backend"))
+                .wasm(WasmFilter::new("authz", wasm_path("meshwasm_authz")).config(bad)),
+        )
+        .start()
+        .err()
+        .expect("Envoy started with a rejected authz configuration");
+    let text = format!("{err:#}");
+    assert!(text.contains("exited during start-up"), "{text}");
+}
