@@ -40,8 +40,11 @@ fn token(s: &Signer, sub: &str, groups: &[&str]) -> String {
     )
 }
 
-/// (path, headers, expected status) for both hosts.
-fn cases(s: &Signer) -> Vec<(&'static str, Vec<(&'static str, String)>, u16)> {
+/// (path, headers, expected status): one request of [`cases`].
+type Case = (&'static str, Vec<(&'static str, String)>, u16);
+
+/// The requests both hosts must answer alike.
+fn cases(s: &Signer) -> Vec<Case> {
     vec![
         ("/x", vec![("authorization", token(s, "alice", &["dev", "staff"]))], 200),
         ("/public/x", vec![("authorization", token(s, "alice", &["staff"]))], 200),
