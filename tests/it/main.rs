@@ -36,6 +36,7 @@ mod introspection_host;
 mod jwt_auth_attacks_envoy;
 mod jwt_auth_envoy;
 mod jwt_auth_host;
+mod oci_registry;
 mod oidc_provider;
 mod token_injector_envoy;
 mod token_injector_host;
