@@ -200,6 +200,12 @@ impl Request {
         self
     }
 
+    /// Sets `:scheme` (`https` for a request that came over TLS).
+    pub fn scheme(mut self, scheme: &str) -> Self {
+        self.headers.set(":scheme", scheme);
+        self
+    }
+
     /// Replaces the body with one chunk.
     pub fn body(mut self, body: impl AsRef<[u8]>) -> Self {
         self.chunks = vec![body.as_ref().to_vec()];

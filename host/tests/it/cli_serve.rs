@@ -12,8 +12,8 @@ use crate::cli_common::*;
 
 // ---- a backend: a tiny HTTP/1.1 server that says who it is and what it got ----
 
-struct Backend {
-    addr: SocketAddr,
+pub(crate) struct Backend {
+    pub(crate) addr: SocketAddr,
     hits: Arc<AtomicUsize>,
     /// Request heads seen (lower-cased header lines).
     seen: Arc<Mutex<Vec<String>>>,
@@ -21,7 +21,7 @@ struct Backend {
 
 impl Backend {
     /// Answers every request with 200, `x-backend: <name>` and body `<name> <method> <path>`.
-    fn start(name: &'static str) -> Backend {
+    pub(crate) fn start(name: &'static str) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
@@ -37,14 +37,19 @@ impl Backend {
         Backend { addr, hits, seen }
     }
 
-    fn hits(&self) -> usize {
+    pub(crate) fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
     }
 }
 
-fn serve_backend_conn(conn: TcpStream, name: &str, hits: &AtomicUsize, seen: &Mutex<Vec<String>>) {
-    let mut reader = BufReader::new(conn.try_clone().unwrap());
-    let mut conn = conn;
+/// Serves one backend connection (also behind TLS in `tls.rs`).
+pub(crate) fn serve_backend_conn<C: Read + Write>(
+    conn: C,
+    name: &str,
+    hits: &AtomicUsize,
+    seen: &Mutex<Vec<String>>,
+) {
+    let mut reader = BufReader::new(conn);
     loop {
         let mut request_line = String::new();
         if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
@@ -79,7 +84,7 @@ fn serve_backend_conn(conn: TcpStream, name: &str, hits: &AtomicUsize, seen: &Mu
             "HTTP/1.1 200 OK\r\nx-backend: {name}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{reply}",
             reply.len()
         );
-        if conn.write_all(response.as_bytes()).is_err() {
+        if reader.get_mut().write_all(response.as_bytes()).is_err() {
             return;
         }
     }
@@ -87,22 +92,22 @@ fn serve_backend_conn(conn: TcpStream, name: &str, hits: &AtomicUsize, seen: &Mu
 
 // ---- the proxy process ----
 
-struct Serve {
+pub(crate) struct Serve {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// Every listener's address, in config order.
-    addrs: Vec<SocketAddr>,
+    pub(crate) addrs: Vec<SocketAddr>,
     stderr: Arc<Mutex<Vec<String>>>,
 }
 
 impl Serve {
     /// Starts `meshwasm-host serve <config>` and waits for its listener line.
-    fn start(config: &Path) -> Serve {
+    pub(crate) fn start(config: &Path) -> Serve {
         Self::start_listeners(config, 1)
     }
 
     /// Starts serve and waits for `n` listener lines.
-    fn start_listeners(config: &Path, n: usize) -> Serve {
+    pub(crate) fn start_listeners(config: &Path, n: usize) -> Serve {
         let mut child = Command::new(BIN)
             .arg("serve")
             .arg(config)
@@ -118,7 +123,8 @@ impl Serve {
             for line in BufReader::new(pipe).lines() {
                 let Ok(line) = line else { return };
                 if line.starts_with("meshwasm-host serve: listener `")
-                    && let Some(rest) = line.split("on http://").nth(1)
+                    && let Some(rest) =
+                        line.split("on http://").nth(1).or_else(|| line.split("on https://").nth(1))
                 {
                     let addr = rest.split_whitespace().next().unwrap_or("").to_string();
                     let _ = tx.send(addr);
@@ -139,12 +145,12 @@ impl Serve {
         Serve { child, addr: addrs[0], addrs, stderr }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.stderr.lock().unwrap().join("\n")
     }
 
     /// Waits (bounded) until the log has a line containing `needle`.
-    fn wait_log(&self, needle: &str) -> bool {
+    pub(crate) fn wait_log(&self, needle: &str) -> bool {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if self.log().contains(needle) {

@@ -15,3 +15,4 @@ mod headers;
 mod random;
 mod smoke;
 mod state;
+mod tls;

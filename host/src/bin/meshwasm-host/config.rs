@@ -21,6 +21,11 @@
 //!     stream_idle_timeout_ms: 300000  # a request a filter holds this long gets 408 (Envoy's default)
 //!     request_body_timeout_ms: 30000  # the whole request body must arrive within this, else 408
 //!     max_connections: 1024     # open connections (all workers); past it new ones are closed at once
+//!     tls:                      # optional: TLS on accepted connections (PEM files, relative to this file)
+//!       cert: frontend.pem      # the listener's certificate chain
+//!       key: frontend-key.pem
+//!       client_ca: ca.pem       # optional: mTLS, client certificates must chain to this CA
+//!       require_client_certificate: true  # default true with client_ca (false: a client may omit it)
 //!     route:
 //!       cluster: backend
 //!       timeout_ms: 15000         # optional, Envoy's default route timeout
@@ -31,15 +36,24 @@
 //!   - name: picked
 //!     type: original_dst            # filter state set by a filter (set_envoy_filter_state)
 //!     header: x-meshwasm-endpoint   # optional: also this request header (Envoy's use_http_header)
+//!     tls:                          # optional: TLS to the endpoints
+//!       ca: ca.pem                  # the upstream's certificate must chain to this CA
+//!       cert: frontend.pem          # optional, with key: the client certificate (mTLS)
+//!       key: frontend-key.pem
+//!       sni: orders.shop            # optional: the server name sent and checked (default: the endpoint IP)
+//!       verify_san: [spiffe://cluster.local/ns/shop/sa/orders]  # optional: one of these SANs instead of the name
 //! ```
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
+
+use crate::tls::{ClusterTls, ClusterTlsSpec, ListenerTls, ListenerTlsSpec};
 
 /// Envoy's default route timeout.
 const DEFAULT_ROUTE_TIMEOUT_MS: u64 = 15_000;
@@ -90,7 +104,36 @@ struct RawListener {
     request_body_timeout_ms: Option<u64>,
     #[serde(default)]
     max_connections: Option<usize>,
+    #[serde(default)]
+    tls: Option<RawListenerTls>,
     route: RawRoute,
+}
+
+/// A listener's `tls:` block: PEM files relative to the config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListenerTls {
+    cert: PathBuf,
+    key: PathBuf,
+    #[serde(default)]
+    client_ca: Option<PathBuf>,
+    #[serde(default)]
+    require_client_certificate: Option<bool>,
+}
+
+/// A cluster's `tls:` block: PEM files relative to the config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClusterTls {
+    ca: PathBuf,
+    #[serde(default)]
+    cert: Option<PathBuf>,
+    #[serde(default)]
+    key: Option<PathBuf>,
+    #[serde(default)]
+    sni: Option<String>,
+    #[serde(default)]
+    verify_san: Vec<String>,
 }
 
 /// A listen address: `IP:port`, or a bare port (number or string), which binds loopback (127.0.0.1).
@@ -187,6 +230,8 @@ struct RawCluster {
     header: Option<String>,
     #[serde(default)]
     connect_timeout_ms: Option<u64>,
+    #[serde(default)]
+    tls: Option<RawClusterTls>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -234,6 +279,8 @@ pub struct Listener {
     pub max_connections: usize,
     pub route_cluster: String,
     pub route_timeout: Duration,
+    /// TLS (mTLS with a client CA) on accepted connections; None: plaintext.
+    pub tls: Option<Arc<ListenerTls>>,
 }
 
 #[derive(Debug, Clone)]
@@ -252,6 +299,8 @@ pub struct Cluster {
     pub name: String,
     pub kind: ClusterKind,
     pub connect_timeout: Duration,
+    /// TLS to the endpoints; None: plaintext.
+    pub tls: Option<Arc<ClusterTls>>,
 }
 
 #[derive(Debug, Clone)]
@@ -320,7 +369,11 @@ impl ServeConfig {
             };
             let connect_timeout =
                 Duration::from_millis(c.connect_timeout_ms.unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS).max(1));
-            clusters.push(Cluster { name: c.name, kind, connect_timeout });
+            let tls = match c.tls {
+                None => None,
+                Some(t) => Some(Arc::new(cluster_tls(t, base, &format!("{at}.tls"))?)),
+            };
+            clusters.push(Cluster { name: c.name, kind, connect_timeout, tls });
         }
 
         let mut listeners = Vec::with_capacity(raw.listeners.len());
@@ -340,6 +393,10 @@ impl ServeConfig {
             if !names.contains(&l.route.cluster) {
                 bail!("{at}.route.cluster: no cluster named `{}` in `clusters`", l.route.cluster);
             }
+            let tls = match l.tls {
+                None => None,
+                Some(t) => Some(Arc::new(listener_tls(t, base, &format!("{at}.tls"))?)),
+            };
             let mut filters = Vec::with_capacity(l.filters.len());
             for (j, f) in l.filters.into_iter().enumerate() {
                 filters.push(filter_spec(f, base, &format!("{at}.filters[{j}]"))?);
@@ -360,6 +417,7 @@ impl ServeConfig {
                 route_timeout: Duration::from_millis(
                     l.route.timeout_ms.unwrap_or(DEFAULT_ROUTE_TIMEOUT_MS).max(1),
                 ),
+                tls,
             });
         }
 
@@ -371,6 +429,35 @@ impl ServeConfig {
             clusters,
         })
     }
+}
+
+/// Loads a listener's certificate, key and client CA now, so a bad file stops start-up naming the field.
+fn listener_tls(t: RawListenerTls, base: &Path, at: &str) -> anyhow::Result<ListenerTls> {
+    if t.require_client_certificate == Some(true) && t.client_ca.is_none() {
+        bail!("{at}.require_client_certificate: needs `client_ca` to verify client certificates against");
+    }
+    let spec = ListenerTlsSpec {
+        cert: base.join(t.cert),
+        key: base.join(t.key),
+        client_ca: t.client_ca.map(|p| base.join(p)),
+        // A client CA means mTLS: a client without a certificate is refused unless this says otherwise.
+        require_client_certificate: t.require_client_certificate.unwrap_or(true),
+    };
+    ListenerTls::new(&spec, at)
+}
+
+fn cluster_tls(t: RawClusterTls, base: &Path, at: &str) -> anyhow::Result<ClusterTls> {
+    if let Some(i) = t.verify_san.iter().position(|s| s.is_empty()) {
+        bail!("{at}.verify_san[{i}]: must not be empty");
+    }
+    let spec = ClusterTlsSpec {
+        ca: base.join(t.ca),
+        cert: t.cert.map(|p| base.join(p)),
+        key: t.key.map(|p| base.join(p)),
+        sni: t.sni,
+        verify_san: t.verify_san,
+    };
+    ClusterTls::new(&spec, at)
 }
 
 fn filter_spec(f: RawFilter, base: &Path, at: &str) -> anyhow::Result<FilterSpec> {

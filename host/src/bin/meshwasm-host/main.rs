@@ -10,6 +10,7 @@ mod access_log;
 mod check;
 mod config;
 mod serve;
+mod tls;
 mod upstream;
 
 use std::path::PathBuf;

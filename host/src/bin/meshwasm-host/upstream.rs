@@ -10,9 +10,11 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
 
 use crate::config::{Cluster, ClusterKind};
+use crate::tls::ClusterTls;
 
 /// Headers that describe one hop of HTTP/1.1 and are never forwarded (RFC 9110 §7.6.1).
 pub const HOP_BY_HOP: &[&str] =
@@ -108,6 +110,12 @@ impl UpstreamCluster {
         request: hyper::Request<Full<Bytes>>,
         timeout: Duration,
     ) -> Result<Response, UpstreamFailure> {
+        if let Some(tls) = &self.config.tls {
+            return match tokio::time::timeout(timeout, self.send_tls(tls, addr, request)).await {
+                Ok(result) => result,
+                Err(_) => Err(UpstreamFailure::Timeout),
+            };
+        }
         let (mut parts, body) = request.into_parts();
         let mut uri = format!("http://{addr}");
         uri.push_str(parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
@@ -129,6 +137,48 @@ impl UpstreamCluster {
             Ok(result) => result,
             Err(_) => Err(UpstreamFailure::Timeout),
         }
+    }
+}
+
+impl UpstreamCluster {
+    /// One request over a new TLS connection (no pooling: a TLS cluster is for trying identities, and a
+    /// fresh handshake per request keeps each exchange's peer certificate checked).
+    async fn send_tls(
+        &self,
+        tls: &ClusterTls,
+        addr: SocketAddr,
+        request: hyper::Request<Full<Bytes>>,
+    ) -> Result<Response, UpstreamFailure> {
+        let fail =
+            |what: &str, e: &dyn std::fmt::Display| UpstreamFailure::ConnectFailure(format!("{what}: {e}"));
+        let tcp = tokio::time::timeout(self.config.connect_timeout, tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| UpstreamFailure::ConnectFailure("connect timeout".into()))?
+            .map_err(|e| fail("connect", &e))?;
+        let _ = tcp.set_nodelay(true);
+        let name = tls.sni.clone().unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+        let stream = tokio::time::timeout(
+            self.config.connect_timeout,
+            tokio_rustls::TlsConnector::from(tls.config.clone()).connect(name, tcp),
+        )
+        .await
+        .map_err(|_| UpstreamFailure::ConnectFailure("TLS handshake timeout".into()))?
+        .map_err(|e| fail("TLS error", &e))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| fail("http", &e))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let (mut parts, body) = request.into_parts();
+        // Origin form on a direct connection; `host` already carries the authority.
+        let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+        parts.uri = path.parse().map_err(|e| fail("bad path", &e))?;
+        let response = sender
+            .send_request(hyper::Request::from_parts(parts, body))
+            .await
+            .map_err(|e| fail("http", &e))?;
+        read_response(response).await
     }
 }
 
@@ -186,7 +236,7 @@ mod tests {
     use crate::config::ClusterKind;
 
     fn cluster(kind: ClusterKind) -> Cluster {
-        Cluster { name: "c".into(), kind, connect_timeout: Duration::from_secs(1) }
+        Cluster { name: "c".into(), kind, connect_timeout: Duration::from_secs(1), tls: None }
     }
 
     #[test]

@@ -202,15 +202,21 @@ pub(super) async fn run_chain(
     body: Bytes,
     peer: SocketAddr,
     local: SocketAddr,
+    conn_props: &[(String, Vec<u8>)],
     down: Downstream,
 ) -> Result<ProxyResponse, ResetStream> {
     // Request::new sets the pseudo-headers; :authority is replaced, the rest appended in order.
     let mut request = Request::new(&down.method, &down.path)
         .authority(headers.get(":authority").unwrap_or(""))
+        .scheme(headers.get(":scheme").unwrap_or("http"))
         .property("source.address", peer.to_string())
         .property("source.port", property::int64(i64::from(peer.port())))
         .property("destination.address", local.to_string())
         .property("destination.port", property::int64(i64::from(local.port())));
+    // TLS connection properties (connection.mtls, peer SANs, ...), the same for every stream on it.
+    for (path, value) in conn_props {
+        request = request.property(path, value);
+    }
     for (k, v) in headers.iter() {
         if !k.starts_with(b":") {
             request = request.header(&String::from_utf8_lossy(k), v);

@@ -71,6 +71,8 @@ pub(super) struct ListenerCtx {
     pub(super) chain: Option<Rc<Chain>>,
     pub(super) worker: usize,
     pub(super) limit: Arc<ConnectionLimit>,
+    /// Failed TLS handshakes on this worker (for the log's powers of two).
+    pub(super) tls_failures: Cell<u64>,
 }
 
 pub(super) async fn accept_loop(
@@ -110,31 +112,79 @@ pub(super) async fn accept_loop(
         let local = stream.local_addr().unwrap_or(ctx.listener.address);
         let ctx = ctx.clone();
         let active = active.clone();
-        let mut shutdown = shutdown.clone();
+        let shutdown = shutdown.clone();
         active.set(active.get() + 1);
         spawn_local(async move {
-            let svc_ctx = ctx.clone();
-            let service = service_fn(move |req| {
-                let ctx = svc_ctx.clone();
-                async move { handle(ctx, peer, local, req).await }
-            });
-            // A client must send its request head within 30 s (slowloris), as Envoy's
-            // request_headers_timeout bounds it.
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = shutdown.wait_for(|stop| *stop) => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(DRAIN_TIME, conn).await;
+            match ctx.listener.tls.clone() {
+                None => serve_connection(ctx, stream, peer, local, Rc::new(Vec::new()), shutdown).await,
+                Some(tls) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+                    // The handshake holds a connection slot: bound it like the request head.
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let props = Rc::new(tls.connection_properties(stream.get_ref().1));
+                            serve_connection(ctx, stream, peer, local, props, shutdown).await
+                        }
+                        Ok(Err(e)) => ctx.tls_failure(peer, &e.to_string()),
+                        Err(_) => ctx.tls_failure(peer, "handshake timeout"),
+                    }
                 }
             }
             drop(slot);
             active.set(active.get() - 1);
         });
+    }
+}
+
+/// How long a client has to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl ListenerCtx {
+    /// A failed downstream handshake (no client certificate, an untrusted one, plaintext): the
+    /// connection is closed, and a line is logged at the 1st, 2nd, 4th, 8th, … failure on this worker.
+    fn tls_failure(&self, peer: SocketAddr, reason: &str) {
+        let n = self.tls_failures.get() + 1;
+        self.tls_failures.set(n);
+        if n.is_power_of_two() {
+            eprintln!(
+                "meshwasm-host serve: listener `{}`: TLS handshake with {peer} failed: {reason} \
+                 ({n} failed so far on worker {})",
+                self.listener.name, self.worker
+            );
+        }
+    }
+}
+
+/// Serves HTTP/1.1 on one accepted (and, on a TLS listener, handshaken) connection until it closes or
+/// the proxy drains. `conn_props` are the connection's properties for every stream on it.
+async fn serve_connection<S>(
+    ctx: Rc<ListenerCtx>,
+    stream: S,
+    peer: SocketAddr,
+    local: SocketAddr,
+    conn_props: Rc<Vec<(String, Vec<u8>)>>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
+    let service = service_fn(move |req| {
+        let ctx = ctx.clone();
+        let conn_props = conn_props.clone();
+        async move { handle(ctx, peer, local, &conn_props, req).await }
+    });
+    // A client must send its request head within 30 s (slowloris), as Envoy's
+    // request_headers_timeout bounds it.
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = shutdown.wait_for(|stop| *stop) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(DRAIN_TIME, conn).await;
+        }
     }
 }
 
@@ -173,6 +223,7 @@ pub(super) async fn handle(
     ctx: Rc<ListenerCtx>,
     peer: SocketAddr,
     local: SocketAddr,
+    conn_props: &[(String, Vec<u8>)],
     req: hyper::Request<Incoming>,
 ) -> Result<ProxyResponse, ResetStream> {
     let (parts, body) = req.into_parts();
@@ -216,7 +267,7 @@ pub(super) async fn handle(
         }
     };
     down.bytes_received = body.len();
-    let headers = request_headers(&parts, &down.path);
+    let headers = request_headers(&parts, &down.path, ctx.listener.tls.is_some());
 
     match &ctx.chain {
         None => {
@@ -226,14 +277,15 @@ pub(super) async fn handle(
             log_access(&ctx, &down, reply.status().as_u16(), reply.body_len(), &info);
             Ok(reply)
         }
-        Some(chain) => run_chain(&ctx, chain, headers, body, peer, local, down).await,
+        Some(chain) => run_chain(&ctx, chain, headers, body, peer, local, conn_props, down).await,
     }
 }
 
 /// Downstream headers as Envoy's HTTP/1.1 codec and connection manager present them to filters:
 /// pseudo-headers first, `host` as `:authority`, hop-by-hop headers removed, `x-forwarded-proto` and
-/// `x-request-id` added when absent.
-pub(super) fn request_headers(parts: &hyper::http::request::Parts, path: &str) -> Headers {
+/// `x-request-id` added when absent; the scheme is `https` on a TLS listener.
+pub(super) fn request_headers(parts: &hyper::http::request::Parts, path: &str, tls: bool) -> Headers {
+    let scheme = if tls { "https" } else { "http" };
     let authority = parts
         .headers
         .get(hyper::header::HOST)
@@ -244,7 +296,7 @@ pub(super) fn request_headers(parts: &hyper::http::request::Parts, path: &str) -
         .with(":authority", authority)
         .with(":path", path)
         .with(":method", parts.method.as_str())
-        .with(":scheme", "http");
+        .with(":scheme", scheme);
     for (k, v) in &parts.headers {
         if k == hyper::header::HOST || HOP_BY_HOP.contains(&k.as_str()) {
             continue;
@@ -252,7 +304,7 @@ pub(super) fn request_headers(parts: &hyper::http::request::Parts, path: &str) -
         h.add(k.as_str(), v.as_bytes());
     }
     if !h.contains("x-forwarded-proto") {
-        h.add("x-forwarded-proto", "http");
+        h.add("x-forwarded-proto", scheme);
     }
     if !h.contains("x-request-id") {
         h.add("x-request-id", request_id());

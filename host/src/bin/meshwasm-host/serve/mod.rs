@@ -89,8 +89,9 @@ pub fn run(path: &Path, validate_only: bool) -> anyhow::Result<()> {
         socket.set_nonblocking(true)?;
         let local = socket.local_addr()?;
         eprintln!(
-            "meshwasm-host serve: listener `{}` on http://{local} → cluster `{}` through {} filter(s), {} worker(s)",
+            "meshwasm-host serve: listener `{}` on {}://{local} → cluster `{}` through {} filter(s), {} worker(s)",
             listener.name,
+            if listener.tls.is_some() { "https" } else { "http" },
             listener.route_cluster,
             listener.filters.len(),
             config.workers
@@ -265,6 +266,7 @@ fn worker_thread(
                 chain,
                 worker: index,
                 limit: part.limit,
+                tls_failures: Cell::new(0),
             });
             spawn_local(accept_loop(socket, ctx, active.clone(), shutdown.clone()));
         }
