@@ -13,7 +13,7 @@ WASM_TARGET := wasm32-wasip1
 WASM_DIR := $(CURDIR)/target/$(WASM_TARGET)/wasm
 FILTERS := meshwasm-probe meshwasm-noop meshwasm-jwt-auth meshwasm-token-injector meshwasm-discovery meshwasm-balancer meshwasm-authz
 FILTER_FLAGS := $(foreach f,$(FILTERS),-p $(f))
-DEBIAN_PACKAGES := etcd-server unbound wrk binaryen nghttp2-client openssl ca-certificates
+DEBIAN_PACKAGES := etcd-server unbound wrk binaryen nghttp2-client openssl ca-certificates docker-registry skopeo
 
 export MESHWASM_WASM_DIR := $(WASM_DIR)
 export MESHWASM_ENVOY := $(VENV)/bin/envoy-binary
@@ -21,17 +21,17 @@ export MESHWASM_ENVOY := $(VENV)/bin/envoy-binary
 DIST_FILTERS := meshwasm_jwt_auth meshwasm_token_injector meshwasm_discovery meshwasm_balancer meshwasm_authz
 WASM_OPT_FLAGS := -Oz --strip-debug --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int --enable-mutable-globals
 
-.PHONY: dist all setup setup-system setup-rust setup-envoy setup-node wasm fmt-check clippy unit test demo bench bench-quick clean
+.PHONY: dist publish publish-registry all setup setup-system setup-rust setup-envoy setup-node wasm fmt-check clippy unit test demo bench bench-quick clean
 
 all: wasm
 
 ## Set-up: what a fresh machine of this kind lacks.
 setup: setup-system setup-rust setup-envoy setup-node
 
-# Debian packages for the real parts used in tests (etcd, unbound) and the load generator.
+# Debian packages for the real parts used in tests (etcd, unbound, an OCI registry and skopeo) and the load generator.
 setup-system:
 	@missing=""; \
-	for c in etcd unbound wrk wasm-opt h2load openssl; do command -v $$c >/dev/null || missing=1; done; \
+	for c in etcd unbound wrk wasm-opt h2load openssl docker-registry skopeo; do command -v $$c >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(DEBIAN_PACKAGES); \
@@ -85,14 +85,32 @@ bench: setup wasm
 bench-quick: setup wasm
 	cargo run --release -p meshwasm-bench --bin meshwasm-bench -- --quick --out bench/report
 
-## Release artifacts for Envoy/Istio: wasm-opt'd filters in dist/ with checksums, each checked by the host.
+## Release artifacts for Envoy/Istio: wasm-opt'd filters in dist/, each checked by the host, and per
+## filter an OCI image layout dist/oci/<name>/ tagged <version>-oci and <version>-compat (the two shapes
+## Istio and Envoy Gateway pull; see README "Distribution"), with dist/SHA256SUMS and dist/DIGESTS.
+DIST_VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 dist: setup-system wasm
 	mkdir -p dist
-	cargo build -q -p meshwasm-host --bin meshwasm-host
+	cargo build -q -p meshwasm-host --bin meshwasm-host -p meshwasm-dist --bin meshwasm-dist
 	for f in $(DIST_FILTERS); do \
 	  wasm-opt $(WASM_OPT_FLAGS) $(WASM_DIR)/$$f.wasm -o dist/$$f.wasm; \
 	  target/debug/meshwasm-host check dist/$$f.wasm --config examples/istio/config/$$f.json; \
 	done
-	cd dist && sha256sum *.wasm > SHA256SUMS && ls -l
+	target/debug/meshwasm-dist --out dist --version $(DIST_VERSION) $(foreach f,$(DIST_FILTERS),dist/$(f).wasm)
+	cd dist && sha256sum -c --quiet SHA256SUMS
+
+## Push the dist images to a registry: make publish REGISTRY=host:port [REPO_PREFIX=org/]
+## (TLS unless PUBLISH_TLS_VERIFY=false; credentials from skopeo's usual auth file, `skopeo login`).
+PUBLISH_TLS_VERIFY ?= true
+REPO_PREFIX ?=
+publish: publish-registry dist
+	while read -r ref digest; do \
+	  name=$${ref%%:*}; tag=$${ref#*:}; \
+	  skopeo copy --quiet --dest-tls-verify=$(PUBLISH_TLS_VERIFY) oci:dist/oci/$$name:$$tag docker://$(REGISTRY)/$(REPO_PREFIX)$$name:$$tag; \
+	  echo "oci://$(REGISTRY)/$(REPO_PREFIX)$$name:$$tag  sha256: $${digest#sha256:}"; \
+	done < dist/DIGESTS
+publish-registry:
+	@if [ "$(REGISTRY)" = file ] || [ -z "$(REGISTRY)" ]; then echo "usage: make publish REGISTRY=host:port" >&2; exit 2; fi
+
 clean:
 	cargo clean
