@@ -35,6 +35,7 @@ mod plugin;
 mod properties;
 mod proxy;
 mod shared;
+pub mod tls;
 mod vm;
 mod wasi;
 mod worker;

@@ -453,3 +453,38 @@ fn tls_config_errors_name_the_field() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The library path: a test seeds a request with the properties of certificates it made
+/// ([`meshwasm_host::tls::connection_properties`]), and the filter reads them as it would in Envoy.
+#[test]
+fn library_requests_carry_the_properties_of_real_certificates() {
+    use meshwasm_host::{Host, HostOptions, Plugin, Proxy, Request, UpstreamReply, tls};
+    let dir = scratch_dir("tls-library");
+    let ca = Ca::new("CA");
+    let frontend = ca.leaf(&dir, "shop", "frontend");
+    let host = Host::new(HostOptions::default()).unwrap();
+    let module = host.load_bytes("props", wat_property_logger().as_bytes()).unwrap();
+    let mut proxy = Proxy::builder(&host).plugin(Plugin::new(module).name("props")).build().unwrap();
+    let peer = tls::CertInfo::parse(frontend.der.as_ref()).unwrap();
+    let mut request = Request::get("/orders").scheme("https");
+    for (path, value) in tls::connection_properties(Some(&peer), None, "TLSv1.3", None) {
+        request = request.property(&path, value);
+    }
+    let ex = proxy.send(0, request, UpstreamReply::new(200)).unwrap();
+    assert_eq!(ex.status, 200);
+    let digest: String = Sha256::digest(frontend.der.as_ref()).iter().map(|b| format!("{b:02x}")).collect();
+    for line in [
+        "prop connection.mtls=\u{1}".to_string(),
+        "prop connection.tls_version=TLSv1.3".into(),
+        format!("prop connection.uri_san_peer_certificate={TRUST_DOMAIN}/ns/shop/sa/frontend"),
+        "prop connection.subject_peer_certificate=O=shop,CN=frontend".into(),
+        format!("prop connection.sha256_peer_certificate_digest={digest}"),
+        "prop request.scheme=https".into(),
+    ] {
+        assert!(proxy.logged(&line), "{line}: {:?}", proxy.logs());
+    }
+    // No SNI and no local certificate given: absent, as Envoy leaves them.
+    assert!(!proxy.logged("prop connection.requested_server_name"));
+    assert!(!proxy.logged("prop connection.uri_san_local_certificate"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
