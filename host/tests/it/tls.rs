@@ -51,6 +51,18 @@ impl Ca {
     /// A short-lived leaf for `ns/<ns>/sa/<sa>` with URI SAN `spiffe://cluster.local/ns/<ns>/sa/<sa>`,
     /// DNS SAN `<sa>.<ns>.svc` and subject CN `<sa>`, O `<ns>`, usable as server and client certificate.
     fn leaf(&self, dir: &Path, ns: &str, sa: &str) -> Leaf {
+        let now = std::time::SystemTime::now();
+        self.leaf_valid(dir, ns, sa, now - Duration::from_secs(60), now + Duration::from_secs(3600))
+    }
+
+    fn leaf_valid(
+        &self,
+        dir: &Path,
+        ns: &str,
+        sa: &str,
+        not_before: std::time::SystemTime,
+        not_after: std::time::SystemTime,
+    ) -> Leaf {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.distinguished_name.push(DnType::OrganizationName, ns);
         params.distinguished_name.push(DnType::CommonName, sa);
@@ -60,9 +72,8 @@ impl Ca {
         ];
         params.extended_key_usages =
             vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-        let now = std::time::SystemTime::now();
-        params.not_before = (now - Duration::from_secs(60)).into();
-        params.not_after = (now + Duration::from_secs(3600)).into();
+        params.not_before = not_before.into();
+        params.not_after = not_after.into();
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         let (cert_path, key_path) = (dir.join(format!("{sa}.pem")), dir.join(format!("{sa}-key.pem")));
@@ -322,8 +333,8 @@ fn mtls_listener_fills_connection_properties_from_the_handshake() {
     let _ = std::fs::remove_dir_all(&f.dir);
 }
 
-/// The mTLS listener refuses a client without a certificate, a client certificate from another CA, and
-/// plaintext HTTP; none of them reaches the filters or the backend.
+/// The mTLS listener refuses a client without a certificate, a client certificate from another CA,
+/// plaintext HTTP and an expired certificate; none of them reaches the filters or the backend.
 #[test]
 fn mtls_listener_refuses_missing_foreign_and_plaintext_clients() {
     let f = mtls_fixture("tls-mtls-refused");
@@ -345,6 +356,17 @@ fn mtls_listener_refuses_missing_foreign_and_plaintext_clients() {
     let mut raw = Vec::new();
     let _ = plain.read_to_end(&mut raw);
     assert!(!raw.starts_with(b"HTTP/"), "plaintext got an HTTP answer: {:?}", String::from_utf8_lossy(&raw));
+
+    // An expired certificate from the right CA (the 4th failure, logged).
+    let day = Duration::from_secs(86_400);
+    let now = std::time::SystemTime::now();
+    let expired = f.ca.leaf_valid(&f.dir, "shop", "expired", now - 2 * day, now - day);
+    let old = https_gets(f.serve.addr, client_config(&f.ca, Some(&expired)), "orders.shop.svc", 1);
+    old.expect_err("an expired certificate must be refused");
+    assert!(f.serve.wait_log("(4 failed so far"), "{}", f.serve.log());
+    let log = f.serve.log();
+    let line = log.lines().find(|l| l.contains("(4 failed so far")).unwrap_or_default();
+    assert!(line.contains("xpired"), "{line}");
 
     assert_eq!(f.backend.hits(), 0);
     assert!(prop_line(&f.serve.log(), "connection.mtls").is_empty(), "{}", f.serve.log());
