@@ -188,12 +188,17 @@ mod tests {
         params.distinguished_name.push(rcgen::DnType::CountryName, "US");
         params.distinguished_name.push(rcgen::DnType::OrganizationName, "Acme, Inc.");
         params.distinguished_name.push(rcgen::DnType::CommonName, " #front+end ");
+        params.distinguished_name.push(rcgen::DnType::CustomDnType(vec![1, 2, 3, 4]), "xyz");
+        params.distinguished_name.push(rcgen::DnType::OrganizationalUnitName, "caf\u{e9}");
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.self_signed(&key).unwrap();
         let info = CertInfo::parse(cert.der().as_ref()).unwrap();
-        // Envoy (OpenSSL XN_FLAG_RFC2253): most specific first, no spaces after commas.
-        assert_eq!(info.subject, r"CN=\ #front\+end\ ,O=Acme\, Inc.,C=US");
+        // Envoy (OpenSSL XN_FLAG_RFC2253): most specific first, no spaces after commas, escapes, UTF-8
+        // bytes as \XX, an attribute without a short name as its OID and hex DER. The expected string is
+        // what `openssl x509 -noout -subject -nameopt RFC2253` (OpenSSL 3) prints for this certificate.
+        assert_eq!(info.subject, r"OU=caf\C3\A9,1.2.3.4=#0C0378797A,CN=\ #front\+end\ ,O=Acme\, Inc.,C=US");
         assert_eq!(info.sha256_hex.len(), 64);
+
         assert_eq!(info.uri_san, None);
     }
 }

@@ -78,6 +78,7 @@ fn read_roots(path: &Path, at: &str) -> anyhow::Result<Arc<RootCertStore>> {
 pub struct ListenerTls {
     pub config: Arc<rustls::ServerConfig>,
     local: CertInfo,
+    client_certificate_required: bool,
 }
 
 impl ListenerTls {
@@ -104,7 +105,13 @@ impl ListenerTls {
         let config = builder
             .with_single_cert(certs, key)
             .map_err(|e| anyhow::anyhow!("{at}.key: does not fit {at}.cert: {e}"))?;
-        Ok(ListenerTls { config: Arc::new(config), local })
+        let client_certificate_required = spec.client_ca.is_some() && spec.require_client_certificate;
+        Ok(ListenerTls { config: Arc::new(config), local, client_certificate_required })
+    }
+
+    /// Whether every client must present a certificate from the client CA (mTLS).
+    pub fn requires_client_certificate(&self) -> bool {
+        self.client_certificate_required
     }
 
     /// Envoy's `connection.*` properties of one handshake, for every stream on the connection.

@@ -161,12 +161,20 @@ pub fn run(path: &Path, validate_only: bool) -> anyhow::Result<()> {
 /// One warning line per listener (or admin endpoint) that binds an address other hosts can reach: a
 /// bare port binds loopback, so any other address was written on purpose, but should be noticed.
 fn warn_non_loopback(config: &ServeConfig) {
-    let listeners = config.listeners.iter().map(|l| (format!("listener `{}`", l.name), l.address));
-    for (what, address) in config.admin.map(|a| ("admin".to_string(), a)).into_iter().chain(listeners) {
+    let listeners = config.listeners.iter().map(|l| {
+        let guard = match &l.tls {
+            None => "plain HTTP, no authentication of its own",
+            Some(t) if t.requires_client_certificate() => "TLS, clients authenticated by certificate",
+            Some(_) => "TLS, no client authentication of its own",
+        };
+        (format!("listener `{}`", l.name), l.address, guard)
+    });
+    let admin = config.admin.map(|a| ("admin".to_string(), a, "plain HTTP, no authentication of its own"));
+    for (what, address, guard) in admin.into_iter().chain(listeners) {
         if !address.ip().is_loopback() {
             eprintln!(
                 "meshwasm-host serve: warning: {what} binds {address}, not a loopback address: it is \
-                 reachable from other hosts (plain HTTP, no authentication of its own)"
+                 reachable from other hosts ({guard})"
             );
         }
     }
