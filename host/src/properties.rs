@@ -138,6 +138,8 @@ pub(crate) fn lookup(st: &VmState, path: &[u8]) -> Option<Vec<u8>> {
         "destination.address" => b"127.0.0.1:10000".to_vec(),
         "destination.port" => encode::int64(10000),
         "connection.mtls" => encode::boolean(false),
+        // Envoy 1.40 answers "" on any connection without an SNI (plaintext included).
+        "connection.requested_server_name" => Vec::new(),
         "connection.id" => encode::uint64(u64::from(d.id.id)),
         "upstream.address" => d.upstream_address.as_ref()?.as_bytes().to_vec(),
         other => {

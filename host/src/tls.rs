@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use crate::properties::encode as property;
 
 /// Envoy's `connection.*` properties of one TLS connection: `mtls` (a peer certificate was presented
-/// and verified), `tls_version`, `requested_server_name` (when the client sent SNI), the first URI and
+/// and verified), `tls_version`, `requested_server_name` (the SNI; "" without, as Envoy), the first URI and
 /// DNS SAN and the subject of the peer and local certificates, and the peer certificate's
 /// `sha256_peer_certificate_digest`. Names absent from a certificate are absent, as in Envoy.
 pub fn connection_properties(
@@ -32,9 +32,8 @@ pub fn connection_properties(
         ("connection.mtls".to_string(), property::boolean(peer.is_some())),
         ("connection.tls_version".to_string(), tls_version.as_bytes().to_vec()),
     ];
-    if let Some(sni) = sni {
-        props.push(("connection.requested_server_name".into(), sni.as_bytes().to_vec()));
-    }
+    // Envoy reports "" without SNI (status OK, not absent).
+    props.push(("connection.requested_server_name".into(), sni.unwrap_or("").as_bytes().to_vec()));
     if let Some(local) = local {
         local.push_properties("local", &mut props);
     }

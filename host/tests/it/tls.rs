@@ -505,8 +505,22 @@ fn library_requests_carry_the_properties_of_real_certificates() {
     ] {
         assert!(proxy.logged(&line), "{line}: {:?}", proxy.logs());
     }
-    // No SNI and no local certificate given: absent, as Envoy leaves them.
-    assert!(!proxy.logged("prop connection.requested_server_name"));
+    // No SNI: "" (Envoy 1.40 answers OK with an empty string); no local certificate: absent.
+    let said = |line: &str| proxy.logs().iter().any(|l| l.message == line);
+    assert!(said("prop connection.requested_server_name="), "{:?}", proxy.logs());
     assert!(!proxy.logged("prop connection.uri_san_local_certificate"));
+
+    // A plaintext request, as Envoy 1.40 answers on a plaintext listener: mtls false, SNI "", no TLS
+    // properties (NOT_FOUND).
+    proxy.take_logs();
+    let ex = proxy.send(0, Request::get("/plain"), UpstreamReply::new(200)).unwrap();
+    assert_eq!(ex.status, 200);
+    let said = |line: &str| proxy.logs().iter().any(|l| l.message == line);
+    assert!(said("prop connection.mtls=\u{0}"), "{:?}", proxy.logs());
+    assert!(said("prop connection.requested_server_name="), "{:?}", proxy.logs());
+    assert!(said("prop request.scheme=http"), "{:?}", proxy.logs());
+    for absent in ["tls_version", "uri_san_peer_certificate", "subject_peer_certificate", "sha256_peer"] {
+        assert!(!proxy.logged(&format!("prop connection.{absent}")), "{absent}: {:?}", proxy.logs());
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
