@@ -1051,6 +1051,9 @@ fn the_example_configs_validate_and_listen_on_loopback() {
     required_artifact("meshwasm_noop.wasm", "meshwasm-noop");
     required_artifact("meshwasm_balancer.wasm", "meshwasm-balancer");
     let dir = workspace_root().join("examples/serve");
+    // mtls.yaml reads the certificates make-certs.sh writes under target/ (none are committed).
+    let certs = std::process::Command::new(dir.join("make-certs.sh")).output().expect("run make-certs.sh");
+    assert!(certs.status.success(), "make-certs.sh: {}", String::from_utf8_lossy(&certs.stderr));
     let mut checked = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
