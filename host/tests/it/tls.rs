@@ -264,6 +264,11 @@ struct MeshFixture {
 }
 
 fn mtls_fixture(test: &str) -> MeshFixture {
+    mtls_fixture_with(test, "client_ca: ca.pem")
+}
+
+/// Like [`mtls_fixture`], with these client-side fields in the listener's `tls:`.
+fn mtls_fixture_with(test: &str, client_auth: &str) -> MeshFixture {
     let dir = scratch_dir(test);
     let ca = Ca::new("meshwasm test CA");
     ca.write(&dir, "ca.pem");
@@ -279,7 +284,7 @@ fn mtls_fixture(test: &str) -> MeshFixture {
              - name: inbound\n\
              \x20 address: '127.0.0.1:0'\n\
              \x20 filters: [{{name: props, wasm: props.wasm}}]\n\
-             \x20 tls: {{cert: {}, key: {}, client_ca: ca.pem}}\n\
+             \x20 tls: {{cert: {}, key: {}, {client_auth}}}\n\
              \x20 route: {{cluster: backend}}\n\
              clusters: [{{name: backend, type: static, endpoints: ['{}']}}]\n",
             orders.cert_path.display(),
@@ -373,9 +378,9 @@ fn mtls_listener_refuses_missing_foreign_and_plaintext_clients() {
     let _ = std::fs::remove_dir_all(&f.dir);
 }
 
-/// A TLS cluster verifies the upstream against its CA and SPIFFE SAN and presents a client certificate:
-/// the right CA and SAN reach the TLS backend (which requires that certificate); a wrong CA or a wrong
-/// SAN fails the request with 503.
+/// A TLS cluster verifies the upstream against its CA and SPIFFE SAN (or its `sni` name) and presents
+/// a client certificate: the right CA and SAN, or the right SNI, reach the TLS backend (which requires
+/// that certificate); a wrong CA, SAN or SNI, or no client certificate, fails the request with 503.
 #[test]
 fn tls_cluster_verifies_the_upstream_and_presents_a_client_certificate() {
     let dir = scratch_dir("tls-upstream");
@@ -386,45 +391,75 @@ fn tls_cluster_verifies_the_upstream_and_presents_a_client_certificate() {
     let orders = ca.leaf(&dir, "shop", "orders");
     let frontend = ca.leaf(&dir, "shop", "frontend");
     let backend = tls_backend("tls-orders", &orders, &ca);
-    let cluster = |name: &str, ca_file: &str, san: &str| {
-        format!(
-            "- {{name: {name}, type: static, endpoints: ['{backend}'], tls: {{ca: {ca_file}, cert: {}, key: {}, \
-             verify_san: ['{san}']}}}}\n",
-            frontend.cert_path.display(),
-            frontend.key_path.display()
-        )
-    };
+    let client_cert =
+        format!("cert: {}, key: {},", frontend.cert_path.display(), frontend.key_path.display());
     let orders_id = format!("{TRUST_DOMAIN}/ns/shop/sa/orders");
-    let config = dir.join("serve.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "listeners:\n\
-             - {{name: good, address: '127.0.0.1:0', route: {{cluster: good}}}}\n\
-             - {{name: wrong-ca, address: '127.0.0.1:0', route: {{cluster: wrong-ca}}}}\n\
-             - {{name: wrong-san, address: '127.0.0.1:0', route: {{cluster: wrong-san}}}}\n\
-             clusters:\n{}{}{}",
-            cluster("good", "ca.pem", &orders_id),
-            cluster("wrong-ca", "other-ca.pem", &orders_id),
-            cluster("wrong-san", "ca.pem", &format!("{TRUST_DOMAIN}/ns/shop/sa/payments")),
+    // (listener and cluster name, the cluster's tls fields)
+    let cases = [
+        ("good", format!("ca: ca.pem, {client_cert} verify_san: ['{orders_id}']")),
+        ("wrong-ca", format!("ca: other-ca.pem, {client_cert} verify_san: ['{orders_id}']")),
+        (
+            "wrong-san",
+            format!("ca: ca.pem, {client_cert} verify_san: ['{TRUST_DOMAIN}/ns/shop/sa/payments']"),
         ),
-    )
-    .unwrap();
-    let serve = Serve::start_listeners(&config, 3);
+        ("sni", format!("ca: ca.pem, {client_cert} sni: orders.shop.svc")),
+        ("wrong-sni", format!("ca: ca.pem, {client_cert} sni: payments.shop.svc")),
+        ("no-client-cert", format!("ca: ca.pem, verify_san: ['{orders_id}']")),
+    ];
+    let mut yaml = String::from("listeners:\n");
+    for (name, _) in &cases {
+        yaml.push_str(&format!("- {{name: {name}, address: '127.0.0.1:0', route: {{cluster: {name}}}}}\n"));
+    }
+    yaml.push_str("clusters:\n");
+    for (name, tls) in &cases {
+        yaml.push_str(&format!(
+            "- {{name: {name}, type: static, endpoints: ['{backend}'], tls: {{{tls}}}}}\n"
+        ));
+    }
+    let config = dir.join("serve.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let serve = Serve::start_listeners(&config, cases.len());
     let get = |addr: SocketAddr| {
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         s.write_all(b"GET /orders HTTP/1.1\r\nhost: orders\r\nconnection: close\r\n\r\n").unwrap();
         read_response(&mut s).unwrap()
     };
-    assert_eq!(get(serve.addrs[0]), (200, "tls-orders GET /orders ".to_string()));
-    let (status, body) = get(serve.addrs[1]);
-    assert_eq!(status, 503, "{body}");
-    assert!(body.contains("TLS error"), "{body}");
-    let (status, body) = get(serve.addrs[2]);
-    assert_eq!(status, 503, "{body}");
-    assert!(body.contains("NotValidForName"), "{body}");
+    let ok = (200, "tls-orders GET /orders ".to_string());
+    assert_eq!(get(serve.addrs[0]), ok, "right CA, SPIFFE SAN and client certificate");
+    for (i, reason) in [(1, "UnknownIssuer"), (2, "NotValidForName"), (4, "not valid for name"), (5, "")] {
+        let (status, body) = get(serve.addrs[i]);
+        assert_eq!(status, 503, "{}: {body}", cases[i].0);
+        assert!(
+            body.contains("transport failure reason:") && body.contains(reason),
+            "{}: {body}",
+            cases[i].0
+        );
+    }
+    assert_eq!(get(serve.addrs[3]), ok, "name checked against sni");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `require_client_certificate: false`: a client without a certificate gets through with
+/// `connection.mtls` false and no peer identity; one with a certificate is verified and identified.
+#[test]
+fn optional_client_certificates_set_mtls_only_when_presented() {
+    let f = mtls_fixture_with("tls-optional", "client_ca: ca.pem, require_client_certificate: false");
+    let anonymous = https_gets(f.serve.addr, client_config(&f.ca, None), "orders.shop.svc", 1).unwrap();
+    assert_eq!(anonymous[0].0, 200);
+    let identified =
+        https_gets(f.serve.addr, client_config(&f.ca, Some(&f.frontend)), "orders.shop.svc", 1).unwrap();
+    assert_eq!(identified[0].0, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while prop_line(&f.serve.log(), "request.scheme").len() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = f.serve.log();
+    assert_eq!(prop_line(&log, "connection.mtls"), ["\u{0}", "\u{1}"], "{log}");
+    assert_eq!(prop_line(&log, "connection.tls_version"), ["TLSv1.3", "TLSv1.3"], "{log}");
+    let frontend_id = format!("{TRUST_DOMAIN}/ns/shop/sa/frontend");
+    assert_eq!(prop_line(&log, "connection.uri_san_peer_certificate"), [frontend_id], "{log}");
+    let _ = std::fs::remove_dir_all(&f.dir);
 }
 
 /// Bad `tls:` blocks stop start-up with the field named.
