@@ -58,6 +58,8 @@ pub struct IntrospectionConfig {
     /// Client id the filter authenticates with.
     pub client_id: String,
     /// Client secret the filter authenticates with. Never logged (its `Debug` is redacted).
+    /// `client_secret_env` (an environment variable's name) may stand in for it: `Plan::from_json`
+    /// reads it into here at configure time.
     pub client_secret: Secret,
     /// `client_secret_basic` (default) or `client_secret_post`.
     #[serde(default)]

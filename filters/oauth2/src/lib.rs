@@ -62,6 +62,68 @@ impl fmt::Display for Secret {
     }
 }
 
+/// The environment a configuration reads `client_secret_env` from: `std::env::var` in a filter
+/// (WASI `environ_get`, which proxy-wasm hosts fill from `vm_config.environment_variables`), a map
+/// in tests.
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The process environment (in a wasm filter: what the VM config passes).
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Resolves `client_secret_env` in the JSON object `obj` (at field path `at`, `""` for the top):
+/// exactly one of `client_secret` and `client_secret_env` must be set; the latter names an
+/// environment variable whose value replaces it as `client_secret`, read once at configure time.
+/// Errors name the field or the variable, never a value.
+pub fn resolve_secret_env(
+    obj: &mut serde_json::Value,
+    at: &str,
+    env: Env<'_>,
+) -> Result<(), meshwasm_config::ConfigError> {
+    let field = |name: &str| if at.is_empty() { name.to_owned() } else { format!("{at}.{name}") };
+    let Some(map) = obj.as_object_mut() else { return Ok(()) };
+    let Some(name) = map.remove("client_secret_env") else {
+        if map.contains_key("client_secret") {
+            return Ok(());
+        }
+        return Err(meshwasm_config::ConfigError::new(
+            field("client_secret"),
+            "set exactly one of client_secret and client_secret_env",
+        ));
+    };
+    let env_field = field("client_secret_env");
+    if map.contains_key("client_secret") {
+        return Err(meshwasm_config::ConfigError::new(
+            env_field,
+            "set exactly one of client_secret and client_secret_env",
+        ));
+    }
+    let Some(name) = name.as_str() else {
+        return Err(meshwasm_config::ConfigError::new(env_field, "must be a string"));
+    };
+    if name.is_empty() || name.contains(['=', '\0']) {
+        return Err(meshwasm_config::ConfigError::new(
+            env_field,
+            "must name an environment variable (non-empty, no `=`)",
+        ));
+    }
+    match env(name) {
+        Some(value) if !value.is_empty() => {
+            map.insert("client_secret".to_owned(), serde_json::Value::String(value));
+            Ok(())
+        }
+        // The name only: the value is the secret (and an empty one is not worth printing either).
+        _ => Err(meshwasm_config::ConfigError::new(
+            env_field,
+            format!(
+                "environment variable `{name}` is unset or empty (pass it to the VM: \
+                 vm_config.environment_variables, or Istio's vmConfig.env)"
+            ),
+        )),
+    }
+}
+
 /// Adds client authentication to a form-encoded request: an `authorization` header for
 /// `client_secret_basic`, or `&client_id=..&client_secret=..` appended to `body` for
 /// `client_secret_post`.
@@ -174,5 +236,47 @@ mod tests {
         let mut s = String::new();
         form_urlencode_into(&mut s, "aZ09*-._ ~+/=&%");
         assert_eq!(s, "aZ09*-._+%7E%2B%2F%3D%26%25");
+    }
+
+    fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
+    }
+
+    #[test]
+    fn secret_env_replaces_the_inline_secret() {
+        let env = env_of(&[("IDP_SECRET", "from-env"), ("EMPTY", "")]);
+        let mut v = serde_json::json!({"client_id": "a", "client_secret_env": "IDP_SECRET"});
+        resolve_secret_env(&mut v, "", &env).unwrap();
+        assert_eq!(v, serde_json::json!({"client_id": "a", "client_secret": "from-env"}));
+        // An inline secret alone is left as it is.
+        let mut v = serde_json::json!({"client_secret": "inline"});
+        resolve_secret_env(&mut v, "x", &env).unwrap();
+        assert_eq!(v, serde_json::json!({"client_secret": "inline"}));
+    }
+
+    #[test]
+    fn secret_env_errors_name_the_field_or_variable_never_the_value() {
+        let env = env_of(&[("IDP_SECRET", "s3cr3t-value"), ("EMPTY", "")]);
+        let run = |v: serde_json::Value| {
+            let mut v = v;
+            resolve_secret_env(&mut v, "providers.idp.introspection", &env).unwrap_err()
+        };
+        let both =
+            run(serde_json::json!({"client_secret": "s3cr3t-value", "client_secret_env": "IDP_SECRET"}));
+        assert_eq!(both.path(), "providers.idp.introspection.client_secret_env");
+        assert!(both.reason().contains("exactly one"), "{both}");
+        let neither = run(serde_json::json!({"client_id": "a"}));
+        assert_eq!(neither.path(), "providers.idp.introspection.client_secret");
+        assert!(neither.reason().contains("exactly one"), "{neither}");
+        for name in ["UNSET_VAR", "EMPTY"] {
+            let e = run(serde_json::json!({"client_secret_env": name}));
+            assert_eq!(e.path(), "providers.idp.introspection.client_secret_env");
+            assert!(e.reason().contains(&format!("`{name}` is unset or empty")), "{e}");
+        }
+        for bad in [serde_json::json!(""), serde_json::json!("A=B"), serde_json::json!(5)] {
+            let e = run(serde_json::json!({"client_secret_env": bad}));
+            assert_eq!(e.path(), "providers.idp.introspection.client_secret_env", "{e}");
+        }
+        assert!(!format!("{both} {both:?} {neither:?}").contains("s3cr3t-value"));
     }
 }

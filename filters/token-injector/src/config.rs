@@ -106,7 +106,8 @@ impl Default for Backoff {
 pub struct Config {
     pub token_endpoint: TokenEndpoint,
     pub client_id: String,
-    /// Never logged (its `Debug` is redacted).
+    /// Never logged (its `Debug` is redacted). `client_secret_env` (the name of an environment
+    /// variable) may stand in for it: `Plan::from_json` reads it into here at configure time.
     pub client_secret: Secret,
     /// `client_secret_basic` (default) or `client_secret_post`.
     #[serde(default)]
@@ -202,9 +203,15 @@ fn upgrade_legacy(v: &mut serde_json::Value, legacy: &mut Legacy) -> Result<(), 
 impl Plan {
     /// Parses and validates a plugin configuration; the error names the field.
     pub fn from_json(json: &[u8]) -> Result<Plan, ConfigError> {
+        Plan::from_json_with_env(json, &meshwasm_oauth2::process_env)
+    }
+
+    /// [`Plan::from_json`] reading `client_secret_env` from `env` instead of the process environment.
+    pub fn from_json_with_env(json: &[u8], env: meshwasm_oauth2::Env<'_>) -> Result<Plan, ConfigError> {
         let mut value: serde_json::Value = meshwasm_config::from_json(json)?;
         let mut legacy = Legacy::default();
         upgrade_legacy(&mut value, &mut legacy)?;
+        meshwasm_oauth2::resolve_secret_env(&mut value, "", env)?;
         let config: Config = meshwasm_config::from_value(value)?;
         let mut plan = Plan::from_config(config)?;
         plan.warnings = legacy.warnings;
@@ -418,6 +425,35 @@ mod tests {
         let e = parse(v).unwrap_err();
         assert!(e.path() == "match[0].host" && e.reason().contains("host"), "{e}");
         assert_eq!(Plan::from_json(b"not json").unwrap_err().path(), "");
+    }
+
+    #[test]
+    fn client_secret_from_the_environment() {
+        let env = |k: &str| (k == "TI_SECRET").then(|| "env-s3cret".to_owned());
+        let with = |v: serde_json::Value| Plan::from_json_with_env(v.to_string().as_bytes(), &env);
+        let mut v = base();
+        v.as_object_mut().unwrap().remove("client_secret");
+        v["client_secret_env"] = json!("TI_SECRET");
+        let p = with(v.clone()).unwrap();
+        assert_eq!(p.config.client_secret.expose(), "env-s3cret");
+        // Same identity as the same secret inline: the token is shared.
+        let mut inline = base();
+        inline["client_secret"] = json!("env-s3cret");
+        assert_eq!(p.shared_key, with(inline).unwrap().shared_key);
+        assert!(!format!("{p:?}").contains("env-s3cret"));
+        // Unset variable, both, neither: configure-time errors naming the field or the variable.
+        v["client_secret_env"] = json!("TI_MISSING");
+        let e = with(v.clone()).unwrap_err();
+        assert_eq!(e.path(), "client_secret_env");
+        assert!(e.reason().contains("`TI_MISSING` is unset or empty"), "{e}");
+        v["client_secret_env"] = json!("TI_SECRET");
+        v["client_secret"] = json!("inline");
+        assert_eq!(with(v.clone()).unwrap_err().path(), "client_secret_env");
+        let mut neither = base();
+        neither.as_object_mut().unwrap().remove("client_secret");
+        let e = with(neither).unwrap_err();
+        assert_eq!(e.path(), "client_secret");
+        assert!(e.reason().contains("exactly one of client_secret and client_secret_env"), "{e}");
     }
 
     #[test]

@@ -168,6 +168,19 @@ fn upgrade_legacy(v: &mut serde_json::Value, legacy: &mut Legacy) -> Result<(), 
     Ok(())
 }
 
+/// Reads each introspection `client_secret_env` into `client_secret` (configure time only).
+fn resolve_secrets(v: &mut serde_json::Value, env: meshwasm_oauth2::Env<'_>) -> Result<(), ConfigError> {
+    let Some(providers) = v.get_mut("providers").and_then(serde_json::Value::as_object_mut) else {
+        return Ok(());
+    };
+    for (name, p) in providers.iter_mut() {
+        if let Some(i) = p.get_mut("introspection") {
+            meshwasm_oauth2::resolve_secret_env(i, &format!("providers.{name}.introspection"), env)?;
+        }
+    }
+    Ok(())
+}
+
 fn string_match(ctx: &str, m: &MatchConfig) -> Result<StringMatch, ConfigError> {
     let set = [&m.exact, &m.prefix, &m.suffix, &m.regex].iter().filter(|x| x.is_some()).count();
     if set != 1 {
@@ -215,9 +228,16 @@ fn claim_path(p: &str) -> Vec<String> {
 impl Plan {
     /// Parses and validates a JSON plugin configuration; the error names the field.
     pub fn from_json(bytes: &[u8]) -> Result<Plan, ConfigError> {
+        Plan::from_json_with_env(bytes, &meshwasm_oauth2::process_env)
+    }
+
+    /// [`Plan::from_json`] reading introspection's `client_secret_env` from `env` instead of the
+    /// process environment.
+    pub fn from_json_with_env(bytes: &[u8], env: meshwasm_oauth2::Env<'_>) -> Result<Plan, ConfigError> {
         let mut value: serde_json::Value = meshwasm_config::from_json(bytes)?;
         let mut legacy = Legacy::default();
         upgrade_legacy(&mut value, &mut legacy)?;
+        resolve_secrets(&mut value, env)?;
         let mut plan = Plan::from_config(meshwasm_config::from_value(value)?)?;
         // Deprecations first: they are about the spelling, the others about the settings.
         legacy.warnings.append(&mut plan.warnings);

@@ -290,3 +290,30 @@ fn discovery_and_remote_paths() {
     assert_eq!(r.path, "/realms/a/.well-known/openid-configuration");
     assert_eq!(split_url("http://h:8080"), Some(("h:8080".into(), "/".into())));
 }
+
+#[test]
+fn introspection_client_secret_from_the_environment() {
+    let env = |k: &str| (k == "JA_SECRET").then(|| "env-hunter2".to_owned());
+    let with = |fields: &str| {
+        Plan::from_json_with_env(
+            format!(
+                r#"{{"providers":{{"p":{{"issuer":"i","introspection":{{"cluster":"c","path":"/i","authority":"a",
+                   "client_id":"rs"{fields}}}}}}}}}"#
+            )
+            .as_bytes(),
+            &env,
+        )
+    };
+    let p = with(r#","client_secret_env":"JA_SECRET""#).unwrap();
+    let i = p.providers[0].introspection.as_ref().unwrap();
+    assert_eq!(i.client_secret.expose(), "env-hunter2");
+    assert!(!format!("{p:?}").contains("env-hunter2"));
+    let e = with(r#","client_secret_env":"JA_MISSING""#).unwrap_err();
+    assert_eq!(e.path(), "providers.p.introspection.client_secret_env");
+    assert!(e.reason().contains("`JA_MISSING` is unset or empty"), "{e}");
+    let e = with(r#","client_secret_env":"JA_SECRET","client_secret":"x""#).unwrap_err();
+    assert_eq!(e.path(), "providers.p.introspection.client_secret_env");
+    let e = with("").unwrap_err();
+    assert_eq!(e.path(), "providers.p.introspection.client_secret");
+    assert!(!format!("{e} {e:?}").contains("env-hunter2"));
+}
