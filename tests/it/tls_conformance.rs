@@ -1,0 +1,353 @@
+//! Differential conformance of the `connection.*` properties: one mTLS connection through real Envoy and
+//! the same client certificate in the wasmtime host, with the probe filter (`filters/probe`) reading
+//! every TLS attribute in both, compared exactly. Certificates are made at test time by Debian's
+//! `openssl` (a CA, an SVID-style client leaf and a server leaf; no key is committed).
+//!
+//! The host side seeds the properties through the library (`tls::connection_properties` with
+//! `CertInfo::parse` of the client's and the listener's DER certificates), so the certificate-derived
+//! values (first URI/DNS SAN, RFC 2253 subject, SHA-256 digest, of peer and local) are computed by the
+//! host and compared with what Envoy's handshake gave. The TLS version and the SNI are inputs there: they
+//! are given the values the handshake with Envoy used (the client offers TLS 1.3 and sends SNI
+//! `orders.shop.svc`); Envoy reports the SNI from its TLS transport socket, no `tls_inspector` needed.
+//! Without `tls_inspector` on the listener Envoy reports the SNI as "" although the client sent one
+//! (the inspector sets the connection's requested server name, not the TLS transport socket); the host's
+//! `connection_properties(.., None)` gives the same "". Plaintext: `connection.mtls` is false,
+//! `requested_server_name` is "" and every other TLS attribute (`tls_version` too) is absent, in both.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use meshwasm_host::{Plugin, Proxy, Request, StreamState, Upstream, tls};
+use meshwasm_tests::artifacts::wasm_path;
+use meshwasm_tests::backend::Backend;
+use meshwasm_tests::conformance::{STREAM_TRACE_PREFIX, normalize};
+use meshwasm_tests::envoy::{Cluster, EnvoyConfig, Listener, WasmFilter};
+use serde_json::{Value, json};
+
+/// SNI the client sends (and a DNS SAN of the server certificate, so the client verifies it).
+const SNI: &str = "orders.shop.svc";
+
+/// proxy-wasm's `NotFound` status (the property is absent).
+const NOT_FOUND: u64 = 1;
+
+/// Every `connection.*` attribute the host computes, in the order the probe reads them.
+const STRING_PROPERTIES: &[&str] = &[
+    "tls_version",
+    "requested_server_name",
+    "uri_san_peer_certificate",
+    "dns_san_peer_certificate",
+    "subject_peer_certificate",
+    "sha256_peer_certificate_digest",
+    "uri_san_local_certificate",
+    "dns_san_local_certificate",
+    "subject_local_certificate",
+];
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A CA and two leaves (`server`, `client`) in a temporary directory.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let dir = tempfile::Builder::new().prefix("meshwasm-tls-conformance-").tempdir().unwrap();
+        let pki = Self { dir };
+        pki.openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=meshwasm test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+        pki.leaf(
+            "server",
+            &format!("DNS:{SNI},URI:spiffe://cluster.local/ns/shop/sa/orders"),
+            "/C=DE/O=shop/OU=mesh/CN=orders",
+        );
+        // Two URI SANs and two DNS SANs: Envoy exposes only the first of each; a subject with an
+        // RFC 2253 special character.
+        pki.leaf(
+            "client",
+            "URI:spiffe://cluster.local/ns/shop/sa/frontend,URI:spiffe://cluster.local/ns/other/sa/x,\
+             DNS:frontend.shop.svc,DNS:second.shop.svc",
+            "/O=shop\\, inc/OU=web/CN=frontend",
+        );
+        pki
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        openssl(self.dir.path(), args);
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    /// A leaf `name` signed by the CA with SANs `sans` (`URI:…,DNS:…`) and subject `subject`.
+    fn leaf(&self, name: &str, sans: &str, subject: &str) {
+        let ext = format!(
+            "subjectAltName={sans}\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+             extendedKeyUsage=serverAuth,clientAuth\n"
+        );
+        std::fs::write(self.path(&format!("{name}.ext")), ext).unwrap();
+        let (key, csr, pem, extf) =
+            (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("{name}.ext"));
+        self.openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            subject,
+        ]);
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "1",
+            "-extfile",
+            &extf,
+        ]);
+    }
+
+    /// The DER bytes of leaf `name`.
+    fn der(&self, name: &str) -> Vec<u8> {
+        let der = format!("{name}.der");
+        self.openssl(&["x509", "-in", &format!("{name}.pem"), "-outform", "DER", "-out", &der]);
+        std::fs::read(self.path(&der)).unwrap()
+    }
+}
+
+/// The probe script: every `connection.*` attribute, read in `on_request_headers`.
+fn probe_script() -> Value {
+    let mut ops = vec![json!({"op":"get_property","path":["connection","mtls"],"as":"bool"})];
+    ops.extend(STRING_PROPERTIES.iter().map(|p| json!({"op":"get_property","path":["connection", p]})));
+    json!({"name": "tls", "request_headers": {"ops": ops}})
+}
+
+/// `connection.<name>` -> the probe's op result (`{"status": .., "value": ..}`) from a stream trace.
+fn properties(trace: &Value) -> BTreeMap<String, Value> {
+    let ev = trace.as_array().into_iter().flatten().find(|e| e["cb"] == "request_headers");
+    let ops = ev.map(|e| e["ops"].as_array().cloned().unwrap_or_default()).unwrap_or_default();
+    let names = std::iter::once("mtls").chain(STRING_PROPERTIES.iter().copied());
+    names.zip(ops).map(|(n, op)| (n.to_owned(), op)).collect()
+}
+
+/// The probe's stream trace in `logs` (the last one).
+fn trace_in(logs: &str) -> Value {
+    logs.lines()
+        .rev()
+        .filter_map(|l| l.find(STREAM_TRACE_PREFIX).map(|i| &l[i + STREAM_TRACE_PREFIX.len()..]))
+        .filter_map(|j| serde_json::from_str::<Value>(j.trim()).ok())
+        .find(|l| l["probe"] == "tls")
+        .map(|l| normalize(&l["events"]))
+        .unwrap_or(Value::Null)
+}
+
+fn downstream_tls(pki: &Pki) -> Value {
+    json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "require_client_certificate": true,
+            "common_tls_context": {
+                "tls_certificates": [{
+                    "certificate_chain": {"filename": pki.path("server.pem")},
+                    "private_key": {"filename": pki.path("server.key")},
+                }],
+                "validation_context": {"trusted_ca": {"filename": pki.path("ca.pem")}},
+            }
+        }
+    })
+}
+
+/// What the probe saw in real Envoy, for one request each: over mTLS (TLS 1.3, SNI [`SNI`]) to a listener
+/// with `tls_inspector`, the same to one without it, and plaintext.
+struct EnvoySaw {
+    tls: BTreeMap<String, Value>,
+    tls_without_inspector: BTreeMap<String, Value>,
+    plain: BTreeMap<String, Value>,
+}
+
+fn in_envoy(pki: &Pki, backend: &Backend) -> EnvoySaw {
+    let probe = || {
+        WasmFilter::new("tls", wasm_path("meshwasm_probe")).root_id("tls").config(probe_script().to_string())
+    };
+    let mtls = |name: &str| {
+        Listener::new(name, "backend")
+            .without_envoy_headers()
+            .wasm(probe())
+            .transport_socket(downstream_tls(pki))
+    };
+    // The harness has no listener filters: take its JSON of the listener and add `tls_inspector`, which
+    // is what sets the connection's requested server name (Envoy's TLS transport socket does not).
+    let mut inspected =
+        EnvoyConfig::new().listener(mtls("mtls")).bootstrap().unwrap()["static_resources"]["listeners"][0]
+            .take();
+    inspected["listener_filters"] = json!([{
+        "name": "envoy.filters.listener.tls_inspector",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+        }
+    }]);
+    let envoy = EnvoyConfig::new()
+        .raw_listener(&inspected.to_string())
+        .listener(mtls("mtls-no-inspector"))
+        .listener(Listener::new("plain", "backend").without_envoy_headers().wasm(probe()))
+        .cluster(Cluster::static_hosts("backend", &[backend.addr()]))
+        .start()
+        .unwrap();
+    let run = |args: Vec<String>| {
+        let before = envoy.logs().len();
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "200",
+            "curl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The probe logs its stream trace at on_delete, just after the response.
+        let mut trace = Value::Null;
+        meshwasm_tests::process::wait_until(Duration::from_secs(5), || {
+            trace = trace_in(envoy.logs().get(before..).unwrap_or(""));
+            !trace.is_null()
+        });
+        properties(&trace)
+    };
+    let path = |p: &str| pki.path(p).display().to_string();
+    let over_mtls = |listener: &str| {
+        let port = envoy.listener_addr(listener).port();
+        run(vec![
+            "--tlsv1.3".into(),
+            "--cacert".into(),
+            path("ca.pem"),
+            "--cert".into(),
+            path("client.pem"),
+            "--key".into(),
+            path("client.key"),
+            "--resolve".into(),
+            format!("{SNI}:{port}:127.0.0.1"),
+            format!("https://{SNI}:{port}/tls"),
+        ])
+    };
+    EnvoySaw {
+        tls: over_mtls("mtls"),
+        tls_without_inspector: over_mtls("mtls-no-inspector"),
+        plain: run(vec![format!("http://{}/plain", envoy.listener_addr("plain"))]),
+    }
+}
+
+/// The probe's properties in the wasmtime host for a request carrying `props`.
+fn in_host(backend: SocketAddr, props: Vec<(String, Vec<u8>)>) -> BTreeMap<String, Value> {
+    let host = meshwasm_host::Host::new(meshwasm_host::HostOptions::default()).unwrap();
+    let module = host.load(wasm_path("meshwasm_probe")).unwrap();
+    let mut proxy = Proxy::builder(&host)
+        .upstream("backend", Upstream::forward(backend))
+        .plugin(Plugin::new(module).name("tls").root_id("tls").config(probe_script().to_string()))
+        .build()
+        .unwrap();
+    let mut req = Request::get("/tls");
+    for (path, value) in props {
+        req = req.property(&path, value);
+    }
+    let id = proxy.start(0, req).unwrap();
+    if let Some(StreamState::WaitingUpstream) = proxy.stream_state(id) {
+        proxy.finish(id, backend).unwrap();
+    }
+    assert_eq!(proxy.exchange(id).unwrap().status, 200);
+    let logs: Vec<String> = proxy.take_logs().into_iter().map(|l| l.message).collect();
+    properties(&trace_in(&logs.join("\n")))
+}
+
+#[test]
+fn mtls_and_plaintext_connection_properties_match_envoy() {
+    let pki = Pki::new();
+    let backend = Backend::start("backend").unwrap();
+    let envoy = in_envoy(&pki, &backend);
+    let (envoy_tls, envoy_plain) = (&envoy.tls, &envoy.plain);
+    let value = |m: &BTreeMap<String, Value>, k: &str| m[k]["value"].clone();
+
+    // Facts about Envoy (so both hosts cannot be equally wrong): the first SAN of each kind, the
+    // RFC 2253 subject, the digest of the DER certificate, TLS 1.3 and the SNI the client sent.
+    let client_der = pki.der("client");
+    let digest: String = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&client_der))
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(value(envoy_tls, "mtls"), true, "{envoy_tls:#?}");
+    assert_eq!(value(envoy_tls, "tls_version"), "TLSv1.3");
+    assert_eq!(value(envoy_tls, "requested_server_name"), SNI);
+    assert_eq!(value(envoy_tls, "uri_san_peer_certificate"), "spiffe://cluster.local/ns/shop/sa/frontend");
+    assert_eq!(value(envoy_tls, "dns_san_peer_certificate"), "frontend.shop.svc");
+    assert_eq!(value(envoy_tls, "subject_peer_certificate"), "CN=frontend,OU=web,O=shop\\, inc");
+    assert_eq!(value(envoy_tls, "sha256_peer_certificate_digest"), Value::String(digest));
+    assert_eq!(value(envoy_tls, "uri_san_local_certificate"), "spiffe://cluster.local/ns/shop/sa/orders");
+    assert_eq!(value(envoy_tls, "dns_san_local_certificate"), SNI);
+    assert_eq!(value(envoy_tls, "subject_local_certificate"), "CN=orders,OU=mesh,O=shop,C=DE");
+    // Without `tls_inspector` Envoy reports "" for the SNI the client did send; nothing else changes.
+    let mut expected = envoy_tls.clone();
+    expected.insert("requested_server_name".into(), json!({"op": "get_property", "status": 0, "value": ""}));
+    assert_eq!(envoy.tls_without_inspector, expected, "without tls_inspector");
+    assert_eq!(value(envoy_plain, "mtls"), false, "{envoy_plain:#?}");
+    // Plaintext: no TLS attribute but the SNI, which is "" (found, empty) as without tls_inspector.
+    assert_eq!(value(envoy_plain, "requested_server_name"), "");
+    for absent in STRING_PROPERTIES.iter().filter(|p| **p != "requested_server_name") {
+        assert_eq!(envoy_plain[*absent]["status"], NOT_FOUND, "plaintext {absent}: {envoy_plain:#?}");
+    }
+
+    // The same certificates in the host.
+    let peer = tls::CertInfo::parse(&client_der).unwrap();
+    let local = tls::CertInfo::parse(&pki.der("server")).unwrap();
+    let host_tls =
+        in_host(backend.addr(), tls::connection_properties(Some(&peer), Some(&local), "TLSv1.3", Some(SNI)));
+    assert_eq!(&host_tls, envoy_tls, "mTLS: the wasmtime host differs from Envoy");
+    let host_no_sni =
+        in_host(backend.addr(), tls::connection_properties(Some(&peer), Some(&local), "TLSv1.3", None));
+    assert_eq!(
+        host_no_sni, envoy.tls_without_inspector,
+        "mTLS, no SNI: the wasmtime host differs from Envoy"
+    );
+    let host_plain = in_host(backend.addr(), Vec::new());
+    assert_eq!(&host_plain, envoy_plain, "plaintext: the wasmtime host differs from Envoy");
+}
