@@ -38,6 +38,7 @@ mod jwt_auth_envoy;
 mod jwt_auth_host;
 mod oci_registry;
 mod oidc_provider;
+mod secrets_env;
 mod tls_conformance;
 mod token_injector_envoy;
 mod token_injector_host;
