@@ -8,7 +8,12 @@
 //! values (first URI/DNS SAN, RFC 2253 subject, SHA-256 digest, of peer and local) are computed by the
 //! host and compared with what Envoy's handshake gave. The TLS version and the SNI are inputs there: they
 //! are given the values the handshake with Envoy used (the client offers TLS 1.3 and sends SNI
-//! `orders.shop.svc`); Envoy reports the SNI from its TLS transport socket, no `tls_inspector` needed.
+//! `orders.shop.svc`; Envoy's listener has `tls_inspector`, which is what gives it the SNI). `serve`'s
+//! own handshake (rustls) is not in this comparison: the host's tests/it/tls.rs checks it.
+//! A second client certificate has a subject that takes RFC 2253 apart (a multi-valued RDN, UTF-8,
+//! special characters, an attribute without a short name) and no DNS SAN: one known host gap shows
+//! there, the order inside a multi-valued RDN (see the test).
+//!
 //! Without `tls_inspector` on the listener Envoy reports the SNI as "" although the client sent one
 //! (the inspector sets the connection's requested server name, not the TLS transport socket); the host's
 //! `connection_properties(.., None)` gives the same "". Plaintext: `connection.mtls` is false,
@@ -85,6 +90,7 @@ impl Pki {
             "server",
             &format!("DNS:{SNI},URI:spiffe://cluster.local/ns/shop/sa/orders"),
             "/C=DE/O=shop/OU=mesh/CN=orders",
+            &[],
         );
         // Two URI SANs and two DNS SANs: Envoy exposes only the first of each; a subject with an
         // RFC 2253 special character.
@@ -93,6 +99,16 @@ impl Pki {
             "URI:spiffe://cluster.local/ns/shop/sa/frontend,URI:spiffe://cluster.local/ns/other/sa/x,\
              DNS:frontend.shop.svc,DNS:second.shop.svc",
             "/O=shop\\, inc/OU=web/CN=frontend",
+            &[],
+        );
+        // A subject the RFC 2253 printer must get right byte for byte: a multi-valued RDN, UTF-8, the
+        // special characters, an attribute without a short name (organizationIdentifier, 2.5.4.97,
+        // unknown to BoringSSL); only a URI SAN (the DNS SAN attribute is absent).
+        pki.leaf(
+            "odd",
+            "URI:spiffe://cluster.local/ns/shop/sa/odd",
+            "/O=shop/OU=a+OU=b/CN=J\u{fc}rgen <x>;y\"z/2.5.4.97=VATDE-1",
+            &["-utf8", "-multivalue-rdn"],
         );
         pki
     }
@@ -106,7 +122,8 @@ impl Pki {
     }
 
     /// A leaf `name` signed by the CA with SANs `sans` (`URI:…,DNS:…`) and subject `subject`.
-    fn leaf(&self, name: &str, sans: &str, subject: &str) {
+    /// `req_args`: more arguments to `openssl req` (e.g. `-utf8`).
+    fn leaf(&self, name: &str, sans: &str, subject: &str, req_args: &[&str]) {
         let ext = format!(
             "subjectAltName={sans}\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
              extendedKeyUsage=serverAuth,clientAuth\n"
@@ -114,7 +131,7 @@ impl Pki {
         std::fs::write(self.path(&format!("{name}.ext")), ext).unwrap();
         let (key, csr, pem, extf) =
             (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("{name}.ext"));
-        self.openssl(&[
+        let mut args = vec![
             "req",
             "-newkey",
             "ec",
@@ -127,7 +144,9 @@ impl Pki {
             &csr,
             "-subj",
             subject,
-        ]);
+        ];
+        args.extend_from_slice(req_args);
+        self.openssl(&args);
         self.openssl(&[
             "x509",
             "-req",
@@ -203,6 +222,8 @@ fn downstream_tls(pki: &Pki) -> Value {
 struct EnvoySaw {
     tls: BTreeMap<String, Value>,
     tls_without_inspector: BTreeMap<String, Value>,
+    /// Over mTLS with the `odd` client certificate.
+    odd: BTreeMap<String, Value>,
     plain: BTreeMap<String, Value>,
 }
 
@@ -256,24 +277,25 @@ fn in_envoy(pki: &Pki, backend: &Backend) -> EnvoySaw {
         properties(&trace)
     };
     let path = |p: &str| pki.path(p).display().to_string();
-    let over_mtls = |listener: &str| {
+    let over_mtls = |listener: &str, client: &str| {
         let port = envoy.listener_addr(listener).port();
         run(vec![
             "--tlsv1.3".into(),
             "--cacert".into(),
             path("ca.pem"),
             "--cert".into(),
-            path("client.pem"),
+            path(&format!("{client}.pem")),
             "--key".into(),
-            path("client.key"),
+            path(&format!("{client}.key")),
             "--resolve".into(),
             format!("{SNI}:{port}:127.0.0.1"),
             format!("https://{SNI}:{port}/tls"),
         ])
     };
     EnvoySaw {
-        tls: over_mtls("mtls"),
-        tls_without_inspector: over_mtls("mtls-no-inspector"),
+        tls: over_mtls("mtls", "client"),
+        tls_without_inspector: over_mtls("mtls-no-inspector", "client"),
+        odd: over_mtls("mtls", "odd"),
         plain: run(vec![format!("http://{}/plain", envoy.listener_addr("plain"))]),
     }
 }
@@ -325,6 +347,7 @@ fn mtls_and_plaintext_connection_properties_match_envoy() {
     assert_eq!(value(envoy_tls, "uri_san_local_certificate"), "spiffe://cluster.local/ns/shop/sa/orders");
     assert_eq!(value(envoy_tls, "dns_san_local_certificate"), SNI);
     assert_eq!(value(envoy_tls, "subject_local_certificate"), "CN=orders,OU=mesh,O=shop,C=DE");
+    assert_eq!(envoy.odd["dns_san_peer_certificate"]["status"], NOT_FOUND, "{:#?}", envoy.odd);
     // Without `tls_inspector` Envoy reports "" for the SNI the client did send; nothing else changes.
     let mut expected = envoy_tls.clone();
     expected.insert("requested_server_name".into(), json!({"op": "get_property", "status": 0, "value": ""}));
@@ -347,6 +370,27 @@ fn mtls_and_plaintext_connection_properties_match_envoy() {
     assert_eq!(
         host_no_sni, envoy.tls_without_inspector,
         "mTLS, no SNI: the wasmtime host differs from Envoy"
+    );
+    let odd = tls::CertInfo::parse(&pki.der("odd")).unwrap();
+    let host_odd =
+        in_host(backend.addr(), tls::connection_properties(Some(&odd), Some(&local), "TLSv1.3", Some(SNI)));
+    // Known host gap (for the host engineer, host/src/tls.rs `rfc2253`): Envoy (BoringSSL's
+    // `X509_NAME_print_ex` with `XN_FLAG_DN_REV`) reverses the attributes inside a multi-valued RDN
+    // too (`OU=b+OU=a` for DER `OU=a`,`OU=b`); the host keeps their DER order. Everything else matches
+    // (UTF-8 as `\XX`, the escapes, `2.5.4.97=#hex`). Asserted as it stands, so a fix is noticed and
+    // this becomes `assert_eq!(host_odd, envoy.odd)`.
+    let envoy_subject = value(&envoy.odd, "subject_peer_certificate");
+    assert_eq!(
+        envoy_subject, "2.5.4.97=#0C0756415444452D31,CN=J\\C3\\BCrgen \\<x\\>\\;y\\\"z,OU=b+OU=a,O=shop",
+        "Envoy's RFC 2253 subject"
+    );
+    let mut host_gap = envoy.odd.clone();
+    host_gap.get_mut("subject_peer_certificate").unwrap()["value"] =
+        json!(envoy_subject.as_str().unwrap().replace("OU=b+OU=a", "OU=a+OU=b"));
+    assert_eq!(
+        host_odd, host_gap,
+        "mTLS, odd subject: the wasmtime host differs from Envoy other than by the known RDN-order gap \
+         (if the host now matches Envoy, remove the gap note)"
     );
     let host_plain = in_host(backend.addr(), Vec::new());
     assert_eq!(&host_plain, envoy_plain, "plaintext: the wasmtime host differs from Envoy");
