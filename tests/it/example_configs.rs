@@ -108,7 +108,10 @@ fn plugins(doc: &Value) -> Vec<(String, String)> {
 fn configure(artifact: &str, config: &str) -> anyhow::Result<()> {
     let host = Host::new(HostOptions::default())?;
     let module = host.load(artifacts::wasm_path(artifact))?;
-    Proxy::builder(&host).plugin(Plugin::new(module).name(artifact).config(config.as_bytes())).build()?;
+    // The Istio example reads its client secret from the environment (`client_secret_env`).
+    let plugin =
+        Plugin::new(module).name(artifact).config(config.as_bytes()).env("ORDERS_CLIENT_SECRET", "example");
+    Proxy::builder(&host).plugin(plugin).build()?;
     Ok(())
 }
 
