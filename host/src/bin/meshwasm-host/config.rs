@@ -17,6 +17,9 @@
 //!         vm_id: ""               # optional; filters with the same vm_id share a VM
 //!         config: {any: value}    # optional: a string is passed as is, anything else as JSON
 //!         # config_file: noop.json  (instead of `config`)
+//!         env:                    # optional: what the VM sees through WASI environ, as Envoy's
+//!           key_values: {A: b}    #   vm_config.environment_variables; host_env_keys copies serve's own
+//!           host_env_keys: [IDP_SECRET]  # variables (unset ones are skipped), keeping secrets out of this file
 //!     failure_policy: fail_closed # or fail_reload (a trapped VM is recreated for the next request)
 //!     stream_idle_timeout_ms: 300000  # a request a filter holds this long gets 408 (Envoy's default)
 //!     request_body_timeout_ms: 30000  # the whole request body must arrive within this, else 408
@@ -216,6 +219,18 @@ struct RawFilter {
     vm_config: Option<serde_yaml::Value>,
     #[serde(default)]
     vm_config_file: Option<PathBuf>,
+    #[serde(default)]
+    env: RawEnv,
+}
+
+/// Envoy's `vm_config.environment_variables`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnv {
+    #[serde(default)]
+    host_env_keys: Vec<String>,
+    #[serde(default)]
+    key_values: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -292,6 +307,8 @@ pub struct FilterSpec {
     /// The plugin configuration bytes, as Envoy would pass them (`configuration` StringValue).
     pub config: Vec<u8>,
     pub vm_config: Vec<u8>,
+    /// Environment variables the VM sees (WASI environ).
+    pub env: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -470,7 +487,11 @@ fn filter_spec(f: RawFilter, base: &Path, at: &str) -> anyhow::Result<FilterSpec
     }
     let config = config_bytes(f.config, f.config_file, base, &format!("{at}.config"))?;
     let vm_config = config_bytes(f.vm_config, f.vm_config_file, base, &format!("{at}.vm_config"))?;
-    Ok(FilterSpec { name: f.name, wasm, root_id: f.root_id, vm_id: f.vm_id, config, vm_config })
+    // Like Envoy: a host key that is unset is skipped (the filter reports what it misses).
+    let mut env: Vec<(String, String)> =
+        f.env.host_env_keys.iter().filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v))).collect();
+    env.extend(f.env.key_values);
+    Ok(FilterSpec { name: f.name, wasm, root_id: f.root_id, vm_id: f.vm_id, config, vm_config, env })
 }
 
 /// An inline value or a file: a string is passed byte for byte, anything else is serialized as JSON
@@ -585,6 +606,15 @@ clusters:
         let manifest = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).unwrap();
         assert_eq!(f.config, manifest);
         assert_eq!(f.vm_config, b"[1,2]");
+        assert!(f.env.is_empty());
+
+        let with_env = GOOD.replace(
+            "config: \"raw text\"",
+            "config: x\n        env: {key_values: {A: b}, host_env_keys: [PATH, MESHWASM_SURELY_UNSET_VAR]}",
+        );
+        let c = parse(&with_env).unwrap();
+        let path = std::env::var("PATH").unwrap();
+        assert_eq!(c.listeners[0].filters[1].env, vec![("PATH".into(), path), ("A".into(), "b".into())]);
 
         let both = GOOD.replace("config: \"raw text\"", "config: x\n        config_file: Cargo.toml");
         let err = format!("{:#}", parse(&both).unwrap_err());

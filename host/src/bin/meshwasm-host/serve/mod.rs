@@ -201,14 +201,16 @@ fn build_workers(
         let module = host
             .load(&f.wasm)
             .with_context(|| format!("listener `{}`, filter `{}`", listener.name, f.name))?;
-        builder = builder.plugin(
-            Plugin::new(module)
-                .name(&f.name)
-                .root_id(&f.root_id)
-                .vm_id(&f.vm_id)
-                .config(&f.config)
-                .vm_config(&f.vm_config),
-        );
+        let mut plugin = Plugin::new(module)
+            .name(&f.name)
+            .root_id(&f.root_id)
+            .vm_id(&f.vm_id)
+            .config(&f.config)
+            .vm_config(&f.vm_config);
+        for (k, v) in &f.env {
+            plugin = plugin.env(k, v);
+        }
+        builder = builder.plugin(plugin);
     }
     // Only the names matter here: the driver performs the calls itself.
     let unspecified = SocketAddr::from(([127, 0, 0, 1], 0));
