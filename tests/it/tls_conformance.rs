@@ -8,8 +8,11 @@
 //! values (first URI/DNS SAN, RFC 2253 subject, SHA-256 digest, of peer and local) are computed by the
 //! host and compared with what Envoy's handshake gave. The TLS version and the SNI are inputs there: they
 //! are given the values the handshake with Envoy used (the client offers TLS 1.3 and sends SNI
-//! `orders.shop.svc`; Envoy's listener has `tls_inspector`, which is what gives it the SNI). `serve`'s
-//! own handshake (rustls) is not in this comparison: the host's tests/it/tls.rs checks it.
+//! `orders.shop.svc`; Envoy's listener has `tls_inspector`, which is what gives it the SNI).
+//! A second test runs the real handshake in the host: `meshwasm-host serve` with an mTLS listener
+//! (rustls) and the same curl clients, so there the TLS version and SNI are the host's own. It uses the
+//! `meshwasm-host` binary next to the test binary (`cargo test --workspace` builds it; with
+//! `-p meshwasm-tests` alone run `cargo build -p meshwasm-host` first).
 //! A second client certificate has a subject that takes RFC 2253 apart (a multi-valued RDN, UTF-8,
 //! special characters, an attribute without a short name) and no DNS SAN: one known host gap shows
 //! there, the order inside a multi-valued RDN (see the test).
@@ -217,6 +220,33 @@ fn downstream_tls(pki: &Pki) -> Value {
     })
 }
 
+/// curl's arguments for `GET /tls` over mTLS to `port` (TLS 1.3, SNI [`SNI`]) with client certificate `client`.
+fn mtls_args(pki: &Pki, port: u16, client: &str) -> Vec<String> {
+    let path = |p: &str| pki.path(p).display().to_string();
+    vec![
+        "--tlsv1.3".into(),
+        "--cacert".into(),
+        path("ca.pem"),
+        "--cert".into(),
+        path(&format!("{client}.pem")),
+        "--key".into(),
+        path(&format!("{client}.key")),
+        "--resolve".into(),
+        format!("{SNI}:{port}:127.0.0.1"),
+        format!("https://{SNI}:{port}/tls"),
+    ]
+}
+
+/// Runs curl with `args`, which must get a 200.
+fn curl_ok(args: Vec<String>) {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "curl: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// What the probe saw in real Envoy, for one request each: over mTLS (TLS 1.3, SNI [`SNI`]) to a listener
 /// with `tls_inspector`, the same to one without it, and plaintext.
 struct EnvoySaw {
@@ -257,17 +287,7 @@ fn in_envoy(pki: &Pki, backend: &Backend) -> EnvoySaw {
         .unwrap();
     let run = |args: Vec<String>| {
         let before = envoy.logs().len();
-        let out = Command::new("curl")
-            .args(["-s", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
-            "200",
-            "curl: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        curl_ok(args);
         // The probe logs its stream trace at on_delete, just after the response.
         let mut trace = Value::Null;
         meshwasm_tests::process::wait_until(Duration::from_secs(5), || {
@@ -276,22 +296,8 @@ fn in_envoy(pki: &Pki, backend: &Backend) -> EnvoySaw {
         });
         properties(&trace)
     };
-    let path = |p: &str| pki.path(p).display().to_string();
-    let over_mtls = |listener: &str, client: &str| {
-        let port = envoy.listener_addr(listener).port();
-        run(vec![
-            "--tlsv1.3".into(),
-            "--cacert".into(),
-            path("ca.pem"),
-            "--cert".into(),
-            path(&format!("{client}.pem")),
-            "--key".into(),
-            path(&format!("{client}.key")),
-            "--resolve".into(),
-            format!("{SNI}:{port}:127.0.0.1"),
-            format!("https://{SNI}:{port}/tls"),
-        ])
-    };
+    let over_mtls =
+        |listener: &str, client: &str| run(mtls_args(pki, envoy.listener_addr(listener).port(), client));
     EnvoySaw {
         tls: over_mtls("mtls", "client"),
         tls_without_inspector: over_mtls("mtls-no-inspector", "client"),
@@ -379,14 +385,7 @@ fn mtls_and_plaintext_connection_properties_match_envoy() {
     // too (`OU=b+OU=a` for DER `OU=a`,`OU=b`); the host keeps their DER order. Everything else matches
     // (UTF-8 as `\XX`, the escapes, `2.5.4.97=#hex`). Asserted as it stands, so a fix is noticed and
     // this becomes `assert_eq!(host_odd, envoy.odd)`.
-    let envoy_subject = value(&envoy.odd, "subject_peer_certificate");
-    assert_eq!(
-        envoy_subject, "2.5.4.97=#0C0756415444452D31,CN=J\\C3\\BCrgen \\<x\\>\\;y\\\"z,OU=b+OU=a,O=shop",
-        "Envoy's RFC 2253 subject"
-    );
-    let mut host_gap = envoy.odd.clone();
-    host_gap.get_mut("subject_peer_certificate").unwrap()["value"] =
-        json!(envoy_subject.as_str().unwrap().replace("OU=b+OU=a", "OU=a+OU=b"));
+    let host_gap = with_rdn_order_gap(&envoy.odd);
     assert_eq!(
         host_odd, host_gap,
         "mTLS, odd subject: the wasmtime host differs from Envoy other than by the known RDN-order gap \
@@ -394,4 +393,136 @@ fn mtls_and_plaintext_connection_properties_match_envoy() {
     );
     let host_plain = in_host(backend.addr(), Vec::new());
     assert_eq!(&host_plain, envoy_plain, "plaintext: the wasmtime host differs from Envoy");
+}
+
+/// `meshwasm-host serve` next to this test binary (`cargo test --workspace` builds it; alone:
+/// `cargo build -p meshwasm-host`), killed on drop, its stderr collected.
+struct Serve {
+    child: std::process::Child,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+    /// Listener name -> address, from serve's start-up lines.
+    addrs: BTreeMap<String, SocketAddr>,
+}
+
+impl Serve {
+    fn start(config: &Path, listeners: usize) -> Serve {
+        use std::io::BufRead;
+        let exe = std::env::current_exe().unwrap();
+        let bin = exe.parent().and_then(Path::parent).unwrap().join("meshwasm-host");
+        assert!(bin.exists(), "{} is missing: build it with `cargo build -p meshwasm-host`", bin.display());
+        let mut child = Command::new(&bin)
+            .arg("serve")
+            .arg(config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (pipe, sink) = (child.stderr.take().unwrap(), log.clone());
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let mut serve = Serve { child, log, addrs: BTreeMap::new() };
+        // "meshwasm-host serve: listener `<name>` … on http(s)://<addr> …"
+        meshwasm_tests::process::wait_until(Duration::from_secs(30), || {
+            for line in serve.log().lines() {
+                let Some(rest) = line.strip_prefix("meshwasm-host serve: listener `") else { continue };
+                let name = rest.split('`').next().unwrap_or_default().to_owned();
+                let addr = rest.split("://").nth(1).and_then(|a| a.split_whitespace().next());
+                if let Some(addr) = addr.and_then(|a| a.parse().ok()) {
+                    serve.addrs.insert(name, addr);
+                }
+            }
+            serve.addrs.len() == listeners
+        });
+        assert_eq!(serve.addrs.len(), listeners, "serve did not start:\n{}", serve.log());
+        serve
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The same requests as [`in_envoy`] (but the listener without `tls_inspector`) through
+/// `meshwasm-host serve`, whose mTLS listener fills `connection.*` from its own (rustls) handshake.
+fn in_serve(
+    pki: &Pki,
+    backend: &Backend,
+) -> (BTreeMap<String, Value>, BTreeMap<String, Value>, BTreeMap<String, Value>) {
+    let config = pki.path("serve.yaml");
+    let filter = json!({"name": "tls", "root_id": "tls", "wasm": wasm_path("meshwasm_probe"), "config": probe_script().to_string()});
+    let yaml = json!({
+        "listeners": [
+            {"name": "mtls", "address": "127.0.0.1:0", "filters": [filter],
+             "tls": {"cert": pki.path("server.pem"), "key": pki.path("server.key"), "client_ca": pki.path("ca.pem")},
+             "route": {"cluster": "backend"}},
+            {"name": "plain", "address": "127.0.0.1:0", "filters": [filter], "route": {"cluster": "backend"}},
+        ],
+        "clusters": [{"name": "backend", "type": "static", "endpoints": [backend.addr().to_string()]}],
+    });
+    std::fs::write(&config, yaml.to_string()).unwrap();
+    let serve = Serve::start(&config, 2);
+    let run = |args: Vec<String>| {
+        let before = serve.log().len();
+        curl_ok(args);
+        let mut trace = Value::Null;
+        meshwasm_tests::process::wait_until(Duration::from_secs(5), || {
+            trace = trace_in(serve.log().get(before..).unwrap_or(""));
+            !trace.is_null()
+        });
+        properties(&trace)
+    };
+    let port = serve.addrs["mtls"].port();
+    let tls = run(mtls_args(pki, port, "client"));
+    let odd = run(mtls_args(pki, port, "odd"));
+    let plain = run(vec![format!("http://{}/plain", serve.addrs["plain"])]);
+    (tls, odd, plain)
+}
+
+/// What the host gives for the `odd` certificate where Envoy gave `envoy_odd`: the same but the
+/// attribute order inside the multi-valued RDN (the known host gap, see
+/// `mtls_and_plaintext_connection_properties_match_envoy`).
+fn with_rdn_order_gap(envoy_odd: &BTreeMap<String, Value>) -> BTreeMap<String, Value> {
+    let subject = envoy_odd["subject_peer_certificate"]["value"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(
+        subject, "2.5.4.97=#0C0756415444452D31,CN=J\\C3\\BCrgen \\<x\\>\\;y\\\"z,OU=b+OU=a,O=shop",
+        "Envoy's RFC 2253 subject"
+    );
+    let mut gap = envoy_odd.clone();
+    if let Some(p) = gap.get_mut("subject_peer_certificate") {
+        p["value"] = json!(subject.replace("OU=b+OU=a", "OU=a+OU=b"));
+    }
+    gap
+}
+
+/// The real handshake in the host: `serve`'s mTLS listener (rustls) against Envoy's (BoringSSL), the
+/// same client certificates, TLS version and SNI; here the TLS version and SNI are the host's own.
+#[test]
+fn serve_mtls_handshake_connection_properties_match_envoy() {
+    let pki = Pki::new();
+    let backend = Backend::start("backend").unwrap();
+    let envoy = in_envoy(&pki, &backend);
+    let (tls, odd, plain) = in_serve(&pki, &backend);
+    assert_eq!(tls, envoy.tls, "mTLS: serve differs from Envoy (with tls_inspector)");
+    assert_eq!(plain, envoy.plain, "plaintext: serve differs from Envoy");
+    // The known gap of the library's RFC 2253 printer (see the test above) shows here as well, and
+    // nothing else differs.
+    assert_eq!(
+        odd,
+        with_rdn_order_gap(&envoy.odd),
+        "mTLS, odd subject: serve differs from Envoy other than by the known RDN-order gap \
+         (if serve now matches Envoy, remove the gap note)"
+    );
 }
