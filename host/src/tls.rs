@@ -101,7 +101,9 @@ pub fn rfc2253(name: &x509_parser::x509::X509Name<'_>) -> String {
         if i > 0 {
             out.push(',');
         }
-        for (j, atv) in rdn.iter().enumerate() {
+        // OpenSSL (Envoy) prints the name's entries last first, the values of one multi-valued RDN
+        // included (`OU=b+OU=a` for DER `OU=a`,`OU=b`).
+        for (j, atv) in rdn.iter().collect::<Vec<_>>().into_iter().rev().enumerate() {
             if j > 0 {
                 out.push('+');
             }

@@ -14,8 +14,8 @@
 //! `meshwasm-host` binary next to the test binary (`cargo test --workspace` builds it; with
 //! `-p meshwasm-tests` alone run `cargo build -p meshwasm-host` first).
 //! A second client certificate has a subject that takes RFC 2253 apart (a multi-valued RDN, UTF-8,
-//! special characters, an attribute without a short name) and no DNS SAN: one known host gap shows
-//! there, the order inside a multi-valued RDN (see the test).
+//! special characters, an attribute without a short name) and no DNS SAN; Envoy prints the values of
+//! a multi-valued RDN last first too (`OU=b+OU=a`), and so must the host.
 //!
 //! Without `tls_inspector` on the listener Envoy reports the SNI as "" although the client sent one
 //! (the inspector sets the connection's requested server name, not the TLS transport socket); the host's
@@ -380,17 +380,13 @@ fn mtls_and_plaintext_connection_properties_match_envoy() {
     let odd = tls::CertInfo::parse(&pki.der("odd")).unwrap();
     let host_odd =
         in_host(backend.addr(), tls::connection_properties(Some(&odd), Some(&local), "TLSv1.3", Some(SNI)));
-    // Known host gap (for the host engineer, host/src/tls.rs `rfc2253`): Envoy (BoringSSL's
-    // `X509_NAME_print_ex` with `XN_FLAG_DN_REV`) reverses the attributes inside a multi-valued RDN
-    // too (`OU=b+OU=a` for DER `OU=a`,`OU=b`); the host keeps their DER order. Everything else matches
-    // (UTF-8 as `\XX`, the escapes, `2.5.4.97=#hex`). Asserted as it stands, so a fix is noticed and
-    // this becomes `assert_eq!(host_odd, envoy.odd)`.
-    let host_gap = with_rdn_order_gap(&envoy.odd);
+    // Envoy's exact RFC 2253 subject, then the host's must be the same.
     assert_eq!(
-        host_odd, host_gap,
-        "mTLS, odd subject: the wasmtime host differs from Envoy other than by the known RDN-order gap \
-         (if the host now matches Envoy, remove the gap note)"
+        envoy.odd["subject_peer_certificate"]["value"].as_str().unwrap_or_default(),
+        "2.5.4.97=#0C0756415444452D31,CN=J\\C3\\BCrgen \\<x\\>\\;y\\\"z,OU=b+OU=a,O=shop",
+        "Envoy's RFC 2253 subject"
     );
+    assert_eq!(host_odd, envoy.odd, "mTLS, odd subject: the wasmtime host differs from Envoy");
     let host_plain = in_host(backend.addr(), Vec::new());
     assert_eq!(&host_plain, envoy_plain, "plaintext: the wasmtime host differs from Envoy");
 }
@@ -491,22 +487,6 @@ fn in_serve(
     (tls, odd, plain)
 }
 
-/// What the host gives for the `odd` certificate where Envoy gave `envoy_odd`: the same but the
-/// attribute order inside the multi-valued RDN (the known host gap, see
-/// `mtls_and_plaintext_connection_properties_match_envoy`).
-fn with_rdn_order_gap(envoy_odd: &BTreeMap<String, Value>) -> BTreeMap<String, Value> {
-    let subject = envoy_odd["subject_peer_certificate"]["value"].as_str().unwrap_or_default().to_owned();
-    assert_eq!(
-        subject, "2.5.4.97=#0C0756415444452D31,CN=J\\C3\\BCrgen \\<x\\>\\;y\\\"z,OU=b+OU=a,O=shop",
-        "Envoy's RFC 2253 subject"
-    );
-    let mut gap = envoy_odd.clone();
-    if let Some(p) = gap.get_mut("subject_peer_certificate") {
-        p["value"] = json!(subject.replace("OU=b+OU=a", "OU=a+OU=b"));
-    }
-    gap
-}
-
 /// The real handshake in the host: `serve`'s mTLS listener (rustls) against Envoy's (BoringSSL), the
 /// same client certificates, TLS version and SNI; here the TLS version and SNI are the host's own.
 #[test]
@@ -517,12 +497,5 @@ fn serve_mtls_handshake_connection_properties_match_envoy() {
     let (tls, odd, plain) = in_serve(&pki, &backend);
     assert_eq!(tls, envoy.tls, "mTLS: serve differs from Envoy (with tls_inspector)");
     assert_eq!(plain, envoy.plain, "plaintext: serve differs from Envoy");
-    // The known gap of the library's RFC 2253 printer (see the test above) shows here as well, and
-    // nothing else differs.
-    assert_eq!(
-        odd,
-        with_rdn_order_gap(&envoy.odd),
-        "mTLS, odd subject: serve differs from Envoy other than by the known RDN-order gap \
-         (if serve now matches Envoy, remove the gap note)"
-    );
+    assert_eq!(odd, envoy.odd, "mTLS, odd subject: serve differs from Envoy");
 }
