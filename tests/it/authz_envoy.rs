@@ -5,117 +5,13 @@
 //! DENY / ALLOW / dry-run / AUDIT semantics on a listener without Envoy's path normalization.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use meshwasm_tests::artifacts::wasm_path;
 use meshwasm_tests::envoy::{Envoy, EnvoyConfig, Listener, Route, WasmFilter};
+use meshwasm_tests::pki::Pki;
 use serde_json::json;
-
-/// A CA and leaf certificates in a temporary directory.
-struct Pki {
-    dir: tempfile::TempDir,
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-impl Pki {
-    fn new() -> Self {
-        let dir = tempfile::Builder::new().prefix("meshwasm-authz-pki-").tempdir().unwrap();
-        openssl(
-            dir.path(),
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=meshwasm test CA",
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,keyCertSign,cRLSign",
-            ],
-        );
-        Self { dir }
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.dir.path().join(file)
-    }
-
-    /// A short-lived leaf `name` signed by the CA, with the given SANs (`URI:…,DNS:…`) and subject.
-    fn leaf(&self, name: &str, sans: &str, subject: &str) -> (PathBuf, PathBuf) {
-        let ext = format!(
-            "subjectAltName={sans}\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
-             extendedKeyUsage=serverAuth,clientAuth\n"
-        );
-        std::fs::write(self.path(&format!("{name}.ext")), ext).unwrap();
-        let (key, csr, pem, extf) =
-            (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("{name}.ext"));
-        openssl(
-            self.dir.path(),
-            &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                subject,
-            ],
-        );
-        openssl(
-            self.dir.path(),
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &pem,
-                "-days",
-                "1",
-                "-extfile",
-                &extf,
-            ],
-        );
-        (self.path(&pem), self.path(&key))
-    }
-
-    /// The lower-case hex SHA-256 of a certificate (DER), as Envoy reports it.
-    fn sha256(&self, pem: &Path) -> String {
-        let out = Command::new("openssl")
-            .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
-            .arg(pem)
-            .output()
-            .unwrap();
-        let text = String::from_utf8(out.stdout).unwrap();
-        text.trim().rsplit('=').next().unwrap().replace(':', "").to_ascii_lowercase()
-    }
-}
 
 fn tls(pki: &Pki, server: &(PathBuf, PathBuf), require_client: bool) -> serde_json::Value {
     json!({
@@ -171,27 +67,33 @@ struct Mesh {
 }
 
 fn start() -> Mesh {
-    let pki = Pki::new();
-    let server =
-        pki.leaf("orders", "DNS:localhost,URI:spiffe://cluster.local/ns/shop/sa/orders", "/O=shop/CN=orders");
+    let pki = Pki::new("meshwasm-authz-pki-");
+    let server = pki.leaf(
+        "orders",
+        "DNS:localhost,URI:spiffe://cluster.local/ns/shop/sa/orders",
+        "/O=shop/CN=orders",
+        &[],
+    );
     let frontend = pki.leaf(
         "frontend",
         "URI:spiffe://cluster.local/ns/shop/sa/frontend,DNS:frontend.shop.svc",
         "/O=shop/CN=frontend",
+        &[],
     );
-    let rogue = pki.leaf("rogue", "URI:spiffe://cluster.local/ns/shop/sa/rogue", "/O=shop/CN=rogue");
+    let rogue = pki.leaf("rogue", "URI:spiffe://cluster.local/ns/shop/sa/rogue", "/O=shop/CN=rogue", &[]);
     let not_spiffe =
-        pki.leaf("legacy", "URI:spiffe://Cluster.Local/ns/shop/sa/frontend", "/O=shop/CN=legacy");
+        pki.leaf("legacy", "URI:spiffe://Cluster.Local/ns/shop/sa/frontend", "/O=shop/CN=legacy", &[]);
     // Two URI SANs: Envoy hands wasm only the first.
     let two_sans = pki.leaf(
         "two-sans",
         "URI:spiffe://cluster.local/ns/other/sa/x,URI:spiffe://cluster.local/ns/shop/sa/frontend",
         "/O=shop/CN=two-sans",
+        &[],
     );
     // A certificate from another CA, with the frontend's identity.
-    let other = Pki::new();
+    let other = Pki::new("meshwasm-authz-pki-");
     let other_ca =
-        other.leaf("impostor", "URI:spiffe://cluster.local/ns/shop/sa/frontend", "/O=shop/CN=impostor");
+        other.leaf("impostor", "URI:spiffe://cluster.local/ns/shop/sa/frontend", "/O=shop/CN=impostor", &[]);
     let digest = pki.sha256(&frontend.0);
 
     let config = json!({"policies": [

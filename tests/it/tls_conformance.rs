@@ -24,7 +24,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -33,6 +33,7 @@ use meshwasm_tests::artifacts::wasm_path;
 use meshwasm_tests::backend::Backend;
 use meshwasm_tests::conformance::{STREAM_TRACE_PREFIX, normalize};
 use meshwasm_tests::envoy::{Cluster, EnvoyConfig, Listener, WasmFilter};
+use meshwasm_tests::pki::Pki;
 use serde_json::{Value, json};
 
 /// SNI the client sends (and a DNS SAN of the server certificate, so the client verifies it).
@@ -54,127 +55,34 @@ const STRING_PROPERTIES: &[&str] = &[
     "subject_local_certificate",
 ];
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// A CA and two leaves (`server`, `client`) in a temporary directory.
-struct Pki {
-    dir: tempfile::TempDir,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let dir = tempfile::Builder::new().prefix("meshwasm-tls-conformance-").tempdir().unwrap();
-        let pki = Self { dir };
-        pki.openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=meshwasm test CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ]);
-        pki.leaf(
-            "server",
-            &format!("DNS:{SNI},URI:spiffe://cluster.local/ns/shop/sa/orders"),
-            "/C=DE/O=shop/OU=mesh/CN=orders",
-            &[],
-        );
-        // Two URI SANs and two DNS SANs: Envoy exposes only the first of each; a subject with an
-        // RFC 2253 special character.
-        pki.leaf(
-            "client",
-            "URI:spiffe://cluster.local/ns/shop/sa/frontend,URI:spiffe://cluster.local/ns/other/sa/x,\
-             DNS:frontend.shop.svc,DNS:second.shop.svc",
-            "/O=shop\\, inc/OU=web/CN=frontend",
-            &[],
-        );
-        // A subject the RFC 2253 printer must get right byte for byte: a multi-valued RDN, UTF-8, the
-        // special characters, an attribute without a short name (organizationIdentifier, 2.5.4.97,
-        // unknown to BoringSSL); only a URI SAN (the DNS SAN attribute is absent).
-        pki.leaf(
-            "odd",
-            "URI:spiffe://cluster.local/ns/shop/sa/odd",
-            "/O=shop/OU=a+OU=b/CN=J\u{fc}rgen <x>;y\"z/2.5.4.97=VATDE-1",
-            &["-utf8", "-multivalue-rdn"],
-        );
-        pki
-    }
-
-    fn openssl(&self, args: &[&str]) {
-        openssl(self.dir.path(), args);
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.dir.path().join(file)
-    }
-
-    /// A leaf `name` signed by the CA with SANs `sans` (`URI:…,DNS:…`) and subject `subject`.
-    /// `req_args`: more arguments to `openssl req` (e.g. `-utf8`).
-    fn leaf(&self, name: &str, sans: &str, subject: &str, req_args: &[&str]) {
-        let ext = format!(
-            "subjectAltName={sans}\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
-             extendedKeyUsage=serverAuth,clientAuth\n"
-        );
-        std::fs::write(self.path(&format!("{name}.ext")), ext).unwrap();
-        let (key, csr, pem, extf) =
-            (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("{name}.ext"));
-        let mut args = vec![
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            subject,
-        ];
-        args.extend_from_slice(req_args);
-        self.openssl(&args);
-        self.openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            &pem,
-            "-days",
-            "1",
-            "-extfile",
-            &extf,
-        ]);
-    }
-
-    /// The DER bytes of leaf `name`.
-    fn der(&self, name: &str) -> Vec<u8> {
-        let der = format!("{name}.der");
-        self.openssl(&["x509", "-in", &format!("{name}.pem"), "-outform", "DER", "-out", &der]);
-        std::fs::read(self.path(&der)).unwrap()
-    }
+/// The CA and the leaves: `server`, `client` (two URI and two DNS SANs, an escaped subject) and `odd`.
+fn make_pki() -> Pki {
+    let pki = Pki::new("meshwasm-tls-conformance-");
+    pki.leaf(
+        "server",
+        &format!("DNS:{SNI},URI:spiffe://cluster.local/ns/shop/sa/orders"),
+        "/C=DE/O=shop/OU=mesh/CN=orders",
+        &[],
+    );
+    // Two URI SANs and two DNS SANs: Envoy exposes only the first of each; a subject with an
+    // RFC 2253 special character.
+    pki.leaf(
+        "client",
+        "URI:spiffe://cluster.local/ns/shop/sa/frontend,URI:spiffe://cluster.local/ns/other/sa/x,\
+         DNS:frontend.shop.svc,DNS:second.shop.svc",
+        "/O=shop\\, inc/OU=web/CN=frontend",
+        &[],
+    );
+    // A subject the RFC 2253 printer must get right byte for byte: a multi-valued RDN, UTF-8, the
+    // special characters, an attribute without a short name (organizationIdentifier, 2.5.4.97,
+    // unknown to BoringSSL); only a URI SAN (the DNS SAN attribute is absent).
+    pki.leaf(
+        "odd",
+        "URI:spiffe://cluster.local/ns/shop/sa/odd",
+        "/O=shop/OU=a+OU=b/CN=J\u{fc}rgen <x>;y\"z/2.5.4.97=VATDE-1",
+        &["-utf8", "-multivalue-rdn"],
+    );
+    pki
 }
 
 /// The probe script: every `connection.*` attribute, read in `on_request_headers`.
@@ -330,7 +238,7 @@ fn in_host(backend: SocketAddr, props: Vec<(String, Vec<u8>)>) -> BTreeMap<Strin
 
 #[test]
 fn mtls_and_plaintext_connection_properties_match_envoy() {
-    let pki = Pki::new();
+    let pki = make_pki();
     let backend = Backend::start("backend").unwrap();
     let envoy = in_envoy(&pki, &backend);
     let (envoy_tls, envoy_plain) = (&envoy.tls, &envoy.plain);
@@ -491,7 +399,7 @@ fn in_serve(
 /// same client certificates, TLS version and SNI; here the TLS version and SNI are the host's own.
 #[test]
 fn serve_mtls_handshake_connection_properties_match_envoy() {
-    let pki = Pki::new();
+    let pki = make_pki();
     let backend = Backend::start("backend").unwrap();
     let envoy = in_envoy(&pki, &backend);
     let (tls, odd, plain) = in_serve(&pki, &backend);

@@ -8,6 +8,7 @@ pub mod envoy;
 pub mod etcd;
 pub mod fakes;
 pub mod oidc;
+pub mod pki;
 pub mod process;
 pub mod signer;
 pub mod unbound;
