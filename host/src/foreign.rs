@@ -172,10 +172,10 @@ pub fn verify_signature(args: &[u8]) -> Result<Vec<u8>, u32> {
     }
 }
 
-/// Encodes `VerifySignatureArguments` (for tests and native callers).
-pub fn encode_verify_args(hash: &str, public_key_der: &[u8], signature: &[u8], text: &[u8]) -> Vec<u8> {
+/// A protobuf message of length-delimited fields `(number, bytes)`, in the order given.
+fn encode_bytes_fields(fields: &[(u8, &[u8])]) -> Vec<u8> {
     let mut out = Vec::new();
-    for (field, v) in [(1u8, hash.as_bytes()), (2, public_key_der), (3, signature), (4, text)] {
+    for (field, v) in fields {
         out.push(field << 3 | 2);
         let mut len = v.len();
         loop {
@@ -192,6 +192,11 @@ pub fn encode_verify_args(hash: &str, public_key_der: &[u8], signature: &[u8], t
         out.extend_from_slice(v);
     }
     out
+}
+
+/// Encodes `VerifySignatureArguments` (for tests and native callers).
+pub fn encode_verify_args(hash: &str, public_key_der: &[u8], signature: &[u8], text: &[u8]) -> Vec<u8> {
+    encode_bytes_fields(&[(1, hash.as_bytes()), (2, public_key_der), (3, signature), (4, text)])
 }
 
 /// Decodes `VerifySignatureResult` into (result, error).
@@ -243,24 +248,7 @@ fn parse_address(v: &[u8]) -> Option<SocketAddr> {
 
 /// Encodes `SetEnvoyFilterStateArguments` (span left at its default), for tests and native callers.
 pub fn encode_set_filter_state_args(key: &str, value: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (field, v) in [(1u8, key.as_bytes()), (2, value)] {
-        out.push(field << 3 | 2);
-        let mut len = v.len();
-        loop {
-            let mut byte = (len & 0x7f) as u8;
-            len >>= 7;
-            if len != 0 {
-                byte |= 0x80;
-            }
-            out.push(byte);
-            if len == 0 {
-                break;
-            }
-        }
-        out.extend_from_slice(v);
-    }
-    out
+    encode_bytes_fields(&[(1, key.as_bytes()), (2, value)])
 }
 
 #[cfg(test)]
