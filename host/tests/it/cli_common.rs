@@ -56,7 +56,7 @@ pub fn scratch_dir(test: &str) -> PathBuf {
 
 /// The common part of the WAT proxy-wasm filters below: memory, a bump allocator that wraps (the
 /// host copies data in and the guest reads it within one callback), the lifecycle callbacks.
-const WAT_BASE: &str = r#"
+pub const WAT_BASE: &str = r#"
   (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
   (memory (export "memory") 16)
   (global $heap (mut i32) (i32.const 65536))

@@ -181,25 +181,9 @@ fn wat_property_logger() -> String {
     }
     format!(
         r#"(module
-  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
   (import "env" "proxy_get_property" (func $get_property (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 16)
-  (global $heap (mut i32) (i32.const 65536))
-  (func (export "proxy_abi_version_0_2_1"))
-  (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
-    (local $p i32)
-    (if (i32.gt_u (i32.add (global.get $heap) (local.get $n)) (i32.const 1000000))
-      (then (global.set $heap (i32.const 65536))))
-    (local.set $p (global.get $heap))
-    (global.set $heap
-      (i32.add (global.get $heap) (i32.and (i32.add (local.get $n) (i32.const 7)) (i32.const -8))))
-    (local.get $p))
-  (func (export "proxy_on_context_create") (param i32 i32))
-  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  {WAT_BASE}
   (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
-  (func (export "proxy_on_done") (param i32) (result i32) (i32.const 1))
-  (func (export "proxy_on_log") (param i32))
-  (func (export "proxy_on_delete") (param i32))
   (data (i32.const 8192) "prop ")
 {data}
   ;; "prop <name>=<value>" built at 8192, logged at info.
