@@ -134,8 +134,10 @@ pub fn normalize(raw: &str) -> Result<Cow<'_, str>, PathError> {
             if unreserved(v) {
                 decoded.push(char::from(v));
             } else {
+                // The escape kept, its hex digits upper-cased (no allocation per escape).
                 decoded.push('%');
-                decoded.push_str(&format!("{v:02X}"));
+                decoded.push(char::from(b[i + 1].to_ascii_uppercase()));
+                decoded.push(char::from(b[i + 2].to_ascii_uppercase()));
             }
             i += 3;
         } else {
