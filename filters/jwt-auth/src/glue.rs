@@ -122,9 +122,9 @@ impl KeyAccess for Access<'_> {
     }
 }
 
-/// Rewrites every `cookie` request header without the token cookies (removing those left empty).
-fn strip_cookies_upstream(names: &[String]) {
-    let Ok(all) = hostcalls::get_map_bytes(MapType::HttpRequestHeaders) else { return };
+/// Rewrites every `cookie` request header without the token cookies (removing those left empty);
+/// `all` is the request's header map as this callback read it.
+fn strip_cookies_upstream(all: &[(String, Vec<u8>)], names: &[String]) {
     let values: Vec<&[u8]> =
         all.iter().filter(|(k, _)| k.eq_ignore_ascii_case("cookie")).map(|(_, v)| v.as_slice()).collect();
     let Some(kept) = strip_cookie_headers(&values, names) else { return };
@@ -188,8 +188,10 @@ impl Worker {
                 if let Some(p) = new_path {
                     let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, ":path", Some(p));
                 }
-                if !strip_cookies.is_empty() {
-                    strip_cookies_upstream(strip_cookies);
+                // `all` is still the cookies' state unless a token header named `cookie` was removed
+                // above, and then there is nothing left to strip.
+                if !strip_cookies.is_empty() && !remove.iter().any(|h| h == "cookie") {
+                    strip_cookies_upstream(&all, strip_cookies);
                 }
                 for (h, v) in set {
                     let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, h, Some(v));
