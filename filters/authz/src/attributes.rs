@@ -19,6 +19,8 @@
 
 use std::net::IpAddr;
 
+use meshwasm_filter_runtime::identity;
+
 use crate::spiffe::SpiffeId;
 
 /// `connection.mtls`: one byte, 1 when the peer presented a certificate.
@@ -30,14 +32,14 @@ pub const SHA256_DIGEST: &[&str] = &["connection", "sha256_peer_certificate_dige
 pub const SOURCE_ADDRESS: &[&str] = &["source", "address"];
 
 /// The verified token's principal, `<iss>/<sub>` (Istio's `request.auth.principal`).
-pub const REQUEST_PRINCIPAL: &str = "meshwasm.jwt.principal";
+pub const REQUEST_PRINCIPAL: &str = identity::PRINCIPAL;
 /// The name of the jwt-auth provider that verified the token.
-pub const REQUEST_PROVIDER: &str = "meshwasm.jwt.provider";
+pub const REQUEST_PROVIDER: &str = identity::PROVIDER;
 /// Prefix of one property per claim jwt-auth is configured to hand on (`meshwasm.jwt.claim.groups`);
 /// the value is the claim's JSON (`"admin"`, `["a","b"]`, `42`).
-pub const REQUEST_CLAIM_PREFIX: &str = "meshwasm.jwt.claim.";
+pub const REQUEST_CLAIM_PREFIX: &str = identity::CLAIM_PREFIX;
 /// The prefix Envoy puts before a `set_property` path in filter state.
-pub const FILTER_STATE_PREFIX: &str = "wasm.";
+pub const FILTER_STATE_PREFIX: &str = identity::FILTER_STATE_PREFIX;
 
 /// The caller as its mTLS connection shows it. A plaintext connection (or TLS without a client
 /// certificate) has no identity at all: [`Peer::default`].

@@ -597,12 +597,7 @@ pub mod identity {
     use crate::config::ProviderPlan;
     use crate::validate::Verified;
 
-    /// `<iss>/<sub>` of the verified token (Istio's `request.auth.principal`).
-    pub const PRINCIPAL: &str = "meshwasm.jwt.principal";
-    /// The name of the provider that verified it.
-    pub const PROVIDER: &str = "meshwasm.jwt.provider";
-    /// One property per claim in the provider's `claims_to_filter_state`: the claim's JSON.
-    pub const CLAIM_PREFIX: &str = "meshwasm.jwt.claim.";
+    pub use meshwasm_filter_runtime::identity::{CLAIM_PREFIX, PRINCIPAL, PROVIDER};
 
     /// The properties to set for the token `v` verified by provider `p`. No principal when the token
     /// has no string `sub` (an opaque token's answer may lack one); `iss` may be empty.

@@ -9,6 +9,7 @@
 //! - [`worker_id`]: proxy-wide unique worker ids. [`backoff`]: retry delays.
 //! - [`call_response`]: the response of a `dispatch_http_call` (status, headers, capped body, one
 //!   error type).
+//! - [`identity`]: the property names jwt-auth hands a verified identity on under (authz reads them).
 //! - `glue` (wasm32 only): hostcall helpers — plugin config, clock, log, randomness, metrics with
 //!   cached ids, a critical-level panic hook, shared data and call responses over hostcalls.
 //!
@@ -22,6 +23,7 @@
 
 pub mod backoff;
 pub mod call_response;
+pub mod identity;
 pub mod lease;
 pub mod shared_data;
 pub mod worker_id;
