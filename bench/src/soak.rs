@@ -1,0 +1,350 @@
+//! `make soak`: steady fixed-rate load through the full meshwasm chain in real Envoy (jwt-auth with
+//! keys from the OpenID Provider, discovery from real etcd, balancer) for a long time, with registry
+//! churn (an endpoint added or removed every second) and the IdP's signing keys rotated every minute.
+//! Recorded every 5 s: Envoy's RSS, the number of Envoy stats (all, and the meshwasm filters' own
+//! metrics), the wasm VMs alive, and the services published in shared data (discovery's debug
+//! endpoint). Must hold: memory flat (the slope is stated), the counts bounded, zero errors.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use meshwasm_tests::envoy::{Cluster, Envoy};
+use meshwasm_tests::etcd::Etcd;
+use meshwasm_tests::oidc::{BASIC_CLIENT, OidcOptions, OidcProvider, RS256_RESOURCE};
+use serde_json::json;
+
+use crate::faults::load::{self, Load, LoadSpec};
+use crate::faults::mesh::{self, ETCD_PREFIX, JwtSpec, LISTENER, MeshSpec, ProcBackend};
+use crate::faults::plot::{self, Line};
+use crate::faults::run::Settings;
+
+/// Largest RSS slope (KiB per minute, fitted after the first fifth of the run) that counts as flat:
+/// 1 MiB per 10 minutes.
+pub const FLAT_KIB_PER_MIN: f64 = 102.4;
+
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    t: f64,
+    rss_kib: u64,
+    stats: usize,
+    meshwasm_stats: usize,
+    vms: u64,
+    services: usize,
+}
+
+fn sample(envoy: &Envoy, t: f64) -> Sample {
+    let stats = envoy.stats().unwrap_or_default();
+    let services = envoy
+        .admin_get("/")
+        .ok()
+        .and_then(|_| {
+            meshwasm_tests::process::http_get(envoy.listener_addr(LISTENER), "/meshwasm/discovery").ok()
+        })
+        .and_then(|r| r.json().ok())
+        .and_then(|v| v.as_object().map(serde_json::Map::len))
+        .unwrap_or(0);
+    Sample {
+        t,
+        rss_kib: meshwasm_bench::machine::rss_kib(envoy.pid()).unwrap_or(0),
+        stats: stats.len(),
+        meshwasm_stats: stats.keys().filter(|k| k.contains("meshwasm_")).count(),
+        vms: stats
+            .iter()
+            .filter(|(k, _)| k.starts_with("wasm.envoy.wasm.runtime.") && k.ends_with(".active"))
+            .map(|(_, v)| *v)
+            .sum(),
+        services,
+    }
+}
+
+/// Least-squares slope of (x, y).
+pub fn slope(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    if n < 2.0 {
+        return 0.0;
+    }
+    let mx = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    if sxx == 0.0 { 0.0 } else { sxy / sxx }
+}
+
+pub fn run(settings: &Settings, duration: Duration, out: &Path) -> Result<bool> {
+    let seconds = duration.as_secs().max(10);
+    let load_before = meshwasm_bench::machine::load_average();
+    let backends: Vec<ProcBackend> =
+        ["A", "B", "C", "D"].iter().map(|n| ProcBackend::start(n)).collect::<Result<_>>()?;
+    let etcd = Etcd::start()?;
+    for b in &backends[..3] {
+        etcd.put(&format!("{ETCD_PREFIX}{}", b.name), &b.entry())?;
+    }
+    let idp = OidcProvider::start(OidcOptions::default()).context("starting the OpenID Provider")?;
+    let envoy = MeshSpec {
+        jwt: Some(JwtSpec {
+            issuer: idp.issuer().to_owned(),
+            audience: RS256_RESOURCE.to_owned(),
+            remote_jwks: json!({"unknown_kid_refetch_interval": "30s"}),
+            cache_entries: 1024,
+        }),
+        source: json!({"etcd": {"cluster": "registry", "prefix": ETCD_PREFIX}}),
+        service: mesh::fast_service(),
+        outlier: json!({}),
+        clusters: vec![
+            Cluster::static_hosts("registry", &[etcd.addr()]),
+            Cluster::static_hosts("idp", &[idp.addr()]),
+        ],
+        concurrency: settings.workers,
+    }
+    .start()?;
+    let token = idp.client_credentials(&BASIC_CLIENT, "read", Some(RS256_RESOURCE))?;
+    mesh::wait_serving(&envoy, Some(&token), 3)?;
+    eprintln!("soak: {seconds} s at {} requests/s, load average {load_before}", settings.rate);
+
+    let spec = LoadSpec {
+        target: envoy.listener_addr(LISTENER),
+        path: "/".into(),
+        rate: settings.rate,
+        duration: Duration::from_secs(seconds),
+        workers: settings.connections,
+        timeout: Duration::from_secs(10),
+    };
+    let load = Load::start(spec, Some(token));
+    // Registry churn: D registered / removed every second, from its own thread.
+    let stop = Arc::new(AtomicBool::new(false));
+    let churned = Arc::new(AtomicU64::new(0));
+    let churn = {
+        let (stop, churned) = (stop.clone(), churned.clone());
+        let key = format!("{ETCD_PREFIX}D");
+        let entry = backends[3].entry();
+        let addr = etcd.addr();
+        std::thread::spawn(move || {
+            let mut on = false;
+            let start = Instant::now();
+            let mut i = 1u64;
+            while !stop.load(Ordering::Relaxed) {
+                let due = start + Duration::from_secs(i);
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                on = !on;
+                let body = if on {
+                    json!({"key": b64(&key), "value": b64(&entry)})
+                } else {
+                    json!({"key": b64(&key)})
+                };
+                let path = if on { "/v3/kv/put" } else { "/v3/kv/deleterange" };
+                let ok = meshwasm_tests::process::http_request(
+                    addr,
+                    "POST",
+                    path,
+                    &[("content-type", "application/json")],
+                    body.to_string().as_bytes(),
+                    Duration::from_secs(2),
+                )
+                .is_ok_and(|r| r.status == 200);
+                if ok {
+                    churned.fetch_add(1, Ordering::Relaxed);
+                }
+                i += 1;
+            }
+        })
+    };
+    let mut samples = Vec::new();
+    let mut rotations = 0u32;
+    let mut next_rotation = 60.0;
+    let mut retire_at: Option<f64> = None;
+    let mut next_sample = 0.0;
+    loop {
+        let t = load.elapsed().as_secs_f64();
+        if t >= seconds as f64 {
+            break;
+        }
+        if t >= next_sample {
+            let s = sample(&envoy, t);
+            if samples.len() % 12 == 0 {
+                eprintln!(
+                    "  [{t:6.1} s] RSS {} KiB, {} stats ({} meshwasm), {} VMs, {} services",
+                    s.rss_kib, s.stats, s.meshwasm_stats, s.vms, s.services
+                );
+            }
+            samples.push(s);
+            next_sample += 5.0;
+        }
+        if t >= next_rotation {
+            idp.rotate_keys()?;
+            let token = idp.client_credentials(&BASIC_CLIENT, "read", Some(RS256_RESOURCE))?;
+            load.set_token(Some(token));
+            rotations += 1;
+            retire_at = Some(t + 10.0);
+            next_rotation += 60.0;
+        }
+        if retire_at.is_some_and(|r| t >= r) {
+            idp.retire_old_keys()?;
+            retire_at = None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let records = load.finish();
+    let _ = churn.join();
+    samples.push(sample(&envoy, seconds as f64));
+    let load_after = meshwasm_bench::machine::load_average();
+
+    // Figures and bounds.
+    let errors: Vec<_> = records.iter().filter(|r| !r.ok()).collect();
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for r in &records {
+        *statuses.entry(r.status).or_default() += 1;
+    }
+    let warm = seconds as f64 / 5.0;
+    let steady: Vec<(f64, f64)> =
+        samples.iter().filter(|s| s.t >= warm).map(|s| (s.t / 60.0, s.rss_kib as f64)).collect();
+    let kib_per_min = slope(&steady);
+    let half = seconds as f64 / 2.0;
+    let max_of = |f: fn(&Sample) -> usize, later: bool| {
+        samples.iter().filter(|s| s.t >= warm && (s.t >= half) == later).map(f).max().unwrap_or(0)
+    };
+    let counts_ok = [
+        (max_of(|s| s.stats, true), max_of(|s| s.stats, false)),
+        (max_of(|s| s.meshwasm_stats, true), max_of(|s| s.meshwasm_stats, false)),
+        (max_of(|s| s.services, true), max_of(|s| s.services, false)),
+    ];
+    let vms_max = samples.iter().map(|s| s.vms).max().unwrap_or(0);
+    let vms_min = samples.iter().map(|s| s.vms).min().unwrap_or(0);
+    let checks = [
+        (
+            format!("memory flat: RSS slope after the first {warm:.0} s ≤ {FLAT_KIB_PER_MIN:.1} KiB/min (1 MiB per 10 min)"),
+            format!("{kib_per_min:+.1} KiB/min"),
+            kib_per_min <= FLAT_KIB_PER_MIN,
+        ),
+        (
+            "counts bounded: Envoy stats, meshwasm metrics and published services in the second half ≤ their maximum in the first half (after warm-up)".to_owned(),
+            format!("stats {} vs {}, meshwasm metrics {} vs {}, services {} vs {}", counts_ok[0].0, counts_ok[0].1, counts_ok[1].0, counts_ok[1].1, counts_ok[2].0, counts_ok[2].1),
+            counts_ok.iter().all(|(later, earlier)| later <= earlier),
+        ),
+        ("wasm VMs alive constant (no VM failed and was replaced)".to_owned(), format!("{vms_min} … {vms_max}"), vms_min == vms_max),
+        ("zero errors".to_owned(), format!("{} errors", errors.len()), errors.is_empty()),
+    ];
+    let passed = checks.iter().all(|c| c.2);
+
+    let mut md = String::new();
+    let _ = writeln!(md, "# meshwasm soak\n");
+    let _ = writeln!(
+        md,
+        "Generated by `make soak SOAK_SECONDS={seconds}` (`meshwasm-faults soak`, bench/src/soak.rs). Real Envoy \
+         ({} workers) with jwt-auth (keys through OIDC discovery from the real OpenID Provider, verified-token cache \
+         on), discovery (real etcd, `refresh: 250ms`) and balancer (round robin); an open-loop load of {} requests/s \
+         over {} connections for {seconds} s. **Registry churn:** backend D registered / removed every second \
+         ({} etcd writes). **Key rotation:** every 60 s the IdP rotates its signing keys and the load switches to a \
+         token signed with the new key; 10 s later the old keys are retired from the JWKS ({rotations} rotations). \
+         Every 5 s: Envoy's RSS (`/proc/<pid>/status` VmRSS), the number of Envoy stats (all, and the meshwasm \
+         filters' metrics), the wasm VMs alive (`wasm.envoy.wasm.runtime.*.active`) and the services published in \
+         shared data (discovery's debug endpoint). Envoy does not expose the number of shared-data keys or queues; \
+         the published services and the meshwasm metrics stand for them. Load average before / after: `{load_before}` \
+         / `{load_after}`.\n",
+        settings.workers,
+        settings.rate,
+        settings.connections,
+        churned.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(md, "| figure | value |\n|---|---|");
+    let _ = writeln!(md, "| requests sent | {} |", records.len());
+    let _ = writeln!(
+        md,
+        "| statuses | {} |",
+        statuses.iter().map(|(s, n)| format!("{s} × {n}")).collect::<Vec<_>>().join(", ")
+    );
+    if let (Some(first), Some(last)) = (samples.first(), samples.last()) {
+        let _ = writeln!(md, "| Envoy RSS first / last sample | {} / {} KiB |", first.rss_kib, last.rss_kib);
+        let _ = writeln!(md, "| Envoy stats first / last | {} / {} |", first.stats, last.stats);
+        let _ = writeln!(
+            md,
+            "| meshwasm metrics first / last | {} / {} |",
+            first.meshwasm_stats, last.meshwasm_stats
+        );
+    }
+    let _ = writeln!(md, "| RSS slope after warm-up | {kib_per_min:+.1} KiB/min |");
+    let _ = writeln!(md, "\n| bound | measured | |\n|---|---|---|");
+    for (b, m, p) in &checks {
+        let _ = writeln!(md, "| {b} | {m} | {} |", if *p { "✅" } else { "❌" });
+    }
+    let per_s = load::per_second(&records, seconds);
+    let failing: Vec<String> =
+        per_s.iter().filter(|p| p.2 > 0).map(|p| format!("{} s: {}", p.0, p.2)).collect();
+    let _ = writeln!(
+        md,
+        "\nErrors per second: {}\n",
+        if failing.is_empty() { "none".to_owned() } else { failing.join(", ") }
+    );
+    let rss = plot::lines(
+        "Envoy RSS during the soak",
+        "MiB",
+        &[Line {
+            name: "Envoy RSS",
+            color: "#1f77b4",
+            points: samples.iter().map(|s| (s.t, s.rss_kib as f64 / 1024.0)).collect(),
+        }],
+    );
+    let counts = plot::lines(
+        "Counts during the soak",
+        "count",
+        &[
+            Line {
+                name: "Envoy stats",
+                color: "#1f77b4",
+                points: samples.iter().map(|s| (s.t, s.stats as f64)).collect(),
+            },
+            Line {
+                name: "meshwasm metrics",
+                color: "#2ca02c",
+                points: samples.iter().map(|s| (s.t, s.meshwasm_stats as f64)).collect(),
+            },
+            Line {
+                name: "wasm VMs",
+                color: "#d62728",
+                points: samples.iter().map(|s| (s.t, s.vms as f64)).collect(),
+            },
+        ],
+    );
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join("soak-rss.svg"), rss)?;
+    std::fs::write(out.join("soak-counts.svg"), counts)?;
+    let _ = writeln!(md, "![Envoy RSS](soak-rss.svg)\n\n![counts](soak-counts.svg)\n");
+    let _ = writeln!(
+        md,
+        "Samples (every 5 s):\n\n| s | RSS KiB | stats | meshwasm metrics | VMs | services |\n|---|---|---|---|---|---|"
+    );
+    for s in &samples {
+        let _ = writeln!(
+            md,
+            "| {:.0} | {} | {} | {} | {} | {} |",
+            s.t, s.rss_kib, s.stats, s.meshwasm_stats, s.vms, s.services
+        );
+    }
+    std::fs::write(out.join("SOAK.md"), md)?;
+    for (b, m, p) in &checks {
+        eprintln!("  {} {b} — measured {m}", if *p { "PASS" } else { "FAIL" });
+    }
+    eprintln!("wrote {}", out.join("SOAK.md").display());
+    Ok(passed)
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slope_of_a_line_and_of_noise() {
+        assert!((slope(&[(0.0, 1.0), (1.0, 3.0), (2.0, 5.0)]) - 2.0).abs() < 1e-9);
+        assert_eq!(slope(&[(0.0, 1.0)]), 0.0);
+        assert!(slope(&[(0.0, 5.0), (1.0, 4.0), (2.0, 6.0), (3.0, 5.0)]).abs() < 0.5);
+    }
+}
