@@ -52,6 +52,7 @@ pub use plugin::{
 pub use properties::encode as property;
 pub use proxy::{BuildError, Proxy, ProxyBuilder};
 pub use shared::{ProxyState, Waker};
+pub use vm::CallCounts;
 pub use wasi::WASI_FUNCTIONS;
 pub use worker::{OutboundCall, Worker, WorkerEvent};
 

@@ -1,6 +1,7 @@
 //! One VM: a wasmtime store with one instance of a module, its contexts, and the data hostcalls see.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Result, anyhow};
@@ -43,6 +44,53 @@ pub(crate) fn edit_body(buf: &mut Vec<u8>, start: usize, size: usize, bytes: Vec
         return Err(crate::status::BAD_ARGUMENT);
     }
     Ok(())
+}
+
+/// What a VM's module cost its host, counted exactly: the wasm entries (every `proxy_on_*` export the
+/// host called, `proxy_on_memory_allocate` included, since each is a crossing into the VM) and the
+/// hostcalls (`env` and WASI imports the module called), by name. See [`crate::Proxy::call_counts`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CallCounts {
+    /// Wasm entries by export name.
+    pub callbacks: BTreeMap<String, u64>,
+    /// Hostcalls by import name (`proxy_*` from `env`, WASI functions by their own names).
+    pub hostcalls: BTreeMap<String, u64>,
+}
+
+impl CallCounts {
+    /// All wasm entries.
+    pub fn total_callbacks(&self) -> u64 {
+        self.callbacks.values().sum()
+    }
+
+    /// All hostcalls.
+    pub fn total_hostcalls(&self) -> u64 {
+        self.hostcalls.values().sum()
+    }
+
+    /// Adds another VM's counts (the same module on several workers).
+    pub fn add(&mut self, other: &CallCounts) {
+        for (k, v) in &other.callbacks {
+            *self.callbacks.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &other.hostcalls {
+            *self.hostcalls.entry(k.clone()).or_default() += v;
+        }
+    }
+}
+
+/// The counters behind [`CallCounts`]: keyed by the static names, so counting allocates nothing.
+#[derive(Default)]
+pub(crate) struct Counters {
+    callbacks: HashMap<&'static str, u64>,
+    hostcalls: HashMap<&'static str, u64>,
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> CallCounts {
+        let conv = |m: &HashMap<&'static str, u64>| m.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
+        CallCounts { callbacks: conv(&self.callbacks), hostcalls: conv(&self.hostcalls) }
+    }
 }
 
 /// Stream data shared between the worker and the VMs of the chain.
@@ -128,6 +176,8 @@ pub(crate) struct VmState {
     pub(crate) rng: crate::wasi::Rng,
     /// Per-VM memory cap (see `HostOptions::max_memory_bytes`).
     pub(crate) limits: wasmtime::StoreLimits,
+    /// Wasm entries and hostcalls so far (a `RefCell` so hostcalls holding `&VmState` can count).
+    pub(crate) counters: RefCell<Counters>,
 }
 
 impl VmState {
@@ -169,7 +219,18 @@ impl VmState {
             // Replaced from the host's options in `Vm::instantiate`.
             rng: crate::wasi::Rng::Os,
             limits: wasmtime::StoreLimits::default(),
+            counters: RefCell::new(Counters::default()),
         }
+    }
+
+    /// Counts one hostcall.
+    pub(crate) fn count_hostcall(&self, name: &'static str) {
+        *self.counters.borrow_mut().hostcalls.entry(name).or_default() += 1;
+    }
+
+    /// Counts one wasm entry.
+    pub(crate) fn count_callback(&self, name: &'static str) {
+        *self.counters.borrow_mut().callbacks.entry(name).or_default() += 1;
     }
 
     /// The plugin name of the effective context (for logs).
@@ -370,12 +431,13 @@ impl Vm {
         &mut self,
         f: TypedFunc<P, R>,
         ctx: u32,
-        name: &str,
+        name: &'static str,
         args: P,
     ) -> std::result::Result<R, String> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
+        self.store.data().count_callback(name);
         self.store.set_epoch_deadline(self.deadline_ticks);
         {
             let d = self.store.data_mut();
@@ -415,6 +477,16 @@ impl Vm {
 
     pub(crate) fn plugin_name_of(&self, ctx: u32) -> String {
         self.store.data().root_info(ctx).map(|r| r.plugin_name.clone()).unwrap_or_else(|| self.vm_id.clone())
+    }
+
+    /// The wasm entries and hostcalls of this VM so far.
+    pub(crate) fn call_counts(&self) -> CallCounts {
+        self.store.data().counters.borrow().snapshot()
+    }
+
+    /// Starts counting again from zero.
+    pub(crate) fn reset_call_counts(&mut self) {
+        *self.store.data().counters.borrow_mut() = Counters::default();
     }
 
     /// Streams whose actions changed during the last calls.

@@ -171,14 +171,23 @@ pub(crate) fn add_to_linker(l: &mut Linker<VmState>) -> Result<()> {
 fn add_module(l: &mut Linker<VmState>, m: &str) -> Result<()> {
     type R = Result<i32>;
     l.func_wrap(m, "fd_write", |mut c: C<'_>, fd: u32, iovs: u32, n: u32, ret: u32| -> R {
+        c.data().count_hostcall("fd_write");
         write_out(&mut c, fd, iovs, n, ret)
     })?;
     l.func_wrap(m, "fd_pwrite", |mut c: C<'_>, fd: u32, iovs: u32, n: u32, _off: i64, ret: u32| -> R {
+        c.data().count_hostcall("fd_pwrite");
         write_out(&mut c, fd, iovs, n, ret)
     })?;
-    l.func_wrap(m, "fd_read", |_: C<'_>, _: u32, _: u32, _: u32, _: u32| -> R { Ok(NOSYS) })?;
-    l.func_wrap(m, "fd_pread", |_: C<'_>, _: u32, _: u32, _: u32, _: i64, _: u32| -> R { Ok(NOSYS) })?;
+    l.func_wrap(m, "fd_read", |c: C<'_>, _: u32, _: u32, _: u32, _: u32| -> R {
+        c.data().count_hostcall("fd_read");
+        Ok(NOSYS)
+    })?;
+    l.func_wrap(m, "fd_pread", |c: C<'_>, _: u32, _: u32, _: u32, _: i64, _: u32| -> R {
+        c.data().count_hostcall("fd_pread");
+        Ok(NOSYS)
+    })?;
     l.func_wrap(m, "random_get", |mut c: C<'_>, buf: u32, len: u32| -> R {
+        c.data().count_hostcall("random_get");
         if len > 64 * 1024 {
             return Ok(INVAL);
         }
@@ -190,6 +199,7 @@ fn add_module(l: &mut Linker<VmState>, m: &str) -> Result<()> {
         Ok(SUCCESS)
     })?;
     l.func_wrap(m, "clock_time_get", |mut c: C<'_>, id: u32, _precision: i64, ret: u32| -> R {
+        c.data().count_hostcall("clock_time_get");
         let Some(shared) = c.data().shared.clone() else { return Ok(NOTSUP) };
         let t = match id {
             0 => shared.clock.unix_ns(),
@@ -200,6 +210,7 @@ fn add_module(l: &mut Linker<VmState>, m: &str) -> Result<()> {
         Ok(SUCCESS)
     })?;
     l.func_wrap(m, "clock_res_get", |mut c: C<'_>, id: u32, ret: u32| -> R {
+        c.data().count_hostcall("clock_res_get");
         if id > 1 {
             return Ok(NOTSUP);
         }
@@ -207,6 +218,7 @@ fn add_module(l: &mut Linker<VmState>, m: &str) -> Result<()> {
         Ok(SUCCESS)
     })?;
     l.func_wrap(m, "environ_sizes_get", |mut c: C<'_>, count: u32, size: u32| -> R {
+        c.data().count_hostcall("environ_sizes_get");
         let env = env_block(c.data());
         let total: usize = env.iter().map(|e| e.len()).sum();
         tri!(write_u32(&mut c, count, env.len() as u32));
@@ -214,6 +226,7 @@ fn add_module(l: &mut Linker<VmState>, m: &str) -> Result<()> {
         Ok(SUCCESS)
     })?;
     l.func_wrap(m, "environ_get", |mut c: C<'_>, environ: u32, buf: u32| -> R {
+        c.data().count_hostcall("environ_get");
         let env = env_block(c.data());
         let mut p = buf;
         for (i, e) in env.iter().enumerate() {
@@ -231,12 +244,17 @@ fn add_module(l: &mut Linker<VmState>, m: &str) -> Result<()> {
         Ok(SUCCESS)
     })?;
     l.func_wrap(m, "args_sizes_get", |mut c: C<'_>, argc: u32, size: u32| -> R {
+        c.data().count_hostcall("args_sizes_get");
         tri!(write_u32(&mut c, argc, 0));
         tri!(write_u32(&mut c, size, 0));
         Ok(SUCCESS)
     })?;
-    l.func_wrap(m, "args_get", |_: C<'_>, _: u32, _: u32| -> R { Ok(SUCCESS) })?;
+    l.func_wrap(m, "args_get", |c: C<'_>, _: u32, _: u32| -> R {
+        c.data().count_hostcall("args_get");
+        Ok(SUCCESS)
+    })?;
     l.func_wrap(m, "fd_fdstat_get", |mut c: C<'_>, fd: u32, ret: u32| -> R {
+        c.data().count_hostcall("fd_fdstat_get");
         if fd != 1 && fd != 2 {
             return Ok(BADF);
         }
@@ -248,62 +266,120 @@ fn add_module(l: &mut Linker<VmState>, m: &str) -> Result<()> {
         Ok(SUCCESS)
     })?;
     l.func_wrap(m, "poll_oneoff", |mut c: C<'_>, _in: u32, _out: u32, _n: u32, ret: u32| -> R {
+        c.data().count_hostcall("poll_oneoff");
         tri!(write_u32(&mut c, ret, 0));
         Ok(SUCCESS)
     })?;
-    l.func_wrap(m, "sched_yield", |_: C<'_>| -> R { Ok(SUCCESS) })?;
-    l.func_wrap(m, "fd_advise", |_: C<'_>, _: u32, _: i64, _: i64, _: u32| -> R { Ok(SUCCESS) })?;
-    l.func_wrap(m, "fd_allocate", |_: C<'_>, _: u32, _: i64, _: i64| -> R { Ok(SUCCESS) })?;
-    l.func_wrap(m, "fd_datasync", |_: C<'_>, _: u32| -> R { Ok(SUCCESS) })?;
-    l.func_wrap(m, "fd_sync", |_: C<'_>, _: u32| -> R { Ok(SUCCESS) })?;
+    l.func_wrap(m, "sched_yield", |c: C<'_>| -> R {
+        c.data().count_hostcall("sched_yield");
+        Ok(SUCCESS)
+    })?;
+    l.func_wrap(m, "fd_advise", |c: C<'_>, _: u32, _: i64, _: i64, _: u32| -> R {
+        c.data().count_hostcall("fd_advise");
+        Ok(SUCCESS)
+    })?;
+    l.func_wrap(m, "fd_allocate", |c: C<'_>, _: u32, _: i64, _: i64| -> R {
+        c.data().count_hostcall("fd_allocate");
+        Ok(SUCCESS)
+    })?;
+    l.func_wrap(m, "fd_datasync", |c: C<'_>, _: u32| -> R {
+        c.data().count_hostcall("fd_datasync");
+        Ok(SUCCESS)
+    })?;
+    l.func_wrap(m, "fd_sync", |c: C<'_>, _: u32| -> R {
+        c.data().count_hostcall("fd_sync");
+        Ok(SUCCESS)
+    })?;
     l.func_wrap(m, "fd_tell", |mut c: C<'_>, _: u32, ret: u32| -> R {
+        c.data().count_hostcall("fd_tell");
         tri!(write_u64(&mut c, ret, 0));
         Ok(SUCCESS)
     })?;
     l.func_wrap(m, "fd_seek", |c: C<'_>, fd: u32, _: i64, _: u32, _: u32| -> R {
+        c.data().count_hostcall("fd_seek");
         c.data().log(LogLevel::Warn, format!("WASI fd_seek({fd}) is not supported; returning 0"));
         Ok(SUCCESS)
     })?;
     l.func_wrap(m, "fd_close", |c: C<'_>, fd: u32| -> R {
+        c.data().count_hostcall("fd_close");
         c.data().log(LogLevel::Warn, format!("WASI fd_close({fd}) is not supported; returning 0"));
         Ok(SUCCESS)
     })?;
     l.func_wrap(m, "proc_exit", |c: C<'_>, code: u32| {
+        c.data().count_hostcall("proc_exit");
         c.data().log(LogLevel::Warn, format!("WASI proc_exit({code}) ignored (Envoy does not exit the VM)"));
     })?;
-    l.func_wrap(m, "fd_prestat_get", |_: C<'_>, _: u32, _: u32| -> R { Ok(BADF) })?;
-    l.func_wrap(m, "fd_prestat_dir_name", |_: C<'_>, _: u32, _: u32, _: u32| -> R { Ok(BADF) })?;
+    l.func_wrap(m, "fd_prestat_get", |c: C<'_>, _: u32, _: u32| -> R {
+        c.data().count_hostcall("fd_prestat_get");
+        Ok(BADF)
+    })?;
+    l.func_wrap(m, "fd_prestat_dir_name", |c: C<'_>, _: u32, _: u32, _: u32| -> R {
+        c.data().count_hostcall("fd_prestat_dir_name");
+        Ok(BADF)
+    })?;
     l.func_wrap(
         m,
         "path_open",
-        |_: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32, _: i64, _: i64, _: u32, _: u32| -> R { Ok(NOENT) },
+        |c: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32, _: i64, _: i64, _: u32, _: u32| -> R {
+            c.data().count_hostcall("path_open");
+            Ok(NOENT)
+        },
     )?;
-    l.func_wrap(m, "path_filestat_get", |_: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32| -> R {
+    l.func_wrap(m, "path_filestat_get", |c: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32| -> R {
+        c.data().count_hostcall("path_filestat_get");
         Ok(NOTSUP)
     })?;
-    l.func_wrap(m, "path_create_directory", |_: C<'_>, _: u32, _: u32, _: u32| -> R { Ok(NOTSUP) })?;
-    l.func_wrap(m, "path_unlink_file", |_: C<'_>, _: u32, _: u32, _: u32| -> R { Ok(NOTSUP) })?;
-    l.func_wrap(m, "path_remove_directory", |_: C<'_>, _: u32, _: u32, _: u32| -> R { Ok(NOTSUP) })?;
-    l.func_wrap(m, "path_readlink", |_: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32| -> R {
+    l.func_wrap(m, "path_create_directory", |c: C<'_>, _: u32, _: u32, _: u32| -> R {
+        c.data().count_hostcall("path_create_directory");
         Ok(NOTSUP)
     })?;
-    l.func_wrap(m, "path_rename", |_: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32| -> R {
+    l.func_wrap(m, "path_unlink_file", |c: C<'_>, _: u32, _: u32, _: u32| -> R {
+        c.data().count_hostcall("path_unlink_file");
         Ok(NOTSUP)
     })?;
-    l.func_wrap(m, "path_symlink", |_: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32| -> R { Ok(NOTSUP) })?;
-    l.func_wrap(m, "path_link", |_: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32| -> R {
+    l.func_wrap(m, "path_remove_directory", |c: C<'_>, _: u32, _: u32, _: u32| -> R {
+        c.data().count_hostcall("path_remove_directory");
+        Ok(NOTSUP)
+    })?;
+    l.func_wrap(m, "path_readlink", |c: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32| -> R {
+        c.data().count_hostcall("path_readlink");
+        Ok(NOTSUP)
+    })?;
+    l.func_wrap(m, "path_rename", |c: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32| -> R {
+        c.data().count_hostcall("path_rename");
+        Ok(NOTSUP)
+    })?;
+    l.func_wrap(m, "path_symlink", |c: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32| -> R {
+        c.data().count_hostcall("path_symlink");
+        Ok(NOTSUP)
+    })?;
+    l.func_wrap(m, "path_link", |c: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32| -> R {
+        c.data().count_hostcall("path_link");
         Ok(NOTSUP)
     })?;
     l.func_wrap(
         m,
         "path_filestat_set_times",
-        |_: C<'_>, _: u32, _: u32, _: u32, _: u32, _: i64, _: i64, _: u32| -> R { Ok(NOTSUP) },
+        |c: C<'_>, _: u32, _: u32, _: u32, _: u32, _: i64, _: i64, _: u32| -> R {
+            c.data().count_hostcall("path_filestat_set_times");
+            Ok(NOTSUP)
+        },
     )?;
-    l.func_wrap(m, "sock_accept", |_: C<'_>, _: u32, _: u32, _: u32| -> R { Ok(NOTSUP) })?;
-    l.func_wrap(m, "sock_recv", |_: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32| -> R {
+    l.func_wrap(m, "sock_accept", |c: C<'_>, _: u32, _: u32, _: u32| -> R {
+        c.data().count_hostcall("sock_accept");
         Ok(NOTSUP)
     })?;
-    l.func_wrap(m, "sock_send", |_: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32| -> R { Ok(NOTSUP) })?;
-    l.func_wrap(m, "sock_shutdown", |_: C<'_>, _: u32, _: u32| -> R { Ok(NOTSUP) })?;
+    l.func_wrap(m, "sock_recv", |c: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32| -> R {
+        c.data().count_hostcall("sock_recv");
+        Ok(NOTSUP)
+    })?;
+    l.func_wrap(m, "sock_send", |c: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32| -> R {
+        c.data().count_hostcall("sock_send");
+        Ok(NOTSUP)
+    })?;
+    l.func_wrap(m, "sock_shutdown", |c: C<'_>, _: u32, _: u32| -> R {
+        c.data().count_hostcall("sock_shutdown");
+        Ok(NOTSUP)
+    })?;
     Ok(())
 }

@@ -10,6 +10,7 @@ use super::{BAD_ARGUMENT, C, NOT_FOUND, OK, guard, read, return_bytes, stream_ct
 
 pub(super) fn add_to_linker(l: &mut Linker<VmState>) -> Result<()> {
     l.func_wrap("env", "proxy_log", |c: C<'_>, level: u32, ptr: u32, len: u32| -> Result<u32> {
+        c.data().count_hostcall("proxy_log");
         let Some(level) = LogLevel::from_u32(level) else { return Ok(BAD_ARGUMENT) };
         let msg = tri!(read(&c, ptr, len));
         c.data().log(level, String::from_utf8_lossy(&msg).into_owned());

@@ -80,6 +80,7 @@ pub(crate) fn return_bytes(c: &mut C<'_>, data: &[u8], ret_ptr: u32, ret_len: u3
         .alloc
         .clone()
         .ok_or_else(|| format_err!("module exports neither proxy_on_memory_allocate nor malloc"))?;
+    c.data().count_callback("proxy_on_memory_allocate");
     let p = alloc.call(&mut *c, data.len() as u32)?;
     if p == 0 {
         return Ok(INVALID_MEMORY_ACCESS);
@@ -90,7 +91,9 @@ pub(crate) fn return_bytes(c: &mut C<'_>, data: &[u8], ret_ptr: u32, ret_len: u3
     Ok(OK)
 }
 
-fn guard(c: &C<'_>, name: &str) -> Result<()> {
+/// Counts the hostcall and refuses it during `_initialize`/`main`.
+fn guard(c: &C<'_>, name: &'static str) -> Result<()> {
+    c.data().count_hostcall(name);
     if c.data().in_init {
         bail!(
             "hostcall {name} called during _initialize/main: only proxy_log and WASI are available there (as in Envoy)"

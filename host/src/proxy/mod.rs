@@ -201,6 +201,16 @@ impl Proxy {
         self.state.shared_data(vm_id, key)
     }
 
+    /// Every shared-data key under `vm_id`, sorted.
+    pub fn shared_data_keys(&self, vm_id: &str) -> Vec<String> {
+        self.state.shared_data_keys(vm_id)
+    }
+
+    /// Every registered shared-queue name under `vm_id`, sorted.
+    pub fn queue_names(&self, vm_id: &str) -> Vec<String> {
+        self.state.queue_names(vm_id)
+    }
+
     /// Sets shared data from outside (unconditional).
     pub fn set_shared_data(&self, vm_id: &str, key: &str, value: &[u8]) {
         self.state.set_shared_data(vm_id, key, value)
@@ -211,6 +221,26 @@ impl Proxy {
         let ok = self.state.enqueue(vm_id, name, item);
         self.pump();
         ok
+    }
+
+    /// The wasm entries (`proxy_on_*` exports called, `proxy_on_memory_allocate` included) and hostcalls
+    /// of every VM so far, summed over the workers, by VM (named by its plugins). Exact: each is counted
+    /// as it happens. Use [`Proxy::reset_call_counts`] after warming up to count a steady state.
+    pub fn call_counts(&self) -> BTreeMap<String, crate::CallCounts> {
+        let mut out: BTreeMap<String, crate::CallCounts> = BTreeMap::new();
+        for w in &self.workers {
+            for (name, c) in w.call_counts() {
+                out.entry(name).or_default().add(&c);
+            }
+        }
+        out
+    }
+
+    /// Starts counting wasm entries and hostcalls again from zero in every VM.
+    pub fn reset_call_counts(&mut self) {
+        for w in &mut self.workers {
+            w.reset_call_counts();
+        }
     }
 
     /// Every http call dispatched so far, with its outcome.

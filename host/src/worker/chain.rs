@@ -333,13 +333,16 @@ impl Worker {
                         .map(|func| vm.call(func, ctx, "proxy_on_done", ctx).map(|_| ())),
                     _ => vm.exports.on_delete.clone().map(|func| vm.call(func, ctx, "proxy_on_delete", ctx)),
                 };
+                // Envoy skips each of these when the module does not export it (on_done then counts
+                // as true): record only what ran.
+                let Some(r) = r else { continue };
                 records.push(CallbackRecord {
                     filter: f,
                     plugin: self.chain[f].plugin.display_name().to_string(),
                     callback: cb,
                     action: None,
                 });
-                if let Some(Err(e)) = r {
+                if let Err(e) = r {
                     let plugin = self.chain[f].plugin.display_name().to_string();
                     let module = self.chain[f].plugin.module.name().to_string();
                     if let Some(rt) = self.streams.get_mut(&id)

@@ -1,5 +1,6 @@
 //! The driver API: what the code that runs a worker (the test [`crate::Proxy`] or `serve`) calls.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use crate::http::{
 };
 use crate::plugin::CallOutcome;
 use crate::shared::Waker;
-use crate::vm::{StreamData, sd};
+use crate::vm::{CallCounts, StreamData, sd};
 
 use super::{Dir, DirState, Ev, StreamRt, Worker, WorkerEvent};
 
@@ -320,6 +321,28 @@ impl Worker {
     /// Number of distinct VMs in this worker.
     pub fn vm_count(&self) -> usize {
         self.vms.len()
+    }
+
+    /// The wasm entries and hostcalls of this worker's VMs, by VM, each named by the plugins it runs
+    /// (`a, b` when plugins share a VM). Counting is always on and exact; see [`CallCounts`].
+    pub fn call_counts(&self) -> BTreeMap<String, CallCounts> {
+        let mut out = BTreeMap::new();
+        for (vmi, vm) in self.vms.iter().enumerate() {
+            let names: Vec<&str> =
+                self.chain.iter().filter(|s| s.vm == vmi).map(|s| s.plugin.display_name()).collect();
+            let mut seen = std::collections::HashSet::new();
+            let names: Vec<&str> = names.into_iter().filter(|n| seen.insert(*n)).collect();
+            let name = if names.is_empty() { vm.vm_id.clone() } else { names.join(", ") };
+            out.entry(name).or_insert_with(CallCounts::default).add(&vm.call_counts());
+        }
+        out
+    }
+
+    /// Starts counting wasm entries and hostcalls again from zero.
+    pub fn reset_call_counts(&mut self) {
+        for vm in &mut self.vms {
+            vm.reset_call_counts();
+        }
     }
 
     /// The failure of the VM running filter `filter`, if it failed.

@@ -236,10 +236,9 @@ impl Worker {
             }
             _ => None,
         };
-        let r = match r {
-            None => Ok(0),
-            Some(r) => r,
-        };
+        // Envoy (proxy-wasm-cpp-host `ContextBase::onRequestBody` and the like): a callback the module
+        // does not export is not called, and the filter continues. Nothing ran, so nothing is recorded.
+        let Some(r) = r else { return Some(Action::Continue) };
         match r {
             Ok(v) => {
                 // Envoy: 0 continues; anything else stops.

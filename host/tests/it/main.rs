@@ -7,6 +7,7 @@ mod common;
 
 mod cli_check;
 mod cli_serve;
+mod counts;
 mod driver;
 mod env;
 mod failures;
