@@ -386,6 +386,23 @@ impl ProxyState {
         self.shared.process.shared_data(vm_id, key)
     }
 
+    /// Every shared-data key under `vm_id`, sorted.
+    pub fn shared_data_keys(&self, vm_id: &str) -> Vec<String> {
+        let all = lock(&self.shared.process.shared_data);
+        let mut keys: Vec<String> = all.get(vm_id).map(|m| m.keys().cloned().collect()).unwrap_or_default();
+        keys.sort();
+        keys
+    }
+
+    /// Every registered shared-queue name under `vm_id`, sorted.
+    pub fn queue_names(&self, vm_id: &str) -> Vec<String> {
+        let q = lock(&self.shared.process.queues);
+        let mut names: Vec<String> =
+            q.by_name.keys().filter(|(v, _)| v == vm_id).map(|(_, n)| n.clone()).collect();
+        names.sort();
+        names
+    }
+
     /// Sets a shared-data value (unconditionally), as another proxy component would.
     pub fn set_shared_data(&self, vm_id: &str, key: &str, value: &[u8]) {
         // CAS 0 never mismatches.
