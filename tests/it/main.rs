@@ -32,6 +32,7 @@ mod envoy_root_contexts;
 mod example_configs;
 mod identity_handoff;
 mod introspection_envoy;
+mod istio_examples;
 mod introspection_host;
 mod jwt_auth_attacks_envoy;
 mod jwt_auth_envoy;
