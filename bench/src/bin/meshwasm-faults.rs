@@ -28,7 +28,8 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Cmd>,
     /// Faults to run, comma-separated letters of issue 13 (a: backend killed, b: IdP down, c: registry
-    /// down, f: etcd cluster). Default: all.
+    /// down, d: introspection slow, e: token endpoint down, f: etcd
+    /// cluster). Default: all.
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
     /// Seconds the IdP and the registry are down (the issue's figure: 30; shorter for a quick run).
@@ -93,8 +94,14 @@ fn main() -> ExitCode {
 }
 
 fn faults(cli: &Cli, settings: &Settings) -> Result<bool> {
-    let all: [(&str, FaultFn); 4] =
-        [("a", run::backend_kill), ("b", run::idp_down), ("c", run::registry_down), ("f", run::etcd_cluster)];
+    let all: [(&str, FaultFn); 6] = [
+        ("a", run::backend_kill),
+        ("b", run::idp_down),
+        ("c", run::registry_down),
+        ("d", run::introspection_slow),
+        ("e", run::token_endpoint_down),
+        ("f", run::etcd_cluster),
+    ];
     let mut runs = Vec::new();
     let mut skipped = Vec::new();
     for (letter, f) in all {

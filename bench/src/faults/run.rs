@@ -502,3 +502,230 @@ pub fn idp_down(s: &Settings) -> Result<FaultRun> {
     );
     Ok(run)
 }
+
+fn listener_spec(s: &Settings, envoy: &Envoy, listener: &str, rate: u32, seconds: u64) -> LoadSpec {
+    LoadSpec {
+        target: envoy.listener_addr(listener),
+        path: "/".into(),
+        rate,
+        duration: Duration::from_secs(seconds),
+        workers: s.connections,
+        timeout: Duration::from_secs(10),
+    }
+}
+
+/// (d) The introspection endpoint slow (answers after the filter's timeout), with `fail_open` false
+/// and true side by side.
+pub fn introspection_slow(s: &Settings) -> Result<FaultRun> {
+    const TIMEOUT_MS: u64 = 300;
+    const SLOW_S: u64 = 10;
+    let mut run = FaultRun::new(
+        "d-introspection-slow",
+        "(d) introspection endpoint slow",
+        format!(
+            "jwt-auth introspects opaque tokens at the real OpenID Provider (`introspection.timeout: {TIMEOUT_MS}ms`, \
+             answer cache off, so every request makes a call). Two listeners in one Envoy, one with `fail_open: \
+             false` (*closed*), one with `fail_open: true` (*open*), each loaded at half the rate with its own opaque \
+             token. At 5 s the endpoint starts answering after 1 s (past the timeout) for {SLOW_S} s. Expected: \
+             *closed* answers 503 and *open* passes (200), nothing else; both all 200 after."
+        ),
+    );
+    let idp = OidcProvider::start(OidcOptions::default()).context("starting the OpenID Provider")?;
+    let backend = ProcBackend::start("A")?;
+    let filter = |fail_open: bool| {
+        let cfg = json!({
+            "providers": {"idp": {"issuer": idp.issuer(), "introspection": {
+                "cluster": "idp", "path": "/token/introspection", "authority": idp.addr().to_string(),
+                "client_id": meshwasm_tests::oidc::INTROSPECTION_CLIENT.id,
+                "client_secret": meshwasm_tests::oidc::INTROSPECTION_CLIENT.secret,
+                "timeout": format!("{TIMEOUT_MS}ms"), "cache_max_entries": 0, "fail_open": fail_open,
+            }}},
+            "rules": [{"match": {"prefix": "/"}, "requires_any": ["idp"]}],
+            "cache_entries": 0,
+        });
+        meshwasm_tests::envoy::WasmFilter::new(
+            "jwt-auth",
+            meshwasm_tests::artifacts::wasm_path("meshwasm_jwt_auth"),
+        )
+        .config(cfg.to_string())
+    };
+    let mut cfg = meshwasm_tests::envoy::EnvoyConfig::new()
+        .concurrency(s.workers)
+        .log_level("warn")
+        .listener(meshwasm_tests::envoy::Listener::new("closed", "backend").wasm(filter(false)))
+        .listener(meshwasm_tests::envoy::Listener::new("open", "backend").wasm(filter(true)))
+        .cluster(Cluster::static_hosts("backend", &[backend.addr]))
+        .cluster(Cluster::static_hosts("idp", &[idp.addr()]));
+    cfg.component_log_level = Some("wasm:error".to_owned());
+    let envoy = cfg.start()?;
+    let opaque =
+        || idp.client_credentials(&BASIC_CLIENT, "read", Some(meshwasm_tests::oidc::OPAQUE_RESOURCE));
+    let (t_closed, t_open) = (opaque()?, opaque()?);
+    for (l, t) in [("closed", &t_closed), ("open", &t_open)] {
+        let r = meshwasm_tests::process::http_request(
+            envoy.listener_addr(l),
+            "GET",
+            "/",
+            &[("authorization", &format!("Bearer {t}"))],
+            b"",
+            Duration::from_secs(5),
+        )?;
+        anyhow::ensure!(
+            r.status == 200,
+            "listener {l}: an introspected token got {} before the fault",
+            r.status
+        );
+    }
+    let seconds = 5 + SLOW_S + 10;
+    let half = (s.rate / 2).max(1);
+    let closed = Load::start(listener_spec(s, &envoy, "closed", half, seconds), Some(t_closed));
+    let open = Load::start(listener_spec(s, &envoy, "open", half, seconds), Some(t_open));
+    until(&closed, 5.0);
+    idp.delay_introspection_requests(Duration::from_secs(1))?;
+    let t_slow = run.event(&closed, "introspection answers after 1 s");
+    until(&closed, (5 + SLOW_S) as f64);
+    idp.delay_introspection_requests(Duration::ZERO)?;
+    let t_fast = run.event(&closed, "introspection fast again");
+    let closed = closed.finish();
+    let open = open.finish();
+    let mut all = closed.clone();
+    all.extend(open.iter().cloned());
+    all.sort_by_key(|r| r.due_us);
+    run.finish(&all, seconds);
+
+    let settle = (TIMEOUT_MS + 200) * 1000;
+    let by = |rs: &[Record], from: u64, to: u64| -> BTreeMap<u16, usize> {
+        let v: Vec<&Record> = rs.iter().filter(|r| r.due_us >= from && r.due_us < to).collect();
+        status_counts(&v)
+    };
+    let only = |m: &BTreeMap<u16, usize>, s: u16| m.keys().all(|k| *k == s);
+    let c_all = by(&closed, 0, u64::MAX);
+    let o_all = by(&open, 0, u64::MAX);
+    run.figure("closed listener, all statuses", format!("{c_all:?}"));
+    run.figure("open listener, all statuses", format!("{o_all:?}"));
+    run.check(
+        "closed (`fail_open: false`): only 200 and 503, ever",
+        format!("{c_all:?}"),
+        c_all.keys().all(|k| *k == 200 || *k == 503),
+    );
+    let c_slow = by(&closed, t_slow + settle, t_fast);
+    run.check(
+        "closed: every request while the endpoint is slow is 503",
+        format!("{c_slow:?}"),
+        only(&c_slow, 503) && !c_slow.is_empty(),
+    );
+    run.check(
+        "open (`fail_open: true`): only 200, ever (passed without claims)",
+        format!("{o_all:?}"),
+        only(&o_all, 200),
+    );
+    let recovered_c = by(&closed, t_fast + settle + 1_000_000, u64::MAX);
+    let recovered_o = by(&open, t_fast + settle + 1_000_000, u64::MAX);
+    run.check(
+        "full recovery: both listeners all 200 from 1.5 s after the endpoint is fast again",
+        format!("closed {recovered_c:?}, open {recovered_o:?}"),
+        only(&recovered_c, 200) && only(&recovered_o, 200) && !recovered_c.is_empty(),
+    );
+    let last_503 = closed.iter().filter(|r| r.status == 503).map(|r| r.due_us).max();
+    if let Some(l) = last_503 {
+        run.figure("time to recover (endpoint fast → last 503 on closed)", secs(l.saturating_sub(t_fast)));
+    }
+    Ok(run)
+}
+
+/// (e) The token endpoint down: token-injector keeps its cached token until it nears expiry, then
+/// answers 503; it recovers on the next successful refresh.
+pub fn token_endpoint_down(s: &Settings) -> Result<FaultRun> {
+    const TTL_S: u64 = 20;
+    const MARGIN_S: f64 = 2.0;
+    let mut run = FaultRun::new(
+        "e-token-endpoint-down",
+        "(e) token endpoint down",
+        format!(
+            "token-injector adds a client-credentials token from the real OpenID Provider (tokens live {TTL_S} s; \
+             refresh at 80 %; `expiry_margin` capped at a tenth of the lifetime: {MARGIN_S} s; `retry_backoff` 1 s … \
+             2 s) to every request to a backend. Envoy reaches the IdP through a TCP relay. Right after the first \
+             token was fetched the relay is cut (connections refused); it is restored {} s after that fetch.",
+            TTL_S + 6
+        ),
+    );
+    let idp = OidcProvider::start(OidcOptions::default().token_ttl(TTL_S))
+        .context("starting the OpenID Provider")?;
+    let relay = Relay::start(idp.addr())?;
+    let backend = ProcBackend::start("A")?;
+    let cfg = json!({
+        "token_endpoint": {"cluster": "idp", "path": "/token", "authority": idp.addr().to_string(), "timeout": "1s"},
+        "client_id": BASIC_CLIENT.id,
+        "client_secret": BASIC_CLIENT.secret,
+        "scopes": ["read"],
+        "refresh": {"fraction": 0.8, "before_expiry": "60s", "expiry_margin": "5s"},
+        "retry_backoff": {"initial": "1s", "max": "2s"},
+    });
+    let mut ecfg = meshwasm_tests::envoy::EnvoyConfig::new()
+        .concurrency(s.workers)
+        .log_level("warn")
+        .listener(
+            meshwasm_tests::envoy::Listener::new(LISTENER, "backend").wasm(
+                meshwasm_tests::envoy::WasmFilter::new(
+                    "token-injector",
+                    meshwasm_tests::artifacts::wasm_path("meshwasm_token_injector"),
+                )
+                .config(cfg.to_string()),
+            ),
+        )
+        .cluster(Cluster::static_hosts("backend", &[backend.addr]))
+        .cluster(Cluster::static_hosts("idp", &[relay.addr()]));
+    ecfg.component_log_level = Some("wasm:error".to_owned());
+    let envoy = ecfg.start()?;
+    let before = idp.token_request_count()?;
+    let issued = Instant::now();
+    mesh::wait_serving(&envoy, None, 1)?;
+    anyhow::ensure!(idp.token_request_count()? > before, "token-injector fetched no token");
+    let seconds = TTL_S + 12;
+    let load = Load::start(spec(s, &envoy, seconds), None);
+    // Times relative to the load: the token was fetched `lead` before it started.
+    let lead = issued.elapsed().as_micros() as u64;
+    relay.cut();
+    let t_cut = run.event(&load, "token endpoint unreachable");
+    let expiry = (TTL_S * 1_000_000).saturating_sub(lead);
+    run.events.push((expiry as f64 / 1e6, "first token expires".into()));
+    until(&load, expiry as f64 / 1e6 + 6.0);
+    relay.restore()?;
+    let t_back = run.event(&load, "token endpoint reachable again");
+    let records = load.finish();
+    run.finish(&records, seconds);
+
+    let statuses = status_counts(&records.iter().collect::<Vec<_>>());
+    let first_503 = records.iter().filter(|r| r.status == 503).map(|r| r.due_us).min();
+    let usable_until = expiry.saturating_sub((MARGIN_S * 1e6) as u64);
+    run.figure("token fetched before the load started", secs(lead));
+    run.check(
+        "only 200 and 503, ever",
+        format!("{statuses:?}"),
+        statuses.keys().all(|k| *k == 200 || *k == 503),
+    );
+    run.check(
+        format!("calls keep working until the cached token nears expiry (first 503 not before expiry − margin − 0.5 s = {})", secs(usable_until.saturating_sub(500_000))),
+        first_503.map_or("no 503 at all".into(), |t| format!("first 503 at {}, {} after the endpoint went down", secs(t), secs(t - t_cut))),
+        first_503.is_some_and(|t| t + 500_000 >= usable_until),
+    );
+    let gap = errors_in(&records, usable_until + 500_000, t_back);
+    let gap_ok =
+        records.iter().filter(|r| r.due_us >= expiry + 200_000 && r.due_us < t_back).all(|r| r.status == 503);
+    run.check(
+        "then a clear 503 for every call until the endpoint returns",
+        format!("{} × 503 between expiry and the return", gap.len()),
+        gap_ok && !gap.is_empty(),
+    );
+    let recovered = records.iter().filter(|r| r.due_us >= t_back && r.ok()).map(|r| r.due_us).min();
+    let late =
+        records.iter().filter(|r| recovered.is_some_and(|t| r.due_us > t + 500_000) && !r.ok()).count();
+    run.check(
+        "recovery on the next successful refresh (within the 2 s retry back-off + 1 s), then no errors",
+        recovered.map_or("never recovered".into(), |t| {
+            format!("first 200 {} after the return; {late} errors after it", secs(t - t_back))
+        }),
+        recovered.is_some_and(|t| t - t_back <= 3_000_000) && late == 0,
+    );
+    Ok(run)
+}
