@@ -250,7 +250,8 @@ fn the_crd_check_refuses_what_istio_refuses() {
     let crds = crds();
     let (_, plugin) = examples().into_iter().find(|(_, o)| o["kind"] == "WasmPlugin").unwrap();
     assert_eq!(check(&crds, &plugin), Vec::<String>::new());
-    let bad: [(&str, fn(&mut Value)); 8] = [
+    type Edit = fn(&mut Value);
+    let bad: [(&str, Edit); 8] = [
         ("Additional properties", |p| p["spec"]["failstrategy"] = json!("FAIL_CLOSE")),
         ("is not one of", |p| p["spec"]["phase"] = json!("AUTHENTICATION")),
         ("does not match", |p| p["spec"]["sha256"] = json!(format!("sha256:{}", "a".repeat(64)))),
