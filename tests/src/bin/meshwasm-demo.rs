@@ -1,37 +1,57 @@
-//! `make demo`: the meshwasm mesh in one command.
+//! `make demo`: a mesh of Envoy sidecars running the meshwasm filters, in one command.
 //!
-//! Starts real Envoy with three meshwasm filters in one chain — `jwt-auth` (keys found through OIDC
-//! discovery from a real OpenID Provider), `discovery` (endpoints from a registry) and `balancer` (round
-//! robin with passive health, steering Envoy's ORIGINAL_DST cluster) — three backend instances, the
-//! registry and the token issuer, then shows what a user would check by hand:
+//! Two services, `frontend` and `orders` (three instances, a fourth started but not yet registered),
+//! each instance with its own real Envoy sidecar, and every workload with an X.509 SVID (URI SAN
+//! `spiffe://cluster.local/ns/shop/sa/<sa>`) from a CA made at start:
 //!
-//! 1. a request without a token gets 401 with an RFC 6750 challenge;
-//! 2. with a client-credentials token, requests are answered by A, B, C in turn;
-//! 3. B is killed: its failure ejects it and traffic continues on the others;
-//! 4. D is registered in the registry and receives traffic.
+//! - each orders sidecar's inbound listener requires mTLS, then runs `authz` (only frontend's SPIFFE ID
+//!   may call) and `jwt-auth` (a token from the OpenID Provider, for orders' audience);
+//! - frontend's sidecar's outbound listener runs `token-injector` (client credentials from the OpenID
+//!   Provider), `discovery` (orders' instances from a registry) and `balancer` (round robin, passive
+//!   health), steering an ORIGINAL_DST cluster whose upstream TLS presents frontend's SVID and accepts
+//!   only orders' SPIFFE ID.
 //!
-//! The registry is a JSON file served over HTTP (the default; the file lives in a temporary directory and the
-//! demo rewrites it to register D), or real etcd with `--registry etcd`. Every step is checked: the demo
-//! exits non-zero when the mesh does not behave as shown. Everything it started is stopped on exit.
+//! The demo plays frontend's app (plain HTTP to its sidecar on loopback) and the callers without a
+//! sidecar (curl), and shows and checks each step:
+//!
+//! 1. a plaintext client, and a TLS client without a certificate, are refused at orders' inbound;
+//! 2. frontend → orders works over mTLS with an injected token, round robin over the three instances;
+//! 3. a workload with another identity (`sa/rogue`, same CA, valid token) gets 403 from authz;
+//! 4. frontend's identity with a token for another audience gets 401 from jwt-auth;
+//! 5. a killed instance is ejected;
+//! 6. a newly registered instance gets traffic;
+//! 7. a workload with another identity that registers itself as orders is refused by frontend's
+//!    sidecar (the callee's SPIFFE ID is checked) and ejected.
+//!
+//! The registry is a JSON file served over HTTP (default), real etcd (`--registry etcd`) or real
+//! unbound serving SRV records over DNS-over-HTTPS (`--registry dns`). The demo exits non-zero when the
+//! mesh does not behave as shown. Everything it started is stopped on exit.
+
+#[path = "../demo/mesh.rs"]
+mod mesh;
+#[path = "../demo/registry.rs"]
+mod registry;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use meshwasm_tests::artifacts::wasm_path;
 use meshwasm_tests::backend::{Backend, INSTANCE_HEADER};
-use meshwasm_tests::envoy::{Cluster, Envoy, EnvoyConfig, Listener, WasmFilter};
-use meshwasm_tests::etcd::Etcd;
-use meshwasm_tests::oidc::{BASIC_CLIENT, OidcOptions, OidcProvider, RS256_RESOURCE};
+use meshwasm_tests::envoy::{Envoy, EnvoyConfig};
+use meshwasm_tests::oidc::OidcProvider;
 use meshwasm_tests::process::{HttpResponse, http_request, wait_until};
-use serde_json::json;
 
-const SERVICE: &str = "demo";
-const ETCD_PREFIX: &str = "/services/demo/";
+use mesh::{
+    Caller, FRONTEND_CLIENT, Identities, ORDERS_AUDIENCE, ORDERS_HOST, PAYMENTS_AUDIENCE, curl,
+    frontend_sidecar, impostor_sidecar, orders_sidecar, spiffe_id,
+};
+use registry::{Registry, RegistryKind};
+
+/// Instances registered at start; one more is started and registered in step 6.
+const INITIAL: usize = 3;
+const USAGE: &str = "usage: meshwasm-demo [--registry file|etcd|dns]";
 
 fn main() -> ExitCode {
     match run() {
@@ -43,310 +63,411 @@ fn main() -> ExitCode {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum RegistryKind {
-    File,
-    Etcd,
-}
-
 fn parse_args() -> Result<RegistryKind> {
     let mut kind = std::env::var("MESHWASM_DEMO_REGISTRY").unwrap_or_else(|_| "file".into());
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--registry" => kind = args.next().context("--registry needs a value: file or etcd")?,
+            "--registry" => kind = args.next().context("--registry needs a value: file, etcd or dns")?,
             "-h" | "--help" => {
-                println!("usage: meshwasm-demo [--registry file|etcd]");
+                println!("{USAGE}");
                 std::process::exit(0);
             }
-            other => bail!("unknown argument `{other}` (usage: meshwasm-demo [--registry file|etcd])"),
+            other => bail!("unknown argument `{other}` ({USAGE})"),
         }
     }
-    match kind.as_str() {
-        "file" | "" => Ok(RegistryKind::File),
-        "etcd" => Ok(RegistryKind::Etcd),
-        other => bail!("unknown registry `{other}`: use `file` or `etcd`"),
+    RegistryKind::parse(&kind)
+}
+
+/// One orders instance: its app and its sidecar.
+struct Instance {
+    name: String,
+    app: Backend,
+    sidecar: Envoy,
+}
+
+impl Instance {
+    fn inbound(&self) -> SocketAddr {
+        self.sidecar.listener_addr("inbound")
     }
 }
 
-/// Where the discovery filter finds the demo service.
-enum Registry {
-    File(FileRegistry),
-    Etcd(Etcd),
+struct Mesh {
+    ids: Identities,
+    idp: OidcProvider,
+    registry: Registry,
+    frontend: Envoy,
+    orders: Vec<Instance>,
+    /// A workload with rogue's SVID that registers itself as orders (step 7).
+    impostor: Instance,
 }
 
-impl Registry {
-    fn start(kind: RegistryKind, initial: &[&Backend]) -> Result<Self> {
-        let registry = match kind {
-            RegistryKind::File => Registry::File(FileRegistry::start()?),
-            RegistryKind::Etcd => Registry::Etcd(Etcd::start().context("starting etcd")?),
-        };
-        for b in initial {
-            registry.register(b)?;
-        }
-        Ok(registry)
-    }
-
-    fn addr(&self) -> SocketAddr {
-        match self {
-            Registry::File(f) => f.addr,
-            Registry::Etcd(e) => e.addr(),
-        }
-    }
-
-    fn describe(&self) -> String {
-        match self {
-            Registry::File(f) => {
-                format!("file {} served on http://{}{}", f.path.display(), f.addr, FileRegistry::PATH)
-            }
-            Registry::Etcd(e) => format!("etcd on {} (keys under {ETCD_PREFIX})", e.addr()),
-        }
-    }
-
-    /// The discovery filter's `source` for this registry.
-    fn source(&self) -> serde_json::Value {
-        match self {
-            Registry::File(_) => json!({"file": {"cluster": "registry", "path": FileRegistry::PATH}}),
-            Registry::Etcd(_) => json!({"etcd": {"cluster": "registry", "prefix": ETCD_PREFIX}}),
-        }
-    }
-
-    fn register(&self, b: &Backend) -> Result<()> {
-        let entry = json!({"address": b.addr().to_string(), "metadata": {"instance": b.name()}});
-        match self {
-            Registry::File(f) => f.add(entry),
-            Registry::Etcd(e) => {
-                e.put(&format!("{ETCD_PREFIX}{}", b.name()), &entry.to_string())?;
-                Ok(())
-            }
-        }
-    }
+/// Starts the Envoys in parallel (each loads and compiles its wasm modules on start-up).
+fn start_all(configs: Vec<EnvoyConfig>) -> Result<Vec<Envoy>> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = configs.iter().map(|c| s.spawn(move || c.start())).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("an Envoy start-up thread panicked"))))
+            .collect()
+    })
 }
 
-/// A registry that is just a JSON file (`{"endpoints": [...]}`), served over HTTP so that the discovery
-/// filter — which cannot open files inside Envoy — can poll it.
-struct FileRegistry {
-    addr: SocketAddr,
-    path: PathBuf,
-    _dir: tempfile::TempDir,
-}
+fn start(kind: RegistryKind) -> Result<Mesh> {
+    let ids = Identities::issue(INITIAL + 1);
+    // The OpenID Provider (node) and the registry start side by side.
+    let (idp, registry) = std::thread::scope(|s| {
+        let idp = s.spawn(|| OidcProvider::start(mesh::oidc_options()));
+        let registry = Registry::start(kind);
+        let idp = idp.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the OpenID Provider thread panicked")));
+        (idp, registry)
+    });
+    let idp = idp.context("starting the OpenID Provider (oidc-provider)")?;
+    let registry = registry?;
 
-impl FileRegistry {
-    const PATH: &'static str = "/registry.json";
-
-    fn start() -> Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("registry.json");
-        std::fs::write(&path, json!({"endpoints": []}).to_string())?;
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let addr = listener.local_addr()?;
-        let served = path.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                let _ = serve_file(conn, &served);
-            }
-        });
-        Ok(Self { addr, path, _dir: dir })
+    let names: Vec<String> = (1..=INITIAL + 1).map(|i| format!("orders-{i}")).collect();
+    let apps = names.iter().map(|n| Backend::start(n)).collect::<Result<Vec<_>>>()?;
+    let ca = ids.ca();
+    let mut configs = vec![frontend_sidecar(&ids.frontend, &ca, idp.addr(), &registry)];
+    for ((name, app), svid) in names.iter().zip(&apps).zip(&ids.orders) {
+        configs.push(orders_sidecar(name, svid, &ca, app.addr(), idp.addr(), idp.issuer()));
     }
-
-    fn add(&self, entry: serde_json::Value) -> Result<()> {
-        let mut doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&self.path)?)?;
-        doc["endpoints"].as_array_mut().context("registry file has no endpoints array")?.push(entry);
-        // Write then rename, so a poll never reads a half-written file.
-        let tmp = self.path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&doc)?)?;
-        std::fs::rename(tmp, &self.path)?;
-        Ok(())
-    }
-}
-
-fn serve_file(conn: std::net::TcpStream, path: &Path) -> Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(conn.try_clone()?);
-    let mut line = String::new();
-    // Request line and headers; the body of a GET is empty.
-    loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
-            break;
-        }
-    }
-    let body = std::fs::read(path)?;
-    let mut conn = conn;
-    write!(
-        conn,
-        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    )?;
-    conn.write_all(&body)?;
-    Ok(())
+    let impostor_app = Backend::start("impostor")?;
+    configs.push(impostor_sidecar(&ids.rogue, &ca, impostor_app.addr()));
+    let mut envoys = start_all(configs).context("starting the Envoy sidecars")?;
+    let impostor = Instance {
+        name: "impostor".into(),
+        app: impostor_app,
+        sidecar: envoys.pop().context("the impostor's sidecar")?,
+    };
+    let mut envoys = envoys.into_iter();
+    let frontend = envoys.next().context("frontend's sidecar")?;
+    let orders = names
+        .into_iter()
+        .zip(apps)
+        .zip(envoys)
+        .map(|((name, app), sidecar)| Instance { name, app, sidecar })
+        .collect();
+    Ok(Mesh { ids, idp, registry, frontend, orders, impostor })
 }
 
 fn step(n: u32, text: &str) {
     println!("\n== {n}. {text}");
 }
 
-fn get(envoy: &Envoy, token: Option<&str>) -> Result<HttpResponse> {
-    let bearer = token.map(|t| format!("Bearer {t}"));
-    let headers: Vec<(&str, &str)> = bearer.iter().map(|b| ("authorization", b.as_str())).collect();
-    http_request(envoy.listener_addr("mesh"), "GET", "/hello", &headers, b"", Duration::from_secs(5))
+/// frontend's app calls orders through its sidecar: plain HTTP on loopback, `Host: orders.shop.svc`.
+fn call_orders(m: &Mesh) -> Result<HttpResponse> {
+    http_request(
+        m.frontend.listener_addr("outbound"),
+        "GET",
+        "/orders",
+        &[("host", ORDERS_HOST)],
+        b"",
+        Duration::from_secs(5),
+    )
 }
 
-/// Sends one request and prints it as a transcript line; returns the answering instance (200 only).
-fn show(envoy: &Envoy, token: Option<&str>) -> Result<Option<String>> {
-    let r = get(envoy, token)?;
+/// The client id the orders app saw (jwt-auth's `x-client-id` from the verified token).
+fn client_id_seen(r: &HttpResponse) -> Option<String> {
+    let echo = r.json().ok()?;
+    echo["headers"]
+        .as_array()?
+        .iter()
+        .find(|h| h[0] == "x-client-id")
+        .and_then(|h| h[1].as_str())
+        .map(str::to_owned)
+}
+
+/// Calls orders through frontend's sidecar and prints the transcript line; returns the answering
+/// instance (200 only), after checking that the app saw frontend's client id and no token.
+fn show(m: &Mesh) -> Result<Option<String>> {
+    let r = call_orders(m)?;
     let who = r.header(INSTANCE_HEADER).map(str::to_owned);
-    let auth = if token.is_some() { "with token   " } else { "without token" };
     match (&who, r.status) {
-        (Some(w), 200) => println!("   GET /hello {auth} -> 200 from instance {w}"),
+        (Some(w), 200) => {
+            let client = client_id_seen(&r);
+            println!(
+                "   frontend -> GET http://{ORDERS_HOST}/orders -> 200 from {w}  (token's client_id: {})",
+                client.as_deref().unwrap_or("none")
+            );
+            ensure!(
+                client.as_deref() == Some(FRONTEND_CLIENT.id),
+                "{w} did not see frontend's token (client_id {client:?})"
+            );
+            let echo = r.json()?;
+            let leaked = echo["headers"].as_array().into_iter().flatten().any(|h| h[0] == "authorization");
+            ensure!(!leaked, "the token reached {w}'s app (jwt-auth should have removed it)");
+            Ok(Some(w.clone()))
+        }
         _ => {
-            let mut line = format!("   GET /hello {auth} -> {}", r.status);
-            if let Some(c) = r.header("www-authenticate") {
-                line.push_str(&format!("  www-authenticate: {c}"));
-            } else if !r.body.is_empty() {
-                line.push_str(&format!("  ({})", r.text().trim()));
-            }
-            println!("{line}");
+            println!("   frontend -> GET http://{ORDERS_HOST}/orders -> {}  ({})", r.status, r.text().trim());
+            Ok(None)
         }
     }
-    Ok(if r.status == 200 { who } else { None })
 }
 
-fn quiet_instance(envoy: &Envoy, token: &str) -> Option<String> {
-    let r = get(envoy, Some(token)).ok()?;
+fn quiet_instance(m: &Mesh) -> Option<String> {
+    let r = call_orders(m).ok()?;
     (r.status == 200).then(|| r.header(INSTANCE_HEADER).unwrap_or_default().to_owned())
+}
+
+/// The sum of a stat whose name ends with `suffix` over the given sidecars.
+fn stat_sum<'a>(envoys: impl IntoIterator<Item = &'a Envoy>, suffix: &str) -> u64 {
+    envoys
+        .into_iter()
+        .filter_map(|e| e.stats().ok())
+        .flat_map(|s| s.into_iter())
+        .filter(|(k, _)| k.ends_with(suffix))
+        .map(|(_, v)| v)
+        .sum()
 }
 
 fn run() -> Result<()> {
     let kind = parse_args()?;
+    let t0 = Instant::now();
     println!(
-        "meshwasm demo: Envoy + jwt-auth + discovery + balancer, three backends, a registry, a token issuer"
+        "meshwasm demo: a mesh of Envoy sidecars — frontend and orders (3 instances), mTLS with SPIFFE \
+         identities, authz, jwt-auth, token-injector, discovery and balancer"
     );
-
-    let a = Backend::start("A")?;
-    let b = Backend::start("B")?;
-    let c = Backend::start("C")?;
-    let idp = OidcProvider::start(OidcOptions::default())
-        .context("starting the OpenID Provider (oidc-provider)")?;
-    let registry = Registry::start(kind, &[&a, &b, &c])?;
-
-    let jwt = json!({
-        "realm": "demo",
-        "providers": {"demo-idp": {
-            "issuer": idp.issuer(),
-            "audiences": [RS256_RESOURCE],
-            // No `uri`: the keys are found through OIDC discovery from the issuer alone.
-            "remote_jwks": {"cluster": "idp"},
-            "claim_to_headers": [{"header": "x-client-id", "claim": "client_id"}]
-        }},
-        "rules": [{"match": {"prefix": "/"}, "requires_any": ["demo-idp"]}]
-    });
-    let discovery = json!({
-        // The demo's backends listen on loopback, so the service opts in to loopback addresses.
-        "services": [{"name": SERVICE, "refresh": "300ms", "timeout": "2s", "allow_loopback": true,
-                      "source": registry.source()}]
-    });
-    let balancer = json!({
-        "service_from": [{"fixed": SERVICE}],
-        "refresh_interval": "500ms",
-        "services": {SERVICE: {
-            "algorithm": "round_robin",
-            // Eject on the first failure so the demo shows it at once (the default is 5, as Envoy).
-            "outlier_detection": {"consecutive_failures": 1, "base_ejection_time": "30s"}
-        }}
-    });
-
-    let envoy = EnvoyConfig::new()
-        .concurrency(1)
-        .listener(
-            Listener::new("mesh", "picked")
-                .wasm(WasmFilter::new("jwt-auth", wasm_path("meshwasm_jwt_auth")).config(jwt.to_string()))
-                .wasm(
-                    WasmFilter::new("discovery", wasm_path("meshwasm_discovery"))
-                        .vm_id("meshwasm")
-                        .config(discovery.to_string()),
-                )
-                .wasm(
-                    WasmFilter::new("balancer", wasm_path("meshwasm_balancer"))
-                        .vm_id("meshwasm")
-                        .config(balancer.to_string()),
-                ),
-        )
-        .cluster(Cluster::original_dst("picked"))
-        .cluster(Cluster::static_hosts("idp", &[idp.addr()]))
-        .cluster(Cluster::static_hosts("registry", &[registry.addr()]))
-        .start()
-        .context("starting Envoy")?;
-
-    println!("   Envoy      http://{}  (admin http://{})", envoy.listener_addr("mesh"), envoy.admin_addr());
-    println!("   backends   A {}, B {}, C {}", a.addr(), b.addr(), c.addr());
-    println!("   registry   {}", registry.describe());
-    println!("   issuer     {}", idp.issuer());
-
-    step(1, "A request without a token is refused");
-    let r = get(&envoy, None)?;
-    show(&envoy, None)?;
-    ensure!(r.status == 401, "expected 401 without a token, got {}", r.status);
-    ensure!(
-        r.header("www-authenticate").is_some_and(|c| c.starts_with("Bearer realm=\"demo\"")),
-        "401 without an RFC 6750 challenge"
-    );
-
-    step(2, "With a client-credentials token from the issuer, A, B and C answer in turn");
-    let token = idp.client_credentials(&BASIC_CLIENT, "read", Some(RS256_RESOURCE))?;
+    let m = start(kind)?;
     println!(
-        "   token: {}… ({} bytes, RS256, aud {RS256_RESOURCE})",
-        &token[..token.len().min(24)],
-        token.len()
+        "   started in {:.1}s (the {} sidecars in parallel)",
+        t0.elapsed().as_secs_f64(),
+        m.orders.len() + 1
     );
-    let all: BTreeSet<String> = ["A", "B", "C"].map(String::from).into();
+    let result = demo(&m);
+    if result.is_err() {
+        eprintln!("\n--- frontend's sidecar log (tail) ---");
+        m.frontend.print_log_tail(40);
+        eprintln!("--- frontend's sidecar: orders and balancer stats ---");
+        if let Ok(stats) = m.frontend.stats() {
+            for (k, v) in stats {
+                if v > 0 && (k.starts_with("cluster.orders.") || k.contains("meshwasm_balancer")) {
+                    eprintln!("{k} {v}");
+                }
+            }
+        }
+    }
+    result?;
+    println!(
+        "\nDone in {:.1}s: plaintext and certificate-less callers refused; frontend -> orders over mTLS with an \
+         injected token, round robin; rogue 403; wrong audience 401; orders-2 ejected; orders-4 discovered; an \
+         impostor refused. Cleaning up.",
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn demo(m: &Mesh) -> Result<()> {
+    let ca = m.ids.ca();
+    println!("   CA           {} (openssl, made at start; SVIDs valid for a day)", m.ids.dir().display());
+    println!(
+        "   issuer       {} (client `{}`; orders' audience {ORDERS_AUDIENCE})",
+        m.idp.issuer(),
+        FRONTEND_CLIENT.id
+    );
+    println!("   registry     {}", m.registry.describe());
+    println!(
+        "   frontend     sidecar outbound http://{}  as {}",
+        m.frontend.listener_addr("outbound"),
+        m.ids.frontend.spiffe_id
+    );
+    for (i, o) in m.orders.iter().enumerate() {
+        let note = if i < INITIAL { "" } else { "  (not registered yet)" };
+        println!(
+            "   {}     sidecar inbound https://{} (mTLS) -> app {}  as {}{note}",
+            o.name,
+            o.inbound(),
+            o.app.addr(),
+            m.ids.orders[i].spiffe_id
+        );
+    }
+    for o in &m.orders[..INITIAL] {
+        m.registry.register(&o.name, o.inbound())?;
+    }
+
+    let first = &m.orders[0];
+    step(
+        1,
+        &format!(
+            "{}'s inbound refuses a plaintext client and a TLS client without a certificate",
+            first.name
+        ),
+    );
+    let before = first.app.request_count();
+    let plain = curl(first.inbound(), Caller::Plaintext, None)?;
+    println!("   plaintext HTTP             -> {}", plain.summary());
     ensure!(
-        wait_until(Duration::from_secs(15), || (0..3).filter_map(|_| quiet_instance(&envoy, &token)).count()
-            == 3),
-        "requests with a valid token did not succeed (keys or endpoints never loaded)"
+        plain.status == 0,
+        "a plaintext client got an HTTP answer from orders' inbound: {}",
+        plain.status
     );
+    let anon = curl(first.inbound(), Caller::Tls { ca: &ca, client: None }, None)?;
+    println!("   TLS, no client certificate -> {}", anon.summary());
+    ensure!(anon.status == 0, "a client without a certificate got an HTTP answer: {}", anon.status);
+    ensure!(first.app.request_count() == before, "a refused client reached the orders app");
+
+    step(
+        2,
+        "frontend -> orders over mTLS (frontend's SVID; orders' SPIFFE ID verified) with an injected token: \
+         round robin over orders-1, -2, -3",
+    );
+    // Until the token is fetched, the instances discovered and orders' keys loaded.
+    let ready = wait_until(Duration::from_secs(20), || {
+        (0..INITIAL).filter_map(|_| quiet_instance(m)).count() == INITIAL
+    });
+    if !ready {
+        show(m)?;
+        bail!("frontend could not reach orders (token, endpoints or keys never loaded)");
+    }
+    let allowed_before =
+        stat_sum(m.orders.iter().map(|o| &o.sidecar), "meshwasm_authz.policy.frontend-calls-orders.allowed");
     let mut seen = Vec::new();
     for _ in 0..6 {
-        seen.push(show(&envoy, Some(&token))?.context("a request with a valid token failed")?);
+        seen.push(show(m)?.context("a request from frontend to orders failed")?);
     }
-    ensure!(seen.iter().cloned().collect::<BTreeSet<_>>() == all, "A, B and C did not all answer: {seen:?}");
+    let all: BTreeSet<String> = m.orders[..INITIAL].iter().map(|o| o.name.clone()).collect();
+    ensure!(
+        seen.iter().cloned().collect::<BTreeSet<_>>() == all,
+        "not all three instances answered: {seen:?}"
+    );
     ensure!(
         seen[..3].iter().collect::<BTreeSet<_>>().len() == 3,
-        "three requests in a row were not A, B, C in turn"
+        "three requests in a row were not round robin"
+    );
+    let allowed =
+        stat_sum(m.orders.iter().map(|o| &o.sidecar), "meshwasm_authz.policy.frontend-calls-orders.allowed")
+            - allowed_before;
+    let handshakes = stat_sum([&m.frontend], "cluster.orders.ssl.handshake");
+    println!(
+        "   orders' authz allowed {allowed} requests from {}; frontend's sidecar made {handshakes} TLS \
+         handshakes to orders",
+        spiffe_id("frontend")
+    );
+    ensure!(allowed == 6, "orders' authz counted {allowed} allowed requests from frontend, not 6");
+    ensure!(handshakes >= 3, "frontend's sidecar made {handshakes} TLS handshakes to orders");
+
+    let token = m.idp.client_credentials(&FRONTEND_CLIENT, "read", Some(ORDERS_AUDIENCE))?;
+    step(
+        3,
+        &format!(
+            "A workload with another identity ({}, same CA) and a valid token gets 403 from authz",
+            m.ids.rogue.spiffe_id
+        ),
+    );
+    let before = first.app.request_count();
+    let rogue = curl(first.inbound(), Caller::Tls { ca: &ca, client: Some(&m.ids.rogue) }, Some(&token))?;
+    println!("   rogue -> GET https://{ORDERS_HOST}/orders on {} -> {}", first.name, rogue.summary());
+    ensure!(rogue.status == 403, "rogue got {} from orders, not 403", rogue.status);
+    ensure!(rogue.body.trim() == "access denied", "the 403 did not come from authz: {:?}", rogue.body);
+    ensure!(first.app.request_count() == before, "rogue's request reached the orders app");
+
+    step(
+        4,
+        &format!(
+            "frontend's identity with a token for another audience ({PAYMENTS_AUDIENCE}) gets 401 from jwt-auth"
+        ),
+    );
+    let payments = m.idp.client_credentials(&FRONTEND_CLIENT, "read", Some(PAYMENTS_AUDIENCE))?;
+    let wrong =
+        curl(first.inbound(), Caller::Tls { ca: &ca, client: Some(&m.ids.frontend) }, Some(&payments))?;
+    println!("   frontend's SVID + payments token -> GET on {} -> {}", first.name, wrong.summary());
+    ensure!(wrong.status == 401, "a token for {PAYMENTS_AUDIENCE} got {} from orders, not 401", wrong.status);
+    ensure!(
+        wrong.header("www-authenticate").is_some_and(|c| c.starts_with("Bearer realm=\"orders\"")),
+        "the 401 has no RFC 6750 challenge from jwt-auth"
+    );
+    // The same caller with orders' audience passes both filters: the refusal was the audience.
+    let right = curl(first.inbound(), Caller::Tls { ca: &ca, client: Some(&m.ids.frontend) }, Some(&token))?;
+    println!("   frontend's SVID + orders token   -> GET on {} -> {}", first.name, right.summary());
+    ensure!(right.status == 200, "frontend's SVID with a token for orders got {}", right.status);
+    ensure!(
+        first.app.request_count() == before + 1,
+        "only the request with the right audience reaches the app"
     );
 
-    step(3, "Instance B is killed: its failure ejects it and traffic continues on A and C");
-    b.stop();
+    let victim = &m.orders[1];
+    step(
+        5,
+        &format!(
+            "{} is killed (app and sidecar): its failure ejects it, traffic continues on the others",
+            victim.name
+        ),
+    );
+    victim.sidecar.stop();
+    victim.app.stop();
     let mut after = Vec::new();
     for _ in 0..8 {
-        if let Some(w) = show(&envoy, Some(&token))? {
+        if let Some(w) = show(m)? {
             after.push(w);
         }
     }
+    let survivors: BTreeSet<&str> = [m.orders[0].name.as_str(), m.orders[2].name.as_str()].into();
     let tail: BTreeSet<&str> = after.iter().rev().take(4).map(String::as_str).collect();
-    ensure!(tail == BTreeSet::from(["A", "C"]), "after B died, traffic did not settle on A and C: {after:?}");
-    println!("   (the balancer ejected B on its failure; every later request went to A or C)");
+    ensure!(tail == survivors, "after {} died, traffic did not settle on the others: {after:?}", victim.name);
+    let ejected = stat_sum([&m.frontend], "meshwasm_balancer.orders.ejections");
+    println!("   (frontend's balancer ejected {} on its failure: ejections = {ejected})", victim.name);
+    ensure!(ejected == 1, "the balancer reports {ejected} ejections, not 1");
 
-    step(4, "Instance D is registered and receives traffic");
-    let d = Backend::start("D")?;
+    let new = &m.orders[INITIAL];
+    step(6, &format!("{} is registered and receives traffic", new.name));
     let t = Instant::now();
-    registry.register(&d)?;
-    println!(
-        "   registered D {} in the {}",
-        d.addr(),
-        if kind == RegistryKind::File { "file" } else { "etcd registry" }
-    );
+    m.registry.register(&new.name, new.inbound())?;
+    println!("   registered {} ({}) in {}", new.name, new.inbound(), m.registry.noun());
     ensure!(
-        wait_until(Duration::from_secs(10), || quiet_instance(&envoy, &token).as_deref() == Some("D")),
-        "the newly registered instance D never received traffic"
+        wait_until(Duration::from_secs(10), || quiet_instance(m).as_deref() == Some(new.name.as_str())),
+        "the newly registered instance {} never received traffic",
+        new.name
     );
-    println!("   (D got its first request {:?} after registration)", t.elapsed());
+    println!("   ({} got its first request {:.1}s after registration)", new.name, t.elapsed().as_secs_f64());
     let mut last = BTreeSet::new();
     for _ in 0..6 {
-        last.insert(show(&envoy, Some(&token))?.context("a request failed after D joined")?);
+        last.insert(show(m)?.context("a request failed after the new instance joined")?);
     }
-    ensure!(last == BTreeSet::from(["A", "C", "D"].map(String::from)), "traffic after D joined: {last:?}");
+    let want: BTreeSet<String> = [&m.orders[0], &m.orders[2], new].iter().map(|o| o.name.clone()).collect();
+    ensure!(last == want, "traffic after {} joined: {last:?}", new.name);
 
-    println!("\nDone: 401 without a token, round robin over A B C, B ejected, D discovered. Cleaning up.");
+    let imp = &m.impostor;
+    step(
+        7,
+        &format!(
+            "A workload with rogue's SVID registers itself as orders: frontend's sidecar refuses it (not {})",
+            spiffe_id("orders")
+        ),
+    );
+    m.registry.register(&imp.name, imp.inbound())?;
+    println!("   registered {} ({}) in {}", imp.name, imp.inbound(), m.registry.noun());
+    let refused = || stat_sum([&m.frontend], "cluster.orders.ssl.fail_verify_san");
+    let ejections = || stat_sum([&m.frontend], "meshwasm_balancer.orders.ejections");
+    let ejected_before = ejections();
+    let before = refused();
+    // Requests go on as before; the one that is steered to the impostor fails its TLS handshake.
+    let mut failed = Vec::new();
+    let picked = wait_until(Duration::from_secs(10), || {
+        if let Ok(r) = call_orders(m)
+            && r.status != 200
+        {
+            failed.push(format!("{}  ({})", r.status, r.text().trim()));
+        }
+        refused() > before
+    });
+    for f in &failed {
+        println!("   frontend -> GET http://{ORDERS_HOST}/orders -> {f}");
+    }
+    ensure!(picked, "frontend's sidecar never tried the registered impostor");
+    let mut last = BTreeSet::new();
+    for _ in 0..6 {
+        last.insert(show(m)?.context("a request failed after the impostor was ejected")?);
+    }
+    println!(
+        "   (frontend's sidecar refused the impostor's certificate: ssl.fail_verify_san = {}; the impostor's \
+         app got {} requests; ejections = {})",
+        refused(),
+        imp.app.request_count(),
+        ejections()
+    );
+    ensure!(ejections() == ejected_before + 1, "the balancer did not eject the impostor");
+    ensure!(imp.app.request_count() == 0, "a request from frontend reached the impostor's app");
+    ensure!(last == want, "traffic after the impostor was ejected: {last:?}");
     Ok(())
 }
