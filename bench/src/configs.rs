@@ -9,6 +9,9 @@
 //! - `native-rr` / `wasm-balancer`: a STATIC cluster with round robin over three backends vs meshwasm
 //!   discovery (static source, the same three backends) + balancer steering an ORIGINAL_DST cluster.
 //! - `native-chain` / `wasm-chain`: jwt_authn + round robin vs jwt-auth + discovery + balancer.
+//! - `native-rbac` / `wasm-authz`: Envoy RBAC vs meshwasm authz, the same policy on the caller's
+//!   SPIFFE ID, method and path, behind an mTLS listener reached through a client sidecar
+//!   ([`crate::mtls`]), one backend.
 
 use std::net::SocketAddr;
 
@@ -18,6 +21,7 @@ use serde_json::json;
 
 use crate::filters::FilterSet;
 use crate::jwt::{AUDIENCE, Alg, ISSUER, TokenSet};
+use crate::mtls::{self, Mtls};
 
 /// Cluster with one backend (passthrough, noop, JWT listeners).
 pub const ONE: &str = "one_backend";
@@ -37,10 +41,12 @@ pub enum ListenerId {
     WasmBalancer,
     NativeChain,
     WasmChain,
+    NativeRbac,
+    WasmAuthz,
 }
 
 impl ListenerId {
-    pub const ALL: [ListenerId; 8] = [
+    pub const ALL: [ListenerId; 10] = [
         ListenerId::Passthrough,
         ListenerId::Noop,
         ListenerId::NativeJwt,
@@ -49,6 +55,8 @@ impl ListenerId {
         ListenerId::WasmBalancer,
         ListenerId::NativeChain,
         ListenerId::WasmChain,
+        ListenerId::NativeRbac,
+        ListenerId::WasmAuthz,
     ];
 
     pub fn name(self) -> &'static str {
@@ -61,6 +69,8 @@ impl ListenerId {
             ListenerId::WasmBalancer => "wasm-balancer",
             ListenerId::NativeChain => "native-chain",
             ListenerId::WasmChain => "wasm-chain",
+            ListenerId::NativeRbac => "native-rbac",
+            ListenerId::WasmAuthz => "wasm-authz",
         }
     }
 
@@ -77,6 +87,10 @@ impl ListenerId {
             }
             ListenerId::NativeChain => "jwt_authn → ROUND_ROBIN over 3 backends",
             ListenerId::WasmChain => "meshwasm jwt-auth + discovery + balancer → ORIGINAL_DST",
+            ListenerId::NativeRbac => {
+                "mTLS listener, Envoy RBAC (DENY rogue, ALLOW GET from frontend's SPIFFE ID) → 1 backend"
+            }
+            ListenerId::WasmAuthz => "mTLS listener, meshwasm authz (the same policy) → 1 backend",
         }
     }
 
@@ -86,6 +100,11 @@ impl ListenerId {
             self,
             ListenerId::NativeJwt | ListenerId::WasmJwt | ListenerId::NativeChain | ListenerId::WasmChain
         )
+    }
+
+    /// Whether the listener serves mTLS (reached through the client sidecar, never directly).
+    pub fn mtls(self) -> bool {
+        matches!(self, ListenerId::NativeRbac | ListenerId::WasmAuthz)
     }
 
     /// Whether requests must spread over the three backends.
@@ -126,6 +145,8 @@ pub struct Load {
     pub baseline: Option<String>,
     /// The target ratio to the baseline from the filter issues, when one is set.
     pub target: Option<f64>,
+    /// The target is on the Envoy CPU-cost ratio, not on the requests/s ratio.
+    pub target_on_cpu: bool,
 }
 
 impl Load {
@@ -135,7 +156,14 @@ impl Load {
             TokenMode::Repeated(a) => format!("/{}-repeated", a.slug()),
             TokenMode::Unique(a) => format!("/{}-unique", a.slug()),
         };
-        Self { id: format!("{}{suffix}", listener.name()), listener, token, baseline: None, target: None }
+        Self {
+            id: format!("{}{suffix}", listener.name()),
+            listener,
+            token,
+            baseline: None,
+            target: None,
+            target_on_cpu: false,
+        }
     }
 
     fn against(mut self, baseline: &Load, target: Option<f64>) -> Self {
@@ -172,6 +200,13 @@ pub fn loads() -> Vec<Load> {
     let chain = Load::new(NativeChain, TokenMode::Repeated(Alg::Rs256));
     out.push(chain.clone());
     out.push(Load::new(WasmChain, TokenMode::Repeated(Alg::Rs256)).against(&chain, None));
+    // Issue 10: an Envoy CPU-cost ratio of at least 0.9 (the load goes through the client sidecar,
+    // which shares the load generator's CPU, so requests/s say less here).
+    let rbac = Load::new(NativeRbac, TokenMode::None);
+    out.push(rbac.clone());
+    let mut authz = Load::new(WasmAuthz, TokenMode::None).against(&rbac, Some(0.9));
+    authz.target_on_cpu = true;
+    out.push(authz);
     out
 }
 
@@ -202,6 +237,7 @@ pub fn listener(
     filters: &FilterSet,
     tokens: &TokenSet,
     backends: &[SocketAddr],
+    mtls: &Mtls,
 ) -> Result<Listener> {
     let l = match id {
         ListenerId::Passthrough => Listener::new(id.name(), ONE),
@@ -224,6 +260,14 @@ pub fn listener(
             }
             l
         }
+        ListenerId::NativeRbac => {
+            let mut l = mtls.listener(id, ONE)?;
+            for f in mtls::native_rbac_filters() {
+                l = l.filter(f);
+            }
+            l
+        }
+        ListenerId::WasmAuthz => mtls.listener(id, ONE)?.wasm(filters.authz(&mtls::authz_config())?),
     };
     Ok(l)
 }

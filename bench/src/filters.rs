@@ -53,6 +53,11 @@ impl FilterSet {
         Ok(WasmFilter::new("jwt-auth", path).config(jwt_auth_config(tokens)?.to_string()))
     }
 
+    /// authz with `config` (a policy in authz's JSON).
+    pub fn authz(&self, config: &Value) -> Result<WasmFilter> {
+        Ok(WasmFilter::new("authz", self.artifact("meshwasm_authz")?).config(config.to_string()))
+    }
+
     /// discovery (static source over `backends`) followed by balancer (round robin), sharing a vm_id.
     pub fn discovery_balancer(&self, backends: &[SocketAddr]) -> Result<Vec<WasmFilter>> {
         let discovery = self.artifact("meshwasm_discovery")?;

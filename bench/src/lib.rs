@@ -1,8 +1,9 @@
 //! Side-by-side benchmarks of meshwasm filters against Envoy's native filters.
 //!
 //! One Envoy, several listeners that differ only in the filter under test (passthrough, native
-//! jwt_authn and round robin, meshwasm noop / jwt-auth / discovery + balancer / the full chain), the
-//! same backends behind all of them, and the same `wrk` load driven through each in interleaved rounds.
+//! jwt_authn, round robin and RBAC over mTLS, meshwasm noop / jwt-auth / discovery + balancer / the
+//! full chain / authz), the same backends behind all of them, and the same `wrk` load driven through
+//! each in interleaved rounds.
 //! The result is a Markdown report with ratios to baselines, memory, artifact sizes and SVG plots.
 //!
 //! ```text
@@ -17,6 +18,7 @@ pub mod configs;
 pub mod filters;
 pub mod jwt;
 pub mod machine;
+pub mod mtls;
 pub mod report;
 pub mod results;
 pub mod run;

@@ -109,6 +109,7 @@ fn markdown(r: &RunResults) -> String {
         let why = match (&l.not_measured, base.and_then(|b| b.not_measured.as_ref())) {
             (Some(w), _) => format!("not measured: {}", one_line(w)),
             (None, Some(w)) => format!("baseline not measured: {}", one_line(w)),
+            _ if l.target_on_cpu => verdict(base.and_then(|b| l.cpu_ratio_to(b)), l.target).to_owned(),
             _ => verdict(to_base, l.target).to_owned(),
         };
         let _ = writeln!(
@@ -117,7 +118,9 @@ fn markdown(r: &RunResults) -> String {
             l.title,
             base.map(|b| b.title.as_str()).unwrap_or("–"),
             ratio(to_base),
-            l.target.map(|t| format!("≥ {t:.1}×")).unwrap_or_else(|| "–".into()),
+            l.target
+                .map(|t| format!("≥ {t:.1}×{}", if l.target_on_cpu { " CPU-cost" } else { "" }))
+                .unwrap_or_else(|| "–".into()),
             why,
             ratio(base.and_then(|b| l.cpu_ratio_to(b)))
         );

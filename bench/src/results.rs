@@ -48,6 +48,9 @@ pub struct LoadResult {
     pub describe: String,
     pub baseline: Option<String>,
     pub target: Option<f64>,
+    /// The target is on the Envoy CPU-cost ratio instead of the requests/s ratio.
+    #[serde(default)]
+    pub target_on_cpu: bool,
     /// Set when the load could not be measured (a filter not built, a config Envoy rejected, failed
     /// requests): the report says "not measured: <reason>".
     pub not_measured: Option<String>,
@@ -194,6 +197,7 @@ mod tests {
             describe: String::new(),
             baseline: None,
             target: None,
+            target_on_cpu: false,
             not_measured: None,
             samples,
         }

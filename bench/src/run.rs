@@ -16,6 +16,7 @@ use crate::configs::{self, ListenerId, Load, TokenMode};
 use crate::filters::FilterSet;
 use crate::jwt::{Alg, TokenSet};
 use crate::machine::{self, MachineFacts};
+use crate::mtls::{Mtls, Sidecar};
 use crate::results::{LoadResult, MemoryRow, RunResults, Sample, Settings};
 use crate::sizes;
 use crate::wrk::{self, LoadShape, Request};
@@ -28,9 +29,22 @@ struct Fixture {
     backends: Vec<SocketAddr>,
     _backend_procs: Vec<ChildGuard>,
     filters: FilterSet,
+    mtls: Mtls,
+    /// The client sidecar in front of the mTLS listeners (when any is measured).
+    sidecar: Option<Sidecar>,
 }
 
 impl Fixture {
+    /// Where requests to listener `id` go: the listener itself, or for an mTLS listener the client
+    /// sidecar's entry presenting `frontend`'s SVID (or `rogue`'s).
+    fn entry(&self, envoy: &Envoy, id: ListenerId, rogue: bool) -> Result<SocketAddr> {
+        if !id.mtls() {
+            return Ok(envoy.listener_addr(id.name()));
+        }
+        let sidecar = self.sidecar.as_ref().context("the client sidecar is not running")?;
+        Ok(sidecar.entry(id, rogue))
+    }
+
     fn request(&self, mode: TokenMode) -> Request {
         match mode {
             TokenMode::None => Request::Plain,
@@ -100,7 +114,7 @@ fn diagnose(cfg: &EnvoyConfig, scratch: &Path) -> Option<String> {
 /// Checks a listener answers like its configuration must: 200 from a backend with a valid token,
 /// 401 without one where a token is required, and all three backends reached where it balances.
 fn validate(envoy: &Envoy, id: ListenerId, fixture: &Fixture, mode: TokenMode) -> Result<()> {
-    let addr = envoy.listener_addr(id.name());
+    let addr = fixture.entry(envoy, id, false)?;
     let token = fixture.probe_token(mode).map(|t| format!("Bearer {t}"));
     let headers: Vec<(&str, &str)> = token.iter().map(|t| ("authorization", t.as_str())).collect();
     let timeout = Duration::from_secs(5);
@@ -129,6 +143,20 @@ fn validate(envoy: &Envoy, id: ListenerId, fixture: &Fixture, mode: TokenMode) -
     }
     if id.balances() && seen.len() < fixture.backends.len() {
         bail!("`{}` reached only {:?} of {} backends in 9 requests", id.name(), seen, fixture.backends.len());
+    }
+    if id.mtls() {
+        // The policy decides on the caller's identity and on the method.
+        let rogue = fixture.entry(envoy, id, true)?;
+        for (who, addr, method) in [("rogue", rogue, "GET"), ("frontend", addr, "POST")] {
+            let r = process::http_request(addr, method, "/", &[], b"", timeout)?;
+            if r.status != 403 {
+                bail!(
+                    "`{}` answered {} to {method} from {who} (403 expected): the policy is not enforced",
+                    id.name(),
+                    r.status
+                );
+            }
+        }
     }
     if id.needs_token() {
         let r = process::http_request(addr, "GET", "/", &[], b"", timeout)?;
@@ -176,7 +204,7 @@ fn spawn_backends(n: usize, cpus: Option<&str>) -> Result<(Vec<SocketAddr>, Vec<
 
 /// Sends `n` requests of `mode` to warm a listener (caches, connection pools) before a reading.
 fn warm(envoy: &Envoy, id: ListenerId, fixture: &Fixture, mode: TokenMode, n: usize) {
-    let addr = envoy.listener_addr(id.name());
+    let Ok(addr) = fixture.entry(envoy, id, false) else { return };
     let token = fixture.probe_token(mode).map(|t| format!("Bearer {t}"));
     let headers: Vec<(&str, &str)> = token.iter().map(|t| ("authorization", t.as_str())).collect();
     for _ in 0..n {
@@ -268,7 +296,7 @@ struct Driver<'a> {
 impl Driver<'_> {
     /// Runs one wrk load, with Envoy's CPU time around it.
     fn measure(&self, load: &Load, duration: Duration, round: u32) -> Result<Sample> {
-        let addr = self.envoy.listener_addr(load.listener.name());
+        let addr = self.fixture.entry(self.envoy, load.listener, false)?;
         let url = format!("http://{addr}/");
         let pid = self.envoy.pid();
         let t0 = Instant::now();
@@ -342,14 +370,6 @@ pub fn run(settings: Settings, scratch: &Path) -> Result<RunResults> {
         None => (None, None),
     };
     let (backends, backend_procs) = spawn_backends(settings.backends, client_cpus)?;
-    let fixture = Fixture {
-        tokens,
-        repeated,
-        unique_files,
-        backends,
-        _backend_procs: backend_procs,
-        filters: FilterSet::new(wasm_dir),
-    };
 
     let mut loads = configs::loads();
     if let Some(only) = &settings.only {
@@ -364,11 +384,30 @@ pub fn run(settings: Settings, scratch: &Path) -> Result<RunResults> {
         loads.retain(|l| keep.contains(&l.id));
     }
     let used: BTreeSet<ListenerId> = loads.iter().map(|l| l.listener).collect();
+    let mtls_ids: Vec<ListenerId> = used.iter().copied().filter(|id| id.mtls()).collect();
+    let mtls = Mtls::new(&mtls_ids);
+    let sidecar = if mtls_ids.is_empty() {
+        None
+    } else {
+        say("start the client sidecar (mTLS to the authorization listeners)");
+        Some(mtls.start_sidecar(client_cpus)?)
+    };
+    let fixture = Fixture {
+        tokens,
+        repeated,
+        unique_files,
+        backends,
+        _backend_procs: backend_procs,
+        filters: FilterSet::new(wasm_dir),
+        mtls,
+        sidecar,
+    };
     let listeners: BTreeMap<ListenerId, Result<Listener, String>> = used
         .iter()
         .map(|&id| {
-            let l = configs::listener(id, &fixture.filters, &fixture.tokens, &fixture.backends)
-                .map_err(|e| format!("{e:#}"));
+            let l =
+                configs::listener(id, &fixture.filters, &fixture.tokens, &fixture.backends, &fixture.mtls)
+                    .map_err(|e| format!("{e:#}"));
             (id, l)
         })
         .collect();
@@ -410,6 +449,7 @@ pub fn run(settings: Settings, scratch: &Path) -> Result<RunResults> {
             describe: l.listener.describe().to_owned(),
             baseline: l.baseline.clone(),
             target: l.target,
+            target_on_cpu: l.target_on_cpu,
             not_measured: broken.get(&l.listener).cloned(),
             samples: Vec::new(),
         })
@@ -484,6 +524,9 @@ pub fn run(settings: Settings, scratch: &Path) -> Result<RunResults> {
         notes.push("the load Envoy exited during the run: figures after that point are invalid".into());
     }
     envoy.stop();
+    if let Some(sidecar) = &fixture.sidecar {
+        sidecar.stop();
+    }
     machine.load_average_after = machine::load_average();
     Ok(RunResults {
         settings,
