@@ -33,6 +33,8 @@ mod duration;
 mod error;
 mod header;
 mod legacy;
+#[cfg(feature = "schema")]
+pub mod schema;
 
 pub use duration::{Duration, millis, secs};
 pub use error::{ConfigError, from_json, from_value};

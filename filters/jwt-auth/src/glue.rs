@@ -28,9 +28,7 @@ use crate::credentials::{combined_header, strip_cookie_headers};
 use crate::engine::{
     Counters, IntroResult, KeyAccess, Keys, Outcome, Request, evaluate, internal_error, wait_timeout,
 };
-use crate::introspection::{
-    IntrospectionError, MAX_RESPONSE_BYTES, build_request, parse_response, token_log_id,
-};
+use crate::introspection::{IntrospectionError, MAX_RESPONSE_BYTES, parse_response, token_log_id};
 use crate::introspection_state::{IntrospectionState, Lookup};
 use crate::jwks::KeySet;
 use crate::keystore::{Event, Fetch, RemoteKeys};
@@ -99,8 +97,11 @@ impl KeyAccess for Access<'_> {
             Lookup::Wait => return None,
             Lookup::Call => {}
         }
+        let (headers, body) = match ip.build_request(token, now, &mut meshwasm_oauth2::random_jti) {
+            Ok(request) => request,
+            Err(e) => return Some(Err(e)),
+        };
         let cfg = ip.config();
-        let (headers, body) = build_request(cfg, token);
         let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         match hostcalls::dispatch_http_call(
             &cfg.cluster,

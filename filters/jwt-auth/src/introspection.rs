@@ -12,8 +12,8 @@
 //!    worker.
 //! 2. Per request with an opaque token, the state answers from its cache, waits for a call in flight,
 //!    refuses past `max_concurrent_calls` (`Err(IntrospectionError::Overloaded(..))`, never fail-open),
-//!    or asks for a call: the glue dispatches `build_request(&cfg, token)` to `cfg.cluster` and pauses
-//!    the request.
+//!    or asks for a call: the glue dispatches the state's `build_request(token, now_ms, jti)` (see
+//!    [`build_request`]) to `cfg.cluster` and pauses the request.
 //! 3. On the call's answer: `parse_response(status, &body)` (at most [`MAX_RESPONSE_BYTES`]); a failed
 //!    dispatch or a timeout (no headers) is `Err(IntrospectionError::Unreachable(..))`. The state caches
 //!    it and wakes the waiting requests.
@@ -28,7 +28,7 @@
 
 use std::rc::Rc;
 
-use meshwasm_oauth2::{authenticate, form_urlencode_into};
+use meshwasm_oauth2::{AssertionError, ClientAssertionConfig, ClientAuth, form_urlencode_into};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -59,11 +59,17 @@ pub struct IntrospectionConfig {
     pub client_id: String,
     /// Client secret the filter authenticates with. Never logged (its `Debug` is redacted).
     /// `client_secret_env` (an environment variable's name) may stand in for it: `Plan::from_json`
-    /// reads it into here at configure time.
-    pub client_secret: Secret,
-    /// `client_secret_basic` (default) or `client_secret_post`.
+    /// reads it into here at configure time. Required for the `client_secret_*` methods, refused
+    /// with `private_key_jwt`.
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
+    /// `client_secret_basic` (default), `client_secret_post` or `private_key_jwt`.
     #[serde(default)]
     pub auth_method: AuthMethod,
+    /// The key and claims of `private_key_jwt` (RFC 7523 client assertions): required with it,
+    /// refused otherwise. The private key comes from an environment variable.
+    #[serde(default)]
+    pub client_assertion: Option<ClientAssertionConfig>,
     /// `timeout`: timeout of one introspection call (default `"2s"`).
     #[serde(
         rename = "timeout",
@@ -142,8 +148,19 @@ impl IntrospectionConfig {
         if self.client_id.is_empty() {
             return bad("client_id", "must not be empty");
         }
-        if self.client_secret.is_empty() {
-            return bad("client_secret", "must not be empty");
+        if let Err(e) = meshwasm_oauth2::check_client_auth(
+            "",
+            self.auth_method,
+            self.client_secret.as_ref(),
+            self.client_assertion.as_ref(),
+        ) {
+            let field = match e.path() {
+                "client_secret" => "client_secret",
+                "client_assertion" => "client_assertion",
+                "client_assertion.private_key_env" => "client_assertion.private_key_env",
+                _ => "auth_method",
+            };
+            return Err(IntrospectionError::Config { field, reason: e.reason().to_owned() });
         }
         if self.timeout_ms == 0 || self.timeout_ms > 60_000 {
             return bad("timeout", "must be between 1ms and 60s");
@@ -179,6 +196,8 @@ pub enum IntrospectionError {
     Unreachable(String),
     #[error("{0} introspection calls already in flight on this worker (max_concurrent_calls)")]
     Overloaded(usize),
+    #[error("cannot authenticate to the introspection endpoint: {0}")]
+    Credentials(String),
 }
 
 impl IntrospectionError {
@@ -193,7 +212,8 @@ impl IntrospectionError {
             IntrospectionError::Config { .. }
             | IntrospectionError::TooLarge(_)
             | IntrospectionError::Malformed(_)
-            | IntrospectionError::Overloaded(_) => false,
+            | IntrospectionError::Overloaded(_)
+            | IntrospectionError::Credentials(_) => false,
         }
     }
 }
@@ -216,8 +236,30 @@ pub struct Introspection {
     pub aud: Vec<String>,
 }
 
-/// Headers and body of the introspection call.
-pub fn build_request(cfg: &IntrospectionConfig, token: &str) -> (Vec<(String, String)>, Vec<u8>) {
+/// Headers and body of an introspection call.
+pub type CallRequest = (Vec<(String, String)>, Vec<u8>);
+
+/// How this provider authenticates its introspection calls (per worker: `private_key_jwt` keeps
+/// state). The assertion's default `aud` is the endpoint's URL, `https://<authority><path>`.
+pub fn client_auth(cfg: &IntrospectionConfig) -> Result<ClientAuth, AssertionError> {
+    ClientAuth::new(
+        cfg.auth_method,
+        &cfg.client_id,
+        cfg.client_secret.as_ref(),
+        cfg.client_assertion.as_ref(),
+        format!("https://{}{}", cfg.authority, cfg.path),
+    )
+}
+
+/// Headers and body of the introspection call at `now_s` (Unix seconds), authenticated by `auth`
+/// (`jti` gives a client assertion's random id).
+pub fn build_request(
+    cfg: &IntrospectionConfig,
+    auth: &mut ClientAuth,
+    token: &str,
+    now_s: u64,
+    jti: &mut dyn FnMut() -> Option<String>,
+) -> Result<CallRequest, IntrospectionError> {
     let mut body = String::with_capacity(token.len() + 64);
     body.push_str("token=");
     form_urlencode_into(&mut body, token);
@@ -232,8 +274,9 @@ pub fn build_request(cfg: &IntrospectionConfig, token: &str) -> (Vec<(String, St
         ("content-type".to_owned(), "application/x-www-form-urlencoded".to_owned()),
         ("accept".to_owned(), "application/json".to_owned()),
     ];
-    authenticate(cfg.auth_method, &cfg.client_id, &cfg.client_secret, &mut headers, &mut body);
-    (headers, body.into_bytes())
+    auth.apply(now_s, jti, &mut headers, &mut body)
+        .map_err(|e| IntrospectionError::Credentials(e.to_string()))?;
+    Ok((headers, body.into_bytes()))
 }
 
 /// Rejects a response body over [`MAX_RESPONSE_BYTES`] before it is read.

@@ -7,6 +7,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
+use meshwasm_oauth2::{AssertionError, ClientAuth};
+
 use crate::introspection::{Introspection, IntrospectionConfig, IntrospectionError, token_key};
 
 /// The result of asking the introspection endpoint.
@@ -34,6 +36,8 @@ pub enum Lookup {
 
 pub struct IntrospectionState {
     cfg: IntrospectionConfig,
+    /// How the calls authenticate (a `private_key_jwt` signer keeps state, hence per worker).
+    auth: Result<ClientAuth, AssertionError>,
     cache: IntrospectionCache,
     /// Token key → dispatch time (ms) of the call in flight.
     inflight: HashMap<u128, u64>,
@@ -43,11 +47,29 @@ pub struct IntrospectionState {
 
 impl IntrospectionState {
     pub fn new(cfg: IntrospectionConfig) -> Self {
-        Self { cache: IntrospectionCache::new(&cfg), cfg, inflight: HashMap::new(), recent: HashMap::new() }
+        Self {
+            cache: IntrospectionCache::new(&cfg),
+            auth: crate::introspection::client_auth(&cfg),
+            cfg,
+            inflight: HashMap::new(),
+            recent: HashMap::new(),
+        }
     }
 
     pub fn config(&self) -> &IntrospectionConfig {
         &self.cfg
+    }
+
+    /// Headers and body of the call for `token` at `now_ms` (see
+    /// [`crate::introspection::build_request`]); `jti` gives a client assertion's random id.
+    pub fn build_request(
+        &mut self,
+        token: &str,
+        now_ms: u64,
+        jti: &mut dyn FnMut() -> Option<String>,
+    ) -> Result<crate::introspection::CallRequest, IntrospectionError> {
+        let auth = self.auth.as_mut().map_err(|e| IntrospectionError::Credentials(e.to_string()))?;
+        crate::introspection::build_request(&self.cfg, auth, token, now_ms / 1000, jti)
     }
 
     /// Calls in flight.

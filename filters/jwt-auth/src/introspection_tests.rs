@@ -66,7 +66,16 @@ fn validate_names_the_field() {
         ("authority", Box::new(|c| c.authority = "".into())),
         ("authority", Box::new(|c| c.authority = "http://x".into())),
         ("client_id", Box::new(|c| c.client_id = "".into())),
-        ("client_secret", Box::new(|c| c.client_secret = Secret::new(""))),
+        ("client_secret", Box::new(|c| c.client_secret = Some(Secret::new("")))),
+        ("client_secret", Box::new(|c| c.client_secret = None)),
+        ("client_secret", Box::new(|c| c.auth_method = AuthMethod::PrivateKeyJwt)),
+        (
+            "client_assertion",
+            Box::new(|c| {
+                c.auth_method = AuthMethod::PrivateKeyJwt;
+                c.client_secret = None;
+            }),
+        ),
         ("timeout", Box::new(|c| c.timeout_ms = 0)),
         ("timeout", Box::new(|c| c.timeout_ms = 600_000)),
         ("token_type_hint", Box::new(|c| c.token_type_hint = "a&b".into())),
@@ -92,9 +101,14 @@ fn debug_never_shows_the_secret() {
     assert!(!s.contains("rs-secret") && s.contains("<redacted>"), "{s}");
 }
 
+fn request(c: &IntrospectionConfig, token: &str) -> (Vec<(String, String)>, Vec<u8>) {
+    let mut auth = client_auth(c).unwrap();
+    build_request(c, &mut auth, token, 1_000, &mut || Some("jti".into())).unwrap()
+}
+
 #[test]
 fn request_basic_auth() {
-    let (h, body) = build_request(&cfg(), "tok+en/=");
+    let (h, body) = request(&cfg(), "tok+en/=");
     assert_eq!(header(&h, ":method"), Some("POST"));
     assert_eq!(header(&h, ":path"), Some("/token/introspection"));
     assert_eq!(header(&h, ":authority"), Some("idp.example.com"));
@@ -108,9 +122,9 @@ fn request_basic_auth() {
 fn request_post_auth_and_no_hint() {
     let mut c = cfg();
     c.auth_method = AuthMethod::ClientSecretPost;
-    c.client_secret = Secret::new("s e&c=r");
+    c.client_secret = Some(Secret::new("s e&c=r"));
     c.token_type_hint = String::new();
-    let (h, body) = build_request(&c, "abc");
+    let (h, body) = request(&c, "abc");
     assert_eq!(header(&h, "authorization"), None);
     assert_eq!(String::from_utf8(body).unwrap(), "token=abc&client_id=rs&client_secret=s+e%26c%3Dr");
 }

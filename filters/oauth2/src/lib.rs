@@ -2,8 +2,10 @@
 //! encoding of token and introspection requests, and HTTP Basic client credentials as RFC 6749 §2.3.1
 //! wants them (id and secret form-urlencoded *before* base64, so both may contain `:` or non-ASCII).
 //! Used by `token-injector` (client-credentials grant) and `jwt-auth` (RFC 7662 introspection), which
-//! also share the configuration of it: [`AuthMethod`] (the RFC 7591 names `client_secret_basic` and
-//! `client_secret_post`) and [`Secret`], whose `Debug` and `Display` never show the secret.
+//! also share the configuration of it: [`AuthMethod`] (the RFC 7591 names `client_secret_basic`,
+//! `client_secret_post` and `private_key_jwt`), [`Secret`], whose `Debug` and `Display` never show the
+//! secret, and [`ClientAssertionConfig`] for `private_key_jwt` (RFC 7523, [`assertion`]). A worker
+//! authenticates its requests through one [`ClientAuth`].
 //!
 //! ```
 //! let mut body = String::from("grant_type=client_credentials&scope=");
@@ -15,24 +17,36 @@
 use std::fmt;
 
 use base64::Engine as _;
+use meshwasm_config::ConfigError;
 use serde::Deserialize;
+
+pub mod assertion;
+
+pub use assertion::{
+    ASSERTION_TYPE, AssertionAlg, AssertionError, AssertionSigner, ClientAssertionConfig, random_jti,
+};
 
 /// How a client authenticates to the authorization server (RFC 6749 §2.3.1), named as in the
 /// RFC 7591 `token_endpoint_auth_method` registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum AuthMethod {
     /// `Authorization: Basic base64(urlencode(client_id) ":" urlencode(client_secret))`.
     #[default]
     ClientSecretBasic,
     /// `client_id` and `client_secret` in the form body.
     ClientSecretPost,
+    /// A JWT signed with the client's private key (RFC 7523, OpenID Connect Core §9):
+    /// `client_assertion_type` and `client_assertion` in the form body; settings in `client_assertion`.
+    PrivateKeyJwt,
 }
 
 /// A configured secret. `Debug` and `Display` print `<redacted>`, so a logged config, plan or
 /// error never carries it; [`Secret::expose`] is the one way to the value.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Secret(String);
 
 impl Secret {
@@ -83,11 +97,23 @@ pub fn resolve_secret_env(
 ) -> Result<(), meshwasm_config::ConfigError> {
     let field = |name: &str| if at.is_empty() { name.to_owned() } else { format!("{at}.{name}") };
     let Some(map) = obj.as_object_mut() else { return Ok(()) };
+    if map.get("auth_method").and_then(serde_json::Value::as_str) == Some("private_key_jwt") {
+        // The key signs; a secret as well would be a second credential nobody uses.
+        for f in ["client_secret", "client_secret_env"] {
+            if map.contains_key(f) {
+                return Err(ConfigError::new(
+                    field(f),
+                    "is not used with auth_method private_key_jwt (set client_assertion instead)",
+                ));
+            }
+        }
+        return Ok(());
+    }
     let Some(name) = map.remove("client_secret_env") else {
         if map.contains_key("client_secret") {
             return Ok(());
         }
-        return Err(meshwasm_config::ConfigError::new(
+        return Err(ConfigError::new(
             field("client_secret"),
             "set exactly one of client_secret and client_secret_env",
         ));
@@ -124,9 +150,114 @@ pub fn resolve_secret_env(
     }
 }
 
-/// Adds client authentication to a form-encoded request: an `authorization` header for
-/// `client_secret_basic`, or `&client_id=..&client_secret=..` appended to `body` for
-/// `client_secret_post`.
+/// Checks at configure time that the credential fits the method: a non-empty `client_secret` and no
+/// `client_assertion` for the secret methods, a `client_assertion` (whose key
+/// [`ClientAssertionConfig::load_key`] read) and no secret for `private_key_jwt`. `at` is the path
+/// of the object holding these fields (`""` for the top).
+pub fn check_client_auth(
+    at: &str,
+    method: AuthMethod,
+    secret: Option<&Secret>,
+    assertion: Option<&ClientAssertionConfig>,
+) -> Result<(), ConfigError> {
+    let field = |name: &str| if at.is_empty() { name.to_owned() } else { format!("{at}.{name}") };
+    match method {
+        AuthMethod::PrivateKeyJwt => {
+            if secret.is_some() {
+                return Err(ConfigError::new(
+                    field("client_secret"),
+                    "is not used with auth_method private_key_jwt",
+                ));
+            }
+            match assertion {
+                None => Err(ConfigError::new(
+                    field("client_assertion"),
+                    "is required with auth_method private_key_jwt",
+                )),
+                Some(a) if a.key.is_none() => Err(ConfigError::new(
+                    field("client_assertion.private_key_env"),
+                    "the private key was not read",
+                )),
+                Some(_) => Ok(()),
+            }
+        }
+        AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost => {
+            if assertion.is_some() {
+                return Err(ConfigError::new(
+                    field("client_assertion"),
+                    "is only used with auth_method private_key_jwt",
+                ));
+            }
+            match secret {
+                Some(s) if !s.is_empty() => Ok(()),
+                _ => Err(ConfigError::new(field("client_secret"), "must not be empty")),
+            }
+        }
+    }
+}
+
+/// How one worker authenticates its requests to one endpoint: a secret, or a signer of client
+/// assertions (which keeps state, hence per worker). `Debug` shows no secret, key or assertion.
+#[derive(Debug)]
+pub enum ClientAuth {
+    Secret { method: AuthMethod, client_id: String, secret: Secret },
+    PrivateKeyJwt(Box<AssertionSigner>),
+}
+
+impl ClientAuth {
+    /// From a configuration [`check_client_auth`] accepted; `default_audience` is the endpoint's
+    /// URL (the assertion's `aud` unless `client_assertion.audience` is set).
+    pub fn new(
+        method: AuthMethod,
+        client_id: &str,
+        secret: Option<&Secret>,
+        assertion: Option<&ClientAssertionConfig>,
+        default_audience: String,
+    ) -> Result<ClientAuth, AssertionError> {
+        match (method, assertion) {
+            (AuthMethod::PrivateKeyJwt, Some(a)) => {
+                Ok(ClientAuth::PrivateKeyJwt(Box::new(AssertionSigner::new(a, client_id, default_audience)?)))
+            }
+            (AuthMethod::PrivateKeyJwt, None) => Err(AssertionError::NoKey),
+            _ => Ok(ClientAuth::Secret {
+                method,
+                client_id: client_id.to_owned(),
+                secret: secret.cloned().unwrap_or_else(|| Secret::new("")),
+            }),
+        }
+    }
+
+    /// Adds client authentication to a form-encoded request at `now_s` (Unix seconds): see
+    /// [`authenticate`] for the secret methods; for `private_key_jwt`,
+    /// `&client_assertion_type=..&client_assertion=..` appended to `body` (a `jti` from `jti`).
+    pub fn apply(
+        &mut self,
+        now_s: u64,
+        jti: &mut dyn FnMut() -> Option<String>,
+        headers: &mut Vec<(String, String)>,
+        body: &mut String,
+    ) -> Result<(), AssertionError> {
+        match self {
+            ClientAuth::Secret { method, client_id, secret } => {
+                authenticate(*method, client_id, secret, headers, body);
+                Ok(())
+            }
+            ClientAuth::PrivateKeyJwt(signer) => {
+                let jwt = signer.assertion(now_s, jti)?;
+                body.push_str("&client_assertion_type=");
+                form_urlencode_into(body, ASSERTION_TYPE);
+                body.push_str("&client_assertion=");
+                form_urlencode_into(body, jwt);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Adds client authentication with a secret to a form-encoded request: an `authorization` header
+/// for `client_secret_basic`, or `&client_id=..&client_secret=..` appended to `body` for
+/// `client_secret_post`. `private_key_jwt` needs state and a clock: [`ClientAuth::apply`] (here it
+/// adds nothing).
 pub fn authenticate(
     method: AuthMethod,
     client_id: &str,
@@ -144,6 +275,7 @@ pub fn authenticate(
             body.push_str("&client_secret=");
             form_urlencode_into(body, secret.expose());
         }
+        AuthMethod::PrivateKeyJwt => {}
     }
 }
 

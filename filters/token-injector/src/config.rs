@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::matcher::{Matcher, Rule};
 
-pub use meshwasm_oauth2::{AuthMethod, Secret};
+pub use meshwasm_oauth2::{AuthMethod, ClientAssertionConfig, Secret};
 
 /// The token endpoint, reached through an Envoy cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -108,10 +108,16 @@ pub struct Config {
     pub client_id: String,
     /// Never logged (its `Debug` is redacted). `client_secret_env` (the name of an environment
     /// variable) may stand in for it: `Plan::from_json` reads it into here at configure time.
-    pub client_secret: Secret,
-    /// `client_secret_basic` (default) or `client_secret_post`.
+    /// Required for the `client_secret_*` methods, refused with `private_key_jwt`.
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
+    /// `client_secret_basic` (default), `client_secret_post` or `private_key_jwt`.
     #[serde(default)]
     pub auth_method: AuthMethod,
+    /// The key and claims of `private_key_jwt` (RFC 7523 client assertions): required with it,
+    /// refused otherwise. The private key comes from an environment variable.
+    #[serde(default)]
+    pub client_assertion: Option<ClientAssertionConfig>,
     /// Scopes requested (sent space-separated as `scope`).
     #[serde(default)]
     pub scopes: Vec<String>,
@@ -206,13 +212,19 @@ impl Plan {
         Plan::from_json_with_env(json, &meshwasm_oauth2::process_env)
     }
 
-    /// [`Plan::from_json`] reading `client_secret_env` from `env` instead of the process environment.
+    /// [`Plan::from_json`] reading `client_secret_env` and `client_assertion.private_key_env` from
+    /// `env` instead of the process environment.
     pub fn from_json_with_env(json: &[u8], env: meshwasm_oauth2::Env<'_>) -> Result<Plan, ConfigError> {
         let mut value: serde_json::Value = meshwasm_config::from_json(json)?;
         let mut legacy = Legacy::default();
         upgrade_legacy(&mut value, &mut legacy)?;
         meshwasm_oauth2::resolve_secret_env(&mut value, "", env)?;
-        let config: Config = meshwasm_config::from_value(value)?;
+        let mut config: Config = meshwasm_config::from_value(value)?;
+        if config.auth_method == AuthMethod::PrivateKeyJwt
+            && let Some(a) = config.client_assertion.as_mut()
+        {
+            a.load_key("client_assertion", env)?;
+        }
         let mut plan = Plan::from_config(config)?;
         plan.warnings = legacy.warnings;
         Ok(plan)
@@ -239,9 +251,12 @@ impl Plan {
         if config.client_id.is_empty() {
             return bad("client_id", "must not be empty");
         }
-        if config.client_secret.is_empty() {
-            return bad("client_secret", "must not be empty");
-        }
+        meshwasm_oauth2::check_client_auth(
+            "",
+            config.auth_method,
+            config.client_secret.as_ref(),
+            config.client_assertion.as_ref(),
+        )?;
         // RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ).
         if config
             .scopes
@@ -299,9 +314,15 @@ fn shared_key(c: &Config) -> String {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part.as_bytes());
     }
-    // The secret is part of the identity too (a rotated secret must not reuse a token obtained with
-    // the old one), but only through the hash.
-    h.update(c.client_secret.expose().as_bytes());
+    // The secret (or private key) is part of the identity too (a rotated secret must not reuse a
+    // token obtained with the old one), but only through the hash.
+    if let Some(s) = &c.client_secret {
+        h.update(s.expose().as_bytes());
+    }
+    if let Some(k) = c.client_assertion.as_ref().and_then(|a| a.key.as_ref()) {
+        h.update(b"private_key_jwt");
+        h.update(k.expose_pem().as_bytes());
+    }
     let d = h.finalize();
     let hex: String = d.iter().take(8).map(|b| format!("{b:02x}")).collect();
     format!("meshwasm.token-injector.v1.{hex}")
@@ -435,7 +456,7 @@ mod tests {
         v.as_object_mut().unwrap().remove("client_secret");
         v["client_secret_env"] = json!("TI_SECRET");
         let p = with(v.clone()).unwrap();
-        assert_eq!(p.config.client_secret.expose(), "env-s3cret");
+        assert_eq!(p.config.client_secret.as_ref().unwrap().expose(), "env-s3cret");
         // Same identity as the same secret inline: the token is shared.
         let mut inline = base();
         inline["client_secret"] = json!("env-s3cret");

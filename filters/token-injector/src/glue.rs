@@ -83,11 +83,15 @@ struct Worker {
 impl Worker {
     /// Dispatches the token request (this worker holds the lease) from context `owner`.
     fn dispatch(&mut self, now: u64, owner: u32) {
+        let (headers, body) = match self.request.build(now / 1000, &mut meshwasm_oauth2::random_jti) {
+            Ok(request) => request,
+            Err(error) => return self.finish_fetch(now, Err(error)),
+        };
         let ep = &self.plan.config.token_endpoint;
         let result = hostcalls::dispatch_http_call(
             &ep.cluster,
-            self.request.header_refs(),
-            Some(&self.request.body),
+            crate::token::header_refs(&headers),
+            Some(&body),
             vec![],
             Duration::from_millis(ep.timeout_ms),
         );

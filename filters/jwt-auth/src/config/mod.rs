@@ -181,6 +181,20 @@ fn resolve_secrets(v: &mut serde_json::Value, env: meshwasm_oauth2::Env<'_>) -> 
     Ok(())
 }
 
+/// Reads the private key of each introspection `private_key_jwt` client from the environment
+/// (configure time only).
+fn load_assertion_keys(cfg: &mut Config, env: meshwasm_oauth2::Env<'_>) -> Result<(), ConfigError> {
+    for (name, p) in cfg.providers.iter_mut() {
+        if let Some(i) = p.introspection.as_mut()
+            && i.auth_method == meshwasm_oauth2::AuthMethod::PrivateKeyJwt
+            && let Some(a) = i.client_assertion.as_mut()
+        {
+            a.load_key(&format!("providers.{name}.introspection.client_assertion"), env)?;
+        }
+    }
+    Ok(())
+}
+
 fn string_match(ctx: &str, m: &MatchConfig) -> Result<StringMatch, ConfigError> {
     let set = [&m.exact, &m.prefix, &m.suffix, &m.regex].iter().filter(|x| x.is_some()).count();
     if set != 1 {
@@ -231,14 +245,16 @@ impl Plan {
         Plan::from_json_with_env(bytes, &meshwasm_oauth2::process_env)
     }
 
-    /// [`Plan::from_json`] reading introspection's `client_secret_env` from `env` instead of the
-    /// process environment.
+    /// [`Plan::from_json`] reading introspection's `client_secret_env` and
+    /// `client_assertion.private_key_env` from `env` instead of the process environment.
     pub fn from_json_with_env(bytes: &[u8], env: meshwasm_oauth2::Env<'_>) -> Result<Plan, ConfigError> {
         let mut value: serde_json::Value = meshwasm_config::from_json(bytes)?;
         let mut legacy = Legacy::default();
         upgrade_legacy(&mut value, &mut legacy)?;
         resolve_secrets(&mut value, env)?;
-        let mut plan = Plan::from_config(meshwasm_config::from_value(value)?)?;
+        let mut cfg: Config = meshwasm_config::from_value(value)?;
+        load_assertion_keys(&mut cfg, env)?;
+        let mut plan = Plan::from_config(cfg)?;
         // Deprecations first: they are about the spelling, the others about the settings.
         legacy.warnings.append(&mut plan.warnings);
         plan.warnings = legacy.warnings;

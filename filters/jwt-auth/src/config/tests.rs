@@ -250,8 +250,10 @@ fn introspection_uses_the_rfc_7591_method_names() {
                 .starts_with(&format!("`providers.p.introspection.auth_method: \"{old}\"` is deprecated"))
         );
     }
+    // private_key_jwt signs with a key: a secret as well is refused, naming it.
     let e = with(r#","auth_method":"private_key_jwt""#).unwrap_err();
-    assert_eq!(e.path(), "providers.p.introspection.auth_method");
+    assert_eq!(e.path(), "providers.p.introspection.client_secret");
+    assert!(e.reason().contains("not used with auth_method private_key_jwt"), "{e}");
     // Durations, both spellings; the secret never shows in the plan's Debug output.
     let n = with(r#","timeout":"1500ms","inactive_ttl":"30s","max_active_ttl":"2m""#).unwrap();
     let o = with(r#","timeout_ms":1500,"inactive_ttl_s":30,"max_active_ttl_s":120"#).unwrap();
@@ -306,7 +308,7 @@ fn introspection_client_secret_from_the_environment() {
     };
     let p = with(r#","client_secret_env":"JA_SECRET""#).unwrap();
     let i = p.providers[0].introspection.as_ref().unwrap();
-    assert_eq!(i.client_secret.expose(), "env-hunter2");
+    assert_eq!(i.client_secret.as_ref().unwrap().expose(), "env-hunter2");
     assert!(!format!("{p:?}").contains("env-hunter2"));
     let e = with(r#","client_secret_env":"JA_MISSING""#).unwrap_err();
     assert_eq!(e.path(), "providers.p.introspection.client_secret_env");
@@ -316,4 +318,41 @@ fn introspection_client_secret_from_the_environment() {
     let e = with("").unwrap_err();
     assert_eq!(e.path(), "providers.p.introspection.client_secret");
     assert!(!format!("{e} {e:?}").contains("env-hunter2"));
+}
+
+#[test]
+fn introspection_private_key_jwt_reads_the_key_from_the_environment() {
+    let pem = include_str!("../../tests/keys/rsa1.pem");
+    let env = |k: &str| (k == "JA_KEY").then(|| pem.to_owned());
+    let with = |fields: &str| {
+        Plan::from_json_with_env(
+            format!(
+                r#"{{"providers":{{"p":{{"issuer":"i","introspection":{{"cluster":"c","path":"/i","authority":"a",
+                   "client_id":"rs","auth_method":"private_key_jwt"{fields}}}}}}}}}"#
+            )
+            .as_bytes(),
+            &env,
+        )
+    };
+    let p = with(r#","client_assertion":{"private_key_env":"JA_KEY","key_id":"k1"}"#).unwrap();
+    let i = p.providers[0].introspection.as_ref().unwrap();
+    assert!(i.client_assertion.as_ref().unwrap().key.is_some());
+    assert!(i.client_secret.is_none());
+    let shown = format!("{p:?}");
+    assert!(!shown.contains("PRIVATE KEY") && !shown.contains(&pem[40..80]), "{shown}");
+    // Each call carries a new assertion, signed with the key; the Debug of the state shows none.
+    let mut state = crate::introspection_state::IntrospectionState::new(i.clone());
+    let (_, a) = state.build_request("t1", 5_000, &mut || Some("j1".into())).unwrap();
+    let (_, b) = state.build_request("t1", 5_000, &mut || Some("j2".into())).unwrap();
+    let (a, b) = (String::from_utf8(a).unwrap(), String::from_utf8(b).unwrap());
+    assert!(a.contains("&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion=ey"), "{a}");
+    assert_ne!(a, b);
+    let e = with(r#","client_assertion":{"private_key_env":"JA_NONE"}"#).unwrap_err();
+    assert_eq!(e.path(), "providers.p.introspection.client_assertion.private_key_env");
+    assert!(e.reason().contains("`JA_NONE` is unset or empty"), "{e}");
+    let e = with("").unwrap_err();
+    assert_eq!(e.path(), "provider `p`.introspection.client_assertion", "{e}");
+    let e = with(r#","client_assertion":{"private_key_env":"JA_KEY","alg":"ES256"}"#).unwrap_err();
+    assert_eq!(e.path(), "providers.p.introspection.client_assertion.private_key_env", "{e}");
+    assert!(!format!("{e} {e:?}").contains("PRIVATE"));
 }
