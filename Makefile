@@ -21,7 +21,7 @@ export MESHWASM_ENVOY := $(VENV)/bin/envoy-binary
 DIST_FILTERS := meshwasm_jwt_auth meshwasm_token_injector meshwasm_discovery meshwasm_balancer meshwasm_authz
 WASM_OPT_FLAGS := -Oz --strip-debug --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int --enable-mutable-globals
 
-.PHONY: test-envoy-matrix dist publish publish-registry all setup setup-system setup-rust setup-envoy setup-node wasm fmt-check clippy unit test demo bench bench-quick clean
+.PHONY: fuzz test-envoy-matrix dist publish publish-registry all setup setup-system setup-rust setup-envoy setup-node wasm fmt-check clippy unit test demo bench bench-quick clean
 
 all: wasm
 
@@ -59,6 +59,13 @@ setup-node:
 ## Build the filter artifacts (size-optimized profile, crypto at opt-level 3).
 wasm: setup-rust
 	cargo build --profile wasm --target $(WASM_TARGET) $(FILTER_FLAGS)
+	@# Post-link: only the callbacks each filter implements stay exported (filters/<name>/callbacks), so
+	@# Envoy does not enter the VM for the others. Idempotent; the probe and noop keep every export.
+	cargo build -q -p meshwasm-exports --bin meshwasm-exports
+	for list in filters/*/callbacks; do \
+	  name=$$(basename $$(dirname $$list)); \
+	  target/debug/meshwasm-exports $(WASM_DIR)/meshwasm_$${name//-/_}.wasm --keep $$list; \
+	done
 	@ls -l $(WASM_DIR)/*.wasm
 
 fmt-check:
@@ -79,6 +86,25 @@ test: setup wasm fmt-check clippy
 ## `make test`): each in .venv-envoy/<version>, a pass/fail table at the end (tests/matrix/run.sh).
 test-envoy-matrix: setup wasm
 	tests/matrix/run.sh $(ENVOY_MATRIX_VERSIONS)
+
+## Fuzzing (nightly + cargo-fuzz, outside the stable build; see fuzz/README.md): every target for
+## FUZZ_SECONDS seconds, one process each, from its committed corpus and the seeds fuzz/seed.py draws from
+## the test vectors; then `cargo fuzz cmin` keeps what adds coverage in fuzz/corpus/<target>/. A crash
+## leaves its input in fuzz/artifacts/<target>/ and fails the run. `make test` replays the corpora on stable.
+FUZZ_SECONDS ?= 60
+fuzz:
+	rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	$(PYTHON) fuzz/seed.py >/dev/null
+	cd fuzz && failed=""; for t in $$(cargo +nightly fuzz list); do \
+	  mkdir -p corpus/$$t seeds/$$t; \
+	  cargo +nightly fuzz run -O --debug-assertions $$t corpus/$$t seeds/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+	    >fuzz-$$t.log 2>&1 || failed="$$failed $$t"; \
+	  grep -E '^(stat::number_of_executed_units|stat::new_units_added|SUMMARY)' fuzz-$$t.log | sed "s/^/$$t: /" || true; \
+	  cargo +nightly fuzz cmin -O --debug-assertions $$t corpus/$$t >/dev/null 2>&1; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz: crashes in:$$failed (inputs in fuzz/artifacts/, logs in fuzz/fuzz-<target>.log)" >&2; exit 1; fi
 
 REGISTRY ?= file
 demo: setup wasm
