@@ -36,17 +36,22 @@ struct Sample {
     services: usize,
 }
 
-fn sample(envoy: &Envoy, t: f64) -> Sample {
+fn sample(envoy: &Envoy, t: f64, token: &str) -> Sample {
     let stats = envoy.stats().unwrap_or_default();
-    let services = envoy
-        .admin_get("/")
-        .ok()
-        .and_then(|_| {
-            meshwasm_tests::process::http_get(envoy.listener_addr(LISTENER), "/meshwasm/discovery").ok()
-        })
-        .and_then(|r| r.json().ok())
-        .and_then(|v| v.as_object().map(serde_json::Map::len))
-        .unwrap_or(0);
+    let bearer = format!("Bearer {token}");
+    let services = meshwasm_tests::process::http_request(
+        envoy.listener_addr(LISTENER),
+        "GET",
+        "/meshwasm/discovery",
+        &[("authorization", &bearer)],
+        b"",
+        Duration::from_secs(5),
+    )
+    .ok()
+    .filter(|r| r.status == 200)
+    .and_then(|r| r.json().ok())
+    .and_then(|v| v.as_object().map(serde_json::Map::len))
+    .unwrap_or(0);
     Sample {
         t,
         rss_kib: meshwasm_bench::machine::rss_kib(envoy.pid()).unwrap_or(0),
@@ -113,7 +118,8 @@ pub fn run(settings: &Settings, duration: Duration, out: &Path) -> Result<bool> 
         workers: settings.connections,
         timeout: Duration::from_secs(10),
     };
-    let load = Load::start(spec, Some(token));
+    let load = Load::start(spec, Some(token.clone()));
+    let mut token = token;
     // Registry churn: D registered / removed every second, from its own thread.
     let stop = Arc::new(AtomicBool::new(false));
     let churned = Arc::new(AtomicU64::new(0));
@@ -163,7 +169,7 @@ pub fn run(settings: &Settings, duration: Duration, out: &Path) -> Result<bool> 
             break;
         }
         if t >= next_sample {
-            let s = sample(&envoy, t);
+            let s = sample(&envoy, t, &token);
             if samples.len() % 12 == 0 {
                 eprintln!(
                     "  [{t:6.1} s] RSS {} KiB, {} stats ({} meshwasm), {} VMs, {} services",
@@ -175,8 +181,8 @@ pub fn run(settings: &Settings, duration: Duration, out: &Path) -> Result<bool> 
         }
         if t >= next_rotation {
             idp.rotate_keys()?;
-            let token = idp.client_credentials(&BASIC_CLIENT, "read", Some(RS256_RESOURCE))?;
-            load.set_token(Some(token));
+            token = idp.client_credentials(&BASIC_CLIENT, "read", Some(RS256_RESOURCE))?;
+            load.set_token(Some(token.clone()));
             rotations += 1;
             retire_at = Some(t + 10.0);
             next_rotation += 60.0;
@@ -190,7 +196,7 @@ pub fn run(settings: &Settings, duration: Duration, out: &Path) -> Result<bool> 
     stop.store(true, Ordering::Relaxed);
     let records = load.finish();
     let _ = churn.join();
-    samples.push(sample(&envoy, seconds as f64));
+    samples.push(sample(&envoy, seconds as f64, &token));
     let load_after = meshwasm_bench::machine::load_average();
 
     // Figures and bounds.

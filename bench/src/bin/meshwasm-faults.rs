@@ -29,23 +29,23 @@ struct Cli {
     command: Option<Cmd>,
     /// Faults to run, comma-separated letters of issue 13 (a: backend killed, b: IdP down, c: registry
     /// down, d: introspection slow, e: token endpoint down, f: etcd
-    /// cluster). Default: all.
+    /// cluster, g: VM trap). Default: all.
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
     /// Seconds the IdP and the registry are down (the issue's figure: 30; shorter for a quick run).
     #[arg(long, default_value_t = 30)]
     outage: u64,
     /// Requests per second of the load.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, global = true, default_value_t = 200)]
     rate: u32,
     /// Load-generator connections.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, global = true, default_value_t = 32)]
     connections: usize,
     /// Envoy worker threads.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, global = true, default_value_t = 2)]
     workers: u32,
     /// Where FAULTS.md (or SOAK.md) and the plots go.
-    #[arg(long, default_value = "bench/report")]
+    #[arg(long, global = true, default_value = "bench/report")]
     out: PathBuf,
 }
 
@@ -94,13 +94,14 @@ fn main() -> ExitCode {
 }
 
 fn faults(cli: &Cli, settings: &Settings) -> Result<bool> {
-    let all: [(&str, FaultFn); 6] = [
+    let all: [(&str, FaultFn); 7] = [
         ("a", run::backend_kill),
         ("b", run::idp_down),
         ("c", run::registry_down),
         ("d", run::introspection_slow),
         ("e", run::token_endpoint_down),
         ("f", run::etcd_cluster),
+        ("g", run::vm_trap),
     ];
     let mut runs = Vec::new();
     let mut skipped = Vec::new();

@@ -729,3 +729,154 @@ pub fn token_endpoint_down(s: &Settings) -> Result<FaultRun> {
     );
     Ok(run)
 }
+
+/// A proxy-wasm module (WAT) that lets requests through and traps (`unreachable`) in
+/// `on_request_headers` when the request carries `x-crash`: a VM failing mid-stream on demand.
+const TRAPPING_WAT: &str = r#"(module
+  (import "env" "proxy_get_header_map_value" (func $get_header (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 16)
+  (global $heap (mut i32) (i32.const 65536))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
+    (local $p i32)
+    (if (i32.gt_u (i32.add (global.get $heap) (local.get $n)) (i32.const 1000000))
+      (then (global.set $heap (i32.const 65536))))
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (i32.and (i32.add (local.get $n) (i32.const 7)) (i32.const -8))))
+    (local.get $p))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_done") (param i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_log") (param i32))
+  (func (export "proxy_on_delete") (param i32))
+  (data (i32.const 1120) "x-crash")
+  (func (export "proxy_on_request_headers") (param $ctx i32) (param $n i32) (param $eos i32) (result i32)
+    (if (i32.eqz (call $get_header (i32.const 0) (i32.const 1120) (i32.const 7) (i32.const 2048) (i32.const 2052)))
+      (then (unreachable)))
+    (i32.const 0)))
+"#;
+
+fn trapping_filter(
+    dir: &std::path::Path,
+    name: &str,
+    policy: &str,
+) -> Result<meshwasm_tests::envoy::HttpFilter> {
+    let wat = dir.join("trap.wat");
+    let wasm = dir.join("trap.wasm");
+    if !wasm.exists() {
+        std::fs::write(&wat, TRAPPING_WAT)?;
+        let out = std::process::Command::new("wasm-opt")
+            .arg(&wat)
+            .arg("-o")
+            .arg(&wasm)
+            .output()
+            .context("running wasm-opt (Debian binaryen, make setup) to assemble the trapping module")?;
+        anyhow::ensure!(out.status.success(), "wasm-opt: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(meshwasm_tests::envoy::HttpFilter::Raw(format!(
+        r#"name: envoy.filters.http.wasm
+typed_config:
+  "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+  config:
+    name: {name}
+    root_id: {name}
+    failure_policy: {policy}
+    vm_config:
+      vm_id: {name}
+      runtime: envoy.wasm.runtime.v8
+      code: {{local: {{filename: "{}"}}}}
+"#,
+        wasm.display()
+    )))
+}
+
+/// (g) A VM that traps mid-stream, with `failure_policy` FAIL_CLOSED and FAIL_RELOAD side by side.
+pub fn vm_trap(s: &Settings) -> Result<FaultRun> {
+    let mut run = FaultRun::new(
+        "g-vm-trap",
+        "(g) a VM that traps mid-stream: FAIL_CLOSED and FAIL_RELOAD",
+        "Two listeners in one Envoy (1 worker, so one VM per plugin), each with a small proxy-wasm module that \
+         traps in `on_request_headers` when a request carries `x-crash`: one with `failure_policy: FAIL_CLOSED`, one \
+         with `FAIL_RELOAD`, each loaded at half the rate. At 5 s one `x-crash` request is sent to each. The \
+         documented blast radius (README of meshwasm-host, Failures; examples/serve): the trapping request gets 503 \
+         and so do the other streams of that VM in flight; then FAIL_CLOSED answers 503 for every later request of \
+         that VM, FAIL_RELOAD recreates the VM so that the next request works."
+            .into(),
+    );
+    let dir = tempfile::tempdir()?;
+    let backend = ProcBackend::start("A")?;
+    let mut cfg = meshwasm_tests::envoy::EnvoyConfig::new()
+        .concurrency(1)
+        .log_level("warn")
+        .listener(meshwasm_tests::envoy::Listener::new("closed", "backend").filter(trapping_filter(
+            dir.path(),
+            "trap-closed",
+            "FAIL_CLOSED",
+        )?))
+        .listener(meshwasm_tests::envoy::Listener::new("reload", "backend").filter(trapping_filter(
+            dir.path(),
+            "trap-reload",
+            "FAIL_RELOAD",
+        )?))
+        .cluster(Cluster::static_hosts("backend", &[backend.addr]));
+    cfg.component_log_level = Some("wasm:warn".to_owned());
+    let envoy = cfg.start()?;
+    let seconds = 15;
+    let half = (s.rate / 2).max(1);
+    let closed = Load::start(listener_spec(s, &envoy, "closed", half, seconds), None);
+    let reload = Load::start(listener_spec(s, &envoy, "reload", half, seconds), None);
+    until(&closed, 5.0);
+    let crash = |l: &str| {
+        meshwasm_tests::process::http_request(
+            envoy.listener_addr(l),
+            "GET",
+            "/",
+            &[("x-crash", "1")],
+            b"",
+            Duration::from_secs(5),
+        )
+        .map(|r| r.status)
+    };
+    let t_trap = run.event(&closed, "x-crash sent to both listeners");
+    let (c_status, r_status) = (crash("closed")?, crash("reload")?);
+    let t_trapped = closed.now_us();
+    let closed = closed.finish();
+    let reload = reload.finish();
+    let mut all = closed.clone();
+    all.extend(reload.iter().cloned());
+    all.sort_by_key(|r| r.due_us);
+    run.finish(&all, seconds);
+
+    run.figure(
+        "status of the x-crash request: FAIL_CLOSED / FAIL_RELOAD",
+        format!("{c_status} / {r_status}"),
+    );
+    let before_c: Vec<&Record> = closed.iter().filter(|r| r.end_us < t_trap).collect();
+    let before_r: Vec<&Record> = reload.iter().filter(|r| r.end_us < t_trap).collect();
+    run.check(
+        "before the trap: all 200 on both",
+        format!("{:?} / {:?}", status_counts(&before_c), status_counts(&before_r)),
+        before_c.iter().chain(&before_r).all(|r| r.ok()),
+    );
+    run.check(
+        "the trapping request gets 503 (both policies)",
+        format!("{c_status} / {r_status}"),
+        c_status == 503 && r_status == 503,
+    );
+    let after_c: Vec<&Record> = closed.iter().filter(|r| r.start_us > t_trapped).collect();
+    run.check(
+        "FAIL_CLOSED: every later request of that VM is 503",
+        format!("{:?}", status_counts(&after_c)),
+        !after_c.is_empty() && after_c.iter().all(|r| r.status == 503),
+    );
+    let in_flight = load::in_flight_at(&reload, t_trap) + load::in_flight_at(&reload, t_trapped);
+    let reload_errors: Vec<&Record> = reload.iter().filter(|r| !r.ok()).collect();
+    let after_r: Vec<&Record> = reload.iter().filter(|r| r.start_us > t_trapped).collect();
+    run.check(
+        format!("FAIL_RELOAD: errors besides the trapping request ≤ its VM's streams in flight ({in_flight}), later requests all 200"),
+        format!("{} errors {:?}; after the trap {:?}", reload_errors.len(), status_counts(&reload_errors), status_counts(&after_r)),
+        reload_errors.len() <= in_flight && after_r.iter().all(|r| r.ok()),
+    );
+    Ok(run)
+}
