@@ -4,6 +4,11 @@
 //! and the wasmtime host: the right secret works, a wrong one is refused by the IdP (401 → 503), a
 //! missing variable or a secret set twice is a configure-time error naming the field or variable, and
 //! no secret (nor its Basic encoding) ever appears in Envoy's log or the guest's log.
+//!
+//! `private_key_jwt` (RFC 7523, OpenID Connect Core §9) the same way: the client's private key comes
+//! from an environment variable, the provider holds the client's public JWKS; the right key gets a
+//! token (Envoy and the host) and passes introspection, a wrong key is refused by the provider
+//! (401 `invalid_client` → 503), and no line of the key ever appears in a log.
 
 use std::time::Duration;
 
@@ -14,8 +19,11 @@ use meshwasm_host::{
 use meshwasm_tests::artifacts::wasm_path;
 use meshwasm_tests::backend::Backend;
 use meshwasm_tests::envoy::{Cluster, Envoy, EnvoyConfig, Listener, WasmFilter};
-use meshwasm_tests::oidc::{AuthMethod, BASIC_CLIENT, Client, OPAQUE_RESOURCE, OidcOptions, OidcProvider};
+use meshwasm_tests::oidc::{
+    AuthMethod, BASIC_CLIENT, Client, KeyClient, OPAQUE_RESOURCE, OidcOptions, OidcProvider,
+};
 use meshwasm_tests::process::{HttpResponse, http_request};
+use meshwasm_tests::signer::{Signer, test_key};
 use serde_json::{Value, json};
 
 /// Distinctive values, so a grep of a log cannot match anything else.
@@ -24,9 +32,30 @@ const WRONG: &str = "Wr0ngEnvSecret5be8a";
 const INLINE: &str = "InlineSecret93a0d";
 const ENV_CLIENT: Client = Client { id: "meshwasm-env", secret: SECRET, method: AuthMethod::Basic };
 
-/// Every way a secret could leak into a log: as is, and inside Basic credentials.
+/// The client that signs with `rsa1.pem` (its public key, kid `k1`, registered at the provider).
+const KEY_CLIENT_ID: &str = "meshwasm-key";
+
+fn key_client() -> KeyClient {
+    let jwk = Signer::rsa("rsa1.pem", "k1").jwk();
+    KeyClient { id: KEY_CLIENT_ID.into(), jwks: json!({"keys": [jwk]}) }
+}
+
+/// A PEM private key file's text.
+fn pem(file: &str) -> String {
+    String::from_utf8(test_key(file)).unwrap()
+}
+
+/// Every way a secret could leak into a log: as is, inside Basic credentials, and any line of the
+/// private keys (rsa1: the right one, rsa2: the wrong one).
 fn leaks(log: &str) -> Vec<String> {
     let mut found = Vec::new();
+    for key in [pem("rsa1.pem"), pem("rsa2.pem")] {
+        for line in key.lines().filter(|l| l.len() >= 40 && !l.starts_with("-----")) {
+            if log.contains(line) {
+                found.push(format!("a line of a private key: {line}"));
+            }
+        }
+    }
     for s in [SECRET, WRONG, INLINE] {
         let basic = base64::engine::general_purpose::STANDARD.encode(format!("{}:{s}", ENV_CLIENT.id));
         for needle in [s.to_owned(), basic] {
@@ -266,4 +295,147 @@ fn host_reads_secrets_from_the_environment_and_never_logs_them() {
     let text = format!("{err:#}");
     assert!(text.contains("`MESHWASM_IDP_SECRET` is unset or empty"), "{text}");
     assert_eq!(leaks(&(logs + &text)), Vec::<String>::new(), "a secret leaked into the guest's log");
+}
+
+fn key_auth(audience: &str) -> Value {
+    json!({
+        "auth_method": "private_key_jwt",
+        "client_assertion": {"private_key_env": "MESHWASM_IDP_KEY", "key_id": "k1", "audience": audience},
+    })
+}
+
+fn key_injector_config(audience: &str) -> Value {
+    let mut v = injector_config(key_auth(audience));
+    v["client_id"] = json!(KEY_CLIENT_ID);
+    v
+}
+
+fn key_introspection_config(idp: &OidcProvider) -> Value {
+    let mut v = introspection_config(idp, key_auth(idp.issuer()));
+    v["providers"]["idp"]["introspection"]["client_id"] = json!(KEY_CLIENT_ID);
+    v
+}
+
+/// `private_key_jwt` in real Envoy against the real provider: the token-injector gets a token with
+/// an assertion signed by the key from the environment (`aud`: the token endpoint), jwt-auth's
+/// introspection calls authenticate the same way (`aud`: the issuer; two calls, two assertions: the
+/// provider refuses a `jti` it has seen), and the wrong key is refused: 503, the provider's
+/// `invalid_client` in the log, no line of either key anywhere in it.
+#[test]
+fn envoy_private_key_jwt_from_the_environment_and_never_logged() {
+    let idp =
+        OidcProvider::start(OidcOptions { key_clients: vec![key_client()], ..Default::default() }).unwrap();
+    let backend = Backend::start("api").unwrap();
+    let (ti, ja) = ("meshwasm_token_injector", "meshwasm_jwt_auth");
+    let (right, wrong) = (pem("rsa1.pem"), pem("rsa2.pem"));
+    let token_aud = idp.token_endpoint();
+    let envoy = EnvoyConfig::new()
+        .concurrency(1)
+        .listener(listener(
+            "inject-key",
+            ti,
+            key_injector_config(&token_aud),
+            &[("MESHWASM_IDP_KEY", &right)],
+            false,
+        ))
+        .listener(listener(
+            "inject-wrong-key",
+            ti,
+            key_injector_config(&token_aud),
+            &[("MESHWASM_IDP_KEY", &wrong)],
+            false,
+        ))
+        .listener(listener(
+            "introspect-key",
+            ja,
+            key_introspection_config(&idp),
+            &[("MESHWASM_IDP_KEY", &right)],
+            false,
+        ))
+        .listener(listener(
+            "introspect-wrong-key",
+            ja,
+            key_introspection_config(&idp),
+            &[("MESHWASM_IDP_KEY", &wrong)],
+            false,
+        ))
+        .cluster(Cluster::static_hosts("api", &[backend.addr()]))
+        .cluster(Cluster::static_hosts("idp", &[idp.addr()]))
+        .start()
+        .unwrap();
+
+    let resp = get(&envoy, "inject-key", None);
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let body: Value = resp.json().unwrap();
+    let auth = body["headers"].as_array().unwrap().iter().find(|h| h[0] == "authorization").unwrap();
+    let token = auth[1].as_str().unwrap().strip_prefix("Bearer ").unwrap();
+    // The provider issued it to the key client (its introspection says so).
+    let info = idp.introspect(token).unwrap();
+    assert_eq!(info["client_id"], KEY_CLIENT_ID, "{info}");
+
+    let resp = get(&envoy, "inject-wrong-key", None);
+    assert_eq!(resp.status, 503, "{}", resp.text());
+    assert!(resp.text().contains("invalid_client"), "{}", resp.text());
+
+    // Two opaque tokens: two introspection calls, each with its own assertion, both accepted.
+    for _ in 0..2 {
+        let t = idp.client_credentials(&BASIC_CLIENT, "read", Some(OPAQUE_RESOURCE)).unwrap();
+        let resp = get(&envoy, "introspect-key", Some(&format!("Bearer {t}")));
+        assert_eq!(resp.status, 200, "{}", resp.text());
+    }
+    let t = idp.client_credentials(&BASIC_CLIENT, "read", Some(OPAQUE_RESOURCE)).unwrap();
+    let resp = get(&envoy, "introspect-wrong-key", Some(&format!("Bearer {t}")));
+    assert_eq!(resp.status, 503, "{}", resp.text());
+
+    let log = envoy.logs();
+    assert!(log.contains("invalid_client"), "the provider's refusal is logged");
+    assert_eq!(leaks(&log), Vec::<String>::new(), "a key leaked into Envoy's log");
+}
+
+/// The wasmtime host runs the same: token-injector forwards its token request to the real provider
+/// (the virtual clock starts now, since the provider checks `iat`/`exp`), a wrong key is refused,
+/// and an unusable key is a configure-time error naming the field and variable, never the key.
+#[test]
+fn host_private_key_jwt_from_the_environment_and_never_logged() {
+    let idp =
+        OidcProvider::start(OidcOptions { key_clients: vec![key_client()], ..Default::default() }).unwrap();
+    let host = Host::new(HostOptions::default()).unwrap();
+    let module = host.load(wasm_path("meshwasm_token_injector")).unwrap();
+    let cfg = key_injector_config(&idp.token_endpoint()).to_string();
+    let proxy = |key: &str| {
+        Proxy::builder(&host)
+            .start_time(std::time::SystemTime::now())
+            .plugin(
+                Plugin::new(module.clone())
+                    .name("injector")
+                    .config(cfg.as_bytes())
+                    .env("MESHWASM_IDP_KEY", key),
+            )
+            .upstream("idp", Upstream::forward(idp.addr()))
+            .build()
+    };
+    let req = || Request::get("/orders").authority("api.internal");
+
+    let mut p = proxy(&pem("rsa1.pem")).unwrap();
+    let ex = p.send(0, req(), UpstreamReply::new(200)).unwrap();
+    let sent = ex.upstream_request.as_ref().and_then(|r| r.headers.get("authorization")).unwrap();
+    let token = sent.strip_prefix("Bearer ").unwrap();
+    assert_eq!(idp.introspect(token).unwrap()["client_id"], KEY_CLIENT_ID);
+    let mut logs: String = p.logs().iter().map(|l| format!("{}\n", l.message)).collect();
+
+    let mut p = proxy(&pem("rsa2.pem")).unwrap();
+    let ex = p.send(0, req(), UpstreamReply::new(200)).unwrap();
+    assert_eq!(ex.status, 503);
+    assert!(p.logged("invalid_client"));
+    logs.extend(p.logs().iter().map(|l| format!("{}\n", l.message)));
+
+    // An EC key where the config says RS256 (the default alg is RS256 too): rejected at configure time.
+    let err = proxy(&pem("ec1.pem")).err().expect("an EC key for RS256 must be rejected");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("client_assertion.private_key_env: environment variable `MESHWASM_IDP_KEY` does not hold an RSA private key"),
+        "{text}"
+    );
+    assert!(!text.contains(&pem("ec1.pem").lines().nth(1).unwrap()[..30]), "{text}");
+    assert_eq!(leaks(&(logs + &text)), Vec::<String>::new(), "a key leaked into the guest's log");
 }

@@ -6,6 +6,9 @@
 //   env   MESHWASM_OIDC_PORT    port when no argv is given
 //         MESHWASM_OIDC_CONFIG  JSON, all optional:
 //           { "clients":   [{ "client_id", "client_secret", "token_endpoint_auth_method", "scope" }],
+//             "extra_clients": [ clients added to "clients" (or to the defaults), e.g. a private_key_jwt
+//                               client: { "client_id", "token_endpoint_auth_method": "private_key_jwt",
+//                                         "jwks": { "keys": [public JWK] } } ],
 //             "resources": { "<resource indicator>": { "alg": "RS256"|"ES256", "scope": "a b",
 //                                                      "ttl": seconds, "format": "jwt"|"opaque",
 //                                                      "audience": "<aud>" } },
@@ -47,7 +50,7 @@ const DEFAULT_RESOURCES = {
 
 const port = Number(process.argv[2] ?? process.env.MESHWASM_OIDC_PORT ?? 0);
 const config = JSON.parse(process.env.MESHWASM_OIDC_CONFIG || '{}');
-const clients = (config.clients ?? DEFAULT_CLIENTS).map((c) => ({
+const clients = [...(config.clients ?? DEFAULT_CLIENTS), ...(config.extra_clients ?? [])].map((c) => ({
   grant_types: ['client_credentials'],
   response_types: [],
   redirect_uris: [],

@@ -129,6 +129,18 @@ pub struct OidcOptions {
     pub resources: Option<BTreeMap<String, ResourceServer>>,
     /// Lifetime of tokens issued without a resource indicator (and default for resources), seconds.
     pub token_ttl: Option<u64>,
+    /// Clients that authenticate with `private_key_jwt` (RFC 7523), added to the others.
+    pub key_clients: Vec<KeyClient>,
+}
+
+/// A client registered with `token_endpoint_auth_method: private_key_jwt` and its public keys: it
+/// signs client assertions with the private half (also for introspection, whose auth method
+/// oidc-provider takes from the token endpoint's).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyClient {
+    pub id: String,
+    /// The client's JWKS (`{"keys": [public JWK, ...]}`).
+    pub jwks: Value,
 }
 
 impl OidcOptions {
@@ -159,6 +171,14 @@ impl OidcOptions {
         }
         if let Some(ttl) = self.token_ttl {
             cfg.insert("client_credentials_ttl".into(), json!(ttl));
+        }
+        if !self.key_clients.is_empty() {
+            let list: Vec<Value> = self
+                .key_clients
+                .iter()
+                .map(|c| json!({"client_id": c.id, "token_endpoint_auth_method": "private_key_jwt", "jwks": c.jwks}))
+                .collect();
+            cfg.insert("extra_clients".into(), Value::Array(list));
         }
         Value::Object(cfg)
     }
