@@ -59,6 +59,13 @@ setup-node:
 ## Build the filter artifacts (size-optimized profile, crypto at opt-level 3).
 wasm: setup-rust
 	cargo build --profile wasm --target $(WASM_TARGET) $(FILTER_FLAGS)
+	@# Post-link: only the callbacks each filter implements stay exported (filters/<name>/callbacks), so
+	@# Envoy does not enter the VM for the others. Idempotent; the probe and noop keep every export.
+	cargo build -q -p meshwasm-exports --bin meshwasm-exports
+	for list in filters/*/callbacks; do \
+	  name=$$(basename $$(dirname $$list)); \
+	  target/debug/meshwasm-exports $(WASM_DIR)/meshwasm_$${name//-/_}.wasm --keep $$list; \
+	done
 	@ls -l $(WASM_DIR)/*.wasm
 
 fmt-check:
