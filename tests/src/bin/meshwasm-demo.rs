@@ -103,7 +103,12 @@ struct Mesh {
 }
 
 /// Starts the Envoys in parallel (each loads and compiles its wasm modules on start-up).
-fn start_all(configs: Vec<EnvoyConfig>) -> Result<Vec<Envoy>> {
+fn start_all(mut configs: Vec<EnvoyConfig>) -> Result<Vec<Envoy>> {
+    // Six Envoys compiling their wasm modules at once on a small, busy machine (`make test`) can take
+    // longer than the harness's 30 s.
+    for c in &mut configs {
+        c.start_timeout = Duration::from_secs(90);
+    }
     std::thread::scope(|s| {
         let handles: Vec<_> = configs.iter().map(|c| s.spawn(move || c.start())).collect();
         handles
