@@ -11,6 +11,7 @@ use meshwasm_endpoints::{
 };
 use meshwasm_filter_runtime::glue::{
     HostShared, define, increment, install_panic_hook, log, now_ms, now_nanos, plugin_config, random_u64,
+    record,
 };
 use meshwasm_filter_runtime::worker_id;
 use proxy_wasm::hostcalls;
@@ -56,6 +57,8 @@ struct ServiceState {
     no_healthy: Option<u32>,
     updates: Option<u32>,
     bad_sets: Option<u32>,
+    /// Gauge: endpoints in the set in use.
+    endpoints: Option<u32>,
 }
 
 impl ServiceState {
@@ -128,6 +131,7 @@ impl State {
                 let (version, len) = (set.version, set.endpoints.len());
                 if s.lb.set_endpoints(set, now) {
                     bump(s.updates);
+                    record(s.endpoints, len as u64);
                     log(
                         LogLevel::Info,
                         &format!(
@@ -242,9 +246,11 @@ impl RootContext for Root {
         for sp in &plan.services {
             let mut lb =
                 ServiceBalancer::new(Rc::clone(&sp.policy), base_seed ^ xxh64(sp.name.as_bytes(), 0));
+            let endpoints = define(MetricType::Gauge, &format!("meshwasm_balancer.{}.endpoints", sp.name));
             let discovered = match &sp.endpoints {
                 EndpointSource::Static(eps) => {
                     lb.set_endpoints(EndpointSet { version: 1, endpoints: eps.clone() }, now);
+                    record(endpoints, eps.len() as u64);
                     false
                 }
                 EndpointSource::Discovery => true,
@@ -263,6 +269,7 @@ impl RootContext for Root {
                     no_healthy: ServiceState::metric(name, "no_healthy_upstream"),
                     updates: ServiceState::metric(name, "endpoint_set_updates"),
                     bad_sets: ServiceState::metric(name, "bad_endpoint_sets"),
+                    endpoints,
                 },
             );
         }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use meshwasm_filter_runtime::call_response::CallError;
 use meshwasm_filter_runtime::glue::{
     HostShared, Metrics, define, increment, install_panic_hook, log, now_ms, plugin_config, random_u64,
-    read_call_response,
+    read_call_response, record,
 };
 use meshwasm_filter_runtime::worker_id;
 use proxy_wasm::hostcalls;
@@ -50,14 +50,29 @@ struct ProviderKeys {
     intro: Option<IntrospectionState>,
 }
 
-/// What an outstanding `dispatch_http_call` was for.
+/// What an outstanding `dispatch_http_call` was for, and when it was dispatched (ms, for the latency
+/// histograms).
 enum CallKind {
-    Jwks(usize),
+    Jwks {
+        provider: usize,
+        started_ms: u64,
+    },
     /// The token is kept only until the answer arrives (to key the cache); never logged.
     Intro {
         provider: usize,
         token: String,
+        started_ms: u64,
     },
+}
+
+/// Histograms, defined once at configure time (only those the configuration can record into).
+struct Latency {
+    /// `meshwasm_jwt_auth.jwks_fetch_latency_ms`: dispatch to answer (or failure) of every remote-keys
+    /// call (a JWKS or an OIDC discovery document).
+    jwks_ms: Option<u32>,
+    /// `meshwasm_jwt_auth.introspection_latency_ms`: dispatch to answer (or failure) of every
+    /// introspection call.
+    introspection_ms: Option<u32>,
 }
 
 struct Worker {
@@ -67,6 +82,7 @@ struct Worker {
     waiters: Waiters,
     calls: HashMap<u32, CallKind>,
     metrics: Metrics,
+    latency: Latency,
 }
 
 /// The engine's view of this worker's keys. Unknown-kid refetches are started by the next tick.
@@ -112,7 +128,8 @@ impl KeyAccess for Access<'_> {
         ) {
             Ok(call) => {
                 ip.started(token, now);
-                self.calls.insert(call, CallKind::Intro { provider, token: token.to_string() });
+                self.calls
+                    .insert(call, CallKind::Intro { provider, token: token.to_string(), started_ms: now });
                 None
             }
             Err(e) => Some(Err(IntrospectionError::Unreachable(format!(
@@ -269,7 +286,7 @@ impl Worker {
             Duration::from_millis(f.timeout_ms),
         ) {
             Ok(token) => {
-                self.calls.insert(token, CallKind::Jwks(provider));
+                self.calls.insert(token, CallKind::Jwks { provider, started_ms: now_ms() });
                 self.metrics.inc("jwks_fetches", 1);
                 true
             }
@@ -359,15 +376,19 @@ impl Worker {
     }
 
     fn on_call_response(&mut self, token: u32, num_headers: usize, body_size: usize) {
+        let now = now_ms();
         let provider = match self.calls.remove(&token) {
             None => return,
-            Some(CallKind::Jwks(p)) => p,
-            Some(CallKind::Intro { provider, token }) => {
+            Some(CallKind::Jwks { provider, started_ms }) => {
+                record(self.latency.jwks_ms, now.saturating_sub(started_ms));
+                provider
+            }
+            Some(CallKind::Intro { provider, token, started_ms }) => {
+                record(self.latency.introspection_ms, now.saturating_sub(started_ms));
                 self.on_introspection_response(provider, &token, num_headers, body_size);
                 return;
             }
         };
-        let now = now_ms();
         // The body cap of a JWKS or discovery document is the provider's `max_body_bytes`.
         let max =
             self.plan.providers.get(provider).and_then(|p| p.remote.as_ref()).map_or(0, |r| r.max_body_bytes);
@@ -508,6 +529,14 @@ impl RootContext for Root {
             waiters: Waiters::default(),
             calls: HashMap::new(),
             metrics: Metrics::new("meshwasm_jwt_auth"),
+            latency: Latency {
+                jwks_ms: (n_remote > 0)
+                    .then(|| define(MetricType::Histogram, "meshwasm_jwt_auth.jwks_fetch_latency_ms"))
+                    .flatten(),
+                introspection_ms: plan_has_introspection
+                    .then(|| define(MetricType::Histogram, "meshwasm_jwt_auth.introspection_latency_ms"))
+                    .flatten(),
+            },
         })));
         // The tick refreshes remote keys and bounds every wait (`key_wait_timeout`), introspection
         // waits included.

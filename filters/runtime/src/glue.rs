@@ -149,3 +149,10 @@ pub fn define(kind: MetricType, name: &str) -> Option<u32> {
 pub fn increment(id: u32, by: u64) {
     let _ = hostcalls::increment_metric(id, i64::try_from(by).unwrap_or(i64::MAX));
 }
+
+/// Sets a gauge, or adds a sample to a histogram, defined with [`define`] (`None`: nothing).
+pub fn record(id: Option<u32>, value: u64) {
+    if let Some(id) = id {
+        let _ = hostcalls::record_metric(id, value);
+    }
+}

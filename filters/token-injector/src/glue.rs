@@ -14,7 +14,7 @@ use std::time::Duration;
 use meshwasm_filter_runtime::call_response::CallError;
 use meshwasm_filter_runtime::glue::{
     HostShared, define, increment, install_panic_hook, log, now_ms, plugin_config, random_u64,
-    read_call_response,
+    read_call_response, record,
 };
 use meshwasm_filter_runtime::shared_data::SharedData;
 use meshwasm_filter_runtime::worker_id;
@@ -45,6 +45,10 @@ struct Metrics {
     unavailable: Option<u32>,
     fetches: Option<u32>,
     fetch_failures: Option<u32>,
+    /// Tokens obtained from the token endpoint: the first one and every refresh.
+    refreshes: Option<u32>,
+    /// Histogram: dispatch to answer (or failure) of every token call, in ms.
+    fetch_latency_ms: Option<u32>,
 }
 
 impl Metrics {
@@ -57,6 +61,8 @@ impl Metrics {
             unavailable: c("unavailable"),
             fetches: c("fetches"),
             fetch_failures: c("fetch_failures"),
+            refreshes: c("refreshes"),
+            fetch_latency_ms: define(MetricType::Histogram, "meshwasm_token_injector.fetch_latency_ms"),
         }
     }
 }
@@ -78,6 +84,8 @@ struct Worker {
     call: Option<u32>,
     /// The context that dispatched it (the proxy cancels a stream's calls when the stream ends).
     call_owner: u32,
+    /// When it was dispatched (ms).
+    call_started_ms: u64,
 }
 
 impl Worker {
@@ -100,6 +108,7 @@ impl Worker {
             Ok(token) => {
                 self.call = Some(token);
                 self.call_owner = owner;
+                self.call_started_ms = now;
             }
             Err(status) => {
                 let error = FetchError::Unreachable(format!(
@@ -115,13 +124,16 @@ impl Worker {
     fn finish_fetch(&mut self, now: u64, result: Result<crate::token::Token, FetchError>) {
         self.call = None;
         match self.source.on_fetch_result(now, &mut HostShared, result) {
-            FetchReport::Obtained { log_id, lifetime_s } => log(
-                LogLevel::Info,
-                &format!(
-                    "meshwasm token-injector: worker {}: obtained token {log_id}… (expires in {lifetime_s} s)",
-                    self.source.worker()
-                ),
-            ),
+            FetchReport::Obtained { log_id, lifetime_s } => {
+                bump(self.metrics.refreshes, 1);
+                log(
+                    LogLevel::Info,
+                    &format!(
+                        "meshwasm token-injector: worker {}: obtained token {log_id}… (expires in {lifetime_s} s)",
+                        self.source.worker()
+                    ),
+                )
+            }
             FetchReport::Failed { error, consecutive, retry_in_ms } => {
                 bump(self.metrics.fetch_failures, 1);
                 log(
@@ -143,6 +155,7 @@ impl Worker {
             return;
         }
         let now = now_ms();
+        record(self.metrics.fetch_latency_ms, now.saturating_sub(self.call_started_ms));
         // A token response over MAX_RESPONSE_BYTES is refused unread.
         let result = match read_call_response(num_headers, body_size, MAX_RESPONSE_BYTES) {
             Ok(r) => parse_token_response(u32::from(r.status), &r.body),
@@ -273,6 +286,7 @@ impl RootContext for Root {
             metrics: Metrics::new(),
             call: None,
             call_owner: 0,
+            call_started_ms: 0,
             plan,
         })));
         let _ = hostcalls::set_tick_period(TICK);
