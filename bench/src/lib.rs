@@ -14,6 +14,7 @@
 //! The `meshwasm-bench` binary is the entry point; this library holds its parts so they are unit-tested.
 
 pub mod backend;
+pub mod calls;
 pub mod configs;
 pub mod filters;
 pub mod jwt;

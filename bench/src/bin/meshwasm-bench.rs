@@ -3,6 +3,7 @@
 //! ```text
 //! meshwasm-bench [--quick] [--out bench/report] [--rounds N] [--duration S] [--only wasm-jwt]
 //! meshwasm-bench backend --port P --name N     # the load-test backend (started by the benchmark)
+//! meshwasm-bench calls [--out bench/report]    # callbacks and hostcalls per request (CALLS.md), no Envoy
 //! ```
 
 use std::path::PathBuf;
@@ -71,12 +72,38 @@ enum Cmd {
         #[arg(long)]
         name: String,
     },
+    /// Count each filter's wasm entries and hostcalls per request in the meshwasm wasmtime host (exact,
+    /// machine-independent; no Envoy, no load) and write `<out>/CALLS.md`.
+    Calls {
+        #[arg(long, default_value = "bench/report")]
+        out: PathBuf,
+        /// Requests counted per load (after the warm-up).
+        #[arg(long, default_value_t = 200)]
+        requests: usize,
+        /// Directory of the .wasm artifacts (default: the one `make wasm` writes).
+        #[arg(long)]
+        wasm_dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     if let Some(Cmd::Backend { port, name }) = &cli.command {
         return meshwasm_bench::backend::serve(*port, name);
+    }
+    if let Some(Cmd::Calls { out, requests, wasm_dir }) = &cli.command {
+        let dir = wasm_dir.clone().unwrap_or_else(meshwasm_tests::artifacts::wasm_dir);
+        let scratch = tempfile::Builder::new().prefix("meshwasm-bench-calls-").tempdir()?;
+        let rows = meshwasm_bench::calls::measure(&dir, scratch.path(), *requests)?;
+        let md = format!(
+            "# Callbacks and hostcalls per request\n\nArtifacts: `{}`.\n\n{}",
+            dir.display(),
+            meshwasm_bench::calls::markdown(&rows)
+        );
+        std::fs::create_dir_all(out)?;
+        std::fs::write(out.join("CALLS.md"), &md)?;
+        print!("{md}");
+        return Ok(());
     }
     if let Some(path) = &cli.from_results {
         let results: meshwasm_bench::results::RunResults = serde_json::from_slice(&std::fs::read(path)?)?;
