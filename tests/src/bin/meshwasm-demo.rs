@@ -119,14 +119,16 @@ fn start_all(mut configs: Vec<EnvoyConfig>) -> Result<Vec<Envoy>> {
 }
 
 fn start(kind: RegistryKind) -> Result<Mesh> {
-    let ids = Identities::issue(INITIAL + 1);
-    // The OpenID Provider (node) and the registry start side by side.
-    let (idp, registry) = std::thread::scope(|s| {
+    // The certificates (openssl), the OpenID Provider (node) and the registry are made side by side.
+    let (ids, idp, registry) = std::thread::scope(|s| {
+        let ids = s.spawn(|| Identities::issue(INITIAL + 1));
         let idp = s.spawn(|| OidcProvider::start(mesh::oidc_options()));
         let registry = Registry::start(kind);
         let idp = idp.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the OpenID Provider thread panicked")));
-        (idp, registry)
+        let ids = ids.join().map_err(|_| anyhow::anyhow!("making the certificates failed (openssl)"));
+        (ids, idp, registry)
     });
+    let ids = ids?;
     let idp = idp.context("starting the OpenID Provider (oidc-provider)")?;
     let registry = registry?;
 
@@ -236,9 +238,10 @@ fn run() -> Result<()> {
     );
     let m = start(kind)?;
     println!(
-        "   started in {:.1}s (the {} sidecars in parallel)",
+        "   started in {:.1}s ({} Envoys in parallel: frontend, orders-1 to -{}, an impostor)",
         t0.elapsed().as_secs_f64(),
-        m.orders.len() + 1
+        m.orders.len() + 2,
+        m.orders.len()
     );
     let result = demo(&m);
     if result.is_err() {
