@@ -1,6 +1,6 @@
 # meshwasm — one-command set-up, build and test.
 #   make test    everything CI runs: set-up, .wasm builds, fmt, clippy (native + wasm32), all tests
-#   make demo    the demo mesh (see README)
+#   make demo    the demo mesh of Envoy sidecars (see README); REGISTRY=file (default), etcd or dns
 #   make bench   side-by-side benchmarks, writes bench/report/REPORT.md
 
 SHELL := /bin/bash
@@ -106,6 +106,7 @@ fuzz:
 	done; \
 	if [ -n "$$failed" ]; then echo "fuzz: crashes in:$$failed (inputs in fuzz/artifacts/, logs in fuzz/fuzz-<target>.log)" >&2; exit 1; fi
 
+## The demo's registry: file (a JSON file over HTTP), etcd or dns (unbound, DNS over HTTPS).
 REGISTRY ?= file
 demo: setup wasm
 	cargo run -q -p meshwasm-tests --bin meshwasm-demo -- --registry $(REGISTRY)
