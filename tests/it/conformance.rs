@@ -93,6 +93,8 @@ scenarios!(
     maps_not_yet_available,
     metrics,
     misc_hostcalls,
+    missing_callbacks_skipped,
+    missing_delete_skipped,
     order_plain_get,
     properties,
     queue_across_vms,

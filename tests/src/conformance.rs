@@ -64,6 +64,33 @@ pub struct ProbeSpec {
     pub vm_id: String,
     /// The probe script (its `name` is set to the plugin name).
     pub script: Value,
+    /// The only `proxy_on_*` callbacks the probe module exports (`make wasm`'s post-link step run on
+    /// the probe), or None for all of them.
+    pub exports: Option<Vec<&'static str>>,
+}
+
+impl ProbeSpec {
+    /// The same probe, exporting only `callbacks`, so both hosts must skip the others.
+    pub fn exporting_only(mut self, callbacks: &[&'static str]) -> Self {
+        self.exports = Some(callbacks.to_vec());
+        self
+    }
+
+    /// The probe module this spec runs: the built artifact, or a copy of it without the callbacks it
+    /// does not keep (written once per process and export set).
+    fn wasm(&self) -> Result<std::path::PathBuf> {
+        let built = artifacts::wasm_path("meshwasm_probe");
+        let Some(keep) = &self.exports else { return Ok(built) };
+        let bytes = std::fs::read(&built).with_context(|| format!("reading {}", built.display()))?;
+        let trimmed = meshwasm_exports::keep_callbacks(&bytes, keep)?;
+        let path = std::env::temp_dir().join(format!(
+            "meshwasm-probe-{}-{}.wasm",
+            std::process::id(),
+            keep.join("-").replace("proxy_on_", "")
+        ));
+        std::fs::write(&path, trimmed.wasm).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
 }
 
 /// A probe named `name` in VM `conformance` running `script`.
@@ -74,7 +101,7 @@ pub fn probe(name: &str, script: Value) -> ProbeSpec {
 /// A probe named `name` in VM `vm_id`.
 pub fn probe_in(name: &str, vm_id: &str, mut script: Value) -> ProbeSpec {
     script["name"] = Value::String(name.to_owned());
-    ProbeSpec { name: name.to_owned(), vm_id: vm_id.to_owned(), script }
+    ProbeSpec { name: name.to_owned(), vm_id: vm_id.to_owned(), script, exports: None }
 }
 
 /// A downstream request.
@@ -359,11 +386,10 @@ fn root_events(s: &Scenario, lines: &[Value]) -> BTreeMap<String, Value> {
 /// Runs the scenario in real Envoy (one worker).
 pub fn run_envoy(s: &Scenario) -> Result<Run> {
     let up = Upstreams::start(s)?;
-    let wasm = artifacts::wasm_path("meshwasm_probe");
     let mut listener = Listener::new("main", "backend").without_envoy_headers();
     for p in &s.probes {
         listener = listener.wasm(
-            WasmFilter::new(&p.name, &wasm).root_id(&p.name).vm_id(&p.vm_id).config(p.script.to_string()),
+            WasmFilter::new(&p.name, p.wasm()?).root_id(&p.name).vm_id(&p.vm_id).config(p.script.to_string()),
         );
     }
     let envoy = EnvoyConfig::new()
@@ -380,6 +406,9 @@ pub fn run_envoy(s: &Scenario) -> Result<Run> {
     }
     let envoy = envoy.start()?;
     let addr = envoy.listener_addr("main");
+    // Probes log their trace in on_delete: one without it never does.
+    let tracing =
+        s.probes.iter().filter(|p| p.exports.as_ref().is_none_or(|e| e.contains(&"proxy_on_delete"))).count();
     let mut requests = Vec::new();
     for r in &s.requests {
         let before_log = envoy.logs().len();
@@ -399,7 +428,7 @@ pub fn run_envoy(s: &Scenario) -> Result<Run> {
         process::wait_until(Duration::from_secs(5), || {
             let logs = envoy.logs();
             lines = parse_lines(logs.get(before_log..).unwrap_or(""), STREAM_TRACE_PREFIX);
-            lines.len() >= s.probes.len()
+            lines.len() >= tracing
         });
         let upstream = (up.backend.request_count() > before_up).then(|| up.backend.last_request()).flatten();
         requests.push(envoy_observation(&resp, upstream.as_ref(), &lines));
@@ -474,12 +503,12 @@ pub fn run_host(s: &Scenario) -> Result<Run> {
         .upstream("slow", Upstream::handler(|_| CallReply::no_answer()))
         .upstream("down", Upstream::forward(up.down));
     for p in &s.probes {
+        let module = match &p.exports {
+            None => module.clone(),
+            Some(_) => host.load(p.wasm()?)?,
+        };
         b = b.plugin(
-            Plugin::new(module.clone())
-                .name(&p.name)
-                .root_id(&p.name)
-                .vm_id(&p.vm_id)
-                .config(p.script.to_string()),
+            Plugin::new(module).name(&p.name).root_id(&p.name).vm_id(&p.vm_id).config(p.script.to_string()),
         );
     }
     let mut proxy = b.build()?;

@@ -904,6 +904,63 @@ pub fn all() -> Vec<Scenario> {
             s.exact_body_chunks = true;
             s
         },
+        // A probe exporting only request headers (and the lifecycle the SDK needs): Envoy does not
+        // enter it for the body, trailers, the response, on_log or on_done (proxy-wasm-cpp-host skips a
+        // callback the module does not export: Continue, and on_done counts as true). The stream
+        // flows on unchanged and the next filter sees every callback.
+        Scenario::new(
+            "missing_callbacks_skipped",
+            vec![
+                probe_in(
+                    "a",
+                    "trimmed",
+                    json!({"trace_request_header": true,
+                    "request_headers": step(json!([{"op":"add_header","map":"request_headers","key":"x-from-a","value":"1"}]))}),
+                )
+                .exporting_only(&[
+                    "proxy_on_context_create",
+                    "proxy_on_vm_start",
+                    "proxy_on_configure",
+                    "proxy_on_request_headers",
+                    "proxy_on_delete",
+                ]),
+                probe("b", json!({"trace_response_header": true})),
+            ],
+            vec![Req::post("/trimmed", "hello"), Req::get("/trimmed")],
+            |r| {
+                for i in 0..2 {
+                    assert_eq!(r.requests[i].status, 200);
+                    assert_eq!(r.requests[i].response_body, "backend-body");
+                    assert_eq!(r.callbacks(i, "a"), ["context_create", "request_headers", "delete"]);
+                    let b = r.callbacks(i, "b");
+                    for cb in ["request_headers", "response_headers", "response_body", "log", "done", "delete"] {
+                        assert!(b.contains(&cb.to_owned()), "b lacks {cb}: {b:?}");
+                    }
+                    let up = r.requests[i].upstream.as_ref().expect("the request reached the backend");
+                    assert!(up.headers.iter().any(|(k, v)| k == "x-from-a" && v == "1"), "{up:?}");
+                    assert!(r.requests[i].upstream_header_traces.contains_key("a"));
+                }
+                assert_eq!(r.requests[0].upstream.as_ref().map(|u| u.body.as_str()), Some("hello"));
+                assert!(r.callbacks(0, "b").contains(&"request_body".to_owned()));
+            },
+        ),
+        // Without on_delete (and on_log, on_done) nothing runs at the end of the stream: the probe,
+        // which reports in on_delete, never logs a trace; the request is served all the same.
+        Scenario::new(
+            "missing_delete_skipped",
+            vec![
+                probe_in("a", "trimmed-no-delete", json!({"trace_request_header": true}))
+                    .exporting_only(&["proxy_on_context_create", "proxy_on_configure", "proxy_on_request_headers"]),
+            ],
+            vec![Req::get("/no-delete")],
+            |r| {
+                assert_eq!(r.requests[0].status, 200);
+                assert!(!r.requests[0].traces.contains_key("a"), "{:?}", r.requests[0].traces);
+                let trace = r.requests[0].upstream_header_traces.get("a").expect("a traced request_headers");
+                let names: Vec<&str> = trace.as_array().into_iter().flatten().filter_map(|e| e["cb"].as_str()).collect();
+                assert_eq!(names, ["context_create", "request_headers"], "{trace}");
+            },
+        ),
     ];
     for s in &mut v {
         s.host_gaps = host_gaps(s.name);
