@@ -132,6 +132,14 @@ soak: setup wasm
 	cargo run -q -p meshwasm-bench --bin meshwasm-faults -- --out bench/report soak --seconds $(SOAK_SECONDS)
 .PHONY: faults soak
 
+## The configurations' JSON Schemas (schemas/*.schema.json), generated from the Rust config types (each
+## filter's `schema` feature, never in .wasm builds) and `meshwasm-host schema`. `make test` fails when the
+## committed ones are out of date (tests/it/schemas.rs).
+schemas:
+	cargo build -q -p meshwasm-host --bin meshwasm-host
+	cargo run -q -p meshwasm-tests --bin meshwasm-schemas
+.PHONY: schemas
+
 ## Release artifacts for Envoy/Istio: wasm-opt'd filters in dist/, each checked by the host, and per
 ## filter an OCI image layout dist/oci/<name>/ tagged <version>-oci and <version>-compat (the two shapes
 ## Istio and Envoy Gateway pull; see README "Distribution"), with dist/SHA256SUMS and dist/DIGESTS.

@@ -41,6 +41,7 @@ mod metrics_envoy;
 mod metrics_host;
 mod oci_registry;
 mod oidc_provider;
+mod schemas;
 mod secrets_env;
 mod tls_conformance;
 mod token_injector_envoy;

@@ -10,5 +10,6 @@ pub mod fakes;
 pub mod oidc;
 pub mod pki;
 pub mod process;
+pub mod schemas;
 pub mod signer;
 pub mod unbound;

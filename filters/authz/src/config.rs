@@ -8,12 +8,14 @@ use crate::pattern::{Cidr, Pattern};
 use crate::policy::{Action, Condition, Field, Key, Operation, Policy, Rule, Source};
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     policies: Vec<RawPolicy>,
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
     name: String,
@@ -26,6 +28,7 @@ struct RawPolicy {
 }
 
 #[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 enum RawAction {
     #[default]
     #[serde(rename = "ALLOW")]
@@ -37,6 +40,7 @@ enum RawAction {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawRule {
     #[serde(default)]
@@ -48,12 +52,14 @@ struct RawRule {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawFrom {
     source: RawSource,
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawTo {
     operation: RawOperation,
@@ -62,6 +68,7 @@ struct RawTo {
 type List = Option<Vec<String>>;
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawSource {
     principals: List,
@@ -87,6 +94,7 @@ struct RawSource {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawOperation {
     hosts: List,
@@ -98,6 +106,7 @@ struct RawOperation {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawCondition {
     key: String,
@@ -389,4 +398,14 @@ fn condition(at: &str, c: RawCondition, needs: &mut Needs) -> Result<Condition, 
         _ => {}
     }
     Ok(Condition::Strings(key, field(at, "values", c.values, c.not_values, plain)?))
+}
+
+/// The JSON Schema of this filter's configuration, as committed in `schemas/` (the `schema`
+/// feature; never in a .wasm build).
+#[cfg(feature = "schema")]
+pub fn json_schema() -> schemars::Schema {
+    schemars::generate::SchemaSettings::draft2020_12()
+        .for_deserialize()
+        .into_generator()
+        .into_root_schema_for::<RawConfig>()
 }

@@ -17,6 +17,7 @@ pub use meshwasm_config::ConfigError;
 use meshwasm_config::{Duration, header_name};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Algorithm {
     #[default]
@@ -40,6 +41,7 @@ impl Algorithm {
 
 /// How Envoy is told the picked endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Steering {
     /// Filter state `envoy.network.transport_socket.original_dst_address`, set with the
@@ -54,6 +56,7 @@ pub enum Steering {
 
 /// Where the request's service name comes from; the first source that yields a name wins.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum ServiceSource {
     /// The value of this request header.
@@ -68,6 +71,7 @@ pub enum ServiceSource {
 
 /// What a ring-hash or Maglev key is computed from; the first source present in the request wins.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum HashSource {
     Header(String),
@@ -77,6 +81,7 @@ pub enum HashSource {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     #[serde(default = "default_endpoint_header")]
@@ -142,7 +147,22 @@ impl<'de> Deserialize<'de> for RawEndpoint {
     }
 }
 
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for RawEndpoint {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Endpoint".into()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let full = generator.subschema_for::<FullEndpoint>();
+        schemars::json_schema!({
+            "description": "An endpoint: \"ip:port\" or {\"address\": \"ip:port\", \"weight\": n, \"zone\": \"z\"}.",
+            "anyOf": [{"type": "string", "description": "An IP literal and port, e.g. \"10.0.0.1:8080\"."}, full],
+        })
+    }
+}
+
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct FullEndpoint {
     address: SocketAddr,
@@ -157,6 +177,7 @@ fn one() -> u32 {
 }
 
 #[derive(Debug, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawLeastRequest {
     choice_count: Option<u32>,
@@ -164,6 +185,7 @@ struct RawLeastRequest {
 }
 
 #[derive(Debug, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawRingHash {
     min_ring_size: Option<u64>,
@@ -171,12 +193,14 @@ struct RawRingHash {
 }
 
 #[derive(Debug, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawMaglev {
     table_size: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawOutlier {
     #[serde(default = "yes")]
@@ -193,6 +217,7 @@ fn yes() -> bool {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawSlowStart {
     window: Duration,
@@ -201,6 +226,7 @@ struct RawSlowStart {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawZoneAware {
     local_zone: String,
@@ -208,6 +234,7 @@ struct RawZoneAware {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawService {
     #[serde(default)]
@@ -544,6 +571,16 @@ fn check_service(name: &str, s: RawService) -> Result<ServicePlan, String> {
         }
     };
     Ok(ServicePlan { name: name.to_owned(), policy: Rc::new(p), endpoints })
+}
+
+/// The JSON Schema of this filter's configuration, as committed in `schemas/` (the `schema`
+/// feature; never in a .wasm build).
+#[cfg(feature = "schema")]
+pub fn json_schema() -> schemars::Schema {
+    schemars::generate::SchemaSettings::draft2020_12()
+        .for_deserialize()
+        .into_generator()
+        .into_root_schema_for::<RawConfig>()
 }
 
 #[cfg(test)]

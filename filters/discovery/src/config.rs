@@ -25,6 +25,7 @@ use meshwasm_config::{ConfigError, header_name};
 
 /// The plugin configuration.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub services: Vec<ServiceConfig>,
@@ -45,6 +46,7 @@ pub struct Config {
 
 /// `{"name": "x-meshwasm-debug", "value": "<long random string>"}`
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DebugHeaderConfig {
     pub name: String,
@@ -57,6 +59,7 @@ fn default_tick() -> Dur {
 
 /// The poller election among the VMs (workers) of one proxy.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LeaseConfig {
     /// A poller that has not renewed for this long is replaced.
@@ -81,6 +84,7 @@ fn default_lease_name() -> String {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
     /// The service name the balancer looks up (shared-data key suffix).
@@ -121,6 +125,7 @@ fn default_max_retry() -> Dur {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum SourceConfig {
     Static(StaticConfig),
@@ -365,6 +370,16 @@ impl Plan {
             debug,
         })
     }
+}
+
+/// The JSON Schema of this filter's configuration, as committed in `schemas/` (the `schema`
+/// feature; never in a .wasm build).
+#[cfg(feature = "schema")]
+pub fn json_schema() -> schemars::Schema {
+    schemars::generate::SchemaSettings::draft2020_12()
+        .for_deserialize()
+        .into_generator()
+        .into_root_schema_for::<Config>()
 }
 
 #[cfg(test)]

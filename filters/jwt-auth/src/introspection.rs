@@ -47,7 +47,9 @@ pub use meshwasm_oauth2::{AuthMethod, Secret};
 /// A provider's introspection settings. Durations are written as strings (`"2s"`) and kept here in
 /// the unit the field name says.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", schemars(transform = schema_introspection))]
 pub struct IntrospectionConfig {
     /// Envoy cluster of the introspection endpoint.
     pub cluster: String,
@@ -71,6 +73,7 @@ pub struct IntrospectionConfig {
     #[serde(default)]
     pub client_assertion: Option<ClientAssertionConfig>,
     /// `timeout`: timeout of one introspection call (default `"2s"`).
+    #[cfg_attr(feature = "schema", schemars(with = "meshwasm_config::Duration"))]
     #[serde(
         rename = "timeout",
         default = "default_timeout_ms",
@@ -85,6 +88,7 @@ pub struct IntrospectionConfig {
     pub cache_max_entries: usize,
     /// `inactive_ttl`: how long an `active: false` answer is cached (default `"10s"`; `"0s"`: not
     /// cached). Whole seconds.
+    #[cfg_attr(feature = "schema", schemars(with = "meshwasm_config::Duration"))]
     #[serde(
         rename = "inactive_ttl",
         default = "default_inactive_ttl_s",
@@ -93,6 +97,7 @@ pub struct IntrospectionConfig {
     pub inactive_ttl_s: u64,
     /// `max_active_ttl`: longest an `active: true` answer is cached even if the token's `exp` is
     /// later (default `"5m"`). Bounds how long a revoked token keeps working. Whole seconds.
+    #[cfg_attr(feature = "schema", schemars(with = "meshwasm_config::Duration"))]
     #[serde(
         rename = "max_active_ttl",
         default = "default_max_active_ttl_s",
@@ -449,3 +454,20 @@ pub fn token_log_id(token: &str) -> String {
 #[cfg(test)]
 #[path = "introspection_tests.rs"]
 mod tests;
+
+#[cfg(feature = "schema")]
+fn schema_introspection(s: &mut schemars::Schema) {
+    use meshwasm_config::Unit;
+    use meshwasm_config::schema::{legacy_duration, legacy_value, set_default};
+    for (new, old, unit, default) in [
+        ("timeout", "timeout_ms", Unit::Millis, "2s"),
+        ("inactive_ttl", "inactive_ttl_s", Unit::Seconds, "10s"),
+        ("max_active_ttl", "max_active_ttl_s", Unit::Seconds, "5m"),
+    ] {
+        set_default(s, new, serde_json::json!(default));
+        legacy_duration(s, old, unit, new);
+    }
+    legacy_value(s, "auth_method", "basic", "client_secret_basic");
+    legacy_value(s, "auth_method", "post", "client_secret_post");
+    meshwasm_oauth2::schema_secret_env(s);
+}

@@ -81,6 +81,22 @@ impl fmt::Display for Secret {
 /// in tests.
 pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
+/// Adds `client_secret_env` (read into `client_secret` by [`resolve_secret_env`] before
+/// deserialization) to the JSON Schema of an object that has `client_secret`.
+#[cfg(feature = "schema")]
+pub fn schema_secret_env(schema: &mut schemars::Schema) {
+    let prop = serde_json::json!({
+        "type": "string",
+        "minLength": 1,
+        "description": "Name of the environment variable holding the client secret (instead of \
+                        client_secret), read at configure time. Pass it to the VM: \
+                        vm_config.environment_variables in Envoy, vmConfig.env in Istio.",
+    });
+    if let Some(serde_json::Value::Object(props)) = schema.get_mut("properties") {
+        props.insert("client_secret_env".to_owned(), prop);
+    }
+}
+
 /// The process environment (in a wasm filter: what the VM config passes).
 pub fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok()

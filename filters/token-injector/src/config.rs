@@ -13,7 +13,9 @@ pub use meshwasm_oauth2::{AuthMethod, ClientAssertionConfig, Secret};
 
 /// The token endpoint, reached through an Envoy cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", schemars(transform = schema_token_endpoint))]
 pub struct TokenEndpoint {
     /// Envoy cluster of the OAuth2 authorization server.
     pub cluster: String,
@@ -22,6 +24,7 @@ pub struct TokenEndpoint {
     /// `:authority` of the token request (the authorization server's host).
     pub authority: String,
     /// `timeout`: timeout of one token request (default `"2s"`), kept in milliseconds.
+    #[cfg_attr(feature = "schema", schemars(with = "meshwasm_config::Duration"))]
     #[serde(
         rename = "timeout",
         default = "default_timeout_ms",
@@ -32,13 +35,16 @@ pub struct TokenEndpoint {
 
 /// When to refresh a token ahead of its expiry.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", schemars(transform = schema_refresh))]
 pub struct Refresh {
     /// Refresh once this fraction of the token's lifetime has passed (default 0.8).
     #[serde(default = "default_fraction")]
     pub fraction: f64,
     /// `before_expiry`: ... or this long before it expires, whichever comes first (default `"60s"`;
     /// never earlier than half the lifetime). Whole seconds.
+    #[cfg_attr(feature = "schema", schemars(with = "meshwasm_config::Duration"))]
     #[serde(
         rename = "before_expiry",
         default = "default_before_expiry_s",
@@ -47,6 +53,7 @@ pub struct Refresh {
     pub before_expiry_s: u64,
     /// `expiry_margin`: a token is not sent once it has less than this left (default `"5s"`; at most
     /// a tenth of the lifetime), so it does not expire in flight. Whole seconds.
+    #[cfg_attr(feature = "schema", schemars(with = "meshwasm_config::Duration"))]
     #[serde(
         rename = "expiry_margin",
         default = "default_expiry_margin_s",
@@ -55,6 +62,7 @@ pub struct Refresh {
     pub expiry_margin_s: u64,
     /// `default_expires_in`: lifetime assumed when the token response has no `expires_in` (default
     /// `"5m"`). Whole seconds.
+    #[cfg_attr(feature = "schema", schemars(with = "meshwasm_config::Duration"))]
     #[serde(
         rename = "default_expires_in",
         default = "default_expires_in_s",
@@ -76,9 +84,12 @@ impl Default for Refresh {
 
 /// Retry back-off after a failed token request.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", schemars(transform = schema_backoff))]
 pub struct Backoff {
     /// `initial`: first wait after a failure (default `"1s"`), kept in milliseconds.
+    #[cfg_attr(feature = "schema", schemars(with = "meshwasm_config::Duration"))]
     #[serde(
         rename = "initial",
         default = "default_backoff_initial_ms",
@@ -86,6 +97,7 @@ pub struct Backoff {
     )]
     pub initial_ms: u64,
     /// `max`: longest wait; doubles per consecutive failure up to this (default `"30s"`).
+    #[cfg_attr(feature = "schema", schemars(with = "meshwasm_config::Duration"))]
     #[serde(
         rename = "max",
         default = "default_backoff_max_ms",
@@ -102,7 +114,9 @@ impl Default for Backoff {
 
 /// The plugin configuration as written by the user (JSON).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", schemars(transform = schema_config))]
 pub struct Config {
     pub token_endpoint: TokenEndpoint,
     pub client_id: String,
@@ -326,6 +340,51 @@ fn shared_key(c: &Config) -> String {
     let d = h.finalize();
     let hex: String = d.iter().take(8).map(|b| format!("{b:02x}")).collect();
     format!("meshwasm.token-injector.v1.{hex}")
+}
+
+#[cfg(feature = "schema")]
+fn schema_token_endpoint(s: &mut schemars::Schema) {
+    use meshwasm_config::schema::{legacy_duration, set_default};
+    set_default(s, "timeout", serde_json::json!("2s"));
+    legacy_duration(s, "timeout_ms", Unit::Millis, "timeout");
+}
+
+#[cfg(feature = "schema")]
+fn schema_refresh(s: &mut schemars::Schema) {
+    use meshwasm_config::schema::{legacy_duration, set_default};
+    for (new, old, default) in [
+        ("before_expiry", "before_expiry_s", "60s"),
+        ("expiry_margin", "expiry_margin_s", "5s"),
+        ("default_expires_in", "default_expires_in_s", "5m"),
+    ] {
+        set_default(s, new, serde_json::json!(default));
+        legacy_duration(s, old, Unit::Seconds, new);
+    }
+}
+
+#[cfg(feature = "schema")]
+fn schema_backoff(s: &mut schemars::Schema) {
+    use meshwasm_config::schema::{legacy_duration, set_default};
+    set_default(s, "initial", serde_json::json!("1s"));
+    set_default(s, "max", serde_json::json!("30s"));
+    legacy_duration(s, "initial_ms", Unit::Millis, "initial");
+    legacy_duration(s, "max_ms", Unit::Millis, "max");
+}
+
+#[cfg(feature = "schema")]
+fn schema_config(s: &mut schemars::Schema) {
+    meshwasm_config::schema::legacy_duration(s, "max_wait_ms", Unit::Millis, "max_wait");
+    meshwasm_oauth2::schema_secret_env(s);
+}
+
+/// The JSON Schema of this filter's configuration, as committed in `schemas/` (the `schema`
+/// feature; never in a .wasm build).
+#[cfg(feature = "schema")]
+pub fn json_schema() -> schemars::Schema {
+    schemars::generate::SchemaSettings::draft2020_12()
+        .for_deserialize()
+        .into_generator()
+        .into_root_schema_for::<Config>()
 }
 
 #[cfg(test)]

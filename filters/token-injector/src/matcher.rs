@@ -5,6 +5,7 @@ use serde::Deserialize;
 /// One rule; a request matches when every field the rule sets matches. A request matches the filter
 /// when any rule matches (or when there are no rules).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     /// `api.example.com` (any port unless one is given: `api.example.com:8443`) or `*.example.com`

@@ -22,6 +22,7 @@ use crate::http::{Reply, Request, encode_component, header};
 
 /// `{"consul": {"cluster": "consul", "service": "api", "passing": true, "wait": "30s"}}`
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ConsulConfig {
     pub cluster: String,

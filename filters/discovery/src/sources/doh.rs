@@ -26,6 +26,7 @@ use crate::config::Dur;
 use crate::http::{Reply, Request, header};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum RecordType {
     A,
     #[serde(rename = "AAAA")]
@@ -35,6 +36,7 @@ pub enum RecordType {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum Method {
     #[serde(rename = "GET")]
     Get,
@@ -44,6 +46,7 @@ pub enum Method {
 
 /// `{"dns": {"cluster": "doh", "name": "_http._tcp.api.svc.test", "type": "SRV"}}`
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DohConfig {
     pub cluster: String,

@@ -18,6 +18,7 @@ use crate::http::{Reply, Request};
 
 /// `{"etcd": {"cluster": "etcd", "prefix": "/services/api/"}}`
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EtcdConfig {
     pub cluster: String,

@@ -17,6 +17,7 @@ use crate::http::{Reply, Request, encode_component};
 
 /// `{"eureka": {"cluster": "eureka", "app": "FOO", "path_prefix": "/eureka/v2"}}`
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EurekaConfig {
     pub cluster: String,

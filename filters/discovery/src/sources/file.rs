@@ -17,6 +17,7 @@ use crate::http::{Reply, Request, header};
 
 /// `{"file": {"cluster": "registry", "path": "/registry.json"}}`
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub cluster: String,

@@ -20,6 +20,7 @@ use crate::http::{Reply, Request, encode_component};
 /// `{"kubernetes": {"cluster": "kube-api", "namespace": "default", "service": "api", "port_name": "http",
 ///   "headers": {"authorization": "Bearer ..."}}}`
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct KubernetesConfig {
     pub cluster: String,

@@ -150,6 +150,7 @@ pub(crate) fn expect_ok(reply: Reply) -> Result<(Headers, Vec<u8>), SourceError>
 /// Endpoint description used by the static list and by etcd values:
 /// `{"address":"10.0.0.1:8080","weight":2,"zone":"a","tags":["x"],"metadata":{"k":"v"}}`.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EndpointSpec {
     pub address: SocketAddr,

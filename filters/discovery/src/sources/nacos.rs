@@ -16,6 +16,7 @@ use crate::http::{Reply, Request, encode_component};
 
 /// `{"nacos": {"cluster": "nacos", "service_name": "api", "group_name": "DEFAULT_GROUP"}}`
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NacosConfig {
     pub cluster: String,

@@ -7,6 +7,7 @@ use super::{EndpointSpec, Outcome, canonicalize};
 
 /// `{"static": {"endpoints": [{"address": "127.0.0.1:8081", "weight": 2}]}}`
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StaticConfig {
     pub endpoints: Vec<EndpointSpec>,

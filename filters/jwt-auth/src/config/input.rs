@@ -8,7 +8,9 @@ use meshwasm_config::Duration;
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", schemars(transform = schema_config))]
 pub struct Config {
     /// Token issuers, by name (referenced from rules).
     pub providers: BTreeMap<String, ProviderConfig>,
@@ -50,7 +52,9 @@ fn yes() -> bool {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", schemars(transform = schema_provider))]
 pub struct ProviderConfig {
     /// Required `iss`; also the base URL of OIDC discovery.
     #[serde(default)]
@@ -123,6 +127,7 @@ fn default_max_token() -> usize {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HeaderSource {
     pub name: String,
@@ -131,7 +136,9 @@ pub struct HeaderSource {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", schemars(transform = schema_remote_jwks))]
 pub struct RemoteJwksConfig {
     /// Envoy cluster that reaches the IdP.
     pub cluster: String,
@@ -180,6 +187,7 @@ fn default_max_body() -> usize {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ClaimHeaderConfig {
     pub header: String,
@@ -192,6 +200,7 @@ pub struct ClaimHeaderConfig {
 
 /// Exactly one of the fields.
 #[derive(Debug, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct MatchConfig {
     #[serde(default)]
@@ -205,6 +214,7 @@ pub struct MatchConfig {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     #[serde(rename = "match")]
@@ -228,6 +238,7 @@ pub struct RuleConfig {
 }
 
 #[derive(Debug, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     #[serde(default)]
@@ -242,6 +253,7 @@ pub struct RouteConfig {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ClaimMatchConfig {
     /// Claim name; `a.b` walks nested objects. Arrays match when one element matches.
@@ -257,4 +269,31 @@ pub struct ClaimMatchConfig {
     /// Only require the claim to be present.
     #[serde(default)]
     pub present: bool,
+}
+
+#[cfg(feature = "schema")]
+fn schema_config(s: &mut schemars::Schema) {
+    use meshwasm_config::Unit;
+    use meshwasm_config::schema::legacy_duration;
+    legacy_duration(s, "cache_max_ttl_s", Unit::Seconds, "cache_max_ttl");
+    legacy_duration(s, "key_wait_timeout_ms", Unit::Millis, "key_wait_timeout");
+}
+
+#[cfg(feature = "schema")]
+fn schema_provider(s: &mut schemars::Schema) {
+    use meshwasm_config::Unit;
+    use meshwasm_config::schema::legacy_duration;
+    legacy_duration(s, "clock_skew_s", Unit::Seconds, "clock_skew");
+    legacy_duration(s, "max_lifetime_s", Unit::Seconds, "max_lifetime");
+}
+
+#[cfg(feature = "schema")]
+fn schema_remote_jwks(s: &mut schemars::Schema) {
+    use meshwasm_config::Unit;
+    use meshwasm_config::schema::legacy_duration;
+    legacy_duration(s, "timeout_ms", Unit::Millis, "timeout");
+    legacy_duration(s, "cache_duration_s", Unit::Seconds, "cache_duration");
+    legacy_duration(s, "max_stale_s", Unit::Seconds, "max_stale");
+    legacy_duration(s, "unknown_kid_refetch_interval_s", Unit::Seconds, "unknown_kid_refetch_interval");
+    legacy_duration(s, "retry_interval_s", Unit::Seconds, "retry_interval");
 }

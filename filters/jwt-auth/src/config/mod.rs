@@ -626,5 +626,15 @@ fn build_rule(ctx: &str, r: &RuleConfig, providers: &[ProviderPlan]) -> Result<R
     })
 }
 
+/// The JSON Schema of this filter's configuration, as committed in `schemas/` (the `schema`
+/// feature; never in a .wasm build).
+#[cfg(feature = "schema")]
+pub fn json_schema() -> schemars::Schema {
+    schemars::generate::SchemaSettings::draft2020_12()
+        .for_deserialize()
+        .into_generator()
+        .into_root_schema_for::<Config>()
+}
+
 #[cfg(test)]
 mod tests;

@@ -130,7 +130,10 @@ fn check(args: &CheckArgs) -> anyhow::Result<()> {
             if let Some(b) = e.downcast_ref::<BuildError>() {
                 print_logs(&b.logs);
             }
-            return Err(e);
+            return Err(match schema_of(&args.module) {
+                Some(schema) => anyhow::anyhow!("{e:#} (the configuration's JSON Schema: {schema})"),
+                None => e,
+            });
         }
     };
     print_logs(&proxy.logs());
@@ -138,6 +141,20 @@ fn check(args: &CheckArgs) -> anyhow::Result<()> {
     println!("configure: ok");
     println!("result: OK, {} would load in Envoy", args.module.display());
     Ok(())
+}
+
+/// The schema file of a meshwasm filter's configuration, by the module's file name
+/// (`meshwasm_jwt_auth.wasm` → `schemas/meshwasm_jwt_auth.schema.json` in the meshwasm repository).
+fn schema_of(module: &Path) -> Option<String> {
+    const FILTERS: [&str; 5] = [
+        "meshwasm_jwt_auth",
+        "meshwasm_token_injector",
+        "meshwasm_discovery",
+        "meshwasm_balancer",
+        "meshwasm_authz",
+    ];
+    let stem = module.file_stem()?.to_str()?;
+    FILTERS.contains(&stem).then(|| format!("schemas/{stem}.schema.json"))
 }
 
 fn print_logs(lines: &[LogEntry]) {

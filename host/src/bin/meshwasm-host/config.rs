@@ -71,8 +71,11 @@ const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// Upper bound of `max_connections` (a typo with extra digits is an error, not "unlimited").
 const MAX_MAX_CONNECTIONS: usize = 1 << 20;
 
-#[derive(Debug, Deserialize)]
+/// The file as written (YAML or JSON). Its JSON Schema is `meshwasm-host schema`'s output
+/// (schemas/serve.schema.json).
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "meshwasm-host serve configuration")]
 struct RawConfig {
     #[serde(default)]
     workers: Option<usize>,
@@ -85,13 +88,13 @@ struct RawConfig {
     clusters: Vec<RawCluster>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     address: ListenAddress,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawListener {
     #[serde(default)]
@@ -113,7 +116,7 @@ struct RawListener {
 }
 
 /// A listener's `tls:` block: PEM files relative to the config file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawListenerTls {
     cert: PathBuf,
@@ -125,7 +128,7 @@ struct RawListenerTls {
 }
 
 /// A cluster's `tls:` block: PEM files relative to the config file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawClusterTls {
     ca: PathBuf,
@@ -147,6 +150,21 @@ struct ListenAddress(SocketAddr);
 impl ListenAddress {
     fn loopback(port: u16) -> Self {
         Self(SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+}
+
+impl schemars::JsonSchema for ListenAddress {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ListenAddress".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "`IP:port`, or a port number (binds 127.0.0.1).",
+            "anyOf": [
+                {"type": "integer", "minimum": 0, "maximum": 65535},
+                {"type": "string", "examples": ["10000", "127.0.0.1:10000"]},
+            ],
+        })
     }
 }
 
@@ -184,7 +202,7 @@ impl<'de> Deserialize<'de> for ListenAddress {
 }
 
 /// What happens to a VM after it traps (Envoy's `failure_policy`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FailurePolicy {
     /// Envoy's default: the VM stays failed and every request through it gets 503.
@@ -194,7 +212,7 @@ pub enum FailurePolicy {
     FailReload,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawRoute {
     cluster: String,
@@ -202,7 +220,7 @@ struct RawRoute {
     timeout_ms: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawFilter {
     name: String,
@@ -212,10 +230,12 @@ struct RawFilter {
     #[serde(default)]
     vm_id: String,
     #[serde(default)]
+    #[schemars(with = "Option<serde_json::Value>")]
     config: Option<serde_yaml::Value>,
     #[serde(default)]
     config_file: Option<PathBuf>,
     #[serde(default)]
+    #[schemars(with = "Option<serde_json::Value>")]
     vm_config: Option<serde_yaml::Value>,
     #[serde(default)]
     vm_config_file: Option<PathBuf>,
@@ -224,7 +244,7 @@ struct RawFilter {
 }
 
 /// Envoy's `vm_config.environment_variables`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawEnv {
     #[serde(default)]
@@ -233,7 +253,7 @@ struct RawEnv {
     key_values: std::collections::BTreeMap<String, String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawCluster {
     name: String,
@@ -249,7 +269,7 @@ struct RawCluster {
     tls: Option<RawClusterTls>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 enum ClusterType {
     Static,
@@ -257,7 +277,7 @@ enum ClusterType {
 }
 
 /// Filter log lines at this level and above are printed (default `info`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LogLevel {
     Trace,
@@ -668,4 +688,20 @@ clusters:
         assert_eq!(c.workers, 1);
         assert!(c.listeners[0].filters.is_empty());
     }
+}
+
+/// The JSON Schema of the configuration file (`meshwasm-host schema`, schemas/serve.schema.json).
+pub fn json_schema() -> serde_json::Value {
+    let mut v = schemars::generate::SchemaSettings::draft2020_12()
+        .for_deserialize()
+        .into_generator()
+        .into_root_schema_for::<RawConfig>()
+        .to_value();
+    if let Some(o) = v.as_object_mut() {
+        o.insert(
+            "$comment".into(),
+            "Generated from the Rust config types by `make schemas`; do not edit.".into(),
+        );
+    }
+    v
 }

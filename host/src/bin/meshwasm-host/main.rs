@@ -73,12 +73,18 @@ enum Command {
         #[arg(long)]
         validate: bool,
     },
+    /// Print the JSON Schema of serve's configuration file (as in schemas/serve.schema.json).
+    Schema,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check(args) => check::run(&args),
+        Command::Schema => {
+            println!("{}", serde_json::to_string_pretty(&config::json_schema()).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
         Command::Serve { config, validate } => match serve::run(&config, validate) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
