@@ -149,7 +149,7 @@ impl MeshSpec {
 }
 
 /// An Envoy STATIC cluster over several etcd members, as a user would write it for a registry
-/// cluster: active health checks on `/health` every 500 ms and outlier detection on connect
+/// cluster: active health checks on `/health` every 250 ms and outlier detection on connect
 /// failures, so a dead member is skipped within a poll or two.
 pub fn etcd_cluster(name: &str, members: &[SocketAddr]) -> Cluster {
     let endpoints: String = members
@@ -172,8 +172,8 @@ load_assignment:
   endpoints:
     - lb_endpoints:{endpoints}
 health_checks:
-  - timeout: 0.4s
-    interval: 0.5s
+  - timeout: 0.2s
+    interval: 0.25s
     unhealthy_threshold: 1
     healthy_threshold: 1
     http_health_check: {{path: /health}}

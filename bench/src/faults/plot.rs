@@ -108,22 +108,6 @@ pub fn errors_over_time(title: &str, per_second: &[(u64, u64, u64)], events: &[(
     o
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn draws_bars_only_for_seconds_with_failures() {
-        let svg =
-            errors_over_time("t <x>", &[(0, 100, 0), (1, 100, 7), (2, 100, 0)], &[(1.2, "kill".into())]);
-        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-        assert_eq!(svg.matches("fill=\"#d62728\"><title>").count(), 1);
-        assert!(svg.contains("7 failed at 1 s") && svg.contains("t &lt;x&gt;") && svg.contains(">kill<"));
-        assert_eq!(nice_max(0.0), 1.0);
-        assert_eq!(nice_max(130.0), 200.0);
-    }
-}
-
 /// One line of [`lines`]: a name, a colour and (x, y) points.
 pub struct Line<'a> {
     pub name: &'a str,
@@ -199,4 +183,20 @@ pub fn lines(title: &str, y_label: &str, series: &[Line<'_>]) -> String {
     }
     o.push_str("</svg>\n");
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draws_bars_only_for_seconds_with_failures() {
+        let svg =
+            errors_over_time("t <x>", &[(0, 100, 0), (1, 100, 7), (2, 100, 0)], &[(1.2, "kill".into())]);
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("fill=\"#d62728\"><title>").count(), 1);
+        assert!(svg.contains("7 failed at 1 s") && svg.contains("t &lt;x&gt;") && svg.contains(">kill<"));
+        assert_eq!(nice_max(0.0), 1.0);
+        assert_eq!(nice_max(130.0), 200.0);
+    }
 }
