@@ -243,8 +243,12 @@ struct Root {
 /// Shared-data counter behind the worker ids ([`worker_id::allocate`]: counter and random bits).
 impl Context for Root {
     fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _: usize) {
-        if let Some(w) = &self.worker {
-            w.borrow_mut().on_call_response(token_id, num_headers, body_size, self.context_id);
+        // The worker is never borrowed across a hostcall, so this cannot fail; if it ever did, the answer
+        // is dropped and the fetch times out (the next tick fetches again) instead of a panic.
+        if let Some(w) = &self.worker
+            && let Ok(mut w) = w.try_borrow_mut()
+        {
+            w.on_call_response(token_id, num_headers, body_size, self.context_id);
         }
         let _ = hostcalls::set_effective_context(self.context_id);
     }
@@ -295,7 +299,7 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         let Some(w) = &self.worker else { return };
-        let mut w = w.borrow_mut();
+        let Ok(mut w) = w.try_borrow_mut() else { return };
         let now = now_ms();
         if w.source.fetch_overdue(now) {
             w.finish_fetch(now, Err(FetchError::Timeout));
@@ -328,15 +332,20 @@ struct Http {
 
 impl Context for Http {
     fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _: usize) {
-        if let Some(w) = &self.worker {
-            w.borrow_mut().on_call_response(token_id, num_headers, body_size, self.context_id);
+        // The worker is never borrowed across a hostcall, so this cannot fail; if it ever did, the answer
+        // is dropped and the fetch times out (the next tick fetches again) instead of a panic.
+        if let Some(w) = &self.worker
+            && let Ok(mut w) = w.try_borrow_mut()
+        {
+            w.on_call_response(token_id, num_headers, body_size, self.context_id);
         }
         let _ = hostcalls::set_effective_context(self.context_id);
     }
 
     fn on_done(&mut self) -> bool {
-        if let Some(w) = &self.worker {
-            let mut w = w.borrow_mut();
+        if let Some(w) = &self.worker
+            && let Ok(mut w) = w.try_borrow_mut()
+        {
             w.waiters.remove(self.context_id);
             if w.call.is_some() && w.call_owner == self.context_id {
                 // This stream's call dies with it: the root's next tick fetches again (from the root
@@ -352,7 +361,12 @@ impl Context for Http {
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
         let Some(w) = &self.worker else { return Action::Continue };
-        let mut w = w.borrow_mut();
+        // Never a panic on re-entry: a request that cannot reach the worker gets the clear 503 (fail
+        // closed, as when no token can be had).
+        let Ok(mut w) = w.try_borrow_mut() else {
+            send_unavailable("token-injector is busy");
+            return Action::Pause;
+        };
         if !w.plan.matcher.matches_all() {
             let authority = self.get_http_request_header_bytes(":authority").unwrap_or_default();
             let path = self.get_http_request_header_bytes(":path").unwrap_or_default();
