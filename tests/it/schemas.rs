@@ -297,3 +297,27 @@ fn schemas_accept_deprecated_spellings_and_reject_typos() {
     let bad = json!({"providers": {"p": {"isuer": "i"}}});
     assert!(!errors(&ja, &bad).is_empty(), "a typo passed the schema");
 }
+
+/// `meshwasm-host check --config` with a configuration the filter rejects names the schema file.
+#[test]
+fn host_check_points_at_the_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.json");
+    std::fs::write(&config, r#"{"policies": [], "polcies": []}"#).unwrap();
+    let module = meshwasm_tests::artifacts::wasm_path("meshwasm_authz");
+    let out = std::process::Command::new(host_binary())
+        .arg("check")
+        .arg(&module)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("polcies"), "{stderr}");
+    assert!(
+        stderr.contains("(the configuration's JSON Schema: schemas/meshwasm_authz.schema.json)"),
+        "{stderr}"
+    );
+    assert!(schema_dir().join("meshwasm_authz.schema.json").is_file());
+}
