@@ -46,7 +46,10 @@ fn jwt_auth_records_jwks_and_introspection_latency() {
         )
         .build()
         .unwrap();
-    // Defined at configure time, before any call.
+    // Defined at configure time, before any call or request: counters show 0 before their first event.
+    for c in ["allowed", "passed", "jwks_fetch_failures", "introspection_failures"] {
+        assert_eq!(p.metric(&format!("meshwasm_jwt_auth.{c}")), Some(0), "{c}");
+    }
     assert_eq!(p.histogram("meshwasm_jwt_auth.jwks_fetch_latency_ms"), Some(vec![]));
     assert_eq!(p.histogram("meshwasm_jwt_auth.introspection_latency_ms"), Some(vec![]));
 

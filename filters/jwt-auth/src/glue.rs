@@ -528,7 +528,21 @@ impl RootContext for Root {
             keys,
             waiters: Waiters::default(),
             calls: HashMap::new(),
-            metrics: Metrics::new("meshwasm_jwt_auth"),
+            metrics: {
+                let mut m = Metrics::new("meshwasm_jwt_auth");
+                m.counters(&[
+                    "allowed",
+                    "passed",
+                    "paused",
+                    "cache_hits",
+                    "verifications",
+                    "jwks_fetches",
+                    "jwks_fetch_failures",
+                    "introspections",
+                    "introspection_failures",
+                ]);
+                m
+            },
             latency: Latency {
                 jwks_ms: (n_remote > 0)
                     .then(|| define(MetricType::Histogram, "meshwasm_jwt_auth.jwks_fetch_latency_ms"))

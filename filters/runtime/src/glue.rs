@@ -123,6 +123,14 @@ impl Metrics {
         id
     }
 
+    /// Defines counters `<prefix>.<name>` now (at configure time), so they show as 0 before their first
+    /// event instead of appearing with it.
+    pub fn counters(&mut self, names: &[&str]) {
+        for name in names {
+            self.id(MetricType::Counter, name);
+        }
+    }
+
     /// Adds `by` to counter `<prefix>.<name>` (nothing for 0).
     pub fn inc(&mut self, name: &str, by: u64) {
         if by > 0
