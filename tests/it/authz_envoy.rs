@@ -199,9 +199,16 @@ fn request_matchers_and_policy_semantics_in_envoy() {
             "to": [{"operation": {"methods": ["GET", "DELETE"], "hosts": ["orders.shop"], "paths": ["/orders/*", "/admin/*"]}}]}]},
     ]});
     let authz = WasmFilter::new("authz", wasm_path("meshwasm_authz")).config(config.to_string());
+    // Only dry-run ALLOW policies (no enforced one): what none of them matches is counted, let through.
+    let dry = json!({"policies": [
+        {"name": "would-allow-gets", "dry_run": true, "rules": [{"to": [{"operation": {"methods": ["GET"]}}]}]},
+        {"name": "audit-all", "action": "AUDIT", "rules": [{}]},
+    ]});
+    let dry = WasmFilter::new("authz", wasm_path("meshwasm_authz")).config(dry.to_string());
     // Without Envoy's own normalization: the filter normalizes on its own.
     let envoy = EnvoyConfig::new()
         .listener(Listener::empty("raw").raw_paths().route(Route::direct("/", 200, "backend")).wasm(authz))
+        .listener(Listener::empty("dry").route(Route::direct("/", 200, "backend")).wasm(dry))
         .start()
         .unwrap();
     let addr = envoy.listener_addr("raw");
@@ -228,6 +235,22 @@ fn request_matchers_and_policy_semantics_in_envoy() {
     assert_eq!(stat(&envoy, "meshwasm_authz.policy.watch-admin.audited"), 1);
     assert_eq!(stat(&envoy, "meshwasm_authz.policy.no-debug.denied"), 2);
     assert_eq!(stat(&envoy, "meshwasm_authz.bad_path"), 2);
+    // The ALLOW policy that allowed is counted; a request no ALLOW policy matched counts only in the
+    // total (evil.shop, POST, /secret) and names no policy.
+    assert_eq!(stat(&envoy, "meshwasm_authz.policy.reads.allowed"), 7);
+    assert_eq!(stat(&envoy, "meshwasm_authz.policy.reads.denied"), 0);
+    assert_eq!(stat(&envoy, "meshwasm_authz.denied"), 5);
+
+    let dry = envoy.listener_addr("dry");
+    assert_eq!(plain(dry, "GET", "orders.shop", "/x", &[]), 200);
+    assert_eq!(plain(dry, "POST", "orders.shop", "/x", &[]), 200, "a dry-run ALLOW policy decides nothing");
+    assert_eq!(stat(&envoy, "meshwasm_authz.policy.would-allow-gets.dry_run_denied"), 1);
+    assert_eq!(stat(&envoy, "meshwasm_authz.policy.would-allow-gets.allowed"), 0);
+    assert_eq!(stat(&envoy, "meshwasm_authz.policy.audit-all.audited"), 2);
+    // Totals over both listeners.
+    assert_eq!(stat(&envoy, "meshwasm_authz.allowed"), 9);
+    assert_eq!(stat(&envoy, "meshwasm_authz.dry_run_denied"), 2);
+    assert_eq!(stat(&envoy, "meshwasm_authz.audited"), 3);
 }
 
 /// jwt-auth's hand-off stood in for by the probe filter, which writes the same properties with
@@ -285,4 +308,281 @@ fn envoy_refuses_a_rejected_configuration() {
         .expect("Envoy started with a rejected authz configuration");
     let text = format!("{err:#}");
     assert!(text.contains("exited during start-up"), "{text}");
+}
+
+/// The status of `GET path` over HTTPS from local address `from`, presenting `client`, with extra
+/// `headers` (0 when there was no HTTP answer).
+fn get_from(
+    pki: &Pki,
+    addr: SocketAddr,
+    path: &str,
+    client: &(PathBuf, PathBuf),
+    from: &str,
+    headers: &[String],
+) -> u16 {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}", "--interface", from])
+        .arg("--cacert")
+        .arg(pki.path("ca.pem"))
+        .args(["--resolve", &format!("localhost:{}:127.0.0.1", addr.port())])
+        .arg("--cert")
+        .arg(&client.0)
+        .arg("--key")
+        .arg(&client.1);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    let out = cmd.arg(format!("https://localhost:{}{path}", addr.port())).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+}
+
+/// Every matcher kind on the caller, in Envoy over real mTLS handshakes: one ALLOW policy per kind,
+/// each on its own path, each with a certificate (or source address) that matches and ones that do
+/// not. SANs that are not valid SPIFFE IDs (upper-case trust domain, a `..` segment, another scheme)
+/// give no SPIFFE principal, not even for `*`, and match only the raw-SAN rules.
+#[test]
+fn every_caller_matcher_kind_matches_and_refuses_in_envoy() {
+    let pki = Pki::new("meshwasm-authz-matchers-");
+    let server = pki.leaf(
+        "orders",
+        "DNS:localhost,URI:spiffe://cluster.local/ns/shop/sa/orders",
+        "/O=shop/CN=orders",
+        &[],
+    );
+    let leaf =
+        |name: &str, uri: &str| pki.leaf(name, &format!("URI:{uri}"), &format!("/O=shop/CN={name}"), &[]);
+    let frontend = pki.leaf(
+        "frontend",
+        "URI:spiffe://cluster.local/ns/shop/sa/frontend,DNS:frontend.shop.svc",
+        "/O=shop/CN=frontend",
+        &[],
+    );
+    let rogue = leaf("rogue", "spiffe://cluster.local/ns/shop/sa/rogue");
+    let billing = leaf("billing", "spiffe://cluster.local/ns/billing/sa/frontend");
+    let other_td = leaf("other-td", "spiffe://other.td/ns/shop/sa/frontend");
+    let upper = leaf("upper", "spiffe://Cluster.Local/ns/shop/sa/frontend");
+    let dots = leaf("dots", "spiffe://cluster.local/ns/shop/sa/../sa/frontend");
+    let https = leaf("https", "https://cluster.local/ns/shop/sa/frontend");
+    let digest = pki.sha256(&frontend.0);
+
+    /// A client certificate and the local address it connects from.
+    type Caller<'a> = (&'a (PathBuf, PathBuf), &'a str);
+    // (policy name, source, callers that match, callers that do not)
+    let local = "127.0.0.1";
+    let cases: Vec<(&str, serde_json::Value, Vec<Caller>, Vec<Caller>)> = vec![
+        (
+            "principal-exact",
+            json!({"principals": ["cluster.local/ns/shop/sa/frontend"]}),
+            vec![(&frontend, local)],
+            vec![(&rogue, local), (&other_td, local), (&upper, local)],
+        ),
+        (
+            "principal-uri-form",
+            json!({"principals": ["spiffe://cluster.local/ns/shop/sa/frontend"]}),
+            vec![(&frontend, local)],
+            vec![(&billing, local)],
+        ),
+        (
+            "principal-prefix",
+            json!({"principals": ["cluster.local/ns/shop/*"]}),
+            vec![(&frontend, local), (&rogue, local)],
+            vec![(&billing, local), (&dots, local)],
+        ),
+        (
+            "principal-suffix",
+            json!({"principals": ["*/sa/frontend"]}),
+            vec![(&frontend, local), (&other_td, local)],
+            vec![(&rogue, local), (&upper, local)],
+        ),
+        (
+            "principal-any",
+            json!({"principals": ["*"]}),
+            vec![(&rogue, local), (&other_td, local)],
+            vec![(&upper, local), (&dots, local), (&https, local)],
+        ),
+        (
+            "not-principal",
+            json!({"not_principals": ["cluster.local/ns/shop/sa/rogue"]}),
+            vec![(&frontend, local)],
+            vec![(&rogue, local)],
+        ),
+        (
+            "trust-domain",
+            json!({"trust_domains": ["cluster.local"]}),
+            vec![(&billing, local)],
+            vec![(&other_td, local), (&upper, local)],
+        ),
+        (
+            "namespace",
+            json!({"namespaces": ["shop"]}),
+            vec![(&rogue, local)],
+            vec![(&billing, local), (&dots, local)],
+        ),
+        (
+            "service-account",
+            json!({"service_accounts": ["shop/frontend"]}),
+            vec![(&frontend, local)],
+            vec![(&rogue, local), (&billing, local), (&upper, local)],
+        ),
+        (
+            "raw-uri-san",
+            json!({"uri_sans": ["spiffe://Cluster.Local/*", "https://*"]}),
+            vec![(&upper, local), (&https, local)],
+            vec![(&frontend, local)],
+        ),
+        (
+            "raw-uri-san-dots",
+            json!({"uri_sans": ["*/sa/../sa/frontend"]}),
+            vec![(&dots, local)],
+            vec![(&frontend, local)],
+        ),
+        (
+            "dns-san-suffix",
+            json!({"dns_sans": ["*.shop.svc"]}),
+            vec![(&frontend, local)],
+            vec![(&rogue, local)],
+        ),
+        (
+            "subject-prefix",
+            json!({"subjects": ["CN=frontend,*"]}),
+            vec![(&frontend, local)],
+            vec![(&rogue, local)],
+        ),
+        (
+            "digest",
+            json!({"certificate_sha256": [digest.to_ascii_uppercase()]}),
+            vec![(&frontend, local)],
+            vec![(&rogue, local)],
+        ),
+        (
+            "ip-block",
+            json!({"ip_blocks": ["127.0.0.1/32"]}),
+            vec![(&frontend, local)],
+            vec![(&frontend, "127.0.0.2")],
+        ),
+        (
+            "not-ip-block",
+            json!({"not_ip_blocks": ["127.0.0.2"]}),
+            vec![(&frontend, local)],
+            vec![(&frontend, "127.0.0.2")],
+        ),
+    ];
+    let mut policies: Vec<serde_json::Value> = cases
+        .iter()
+        .map(|(name, source, _, _)| {
+            json!({"name": name, "rules": [{"from": [{"source": source}], "to": [{"operation": {"paths": [format!("/{name}")]}}]}]})
+        })
+        .collect();
+    // `source.ip` as a `when` condition.
+    policies.push(
+        json!({"name": "when-source-ip", "rules": [{"to": [{"operation": {"paths": ["/when-source-ip"]}}],
+        "when": [{"key": "source.ip", "values": ["127.0.0.2/32"]}]}]}),
+    );
+    let config = json!({"policies": policies});
+    let authz = WasmFilter::new("authz", wasm_path("meshwasm_authz")).config(config.to_string());
+    let envoy = EnvoyConfig::new()
+        .listener(
+            Listener::empty("mtls")
+                .route(Route::direct("/", 200, "backend"))
+                .transport_socket(tls(&pki, &server, true))
+                .wasm(authz),
+        )
+        .start()
+        .unwrap();
+    let addr = envoy.listener_addr("mtls");
+    for (name, _, yes, no) in &cases {
+        for (cert, from) in yes {
+            let who = cert.0.file_name().unwrap().to_string_lossy();
+            assert_eq!(
+                get_from(&pki, addr, &format!("/{name}"), cert, from, &[]),
+                200,
+                "{name}: {who} from {from}"
+            );
+        }
+        for (cert, from) in no {
+            let who = cert.0.file_name().unwrap().to_string_lossy();
+            assert_eq!(
+                get_from(&pki, addr, &format!("/{name}"), cert, from, &[]),
+                403,
+                "{name}: {who} from {from}"
+            );
+        }
+        assert_eq!(
+            stat(&envoy, &format!("meshwasm_authz.policy.{name}.allowed")),
+            yes.len() as u64,
+            "{name}: per-policy allowed counter"
+        );
+    }
+    assert_eq!(get_from(&pki, addr, "/when-source-ip", &frontend, "127.0.0.2", &[]), 200);
+    assert_eq!(get_from(&pki, addr, "/when-source-ip", &frontend, local, &[]), 403);
+}
+
+/// The caller's workload identity (mTLS) and the user's (a token verified by the real jwt-auth,
+/// handed on as filter state) in one policy, with every token matcher: request principal (exact and
+/// as a `when` key), provider and claim. Each part failing alone is a 403.
+#[test]
+fn workload_and_token_identity_together_over_mtls() {
+    let iss = "https://idp.test";
+    let s = meshwasm_tests::signer::Signer::rsa("rsa1.pem", "r1");
+    let jwks: serde_json::Value = serde_json::from_str(&meshwasm_tests::signer::jwks(&[&s])).unwrap();
+    let jwt = json!({
+        "providers": {"idp": {"issuer": iss, "audiences": ["orders"], "algorithms": ["RS256"],
+                              "local_jwks": jwks, "claims_to_filter_state": ["groups"]}},
+        "rules": [{"match": {"prefix": "/public"}, "requires_any": ["idp"], "allow_missing": true},
+                  {"match": {"prefix": "/"}, "requires_any": ["idp"]}]
+    });
+    let policy = json!({"policies": [
+        {"name": "frontend-for-alice", "rules": [{
+            "to": [{"operation": {"paths": ["/orders", "/public/orders"]}}],
+            "from": [{"source": {"principals": ["cluster.local/ns/shop/sa/frontend"],
+                                 "request_principals": [format!("{iss}/alice")]}}],
+            "when": [{"key": "request.auth.claims[groups]", "values": ["staff"]},
+                     {"key": "request.auth.provider", "values": ["idp"]}]}]},
+        {"name": "token-principal-key", "rules": [{
+            "to": [{"operation": {"paths": ["/public/key"]}}],
+            "when": [{"key": "request.auth.principal", "values": [format!("{iss}/bob")]}]}]},
+        {"name": "other-provider", "rules": [{
+            "to": [{"operation": {"paths": ["/public/other"]}}],
+            "when": [{"key": "request.auth.provider", "values": ["other-idp"]}]}]},
+    ]});
+    let pki = Pki::new("meshwasm-authz-token-");
+    let server = pki.leaf(
+        "orders",
+        "DNS:localhost,URI:spiffe://cluster.local/ns/shop/sa/orders",
+        "/O=shop/CN=orders",
+        &[],
+    );
+    let frontend =
+        pki.leaf("frontend", "URI:spiffe://cluster.local/ns/shop/sa/frontend", "/O=shop/CN=frontend", &[]);
+    let rogue = pki.leaf("rogue", "URI:spiffe://cluster.local/ns/shop/sa/rogue", "/O=shop/CN=rogue", &[]);
+    let envoy = EnvoyConfig::new()
+        .listener(
+            Listener::empty("mtls")
+                .route(Route::direct("/", 200, "backend"))
+                .transport_socket(tls(&pki, &server, true))
+                .wasm(WasmFilter::new("jwt", wasm_path("meshwasm_jwt_auth")).config(jwt.to_string()))
+                .wasm(WasmFilter::new("authz", wasm_path("meshwasm_authz")).config(policy.to_string())),
+        )
+        .start()
+        .unwrap();
+    let addr = envoy.listener_addr("mtls");
+    let bearer = |sub: &str, groups: &[&str]| {
+        let t = s.mint(&json!({"iss": iss, "aud": "orders", "sub": sub, "groups": groups,
+                               "exp": meshwasm_tests::signer::now() + 600}));
+        vec![format!("authorization: Bearer {t}")]
+    };
+    let call = |path: &str, cert: &(PathBuf, PathBuf), h: &[String]| {
+        get_from(&pki, addr, path, cert, "127.0.0.1", h)
+    };
+    assert_eq!(call("/orders", &frontend, &bearer("alice", &["dev", "staff"])), 200);
+    assert_eq!(call("/orders", &frontend, &bearer("bob", &["staff"])), 403, "request principal");
+    assert_eq!(call("/orders", &frontend, &bearer("alice", &["dev"])), 403, "claim");
+    assert_eq!(call("/orders", &rogue, &bearer("alice", &["staff"])), 403, "peer principal");
+    assert_eq!(call("/public/orders", &frontend, &[]), 403, "no token: no request principal");
+    assert_eq!(call("/orders", &frontend, &[]), 401, "jwt-auth first");
+    assert_eq!(call("/public/key", &rogue, &bearer("bob", &[])), 200, "request.auth.principal");
+    assert_eq!(call("/public/key", &rogue, &bearer("alice", &[])), 403, "request.auth.principal");
+    assert_eq!(call("/public/other", &frontend, &bearer("alice", &["staff"])), 403, "request.auth.provider");
+    assert_eq!(stat(&envoy, "meshwasm_authz.policy.frontend-for-alice.allowed"), 1);
+    assert_eq!(stat(&envoy, "meshwasm_authz.policy.token-principal-key.allowed"), 1);
 }

@@ -44,5 +44,6 @@ mod oidc_provider;
 mod schemas;
 mod secrets_env;
 mod tls_conformance;
+mod tls_failures_envoy;
 mod token_injector_envoy;
 mod token_injector_host;

@@ -112,6 +112,79 @@ impl Pki {
         (self.path(&pem), self.path(&key))
     }
 
+    /// A leaf like [`Pki::leaf`] but valid only from `not_before` to `not_after` (openssl dates,
+    /// `YYYYMMDDHHMMSSZ`), e.g. an expired SVID (`"20200101000000Z"`, `"20200102000000Z"`) or one
+    /// not valid yet. Signed with `openssl ca`, the one openssl 3.0 command that takes explicit
+    /// dates. Only the subject's `O` and `CN` are kept (the `openssl ca` policy). Returns
+    /// (certificate, key).
+    pub fn leaf_between(
+        &self,
+        name: &str,
+        sans: &str,
+        subject: &str,
+        not_before: &str,
+        not_after: &str,
+    ) -> (PathBuf, PathBuf) {
+        let (key, csr, pem, extf) =
+            (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("{name}.ext"));
+        let ext = format!(
+            "subjectAltName={sans}\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+             extendedKeyUsage=serverAuth,clientAuth\n"
+        );
+        std::fs::write(self.path(&extf), ext).expect("the extension file is written");
+        // `openssl ca` keeps a database of what it issued; a minimal one, in the same directory.
+        if !self.path("ca.cnf").exists() {
+            let cnf = "[ca]\ndefault_ca = test_ca\n[test_ca]\ndatabase = ca-index.txt\nnew_certs_dir = .\n\
+                       serial = ca-serial\ndefault_md = sha256\npolicy = any\nunique_subject = no\n\
+                       [any]\ncommonName = optional\norganizationName = optional\n";
+            std::fs::write(self.path("ca.cnf"), cnf).expect("the openssl ca config is written");
+            std::fs::write(self.path("ca-index.txt"), "").expect("the openssl ca database is written");
+            std::fs::write(self.path("ca-serial"), "1000\n").expect("the openssl ca serial is written");
+        }
+        openssl(
+            self.dir.path(),
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                subject,
+            ],
+        );
+        openssl(
+            self.dir.path(),
+            &[
+                "ca",
+                "-config",
+                "ca.cnf",
+                "-batch",
+                "-notext",
+                "-cert",
+                "ca.pem",
+                "-keyfile",
+                "ca.key",
+                "-in",
+                &csr,
+                "-out",
+                &pem,
+                "-startdate",
+                not_before,
+                "-enddate",
+                not_after,
+                "-extfile",
+                &extf,
+            ],
+        );
+        (self.path(&pem), self.path(&key))
+    }
+
     /// The DER bytes of leaf `name`.
     pub fn der(&self, name: &str) -> Vec<u8> {
         let der = format!("{name}.der");
