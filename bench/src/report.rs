@@ -256,6 +256,13 @@ fn markdown(r: &RunResults) -> String {
         );
     }
 
+    let _ = writeln!(md, "## Callbacks and hostcalls per request\n");
+    if r.calls.is_empty() {
+        let _ = writeln!(md, "Not counted (see the notes).\n");
+    } else {
+        let _ = writeln!(md, "{}", crate::calls::markdown(&r.calls));
+    }
+
     let _ = writeln!(md, "## Artifact sizes\n");
     let _ = writeln!(
         md,

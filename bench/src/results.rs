@@ -165,6 +165,9 @@ pub struct RunResults {
     pub loads: Vec<LoadResult>,
     pub memory: Vec<MemoryRow>,
     pub sizes: Vec<ArtifactSize>,
+    /// Wasm entries and hostcalls per request, per filter (counted in the wasmtime host).
+    #[serde(default)]
+    pub calls: Vec<crate::calls::FilterCalls>,
     /// Wall time of the whole run, seconds.
     pub elapsed_s: f64,
     pub notes: Vec<String>,

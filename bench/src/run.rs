@@ -428,6 +428,17 @@ pub fn run(settings: Settings, scratch: &Path) -> Result<RunResults> {
     };
     say("artifact sizes done");
 
+    // Exact and machine-independent, in the wasmtime host: seconds.
+    say("callbacks and hostcalls per request (wasmtime host)");
+    let calls_scratch = scratch.join("calls");
+    let calls = std::fs::create_dir_all(&calls_scratch)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| crate::calls::measure(&fixture.filters.dir, &calls_scratch, 200))
+        .unwrap_or_else(|e| {
+            notes.push(format!("callbacks per request not counted: {e:#}"));
+            Vec::new()
+        });
+
     // The load Envoy: every listener that works, one worker, pinned apart from the load generator.
     let working: Vec<Listener> = listeners
         .iter()
@@ -534,6 +545,7 @@ pub fn run(settings: Settings, scratch: &Path) -> Result<RunResults> {
         loads: results,
         memory,
         sizes,
+        calls,
         elapsed_s: started.elapsed().as_secs_f64(),
         notes,
     })
