@@ -12,7 +12,7 @@
 
 use std::fmt;
 
-use jsonwebtoken::{Algorithm, EncodingKey};
+use base64::Engine as _;
 use meshwasm_config::{ConfigError, Duration};
 use serde::Deserialize;
 
@@ -36,16 +36,17 @@ pub enum AssertionAlg {
 }
 
 impl AssertionAlg {
-    fn algorithm(self) -> Algorithm {
+    /// The JWS `alg` name.
+    pub fn name(self) -> &'static str {
         match self {
-            AssertionAlg::RS256 => Algorithm::RS256,
-            AssertionAlg::RS384 => Algorithm::RS384,
-            AssertionAlg::RS512 => Algorithm::RS512,
-            AssertionAlg::PS256 => Algorithm::PS256,
-            AssertionAlg::PS384 => Algorithm::PS384,
-            AssertionAlg::PS512 => Algorithm::PS512,
-            AssertionAlg::ES256 => Algorithm::ES256,
-            AssertionAlg::ES384 => Algorithm::ES384,
+            AssertionAlg::RS256 => "RS256",
+            AssertionAlg::RS384 => "RS384",
+            AssertionAlg::RS512 => "RS512",
+            AssertionAlg::PS256 => "PS256",
+            AssertionAlg::PS384 => "PS384",
+            AssertionAlg::PS512 => "PS512",
+            AssertionAlg::ES256 => "ES256",
+            AssertionAlg::ES384 => "ES384",
         }
     }
 
@@ -54,12 +55,82 @@ impl AssertionAlg {
     }
 }
 
+/// A parsed signing key (the RustCrypto primitives, as jwt-auth verifies with: no JOSE library,
+/// whose algorithm tables would all be linked into the filter).
+#[derive(Clone)]
+enum Key {
+    Rsa(rsa::RsaPrivateKey),
+    P256(p256::ecdsa::SigningKey),
+    P384(p384::ecdsa::SigningKey),
+}
+
+impl Key {
+    fn from_pem(pem: &str, ec: bool) -> Option<Key> {
+        use p256::pkcs8::DecodePrivateKey as _;
+        use rsa::pkcs1::DecodeRsaPrivateKey as _;
+        if !ec {
+            let key =
+                rsa::RsaPrivateKey::from_pkcs8_pem(pem).or_else(|_| rsa::RsaPrivateKey::from_pkcs1_pem(pem));
+            return key.ok().map(Key::Rsa);
+        }
+        if let Ok(k) = p256::SecretKey::from_pkcs8_pem(pem).or_else(|_| p256::SecretKey::from_sec1_pem(pem)) {
+            return Some(Key::P256(k.into()));
+        }
+        p384::SecretKey::from_pkcs8_pem(pem)
+            .or_else(|_| p384::SecretKey::from_sec1_pem(pem))
+            .ok()
+            .map(|k| Key::P384(k.into()))
+    }
+
+    /// The JWS signature of `msg` (RFC 7518 §3: PKCS#1 v1.5 or PSS with RSA blinding, ECDSA as
+    /// `r || s`), or `None` when the key does not fit `alg`.
+    fn sign(&self, alg: AssertionAlg, msg: &[u8]) -> Option<Vec<u8>> {
+        use rsa::signature::{RandomizedSigner as _, SignatureEncoding as _, Signer as _};
+        let mut rng = rand_core::OsRng;
+        match (self, alg) {
+            (Key::Rsa(k), AssertionAlg::RS256) => rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(k.clone())
+                .try_sign_with_rng(&mut rng, msg)
+                .ok()
+                .map(|s| s.to_vec()),
+            (Key::Rsa(k), AssertionAlg::RS384) => rsa::pkcs1v15::SigningKey::<sha2::Sha384>::new(k.clone())
+                .try_sign_with_rng(&mut rng, msg)
+                .ok()
+                .map(|s| s.to_vec()),
+            (Key::Rsa(k), AssertionAlg::RS512) => rsa::pkcs1v15::SigningKey::<sha2::Sha512>::new(k.clone())
+                .try_sign_with_rng(&mut rng, msg)
+                .ok()
+                .map(|s| s.to_vec()),
+            (Key::Rsa(k), AssertionAlg::PS256) => rsa::pss::BlindedSigningKey::<sha2::Sha256>::new(k.clone())
+                .try_sign_with_rng(&mut rng, msg)
+                .ok()
+                .map(|s| s.to_vec()),
+            (Key::Rsa(k), AssertionAlg::PS384) => rsa::pss::BlindedSigningKey::<sha2::Sha384>::new(k.clone())
+                .try_sign_with_rng(&mut rng, msg)
+                .ok()
+                .map(|s| s.to_vec()),
+            (Key::Rsa(k), AssertionAlg::PS512) => rsa::pss::BlindedSigningKey::<sha2::Sha512>::new(k.clone())
+                .try_sign_with_rng(&mut rng, msg)
+                .ok()
+                .map(|s| s.to_vec()),
+            (Key::P256(k), AssertionAlg::ES256) => {
+                let s: p256::ecdsa::Signature = k.try_sign(msg).ok()?;
+                Some(s.to_bytes().to_vec())
+            }
+            (Key::P384(k), AssertionAlg::ES384) => {
+                let s: p384::ecdsa::Signature = k.try_sign(msg).ok()?;
+                Some(s.to_bytes().to_vec())
+            }
+            _ => None,
+        }
+    }
+}
+
 /// A private key read from the environment. `Debug` never shows it; two keys compare equal when
 /// their PEM text is the same.
 #[derive(Clone)]
 pub struct PrivateKey {
     pem: crate::Secret,
-    key: EncodingKey,
+    key: Key,
 }
 
 impl PrivateKey {
@@ -147,20 +218,16 @@ impl ClientAssertionConfig {
         };
         // A PEM passed through a one-line variable often has its line breaks written as `\n`.
         let pem = if pem.contains('\n') { pem } else { pem.replace("\\n", "\n") };
-        let (kind, parsed) = if self.alg.is_ec() {
-            ("an EC", EncodingKey::from_ec_pem(pem.as_bytes()))
-        } else {
-            ("an RSA", EncodingKey::from_rsa_pem(pem.as_bytes()))
-        };
-        // jsonwebtoken's error is not shown: it says nothing the user can act on beyond this.
-        let Ok(key) = parsed else {
+        let kind = if self.alg.is_ec() { "an EC" } else { "an RSA" };
+        // The parser's error is not shown: it says nothing the user can act on beyond this.
+        let Some(key) = Key::from_pem(&pem, self.alg.is_ec()) else {
             return Err(ConfigError::new(
                 field("private_key_env"),
                 format!("environment variable `{name}` does not hold {kind} private key in PEM form"),
             ));
         };
         // A trial signature: an EC key of another curve, say, only fails when used.
-        if jsonwebtoken::crypto::sign(b"meshwasm", &key, self.alg.algorithm()).is_err() {
+        if key.sign(self.alg, b"meshwasm").is_none() {
             return Err(ConfigError::new(
                 field("alg"),
                 format!("{:?} cannot sign with the key in `{name}` (wrong key type or curve)", self.alg),
@@ -220,7 +287,7 @@ pub struct AssertionSigner {
     audience: String,
     alg: AssertionAlg,
     key_id: Option<String>,
-    key: EncodingKey,
+    key: Key,
     lifetime_s: u64,
     reuse: bool,
     cached: Option<Cached>,
@@ -237,6 +304,14 @@ impl fmt::Debug for AssertionSigner {
             .field("reuse", &self.reuse)
             .finish_non_exhaustive()
     }
+}
+
+#[derive(serde::Serialize)]
+struct Header<'a> {
+    alg: &'a str,
+    typ: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kid: Option<&'a str>,
 }
 
 #[derive(serde::Serialize)]
@@ -303,10 +378,16 @@ impl AssertionSigner {
                 iat: now_s,
                 exp,
             };
-            let mut header = jsonwebtoken::Header::new(self.alg.algorithm());
-            header.kid = self.key_id.clone();
-            let jwt = jsonwebtoken::encode(&header, &claims, &self.key)
-                .map_err(|e| AssertionError::Sign(format!("{:?}", e.kind())))?;
+            let header = Header { alg: self.alg.name(), typ: "JWT", kid: self.key_id.as_deref() };
+            let mut jwt = b64_json(&header)?;
+            jwt.push('.');
+            jwt.push_str(&b64_json(&claims)?);
+            let sig = self
+                .key
+                .sign(self.alg, jwt.as_bytes())
+                .ok_or_else(|| AssertionError::Sign(format!("{} signature", self.alg.name())))?;
+            jwt.push('.');
+            jwt.push_str(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig));
             self.cached = Some(Cached { jwt, iat: now_s, exp });
         }
         match &self.cached {
@@ -316,9 +397,14 @@ impl AssertionSigner {
     }
 }
 
+/// `base64url(JSON(v))`, a JWS header or payload.
+fn b64_json<T: serde::Serialize>(v: &T) -> Result<String, AssertionError> {
+    let json = serde_json::to_vec(v).map_err(|e| AssertionError::Sign(e.to_string()))?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json))
+}
+
 /// A random `jti`: 128 bits from the OS (in a filter, WASI `random_get`), base64url.
 pub fn random_jti() -> Option<String> {
-    use base64::Engine as _;
     let mut bytes = [0u8; 16];
     getrandom::getrandom(&mut bytes).ok()?;
     Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
@@ -327,6 +413,7 @@ pub fn random_jti() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jsonwebtoken::Algorithm;
 
     const RSA: &str = include_str!("../../jwt-auth/tests/keys/rsa1.pem");
     const RSA_PUB: &str = include_str!("../../jwt-auth/tests/keys/rsa1.pub.pem");
@@ -418,6 +505,31 @@ mod tests {
         assert_eq!(AssertionSigner::new(&unloaded, "svc", "a".into()).unwrap_err(), AssertionError::NoKey);
         assert_eq!(random_jti().map(|j| j.len()), Some(22));
         assert_ne!(random_jti(), random_jti());
+    }
+
+    #[test]
+    fn every_rsa_algorithm_verifies() {
+        for (alg, name) in [
+            (Algorithm::RS256, "RS256"),
+            (Algorithm::RS384, "RS384"),
+            (Algorithm::RS512, "RS512"),
+            (Algorithm::PS256, "PS256"),
+            (Algorithm::PS384, "PS384"),
+            (Algorithm::PS512, "PS512"),
+        ] {
+            let cfg = config(serde_json::json!({"alg": name, "key_id": "k"}));
+            let mut s = AssertionSigner::new(&cfg, "svc", "aud".into()).unwrap();
+            let jwt = s.assertion(7, &mut counter()).unwrap();
+            let key = jsonwebtoken::DecodingKey::from_rsa_pem(RSA_PUB.as_bytes()).unwrap();
+            let mut v = jsonwebtoken::Validation::new(alg);
+            v.validate_exp = false;
+            v.set_audience(&["aud"]);
+            let t = jsonwebtoken::decode::<serde_json::Value>(jwt, &key, &v).unwrap();
+            assert_eq!(
+                (t.header.alg, t.header.kid.as_deref(), t.claims["sub"].as_str()),
+                (alg, Some("k"), Some("svc"))
+            );
+        }
     }
 
     #[test]
