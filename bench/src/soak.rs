@@ -277,6 +277,15 @@ pub fn run(settings: &Settings, duration: Duration, out: &Path) -> Result<bool> 
     for (b, m, p) in &checks {
         let _ = writeln!(md, "| {b} | {m} | {} |", if *p { "✅" } else { "❌" });
     }
+    // Errors by the token generation sent (0: the first token, n: the token after rotation n).
+    let mut by_gen = std::collections::BTreeMap::<u32, std::collections::BTreeMap<u16, usize>>::new();
+    for r in errors.iter() {
+        *by_gen.entry(r.token_gen).or_default().entry(r.status).or_default() += 1;
+    }
+    if !by_gen.is_empty() {
+        let _ = writeln!(md, "Errors by token generation (n: the token after the n-th rotation): {by_gen:?}\n");
+        eprintln!("  errors by token generation: {by_gen:?}");
+    }
     let per_s = load::per_second(&records, seconds);
     let failing: Vec<String> =
         per_s.iter().filter(|p| p.2 > 0).map(|p| format!("{} s: {}", p.0, p.2)).collect();
