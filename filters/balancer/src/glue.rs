@@ -345,7 +345,6 @@ impl RootContext for Root {
             state: self.state.clone(),
             header: Rc::clone(&self.header),
             ticket: None,
-            status: None,
             now: 0,
         }))
     }
@@ -360,7 +359,6 @@ struct Http {
     header: Rc<str>,
     /// The service and endpoint picked for this request.
     ticket: Option<(String, Picked)>,
-    status: Option<u32>,
     now: u64,
 }
 
@@ -463,26 +461,23 @@ impl HttpContext for Http {
         }
     }
 
-    fn on_http_response_headers(&mut self, _n: usize, _eos: bool) -> Action {
-        self.status = self
-            .get_http_response_header_bytes(":status")
-            .and_then(|v| std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()));
-        Action::Continue
-    }
-
     fn on_log(&mut self) {
         let Some((_, picked)) = &self.ticket else { return };
         let picked = picked.address;
-        let flags = self
-            .get_property(vec!["response", "flags"])
-            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-            .map(u64::from_le_bytes)
-            .unwrap_or(0);
+        let int = |path: Vec<&str>| {
+            self.get_property(path)
+                .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                .map(u64::from_le_bytes)
+        };
+        let flags = int(vec!["response", "flags"]).unwrap_or(0);
         let upstream = self
             .get_property(vec!["upstream", "address"])
             .and_then(|b| String::from_utf8(b).ok())
             .and_then(|a| a.parse::<SocketAddr>().ok());
-        let outcome = Outcome::classify(picked, upstream, flags, self.status);
+        // The status Envoy answered with, read here: no VM entry for the response headers per request
+        // (the filter exports no proxy_on_response_headers, see `callbacks`).
+        let status = int(vec!["response", "code"]).and_then(|c| u32::try_from(c).ok());
+        let outcome = Outcome::classify(picked, upstream, flags, status);
         self.now = now_ms();
         self.finish(outcome);
     }
