@@ -27,6 +27,12 @@ use meshwasm_tests::artifacts;
 use meshwasm_tests::signer::{Signer, jwks, now};
 use serde_json::{Value, json};
 
+/// One engine for every test here: each module is compiled once (`Host::load` caches by content).
+fn host() -> Host {
+    static HOST: std::sync::OnceLock<Host> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| Host::new(HostOptions::default()).unwrap()).clone()
+}
+
 /// The filters `make dist` ships (the Makefile's DIST_FILTERS).
 const FILTERS: [&str; 5] = [
     "meshwasm_jwt_auth",
@@ -371,7 +377,7 @@ fn plugin_as_istio_configures(host: &Host, p: &Value) -> anyhow::Result<Plugin> 
 
 #[test]
 fn every_plugin_config_passes_its_filters_configure_as_istio_renders_it() {
-    let host = Host::new(HostOptions::default()).unwrap();
+    let host = host();
     for (file, p) in wasm_plugins() {
         let plugin = plugin_as_istio_configures(&host, &p).unwrap();
         Proxy::builder(&host).plugin(plugin).build().unwrap_or_else(|e| panic!("{file}: {e:#}"));
@@ -477,7 +483,7 @@ fn balancer_envoy_filter_adds_a_filter_state_only_original_dst_cluster_envoy_acc
 /// every key and queue name must be under `meshwasm.`.
 #[test]
 fn every_shared_data_key_and_queue_name_is_under_meshwasm() {
-    let host = Host::new(HostOptions::default()).unwrap();
+    let host = host();
     let load = |a: &str| host.load(artifacts::wasm_path(a)).unwrap();
     let signer = Signer::rsa("rsa1.pem", "r1");
     let keys = jwks(&[&signer]);
@@ -564,4 +570,56 @@ fn every_shared_data_key_and_queue_name_is_under_meshwasm() {
     for k in keys.iter().chain(&queues) {
         assert!(k.starts_with("meshwasm."), "shared-data key or queue {k:?} is not under meshwasm.");
     }
+}
+
+/// `examples/istio/pin.sh` writes each image's manifest digest from a `dist/DIGESTS` (the format
+/// `make dist` writes: `<name>:<tag> sha256:<digest>` for both tags of every image) into the `sha256:`
+/// line of the WasmPlugin that pulls that image, and into no other.
+#[test]
+fn pin_sh_pins_every_plugin_to_its_images_digest() {
+    let version = env!("CARGO_PKG_VERSION");
+    let crds = crds();
+    let dir = tempfile::tempdir().unwrap();
+    let istio = dir.path().join("examples/istio");
+    std::fs::create_dir_all(&istio).unwrap();
+    for e in std::fs::read_dir(istio_dir()).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            std::fs::copy(&p, istio.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let mut digests = String::new();
+    let mut want = BTreeMap::new();
+    for (i, f) in FILTERS.iter().enumerate() {
+        let name = f.replace('_', "-");
+        for (j, tag) in ["oci", "compat"].iter().enumerate() {
+            let hex = format!("{:x}", 0x10 * (i + 1) + j).repeat(32);
+            digests.push_str(&format!("{name}:{version}-{tag} sha256:{hex}\n"));
+            want.insert(format!("{name}:{version}-{tag}"), hex);
+        }
+    }
+    let digests_file = dir.path().join("DIGESTS");
+    std::fs::write(&digests_file, digests).unwrap();
+    let out = Command::new("bash").arg(istio.join("pin.sh")).arg(&digests_file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut pinned = 0;
+    for e in std::fs::read_dir(&istio).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_none_or(|x| x != "yaml") {
+            continue;
+        }
+        for doc in serde_yaml::Deserializer::from_str(&std::fs::read_to_string(&p).unwrap()) {
+            let v: Value = serde::Deserialize::deserialize(doc).unwrap();
+            if v["kind"] != "WasmPlugin" {
+                continue;
+            }
+            let url = v["spec"]["url"].as_str().unwrap();
+            let image = url.rsplit('/').next().unwrap();
+            // A digest of digits only (as some here) must stay a string for Istio's schema.
+            assert_eq!(v["spec"]["sha256"].as_str(), want.get(image).map(String::as_str), "{url}");
+            assert_eq!(check(&crds, &v), Vec::<String>::new(), "{url}");
+            pinned += 1;
+        }
+    }
+    assert_eq!(pinned, FILTERS.len());
 }

@@ -11,6 +11,12 @@ use meshwasm_tests::artifacts::wasm_path;
 use meshwasm_tests::signer::{Signer, jwks, now};
 use serde_json::json;
 
+/// One engine for every test here: each module is compiled once (`Host::load` caches by content).
+fn host() -> Host {
+    static HOST: std::sync::OnceLock<Host> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| Host::new(HostOptions::default()).unwrap()).clone()
+}
+
 fn json_reply(body: String, after_ms: u64) -> CallReply {
     CallReply::response(200, [("content-type", "application/json")], body)
         .after(Duration::from_millis(after_ms))
@@ -18,7 +24,7 @@ fn json_reply(body: String, after_ms: u64) -> CallReply {
 
 #[test]
 fn jwt_auth_records_jwks_and_introspection_latency() {
-    let host = Host::new(HostOptions::default()).unwrap();
+    let host = host();
     let signer = Signer::rsa("rsa1.pem", "r1");
     let keys = jwks(&[&signer]);
     let cfg = json!({
@@ -71,7 +77,7 @@ fn jwt_auth_records_jwks_and_introspection_latency() {
 /// Without introspection (or remote keys) the histogram is not defined: nothing shows that cannot count.
 #[test]
 fn jwt_auth_defines_only_the_histograms_its_configuration_uses() {
-    let host = Host::new(HostOptions::default()).unwrap();
+    let host = host();
     let signer = Signer::rsa("rsa1.pem", "r1");
     let cfg = json!({
         "providers": {"idp": {"issuer": "https://idp.test", "audiences": ["api"],
@@ -92,7 +98,7 @@ fn jwt_auth_defines_only_the_histograms_its_configuration_uses() {
 
 #[test]
 fn token_injector_records_refreshes_and_fetch_latency() {
-    let host = Host::new(HostOptions::default()).unwrap();
+    let host = host();
     let cfg = json!({
         "token_endpoint": {"cluster": "idp", "path": "/oauth2/token", "authority": "idp.test"},
         "client_id": "orders", "client_secret": "token-secret",
@@ -130,7 +136,7 @@ fn token_injector_records_refreshes_and_fetch_latency() {
 
 #[test]
 fn discovery_and_balancer_gauge_the_endpoint_set_sizes() {
-    let host = Host::new(HostOptions::default()).unwrap();
+    let host = host();
     let discovery = json!({"services": [{"name": "api", "allow_loopback": true, "source": {"static": {"endpoints": [
         {"address": "127.0.0.1:9001"}, {"address": "127.0.0.1:9002"}]}}}]});
     let balancer = json!({"service_from": [{"fixed": "api"}], "services": {
