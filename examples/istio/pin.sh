@@ -4,8 +4,8 @@
 # `url: oci://…/<name>:<tag>` line gets that digest (64 hex digits, without `sha256:`, as Istio wants it;
 # quoted, so that YAML never reads a digest of digits as a number).
 #   make dist && examples/istio/pin.sh [dist/DIGESTS]
-# Run it after every `make dist` whose images you publish: a stale pin makes Istio refuse the module
-# (and the plugin, FAIL_CLOSE, answers 503).
+# Run it after every `make dist` whose images you publish: with a stale pin the Istio agent refuses the
+# module and, for a FAIL_CLOSE plugin, denies every request in its place (403).
 set -euo pipefail
 cd "$(dirname "$0")"
 digests=${1:-../../dist/DIGESTS}
