@@ -550,6 +550,22 @@ pub fn inline_bytes(value: serde_yaml::Value) -> anyhow::Result<Vec<u8>> {
     }
 }
 
+/// The JSON Schema of the configuration file (`meshwasm-host schema`, schemas/serve.schema.json).
+pub fn json_schema() -> serde_json::Value {
+    let mut v = schemars::generate::SchemaSettings::draft2020_12()
+        .for_deserialize()
+        .into_generator()
+        .into_root_schema_for::<RawConfig>()
+        .to_value();
+    if let Some(o) = v.as_object_mut() {
+        o.insert(
+            "$comment".into(),
+            "Generated from the Rust config types by `make schemas`; do not edit.".into(),
+        );
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -688,20 +704,4 @@ clusters:
         assert_eq!(c.workers, 1);
         assert!(c.listeners[0].filters.is_empty());
     }
-}
-
-/// The JSON Schema of the configuration file (`meshwasm-host schema`, schemas/serve.schema.json).
-pub fn json_schema() -> serde_json::Value {
-    let mut v = schemars::generate::SchemaSettings::draft2020_12()
-        .for_deserialize()
-        .into_generator()
-        .into_root_schema_for::<RawConfig>()
-        .to_value();
-    if let Some(o) = v.as_object_mut() {
-        o.insert(
-            "$comment".into(),
-            "Generated from the Rust config types by `make schemas`; do not edit.".into(),
-        );
-    }
-    v
 }
