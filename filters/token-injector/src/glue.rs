@@ -341,8 +341,12 @@ impl Context for Http {
         }
         let _ = hostcalls::set_effective_context(self.context_id);
     }
+}
 
-    fn on_done(&mut self) -> bool {
+/// A stream leaves the waiter list (and abandons a fetch it dispatched) when its context goes (on_delete
+/// drops it), so the filter needs no on_done export: one VM entry less per request.
+impl Drop for Http {
+    fn drop(&mut self) {
         if let Some(w) = &self.worker
             && let Ok(mut w) = w.try_borrow_mut()
         {
@@ -354,7 +358,6 @@ impl Context for Http {
                 w.source.abandon_fetch(&mut HostShared);
             }
         }
-        true
     }
 }
 
