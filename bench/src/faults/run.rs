@@ -841,7 +841,9 @@ pub fn vm_trap(s: &Settings) -> Result<FaultRun> {
         .map(|r| r.status)
     };
     let t_trap = run.event(&closed, "x-crash sent to both listeners");
-    let (c_status, r_status) = (crash("closed")?, crash("reload")?);
+    let c_status = crash("closed")?;
+    let t_reload_crash = closed.now_us();
+    let r_status = crash("reload")?;
     let t_trapped = closed.now_us();
     let closed = closed.finish();
     let reload = reload.finish();
@@ -872,8 +874,26 @@ pub fn vm_trap(s: &Settings) -> Result<FaultRun> {
         format!("{:?}", status_counts(&after_c)),
         !after_c.is_empty() && after_c.iter().all(|r| r.status == 503),
     );
-    let in_flight = load::in_flight_at(&reload, t_trap) + load::in_flight_at(&reload, t_trapped);
+    // The VM traps somewhere inside the x-crash request to it: its streams in flight are the load's
+    // requests that overlap that request.
+    let in_flight = reload.iter().filter(|r| r.start_us < t_trapped && r.end_us > t_reload_crash).count();
     let reload_errors: Vec<&Record> = reload.iter().filter(|r| !r.ok()).collect();
+    run.figure(
+        "FAIL_RELOAD failed load requests (start … end, relative to the x-crash request's start; it took)",
+        format!(
+            "{}; x-crash took {}",
+            reload_errors
+                .iter()
+                .map(|r| format!(
+                    "{:+.1} ms … {:+.1} ms",
+                    (r.start_us as f64 - t_reload_crash as f64) / 1e3,
+                    (r.end_us as f64 - t_reload_crash as f64) / 1e3
+                ))
+                .collect::<Vec<_>>()
+                .join(", "),
+            secs(t_trapped - t_reload_crash)
+        ),
+    );
     let after_r: Vec<&Record> = reload.iter().filter(|r| r.start_us > t_trapped).collect();
     run.check(
         format!("FAIL_RELOAD: errors besides the trapping request ≤ its VM's streams in flight ({in_flight}), later requests all 200"),
