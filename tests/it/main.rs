@@ -10,6 +10,7 @@
 //! test its own host and temporary directories. libtest runs as many tests at once as there are cores,
 //! as it did inside each former binary, so no lock is needed around the Envoy or etcd tests.
 
+mod authz_calls_host;
 mod authz_envoy;
 mod authz_host;
 mod balancer_algorithms_envoy;

@@ -114,11 +114,26 @@ struct RawCondition {
     not_values: List,
 }
 
-/// What the policies look at, so the glue reads nothing else per request.
+/// What the policies look at, so the glue reads nothing else per request (`:path` is always read:
+/// a path that does not normalize gets a 400 before any policy).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Needs {
-    /// The `connection.*` peer-certificate properties.
+    /// Any peer-certificate field: `connection.mtls` (a plaintext connection has no identity), then
+    /// the certificate properties below that are set.
     pub peer: bool,
+    /// `connection.uri_san_peer_certificate`: principals, trust domains, namespaces, service
+    /// accounts (the SPIFFE ID) and raw URI SANs.
+    pub uri_san: bool,
+    /// `connection.dns_san_peer_certificate`.
+    pub dns_san: bool,
+    /// `connection.subject_peer_certificate`.
+    pub subject: bool,
+    /// `connection.sha256_peer_certificate_digest`.
+    pub sha256: bool,
+    /// The `:method` header.
+    pub method: bool,
+    /// The `:authority` header (operation hosts).
+    pub authority: bool,
     pub source_ip: bool,
     pub request_principal: bool,
     pub request_provider: bool,
@@ -206,7 +221,7 @@ fn rule(at: &str, r: RawRule, needs: &mut Needs) -> Result<Rule, ConfigError> {
     if let Some(to) = r.to {
         non_empty(&format!("{at}.to"), to.len())?;
         for (k, t) in to.into_iter().enumerate() {
-            out.to.push(operation(&format!("{at}.to[{k}].operation"), t.operation)?);
+            out.to.push(operation(&format!("{at}.to[{k}].operation"), t.operation, needs)?);
         }
     }
     if let Some(when) = r.when {
@@ -331,12 +346,19 @@ fn source(at: &str, s: RawSource, needs: &mut Needs) -> Result<Source, ConfigErr
         return Err(ConfigError::new(at, "a source must set at least one field"));
     }
     needs.peer |= any_peer;
+    needs.uri_san |=
+        [&out.principals, &out.trust_domains, &out.namespaces, &out.service_accounts, &out.uri_sans]
+            .iter()
+            .any(|f| f.is_set());
+    needs.dns_san |= out.dns_sans.is_set();
+    needs.subject |= out.subjects.is_set();
+    needs.sha256 |= out.certificate_sha256.is_set();
     needs.request_principal |= out.request_principals.is_set();
     needs.source_ip |= out.ip_blocks.is_set();
     Ok(out)
 }
 
-fn operation(at: &str, o: RawOperation) -> Result<Operation, ConfigError> {
+fn operation(at: &str, o: RawOperation, needs: &mut Needs) -> Result<Operation, ConfigError> {
     let out = Operation {
         hosts: field(at, "hosts", o.hosts, o.not_hosts, lower)?,
         methods: field(at, "methods", o.methods, o.not_methods, plain)?,
@@ -345,6 +367,8 @@ fn operation(at: &str, o: RawOperation) -> Result<Operation, ConfigError> {
     if !out.hosts.is_set() && !out.methods.is_set() && !out.paths.is_set() {
         return Err(ConfigError::new(at, "an operation must set at least one field"));
     }
+    needs.method |= out.methods.is_set();
+    needs.authority |= out.hosts.is_set();
     Ok(out)
 }
 

@@ -4,6 +4,7 @@
 //! Fails closed: without a valid plan, or when a hostcall fails, the request gets a 503; a path that
 //! does not normalize gets a 400 before any policy.
 
+use std::borrow::Cow;
 use std::rc::Rc;
 
 use meshwasm_filter_runtime::glue::{define, increment, install_panic_hook, log, plugin_config};
@@ -145,29 +146,40 @@ fn property(path: &[&str]) -> Result<Option<Vec<u8>>, Status> {
 }
 
 fn string(path: &[&str]) -> Result<Option<String>, Status> {
-    Ok(property(path)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    Ok(property(path)?
+        .map(|v| String::from_utf8(v).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())))
+}
+
+/// A certificate property when the policies look at it (`None` otherwise, as if absent).
+fn cert(needed: bool, path: &[&str]) -> Result<Option<String>, Status> {
+    if needed { string(path) } else { Ok(None) }
 }
 
 fn header(name: &str) -> Result<Vec<u8>, Status> {
     Ok(hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)?.unwrap_or_default())
 }
 
-/// Reads what the plan needs, beyond the path (already normalized).
+/// Reads what the plan needs, beyond the path (already normalized), and nothing else: an attribute no
+/// policy looks at is left empty.
 fn attributes(plan: &Plan, path: String) -> Result<Attributes, Status> {
     let needs = &plan.needs;
-    let mut a = Attributes {
-        method: header(":method")?,
-        path,
-        authority: header(":authority")?.to_ascii_lowercase(),
-        ..Attributes::default()
-    };
-    if needs.peer {
-        let mtls = property(MTLS)?.is_some_and(|v| v.first() == Some(&1));
-        a.peer = if mtls {
-            Peer::new(true, string(URI_SAN)?, string(DNS_SAN)?, string(SUBJECT)?, string(SHA256_DIGEST)?)
-        } else {
-            Peer::default()
-        };
+    let mut a = Attributes { path, ..Attributes::default() };
+    if needs.method {
+        a.method = header(":method")?;
+    }
+    if needs.authority {
+        a.authority = header(":authority")?;
+        a.authority.make_ascii_lowercase();
+    }
+    // `connection.mtls` first: a plaintext connection has no identity, whatever else is set.
+    if needs.peer && property(MTLS)?.is_some_and(|v| v.first() == Some(&1)) {
+        a.peer = Peer::new(
+            true,
+            cert(needs.uri_san, URI_SAN)?,
+            cert(needs.dns_san, DNS_SAN)?,
+            cert(needs.subject, SUBJECT)?,
+            cert(needs.sha256, SHA256_DIGEST)?,
+        );
     }
     if needs.source_ip {
         a.source_ip = property(SOURCE_ADDRESS)?.as_deref().and_then(source_ip);
@@ -206,11 +218,18 @@ impl HttpContext for Http {
             Ok(p) => p.unwrap_or_default(),
             Err(s) => return self.internal_error(&f, s),
         };
-        let path = match std::str::from_utf8(&raw)
-            .map_err(|_| None)
-            .and_then(|p| meshwasm_path::normalize(p).map_err(Some))
-        {
-            Ok(p) => p.into_owned(),
+        // A path already in normal form (the usual case) is taken as it is, without a copy.
+        let normalized = std::str::from_utf8(&raw).map_err(|_| None).and_then(|p| {
+            meshwasm_path::normalize(p)
+                .map(|n| match n {
+                    Cow::Owned(changed) => Some(changed),
+                    Cow::Borrowed(_) => None,
+                })
+                .map_err(Some)
+        });
+        let path = match normalized {
+            Ok(Some(changed)) => changed,
+            Ok(None) => String::from_utf8(raw).unwrap_or_default(),
             Err(e) => {
                 bump(f.total.bad_path);
                 let why = e.map_or_else(|| "the path is not UTF-8".to_owned(), |e| e.to_string());
@@ -245,13 +264,14 @@ impl HttpContext for Http {
                 );
             }
         }
-        let debug = debug_on();
+        // The log level can change at runtime: asked once per request, and only when there is a debug
+        // line to write, which is formatted only when it will be logged.
         match d.verdict {
             Verdict::Allow => {
                 bump(f.total.allowed);
                 if let Some(i) = d.by {
                     bump(counters(i).and_then(|c| c.allowed));
-                    if debug {
+                    if debug_on() {
                         let msg =
                             format!("meshwasm authz: {}: allowed by policy `{}`", self.context_id, name(i));
                         log(LogLevel::Debug, &msg);
@@ -264,7 +284,7 @@ impl HttpContext for Http {
                 if let Some(i) = d.by {
                     bump(counters(i).and_then(|c| c.denied));
                 }
-                if debug {
+                if debug_on() {
                     let msg = match d.by {
                         Some(i) => {
                             format!("meshwasm authz: {}: denied by policy `{}`", self.context_id, name(i))

@@ -374,6 +374,46 @@ fn needs_collect_what_policies_read() {
 }
 
 #[test]
+fn needs_are_exactly_the_attributes_a_policy_looks_at() {
+    use crate::config::Needs;
+    // The bench's policy: principals and method + path. The SPIFFE ID comes from the URI SAN, and
+    // `connection.mtls` says whether it is trusted; no DNS SAN, subject, digest, host or token.
+    let p = plan(
+        r#"{"policies": [
+        {"name": "deny-rogue", "action": "DENY",
+         "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/shop/sa/rogue"]}}]}]},
+        {"name": "frontend-reads", "action": "ALLOW",
+         "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/shop/sa/frontend"]}}],
+                    "to": [{"operation": {"methods": ["GET"], "paths": ["/*"]}}]}]}]}"#,
+    );
+    assert_eq!(p.needs, Needs { peer: true, uri_san: true, method: true, ..Needs::default() });
+    // A principal-only policy: nothing from the request.
+    let p = one("ALLOW", r#""from": [{"source": {"principals": ["cluster.local/ns/shop/sa/frontend"]}}]"#);
+    assert_eq!(p.needs, Needs { peer: true, uri_san: true, ..Needs::default() });
+    // Every SPIFFE field reads the URI SAN only.
+    for f in ["trust_domains", "namespaces", "service_accounts", "uri_sans", "not_principals"] {
+        let p = one("DENY", &format!(r#""from": [{{"source": {{"{f}": ["x/y"]}}}}]"#));
+        assert_eq!(p.needs, Needs { peer: true, uri_san: true, ..Needs::default() }, "{f}");
+    }
+    let p = one("DENY", r#""from": [{"source": {"dns_sans": ["a"]}}]"#);
+    assert_eq!(p.needs, Needs { peer: true, dns_san: true, ..Needs::default() });
+    let p = one("DENY", r#""from": [{"source": {"not_subjects": ["CN=a"]}}]"#);
+    assert_eq!(p.needs, Needs { peer: true, subject: true, ..Needs::default() });
+    let p = one("DENY", r#""from": [{"source": {"certificate_sha256": ["ab"]}}]"#);
+    assert_eq!(p.needs, Needs { peer: true, sha256: true, ..Needs::default() });
+    // The request: hosts read `:authority`, methods `:method`; paths nothing more (`:path` is always
+    // read); no peer property at all.
+    let p = one("ALLOW", r#""to": [{"operation": {"hosts": ["a.example"]}}]"#);
+    assert_eq!(p.needs, Needs { authority: true, ..Needs::default() });
+    let p = one("ALLOW", r#""to": [{"operation": {"not_methods": ["POST"], "paths": ["/a"]}}]"#);
+    assert_eq!(p.needs, Needs { method: true, ..Needs::default() });
+    let p = one("ALLOW", r#""to": [{"operation": {"paths": ["/a"]}}]"#);
+    assert_eq!(p.needs, Needs::default());
+    let p = one("ALLOW", r#""when": [{"key": "request.auth.provider", "values": ["idp"]}]"#);
+    assert_eq!(p.needs, Needs { request_provider: true, ..Needs::default() });
+}
+
+#[test]
 fn bad_configs_name_the_field() {
     let cases: &[(&str, &str, &str)] = &[
         ("", "", "empty"),
