@@ -330,8 +330,9 @@ pub fn etcd_cluster(s: &Settings) -> Result<FaultRun> {
          through one Envoy cluster holding all three (round robin, active `/health` checks every 250 ms, outlier \
          detection on connect failures). Backends A B C registered. At 5 s the leader is killed (SIGKILL); as soon as the two \
          others have elected a new leader, E is registered. The old leader rejoins; then a follower is killed and \
-         F registered. (With the 1 s poll timeout of the other faults, one of two runs took 2.1 s after the \
-         election: a poll that a member holds during the election costs its timeout plus the 1 s retry.)"
+         F registered. (The bound is tight: with the 1 s poll timeout of the other faults one of two runs took \
+         2.1 s, with 500 ms one of four took 2.07 s: two failed polls after the election cost 2 × the 1 s retry \
+         floor of `max_retry`.)"
             .into(),
     );
     let names = ["A", "B", "C", "E", "F"];
