@@ -283,7 +283,8 @@ pub fn run(settings: &Settings, duration: Duration, out: &Path) -> Result<bool> 
         *by_gen.entry(r.token_gen).or_default().entry(r.status).or_default() += 1;
     }
     if !by_gen.is_empty() {
-        let _ = writeln!(md, "Errors by token generation (n: the token after the n-th rotation): {by_gen:?}\n");
+        let _ =
+            writeln!(md, "Errors by token generation (n: the token after the n-th rotation): {by_gen:?}\n");
         eprintln!("  errors by token generation: {by_gen:?}");
     }
     let per_s = load::per_second(&records, seconds);
