@@ -207,6 +207,12 @@ impl RemoteKeys {
                     None => {}
                 }
             }
+            // Another worker attempted a fetch since this one asked for a refetch: that attempt answers
+            // the request. A refetch kept pending here would run one interval later for nothing, and
+            // push the proxy-wide rate limit past the next key rotation.
+            if rec.last_attempt_ms > self.record.last_attempt_ms {
+                self.want_refetch = false;
+            }
             self.record = rec;
             changed = true;
         }
@@ -290,7 +296,12 @@ impl RemoteKeys {
         if self.in_flight.is_some() || self.lease.held_by_other(now_ms, shared) {
             return true;
         }
-        self.sync(now_ms, shared);
+        let version = self.record.version;
+        if self.sync(now_ms, shared) && self.record.version != version && self.keys.is_some() {
+            // Keys another worker fetched were installed just now: the token waits and is checked
+            // against them on the next tick instead of being refused under the rate limit.
+            return true;
+        }
         let allowed = now_ms
             >= self
                 .record
@@ -579,6 +590,46 @@ mod tests {
         assert_eq!(fetches, 0);
         assert!(a.unknown_kid(61_600, &mut shared));
         assert!(a.poll(61_600, &mut shared).is_some());
+    }
+
+    #[test]
+    fn keys_fetched_by_another_worker_are_used_not_refused() {
+        // A rotation: b fetches the new keys for its unknown kid; a sees a new-kid token before its
+        // tick has synced them. Refusing it under the rate limit gave a burst of 401s per rotation.
+        let mut shared = MemoryShared::default();
+        let (mut a, mut b) = (store(1), store(2));
+        first_fetch(&mut a, &mut shared, 0);
+        a.on_response(0, &mut shared, Some(200), Some(JWKS1));
+        b.poll(0, &mut shared);
+        assert!(b.unknown_kid(40_000, &mut shared));
+        assert!(b.poll(40_000, &mut shared).is_some());
+        b.on_response(40_100, &mut shared, Some(200), Some(JWKS2));
+        assert!(a.unknown_kid(40_200, &mut shared), "a waits for the keys it just installed");
+        assert_eq!(kid(&a), ["k2"]);
+        assert!(a.events.iter().any(Event::changes_keys), "the tick wakes the waiting request");
+        assert!(a.poll(40_300, &mut shared).is_none(), "no second fetch");
+    }
+
+    #[test]
+    fn a_refetch_answered_by_another_worker_is_not_repeated_later() {
+        // Both workers ask for a refetch; b wins the lease. a's request must not stay pending and
+        // fire one interval later: that fetch would push the rate limit past the next rotation.
+        let mut shared = MemoryShared::default();
+        let (mut a, mut b) = (store(1), store(2));
+        first_fetch(&mut a, &mut shared, 0);
+        a.on_response(0, &mut shared, Some(200), Some(JWKS1));
+        b.poll(0, &mut shared);
+        assert!(a.unknown_kid(40_000, &mut shared));
+        assert!(b.unknown_kid(40_000, &mut shared));
+        assert!(b.poll(40_000, &mut shared).is_some());
+        assert!(a.poll(40_000, &mut shared).is_none(), "b holds the lease");
+        b.on_response(40_100, &mut shared, Some(200), Some(JWKS2));
+        for t in (40_200..=75_000).step_by(100) {
+            assert!(a.poll(t, &mut shared).is_none(), "a fetched again at {t} ms");
+        }
+        // The next rotation, 60 s after the last: its unknown kid is refetched at once.
+        assert!(a.unknown_kid(100_100, &mut shared));
+        assert!(a.poll(100_100, &mut shared).is_some());
     }
 
     #[test]
