@@ -62,10 +62,16 @@ impl Pki {
         self.dir.path().join(file)
     }
 
-    /// A short-lived leaf `name` signed by the CA, with SANs `sans` (`URI:…,DNS:…`) and subject
-    /// `subject`, usable as client and server certificate. `req_args`: more arguments to
-    /// `openssl req` (e.g. `-utf8`, `-multivalue-rdn`). Returns (certificate, key).
-    pub fn leaf(&self, name: &str, sans: &str, subject: &str, req_args: &[&str]) -> (PathBuf, PathBuf) {
+    /// A new P-256 key and certificate request for leaf `name` (subject `subject`, more `openssl req`
+    /// arguments `req_args`), and the extension file giving it SANs `sans` and client+server use.
+    /// Returns the file names (key, request, certificate to write, extension file).
+    fn request(
+        &self,
+        name: &str,
+        sans: &str,
+        subject: &str,
+        req_args: &[&str],
+    ) -> (String, String, String, String) {
         let (key, csr, pem, extf) =
             (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("{name}.ext"));
         let ext = format!(
@@ -89,6 +95,14 @@ impl Pki {
         ];
         args.extend_from_slice(req_args);
         openssl(self.dir.path(), &args);
+        (key, csr, pem, extf)
+    }
+
+    /// A short-lived leaf `name` signed by the CA, with SANs `sans` (`URI:…,DNS:…`) and subject
+    /// `subject`, usable as client and server certificate. `req_args`: more arguments to
+    /// `openssl req` (e.g. `-utf8`, `-multivalue-rdn`). Returns (certificate, key).
+    pub fn leaf(&self, name: &str, sans: &str, subject: &str, req_args: &[&str]) -> (PathBuf, PathBuf) {
+        let (key, csr, pem, extf) = self.request(name, sans, subject, req_args);
         openssl(
             self.dir.path(),
             &[
@@ -125,13 +139,7 @@ impl Pki {
         not_before: &str,
         not_after: &str,
     ) -> (PathBuf, PathBuf) {
-        let (key, csr, pem, extf) =
-            (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("{name}.ext"));
-        let ext = format!(
-            "subjectAltName={sans}\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
-             extendedKeyUsage=serverAuth,clientAuth\n"
-        );
-        std::fs::write(self.path(&extf), ext).expect("the extension file is written");
+        let (key, csr, pem, extf) = self.request(name, sans, subject, &[]);
         // `openssl ca` keeps a database of what it issued; a minimal one, in the same directory.
         if !self.path("ca.cnf").exists() {
             let cnf = "[ca]\ndefault_ca = test_ca\n[test_ca]\ndatabase = ca-index.txt\nnew_certs_dir = .\n\
@@ -141,23 +149,6 @@ impl Pki {
             std::fs::write(self.path("ca-index.txt"), "").expect("the openssl ca database is written");
             std::fs::write(self.path("ca-serial"), "1000\n").expect("the openssl ca serial is written");
         }
-        openssl(
-            self.dir.path(),
-            &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                subject,
-            ],
-        );
         openssl(
             self.dir.path(),
             &[
