@@ -28,7 +28,8 @@ pub struct RefLine {
     pub color: &'static str,
 }
 
-fn esc(s: &str) -> String {
+/// `s` escaped for SVG text and attribute values.
+pub fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 

@@ -3,9 +3,7 @@
 
 use std::fmt::Write;
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
-}
+use meshwasm_bench::svg::esc;
 
 /// A "nice" axis maximum covering `max` (at least 1).
 fn nice_max(max: f64) -> f64 {
@@ -14,15 +12,9 @@ fn nice_max(max: f64) -> f64 {
     [1.0, 2.0, 2.5, 5.0, 10.0].iter().map(|m| m * mag).find(|v| *v >= max).unwrap_or(10.0 * mag)
 }
 
-/// `per_second`: (second, sent, failed). `events`: (seconds, label).
-pub fn errors_over_time(title: &str, per_second: &[(u64, u64, u64)], events: &[(f64, String)]) -> String {
-    let (w, h, left, right, top, bottom) = (860.0, 300.0, 60.0, 20.0, 40.0, 40.0);
-    let pw = w - left - right;
-    let ph = h - top - bottom;
-    let secs = per_second.len().max(1) as f64;
-    let ymax = nice_max(per_second.iter().map(|p| p.1.max(p.2) as f64).fold(0.0, f64::max));
-    let x = |s: f64| left + pw * s / secs;
-    let y = |v: f64| top + ph - ph * v / ymax;
+/// The chart's opening: the `<svg>` element, a white background, the title and five horizontal grid
+/// lines labelled from 0 to `ymax` (`y` maps a value to its pixel row). The caller closes `</svg>`.
+fn frame(title: &str, (w, h, left, pw): (f64, f64, f64, f64), ymax: f64, y: impl Fn(f64) -> f64) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
@@ -41,6 +33,19 @@ pub fn errors_over_time(title: &str, per_second: &[(u64, u64, u64)], events: &[(
             yy + 4.0
         );
     }
+    o
+}
+
+/// `per_second`: (second, sent, failed). `events`: (seconds, label).
+pub fn errors_over_time(title: &str, per_second: &[(u64, u64, u64)], events: &[(f64, String)]) -> String {
+    let (w, h, left, right, top, bottom) = (860.0, 300.0, 60.0, 20.0, 40.0, 40.0);
+    let pw = w - left - right;
+    let ph = h - top - bottom;
+    let secs = per_second.len().max(1) as f64;
+    let ymax = nice_max(per_second.iter().map(|p| p.1.max(p.2) as f64).fold(0.0, f64::max));
+    let x = |s: f64| left + pw * s / secs;
+    let y = |v: f64| top + ph - ph * v / ymax;
+    let mut o = frame(title, (w, h, left, pw), ymax, y);
     let step = if secs > 120.0 {
         60
     } else if secs > 40.0 {
@@ -124,24 +129,7 @@ pub fn lines(title: &str, y_label: &str, series: &[Line<'_>]) -> String {
     let ymax = nice_max(series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).fold(0.0, f64::max));
     let x = |v: f64| left + pw * v / xmax;
     let y = |v: f64| top + ph - ph * v / ymax;
-    let mut o = String::new();
-    let _ = writeln!(
-        o,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="11">"#
-    );
-    let _ = writeln!(o, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
-    let _ = writeln!(o, r#"<text x="{left}" y="18" font-size="13" font-weight="bold">{}</text>"#, esc(title));
-    for i in 0..=4 {
-        let v = ymax * f64::from(i) / 4.0;
-        let yy = y(v);
-        let _ = writeln!(
-            o,
-            r##"<line x1="{left}" y1="{yy:.1}" x2="{:.1}" y2="{yy:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{v:.0}</text>"##,
-            left + pw,
-            left - 4.0,
-            yy + 4.0
-        );
-    }
+    let mut o = frame(title, (w, h, left, pw), ymax, y);
     for i in 0..=5 {
         let v = xmax * f64::from(i) / 5.0;
         let _ = writeln!(
