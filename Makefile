@@ -66,6 +66,9 @@ wasm: setup-rust
 	  name=$$(basename $$(dirname $$list)); \
 	  target/debug/meshwasm-exports $(WASM_DIR)/meshwasm_$${name//-/_}.wasm --keep $$list; \
 	done
+	@# The benchmark's second noop: request headers only (bench/noop-headers.callbacks), the floor of a filter
+	@# that implements one callback, next to meshwasm_noop.wasm's every-callback floor.
+	target/debug/meshwasm-exports $(WASM_DIR)/meshwasm_noop.wasm --keep bench/noop-headers.callbacks --out $(WASM_DIR)/meshwasm_noop_headers.wasm
 	@ls -l $(WASM_DIR)/*.wasm
 
 fmt-check:
