@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 use std::rc::Rc;
 
-use meshwasm_filter_runtime::glue::{define, increment, install_panic_hook, log, plugin_config};
+use meshwasm_filter_runtime::glue::{define, increment, log, plugin_config};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType, Status};
@@ -22,11 +22,19 @@ use crate::policy::{Verdict, evaluate};
 
 const PREFIX: &str = "meshwasm_authz";
 
+// The filter's own `.wasm` entry point; off (feature `standalone`) when linked into the combined
+// meshwasm.wasm, whose entry point selects this filter by root_id through [`root_context`].
+#[cfg(feature = "standalone")]
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    install_panic_hook("authz");
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { filter: None }) });
+    meshwasm_filter_runtime::glue::install_panic_hook("authz");
+    proxy_wasm::set_root_context(root_context);
 }}
+
+/// This filter's root context (one per plugin and worker).
+pub fn root_context(_context_id: u32) -> Box<dyn RootContext> {
+    Box::new(Root { filter: None })
+}
 
 /// Counter ids, defined once per VM at configure time: the totals.
 struct Counters {

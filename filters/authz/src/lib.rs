@@ -32,6 +32,8 @@ pub mod spiffe;
 
 #[cfg(target_arch = "wasm32")]
 mod glue;
+#[cfg(target_arch = "wasm32")]
+pub use glue::root_context;
 
 #[cfg(test)]
 mod tests;

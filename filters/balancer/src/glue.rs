@@ -10,8 +10,7 @@ use meshwasm_endpoints::{
     EndpointSet, QUEUE_SEQ_KEY, SUBSCRIBERS_KEY, Subscribers, notify_queue_name, set_key,
 };
 use meshwasm_filter_runtime::glue::{
-    HostShared, define, increment, install_panic_hook, log, now_ms, now_nanos, plugin_config, random_u64,
-    record,
+    HostShared, define, increment, log, now_ms, now_nanos, plugin_config, random_u64, record,
 };
 use meshwasm_filter_runtime::worker_id;
 use proxy_wasm::hostcalls;
@@ -28,13 +27,19 @@ use crate::steer::{SET_FILTER_STATE, original_dst_args};
 /// The steering header before (or without) a configuration: the plan's default.
 const DEFAULT_ENDPOINT_HEADER: &str = "x-meshwasm-endpoint";
 
+// The filter's own `.wasm` entry point; off (feature `standalone`) when linked into the combined
+// meshwasm.wasm, whose entry point selects this filter by root_id through [`root_context`].
+#[cfg(feature = "standalone")]
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    install_panic_hook("balancer");
-    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
-        Box::new(Root { context_id, state: None, queue: None, header: Rc::from(DEFAULT_ENDPOINT_HEADER) })
-    });
+    meshwasm_filter_runtime::glue::install_panic_hook("balancer");
+    proxy_wasm::set_root_context(root_context);
 }}
+
+/// This filter's root context (one per plugin and worker).
+pub fn root_context(context_id: u32) -> Box<dyn RootContext> {
+    Box::new(Root { context_id, state: None, queue: None, header: Rc::from(DEFAULT_ENDPOINT_HEADER) })
+}
 
 fn counter(name: &str) -> Option<u32> {
     define(MetricType::Counter, name)

@@ -44,3 +44,5 @@ mod stats;
 
 #[cfg(target_arch = "wasm32")]
 mod glue;
+#[cfg(target_arch = "wasm32")]
+pub use glue::root_context;

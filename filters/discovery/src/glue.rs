@@ -1,32 +1,42 @@
 //! proxy-wasm glue: maps root-context callbacks onto the [`Engine`] and implements the [`Host`] seam
 //! over hostcalls. Nothing happens per request: the HTTP contexts this plugin gets (when configured
 //! as an HTTP filter) just continue, except allowed requests for the debug path ([`crate::debug`]).
+//! As a singleton Wasm service (`"mode": "service"`) it gets no HTTP contexts at all: only the root
+//! context's callbacks (`on_vm_start`, `on_configure`, `on_tick`, `on_http_call_response`, `on_done`).
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
 use meshwasm_filter_runtime::glue::{
-    HostShared, define, increment, install_panic_hook, log, now_ms, plugin_config, random_u64,
-    read_call_response,
+    HostShared, define, increment, log, now_ms, plugin_config, random_u64, read_call_response,
 };
 use meshwasm_filter_runtime::shared_data::SharedData;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
 
-use crate::config::Plan;
+use crate::config::{Mode, Plan};
 use crate::debug::{DebugAccess, Decision};
 use crate::engine::{Engine, Outgoing};
 use crate::host::{Counter, Host, Level, SetError};
 use crate::http::{MAX_BODY_BYTES, Reply};
 use crate::lease::allocate_id;
 
+// The filter's own `.wasm` entry point; off (feature `standalone`) when linked into the combined
+// meshwasm.wasm, whose entry point selects this filter by root_id through [`root_context`].
+#[cfg(feature = "standalone")]
 proxy_wasm::main! {{
-    install_panic_hook("discovery");
+    meshwasm_filter_runtime::glue::install_panic_hook("discovery");
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+    proxy_wasm::set_root_context(root_context);
 }}
+
+/// This filter's root context (one per plugin and worker).
+pub fn root_context(_context_id: u32) -> Box<dyn RootContext> {
+    Box::new(Root::default())
+}
 
 /// Metric ids of one service.
 struct ServiceMetrics {
@@ -112,6 +122,9 @@ struct Root {
     engine: Option<Engine>,
     /// Dispatched calls: token → (service, poll, tag).
     calls: HashMap<u32, (usize, u64, u32)>,
+    mode: Mode,
+    /// A `mode: service` configuration loaded as an HTTP filter was already reported.
+    misplaced_reported: Cell<bool>,
 }
 
 impl Root {
@@ -198,14 +211,19 @@ impl RootContext for Root {
                 return false;
             }
         };
+        let form = match plan.mode {
+            Mode::Filter => "as a filter (one poller elected among the VMs)",
+            Mode::Service => "as a singleton service (no lease)",
+        };
         log(
             LogLevel::Info,
             &format!(
-                "meshwasm discovery: VM {} configured with {} services",
+                "meshwasm discovery: VM {} configured {form} with {} services",
                 engine.id(),
                 plan.services.len()
             ),
         );
+        self.mode = plan.mode;
         self.engine = Some(engine);
         self.debug = plan.debug.clone().map(Rc::new);
         let _ = hostcalls::set_tick_period(plan.tick.max(Duration::from_millis(10)));
@@ -219,6 +237,15 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        if self.mode == Mode::Service && !self.misplaced_reported.replace(true) {
+            // Without a lease, every VM of an HTTP filter polls on its own.
+            log(
+                LogLevel::Error,
+                "meshwasm discovery: `mode: service` is loaded as an HTTP filter: every worker polls the \
+                 registries without a lease; load it as a singleton Wasm service (envoy.bootstrap.wasm, \
+                 singleton: true) or use `mode: filter`",
+            );
+        }
         Some(Box::new(Stream { debug: self.debug.clone() }))
     }
 

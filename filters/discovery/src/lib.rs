@@ -39,3 +39,5 @@ pub mod sources;
 
 #[cfg(target_arch = "wasm32")]
 mod glue;
+#[cfg(target_arch = "wasm32")]
+pub use glue::root_context;

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use meshwasm_filter_runtime::call_response::CallError;
 use meshwasm_filter_runtime::glue::{
-    HostShared, Metrics, define, increment, install_panic_hook, log, now_ms, plugin_config, random_u64,
-    read_call_response, record,
+    HostShared, Metrics, define, increment, log, now_ms, plugin_config, random_u64, read_call_response,
+    record,
 };
 use meshwasm_filter_runtime::worker_id;
 use proxy_wasm::hostcalls;
@@ -38,11 +38,19 @@ const TICK: Duration = Duration::from_millis(250);
 /// Shared-data counter behind the worker ids (the high half of each, see `worker_id`).
 const WORKER_IDS_KEY: &str = "meshwasm.jwt-auth.v1.worker-ids";
 
+// The filter's own `.wasm` entry point; off (feature `standalone`) when linked into the combined
+// meshwasm.wasm, whose entry point selects this filter by root_id through [`root_context`].
+#[cfg(feature = "standalone")]
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    install_panic_hook("jwt-auth");
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { worker: None }) });
+    meshwasm_filter_runtime::glue::install_panic_hook("jwt-auth");
+    proxy_wasm::set_root_context(root_context);
 }}
+
+/// This filter's root context (one per plugin and worker).
+pub fn root_context(_context_id: u32) -> Box<dyn RootContext> {
+    Box::new(Root { worker: None })
+}
 
 struct ProviderKeys {
     static_keys: Option<KeySet>,

@@ -34,4 +34,6 @@ pub mod waiters;
 #[cfg(target_arch = "wasm32")]
 mod glue;
 #[cfg(target_arch = "wasm32")]
+pub use glue::root_context;
+#[cfg(target_arch = "wasm32")]
 mod native;

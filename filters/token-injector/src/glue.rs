@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use meshwasm_filter_runtime::call_response::CallError;
 use meshwasm_filter_runtime::glue::{
-    HostShared, define, increment, install_panic_hook, log, now_ms, plugin_config, random_u64,
-    read_call_response, record,
+    HostShared, define, increment, log, now_ms, plugin_config, random_u64, read_call_response, record,
 };
 use meshwasm_filter_runtime::shared_data::SharedData;
 use meshwasm_filter_runtime::worker_id;
@@ -30,13 +29,19 @@ use crate::token::{FetchError, MAX_RESPONSE_BYTES, TokenRequest, parse_token_res
 const WORKER_SEQ_KEY: &str = "meshwasm.token-injector.v1.worker-seq";
 const TICK: Duration = Duration::from_millis(100);
 
+// The filter's own `.wasm` entry point; off (feature `standalone`) when linked into the combined
+// meshwasm.wasm, whose entry point selects this filter by root_id through [`root_context`].
+#[cfg(feature = "standalone")]
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    install_panic_hook("token-injector");
-    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
-        Box::new(Root { context_id, worker: None })
-    });
+    meshwasm_filter_runtime::glue::install_panic_hook("token-injector");
+    proxy_wasm::set_root_context(root_context);
 }}
+
+/// This filter's root context (one per plugin and worker).
+pub fn root_context(context_id: u32) -> Box<dyn RootContext> {
+    Box::new(Root { context_id, worker: None })
+}
 
 struct Metrics {
     injected: Option<u32>,

@@ -27,3 +27,5 @@ pub mod token;
 
 #[cfg(target_arch = "wasm32")]
 mod glue;
+#[cfg(target_arch = "wasm32")]
+pub use glue::root_context;
