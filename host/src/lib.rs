@@ -34,6 +34,7 @@ mod http;
 mod plugin;
 mod properties;
 mod proxy;
+pub mod serve_config;
 mod shared;
 pub mod tls;
 mod vm;

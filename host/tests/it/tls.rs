@@ -1,7 +1,7 @@
 //! `serve` with TLS: an mTLS listener whose filters see Envoy's `connection.*` properties from the real
 //! handshake, the handshakes it refuses, and TLS (with a client certificate and a SPIFFE SAN check) to
 //! upstreams. The CA and SPIFFE-style leaf certificates are made at test time; no key is committed.
-#![allow(deprecated)] // rustls' ring provider (see src/bin/meshwasm-host/tls.rs)
+#![allow(deprecated)] // rustls' ring provider (see src/serve_config/tls.rs)
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

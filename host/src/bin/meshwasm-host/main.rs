@@ -8,10 +8,13 @@
 
 mod access_log;
 mod check;
-mod config;
 mod serve;
-mod tls;
 mod upstream;
+
+// The configuration parser lives in the library (so the fuzz target can call it); the binary's
+// modules keep naming it `crate::config` and `crate::tls`.
+use meshwasm_host::serve_config as config;
+use meshwasm_host::serve_config::tls;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

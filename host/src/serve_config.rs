@@ -56,7 +56,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
-use crate::tls::{ClusterTls, ClusterTlsSpec, ListenerTls, ListenerTlsSpec};
+pub mod tls;
+
+use tls::{ClusterTls, ClusterTlsSpec, ListenerTls, ListenerTlsSpec};
 
 /// Envoy's default route timeout.
 const DEFAULT_ROUTE_TIMEOUT_MS: u64 = 15_000;
