@@ -29,11 +29,17 @@ use meshwasm_config::{ConfigError, header_name};
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub services: Vec<ServiceConfig>,
+    /// How discovery is loaded: `filter` (default; an HTTP filter, one VM per worker, one poller
+    /// elected through a lease) or `service` (an Envoy bootstrap Wasm service with `singleton: true`:
+    /// one VM for the proxy, no lease).
+    #[serde(default)]
+    pub mode: Mode,
     /// How often the root context wakes up to poll, renew the lease and check deadlines.
     #[serde(default = "default_tick")]
     pub tick: Dur,
+    /// The poller election (filter mode only; a service has none).
     #[serde(default)]
-    pub lease: LeaseConfig,
+    pub lease: Option<LeaseConfig>,
     /// When set, a GET on this exact path from a loopback client (or with `debug_header`) is answered
     /// by the filter with the published sets (JSON); for operators and tests. Off by default. Other
     /// requests pass untouched.
@@ -42,6 +48,20 @@ pub struct Config {
     /// A header that also opens the debug endpoint to non-loopback clients.
     #[serde(default)]
     pub debug_header: Option<DebugHeaderConfig>,
+}
+
+/// How discovery is loaded; see [`Config::mode`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// An HTTP filter (`envoy.filters.http.wasm`, Istio's WasmPlugin): every worker's VM (and the main
+    /// thread's) runs it; one of them polls, elected through the lease.
+    #[default]
+    Filter,
+    /// A singleton Wasm service (`envoy.bootstrap.wasm`, `singleton: true`; `meshwasm-host`'s
+    /// services): the only VM, so it polls without a lease, and it is never in a request's path.
+    Service,
 }
 
 /// `{"name": "x-meshwasm-debug", "value": "<long random string>"}`
@@ -99,7 +119,8 @@ pub struct ServiceConfig {
     /// Publish an empty answer (otherwise the last good set stays). Default false.
     #[serde(default)]
     pub allow_empty: bool,
-    /// Longest pause between retries after errors (they back off from 1s). Default 30s.
+    /// Longest pause between retries after errors (they back off from the smaller of 1s, `refresh`
+    /// and this, doubling). At least 100ms. Default 30s.
     #[serde(default = "default_max_retry")]
     pub max_retry: Dur,
     /// Publish loopback addresses (`127.0.0.0/8`, `::1`). Default false: a registry entry pointing at
@@ -120,6 +141,9 @@ fn default_refresh() -> Dur {
 fn default_timeout() -> Dur {
     Dur(Duration::from_secs(5))
 }
+/// The floor of `max_retry`: a registry that keeps failing is asked at most 10 times a second.
+pub const MIN_RETRY: Duration = Duration::from_millis(100);
+
 fn default_max_retry() -> Dur {
     Dur(Duration::from_secs(30))
 }
@@ -193,6 +217,7 @@ impl ServicePlan {
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub services: Vec<ServicePlan>,
+    pub mode: Mode,
     pub tick: Duration,
     pub lease_ttl: Duration,
     pub lease_name: String,
@@ -264,11 +289,27 @@ impl Plan {
         if config.tick.0 < Duration::from_millis(10) {
             return Err(ConfigError::new("tick", "must be at least 10ms"));
         }
-        if config.lease.ttl.0 < config.tick.0 * 2 {
+        if config.mode == Mode::Service {
+            // A service is alone (no lease) and sees no request (no debug endpoint).
+            if config.lease.is_some() {
+                return Err(ConfigError::new(
+                    "lease",
+                    "a service (`mode: service`) is the only discovery VM and needs no lease; remove it",
+                ));
+            }
+            if config.debug_path.is_some() {
+                return Err(ConfigError::new(
+                    "debug_path",
+                    "a service (`mode: service`) sees no requests; the debug endpoint needs `mode: filter`",
+                ));
+            }
+        }
+        let lease = config.lease.clone().unwrap_or_default();
+        if lease.ttl.0 < config.tick.0 * 2 {
             return Err(ConfigError::new("lease.ttl", "must be at least twice the tick"));
         }
         let debug = debug_access(&config)?;
-        if !valid_name(&config.lease.name) {
+        if !valid_name(&lease.name) {
             return Err(ConfigError::new("lease.name", "use letters, digits, `-`, `_` or `.`"));
         }
         let mut services = Vec::with_capacity(config.services.len());
@@ -355,7 +396,7 @@ impl Plan {
                 refresh: s.refresh.0,
                 timeout: s.timeout.0,
                 allow_empty: s.allow_empty,
-                max_retry: s.max_retry.0.max(Duration::from_secs(1)),
+                max_retry: s.max_retry.0.max(MIN_RETRY),
                 policy,
                 source: s.source,
             };
@@ -364,9 +405,10 @@ impl Plan {
         }
         Ok(Plan {
             services,
+            mode: config.mode,
             tick: config.tick.0,
-            lease_ttl: config.lease.ttl.0,
-            lease_name: config.lease.name,
+            lease_ttl: lease.ttl.0,
+            lease_name: lease.name,
             debug,
         })
     }
@@ -402,6 +444,24 @@ mod tests {
         let kinds: Vec<_> = plan.services.iter().map(|s| s.kind).collect();
         assert_eq!(kinds, ["static", "etcd", "consul", "eureka", "nacos", "kubernetes", "dns"]);
         assert_eq!(plan.services[1].upstream.as_ref().unwrap().authority, "etcd");
+    }
+
+    #[test]
+    fn service_mode() {
+        let svc =
+            r#""services":[{"name":"a","source":{"static":{"endpoints":[{"address":"10.0.0.1:80"}]}}}]"#;
+        let plan = |extra: &str| Plan::from_json(format!("{{{extra}{svc}}}").as_bytes());
+        assert_eq!(plan("").unwrap().mode, Mode::Filter);
+        assert_eq!(plan(r#""mode":"service","#).unwrap().mode, Mode::Service);
+        let err = |extra: &str| plan(extra).unwrap_err().to_string();
+        assert!(err(r#""mode":"singleton","#).contains("mode"));
+        // A service has no lease and no debug endpoint: asking for either is a mistake.
+        let e = err(r#""mode":"service","lease":{"ttl":"5s"},"#);
+        assert!(e.starts_with("lease"), "{e}");
+        let e = err(r#""mode":"service","debug_path":"/d","#);
+        assert!(e.starts_with("debug_path"), "{e}");
+        // The filter form keeps both.
+        assert!(plan(r#""mode":"filter","lease":{"ttl":"5s"},"debug_path":"/d","#).is_ok());
     }
 
     #[test]

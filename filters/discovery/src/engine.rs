@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use meshwasm_endpoints::Endpoint;
 
-use crate::config::{Plan, ServicePlan};
+use crate::config::{MIN_RETRY, Mode, Plan, ServicePlan};
 use meshwasm_filter_runtime::backoff::Backoff;
 
 use crate::host::{Counter, Host, Level};
@@ -137,8 +137,43 @@ fn report_screening(
 
 pub struct Engine {
     services: Vec<ServiceState>,
-    lease: Lease,
+    poller: Poller,
     next_poll_id: u64,
+}
+
+/// How this VM comes to poll.
+enum Poller {
+    /// Filter mode: one VM among many, elected through the lease.
+    Lease(Lease),
+    /// Service mode: the only VM; polls from its first tick (`started` once that tick ran).
+    Alone { id: u64, started: bool },
+}
+
+impl Poller {
+    fn id(&self) -> u64 {
+        match self {
+            Poller::Lease(l) => l.id(),
+            Poller::Alone { id, .. } => *id,
+        }
+    }
+
+    fn is_leader(&self) -> bool {
+        match self {
+            Poller::Lease(l) => l.is_leader(),
+            Poller::Alone { started, .. } => *started,
+        }
+    }
+
+    fn tick(&mut self, host: &mut impl Host) -> Transition {
+        match self {
+            Poller::Lease(l) => l.tick(host),
+            Poller::Alone { started: true, .. } => Transition::None,
+            Poller::Alone { started, .. } => {
+                *started = true;
+                Transition::Elected
+            }
+        }
+    }
 }
 
 fn ms(d: Duration) -> u64 {
@@ -163,15 +198,19 @@ impl Engine {
                 last_clamped: Vec::new(),
             });
         }
-        Ok(Self { services, lease: Lease::new(&plan.lease_name, ms(plan.lease_ttl), me), next_poll_id: 1 })
+        let poller = match plan.mode {
+            Mode::Filter => Poller::Lease(Lease::new(&plan.lease_name, ms(plan.lease_ttl), me)),
+            Mode::Service => Poller::Alone { id: me, started: false },
+        };
+        Ok(Self { services, poller, next_poll_id: 1 })
     }
 
     pub fn is_leader(&self) -> bool {
-        self.lease.is_leader()
+        self.poller.is_leader()
     }
 
     pub fn id(&self) -> u64 {
-        self.lease.id()
+        self.poller.id()
     }
 
     /// Name of service `i`.
@@ -184,14 +223,19 @@ impl Engine {
         self.services.get(i).and_then(|s| s.plan.upstream.as_ref())
     }
 
-    /// The periodic step: election, deadlines, polls that are due.
+    /// The periodic step: election (a service is the poller from its first tick), deadlines, polls
+    /// that are due.
     pub fn tick(&mut self, host: &mut impl Host) -> Vec<Outgoing> {
         let now = host.now_ms();
-        match self.lease.tick(host) {
+        match self.poller.tick(host) {
             Transition::Elected => {
+                let why = match self.poller {
+                    Poller::Lease(_) => "",
+                    Poller::Alone { .. } => " (a singleton service: no election)",
+                };
                 host.log(
                     Level::Info,
-                    &format!("meshwasm discovery: VM {} is now the poller", self.lease.id()),
+                    &format!("meshwasm discovery: VM {} is now the poller{why}", self.poller.id()),
                 );
                 for (i, s) in self.services.iter_mut().enumerate() {
                     // Continue from what the previous poller published: versions keep growing and
@@ -207,7 +251,7 @@ impl Engine {
             Transition::Lost => {
                 host.log(
                     Level::Info,
-                    &format!("meshwasm discovery: VM {} is no longer the poller", self.lease.id()),
+                    &format!("meshwasm discovery: VM {} is no longer the poller", self.poller.id()),
                 );
                 for s in &mut self.services {
                     if s.poll.take().is_some() {
@@ -217,7 +261,7 @@ impl Engine {
             }
             Transition::None => {}
         }
-        if !self.lease.is_leader() {
+        if !self.poller.is_leader() {
             return Vec::new();
         }
         let mut out = Vec::new();
@@ -295,9 +339,11 @@ impl Engine {
         }
     }
 
-    /// Gives the lease up (the VM is going away).
+    /// Gives the lease up (the VM is going away; a service holds none).
     pub fn shutdown(&mut self, host: &mut impl Host) {
-        self.lease.release(host);
+        if let Poller::Lease(l) = &mut self.poller {
+            l.release(host);
+        }
     }
 
     fn finish(&mut self, host: &mut impl Host, i: usize, result: Result<Outcome, SourceError>) {
@@ -314,8 +360,11 @@ impl Engine {
                     Level::Warn,
                     &format!("meshwasm discovery: service `{name}` ({kind}): poll failed, keeping the last {kept} endpoints: {e}"),
                 );
-                // Doubling from 1 s, at most 2^16 s and at most `max_retry`.
-                let backoff = Backoff { initial_ms: 1_000, max_ms: ms(s.plan.max_retry).min(1_000 << 16) };
+                // Doubling from the smallest of 1 s, `refresh` and `max_retry` (so a poller that asks
+                // every 250 ms retries after 250 ms, 500 ms, ...), at most 2^16 s and `max_retry`.
+                let max_ms = ms(s.plan.max_retry).min(1_000 << 16);
+                let initial_ms = ms(s.plan.refresh).clamp(ms(MIN_RETRY), 1_000).min(max_ms);
+                let backoff = Backoff { initial_ms, max_ms };
                 s.next_due_ms = now + backoff.delay_ms(s.errors_in_row);
                 return;
             }
@@ -585,6 +634,70 @@ mod tests {
             last = now;
         }
         assert_eq!(gaps, [1_000, 2_000, 4_000, 8_000, 16_000, 30_000, 30_000]);
+    }
+
+    /// Gaps between the polls of a service failing every time (rounded down to the 100 ms tick).
+    fn failure_gaps(config: &str, n: usize) -> Vec<u64> {
+        let p = proxy();
+        let mut host = FakeHost::new(p.clone());
+        let plan = Plan::from_json(config.as_bytes()).unwrap();
+        let id = crate::lease::allocate_id(&mut host);
+        let mut vm = Vm { engine: Engine::new(&plan, id).unwrap(), host };
+        let mut o = next_request(&p, &mut vm, 0);
+        let mut gaps = Vec::new();
+        let mut last = p.borrow().now_ms;
+        for _ in 0..n {
+            vm.engine.on_reply(&mut vm.host, 0, o.poll, 0, Reply::Failed("refused".into()));
+            o = next_request(&p, &mut vm, 0);
+            let now = p.borrow().now_ms;
+            gaps.push((now - last) / 100 * 100);
+            last = now;
+        }
+        gaps
+    }
+
+    #[test]
+    fn fast_pollers_retry_soon_after_an_error() {
+        // A poller that asks every 200 ms backs off from 200 ms, not 1 s (an etcd leader election
+        // costs two failed polls: 200 + 400 ms instead of 1 s + 2 s).
+        let fast = r#"{"tick":"100ms","services":[{"name":"api","refresh":"200ms","max_retry":"1s",
+            "source":{"etcd":{"cluster":"etcd","prefix":"/services/api/"}}}]}"#;
+        assert_eq!(failure_gaps(fast, 5), [200, 400, 800, 1_000, 1_000]);
+        // `max_retry` below 100 ms is raised to 100 ms: a failing registry is asked at most 10×/s.
+        let floor = r#"{"tick":"100ms","services":[{"name":"api","refresh":"5s","max_retry":"10ms",
+            "source":{"etcd":{"cluster":"etcd","prefix":"/services/api/"}}}]}"#;
+        assert_eq!(Plan::from_json(floor.as_bytes()).unwrap().services[0].max_retry, MIN_RETRY);
+        assert_eq!(failure_gaps(floor, 3), [100, 100, 100]);
+    }
+
+    #[test]
+    fn a_service_polls_from_its_first_tick_without_a_lease() {
+        let config = r#"{"mode":"service","tick":"100ms","services":[
+            {"name":"web","source":{"static":{"endpoints":[{"address":"10.9.0.1:80"}]}}},
+            {"name":"api","refresh":"1s","source":{"etcd":{"cluster":"etcd","prefix":"/services/api/"}}}]}"#;
+        let p = proxy();
+        // A set published earlier (by a filter-mode poller, or this service before a reload).
+        let old = EndpointSet { version: 4, endpoints: vec![Endpoint::new("10.9.0.7:80".parse().unwrap())] };
+        FakeHost::new(p.clone()).shared_set(&set_key("web"), &old.encode(), None).unwrap();
+        let mut host = FakeHost::new(p.clone());
+        let plan = Plan::from_json(config.as_bytes()).unwrap();
+        let id = crate::lease::allocate_id(&mut host);
+        let mut vm = Vm { engine: Engine::new(&plan, id).unwrap(), host };
+        assert!(!vm.engine.is_leader());
+        let out = run(&p, &mut vm, 100);
+        assert!(vm.engine.is_leader(), "the first tick makes a service the poller");
+        assert!(out.iter().any(|o| o.service == 1), "and its first tick polls");
+        assert!(vm.host.logged("no election"));
+        // The static set is published at once, continuing the versions found.
+        let set = published(&vm, "web").unwrap();
+        assert_eq!((set.version, addrs(&set)), (5, vec!["10.9.0.1:80".to_owned()]));
+        // No lease key was ever written, nor is one released at shutdown.
+        let lease_key = format!("{}default", crate::lease::LEASE_KEY_PREFIX);
+        run(&p, &mut vm, 5_000);
+        assert_eq!(p.borrow().shared.value(&lease_key), None);
+        vm.engine.shutdown(&mut vm.host);
+        assert_eq!(p.borrow().shared.value(&lease_key), None);
+        assert!(vm.engine.is_leader());
     }
 
     #[test]
