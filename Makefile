@@ -13,6 +13,9 @@ WASM_TARGET := wasm32-wasip1
 WASM_DIR := $(CURDIR)/target/$(WASM_TARGET)/wasm
 FILTERS := meshwasm-probe meshwasm-noop meshwasm-jwt-auth meshwasm-token-injector meshwasm-discovery meshwasm-balancer meshwasm-authz
 FILTER_FLAGS := $(foreach f,$(FILTERS),-p $(f))
+# meshwasm.wasm (filters/meshwasm): every filter in one module, selected by root_id. Built in its own cargo
+# invocation: built with the filter crates, cargo would unify their `standalone` feature (two entry points).
+COMBINED := meshwasm
 DEBIAN_PACKAGES := etcd-server unbound wrk binaryen nghttp2-client openssl ca-certificates docker-registry skopeo
 
 export MESHWASM_WASM_DIR := $(WASM_DIR)
@@ -59,12 +62,14 @@ setup-node:
 ## Build the filter artifacts (size-optimized profile, crypto at opt-level 3).
 wasm: setup-rust
 	cargo build --profile wasm --target $(WASM_TARGET) $(FILTER_FLAGS)
+	cargo build --profile wasm --target $(WASM_TARGET) -p $(COMBINED)
 	@# Post-link: only the callbacks each filter implements stay exported (filters/<name>/callbacks), so
 	@# Envoy does not enter the VM for the others. Idempotent; the probe and noop keep every export.
 	cargo build -q -p meshwasm-exports --bin meshwasm-exports
 	for list in filters/*/callbacks; do \
 	  name=$$(basename $$(dirname $$list)); \
-	  target/debug/meshwasm-exports $(WASM_DIR)/meshwasm_$${name//-/_}.wasm --keep $$list; \
+	  case $$name in meshwasm) file=meshwasm ;; *) file=meshwasm_$${name//-/_} ;; esac; \
+	  target/debug/meshwasm-exports $(WASM_DIR)/$$file.wasm --keep $$list; \
 	done
 	@# The benchmark's second noop: request headers only (bench/noop-headers.callbacks), the floor of a filter
 	@# that implements one callback, next to meshwasm_noop.wasm's every-callback floor.
@@ -77,6 +82,7 @@ fmt-check:
 clippy: setup-rust
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --target $(WASM_TARGET) $(FILTER_FLAGS) -p meshwasm-path -p meshwasm-config -p meshwasm-endpoints -p meshwasm-oauth2 -p meshwasm-filter-runtime -- -D warnings
+	cargo clippy --target $(WASM_TARGET) -p $(COMBINED) -- -D warnings
 
 unit:
 	cargo test --workspace --lib --bins
