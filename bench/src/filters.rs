@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use meshwasm_tests::artifacts;
 use meshwasm_tests::envoy::WasmFilter;
 use serde_json::{Value, json};
@@ -16,8 +16,31 @@ use crate::jwt::{AUDIENCE, ISSUER, TokenSet};
 pub const SERVICE: &str = "bench";
 /// discovery and balancer meet in shared data, which Envoy keys by vm_id: both use this one.
 pub const MESH_VM_ID: &str = "meshwasm-mesh";
+/// The noop filter with request-headers-only exports (bench/noop-headers.callbacks).
+pub const NOOP_HEADERS: &str = "meshwasm_noop_headers";
+/// The combined artifact: every filter in one module, selected by root_id.
+pub const COMBINED: &str = "meshwasm";
+/// The combined chains' one vm_id (one VM per worker for the whole chain).
+pub const COMBINED_VM_ID: &str = "meshwasm-combined";
+/// discovery's Wasm-service form and its balancer meet in this vm_id's shared data.
+pub const SERVICE_VM_ID: &str = "meshwasm-mesh-service";
+/// The cluster of the benchmark's IdP: a listener of every benchmark Envoy answering the token endpoint
+/// directly, for token-injector.
+pub const IDP_CLUSTER: &str = "bench_idp";
+/// The token endpoint's path.
+pub const IDP_TOKEN_PATH: &str = "/oauth2/token";
+/// What the IdP answers: a client-credentials token response.
+pub const IDP_TOKEN_RESPONSE: &str =
+    r#"{"access_token":"bench-upstream-token","token_type":"Bearer","expires_in":86400}"#;
 /// Verified-token cache entries, the same for jwt-auth and jwt_authn (`jwt_cache_size`).
 pub const JWT_CACHE_ENTRIES: usize = 100;
+
+/// The filters of a listener's HTTP chain and the Wasm services its Envoy must run.
+#[derive(Debug, Clone)]
+pub struct Chain {
+    pub filters: Vec<WasmFilter>,
+    pub services: Vec<WasmFilter>,
+}
 
 /// Where the artifacts are and which exist.
 #[derive(Debug, Clone)]
@@ -46,6 +69,19 @@ impl FilterSet {
         Ok(WasmFilter::new("noop", self.artifact("meshwasm_noop")?))
     }
 
+    /// The noop filter with only its request-headers callback exported (`make wasm` writes it from
+    /// meshwasm_noop.wasm with `bench/noop-headers.callbacks`). Its own vm_id: it is different code.
+    pub fn noop_headers(&self) -> Result<WasmFilter> {
+        let path = artifacts::find_wasm_in(&self.dir, NOOP_HEADERS).with_context(|| {
+            format!(
+                "{NOOP_HEADERS}.wasm is not in {}: run `make wasm` (its post-link step writes it from \
+                 meshwasm_noop.wasm with bench/noop-headers.callbacks)",
+                self.dir.display()
+            )
+        })?;
+        Ok(WasmFilter::new("noop-headers", path))
+    }
+
     /// jwt-auth with the benchmark's JWKS inline, every path requiring a token, token kept upstream
     /// (`forward`, like the native side), cache as large as jwt_authn's.
     pub fn jwt_auth(&self, tokens: &TokenSet) -> Result<WasmFilter> {
@@ -56,6 +92,70 @@ impl FilterSet {
     /// authz with `config` (a policy in authz's JSON).
     pub fn authz(&self, config: &Value) -> Result<WasmFilter> {
         Ok(WasmFilter::new("authz", self.artifact("meshwasm_authz")?).config(config.to_string()))
+    }
+
+    /// token-injector fetching its token from the benchmark's IdP (a direct-response listener of the
+    /// same Envoy, [`IDP_CLUSTER`]), injecting it into every request.
+    pub fn token_injector(&self) -> Result<WasmFilter> {
+        let path = self.artifact("meshwasm_token_injector")?;
+        Ok(WasmFilter::new("token-injector", path).config(token_injector_config().to_string()))
+    }
+
+    /// The whole chain's authz: requests from jwt-auth's verified `bench-user` may `GET`.
+    pub fn authz_after_jwt(&self) -> Result<WasmFilter> {
+        self.authz(&authz_after_jwt_config())
+    }
+
+    /// Discovery as a Wasm service (its bootstrap extension, [`service_json`]) and the balancer in the
+    /// HTTP chain, meeting in the shared data of [`SERVICE_VM_ID`] (not the filter form's vm_id, so the
+    /// two forms never publish into one namespace when they run in the same Envoy).
+    pub fn discovery_service_balancer(&self, backends: &[SocketAddr]) -> Result<(WasmFilter, WasmFilter)> {
+        let discovery = self.artifact("meshwasm_discovery")?;
+        let balancer = self.artifact("meshwasm_balancer")?;
+        let service = WasmFilter::new("discovery", discovery)
+            .vm_id(SERVICE_VM_ID)
+            .config(discovery_service_config(backends).to_string());
+        Ok((
+            service,
+            WasmFilter::new("balancer", balancer).vm_id(SERVICE_VM_ID).config(balancer_config().to_string()),
+        ))
+    }
+
+    /// The combined artifact `meshwasm.wasm`, or why it is not there.
+    fn combined(&self) -> Result<PathBuf> {
+        artifacts::find_wasm_in(&self.dir, COMBINED).with_context(|| {
+            format!(
+                "{COMBINED}.wasm (the combined artifact, issue 11 item 5) is not in {}: run `make wasm` once it \
+                 builds it",
+                self.dir.display()
+            )
+        })
+    }
+
+    /// jwt-auth + discovery + balancer (`whole`: jwt-auth + authz + token-injector + discovery +
+    /// balancer) from the combined artifact, each selected by its root_id, all in one vm_id: one VM per
+    /// worker for the whole chain.
+    pub fn combined_chain(&self, tokens: &TokenSet, backends: &[SocketAddr], whole: bool) -> Result<Chain> {
+        let path = self.combined()?;
+        let plugin = |name: &str, config: Value| {
+            WasmFilter::new(name, &path).root_id(name).vm_id(COMBINED_VM_ID).config(config.to_string())
+        };
+        let mut filters = vec![plugin("jwt-auth", jwt_auth_config(tokens)?)];
+        if whole {
+            filters.push(plugin("authz", authz_after_jwt_config()));
+            filters.push(plugin("token-injector", token_injector_config()));
+        }
+        filters.push(plugin("discovery", discovery_config(backends)));
+        filters.push(plugin("balancer", balancer_config()));
+        Ok(Chain { filters, services: Vec::new() })
+    }
+
+    /// The combined artifact's fused mode: jwt-auth → balancer in one filter instance.
+    pub fn fused_chain(&self, _tokens: &TokenSet, _backends: &[SocketAddr]) -> Result<Chain> {
+        let _ = self.combined()?;
+        bail!(
+            "the combined artifact's fused mode is not wired into the benchmark (no configuration for it was published)"
+        )
     }
 
     /// discovery (static source over `backends`) followed by balancer (round robin), sharing a vm_id.
@@ -69,6 +169,32 @@ impl FilterSet {
             WasmFilter::new("balancer", balancer).vm_id(MESH_VM_ID).config(balancer_config().to_string()),
         ])
     }
+}
+
+/// A Wasm service: the Envoy bootstrap extension `envoy.bootstrap.wasm` with `singleton: true`, one VM
+/// for the whole proxy on the main thread, running `f`'s module, plugin and VM configuration (an entry
+/// of the bootstrap's `bootstrap_extensions`).
+pub fn service_json(f: &WasmFilter) -> Value {
+    let string_value =
+        |v: &str| json!({ "@type": "type.googleapis.com/google.protobuf.StringValue", "value": v });
+    json!({
+        "name": "envoy.bootstrap.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.wasm.v3.WasmService",
+            "singleton": true,
+            "config": {
+                "name": f.name,
+                "root_id": f.root_id,
+                "configuration": string_value(&f.config),
+                "vm_config": {
+                    "vm_id": f.vm_id,
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": { "local": { "filename": f.path.display().to_string() } },
+                    "configuration": string_value(&f.vm_config),
+                },
+            },
+        }
+    })
 }
 
 fn jwt_auth_config(tokens: &TokenSet) -> Result<Value> {
@@ -95,6 +221,33 @@ fn discovery_config(backends: &[SocketAddr]) -> Value {
         "services": [{ "name": SERVICE, "refresh": "5s", "allow_loopback": true,
                        "source": { "static": { "endpoints": endpoints } } }],
     })
+}
+
+/// Discovery's configuration as a Wasm service: the same source, `mode: service`, no lease (it is the
+/// only discovery VM).
+fn discovery_service_config(backends: &[SocketAddr]) -> Value {
+    let mut c = discovery_config(backends);
+    if let Some(o) = c.as_object_mut() {
+        o.remove("lease");
+        o.insert("mode".into(), json!("service"));
+    }
+    c
+}
+
+fn token_injector_config() -> Value {
+    json!({
+        "token_endpoint": { "cluster": IDP_CLUSTER, "path": IDP_TOKEN_PATH, "authority": "idp.bench.meshwasm.test" },
+        "client_id": "bench",
+        "client_secret": "bench-secret",
+    })
+}
+
+fn authz_after_jwt_config() -> Value {
+    json!({"policies": [
+        {"name": "bench-user-reads", "action": "ALLOW",
+         "rules": [{"from": [{"source": {"request_principals": [format!("{ISSUER}/{}", crate::jwt::SUBJECT)]}}],
+                    "to": [{"operation": {"methods": ["GET"]}}]}]},
+    ]})
 }
 
 fn balancer_config() -> Value {

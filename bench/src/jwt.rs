@@ -18,6 +18,8 @@ use serde_json::json;
 pub const ISSUER: &str = "https://issuer.bench.meshwasm.test";
 /// The audience both verifiers require.
 pub const AUDIENCE: &str = "meshwasm-bench";
+/// The subject of every token (the whole chain's authz allows `<ISSUER>/<SUBJECT>`).
+pub const SUBJECT: &str = "bench-user";
 
 /// The signature algorithms the benchmark compares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -123,7 +125,7 @@ impl TokenSet {
         let claims = json!({
             "iss": ISSUER,
             "aud": AUDIENCE,
-            "sub": "bench-user",
+            "sub": SUBJECT,
             "iat": now,
             "exp": now + 24 * 3600,
             "jti": jti,

@@ -9,17 +9,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use meshwasm_tests::backend::INSTANCE_HEADER;
-use meshwasm_tests::envoy::{Envoy, EnvoyConfig, Listener};
+use meshwasm_tests::envoy::{Envoy, EnvoyConfig};
 use meshwasm_tests::process::{self, ChildGuard};
 
-use crate::configs::{self, ListenerId, Load, TokenMode};
-use crate::filters::FilterSet;
+use crate::configs::{self, ListenerId, Load, Setup, TokenMode};
+use crate::filters::{self, FilterSet};
 use crate::jwt::{Alg, TokenSet};
 use crate::machine::{self, MachineFacts};
 use crate::mtls::{Mtls, Sidecar};
 use crate::results::{LoadResult, MemoryRow, RunResults, Sample, Settings};
 use crate::sizes;
 use crate::wrk::{self, LoadShape, Request};
+use serde_json::{Value, json};
 
 /// Everything the loads need that is made once per run.
 struct Fixture {
@@ -28,6 +29,8 @@ struct Fixture {
     unique_files: BTreeMap<Alg, std::path::PathBuf>,
     backends: Vec<SocketAddr>,
     _backend_procs: Vec<ChildGuard>,
+    /// The benchmark IdP's listener address (token-injector's token endpoint), in every Envoy.
+    idp: SocketAddr,
     filters: FilterSet,
     mtls: Mtls,
     /// The client sidecar in front of the mTLS listeners (when any is measured).
@@ -70,15 +73,29 @@ fn say(msg: impl AsRef<str>) {
     eprintln!("meshwasm-bench [{t:5.1}s] {}", msg.as_ref());
 }
 
-fn envoy_config(listeners: Vec<Listener>, backends: &[SocketAddr], workers: u32) -> EnvoyConfig {
+/// An Envoy with `setups`' listeners and Wasm services (each service once), the benchmark IdP's
+/// listener and the common clusters.
+fn envoy_config(setups: Vec<Setup>, fixture: &Fixture, workers: u32) -> EnvoyConfig {
     let mut cfg = EnvoyConfig::new().concurrency(workers).log_level("warning");
     // Per-request debug logging would dominate the cost being measured.
     cfg.component_log_level = None;
-    for l in listeners {
-        cfg = cfg.listener(l);
+    let mut services: Vec<Value> = Vec::new();
+    for s in setups {
+        cfg = cfg.listener(s.listener);
+        for f in &s.services {
+            let json = filters::service_json(f);
+            if !services.contains(&json) {
+                services.push(json);
+            }
+        }
     }
-    for c in configs::clusters(backends) {
+    cfg = cfg.listener(configs::idp_listener(fixture.idp.port()));
+    for c in configs::clusters(&fixture.backends, fixture.idp) {
         cfg = cfg.cluster(c);
+    }
+    if !services.is_empty() {
+        // Merged by Envoy into the bootstrap file's configuration.
+        cfg = cfg.arg("--config-yaml").arg(&json!({ "bootstrap_extensions": services }).to_string());
     }
     cfg
 }
@@ -99,6 +116,7 @@ fn diagnose(cfg: &EnvoyConfig, scratch: &Path) -> Option<String> {
         .arg("-c")
         .arg(&path)
         .args(["--concurrency", "1", "--disable-hot-restart", "--use-dynamic-base-id", "-l", "warning"])
+        .args(&cfg.extra_args)
         .output()
         .ok()?;
     let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -171,9 +189,14 @@ fn validate(envoy: &Envoy, id: ListenerId, fixture: &Fixture, mode: TokenMode) -
     Ok(())
 }
 
-/// Token mode used to validate a listener (the first load that uses it).
+/// Token mode used to validate a listener (the first load that uses it; a repeated RS256 token for a
+/// memory-only listener that needs one).
 fn validation_mode(id: ListenerId, loads: &[Load]) -> TokenMode {
-    loads.iter().find(|l| l.listener == id).map(|l| l.token).unwrap_or(TokenMode::None)
+    match loads.iter().find(|l| l.listener == id) {
+        Some(l) => l.token,
+        None if id.needs_token() => TokenMode::Repeated(Alg::Rs256),
+        None => TokenMode::None,
+    }
 }
 
 fn spawn_backends(n: usize, cpus: Option<&str>) -> Result<(Vec<SocketAddr>, Vec<ChildGuard>)> {
@@ -221,7 +244,7 @@ fn admin_allocated(envoy: &Envoy) -> Option<u64> {
 /// worker count: validates the listener alone and reads its memory. Returns the memory rows and,
 /// per listener, why it cannot be used (if so).
 fn memory_and_validation(
-    listeners: &BTreeMap<ListenerId, Result<Listener, String>>,
+    listeners: &BTreeMap<ListenerId, Result<Setup, String>>,
     fixture: &Fixture,
     loads: &[Load],
     worker_counts: &[u32],
@@ -234,6 +257,12 @@ fn memory_and_validation(
             Ok(l) => l.clone(),
             Err(reason) => {
                 broken.insert(id, reason.clone());
+                rows.push(MemoryRow {
+                    listener: id.name().into(),
+                    workers: worker_counts.first().copied().unwrap_or(1),
+                    rss_kib: Err(reason.clone()),
+                    allocated_bytes: None,
+                });
                 continue;
             }
         };
@@ -243,7 +272,7 @@ fn memory_and_validation(
                 id.name(),
                 if workers == 1 { "" } else { "s" }
             ));
-            let cfg = envoy_config(vec![listener.clone()], &fixture.backends, workers);
+            let cfg = envoy_config(vec![listener.clone()], fixture, workers);
             let envoy = match start_envoy(&cfg, scratch) {
                 Ok(e) => e,
                 Err(reason) => {
@@ -296,6 +325,7 @@ struct Driver<'a> {
 impl Driver<'_> {
     /// Runs one wrk load, with Envoy's CPU time around it.
     fn measure(&self, load: &Load, duration: Duration, round: u32) -> Result<Sample> {
+        let duration = if load.short { (duration / 2).max(Duration::from_secs(1)) } else { duration };
         let addr = self.fixture.entry(self.envoy, load.listener, false)?;
         let url = format!("http://{addr}/");
         let pid = self.envoy.pid();
@@ -370,6 +400,7 @@ pub fn run(settings: Settings, scratch: &Path) -> Result<RunResults> {
         None => (None, None),
     };
     let (backends, backend_procs) = spawn_backends(settings.backends, client_cpus)?;
+    let idp = SocketAddr::from(([127, 0, 0, 1], process::free_port()));
 
     let mut loads = configs::loads();
     if let Some(only) = &settings.only {
@@ -383,7 +414,13 @@ pub fn run(settings: Settings, scratch: &Path) -> Result<RunResults> {
             .collect();
         loads.retain(|l| keep.contains(&l.id));
     }
-    let used: BTreeSet<ListenerId> = loads.iter().map(|l| l.listener).collect();
+    let mut used: BTreeSet<ListenerId> = loads.iter().map(|l| l.listener).collect();
+    // The memory-only listeners (the whole chain, separate and combined), unless a subset excludes them.
+    used.extend(
+        ListenerId::MEMORY_ONLY
+            .into_iter()
+            .filter(|id| settings.only.as_ref().is_none_or(|o| id.name().contains(o.as_str()))),
+    );
     let mtls_ids: Vec<ListenerId> = used.iter().copied().filter(|id| id.mtls()).collect();
     let mtls = Mtls::new(&mtls_ids);
     let sidecar = if mtls_ids.is_empty() {
@@ -398,11 +435,12 @@ pub fn run(settings: Settings, scratch: &Path) -> Result<RunResults> {
         unique_files,
         backends,
         _backend_procs: backend_procs,
+        idp,
         filters: FilterSet::new(wasm_dir),
         mtls,
         sidecar,
     };
-    let listeners: BTreeMap<ListenerId, Result<Listener, String>> = used
+    let listeners: BTreeMap<ListenerId, Result<Setup, String>> = used
         .iter()
         .map(|&id| {
             let l =
@@ -440,9 +478,9 @@ pub fn run(settings: Settings, scratch: &Path) -> Result<RunResults> {
         });
 
     // The load Envoy: every listener that works, one worker, pinned apart from the load generator.
-    let working: Vec<Listener> = listeners
+    let working: Vec<Setup> = listeners
         .iter()
-        .filter(|(id, _)| !broken.contains_key(id))
+        .filter(|(id, _)| !broken.contains_key(id) && loads.iter().any(|l| l.listener == **id))
         .filter_map(|(_, l)| l.as_ref().ok().cloned())
         .collect();
     let shape = LoadShape {
@@ -471,7 +509,7 @@ pub fn run(settings: Settings, scratch: &Path) -> Result<RunResults> {
         working.len(),
         settings.envoy_workers
     ));
-    let cfg = envoy_config(working, &fixture.backends, settings.envoy_workers);
+    let cfg = envoy_config(working, &fixture, settings.envoy_workers);
     let envoy = cfg.start().context("meshwasm bench: the load Envoy did not start")?;
     if let Some(cpus) = envoy_cpus {
         machine::pin(envoy.pid(), cpus)?;

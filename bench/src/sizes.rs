@@ -40,9 +40,23 @@ impl ArtifactSize {
     }
 }
 
-/// Target: jwt-auth ≤ 500 KB, every other filter ≤ 200 KB (KB = 1000 bytes).
+/// The combined artifact's target (issue 11 leaves it to us): ≤ 1 MB. It replaces five modules whose
+/// targets add up to 1.3 MB (jwt-auth 500 KB + 4 × 200 KB), each of which carries its own copy of the
+/// code they share (the proxy-wasm SDK, alloc/core, float formatting, serde_json, the filter runtime:
+/// 100 KB and more per filter in CALLS.md's twiggy table). Linked once, the four copies it saves should
+/// take the 1.3 MB down to 1 MB.
+pub const COMBINED_TARGET: u64 = 1_000_000;
+
+/// Target: the combined `meshwasm.wasm` ≤ 1 MB ([`COMBINED_TARGET`]), jwt-auth ≤ 500 KB, every other
+/// filter ≤ 200 KB (KB = 1000 bytes).
 pub fn target_for(file: &str) -> u64 {
-    if file.contains("jwt_auth") { 500_000 } else { 200_000 }
+    if file == "meshwasm.wasm" {
+        COMBINED_TARGET
+    } else if file.contains("jwt_auth") {
+        500_000
+    } else {
+        200_000
+    }
 }
 
 /// Measures every `.wasm` in `dir`, writing optimized copies into `scratch`. wasm-opt takes tens of
@@ -203,5 +217,6 @@ mod tests {
     fn targets_follow_the_issues() {
         assert_eq!(target_for("meshwasm_jwt_auth.wasm"), 500_000);
         assert_eq!(target_for("meshwasm_balancer.wasm"), 200_000);
+        assert_eq!(target_for("meshwasm.wasm"), 1_000_000);
     }
 }
