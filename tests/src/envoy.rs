@@ -129,6 +129,21 @@ impl WasmFilter {
             }
         })
     }
+
+    /// The same plugin as a bootstrap Wasm service (`envoy.bootstrap.wasm`, `singleton: true`: one VM
+    /// on the main thread, root context only).
+    fn to_service_json(&self) -> Value {
+        let mut filter = self.to_json();
+        let config = filter["typed_config"]["config"].take();
+        json!({
+            "name": "envoy.bootstrap.wasm",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.wasm.v3.WasmService",
+                "singleton": true,
+                "config": config,
+            }
+        })
+    }
 }
 
 /// One HTTP filter of a listener's chain (the router is appended automatically).
@@ -521,6 +536,8 @@ impl Cluster {
 pub struct EnvoyConfig {
     pub listeners: Vec<Listener>,
     pub clusters: Vec<Cluster>,
+    /// Singleton Wasm services (`bootstrap_extensions`).
+    pub wasm_services: Vec<WasmFilter>,
     raw_listeners: Vec<String>,
     /// Worker threads (`--concurrency`), 1 by default so per-VM state is deterministic.
     pub concurrency: u32,
@@ -546,6 +563,7 @@ impl EnvoyConfig {
         Self {
             listeners: Vec::new(),
             clusters: Vec::new(),
+            wasm_services: Vec::new(),
             raw_listeners: Vec::new(),
             concurrency: 1,
             log_level: "info".to_owned(),
@@ -565,6 +583,13 @@ impl EnvoyConfig {
 
     pub fn cluster(mut self, c: Cluster) -> Self {
         self.clusters.push(c);
+        self
+    }
+
+    /// A singleton Wasm service (`envoy.bootstrap.wasm` with `singleton: true`): one VM on Envoy's main
+    /// thread, no HTTP contexts.
+    pub fn wasm_service(mut self, service: WasmFilter) -> Self {
+        self.wasm_services.push(service);
         self
     }
 
@@ -607,11 +632,16 @@ impl EnvoyConfig {
         for c in &self.clusters {
             clusters.push(c.to_json()?);
         }
-        Ok(json!({
+        let mut bootstrap = json!({
             "node": { "id": self.node_id, "cluster": self.node_cluster, "metadata": self.node_metadata },
             "admin": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": 0 } } },
             "static_resources": { "listeners": listeners, "clusters": clusters },
-        }))
+        });
+        if !self.wasm_services.is_empty() {
+            let services: Vec<Value> = self.wasm_services.iter().map(WasmFilter::to_service_json).collect();
+            bootstrap["bootstrap_extensions"] = Value::Array(services);
+        }
+        Ok(bootstrap)
     }
 
     /// Writes the bootstrap, starts Envoy and waits until it is ready and every listener accepts.
