@@ -1,32 +1,27 @@
-//! Verified-token cache: bounded, per worker, keyed by a SHA-256 of (provider, token), entries expire at
-//! the token's `exp` (or after a configured maximum). A repeated token costs a hash and a lookup instead
-//! of a signature check. Tokens themselves are never stored.
+//! Verified-token cache: bounded, per worker, keyed by (provider, token), entries expire at the token's
+//! `exp` (or after a configured maximum). A repeated token costs one hash, one lookup and one byte
+//! comparison instead of a signature check, and allocates nothing: the entry holds what the request
+//! needs, the identity properties for later filters already encoded (see [`Authenticated`]).
+//!
+//! Safety of a hit: the token is hashed once with SipHash-1-3 under a random per-worker key (std's
+//! `RandomState`), which only chooses the bucket; a hit also compares the provider and the **whole
+//! token** with the one that was verified. Two different tokens never share an entry, whatever their
+//! hashes: a collision (chance or crafted) is a miss, never an acceptance. The cost is the token's
+//! bytes kept in worker memory next to its claims (never logged); the alternative, a collision-resistant
+//! digest such as SHA-256, costs several times the keyed hash on every hit.
 //!
 //! Entries are tagged with their provider's key-set generation: [`TokenCache::invalidate`] (called on
 //! every worker whenever a provider's keys change) bumps it, so a token verified with rotated-out keys is
 //! never served again; the stale entries age out with the FIFO order.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::rc::Rc;
 
 use sha2::{Digest, Sha256};
 
-use crate::validate::Verified;
-
-/// Key of a token for one provider: the provider (to invalidate per provider) and a SHA-256 of both.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct CacheKey {
-    provider: usize,
-    digest: [u8; 32],
-}
-
-/// Key of a token for one provider.
-pub fn key(provider: usize, token: &str) -> CacheKey {
-    let mut h = Sha256::new();
-    h.update((provider as u64).to_le_bytes());
-    h.update(token.as_bytes());
-    CacheKey { provider, digest: h.finalize().into() }
-}
+use crate::engine::Authenticated;
 
 /// Short hex prefix of a token's hash, for logs (never log tokens).
 pub fn log_id(token: &str) -> String {
@@ -34,17 +29,47 @@ pub fn log_id(token: &str) -> String {
     d.iter().take(4).map(|b| format!("{b:02x}")).collect()
 }
 
+/// A token's hash under the cache's key ([`TokenCache::hash`]): computed once per token and request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TokenHash(u64);
+
+/// The map's keys are already keyed hashes: used as they are, not hashed again.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used (the key is a u64); anything else still hashes deterministically.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 struct Entry {
-    verified: Rc<Verified>,
+    provider: usize,
+    /// The verified token itself: a hit must be this exact token, not just the same hash.
+    token: Box<str>,
+    authenticated: Rc<Authenticated>,
     expires_s: u64,
+    /// When it was verified: a clock that went back before it is a miss (verified again, so `nbf` is
+    /// checked again).
+    verified_s: u64,
     /// The provider's key-set generation when the token was verified.
     generation: u64,
 }
 
 /// The cache. Eviction is FIFO by insertion after expired entries, which keeps it O(1) per operation.
 pub struct TokenCache {
-    map: HashMap<CacheKey, Entry>,
-    order: VecDeque<CacheKey>,
+    map: HashMap<TokenHash, Entry, BuildHasherDefault<Prehashed>>,
+    order: VecDeque<TokenHash>,
+    key: RandomState,
     capacity: usize,
     max_ttl_s: u64,
     /// Key-set generation per provider index (missing: 0).
@@ -54,12 +79,22 @@ pub struct TokenCache {
 impl TokenCache {
     pub fn new(capacity: usize, max_ttl_s: u64) -> Self {
         TokenCache {
-            map: HashMap::new(),
+            map: HashMap::default(),
             order: VecDeque::new(),
+            key: RandomState::new(),
             capacity,
             max_ttl_s,
             generations: Vec::new(),
         }
+    }
+
+    /// The token's hash for `get` and `insert`: SipHash-1-3 of (provider, token) under this cache's
+    /// random key.
+    pub fn hash(&self, provider: usize, token: &str) -> TokenHash {
+        let mut h = self.key.build_hasher();
+        h.write_usize(provider);
+        h.write(token.as_bytes());
+        TokenHash(h.finish())
     }
 
     fn generation(&self, provider: usize) -> u64 {
@@ -85,23 +120,44 @@ impl TokenCache {
         self.map.is_empty()
     }
 
-    /// A cached verification that is still valid at `now_s`.
-    pub fn get(&mut self, k: &CacheKey, now_s: u64) -> Option<Rc<Verified>> {
-        let e = self.map.get(k)?;
-        if now_s < e.expires_s && e.generation == self.generation(k.provider) {
-            return Some(e.verified.clone());
+    /// The cached verification of exactly this `token` for `provider` (`hash` from [`Self::hash`]),
+    /// still valid at `now_s`: before its `exp`, not before it was verified, verified with the
+    /// provider's current keys.
+    pub fn get(
+        &mut self,
+        provider: usize,
+        token: &str,
+        hash: TokenHash,
+        now_s: u64,
+    ) -> Option<Rc<Authenticated>> {
+        let current = self.generation(provider);
+        let e = self.map.get(&hash)?;
+        if e.provider != provider || *e.token != *token {
+            // Another token in this slot: a miss, and the slot stays theirs.
+            return None;
         }
-        self.map.remove(k);
+        if now_s < e.expires_s && now_s >= e.verified_s && e.generation == current {
+            return Some(Rc::clone(&e.authenticated));
+        }
+        self.map.remove(&hash);
         None
     }
 
-    /// Stores a verification. `clock_skew_s` is not added: a cached entry never outlives `exp` itself.
-    pub fn insert(&mut self, k: CacheKey, verified: Rc<Verified>, now_s: u64) {
+    /// Stores a verification made at `now_s`. `clock_skew_s` is not added: a cached entry never
+    /// outlives `exp` itself.
+    pub fn insert(
+        &mut self,
+        provider: usize,
+        token: &str,
+        hash: TokenHash,
+        authenticated: Rc<Authenticated>,
+        now_s: u64,
+    ) {
         if self.capacity == 0 {
             return;
         }
         let cap = now_s.saturating_add(self.max_ttl_s);
-        let expires_s = verified.exp.map_or(cap, |e| e.min(cap));
+        let expires_s = authenticated.verified.exp.map_or(cap, |e| e.min(cap));
         if expires_s <= now_s {
             return;
         }
@@ -109,9 +165,17 @@ impl TokenCache {
             let Some(old) = self.order.pop_front() else { break };
             self.map.remove(&old);
         }
-        let generation = self.generation(k.provider);
-        if self.map.insert(k, Entry { verified, expires_s, generation }).is_none() {
-            self.order.push_back(k);
+        let entry = Entry {
+            provider,
+            token: token.into(),
+            authenticated,
+            expires_s,
+            verified_s: now_s,
+            generation: self.generation(provider),
+        };
+        // A token whose hash is another's replaces it: the other is verified again when next seen.
+        if self.map.insert(hash, entry).is_none() {
+            self.order.push_back(hash);
         }
         // Keep the order queue from growing with keys already removed on expiry.
         if self.order.len() > self.capacity.saturating_mul(2) {
@@ -130,44 +194,110 @@ impl TokenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::validate::Verified;
 
-    fn v(exp: Option<u64>) -> Rc<Verified> {
-        Rc::new(Verified { claims: Default::default(), exp, payload_b64: String::new() })
+    fn v(exp: Option<u64>) -> Rc<Authenticated> {
+        Rc::new(Authenticated {
+            verified: Verified { claims: Default::default(), exp, payload_b64: String::new() },
+            identity: Rc::from(Vec::new()),
+        })
+    }
+
+    fn put(c: &mut TokenCache, p: usize, t: &str, a: Rc<Authenticated>, now: u64) {
+        let h = c.hash(p, t);
+        c.insert(p, t, h, a, now);
+    }
+
+    fn hit(c: &mut TokenCache, p: usize, t: &str, now: u64) -> bool {
+        let h = c.hash(p, t);
+        c.get(p, t, h, now).is_some()
     }
 
     #[test]
     fn expires_at_exp_and_is_bounded() {
         let mut c = TokenCache::new(2, 300);
-        c.insert(key(0, "a"), v(Some(110)), 100);
-        assert!(c.get(&key(0, "a"), 109).is_some());
-        assert!(c.get(&key(0, "a"), 110).is_none());
-        assert!(c.get(&key(1, "a"), 100).is_none(), "providers do not share entries");
-        c.insert(key(0, "a"), v(None), 100);
-        assert!(c.get(&key(0, "a"), 399).is_some());
-        assert!(c.get(&key(0, "a"), 400).is_none(), "max ttl caps tokens without exp");
+        put(&mut c, 0, "a", v(Some(110)), 100);
+        assert!(hit(&mut c, 0, "a", 109));
+        assert!(!hit(&mut c, 0, "a", 110), "exp honoured on a hit");
+        assert!(!hit(&mut c, 1, "a", 100), "providers do not share entries");
+        put(&mut c, 0, "a", v(None), 100);
+        assert!(hit(&mut c, 0, "a", 399));
+        assert!(!hit(&mut c, 0, "a", 400), "max ttl caps tokens without exp");
         for t in ["x", "y", "z"] {
-            c.insert(key(0, t), v(Some(1000)), 100);
+            put(&mut c, 0, t, v(Some(1000)), 100);
         }
         assert_eq!(c.len(), 2);
-        assert!(c.get(&key(0, "x"), 100).is_none(), "oldest evicted");
-        assert!(c.get(&key(0, "z"), 100).is_some());
-        c.insert(key(0, "expired"), v(Some(50)), 100);
-        assert!(c.get(&key(0, "expired"), 100).is_none());
+        assert!(!hit(&mut c, 0, "x", 100), "oldest evicted");
+        assert!(hit(&mut c, 0, "z", 100));
+        put(&mut c, 0, "expired", v(Some(50)), 100);
+        assert!(!hit(&mut c, 0, "expired", 100));
+    }
+
+    #[test]
+    fn a_hit_is_the_same_token_and_hands_back_what_was_stored() {
+        let mut c = TokenCache::new(10, 300);
+        let a = v(Some(1000));
+        put(&mut c, 0, "header.payload.sig", Rc::clone(&a), 100);
+        let h = c.hash(0, "header.payload.sig");
+        let got = c.get(0, "header.payload.sig", h, 100).unwrap();
+        assert!(Rc::ptr_eq(&got, &a));
+        assert!(!hit(&mut c, 0, "header.payload.sig2", 100), "same prefix, longer");
+        assert!(!hit(&mut c, 0, "header.payload.si", 100), "same prefix, shorter");
+        assert!(!hit(&mut c, 0, "header.payload.siG", 100), "one byte differs");
+        assert!(!hit(&mut c, 0, "", 100));
+        assert_eq!(c.hash(0, "t"), c.hash(0, "t"), "one key per cache");
+        assert_ne!(c.hash(0, "t"), c.hash(1, "t"), "the provider is hashed");
+    }
+
+    #[test]
+    fn a_different_token_in_the_same_slot_never_hits() {
+        // Force the worst case: another token presented under the cached token's hash (a collision,
+        // chance or crafted). It must be a miss, and must not evict the cached token.
+        let mut c = TokenCache::new(10, 300);
+        put(&mut c, 0, "good.token.sig", v(Some(1000)), 100);
+        let h = c.hash(0, "good.token.sig");
+        assert!(c.get(0, "evil.token.sig", h, 100).is_none());
+        assert!(c.get(0, "good.token.sig2", h, 100).is_none());
+        assert!(c.get(1, "good.token.sig", h, 100).is_none(), "another provider under the same hash");
+        assert!(c.get(0, "good.token.sig", h, 100).is_some(), "the cached token is still there");
+        // A verified token that lands on the slot replaces the other (which is verified again later).
+        c.insert(0, "other.token.sig", h, v(Some(1000)), 100);
+        assert!(c.get(0, "good.token.sig", h, 100).is_none());
+        assert!(c.get(0, "other.token.sig", h, 100).is_some());
+        assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn a_clock_that_went_back_is_a_miss() {
+        // nbf was checked at verification time; before that time it is checked again.
+        let mut c = TokenCache::new(10, 3600);
+        put(&mut c, 0, "t", v(Some(1000)), 100);
+        assert!(!hit(&mut c, 0, "t", 99));
+        assert!(!hit(&mut c, 0, "t", 100), "the miss dropped the entry");
+        put(&mut c, 0, "t", v(Some(1000)), 100);
+        assert!(hit(&mut c, 0, "t", 100) && hit(&mut c, 0, "t", 999));
     }
 
     #[test]
     fn invalidate_forgets_only_that_providers_entries() {
         let mut c = TokenCache::new(10, 300);
-        c.insert(key(0, "a"), v(Some(1000)), 100);
-        c.insert(key(1, "a"), v(Some(1000)), 100);
+        put(&mut c, 0, "a", v(Some(1000)), 100);
+        put(&mut c, 1, "a", v(Some(1000)), 100);
         c.invalidate(0);
-        assert!(c.get(&key(0, "a"), 100).is_none(), "verified with the old keys");
-        assert!(c.get(&key(1, "a"), 100).is_some(), "other providers keep theirs");
-        c.insert(key(0, "a"), v(Some(1000)), 100);
-        assert!(c.get(&key(0, "a"), 100).is_some(), "verified again with the new keys");
+        assert!(!hit(&mut c, 0, "a", 100), "verified with the old keys");
+        assert!(hit(&mut c, 1, "a", 100), "other providers keep theirs");
+        put(&mut c, 0, "a", v(Some(1000)), 100);
+        assert!(hit(&mut c, 0, "a", 100), "verified again with the new keys");
         c.invalidate(7);
-        assert!(c.get(&key(0, "a"), 100).is_some() && c.get(&key(1, "a"), 100).is_some());
+        assert!(hit(&mut c, 0, "a", 100) && hit(&mut c, 1, "a", 100));
         assert!(c.len() <= 2);
+    }
+
+    #[test]
+    fn capacity_zero_stores_nothing() {
+        let mut c = TokenCache::new(0, 300);
+        put(&mut c, 0, "a", v(Some(1000)), 100);
+        assert!(c.is_empty() && !hit(&mut c, 0, "a", 100));
     }
 
     #[test]

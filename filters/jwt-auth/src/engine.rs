@@ -20,10 +20,10 @@ use std::rc::Rc;
 
 use serde_json::Value;
 
-use crate::cache::{TokenCache, key};
+use crate::cache::TokenCache;
 use crate::challenge::{Challenge, www_authenticate};
 use crate::claims::{claim_header_value, claim_ok, token_scopes};
-use crate::config::{Mode, Plan, RulePlan, Source};
+use crate::config::{Mode, Plan, ProviderPlan, RulePlan, Source};
 use crate::credentials::{Found, extract, strip_query_param};
 use crate::introspection::{self, Introspection, IntrospectionError};
 use crate::jwks::KeySet;
@@ -103,7 +103,7 @@ pub enum Outcome {
         set: Vec<(String, String)>,
         path: Option<String>,
         strip_cookies: Vec<String>,
-        identity: Vec<(String, Vec<u8>)>,
+        identity: Identity,
     },
     /// Send this local reply: `status`, a `www-authenticate` challenge and a `retry-after` (seconds)
     /// when set, `body` as `text/plain`. `reason` names the counter (`denied.<reason>`); `detail` is
@@ -158,10 +158,36 @@ pub struct Credential<'p> {
     pub source: &'p Source,
 }
 
+/// A token accepted for one provider: its claims and the identity properties for later filters (see
+/// [`identity`]), encoded once. The token cache keeps the whole of it, so a cache hit only copies the
+/// identity's bytes out.
+#[derive(Debug)]
+pub struct Authenticated {
+    pub verified: Verified,
+    pub identity: Identity,
+}
+
+/// The properties to set for later filters: (single-segment path, value) pairs.
+pub type Identity = Rc<[(String, Vec<u8>)]>;
+
+impl Authenticated {
+    fn new(p: &ProviderPlan, verified: Verified) -> Rc<Self> {
+        let identity = identity::of(p, &verified).into();
+        Rc::new(Authenticated { verified, identity })
+    }
+}
+
+impl std::ops::Deref for Authenticated {
+    type Target = Verified;
+    fn deref(&self) -> &Verified {
+        &self.verified
+    }
+}
+
 /// What verifying or introspecting one token gave.
 #[derive(Debug, Clone)]
 pub enum Attempt {
-    Ok(Rc<Verified>),
+    Ok(Rc<Authenticated>),
     /// The token is refused: 401 `invalid_token`.
     Err(TokenError),
     Wait(WaitFor),
@@ -172,7 +198,7 @@ pub enum Attempt {
 }
 
 /// A token accepted for a provider: its claims and where it came from.
-pub type Accepted<'p> = (usize, Rc<Verified>, &'p Source);
+pub type Accepted<'p> = (usize, Rc<Authenticated>, &'p Source);
 
 /// A step's result: `Err` ends the decision with that outcome (a refusal, a wait, or a pass).
 pub type Step<T> = Result<T, Outcome>;
@@ -242,7 +268,7 @@ fn pass_unverified() -> Outcome {
         set: Vec::new(),
         path: None,
         strip_cookies: Vec::new(),
-        identity: Vec::new(),
+        identity: Rc::from(Vec::new()),
     }
 }
 
@@ -382,19 +408,19 @@ pub fn authenticate(
         // The answer goes through the provider's policy (issuer, audiences, subjects, required claims,
         // lifetime, exp/nbf) exactly as a JWT's claims do.
         return match introspection::decide(icfg, &p.policy, result, now_s) {
-            introspection::Outcome::Active(i) => Attempt::Ok(Rc::new(from_introspection(&i))),
+            introspection::Outcome::Active(i) => Attempt::Ok(Authenticated::new(p, from_introspection(&i))),
             introspection::Outcome::Inactive(d) => Attempt::Err(TokenError::Inactive(d)),
             introspection::Outcome::Rejected(e) => Attempt::Err(e),
             introspection::Outcome::Unavailable(e) => Attempt::IntroUnavailable(e.to_string()),
-            introspection::Outcome::FailOpen(_) => Attempt::Ok(Rc::new(Verified {
-                claims: Default::default(),
-                exp: None,
-                payload_b64: String::new(),
-            })),
+            introspection::Outcome::FailOpen(_) => Attempt::Ok(Authenticated::new(
+                p,
+                Verified { claims: Default::default(), exp: None, payload_b64: String::new() },
+            )),
         };
     }
-    let ck = key(pi, token);
-    if let Some(v) = cache.get(&ck, now_s) {
+    // Hashed once: the lookup and, on a miss, the insertion.
+    let hash = cache.hash(pi, token);
+    if let Some(v) = cache.get(pi, token, hash, now_s) {
         counters.cache_hits += 1;
         return Attempt::Ok(v);
     }
@@ -408,8 +434,8 @@ pub fn authenticate(
             counters.verifications += 1;
             match validate(&p.policy, ks, token, now_s) {
                 Ok(v) => {
-                    let v = Rc::new(v);
-                    cache.insert(ck, v.clone(), now_s);
+                    let v = Authenticated::new(p, v);
+                    cache.insert(pi, token, hash, Rc::clone(&v), now_s);
                     Attempt::Ok(v)
                 }
                 Err(TokenError::UnknownKid) if p.remote.is_some() && keys.unknown_kid(pi) => {
@@ -582,8 +608,8 @@ pub fn allow(plan: &Plan, req: &Request<'_>, accepted: &[Accepted<'_>]) -> Outco
             }
         }
     }
-    let identity =
-        accepted.first().map(|(pi, v, _)| identity::of(&plan.providers[*pi], v)).unwrap_or_default();
+    // Encoded when the token was accepted (and cached with it): shared, not rebuilt.
+    let identity = accepted.first().map_or_else(|| Rc::from(Vec::new()), |(_, v, _)| Rc::clone(&v.identity));
     Outcome::Allow { remove, set, path, strip_cookies, identity }
 }
 

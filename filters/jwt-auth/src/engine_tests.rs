@@ -299,7 +299,13 @@ fn tokens_from_params_and_cookies_are_not_forwarded() {
     ];
     assert_eq!(
         o,
-        Outcome::Allow { remove: vec![], set: vec![], path: None, strip_cookies: vec![], identity }
+        Outcome::Allow {
+            remove: vec![],
+            set: vec![],
+            path: None,
+            strip_cookies: vec![],
+            identity: identity.into()
+        }
     );
 }
 
@@ -348,8 +354,13 @@ fn verified_identity_is_handed_on_and_nothing_without_a_verified_token() {
 fn allow_missing_or_failed() {
     let p = plan(r#"[{"match":{"prefix":"/"},"requires_any":["p"],"allow_missing_or_failed":true}]"#);
     let mut k = keys();
-    let none =
-        Outcome::Allow { remove: vec![], set: vec![], path: None, strip_cookies: vec![], identity: vec![] };
+    let none = Outcome::Allow {
+        remove: vec![],
+        set: vec![],
+        path: None,
+        strip_cookies: vec![],
+        identity: vec![].into(),
+    };
     let (o, _) = run(&p, &mut k, &mut TokenCache::new(0, 0), "GET", "/x", &[]);
     assert_eq!(o, none, "missing passes");
     let (o, _) = run(
@@ -468,9 +479,10 @@ fn two_providers() -> Plan {
     Plan::from_json(cfg.as_bytes()).unwrap()
 }
 
-fn verified(claims: serde_json::Value) -> Rc<Verified> {
+fn verified(claims: serde_json::Value) -> Rc<Authenticated> {
     let serde_json::Value::Object(claims) = claims else { panic!("claims must be an object") };
-    Rc::new(Verified { claims, exp: None, payload_b64: String::new() })
+    let verified = Verified { claims, exp: None, payload_b64: String::new() };
+    Rc::new(Authenticated { verified, identity: Vec::new().into() })
 }
 
 fn rule_named<'p>(plan: &'p Plan, prefix: &str) -> &'p RulePlan {

@@ -90,7 +90,59 @@ struct Worker {
     waiters: Waiters,
     calls: HashMap<u32, CallKind>,
     metrics: Metrics,
+    /// The per-request counters' ids, looked up once.
+    hot: HotCounters,
     latency: Latency,
+}
+
+/// Counters that move on every request, by id (no lookup by name per request).
+struct HotCounters {
+    allowed: Option<u32>,
+    passed: Option<u32>,
+    paused: Option<u32>,
+    cache_hits: Option<u32>,
+    verifications: Option<u32>,
+}
+
+impl HotCounters {
+    /// Defined at configure time, with the other counters (`Metrics` keeps those).
+    fn define() -> Self {
+        let id = |name: &str| define(MetricType::Counter, name);
+        HotCounters {
+            allowed: id("meshwasm_jwt_auth.allowed"),
+            passed: id("meshwasm_jwt_auth.passed"),
+            paused: id("meshwasm_jwt_auth.paused"),
+            cache_hits: id("meshwasm_jwt_auth.cache_hits"),
+            verifications: id("meshwasm_jwt_auth.verifications"),
+        }
+    }
+}
+
+fn bump(id: Option<u32>, by: u32) {
+    if by > 0
+        && let Some(id) = id
+    {
+        increment(id, u64::from(by));
+    }
+}
+
+#[link(wasm_import_module = "env")]
+unsafe extern "C" {
+    fn proxy_set_property(
+        path_data: *const u8,
+        path_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
+}
+
+/// `proxy_set_property` at a single-segment path (which is the path's whole serialization), without
+/// the SDK's per-call path buffer and without its panic when the host refuses: the status comes back.
+fn set_property(name: &str, value: &[u8]) -> Result<(), u32> {
+    // SAFETY: both pointers and lengths describe live slices for the duration of the call; the host
+    // copies what it keeps.
+    let status = unsafe { proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) };
+    if status == 0 { Ok(()) } else { Err(status) }
 }
 
 /// The engine's view of this worker's keys. Unknown-kid refetches are started by the next tick.
@@ -179,12 +231,22 @@ impl Worker {
     /// the request among the waiters, paused since `since_ms` (now for a new request).
     fn process(&mut self, context_id: u32, since_ms: Option<u64>) -> Outcome {
         let plan = self.plan.clone();
-        for h in &plan.output_headers {
-            let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, h);
-        }
         // One read of the whole map: a credential header sent twice must be seen twice (the single-value
         // hostcall returns only the first copy).
-        let all = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+        let mut all = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+        // Client-sent copies of the headers this filter writes are removed before anything else looks
+        // at the request; only those the request carries (no hostcall per configured name otherwise).
+        if !plan.output_headers.is_empty() {
+            let is_output = |k: &str| plan.output_headers.iter().any(|h| h.eq_ignore_ascii_case(k));
+            if all.iter().any(|(k, _)| is_output(k)) {
+                for h in
+                    plan.output_headers.iter().filter(|h| all.iter().any(|(k, _)| h.eq_ignore_ascii_case(k)))
+                {
+                    let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, h);
+                }
+                all.retain(|(k, _)| !is_output(k));
+            }
+        }
         let get = |n: &str| combined_header(&all, n);
         let method_b = get(":method").unwrap_or_default();
         let path_b = get(":path").unwrap_or_default();
@@ -197,15 +259,19 @@ impl Worker {
             let mut access = Access { keys: &mut self.keys, calls: &mut self.calls, now_ms: now };
             evaluate(&plan, &req, &mut access, &mut self.cache, now / 1000, &mut counters)
         };
-        self.metrics.inc("cache_hits", u64::from(counters.cache_hits));
-        self.metrics.inc("verifications", u64::from(counters.verifications));
+        bump(self.hot.cache_hits, counters.cache_hits);
+        bump(self.hot.verifications, counters.verifications);
         match &outcome {
-            Outcome::Pass => self.metrics.inc("passed", 1),
+            Outcome::Pass => bump(self.hot.passed, 1),
             Outcome::Allow { remove, set, path: new_path, strip_cookies, identity } => {
+                // Encoded when the token was verified (and cached with it): only the bytes are copied.
                 // A property Envoy refuses is simply absent later: authz then sees no principal (deny).
-                for (k, v) in identity {
-                    if let Err(e) = hostcalls::set_property(vec![k.as_str()], Some(v)) {
-                        log(LogLevel::Warn, &format!("meshwasm jwt-auth: cannot hand on `{k}` ({e:?})"));
+                for (k, v) in identity.iter() {
+                    if let Err(status) = set_property(k, v) {
+                        log(
+                            LogLevel::Warn,
+                            &format!("meshwasm jwt-auth: cannot hand on `{k}` (status {status})"),
+                        );
                     }
                 }
                 for h in remove {
@@ -222,7 +288,7 @@ impl Worker {
                 for (h, v) in set {
                     let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, h, Some(v));
                 }
-                self.metrics.inc("allowed", 1);
+                bump(self.hot.allowed, 1);
             }
             Outcome::Deny { status, reason, detail, .. } => {
                 self.metrics.inc(&format!("denied.{reason}"), 1);
@@ -237,7 +303,7 @@ impl Worker {
                 send_reply(&outcome);
             }
             Outcome::Wait { providers, on } => {
-                self.metrics.inc("paused", 1);
+                bump(self.hot.paused, 1);
                 self.waiters.wait(context_id, providers.clone(), *on, since_ms.unwrap_or(now));
             }
         }
@@ -539,11 +605,6 @@ impl RootContext for Root {
             metrics: {
                 let mut m = Metrics::new("meshwasm_jwt_auth");
                 m.counters(&[
-                    "allowed",
-                    "passed",
-                    "paused",
-                    "cache_hits",
-                    "verifications",
                     "jwks_fetches",
                     "jwks_fetch_failures",
                     "introspections",
@@ -551,6 +612,7 @@ impl RootContext for Root {
                 ]);
                 m
             },
+            hot: HotCounters::define(),
             latency: Latency {
                 jwks_ms: (n_remote > 0)
                     .then(|| define(MetricType::Histogram, "meshwasm_jwt_auth.jwks_fetch_latency_ms"))
