@@ -27,6 +27,7 @@ mod discovery_file_host;
 mod discovery_host;
 mod discovery_policy_host;
 mod discovery_service_envoy;
+mod discovery_service_host;
 mod discovery_sources_envoy;
 mod endpoints_contract_host;
 mod envoy_harness;

@@ -21,6 +21,7 @@ pub struct ProxyBuilder {
     host: Host,
     workers: usize,
     plugins: Vec<Plugin>,
+    services: Vec<Plugin>,
     upstreams: BTreeMap<String, Upstream>,
     seeds: Vec<(String, Vec<u8>)>,
     log_level: LogLevel,
@@ -41,6 +42,7 @@ impl ProxyBuilder {
             host: host.clone(),
             workers: 1,
             plugins: Vec::new(),
+            services: Vec::new(),
             upstreams: BTreeMap::new(),
             seeds: Vec::new(),
             log_level: LogLevel::Info,
@@ -64,6 +66,18 @@ impl ProxyBuilder {
     /// Appends a filter to the chain (request callbacks run in this order, response callbacks in reverse).
     pub fn plugin(mut self, plugin: Plugin) -> Self {
         self.plugins.push(plugin);
+        self
+    }
+
+    /// Adds a singleton Wasm service, as Envoy's bootstrap extension `envoy.bootstrap.wasm` with
+    /// `singleton: true`: one VM for the whole proxy, on the main thread (worker index N, see
+    /// [`ProxyBuilder::main_thread`], created for it even when that option is off), with a root
+    /// context only: `on_vm_start`, `on_configure`, ticks, http calls, queues, shared data of its
+    /// `vm_id` (the same as the filters' VMs of that vm_id see), never an HTTP context. It is in no
+    /// filter chain, so requests never enter it. As in Envoy, it shares a VM with a main-thread filter
+    /// root context of the same vm_id and module.
+    pub fn service(mut self, plugin: Plugin) -> Self {
+        self.services.push(plugin);
         self
     }
 
@@ -174,19 +188,35 @@ impl ProxyBuilder {
     }
 
     fn workers_with(&self, shared: &Arc<Shared>, main_thread: bool) -> Result<Vec<Worker>> {
-        if self.plugins.is_empty() {
-            bail!("meshwasm-host: a proxy needs at least one plugin");
+        if self.plugins.is_empty() && self.services.is_empty() {
+            bail!("meshwasm-host: a proxy needs at least one plugin or service");
         }
-        // Envoy starts the main thread's root contexts first.
+        let mut names = std::collections::HashSet::new();
+        for s in &self.services {
+            if !names.insert(s.display_name()) {
+                bail!("meshwasm-host: two services are named `{}`; give each its own name", s.display_name());
+            }
+        }
+        // The main thread runs the services, and the filters' root contexts when asked for.
+        let main_plugins: Vec<Plugin> = if main_thread { self.plugins.clone() } else { Vec::new() }
+            .into_iter()
+            .chain(self.services.iter().cloned())
+            .collect();
+        let with_main = !main_plugins.is_empty();
+        // Envoy starts the main thread's root contexts (and bootstrap services) first.
         let mut order: Vec<usize> = (0..self.workers).collect();
-        if main_thread {
+        if with_main {
             order.insert(0, self.workers);
         }
+        let n = self.workers;
         let mut workers: Vec<Worker> = order
             .into_iter()
-            .map(|i| Worker::new(&self.host, shared.clone(), i, &self.plugins, self.policy))
+            .map(|i| {
+                let plugins = if i == n { &main_plugins } else { &self.plugins };
+                Worker::new(&self.host, shared.clone(), i, plugins, self.policy)
+            })
             .collect::<Result<_>>()?;
-        if main_thread {
+        if with_main {
             // Index order: workers 0..N, then the main thread.
             workers.rotate_left(1);
         }
@@ -223,6 +253,13 @@ impl ProxyBuilder {
     /// requests itself (see [`WorkerEvent`](crate::WorkerEvent)) and calls [`Worker::run_timers`] when
     /// [`Worker::next_tick`] is due. Upstream values passed to [`ProxyBuilder::upstream`] only declare the names here.
     pub fn build_workers(self) -> Result<(Vec<Worker>, ProxyState)> {
+        if let Some(s) = self.services.first() {
+            bail!(
+                "meshwasm-host: service `{}`: singleton services run only in a Proxy (ProxyBuilder::build); \
+                 build_workers has no main thread to run them",
+                s.display_name()
+            );
+        }
         let shared = self.shared(ClockKind::Real(Instant::now()));
         let workers = self.workers_with(&shared, false).map_err(|e| BuildError::wrap(e, &shared))?;
         Ok((workers, ProxyState { shared }))

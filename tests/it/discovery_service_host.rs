@@ -1,0 +1,173 @@
+//! Discovery as a singleton Wasm service in the wasmtime host (`ProxyBuilder::service`, `"mode":
+//! "service"`), the balancer as the only filter, one `vm_id`: the one discovery VM (main thread) polls
+//! real etcd, the balancer's VMs on both workers steer by what it publishes, and requests never enter
+//! the discovery VM (exact wasm entry counts), where the filter form pays a few entries per request.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use meshwasm_host::{BuildError, Host, HostOptions, Module, Plugin, Proxy, Request, Upstream, UpstreamReply};
+use meshwasm_tests::artifacts::wasm_path;
+use meshwasm_tests::etcd::Etcd;
+
+const VM: &str = "meshwasm";
+const BALANCER: &[u8] = br#"{"seed": 5, "services": {"api": {}}}"#;
+
+fn discovery_config(mode: &str) -> String {
+    format!(
+        r#"{{"mode": "{mode}", "tick": "100ms", "services": [{{"name": "api", "refresh": "300ms", "timeout": "1s",
+             "source": {{"etcd": {{"cluster": "etcd", "prefix": "/services/api/"}}}}}}]}}"#
+    )
+}
+
+/// The endpoints the balancer steers to over `n` requests on each of the 2 workers (`"503"` for a
+/// request that got none).
+fn picks(p: &mut Proxy, n: usize) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    for worker in 0..2 {
+        for _ in 0..n {
+            let ex = p.send(worker, Request::get("/").authority("api"), UpstreamReply::new(200)).unwrap();
+            match ex.upstream_request {
+                Some(up) if ex.status == 200 => {
+                    let picked = meshwasm_host::foreign::original_dst_from_filter_state(&up.filter_state);
+                    seen.insert(picked.expect("steered").to_string());
+                }
+                _ => {
+                    seen.insert(ex.status.to_string());
+                }
+            }
+        }
+    }
+    seen
+}
+
+fn set(addrs: &[&str]) -> BTreeSet<String> {
+    addrs.iter().map(|s| s.to_string()).collect()
+}
+
+/// Advances the virtual clock in 100 ms steps until `f` holds (at most `limit`).
+fn advance_until(p: &mut Proxy, limit: Duration, mut f: impl FnMut(&mut Proxy) -> bool) -> bool {
+    let mut waited = Duration::ZERO;
+    while waited <= limit {
+        if f(p) {
+            return true;
+        }
+        p.advance(Duration::from_millis(100));
+        waited += Duration::from_millis(100);
+    }
+    false
+}
+
+fn modules(host: &Host) -> (Module, Module) {
+    (host.load(wasm_path("meshwasm_discovery")).unwrap(), host.load(wasm_path("meshwasm_balancer")).unwrap())
+}
+
+/// Wasm entries of VM `name` per request over 100 requests on each worker, without time passing.
+fn entries_per_request(p: &mut Proxy, name: &str) -> f64 {
+    p.reset_call_counts();
+    assert_eq!(picks(p, 100).len(), 2);
+    let counts = p.call_counts();
+    counts.get(name).map_or(0, |c| c.total_callbacks()) as f64 / 200.0
+}
+
+#[test]
+fn a_singleton_service_feeds_the_balancer_and_is_entered_zero_times_per_request() {
+    let etcd = Etcd::start().unwrap();
+    etcd.put("/services/api/a", "10.0.0.1:8080").unwrap();
+    etcd.put("/services/api/b", "10.0.0.2:8080").unwrap();
+
+    let host = Host::new(HostOptions::default()).unwrap();
+    let (discovery, balancer) = modules(&host);
+    let mut p = Proxy::builder(&host)
+        .workers(2)
+        .service(
+            Plugin::new(discovery.clone()).name("discovery").vm_id(VM).config(discovery_config("service")),
+        )
+        .plugin(Plugin::new(balancer.clone()).name("balancer").vm_id(VM).config(BALANCER))
+        .upstream("etcd", Upstream::forward(etcd.addr()))
+        .build()
+        .unwrap();
+
+    let first = set(&["10.0.0.1:8080", "10.0.0.2:8080"]);
+    assert!(advance_until(&mut p, Duration::from_secs(3), |p| picks(p, 4) == first));
+
+    // One discovery VM: the main thread's, the poller from its first tick, no lease in shared data.
+    let logs = p.logs();
+    let configured = logs.iter().filter(|l| l.message.contains("configured as a singleton service")).count();
+    assert_eq!(configured, 1);
+    let polling: Vec<_> = logs.iter().filter(|l| l.message.contains("is now the poller")).collect();
+    assert_eq!(polling.len(), 1);
+    assert_eq!(polling[0].worker, 2, "the main thread is worker index N");
+    assert!(p.shared_data_keys(VM).iter().all(|k| !k.contains(".lease.")), "{:?}", p.shared_data_keys(VM));
+
+    // Zero discovery entries per request; it still runs on the clock (ticks, http calls).
+    let service_form = entries_per_request(&mut p, "discovery");
+    assert_eq!(service_form, 0.0, "{:#?}", p.call_counts().get("discovery"));
+    assert!(entries_per_request(&mut p, "balancer") > 0.0);
+    p.reset_call_counts();
+    p.advance(Duration::from_secs(1));
+    let ticking = p.call_counts().remove("discovery").unwrap();
+    assert!(ticking.callbacks.get("proxy_on_tick").copied().unwrap_or(0) >= 9, "{ticking:#?}");
+    assert!(ticking.callbacks.get("proxy_on_http_call_response").copied().unwrap_or(0) >= 2, "{ticking:#?}");
+
+    // A registry change reaches the picks on both workers.
+    etcd.put("/services/api/c", r#"{"address": "10.0.0.3:8080"}"#).unwrap();
+    etcd.delete("/services/api/a").unwrap();
+    let changed = set(&["10.0.0.2:8080", "10.0.0.3:8080"]);
+    assert!(advance_until(&mut p, Duration::from_secs(3), |p| picks(p, 6) == changed));
+
+    // The filter form of the same configuration: discovery is entered on every request.
+    let mut f = Proxy::builder(&host)
+        .workers(2)
+        .plugin(Plugin::new(discovery).name("discovery").vm_id(VM).config(discovery_config("filter")))
+        .plugin(Plugin::new(balancer).name("balancer").vm_id(VM).config(BALANCER))
+        .upstream("etcd", Upstream::forward(etcd.addr()))
+        .build()
+        .unwrap();
+    assert!(advance_until(&mut f, Duration::from_secs(3), |p| picks(p, 6) == changed));
+    let filter_form = entries_per_request(&mut f, "discovery");
+    eprintln!("discovery wasm entries per request: service form {service_form}, filter form {filter_form}");
+    assert!(filter_form >= 1.0, "{filter_form}");
+}
+
+#[test]
+fn bad_service_set_ups_are_refused_with_the_reason() {
+    let host = Host::new(HostOptions::default()).unwrap();
+    let (discovery, balancer) = modules(&host);
+    let svc = |config: &str| Plugin::new(discovery.clone()).name("discovery").vm_id(VM).config(config);
+    let good = r#"{"mode": "service", "services": [{"name": "api", "allow_loopback": true,
+        "source": {"static": {"endpoints": [{"address": "127.0.0.1:9"}]}}}]}"#;
+    let build_err = |b: meshwasm_host::ProxyBuilder| match b.build() {
+        Ok(_) => panic!("built"),
+        Err(e) => {
+            e.downcast_ref::<BuildError>().map(|b| b.message.clone()).unwrap_or_else(|| format!("{e:#}"))
+        }
+    };
+
+    // The service's configuration is checked like a filter's: refused at start, naming the field.
+    let with_lease = good.replace(r#""mode": "service","#, r#""mode": "service", "lease": {"ttl": "5s"},"#);
+    let e = build_err(Proxy::builder(&host).service(svc(&with_lease)));
+    assert!(e.contains("plugin `discovery`") && e.contains("rejected configuration: lease"), "{e}");
+
+    // Two services under one name cannot be told apart in logs and counts.
+    let e = build_err(Proxy::builder(&host).service(svc(good)).service(svc(good)));
+    assert!(e.contains("two services are named `discovery`"), "{e}");
+
+    // Real-time drivers have no main thread to run a service on.
+    let Err(e) = Proxy::builder(&host)
+        .service(svc(good))
+        .plugin(Plugin::new(balancer).name("balancer").vm_id(VM).config(BALANCER))
+        .build_workers()
+    else {
+        panic!("build_workers accepted a service")
+    };
+    assert!(format!("{e:#}").contains("singleton services run only in a Proxy"), "{e:#}");
+
+    // A service alone makes a proxy: it publishes on its first tick.
+    let mut p = Proxy::builder(&host).service(svc(good)).build().unwrap();
+    assert!(p.shared_data(VM, &meshwasm_endpoints::set_key("api")).is_none());
+    p.advance(Duration::from_millis(500));
+    let (bytes, _) = p.shared_data(VM, &meshwasm_endpoints::set_key("api")).expect("published");
+    let set = meshwasm_endpoints::EndpointSet::decode(&bytes).unwrap();
+    assert_eq!(set.endpoints[0].address.to_string(), "127.0.0.1:9");
+}
