@@ -137,8 +137,12 @@ impl FilterSet {
     /// worker for the whole chain.
     pub fn combined_chain(&self, tokens: &TokenSet, backends: &[SocketAddr], whole: bool) -> Result<Chain> {
         let path = self.combined()?;
+        // meshwasm.wasm selects the filter by root_id: `meshwasm.jwt_auth`, `meshwasm.discovery`, …
         let plugin = |name: &str, config: Value| {
-            WasmFilter::new(name, &path).root_id(name).vm_id(COMBINED_VM_ID).config(config.to_string())
+            WasmFilter::new(name, &path)
+                .root_id(&format!("meshwasm.{}", name.replace('-', "_")))
+                .vm_id(COMBINED_VM_ID)
+                .config(config.to_string())
         };
         let mut filters = vec![plugin("jwt-auth", jwt_auth_config(tokens)?)];
         if whole {

@@ -135,7 +135,7 @@ pub const CHAIN_MEMORY_MIB: f64 = 30.0;
 pub const CHAIN_MEMORY_PER_WORKER_MIB: f64 = 1.0;
 /// The whole-chain memory listeners: (listener, what it is).
 const WHOLE_CHAINS: [(&str, &str); 2] = [
-    ("whole-chain", "separate artifacts (5 VMs per worker: discovery and balancer share one vm_id)"),
+    ("whole-chain", "separate artifacts (5 VMs per worker)"),
     ("whole-chain-combined", "combined meshwasm.wasm (1 VM per worker)"),
 ];
 
