@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use meshwasm_host::{Host, HostOptions, Plugin, Proxy};
 use meshwasm_tests::{artifacts, envoy};
@@ -91,8 +92,8 @@ fn test_listeners_normalize_paths_by_default() {
     assert!(l.normalize_paths);
 }
 
-/// The `.wasm` plugin configurations inside an Envoy example: (artifact file name, configuration).
-fn plugins(doc: &Value) -> Vec<(String, String)> {
+/// The `.wasm` plugin configurations inside an Envoy example: (artifact file name, root_id, configuration).
+fn plugins(doc: &Value) -> Vec<(String, String, String)> {
     let mut maps = Vec::new();
     walk(doc, &mut maps);
     let mut out = Vec::new();
@@ -100,18 +101,29 @@ fn plugins(doc: &Value) -> Vec<(String, String)> {
         let (Some(vm), Some(conf)) = (get(m, "vm_config"), get(m, "configuration")) else { continue };
         let file = vm["code"]["local"]["filename"].as_str().unwrap_or_default();
         let name = Path::new(file).file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
-        out.push((name, conf["value"].as_str().unwrap_or_default().to_string()));
+        let root_id = get(m, "root_id").and_then(Value::as_str).unwrap_or_default().to_string();
+        out.push((name, root_id, conf["value"].as_str().unwrap_or_default().to_string()));
     }
     out
 }
 
-fn configure(artifact: &str, config: &str) -> anyhow::Result<()> {
-    let host = Host::new(HostOptions::default())?;
+/// One host for every configuration: each artifact is compiled once (the host caches modules).
+fn host() -> &'static Host {
+    static HOST: OnceLock<Host> = OnceLock::new();
+    HOST.get_or_init(|| Host::new(HostOptions::default()).unwrap())
+}
+
+fn configure(artifact: &str, root_id: &str, config: &str) -> anyhow::Result<()> {
+    let host = host();
     let module = host.load(artifacts::wasm_path(artifact))?;
     // The Istio example reads its client secret from the environment (`client_secret_env`).
-    let plugin =
-        Plugin::new(module).name(artifact).config(config.as_bytes()).env("ORDERS_CLIENT_SECRET", "example");
-    Proxy::builder(&host).plugin(plugin).build()?;
+    // The root_id selects the filter in the combined meshwasm.wasm (examples/combined).
+    let plugin = Plugin::new(module)
+        .name(artifact)
+        .root_id(root_id)
+        .config(config.as_bytes())
+        .env("ORDERS_CLIENT_SECRET", "example");
+    Proxy::builder(host).plugin(plugin).build()?;
     Ok(())
 }
 
@@ -119,8 +131,9 @@ fn configure(artifact: &str, config: &str) -> anyhow::Result<()> {
 fn every_example_plugin_config_is_accepted_by_its_filter() {
     let mut checked = 0;
     for f in envoy_examples() {
-        for (artifact, config) in plugins(&load(&f)) {
-            configure(&artifact, &config).unwrap_or_else(|e| panic!("{}: {artifact}: {e:#}", f.display()));
+        for (artifact, root_id, config) in plugins(&load(&f)) {
+            configure(&artifact, &root_id, &config)
+                .unwrap_or_else(|e| panic!("{}: {artifact}: {e:#}", f.display()));
             checked += 1;
         }
     }
@@ -129,7 +142,7 @@ fn every_example_plugin_config_is_accepted_by_its_filter() {
         let p = e.unwrap().path();
         let artifact = p.file_stem().unwrap().to_str().unwrap().to_string();
         let config = std::fs::read_to_string(&p).unwrap();
-        configure(&artifact, &config).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
+        configure(&artifact, "", &config).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
         checked += 1;
     }
     assert!(checked >= 8, "only {checked} plugin configs found");

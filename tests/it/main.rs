@@ -20,6 +20,8 @@ mod balancer_envoy;
 mod balancer_examples;
 mod balancer_host;
 mod balancer_steering_envoy;
+mod combined_envoy;
+mod combined_host;
 mod conformance;
 mod demo;
 mod discovery_envoy;
