@@ -7,9 +7,10 @@
 //! - each orders sidecar's inbound listener requires mTLS, then runs `authz` (only frontend's SPIFFE ID
 //!   may call) and `jwt-auth` (a token from the OpenID Provider, for orders' audience);
 //! - frontend's sidecar's outbound listener runs `token-injector` (client credentials from the OpenID
-//!   Provider), `discovery` (orders' instances from a registry) and `balancer` (round robin, passive
-//!   health), steering an ORIGINAL_DST cluster whose upstream TLS presents frontend's SVID and accepts
-//!   only orders' SPIFFE ID.
+//!   Provider) and `balancer` (round robin, passive health), steering an ORIGINAL_DST cluster whose
+//!   upstream TLS presents frontend's SVID and accepts only orders' SPIFFE ID; `discovery` (orders'
+//!   instances from a registry) runs in that sidecar as a singleton Wasm service (`envoy.bootstrap.wasm`,
+//!   one VM on the main thread, never in a request's path) and publishes for the balancer.
 //!
 //! The demo plays frontend's app (plain HTTP to its sidecar on loopback) and the callers without a
 //! sidecar (curl), and shows and checks each step:
@@ -234,7 +235,7 @@ fn run() -> Result<()> {
     let t0 = Instant::now();
     println!(
         "meshwasm demo: a mesh of Envoy sidecars — frontend and orders (3 instances), mTLS with SPIFFE \
-         identities, authz, jwt-auth, token-injector, discovery and balancer"
+         identities, authz, jwt-auth, token-injector, balancer, and discovery as a singleton Wasm service"
     );
     let m = start(kind)?;
     println!(

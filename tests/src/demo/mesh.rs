@@ -161,8 +161,9 @@ pub fn orders_sidecar(
 }
 
 /// frontend's sidecar: an outbound listener for frontend's app on loopback, with token-injector
-/// (client credentials for orders), discovery (orders' instances from the registry) and balancer
-/// (round robin, passive health), steering an ORIGINAL_DST cluster whose upstream TLS presents
+/// (client credentials for orders) and balancer (round robin, passive health), fed by discovery
+/// (orders' instances from the registry) running beside the chain as a singleton Wasm service (one
+/// VM on the main thread, same vm_id as the balancer, never in a request's path), steering an ORIGINAL_DST cluster whose upstream TLS presents
 /// frontend's SVID and accepts only a peer with orders' SPIFFE ID.
 pub fn frontend_sidecar(svid: &Svid, ca: &Path, idp: SocketAddr, registry: &Registry) -> EnvoyConfig {
     let injector = json!({
@@ -174,6 +175,8 @@ pub fn frontend_sidecar(svid: &Svid, ca: &Path, idp: SocketAddr, registry: &Regi
         "match": [{"authority": ORDERS_HOST}]
     });
     let discovery = json!({
+        // A singleton Wasm service (envoy.bootstrap.wasm, singleton: true): the only discovery VM.
+        "mode": "service",
         // The demo's instances listen on loopback, so the service opts in to loopback addresses.
         "services": [{"name": "orders", "refresh": "300ms", "timeout": "2s", "allow_loopback": true,
                       "source": registry.source()}]
@@ -214,17 +217,17 @@ pub fn frontend_sidecar(svid: &Svid, ca: &Path, idp: SocketAddr, registry: &Regi
     });
     let mut config = EnvoyConfig::new()
         .concurrency(1)
+        .wasm_service(
+            WasmFilter::new("discovery", wasm_path("meshwasm_discovery"))
+                .vm_id("meshwasm")
+                .config(discovery.to_string()),
+        )
         .listener(
             Listener::new("outbound", "orders")
                 .wasm(
                     WasmFilter::new("token-injector", wasm_path("meshwasm_token_injector"))
                         .config(injector.to_string())
                         .env(SECRET_ENV, FRONTEND_CLIENT.secret),
-                )
-                .wasm(
-                    WasmFilter::new("discovery", wasm_path("meshwasm_discovery"))
-                        .vm_id("meshwasm")
-                        .config(discovery.to_string()),
                 )
                 .wasm(
                     WasmFilter::new("balancer", wasm_path("meshwasm_balancer"))
