@@ -52,6 +52,9 @@ fn bump(metric: Option<u32>) {
 }
 
 struct ServiceState {
+    /// The service's name (also its key in [`State::services`]), shared with the requests that picked
+    /// from it.
+    name: Rc<str>,
     lb: ServiceBalancer,
     discovered: bool,
     /// CAS of the shared-data entry last read, to skip unchanged sets.
@@ -112,7 +115,7 @@ impl ServiceState {
 
 struct State {
     plan: Rc<Plan>,
-    services: HashMap<String, ServiceState>,
+    services: HashMap<Rc<str>, ServiceState>,
 }
 
 impl State {
@@ -262,9 +265,11 @@ impl RootContext for Root {
             };
             any_discovered |= discovered;
             let name = &sp.name;
+            let key: Rc<str> = Rc::from(name.as_str());
             services.insert(
-                name.clone(),
+                Rc::clone(&key),
                 ServiceState {
+                    name: key,
                     lb,
                     discovered,
                     last_cas: None,
@@ -279,7 +284,7 @@ impl RootContext for Root {
             );
         }
         let mut state = State { plan: Rc::clone(&plan), services };
-        let names: Vec<String> = state.services.keys().cloned().collect();
+        let names: Vec<Rc<str>> = state.services.keys().cloned().collect();
         for n in &names {
             state.refresh(n, now);
         }
@@ -321,8 +326,8 @@ impl RootContext for Root {
         let now = now_ms();
         let discovered = {
             let Ok(mut st) = state.try_borrow_mut() else { return };
-            let names: Vec<String> =
-                st.services.iter().filter(|(_, s)| s.discovered).map(|(n, _)| n.clone()).collect();
+            let names: Vec<Rc<str>> =
+                st.services.iter().filter(|(_, s)| s.discovered).map(|(n, _)| Rc::clone(n)).collect();
             for n in &names {
                 st.refresh(n, now);
             }
@@ -346,12 +351,7 @@ impl RootContext for Root {
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Never None: the SDK panics on a missing context. Without a configuration, streams pass.
-        Some(Box::new(Http {
-            state: self.state.clone(),
-            header: Rc::clone(&self.header),
-            ticket: None,
-            now: 0,
-        }))
+        Some(Box::new(Http { state: self.state.clone(), header: Rc::clone(&self.header), ticket: None }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -363,8 +363,7 @@ struct Http {
     state: Option<Rc<RefCell<State>>>,
     header: Rc<str>,
     /// The service and endpoint picked for this request.
-    ticket: Option<(String, Picked)>,
-    now: u64,
+    ticket: Option<(Rc<str>, Picked)>,
 }
 
 struct View<'a>(&'a Http);
@@ -384,7 +383,13 @@ impl Http {
         let Some(state) = &self.state else { return };
         let Ok(mut st) = state.try_borrow_mut() else { return };
         if let Some(s) = st.services.get_mut(&name) {
-            s.lb.complete(&picked, outcome, self.now);
+            // The time only stamps an ejection, which only a failure can cause: the clock is read
+            // for failures alone (a success or a neutral end ignores it).
+            let now = match outcome {
+                Outcome::Failure => now_ms(),
+                Outcome::Success | Outcome::Neutral => 0,
+            };
+            s.lb.complete(&picked, outcome, now);
             s.flush_events(&name);
         }
     }
@@ -422,13 +427,15 @@ impl HttpContext for Http {
             }
         };
         let Some(s) = st.services.get_mut(name.as_ref()) else { return Action::Continue };
-        self.now = now_ms();
+        // The clock only while an ejection or a slow-start step is pending (any time gives the same
+        // pick otherwise).
+        let now = if s.lb.needs_clock() { now_ms() } else { 0 };
         let hash = if s.lb.policy().algorithm.is_hash() {
             key_hash(&s.lb.policy().hash_key, &View(self))
         } else {
             None
         };
-        let picked = s.lb.pick(self.now, hash);
+        let picked = s.lb.pick(now, hash);
         s.flush_events(&name);
         match picked {
             Ok(p) => {
@@ -445,7 +452,7 @@ impl HttpContext for Http {
                 };
                 if let Err(e) = steered {
                     // Unsteered, the request would go wherever the cluster falls back to: fail closed.
-                    s.lb.complete(&p, Outcome::Neutral, self.now);
+                    s.lb.complete(&p, Outcome::Neutral, now);
                     bump(s.no_healthy);
                     drop(st);
                     log(
@@ -455,7 +462,7 @@ impl HttpContext for Http {
                     return self.reply(503, "no healthy upstream");
                 }
                 s.count_pick(&name, p.address);
-                self.ticket = Some((name.into_owned(), p));
+                self.ticket = Some((Rc::clone(&s.name), p));
                 Action::Continue
             }
             Err(e) => {
@@ -474,16 +481,19 @@ impl HttpContext for Http {
                 .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
                 .map(u64::from_le_bytes)
         };
-        let flags = int(vec!["response", "flags"]).unwrap_or(0);
-        let upstream = self
-            .get_property(vec!["upstream", "address"])
-            .and_then(|b| String::from_utf8(b).ok())
-            .and_then(|a| a.parse::<SocketAddr>().ok());
         // The status Envoy answered with, read here: no VM entry for the response headers per request
-        // (the filter exports no proxy_on_response_headers, see `callbacks`).
+        // (the filter exports no proxy_on_response_headers, see `callbacks`). A status below 500 is
+        // the whole answer; `response.flags` and `upstream.address` are read only for 5xx or no status
+        // (see `Outcome::from_response` for why that is enough).
         let status = int(vec!["response", "code"]).and_then(|c| u32::try_from(c).ok());
-        let outcome = Outcome::classify(picked, upstream, flags, status);
-        self.now = now_ms();
+        let outcome = Outcome::from_response(picked, status, || {
+            let flags = int(vec!["response", "flags"]).unwrap_or(0);
+            let upstream = self
+                .get_property(vec!["upstream", "address"])
+                .and_then(|b| String::from_utf8(b).ok())
+                .and_then(|a| a.parse::<SocketAddr>().ok());
+            (flags, upstream)
+        });
         self.finish(outcome);
     }
 }

@@ -66,6 +66,35 @@ impl Outcome {
     }
 }
 
+impl Outcome {
+    /// How a picked request ended, from what its response gives, reading more only when it can change
+    /// the answer: `status` is Envoy's `response.code`; `more` reads `response.flags` and
+    /// `upstream.address` and is called only when `status` is not a plain answer (none, or 5xx).
+    ///
+    /// - A status below 500 is a success of the pick, with no further read: the balancer knows which
+    ///   endpoint it picked, and Envoy's retries of the steered ORIGINAL_DST request reuse that
+    ///   endpoint (the override comes from the request), so no retry moves it elsewhere. A later
+    ///   filter's local reply below 500 (a 403, a 429) therefore also counts as a success, which can
+    ///   only delay an ejection, never cause one; so does an upstream reset after a 1xx–4xx status was
+    ///   sent (counted by that status).
+    /// - No status, or 5xx: [`Outcome::classify`] with the flags and the upstream address, so that a
+    ///   local 5xx (no upstream, no upstream-failure flag) never ejects an endpoint, and a connect
+    ///   failure, reset or timeout does.
+    pub fn from_response(
+        picked: SocketAddr,
+        status: Option<u32>,
+        more: impl FnOnce() -> (u64, Option<SocketAddr>),
+    ) -> Self {
+        match status {
+            Some(s) if (100..500).contains(&s) => Outcome::Success,
+            _ => {
+                let (flags, upstream) = more();
+                Outcome::classify(picked, upstream, flags, status)
+            }
+        }
+    }
+}
+
 /// Something worth a log line and a metric.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -246,6 +275,12 @@ impl ServiceBalancer {
 
     /// Picks an endpoint. `hash` is the request's key hash for ring hash and Maglev (without one, they
     /// pick at random, as Envoy does).
+    /// Whether [`Self::pick`] needs the current time: only while an ejection or a slow-start step is
+    /// pending; otherwise any `now` gives the same pick and the caller need not read the clock.
+    pub fn needs_clock(&self) -> bool {
+        self.next_refresh.is_some()
+    }
+
     pub fn pick(&mut self, now: u64, hash: Option<u64>) -> Result<Picked, NoHealthyUpstream> {
         if self.next_refresh.is_some_and(|t| now >= t) {
             self.refresh(now);

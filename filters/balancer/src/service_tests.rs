@@ -325,3 +325,36 @@ fn only_the_picked_upstream_or_an_upstream_failure_counts() {
     // Flags that are not upstream failures (0x2 UH: no healthy upstream) do not count.
     assert_eq!(Outcome::classify(picked, None, 0x2, Some(503)), Outcome::Neutral);
 }
+
+#[test]
+fn outcomes_from_the_response_read_more_only_for_5xx_or_no_status() {
+    let picked = addr(1);
+    let uf = 0x20;
+    let never = || -> (u64, Option<SocketAddr>) { panic!("read flags/upstream for a plain answer") };
+    for s in [100, 200, 204, 302, 404, 429, 499] {
+        assert_eq!(Outcome::from_response(picked, Some(s), never), Outcome::Success, "{s}");
+    }
+    // 5xx or no status: decided as classify decides, from the flags and the upstream address.
+    let mut read = 0;
+    let mut more = |flags, upstream| {
+        read += 1;
+        move || (flags, upstream)
+    };
+    assert_eq!(Outcome::from_response(picked, Some(503), more(0, None)), Outcome::Neutral, "local 503");
+    assert_eq!(Outcome::from_response(picked, Some(503), more(0, Some(picked))), Outcome::Failure);
+    assert_eq!(
+        Outcome::from_response(picked, Some(503), more(uf, None)),
+        Outcome::Failure,
+        "connect failure"
+    );
+    assert_eq!(
+        Outcome::from_response(picked, Some(504), more(0x4, Some(picked))),
+        Outcome::Failure,
+        "timeout"
+    );
+    assert_eq!(Outcome::from_response(picked, Some(503), more(uf, Some(addr(2)))), Outcome::Neutral);
+    assert_eq!(Outcome::from_response(picked, None, more(0, Some(picked))), Outcome::Neutral);
+    assert_eq!(Outcome::from_response(picked, None, more(0x40, Some(picked))), Outcome::Failure, "reset");
+    assert_eq!(Outcome::from_response(picked, Some(0), more(0, None)), Outcome::Neutral);
+    assert_eq!(read, 8);
+}
