@@ -110,6 +110,7 @@ scenarios!(
     shared_data_across_filters,
     shared_data_across_requests,
     shared_data_cas,
+    singleton_service,
     stream_control_codes,
     tick,
 );

@@ -138,6 +138,9 @@ impl Req {
 pub struct Scenario {
     pub name: &'static str,
     pub probes: Vec<ProbeSpec>,
+    /// Probes loaded as singleton Wasm services (Envoy's `envoy.bootstrap.wasm` with `singleton: true`,
+    /// the host's `ProxyBuilder::service`): root context only, never in the chain.
+    pub services: Vec<ProbeSpec>,
     pub requests: Vec<Req>,
     /// Status and body of the `backend` server.
     pub backend_status: u16,
@@ -163,6 +166,7 @@ impl Scenario {
         Self {
             name,
             probes,
+            services: Vec::new(),
             requests,
             backend_status: 200,
             backend_body: "backend-body".into(),
@@ -392,7 +396,13 @@ pub fn run_envoy(s: &Scenario) -> Result<Run> {
             WasmFilter::new(&p.name, p.wasm()?).root_id(&p.name).vm_id(&p.vm_id).config(p.script.to_string()),
         );
     }
-    let envoy = EnvoyConfig::new()
+    let mut envoy = EnvoyConfig::new();
+    for p in &s.services {
+        envoy = envoy.wasm_service(
+            WasmFilter::new(&p.name, p.wasm()?).root_id(&p.name).vm_id(&p.vm_id).config(p.script.to_string()),
+        );
+    }
+    let envoy = envoy
         .listener(listener)
         .cluster(Cluster::static_hosts("backend", &[up.backend.addr()]))
         .cluster(Cluster::static_hosts("callout", &[up.callout.addr()]))
@@ -508,6 +518,15 @@ pub fn run_host(s: &Scenario) -> Result<Run> {
             Some(_) => host.load(p.wasm()?)?,
         };
         b = b.plugin(
+            Plugin::new(module).name(&p.name).root_id(&p.name).vm_id(&p.vm_id).config(p.script.to_string()),
+        );
+    }
+    for p in &s.services {
+        let module = match &p.exports {
+            None => module.clone(),
+            Some(_) => host.load(p.wasm()?)?,
+        };
+        b = b.service(
             Plugin::new(module).name(&p.name).root_id(&p.name).vm_id(&p.vm_id).config(p.script.to_string()),
         );
     }

@@ -857,6 +857,42 @@ pub fn all() -> Vec<Scenario> {
             s.settle = Duration::from_millis(800);
             s
         },
+        // 36b. A singleton Wasm service (root context only, main thread) in the filter's vm_id: what
+        // it writes to shared data at configure is read by the filter's worker VM; it ticks and makes
+        // an http call alone (one root context), and is never entered for a request.
+        {
+            let mut s = Scenario::new(
+                "singleton_service",
+                vec![probe("p", json!({"request_headers": step(json!([{"op":"get_shared","key":"from-service"}]))}))],
+                vec![Req::get("/"), Req::get("/again")],
+                |r| {
+                    for i in 0..2 {
+                        let ops = &r.event(i, "p", "request_headers")["ops"];
+                        assert_eq!(ops[0]["value"], "configured", "{ops}");
+                        assert!(r.trace(i, "svc").is_null(), "the service saw a request: {}", r.trace(i, "svc"));
+                    }
+                    assert_eq!(r.root_contexts.get("svc/tick"), Some(&1), "{:?}", r.root_contexts);
+                    let ev = &r.root_events["svc/http_call_response"];
+                    assert_eq!(ev["ops"][0]["value"], "200", "{ev}");
+                    assert!(r.callouts.iter().any(|c| c.path == "/from-service"));
+                },
+            );
+            s.services = vec![probe(
+                "svc",
+                json!({"configure": step(json!([
+                        {"op":"set_shared","key":"from-service","value":"configured"},
+                        {"op":"set_tick_period","ms":100}])),
+                    "tick": {"ops": [
+                        {"op":"set_tick_period","ms":0},
+                        {"op":"http_call","upstream":"callout","headers":call_headers(Some("/from-service"))},
+                    ], "first_only": true},
+                    "http_call_response": step(json!([
+                        {"op":"get_header","map":"http_call_response_headers","key":":status"}]))}),
+            )];
+            s.root_callbacks = vec!["tick", "http_call_response"];
+            s.settle = Duration::from_millis(800);
+            s
+        },
         // 36. A queue registered by a plugin in one VM, resolved and fed from another VM.
         {
             let mut s = Scenario::new(
