@@ -1,13 +1,17 @@
-//! Signature verification with the RustCrypto primitives jsonwebtoken's `rust_crypto` backend uses
-//! (rsa, p256, p384, ed25519-dalek, hmac, sha2), called directly on keys parsed once when the JWKS is
-//! loaded. Going through `jsonwebtoken::crypto::verify` would link its whole crypto provider, signers
-//! and PEM/ASN.1 machinery included, and re-parse the key on every token.
+//! Signature verification: RS256/384/512 and ES256/384 through the host's `verify_signature` (Envoy's
+//! foreign function, BoringSSL; [`set_native_verifier`]), EdDSA and HS* always in the guest, and the
+//! RustCrypto RSA/ECDSA verifiers (rsa, p256, p384: the ones jsonwebtoken's `rust_crypto` backend
+//! uses, called directly on keys parsed once) only where built: always natively, in .wasm builds with
+//! the `guest-rsa` / `guest-ec` features (build.rs sets the `guest_rsa` / `guest_ec` cfgs). Without
+//! them a token the host cannot verify fails (PS* always, RS*/ES* on a host without `verify_signature`):
+//! they are most of the artifact's size (P-384 166 KB, RSA big integers 140 KB, P-256 ~60 KB).
+//! Public keys (JWK members, PEM) are parsed here, with a small DER reader, in every build.
 
-use ed25519_dalek::Verifier as _;
 use hmac::Mac as _;
 use jsonwebtoken::Algorithm;
-use rsa::{Pkcs1v15Sign, Pss, RsaPublicKey};
-use sha2::{Digest as _, Sha256, Sha384, Sha512};
+#[cfg(guest_ec)]
+use p256::ecdsa::signature::Verifier as _;
+use sha2::{Sha256, Sha384, Sha512};
 
 /// A host-provided verifier (Envoy's `verify_signature` foreign function, BoringSSL):
 /// `(hash name, DER SubjectPublicKeyInfo, DER signature, message) -> Some(valid)`, or `None` when the call
@@ -100,33 +104,111 @@ pub fn ecdsa_der(sig: &[u8]) -> Vec<u8> {
     der(0x30, &seq)
 }
 
+/// An RSA public key: its size, and the RustCrypto key where the in-guest verifier is built.
+#[derive(Clone, Debug)]
+pub struct RsaKey {
+    bits: usize,
+    #[cfg(guest_rsa)]
+    key: rsa::RsaPublicKey,
+}
+
+impl RsaKey {
+    /// The modulus size in bits.
+    pub fn bits(&self) -> usize {
+        self.bits
+    }
+}
+
+/// The in-guest P-256 / P-384 verifying keys (`()` where the ECDSA verifiers are not built).
+#[cfg(guest_ec)]
+pub type P256Key = p256::ecdsa::VerifyingKey;
+#[cfg(not(guest_ec))]
+pub type P256Key = ();
+#[cfg(guest_ec)]
+pub type P384Key = p384::ecdsa::VerifyingKey;
+#[cfg(not(guest_ec))]
+pub type P384Key = ();
+
 /// A parsed verification key.
 #[derive(Clone, Debug)]
 pub enum Material {
     /// The key and its DER SubjectPublicKeyInfo (for the host verifier).
-    Rsa(RsaPublicKey, Vec<u8>),
-    P256(p256::ecdsa::VerifyingKey, Vec<u8>),
-    P384(p384::ecdsa::VerifyingKey, Vec<u8>),
+    Rsa(RsaKey, Vec<u8>),
+    P256(P256Key, Vec<u8>),
+    P384(P384Key, Vec<u8>),
     Ed25519(ed25519_dalek::VerifyingKey),
     Hmac(Vec<u8>),
 }
 
+/// Whether this build verifies `alg` in the guest, without the host (EdDSA and HS* always; RSA and
+/// ECDSA with the `guest-rsa` / `guest-ec` features).
+pub fn built_in(alg: Algorithm) -> bool {
+    use Algorithm::*;
+    let rsa = matches!(alg, RS256 | RS384 | RS512 | PS256 | PS384 | PS512);
+    let ec = matches!(alg, ES256 | ES384);
+    (!rsa || cfg!(guest_rsa)) && (!ec || cfg!(guest_ec))
+}
+
+/// Whether the host's `verify_signature` can verify `alg` (PKCS#1 v1.5 RSA and ECDSA; not PSS, whose
+/// padding Envoy never selects, nor Ed25519, which takes no digest).
+pub fn host_capable(alg: Algorithm) -> bool {
+    use Algorithm::*;
+    matches!(alg, RS256 | RS384 | RS512 | ES256 | ES384)
+}
+
+fn strip_zeros(b: &[u8]) -> &[u8] {
+    let i = b.iter().position(|x| *x != 0).unwrap_or(b.len());
+    &b[i..]
+}
+
 impl Material {
-    /// RSA from big-endian modulus and exponent (2048 to 4096 bits, as the rsa crate allows).
+    /// RSA from big-endian modulus and exponent: at most 4096 bits and an exponent in 2..2^33, the
+    /// bounds of the rsa crate (the caller refuses keys below 2048 bits).
     pub fn rsa(n: &[u8], e: &[u8]) -> Option<Self> {
-        let key = RsaPublicKey::new(rsa::BigUint::from_bytes_be(n), rsa::BigUint::from_bytes_be(e)).ok()?;
-        Some(Material::Rsa(key, rsa_spki(n, e)))
+        let (n, e) = (strip_zeros(n), strip_zeros(e));
+        let first = *n.first()?;
+        let bits = n.len() * 8 - first.leading_zeros() as usize;
+        let e_value = if e.len() > 8 { u64::MAX } else { e.iter().fold(0u64, |a, x| a << 8 | u64::from(*x)) };
+        if bits > 4096 || !(2..1 << 33).contains(&e_value) {
+            return None;
+        }
+        let spki = rsa_spki(n, e);
+        #[cfg(guest_rsa)]
+        let key =
+            rsa::RsaPublicKey::new(rsa::BigUint::from_bytes_be(n), rsa::BigUint::from_bytes_be(e)).ok()?;
+        Some(Material::Rsa(
+            RsaKey {
+                bits,
+                #[cfg(guest_rsa)]
+                key,
+            },
+            spki,
+        ))
     }
 
-    /// EC from an uncompressed SEC1 point of the given curve.
+    /// EC P-256 from an uncompressed SEC1 point (65 bytes). With the in-guest verifier the point is
+    /// checked to be on the curve here; without it the host refuses a bad point at verification.
     pub fn p256(point: &[u8]) -> Option<Self> {
+        if point.len() != 65 || point[0] != 4 {
+            return None;
+        }
+        #[cfg(guest_ec)]
         let k = p256::ecdsa::VerifyingKey::from_sec1_bytes(point).ok()?;
-        Some(Material::P256(k, ec_spki(&k.to_encoded_point(false).to_bytes())))
+        #[cfg(not(guest_ec))]
+        let k = ();
+        Some(Material::P256(k, ec_spki(point)))
     }
 
+    /// EC P-384 from an uncompressed SEC1 point (97 bytes); as [`Material::p256`].
     pub fn p384(point: &[u8]) -> Option<Self> {
+        if point.len() != 97 || point[0] != 4 {
+            return None;
+        }
+        #[cfg(guest_ec)]
         let k = p384::ecdsa::VerifyingKey::from_sec1_bytes(point).ok()?;
-        Some(Material::P384(k, ec_spki(&k.to_encoded_point(false).to_bytes())))
+        #[cfg(not(guest_ec))]
+        let k = ();
+        Some(Material::P384(k, ec_spki(point)))
     }
 
     pub fn ed25519(x: &[u8]) -> Option<Self> {
@@ -135,8 +217,11 @@ impl Material {
     }
 }
 
-fn rsa_verify(key: &RsaPublicKey, alg: Algorithm, msg: &[u8], sig: &[u8]) -> bool {
+#[cfg(guest_rsa)]
+fn rsa_verify(key: &rsa::RsaPublicKey, alg: Algorithm, msg: &[u8], sig: &[u8]) -> bool {
     use Algorithm::*;
+    use rsa::{Pkcs1v15Sign, Pss};
+    use sha2::Digest as _;
     match alg {
         RS256 => key.verify(Pkcs1v15Sign::new::<Sha256>(), &Sha256::digest(msg), sig).is_ok(),
         RS384 => key.verify(Pkcs1v15Sign::new::<Sha384>(), &Sha384::digest(msg), sig).is_ok(),
@@ -170,7 +255,8 @@ fn hmac_verify(secret: &[u8], alg: Algorithm, msg: &[u8], sig: &[u8]) -> bool {
 }
 
 /// Whether `sig` (raw bytes, JWS encoding: r||s for ECDSA) is a valid signature of `msg` under `key`
-/// for `alg`. A key of another family never verifies.
+/// for `alg`. A key of another family never verifies, nor does an algorithm neither the host nor
+/// this build can verify (fail closed).
 pub fn verify(key: &Material, alg: Algorithm, msg: &[u8], sig: &[u8]) -> bool {
     if let Some(native) = native() {
         let hash = match alg {
@@ -196,10 +282,13 @@ pub fn verify(key: &Material, alg: Algorithm, msg: &[u8], sig: &[u8]) -> bool {
         }
     }
     match (key, alg) {
-        (Material::Rsa(k, _), _) => rsa_verify(k, alg, msg, sig),
+        #[cfg(guest_rsa)]
+        (Material::Rsa(k, _), _) => rsa_verify(&k.key, alg, msg, sig),
+        #[cfg(guest_ec)]
         (Material::P256(k, _), Algorithm::ES256) => {
             p256::ecdsa::Signature::from_slice(sig).is_ok_and(|s| k.verify(msg, &s).is_ok())
         }
+        #[cfg(guest_ec)]
         (Material::P384(k, _), Algorithm::ES384) => {
             p384::ecdsa::Signature::from_slice(sig).is_ok_and(|s| k.verify(msg, &s).is_ok())
         }
@@ -211,29 +300,59 @@ pub fn verify(key: &Material, alg: Algorithm, msg: &[u8], sig: &[u8]) -> bool {
     }
 }
 
+/// One DER element: (tag, content, what follows). Definite lengths up to 64 KiB.
+fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, b) = b.split_first()?;
+    let (&l, b) = b.split_first()?;
+    let (len, b) = match l {
+        0..=0x7f => (usize::from(l), b),
+        0x81 => (usize::from(*b.first()?), b.get(1..)?),
+        0x82 => (usize::from(*b.first()?) << 8 | usize::from(*b.get(1)?), b.get(2..)?),
+        _ => return None,
+    };
+    let (content, rest) = b.split_at_checked(len)?;
+    Some((tag, content, rest))
+}
+
+/// `RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }` (PKCS#1).
+fn rsa_public_key(der: &[u8]) -> Option<Material> {
+    let (0x30, seq, []) = tlv(der)? else { return None };
+    let (0x02, n, rest) = tlv(seq)? else { return None };
+    let (0x02, e, []) = tlv(rest)? else { return None };
+    Material::rsa(n, e)
+}
+
+const OID_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+const OID_EC: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+const OID_P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+const OID_P384: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x22];
+const OID_ED25519: &[u8] = &[0x2b, 0x65, 0x70];
+
+/// `SubjectPublicKeyInfo` of RSA, EC P-256/P-384 (uncompressed point) or Ed25519.
+fn spki(der: &[u8]) -> Option<Material> {
+    let (0x30, body, []) = tlv(der)? else { return None };
+    let (0x30, alg, rest) = tlv(body)? else { return None };
+    let (0x03, bits, []) = tlv(rest)? else { return None };
+    let (0, key) = bits.split_first()? else { return None };
+    let (0x06, oid, params) = tlv(alg)? else { return None };
+    match oid {
+        OID_RSA => rsa_public_key(key),
+        OID_EC => match tlv(params)? {
+            (0x06, OID_P256, []) => Material::p256(key),
+            (0x06, OID_P384, []) => Material::p384(key),
+            _ => None,
+        },
+        OID_ED25519 if params.is_empty() => Material::ed25519(key),
+        _ => None,
+    }
+}
+
 /// Parses a PEM public key: SubjectPublicKeyInfo (RSA, EC P-256/P-384, Ed25519) or PKCS#1 RSA.
 pub fn from_pem(pem: &str) -> Option<Material> {
-    use p256::pkcs8::DecodePublicKey as _;
-    use rsa::pkcs1::DecodeRsaPublicKey as _;
-    use rsa::traits::PublicKeyParts as _;
-    let rsa_key =
-        RsaPublicKey::from_public_key_pem(pem).ok().or_else(|| RsaPublicKey::from_pkcs1_pem(pem).ok());
-    if let Some(k) = rsa_key {
-        return Material::rsa(&k.n().to_bytes_be(), &k.e().to_bytes_be());
-    }
-    if let Ok(k) = p256::ecdsa::VerifyingKey::from_public_key_pem(pem) {
-        return Material::p256(&k.to_encoded_point(false).to_bytes());
-    }
-    if let Ok(k) = p384::ecdsa::VerifyingKey::from_public_key_pem(pem) {
-        return Material::p384(&k.to_encoded_point(false).to_bytes());
-    }
-    // Ed25519 SubjectPublicKeyInfo: a fixed 12-byte prefix and the 32-byte key.
-    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).map(str::trim).collect();
     use base64::Engine as _;
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).map(str::trim).collect();
     let der = base64::engine::general_purpose::STANDARD.decode(body).ok()?;
-    let key =
-        der.strip_prefix(&[0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00][..])?;
-    Material::ed25519(key)
+    spki(&der).or_else(|| rsa_public_key(&der))
 }
 
 #[cfg(test)]
@@ -252,7 +371,7 @@ mod tests {
         use rsa::pkcs8::DecodePublicKey as _;
         let n = [[0xc5u8].as_slice(), &[0x11u8; 255]].concat();
         let spki = rsa_spki(&n, &[1, 0, 1]);
-        let k = RsaPublicKey::from_public_key_der(&spki).unwrap();
+        let k = rsa::RsaPublicKey::from_public_key_der(&spki).unwrap();
         use rsa::traits::PublicKeyParts as _;
         assert_eq!(k.n().to_bytes_be(), n);
         let point = p256::ecdsa::VerifyingKey::from_sec1_bytes(&[
@@ -266,6 +385,70 @@ mod tests {
             let spki = ec_spki(&k.to_encoded_point(false).to_bytes());
             assert_eq!(p256::ecdsa::VerifyingKey::from_public_key_der(&spki).unwrap(), k);
         }
+    }
+
+    fn pem(name: &str) -> String {
+        std::fs::read_to_string(format!("{}/tests/keys/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    }
+
+    #[test]
+    fn pem_public_keys_of_every_family_parse_as_the_rustcrypto_parsers_read_them() {
+        use rsa::pkcs8::DecodePublicKey as _;
+        use rsa::traits::PublicKeyParts as _;
+        let rsa_pem = pem("rsa1.pub.pem");
+        let Some(Material::Rsa(k, spki)) = from_pem(&rsa_pem) else { panic!("rsa1.pub.pem") };
+        let reference = rsa::RsaPublicKey::from_public_key_pem(&rsa_pem).unwrap();
+        assert_eq!(k.bits(), reference.n().bits());
+        assert_eq!(rsa::RsaPublicKey::from_public_key_der(&spki).unwrap(), reference);
+        // PKCS#1 (`RSA PUBLIC KEY`).
+        use rsa::pkcs1::DecodeRsaPublicKey as _;
+        let pkcs1 = pem("rsa1.pkcs1.pem");
+        let Some(Material::Rsa(_, spki)) = from_pem(&pkcs1) else { panic!("PKCS#1") };
+        assert_eq!(
+            rsa::RsaPublicKey::from_public_key_der(&spki).unwrap(),
+            rsa::RsaPublicKey::from_pkcs1_pem(&pkcs1).unwrap()
+        );
+        let ec_pem = pem("ec1.pub.pem");
+        let Some(Material::P256(k, spki)) = from_pem(&ec_pem) else { panic!("ec1.pub.pem") };
+        assert_eq!(k, p256::ecdsa::VerifyingKey::from_public_key_pem(&ec_pem).unwrap());
+        assert_eq!(p256::ecdsa::VerifyingKey::from_public_key_der(&spki).unwrap(), k);
+        assert!(matches!(from_pem(&pem("ed1.pub.pem")), Some(Material::Ed25519(_))));
+        // P-384 SPKI, built from a generated key.
+        use p384::pkcs8::EncodePublicKey as _;
+        let k384 = *p384::ecdsa::SigningKey::from_slice(&[7u8; 48]).unwrap().verifying_key();
+        let pem384 = k384.to_public_key_pem(p384::pkcs8::LineEnding::LF).unwrap();
+        let Some(Material::P384(k, _)) = from_pem(&pem384) else { panic!("P-384") };
+        assert_eq!(k, k384);
+        // Private keys, truncated or garbled input are no public keys.
+        for bad in [
+            pem("rsa1.pem"),
+            pem("ec1.pem"),
+            rsa_pem[..200].to_string(),
+            "-----BEGIN PUBLIC KEY-----\nAAAA\n".into(),
+        ] {
+            assert!(from_pem(&bad).is_none());
+        }
+    }
+
+    #[test]
+    fn rsa_bounds_are_the_rsa_crates() {
+        let n = [[0xc5u8].as_slice(), &[0x11u8; 255]].concat();
+        assert_eq!(
+            Material::rsa(&[&[0u8, 0][..], &n].concat(), &[1, 0, 1]).map(|m| match m {
+                Material::Rsa(k, _) => k.bits(),
+                _ => 0,
+            }),
+            Some(2048)
+        );
+        assert!(Material::rsa(&[0xffu8; 513], &[1, 0, 1]).is_none(), "above 4096 bits");
+        assert!(Material::rsa(&n, &[1]).is_none(), "exponent 1");
+        assert!(Material::rsa(&n, &[2, 0, 0, 0, 0]).is_none(), "exponent 2^33");
+        assert!(Material::rsa(&[], &[1, 0, 1]).is_none());
+        // An off-curve point is refused where the ECDSA verifier is built (natively, always).
+        let mut point = [4u8; 65];
+        point[64] = 5;
+        assert!(Material::p256(&point).is_none());
+        assert!(Material::p256(&point[..33]).is_none(), "compressed points are not taken");
     }
 
     #[test]

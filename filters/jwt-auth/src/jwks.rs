@@ -228,8 +228,7 @@ pub fn parse_pem(pem: &str) -> Result<Key, JwksError> {
     let key = crate::crypto::from_pem(pem).ok_or(JwksError::Pem)?;
     let family = match &key {
         Material::Rsa(k, _) => {
-            use rsa::traits::PublicKeyParts as _;
-            let bits = k.n().bits();
+            let bits = k.bits();
             if bits < 2048 {
                 return Err(JwksError::WeakRsa(bits));
             }

@@ -1,7 +1,8 @@
 //! Envoy's `verify_signature` foreign function (BoringSSL) as the signature verifier for RS256/384/512
 //! and ES256/384, with the pure-Rust path as fallback. Used only after a self-test at configure time:
 //! a known-valid and a tampered signature (Wycheproof JWS vectors) must be answered true and false.
-//! Hosts without the function (the wasmtime host, older Envoy) keep the pure-Rust path.
+//! Hosts without the function use the pure-Rust verifiers where the artifact has them (`guest-rsa`,
+//! `guest-ec`), and otherwise refuse RS*/ES* tokens (logged at configure time).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -131,5 +132,23 @@ pub fn install() -> bool {
     crypto::set_native_verifier(Some(|h, k, s, m| Some(call(h, k, s, m).unwrap_or(false))));
     let ok = self_test(&ec, Algorithm::ES256, EC_JWS) && self_test(&rsa, Algorithm::RS256, RSA_JWS);
     crypto::set_native_verifier(if ok { Some(call) } else { None });
+    let refused = match (crypto::built_in(Algorithm::RS256), crypto::built_in(Algorithm::ES256)) {
+        (true, true) => None,
+        (true, false) => Some("ES256 and ES384"),
+        (false, true) => Some("RS* and PS*"),
+        (false, false) => Some("RS*, PS*, ES256 and ES384"),
+    };
+    if let (false, Some(refused)) = (ok, refused) {
+        // Fail closed, and say so once per configuration.
+        let _ = proxy_wasm::hostcalls::log(
+            proxy_wasm::types::LogLevel::Critical,
+            &format!(
+                "meshwasm jwt-auth: the host has no working `verify_signature` foreign function (Envoy's, \
+                 in every Envoy this project supports) and this artifact verifies {refused} only through it: \
+                 such tokens are rejected. On this host use the artifact built with the `guest-rsa` and \
+                 `guest-ec` features (`make wasm-full`)."
+            ),
+        );
+    }
     ok
 }

@@ -50,77 +50,137 @@ impl AssertionAlg {
         }
     }
 
-    fn is_ec(self) -> bool {
-        matches!(self, AssertionAlg::ES256 | AssertionAlg::ES384)
+    /// Whether this build has the signer for the algorithm, and if not which `sign-*` feature of
+    /// meshwasm-oauth2 (forwarded by the filters as `assertion-*`) has it.
+    pub fn built_in(self) -> Result<(), &'static str> {
+        match self {
+            AssertionAlg::ES256 if !cfg!(sign_es256) => Err("es256"),
+            AssertionAlg::ES384 if !cfg!(sign_es384) => Err("es384"),
+            AssertionAlg::ES256 | AssertionAlg::ES384 => Ok(()),
+            _ if !cfg!(sign_rsa) => Err("rsa"),
+            _ => Ok(()),
+        }
     }
 }
 
 /// A parsed signing key (the RustCrypto primitives, as jwt-auth verifies with: no JOSE library,
-/// whose algorithm tables would all be linked into the filter).
+/// whose algorithm tables would all be linked into the filter). Only the built signers' variants exist.
 #[derive(Clone)]
 enum Key {
+    #[cfg(sign_rsa)]
     Rsa(rsa::RsaPrivateKey),
+    #[cfg(sign_es256)]
     P256(p256::ecdsa::SigningKey),
+    #[cfg(sign_es384)]
     P384(p384::ecdsa::SigningKey),
+    /// Never made: keeps the type inhabited in a build without any signer.
+    #[cfg(not(any(sign_rsa, sign_es256, sign_es384)))]
+    #[allow(dead_code)]
+    Unbuilt,
 }
 
 impl Key {
-    fn from_pem(pem: &str, ec: bool) -> Option<Key> {
-        use p256::pkcs8::DecodePrivateKey as _;
-        use rsa::pkcs1::DecodeRsaPrivateKey as _;
-        if !ec {
-            let key =
-                rsa::RsaPrivateKey::from_pkcs8_pem(pem).or_else(|_| rsa::RsaPrivateKey::from_pkcs1_pem(pem));
-            return key.ok().map(Key::Rsa);
+    fn from_pem(pem: &str, alg: AssertionAlg) -> Option<Key> {
+        match alg {
+            // Either curve's key is taken, so that a key of the other curve is refused as such
+            // (`alg`, by the trial signature) rather than as no key at all.
+            #[cfg(any(sign_es256, sign_es384))]
+            AssertionAlg::ES256 | AssertionAlg::ES384 => {
+                #[cfg(sign_es256)]
+                {
+                    use p256::pkcs8::DecodePrivateKey as _;
+                    let k =
+                        p256::SecretKey::from_pkcs8_pem(pem).or_else(|_| p256::SecretKey::from_sec1_pem(pem));
+                    if let Ok(k) = k {
+                        return Some(Key::P256(k.into()));
+                    }
+                }
+                #[cfg(sign_es384)]
+                {
+                    use p384::pkcs8::DecodePrivateKey as _;
+                    let k =
+                        p384::SecretKey::from_pkcs8_pem(pem).or_else(|_| p384::SecretKey::from_sec1_pem(pem));
+                    if let Ok(k) = k {
+                        return Some(Key::P384(k.into()));
+                    }
+                }
+                None
+            }
+            #[cfg(sign_rsa)]
+            AssertionAlg::RS256
+            | AssertionAlg::RS384
+            | AssertionAlg::RS512
+            | AssertionAlg::PS256
+            | AssertionAlg::PS384
+            | AssertionAlg::PS512 => {
+                use rsa::pkcs1::DecodeRsaPrivateKey as _;
+                use rsa::pkcs8::DecodePrivateKey as _;
+                let key = rsa::RsaPrivateKey::from_pkcs8_pem(pem)
+                    .or_else(|_| rsa::RsaPrivateKey::from_pkcs1_pem(pem));
+                key.ok().map(Key::Rsa)
+            }
+            #[allow(unreachable_patterns)]
+            _ => {
+                let _ = pem;
+                None
+            }
         }
-        if let Ok(k) = p256::SecretKey::from_pkcs8_pem(pem).or_else(|_| p256::SecretKey::from_sec1_pem(pem)) {
-            return Some(Key::P256(k.into()));
-        }
-        p384::SecretKey::from_pkcs8_pem(pem)
-            .or_else(|_| p384::SecretKey::from_sec1_pem(pem))
-            .ok()
-            .map(|k| Key::P384(k.into()))
     }
 
     /// The JWS signature of `msg` (RFC 7518 §3: PKCS#1 v1.5 or PSS with RSA blinding, ECDSA as
     /// `r || s`), or `None` when the key does not fit `alg`.
     fn sign(&self, alg: AssertionAlg, msg: &[u8]) -> Option<Vec<u8>> {
-        use rsa::signature::{RandomizedSigner as _, SignatureEncoding as _, Signer as _};
+        #[cfg(any(sign_es256, sign_es384))]
+        use p256::ecdsa::signature::Signer as _;
+        #[cfg(sign_rsa)]
+        use rsa::signature::{RandomizedSigner as _, SignatureEncoding as _};
+        #[cfg(sign_rsa)]
         let mut rng = rand_core::OsRng;
         match (self, alg) {
+            #[cfg(sign_rsa)]
             (Key::Rsa(k), AssertionAlg::RS256) => rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(k.clone())
                 .try_sign_with_rng(&mut rng, msg)
                 .ok()
                 .map(|s| s.to_vec()),
+            #[cfg(sign_rsa)]
             (Key::Rsa(k), AssertionAlg::RS384) => rsa::pkcs1v15::SigningKey::<sha2::Sha384>::new(k.clone())
                 .try_sign_with_rng(&mut rng, msg)
                 .ok()
                 .map(|s| s.to_vec()),
+            #[cfg(sign_rsa)]
             (Key::Rsa(k), AssertionAlg::RS512) => rsa::pkcs1v15::SigningKey::<sha2::Sha512>::new(k.clone())
                 .try_sign_with_rng(&mut rng, msg)
                 .ok()
                 .map(|s| s.to_vec()),
+            #[cfg(sign_rsa)]
             (Key::Rsa(k), AssertionAlg::PS256) => rsa::pss::BlindedSigningKey::<sha2::Sha256>::new(k.clone())
                 .try_sign_with_rng(&mut rng, msg)
                 .ok()
                 .map(|s| s.to_vec()),
+            #[cfg(sign_rsa)]
             (Key::Rsa(k), AssertionAlg::PS384) => rsa::pss::BlindedSigningKey::<sha2::Sha384>::new(k.clone())
                 .try_sign_with_rng(&mut rng, msg)
                 .ok()
                 .map(|s| s.to_vec()),
+            #[cfg(sign_rsa)]
             (Key::Rsa(k), AssertionAlg::PS512) => rsa::pss::BlindedSigningKey::<sha2::Sha512>::new(k.clone())
                 .try_sign_with_rng(&mut rng, msg)
                 .ok()
                 .map(|s| s.to_vec()),
+            #[cfg(sign_es256)]
             (Key::P256(k), AssertionAlg::ES256) => {
                 let s: p256::ecdsa::Signature = k.try_sign(msg).ok()?;
                 Some(s.to_bytes().to_vec())
             }
+            #[cfg(sign_es384)]
             (Key::P384(k), AssertionAlg::ES384) => {
                 let s: p384::ecdsa::Signature = k.try_sign(msg).ok()?;
                 Some(s.to_bytes().to_vec())
             }
-            _ => None,
+            _ => {
+                let _ = msg;
+                None
+            }
         }
     }
 }
@@ -218,9 +278,22 @@ impl ClientAssertionConfig {
         };
         // A PEM passed through a one-line variable often has its line breaks written as `\n`.
         let pem = if pem.contains('\n') { pem } else { pem.replace("\\n", "\n") };
-        let kind = if self.alg.is_ec() { "an EC" } else { "an RSA" };
+        if let Err(feature) = self.alg.built_in() {
+            return Err(ConfigError::new(
+                field("alg"),
+                format!(
+                    "{:?} is not built into this artifact: build the filter with its `assertion-{feature}` \
+                     feature (`make wasm-full` builds every algorithm)",
+                    self.alg
+                ),
+            ));
+        }
+        let kind = match self.alg {
+            AssertionAlg::ES256 | AssertionAlg::ES384 => "an EC",
+            _ => "an RSA",
+        };
         // The parser's error is not shown: it says nothing the user can act on beyond this.
-        let Some(key) = Key::from_pem(&pem, self.alg.is_ec()) else {
+        let Some(key) = Key::from_pem(&pem, self.alg) else {
             return Err(ConfigError::new(
                 field("private_key_env"),
                 format!("environment variable `{name}` does not hold {kind} private key in PEM form"),

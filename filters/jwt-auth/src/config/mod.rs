@@ -330,6 +330,12 @@ fn build_provider(ctx: &str, name: &str, p: &ProviderConfig) -> Result<ProviderP
         policy.algorithms.clear();
         for a in algs {
             match parse_alg(a) {
+                Some(alg) if !crate::crypto::built_in(alg) && !crate::crypto::host_capable(alg) => {
+                    return err(format!(
+                        "{ctx}.algorithms: `{a}` is not built into this jwt-auth artifact (PS* verification \
+                         is in-guest RSA: build meshwasm-jwt-auth with the `guest-rsa` feature, `make wasm-full`)"
+                    ));
+                }
                 Some(alg) => policy.algorithms.push(alg),
                 None => {
                     return err(format!(
@@ -338,6 +344,9 @@ fn build_provider(ctx: &str, name: &str, p: &ProviderConfig) -> Result<ProviderP
                 }
             }
         }
+    } else {
+        // The default list holds only what this artifact can verify (PS* needs `guest-rsa`).
+        policy.algorithms.retain(|a| crate::crypto::built_in(*a) || crate::crypto::host_capable(*a));
     }
     policy.issuer = p.issuer.clone();
     policy.audiences = p.audiences.clone();
