@@ -54,6 +54,8 @@ impl FilterCalls {
 /// A load: its filter chain and the requests it sends.
 struct Case {
     load: String,
+    /// Singleton Wasm services (discovery's service form): in no chain, never entered by a request.
+    services: Vec<WasmFilter>,
     filters: Vec<WasmFilter>,
     /// Request `i` (warm-up requests come first, with their own indexes).
     request: Box<dyn Fn(usize) -> Request>,
@@ -63,52 +65,84 @@ fn bearer(token: &str) -> Request {
     Request::get("/").header("authorization", format!("Bearer {token}"))
 }
 
-/// The loads, the same as the throughput loads' wasm side.
-fn cases(filters: &FilterSet, tokens: &TokenSet, n: usize) -> Result<Vec<Case>> {
+/// A load that could not be set up (an artifact not built, say): counted as skipped with the reason.
+pub struct Skipped {
+    pub load: String,
+    pub reason: String,
+}
+
+/// The loads, the same as the throughput loads' wasm side; a load whose artifact is missing is skipped.
+fn cases(filters: &FilterSet, tokens: &TokenSet, n: usize) -> Result<(Vec<Case>, Vec<Skipped>)> {
     let backends: Vec<SocketAddr> = (1..=3).map(|p| SocketAddr::from(([127, 0, 0, 1], 18_000 + p))).collect();
-    let mut out = vec![Case {
-        load: "noop".into(),
-        filters: vec![filters.noop()?],
-        request: Box::new(|_| Request::get("/")),
-    }];
+    let mut out = Vec::new();
+    let mut skipped = Vec::new();
+    let mut add = |load: &str,
+                   chain: Result<(Vec<WasmFilter>, Vec<WasmFilter>)>,
+                   request: Box<dyn Fn(usize) -> Request>| match chain {
+        Ok((services, filters)) => out.push(Case { load: load.to_owned(), services, filters, request }),
+        Err(e) => skipped.push(Skipped { load: load.to_owned(), reason: format!("{e:#}") }),
+    };
+    let plain = || -> Box<dyn Fn(usize) -> Request> { Box::new(|_| Request::get("/")) };
+    add("noop", filters.noop().map(|f| (vec![], vec![f])), plain());
+    add("noop-headers", filters.noop_headers().map(|f| (vec![], vec![f])), plain());
     for alg in Alg::ALL {
         let one = tokens.mint(alg, "repeated")?;
-        out.push(Case {
-            load: format!("wasm-jwt/{}-repeated", alg.slug()),
-            filters: vec![filters.jwt_auth(tokens)?],
-            request: Box::new(move |_| bearer(&one)),
-        });
+        add(
+            &format!("wasm-jwt/{}-repeated", alg.slug()),
+            filters.jwt_auth(tokens).map(|f| (vec![], vec![f])),
+            Box::new(move |_| bearer(&one)),
+        );
         let unique: Vec<String> =
             (0..WARMUP + n).map(|i| tokens.mint(alg, &format!("u{i}"))).collect::<Result<_>>()?;
-        out.push(Case {
-            load: format!("wasm-jwt/{}-unique", alg.slug()),
-            filters: vec![filters.jwt_auth(tokens)?],
-            request: Box::new(move |i| bearer(&unique[i % unique.len()])),
-        });
+        add(
+            &format!("wasm-jwt/{}-unique", alg.slug()),
+            filters.jwt_auth(tokens).map(|f| (vec![], vec![f])),
+            Box::new(move |i| bearer(&unique[i % unique.len()])),
+        );
     }
-    out.push(Case {
-        load: "wasm-balancer".into(),
-        filters: filters.discovery_balancer(&backends)?,
-        request: Box::new(|_| Request::get("/")),
-    });
+    add("wasm-balancer", filters.discovery_balancer(&backends).map(|fs| (vec![], fs)), plain());
+    add(
+        "wasm-balancer-service",
+        filters.discovery_service_balancer(&backends).map(|(s, b)| (vec![s], vec![b])),
+        plain(),
+    );
     let one = tokens.mint(Alg::Rs256, "chain")?;
-    let mut chain = vec![filters.jwt_auth(tokens)?];
-    chain.extend(filters.discovery_balancer(&backends)?);
-    out.push(Case {
-        load: "wasm-chain/rs256-repeated".into(),
-        filters: chain,
-        request: Box::new(move |_| bearer(&one)),
-    });
-    out.push(Case {
-        load: "wasm-authz".into(),
-        filters: vec![filters.authz(&crate::mtls::authz_config())?],
-        request: Box::new(|_| {
+    let token = move || -> Box<dyn Fn(usize) -> Request> {
+        let one = one.clone();
+        Box::new(move |_| bearer(&one))
+    };
+    add(
+        "wasm-chain/rs256-repeated",
+        filters.jwt_auth(tokens).and_then(|j| {
+            let mut chain = vec![j];
+            chain.extend(filters.discovery_balancer(&backends)?);
+            Ok((vec![], chain))
+        }),
+        token(),
+    );
+    add(
+        "wasm-chain-service/rs256-repeated",
+        filters.jwt_auth(tokens).and_then(|j| {
+            let (service, balancer) = filters.discovery_service_balancer(&backends)?;
+            Ok((vec![service], vec![j, balancer]))
+        }),
+        token(),
+    );
+    add(
+        "wasm-chain-combined/rs256-repeated",
+        filters.combined_chain(tokens, &backends, false).map(|c| (c.services, c.filters)),
+        token(),
+    );
+    add(
+        "wasm-authz",
+        filters.authz(&crate::mtls::authz_config()).map(|f| (vec![], vec![f])),
+        Box::new(|_| {
             Request::get("/")
                 .property("connection.mtls", property::boolean(true))
                 .property("connection.uri_san_peer_certificate", crate::mtls::FRONTEND)
         }),
-    });
-    Ok(out)
+    );
+    Ok((out, skipped))
 }
 
 /// Requests before counting starts.
@@ -117,13 +151,19 @@ const WARMUP: usize = 20;
 fn run_case(host: &Host, case: &Case, n: usize) -> Result<Vec<FilterCalls>> {
     // The tokens are minted for the real clock.
     let mut b = Proxy::builder(host).start_time(std::time::SystemTime::now());
-    for f in &case.filters {
+    let plugin = |f: &WasmFilter| -> Result<Plugin> {
         let module = host.load(&f.path)?;
         let mut p = Plugin::new(module).name(&f.name).root_id(&f.root_id).vm_id(&f.vm_id).config(&f.config);
         for (k, v) in &f.env {
             p = p.env(k, v);
         }
-        b = b.plugin(p);
+        Ok(p)
+    };
+    for f in &case.services {
+        b = b.service(plugin(f)?);
+    }
+    for f in &case.filters {
+        b = b.plugin(plugin(f)?);
     }
     let mut proxy = b.build().with_context(|| format!("{}: the host refused the chain", case.load))?;
     // Timers first (discovery publishes on its first tick), then the warm-up requests.
@@ -145,7 +185,7 @@ fn run_case(host: &Host, case: &Case, n: usize) -> Result<Vec<FilterCalls>> {
     let us = start.elapsed().as_secs_f64() * 1e6 / n as f64;
     let per = |m: &BTreeMap<String, u64>| m.iter().map(|(k, v)| (k.clone(), *v as f64 / n as f64)).collect();
     let mut counts: Vec<_> = proxy.call_counts().into_iter().collect();
-    // Chain order.
+    // Services first, then chain order.
     counts.sort_by_key(|(name, _)| case.filters.iter().position(|f| &f.name == name));
     Ok(counts
         .into_iter()
@@ -162,15 +202,33 @@ fn run_case(host: &Host, case: &Case, n: usize) -> Result<Vec<FilterCalls>> {
 
 /// Counts every load over `n` requests each, with the artifacts in `wasm_dir`. `scratch` holds the
 /// benchmark's keys.
-pub fn measure(wasm_dir: &Path, scratch: &Path, n: usize) -> Result<Vec<FilterCalls>> {
+/// A load that could not be set up or counted is skipped with its reason instead of failing the rest.
+pub fn measure(wasm_dir: &Path, scratch: &Path, n: usize) -> Result<(Vec<FilterCalls>, Vec<Skipped>)> {
     let host = Host::new(HostOptions::default())?;
     let tokens = TokenSet::generate(scratch)?;
     let filters = FilterSet::new(wasm_dir.to_owned());
     let mut out = Vec::new();
-    for case in cases(&filters, &tokens, n)? {
-        out.extend(run_case(&host, &case, n)?);
+    let (cases, mut skipped) = cases(&filters, &tokens, n)?;
+    for case in cases {
+        match run_case(&host, &case, n) {
+            Ok(rows) => out.extend(rows),
+            Err(e) => skipped.push(Skipped { load: case.load.clone(), reason: format!("{e:#}") }),
+        }
     }
-    Ok(out)
+    Ok((out, skipped))
+}
+
+/// The skipped loads as a Markdown list (empty when none was).
+pub fn skipped_markdown(skipped: &[Skipped]) -> String {
+    let mut md = String::new();
+    if !skipped.is_empty() {
+        let _ = writeln!(md, "Not counted:\n");
+        for s in skipped {
+            let _ = writeln!(md, "- `{}`: {}", s.load, s.reason.replace('\n', " "));
+        }
+        let _ = writeln!(md);
+    }
+    md
 }
 
 fn num(v: f64) -> String {

@@ -472,6 +472,12 @@ pub fn run(settings: Settings, scratch: &Path) -> Result<RunResults> {
     let calls = std::fs::create_dir_all(&calls_scratch)
         .map_err(anyhow::Error::from)
         .and_then(|()| crate::calls::measure(&fixture.filters.dir, &calls_scratch, 200))
+        .map(|(rows, skipped)| {
+            for s in skipped {
+                notes.push(format!("callbacks per request of `{}` not counted: {}", s.load, s.reason));
+            }
+            rows
+        })
         .unwrap_or_else(|e| {
             notes.push(format!("callbacks per request not counted: {e:#}"));
             Vec::new()

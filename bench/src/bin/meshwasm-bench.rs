@@ -94,11 +94,12 @@ fn main() -> Result<()> {
     if let Some(Cmd::Calls { out, requests, wasm_dir }) = &cli.command {
         let dir = wasm_dir.clone().unwrap_or_else(meshwasm_tests::artifacts::wasm_dir);
         let scratch = tempfile::Builder::new().prefix("meshwasm-bench-calls-").tempdir()?;
-        let rows = meshwasm_bench::calls::measure(&dir, scratch.path(), *requests)?;
+        let (rows, skipped) = meshwasm_bench::calls::measure(&dir, scratch.path(), *requests)?;
         let md = format!(
-            "# Callbacks and hostcalls per request\n\nArtifacts: `{}`.\n\n{}",
+            "# Callbacks and hostcalls per request\n\nArtifacts: `{}`.\n\n{}{}",
             dir.display(),
-            meshwasm_bench::calls::markdown(&rows)
+            meshwasm_bench::calls::markdown(&rows),
+            meshwasm_bench::calls::skipped_markdown(&skipped)
         );
         std::fs::create_dir_all(out)?;
         std::fs::write(out.join("CALLS.md"), &md)?;
