@@ -395,8 +395,10 @@ impl HttpContext for Http {
             if !w.source.fetching() {
                 state = w.source.poll_for_request(now, &mut HostShared).state;
             }
+            // A failed dispatch answers the other waiting streams through set_effective_context:
+            // back to this one. Without a dispatch nothing moved it (no hostcall per request).
+            let _ = hostcalls::set_effective_context(self.context_id);
         }
-        let _ = hostcalls::set_effective_context(self.context_id);
         match state {
             State::Ready(value) => {
                 self.set_http_request_header(&w.plan.header, Some(&value));
