@@ -277,6 +277,11 @@ mod tests {
             (1..=3).map(|p| SocketAddr::from(([127, 0, 0, 1], 8000 + p))).collect();
         meshwasm_discovery::config::Plan::from_json(discovery_config(&backends).to_string().as_bytes())
             .unwrap();
+        let service = meshwasm_discovery::config::Plan::from_json(
+            discovery_service_config(&backends).to_string().as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(service.mode, meshwasm_discovery::config::Mode::Service);
         meshwasm_balancer::config::Plan::from_json(balancer_config().to_string().as_bytes()).unwrap();
     }
 
