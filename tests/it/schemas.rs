@@ -68,6 +68,12 @@ fn artifact_of(path: &str) -> Option<String> {
     filter_schemas().iter().any(|(n, _)| *n == stem).then_some(stem)
 }
 
+/// In the combined `meshwasm.wasm` the root_id names the filter: `meshwasm.jwt_auth` → `meshwasm_jwt_auth`.
+fn combined_artifact(path: &str, root_id: &str) -> Option<String> {
+    let combined = Path::new(path).file_stem()? == "meshwasm";
+    if combined { artifact_of(&format!("{}.wasm", root_id.replace('.', "_"))) } else { None }
+}
+
 fn yaml_docs(path: &Path) -> Vec<serde_yaml::Value> {
     use serde::Deserialize as _;
     let text = std::fs::read_to_string(path).unwrap();
@@ -107,7 +113,10 @@ fn example_plugin_configs_are_valid() {
             for m in maps {
                 let (Some(vm), Some(conf)) = (m.get("vm_config"), m.get("configuration")) else { continue };
                 let file = vm["code"]["local"]["filename"].as_str().unwrap_or_default();
-                let Some(artifact) = artifact_of(file) else { continue };
+                let root_id = m.get("root_id").and_then(Value::as_str).unwrap_or_default();
+                let Some(artifact) = artifact_of(file).or_else(|| combined_artifact(file, root_id)) else {
+                    continue;
+                };
                 let text = conf["value"].as_str().unwrap_or_default();
                 let config: Value = serde_json::from_str(text).unwrap();
                 assert_valid(&schema(&artifact), &config, &format!("{}: {artifact}", f.display()));
