@@ -3,15 +3,21 @@
 //!
 //! Listeners (all on one Envoy, all to the same backends):
 //! - `passthrough`: router only, one backend: the physical limit of this Envoy on this machine.
-//! - `noop`: meshwasm noop filter (per-callback cost of the wasm VM), one backend.
+//! - `noop` / `noop-headers`: meshwasm noop exporting every callback / only request headers (the wasm
+//!   floor per export set), one backend.
 //! - `native-jwt` / `wasm-jwt`: Envoy jwt_authn vs meshwasm jwt-auth, same JWKS (an RSA-2048 and a
 //!   P-256 key), same issuer and audience, one backend.
-//! - `native-rr` / `wasm-balancer`: a STATIC cluster with round robin over three backends vs meshwasm
-//!   discovery (static source, the same three backends) + balancer steering an ORIGINAL_DST cluster.
-//! - `native-chain` / `wasm-chain`: jwt_authn + round robin vs jwt-auth + discovery + balancer.
+//! - `native-rr` / `wasm-balancer` / `wasm-balancer-service`: a STATIC cluster with round robin over three
+//!   backends vs meshwasm discovery (static source, the same three backends) + balancer steering an
+//!   ORIGINAL_DST cluster, discovery as an HTTP filter (filter form) or as a singleton Wasm service.
+//! - `native-chain` / `wasm-chain[-service|-combined|-fused]`: jwt_authn + round robin vs jwt-auth +
+//!   discovery + balancer: separate artifacts, discovery as a service, the combined `meshwasm.wasm`, fused.
 //! - `native-rbac` / `wasm-authz`: Envoy RBAC vs meshwasm authz, the same policy on the caller's
 //!   SPIFFE ID, method and path, behind an mTLS listener reached through a client sidecar
 //!   ([`crate::mtls`]), one backend.
+//! - `whole-chain[-combined]`: memory only, jwt-auth + authz + token-injector + discovery + balancer.
+//!
+//! Targets are issue 11's (authz: issue 10), on the Envoy CPU-cost ratio.
 
 use std::net::SocketAddr;
 

@@ -1,13 +1,14 @@
 //! Side-by-side benchmarks of meshwasm filters against Envoy's native filters.
 //!
 //! One Envoy, several listeners that differ only in the filter under test (passthrough, native
-//! jwt_authn, round robin and RBAC over mTLS, meshwasm noop / jwt-auth / discovery + balancer / the
-//! full chain / authz), the same backends behind all of them, and the same `wrk` load driven through
+//! jwt_authn, round robin and RBAC over mTLS, meshwasm noop per export set / jwt-auth / discovery +
+//! balancer as filters or as a Wasm service / the chain, separate or combined / authz), the same
+//! backends behind all of them, and the same `wrk` load driven through
 //! each in interleaved rounds.
 //! The result is a Markdown report with ratios to baselines, memory, artifact sizes and SVG plots.
 //!
 //! ```text
-//! make bench          # full run, ~12 min, writes bench/report/REPORT.md
+//! make bench          # full run, ~16–17 min, writes bench/report/REPORT.md
 //! make bench-quick    # < 2 min, for development
 //! ```
 //!
@@ -17,6 +18,7 @@ pub mod backend;
 pub mod calls;
 pub mod configs;
 pub mod filters;
+pub mod host_soak;
 pub mod jwt;
 pub mod machine;
 pub mod mtls;
