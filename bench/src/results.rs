@@ -52,7 +52,7 @@ pub struct LoadResult {
     #[serde(default)]
     pub target_on_cpu: bool,
     /// Set when the load could not be measured (a filter not built, a config Envoy rejected, failed
-    /// requests): the report says "not measured: <reason>".
+    /// requests): the report says `not measured: <reason>`.
     pub not_measured: Option<String>,
     pub samples: Vec<Sample>,
 }
