@@ -188,8 +188,28 @@ def shared_and_paths():
     put("route", "/api/v1?x=1\0[fd00::1]:443\0")
 
 
+def serve_configs():
+    """examples/serve/*.yaml, the YAML blocks of its README and of host/README.md, the example in the
+    parser's doc comment, and the configurations in its unit tests (paths resolve against examples/serve/)."""
+    for p in sorted((ROOT / "examples" / "serve").glob("*.yaml")):
+        put("serve_config", p.read_text())
+    for readme in ["examples/serve/README.md", "host/README.md"]:
+        path = ROOT / readme
+        if path.exists():
+            for block in re.findall(r"```ya?ml\n(.*?)```", path.read_text(), re.S):
+                put("serve_config", block)
+    doc = (ROOT / "host" / "src" / "serve_config.rs").read_text()
+    m = re.search(r"//! ```yaml\n(.*?)//! ```", doc, re.S)
+    if m:
+        put("serve_config", re.sub(r"(?m)^//! ?", "", m.group(1)))
+    for text in raw_strings("host/src/serve_config.rs"):
+        if "listeners" in text:
+            put("serve_config", text)
+
+
 def main():
     shutil.rmtree(OUT, ignore_errors=True)
+    serve_configs()
     jws()
     configs()
     registries()

@@ -55,7 +55,7 @@ pub use proxy::{BuildError, Proxy, ProxyBuilder};
 pub use shared::{ProxyState, Waker};
 pub use vm::CallCounts;
 pub use wasi::WASI_FUNCTIONS;
-pub use worker::{OutboundCall, Worker, WorkerEvent};
+pub use worker::{OutboundCall, VmStats, Worker, WorkerEvent};
 
 /// proxy-wasm status codes as returned by hostcalls.
 pub mod status {

@@ -14,8 +14,10 @@
 pub mod authz;
 pub mod balancer;
 pub mod discovery;
+pub mod host_abi;
 pub mod jwt;
 pub mod path;
+pub mod serve_config;
 pub mod token_injector;
 
 /// A fuzz target: a name (the cargo-fuzz target and corpus directory) and its body.
@@ -44,6 +46,8 @@ pub const TARGETS: &[Target] = &[
     ("config_authz", authz::config),
     ("path", path::normalize),
     ("route", path::route),
+    ("host_abi", host_abi::host_abi),
+    ("serve_config", serve_config::serve_config),
 ];
 
 /// The target called `name`.
@@ -56,5 +60,8 @@ pub fn target(name: &str) -> Option<fn(&[u8])> {
 pub fn broken_fixtures() -> Vec<&'static str> {
     let mut broken = jwt::broken_fixtures();
     broken.extend(discovery::broken_fixtures());
+    if !host_abi::fixture_loads() {
+        broken.push("host_abi guest");
+    }
     broken
 }

@@ -14,9 +14,26 @@ use crate::http::{
 };
 use crate::plugin::CallOutcome;
 use crate::shared::Waker;
-use crate::vm::{CallCounts, StreamData, sd};
+use crate::vm::{CallCounts, Ctx, StreamData, sd};
 
 use super::{Dir, DirState, Ev, StreamRt, Worker, WorkerEvent};
+
+/// One VM of a worker as seen from outside: see [`Worker::vm_stats`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmStats {
+    /// The plugins running in this VM (`a, b` when plugins share it).
+    pub plugins: String,
+    /// The VM id (`vm_id` of its plugins).
+    pub vm_id: String,
+    /// The size of the module's linear memory in bytes (a whole number of 64 KiB pages).
+    pub memory_bytes: u64,
+    /// Root contexts alive (one per plugin of the VM).
+    pub root_contexts: usize,
+    /// Stream contexts alive (created at a stream's start, dropped at its end).
+    pub stream_contexts: usize,
+    /// The VM trapped and is out of service.
+    pub failed: bool,
+}
 
 impl Worker {
     /// Worker index.
@@ -321,6 +338,49 @@ impl Worker {
     /// Number of distinct VMs in this worker.
     pub fn vm_count(&self) -> usize {
         self.vms.len()
+    }
+
+    /// Each VM's linear memory and live contexts, in VM order (for soak runs and leak checks: a
+    /// finished stream leaves no context behind, and memory that keeps growing is a leak in the module).
+    pub fn vm_stats(&self) -> Vec<VmStats> {
+        self.vms
+            .iter()
+            .enumerate()
+            .map(|(vmi, vm)| {
+                let state = vm.store.data();
+                let mut roots = 0;
+                for ctx in state.contexts.values() {
+                    roots += usize::from(matches!(ctx, Ctx::Root(_)));
+                }
+                let plugins: Vec<&str> =
+                    self.chain.iter().filter(|s| s.vm == vmi).map(|s| s.plugin.display_name()).collect();
+                VmStats {
+                    plugins: plugins.join(", "),
+                    vm_id: vm.vm_id.clone(),
+                    memory_bytes: state.memory.map_or(0, |m| m.data_size(&vm.store) as u64),
+                    root_contexts: roots,
+                    stream_contexts: state.contexts.len() - roots,
+                    failed: vm.failed.is_some(),
+                }
+            })
+            .collect()
+    }
+
+    /// A copy of VM `vm`'s linear memory (VMs in [`Worker::vm_stats`] order), e.g. for a test to check
+    /// that nothing of another stream was ever written into it.
+    pub fn vm_memory(&self, vm: usize) -> Option<Vec<u8>> {
+        let vm = self.vms.get(vm)?;
+        Some(vm.store.data().memory?.data(&vm.store).to_vec())
+    }
+
+    /// Streams this worker still holds (finished and reset streams are dropped).
+    pub fn live_streams(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// http calls dispatched by this worker's VMs and not yet answered or timed out.
+    pub fn pending_calls(&self) -> usize {
+        self.calls.len()
     }
 
     /// The wasm entries and hostcalls of this worker's VMs, by VM, each named by the plugins it runs

@@ -28,6 +28,7 @@ mod local;
 mod vms;
 
 use dir::{Dir, DirState, Ev};
+pub use driver::VmStats;
 
 /// An http call a filter dispatched, for the driver to perform.
 #[derive(Clone, Debug)]
