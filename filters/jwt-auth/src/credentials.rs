@@ -2,6 +2,8 @@
 //! or a credential that cannot be read unambiguously, and removing a token from the request sent
 //! upstream (query parameter, cookies). Pure.
 
+use std::borrow::Cow;
+
 use crate::config::Source;
 use crate::engine::Request;
 
@@ -41,20 +43,57 @@ fn clean_token(t: &str) -> Option<String> {
 
 /// The value of header `name` in a request's header list (names lower-case, as hosts pass them); several
 /// copies joined with `,` (`; ` for `cookie`), as [`Request::header`] wants them, so that a repeated
-/// credential is seen rather than only its first copy.
-pub fn combined_header(all: &[(String, Vec<u8>)], name: &str) -> Option<Vec<u8>> {
+/// credential is seen rather than only its first copy. A single copy is borrowed, not copied.
+pub fn combined_header<'a>(all: &[(&'a str, &'a [u8])], name: &str) -> Option<Cow<'a, [u8]>> {
     let sep: &[u8] = if name == "cookie" { b"; " } else { b"," };
-    let mut out: Option<Vec<u8>> = None;
-    for (_, v) in all.iter().filter(|(k, _)| k == name) {
+    let mut out: Option<Cow<'a, [u8]>> = None;
+    for &(_, v) in all.iter().filter(|(k, _)| *k == name) {
         match &mut out {
-            None => out = Some(v.clone()),
+            None => out = Some(Cow::Borrowed(v)),
             Some(o) => {
+                let o = o.to_mut();
                 o.extend_from_slice(sep);
                 o.extend_from_slice(v);
             }
         }
     }
     out
+}
+
+/// A header map as proxy-wasm serializes it (`proxy_get_header_map_pairs`: a u32 count, a (name
+/// length, value length) u32 pair per header, then each name and value followed by a NUL; little
+/// endian), as borrowed (name, value) pairs: one allocation for the list instead of two per header.
+/// `None` when the buffer is not such a map (lengths past its end); names that are not UTF-8 (never
+/// from Envoy) are skipped.
+pub fn parse_header_pairs(buf: &[u8]) -> Option<Vec<(&str, &[u8])>> {
+    if buf.is_empty() {
+        return Some(Vec::new());
+    }
+    let u32_at = |at: usize| -> Option<usize> {
+        let b = buf.get(at..at.checked_add(4)?)?;
+        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let n = u32_at(0)?;
+    let mut data = n.checked_mul(8)?.checked_add(4)?;
+    if data > buf.len() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(n);
+    let mut take = |len: usize| -> Option<&[u8]> {
+        let end = data.checked_add(len)?;
+        let s = buf.get(data..end)?;
+        data = end.checked_add(1)?;
+        Some(s)
+    };
+    for i in 0..n {
+        let (k_len, v_len) = (u32_at(4 + i * 8)?, u32_at(8 + i * 8)?);
+        let k = take(k_len)?;
+        let v = take(v_len)?;
+        if let Ok(k) = std::str::from_utf8(k) {
+            out.push((k, v));
+        }
+    }
+    Some(out)
 }
 
 /// What one token source holds.
@@ -104,7 +143,7 @@ fn from_prefixed(name: &str, v: &str, prefix: &str) -> Found {
 }
 
 /// The token from one source: absent, found, or present but unreadable.
-pub fn extract(source: &Source, req: &Request<'_>) -> Found {
+pub fn extract(source: &Source, req: &Request<'_, '_>) -> Found {
     match source {
         Source::Header { name, prefix } => {
             let Some(raw) = (req.header)(name) else { return Found::Absent };
@@ -299,9 +338,7 @@ mod tests {
     }
 
     fn found(source: &Source, path: &str, headers: &[(&str, &[u8])]) -> Found {
-        let headers: Vec<(String, Vec<u8>)> =
-            headers.iter().map(|(k, v)| (k.to_string(), v.to_vec())).collect();
-        let get = move |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        let get = |n: &str| headers.iter().find(|(k, _)| *k == n).map(|(_, v)| Cow::Borrowed(*v));
         extract(source, &Request { method: "GET", path, header: &get })
     }
 
@@ -352,23 +389,64 @@ mod tests {
 
     #[test]
     fn repeated_headers_are_joined_so_a_second_credential_is_seen() {
-        let all: Vec<(String, Vec<u8>)> = [
+        let all: Vec<(&str, &[u8])> = vec![
             ("authorization", &b"Bearer a"[..]),
             ("cookie", b"x=1"),
             ("authorization", b"Bearer b"),
             ("cookie", b"at=t"),
             ("x-bin", b"\xff"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_vec()))
-        .collect();
-        assert_eq!(combined_header(&all, "authorization"), Some(b"Bearer a,Bearer b".to_vec()));
-        assert_eq!(combined_header(&all, "cookie"), Some(b"x=1; at=t".to_vec()));
-        assert_eq!(combined_header(&all, "x-bin"), Some(b"\xff".to_vec()), "bytes kept as sent");
-        assert_eq!(combined_header(&all, "x-token"), None);
+        ];
+        let c = |n: &str| combined_header(&all, n).map(|v| v.into_owned());
+        assert_eq!(c("authorization"), Some(b"Bearer a,Bearer b".to_vec()));
+        assert_eq!(c("cookie"), Some(b"x=1; at=t".to_vec()));
+        assert_eq!(c("x-bin"), Some(b"\xff".to_vec()), "bytes kept as sent");
+        assert_eq!(c("x-token"), None);
+        assert!(matches!(combined_header(&all, "x-bin"), Some(Cow::Borrowed(_))), "one copy: borrowed");
         let get = |n: &str| combined_header(&all, n);
         let s = Source::Header { name: "authorization".into(), prefix: Some("Bearer ".into()) };
         let f = extract(&s, &Request { method: "GET", path: "/", header: &get });
         assert!(matches!(f, Found::Malformed(_)), "two authorization headers: {f:?}");
+    }
+
+    /// The proxy-wasm serialization of `pairs` (as the host writes it).
+    fn serialize(pairs: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
+        for (k, v) in pairs {
+            out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        }
+        for (k, v) in pairs {
+            out.extend_from_slice(k.as_bytes());
+            out.push(0);
+            out.extend_from_slice(v);
+            out.push(0);
+        }
+        out
+    }
+
+    #[test]
+    fn header_pairs_are_read_in_place_and_bad_buffers_refused() {
+        let pairs: Vec<(&str, &[u8])> = vec![
+            (":method", b"GET"),
+            (":path", b"/x"),
+            ("authorization", b"Bearer a.b.c"),
+            ("x-bin", b"\xff\0"),
+            ("e", b""),
+        ];
+        let buf = serialize(&pairs);
+        assert_eq!(parse_header_pairs(&buf), Some(pairs.clone()));
+        assert_eq!(parse_header_pairs(&[]), Some(vec![]));
+        assert_eq!(parse_header_pairs(&serialize(&[])), Some(vec![]));
+        for cut in 1..buf.len() - 1 {
+            assert_eq!(parse_header_pairs(&buf[..cut]), None, "truncated at {cut}");
+        }
+        let mut huge = buf.clone();
+        huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(parse_header_pairs(&huge), None, "count past the end");
+        let bad_name = serialize(&[("ok", b"1")]);
+        let mut bad_name = bad_name;
+        let at = 4 + 8;
+        bad_name[at] = 0xff;
+        assert_eq!(parse_header_pairs(&bad_name), Some(vec![]), "a name that is not UTF-8 is skipped");
     }
 }

@@ -16,6 +16,7 @@
 //!
 //! Then [`allow`] builds what the upstream request gets.
 
+use std::borrow::Cow;
 use std::rc::Rc;
 
 use serde_json::Value;
@@ -140,14 +141,16 @@ pub struct Counters {
 }
 
 /// The request as the engine sees it.
-pub struct Request<'a> {
+/// `'h`: the header values' (borrowed from the request's header map).
+pub struct Request<'a, 'h> {
     pub method: &'a str,
     /// `:path` with query, as the client sent it.
     pub path: &'a str,
     /// A request header's value. A header sent more than once comes as its values joined with `,`
     /// (`; ` for `cookie`), as RFC 9110 §5.3 and RFC 9113 §8.2.3 combine them, so that a repeated
     /// credential is seen rather than only its first copy.
-    pub header: &'a dyn Fn(&str) -> Option<Vec<u8>>,
+    /// Borrowed from the request's header map when the header came once.
+    pub header: &'a dyn Fn(&str) -> Option<Cow<'h, [u8]>>,
 }
 
 /// A token found for one of the rule's providers, and where it came from.
@@ -289,7 +292,7 @@ fn rule_matches(rule: &RulePlan, method: &str, path: &str) -> bool {
 /// Decides what to do with a request.
 pub fn evaluate(
     plan: &Plan,
-    req: &Request<'_>,
+    req: &Request<'_, '_>,
     keys: &mut dyn KeyAccess,
     cache: &mut TokenCache,
     now_s: u64,
@@ -300,7 +303,7 @@ pub fn evaluate(
 
 fn steps(
     plan: &Plan,
-    req: &Request<'_>,
+    req: &Request<'_, '_>,
     keys: &mut dyn KeyAccess,
     cache: &mut TokenCache,
     now_s: u64,
@@ -319,7 +322,7 @@ fn steps(
 /// no provider, or a CORS preflight). Rules match the path as upstreams will route it; a path they
 /// would read in different ways is refused (400) whatever the rules say, since no rule can be chosen
 /// for it safely.
-pub fn select_rule<'p>(plan: &'p Plan, req: &Request<'_>) -> Step<Option<&'p RulePlan>> {
+pub fn select_rule<'p>(plan: &'p Plan, req: &Request<'_, '_>) -> Step<Option<&'p RulePlan>> {
     let norm_path =
         path::normalize(req.path).map_err(|e| deny(400, "bad_path", e.to_string(), body::BAD_REQUEST))?;
     if plan.bypass_cors_preflight
@@ -343,7 +346,7 @@ pub fn select_rule<'p>(plan: &'p Plan, req: &Request<'_>) -> Step<Option<&'p Rul
 pub fn extract_credentials<'p>(
     plan: &'p Plan,
     rule: &RulePlan,
-    req: &Request<'_>,
+    req: &Request<'_, '_>,
 ) -> Step<Vec<Credential<'p>>> {
     let mut found = Vec::new();
     let mut malformed: Option<String> = None;
@@ -573,7 +576,7 @@ pub fn authorize(plan: &Plan, rule: &RulePlan, accepted: &[Accepted<'_>]) -> Ste
 
 /// The Allow outcome for these verified tokens: claim and payload headers set, and (unless the
 /// provider forwards it) each token removed from where it came from.
-pub fn allow(plan: &Plan, req: &Request<'_>, accepted: &[Accepted<'_>]) -> Outcome {
+pub fn allow(plan: &Plan, req: &Request<'_, '_>, accepted: &[Accepted<'_>]) -> Outcome {
     let mut remove = Vec::new();
     let mut set = Vec::new();
     let mut path: Option<String> = None;

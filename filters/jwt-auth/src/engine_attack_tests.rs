@@ -57,7 +57,7 @@ fn run(path: &str, headers: &[(&str, &str)]) -> Outcome {
             })
             .or_insert_with(|| v.as_bytes().to_vec());
     }
-    let get = move |n: &str| map.get(n).cloned();
+    let get = |n: &str| map.get(n).map(|v| Cow::Borrowed(v.as_slice()));
     let req = Request { method: "GET", path, header: &get };
     let mut keys = StaticKeys(crate::jwks::parse_jwks(JWKS.as_bytes()).unwrap());
     evaluate(&plan(), &req, &mut keys, &mut TokenCache::new(0, 0), NOW, &mut Counters::default())

@@ -87,7 +87,7 @@ fn run(
 ) -> (Outcome, Counters) {
     let map: HashMap<String, Vec<u8>> =
         headers.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect();
-    let get = move |n: &str| map.get(n).cloned();
+    let get = |n: &str| map.get(n).map(|v| Cow::Borrowed(v.as_slice()));
     let req = Request { method, path, header: &get };
     let mut c = Counters::default();
     let o = evaluate(plan, &req, keys, cache, NOW, &mut c);
@@ -249,7 +249,7 @@ fn opaque_tokens_go_to_introspection() {
     };
     let call = |k: &mut IntroKeys| {
         let mut c = Counters::default();
-        let get = |n: &str| (n == "authorization").then(|| b"Bearer opaque-123".to_vec());
+        let get = |n: &str| (n == "authorization").then(|| Cow::Borrowed(&b"Bearer opaque-123"[..]));
         let req = Request { method: "GET", path: "/", header: &get };
         evaluate(&plan, &req, k, &mut TokenCache::new(0, 0), NOW, &mut c)
     };
@@ -412,7 +412,7 @@ fn introspected_tokens_get_the_providers_policy_and_fail_open_only_on_outages() 
     };
     let call = |k: &mut IntroKeys| {
         let mut c = Counters::default();
-        let get = |n: &str| (n == "authorization").then(|| b"Bearer opaque-123".to_vec());
+        let get = |n: &str| (n == "authorization").then(|| Cow::Borrowed(&b"Bearer opaque-123"[..]));
         let req = Request { method: "GET", path: "/", header: &get };
         evaluate(&plan, &req, k, &mut TokenCache::new(0, 0), NOW, &mut c)
     };
@@ -457,10 +457,10 @@ fn introspected_tokens_get_the_providers_policy_and_fail_open_only_on_outages() 
 
 // ---- Each step on its own ----
 
-fn get_from(headers: &[(&str, &str)]) -> impl Fn(&str) -> Option<Vec<u8>> + use<> {
+fn get_from<'a>(headers: &[(&str, &str)]) -> impl Fn(&str) -> Option<Cow<'a, [u8]>> + use<'a> {
     let map: HashMap<String, Vec<u8>> =
         headers.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect();
-    move |n: &str| map.get(n).cloned()
+    move |n: &str| map.get(n).cloned().map(Cow::Owned)
 }
 
 /// Two providers with their own headers, for the any/all combinations.

@@ -24,7 +24,7 @@ use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
 
 use crate::cache::TokenCache;
 use crate::config::Plan;
-use crate::credentials::{combined_header, strip_cookie_headers};
+use crate::credentials::{combined_header, parse_header_pairs, strip_cookie_headers};
 use crate::engine::{
     Counters, IntroResult, KeyAccess, Keys, Outcome, Request, evaluate, internal_error, wait_timeout,
 };
@@ -128,12 +128,30 @@ fn bump(id: Option<u32>, by: u32) {
 
 #[link(wasm_import_module = "env")]
 unsafe extern "C" {
+    fn proxy_get_header_map_pairs(map_type: u32, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
     fn proxy_set_property(
         path_data: *const u8,
         path_size: usize,
         value_data: *const u8,
         value_size: usize,
     ) -> u32;
+}
+
+/// The request's header map as the host serializes it, in one buffer (see [`parse_header_pairs`]):
+/// read in place instead of the SDK's two allocations per header. Empty when the host has none.
+fn request_header_map() -> Vec<u8> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host writes a pointer and a length into the two locals.
+    let status =
+        unsafe { proxy_get_header_map_pairs(MapType::HttpRequestHeaders as u32, &mut data, &mut size) };
+    if status != 0 || data.is_null() {
+        return Vec::new();
+    }
+    // SAFETY: on success `data` holds `size` bytes the host obtained from this module's
+    // `proxy_on_memory_allocate` (the SDK's: a boxed slice of exactly `size` bytes), now owned here,
+    // exactly as the SDK's own `get_map_bytes` takes them.
+    unsafe { Vec::from_raw_parts(data, size, size) }
 }
 
 /// `proxy_set_property` at a single-segment path (which is the path's whole serialization), without
@@ -202,9 +220,9 @@ impl KeyAccess for Access<'_> {
 
 /// Rewrites every `cookie` request header without the token cookies (removing those left empty);
 /// `all` is the request's header map as this callback read it.
-fn strip_cookies_upstream(all: &[(String, Vec<u8>)], names: &[String]) {
+fn strip_cookies_upstream(all: &[(&str, &[u8])], names: &[String]) {
     let values: Vec<&[u8]> =
-        all.iter().filter(|(k, _)| k.eq_ignore_ascii_case("cookie")).map(|(_, v)| v.as_slice()).collect();
+        all.iter().filter(|(k, _)| k.eq_ignore_ascii_case("cookie")).map(|&(_, v)| v).collect();
     let Some(kept) = strip_cookie_headers(&values, names) else { return };
     let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, "cookie");
     for v in &kept {
@@ -233,7 +251,8 @@ impl Worker {
         let plan = self.plan.clone();
         // One read of the whole map: a credential header sent twice must be seen twice (the single-value
         // hostcall returns only the first copy).
-        let mut all = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+        let buf = request_header_map();
+        let mut all = parse_header_pairs(&buf).unwrap_or_default();
         // Client-sent copies of the headers this filter writes are removed before anything else looks
         // at the request; only those the request carries (no hostcall per configured name otherwise).
         if !plan.output_headers.is_empty() {
