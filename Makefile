@@ -21,7 +21,7 @@ DEBIAN_PACKAGES := etcd-server unbound wrk binaryen nghttp2-client openssl ca-ce
 export MESHWASM_WASM_DIR := $(WASM_DIR)
 export MESHWASM_ENVOY := $(VENV)/bin/envoy-binary
 
-DIST_FILTERS := meshwasm_jwt_auth meshwasm_token_injector meshwasm_discovery meshwasm_balancer meshwasm_authz
+DIST_FILTERS := meshwasm_jwt_auth meshwasm_token_injector meshwasm_discovery meshwasm_balancer meshwasm_authz meshwasm
 WASM_OPT_FLAGS := -Oz --strip-debug --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int --enable-mutable-globals
 
 .PHONY: fuzz test-envoy-matrix dist publish publish-registry all setup setup-system setup-rust setup-envoy setup-node wasm fmt-check clippy unit test demo bench bench-quick clean
@@ -158,7 +158,14 @@ dist: setup-system wasm
 	cargo build -q -p meshwasm-host --bin meshwasm-host -p meshwasm-dist --bin meshwasm-dist
 	for f in $(DIST_FILTERS); do \
 	  wasm-opt $(WASM_OPT_FLAGS) $(WASM_DIR)/$$f.wasm -o dist/$$f.wasm; \
-	  target/debug/meshwasm-host check dist/$$f.wasm --config examples/istio/config/$$f.json; \
+	  if [ $$f = meshwasm ]; then \
+	    for c in examples/istio/config/*.json; do \
+	      id=$$(basename $$c .json); \
+	      target/debug/meshwasm-host check dist/$$f.wasm --config $$c --root-id meshwasm.$${id#meshwasm_}; \
+	    done; \
+	  else \
+	    target/debug/meshwasm-host check dist/$$f.wasm --config examples/istio/config/$$f.json; \
+	  fi; \
 	done
 	target/debug/meshwasm-dist --out dist --version $(DIST_VERSION) $(foreach f,$(DIST_FILTERS),dist/$(f).wasm)
 	cd dist && sha256sum -c --quiet SHA256SUMS
