@@ -73,7 +73,8 @@ enum Cmd {
         name: String,
     },
     /// Count each filter's wasm entries and hostcalls per request in the meshwasm wasmtime host (exact,
-    /// machine-independent; no Envoy, no load) and write `<out>/CALLS.md`.
+    /// machine-independent; no Envoy, no load) and write the table at the head of `<out>/CALLS.md`
+    /// (the file's `## ` sections are kept).
     Calls {
         #[arg(long, default_value = "bench/report")]
         out: PathBuf,
@@ -102,7 +103,13 @@ fn main() -> Result<()> {
             meshwasm_bench::calls::skipped_markdown(&skipped)
         );
         std::fs::create_dir_all(out)?;
-        std::fs::write(out.join("CALLS.md"), &md)?;
+        // The table replaces the generated head of an existing CALLS.md; its `## ` sections (the
+        // before/after and the twiggy notes, written by hand) are kept.
+        let path = out.join("CALLS.md");
+        let kept = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|old| old.find("\n## ").map(|i| old[i + 1..].to_owned()));
+        std::fs::write(&path, kept.map_or_else(|| md.clone(), |rest| format!("{md}\n{rest}")))?;
         print!("{md}");
         return Ok(());
     }
