@@ -6,6 +6,11 @@
 //! ```yaml
 //! workers: 2                      # worker threads, each with its own VMs (default 1)
 //! admin: {address: 9901}        # optional: GET /stats (the filters' metrics), GET /ready
+//! services:                      # optional: singleton Wasm services, as Envoy's envoy.bootstrap.wasm with
+//!   - name: discovery            # singleton: true: one VM on serve's main thread, root context only (ticks,
+//!     wasm: ../../target/wasm32-wasip1/wasm/meshwasm_discovery.wasm   # http calls), never in a request's path;
+//!     vm_id: meshwasm            # same fields as a filter. With services, every listener shares their
+//!     config: {mode: service, services: [...]}   # shared data, queues and metrics (by vm_id), as in Envoy
 //! listeners:
 //!   - name: ingress               # optional, used in the access log
 //!     address: 10000              # a bare port binds 127.0.0.1; any other address is written out
@@ -85,6 +90,10 @@ struct RawConfig {
     log_level: Option<LogLevel>,
     #[serde(default)]
     admin: Option<RawAdmin>,
+    /// Singleton Wasm services (Envoy's `envoy.bootstrap.wasm` with `singleton: true`): one VM each on
+    /// the main thread, root context only, sharing shared data with the listeners' filters by vm_id.
+    #[serde(default)]
+    services: Vec<RawFilter>,
     listeners: Vec<RawListener>,
     #[serde(default)]
     clusters: Vec<RawCluster>,
@@ -298,6 +307,8 @@ pub struct ServeConfig {
     pub log_level: LogLevel,
     /// Where the admin endpoint (`/stats`, `/ready`) listens, if configured.
     pub admin: Option<SocketAddr>,
+    /// Singleton Wasm services: run once, on the main thread, outside every chain.
+    pub services: Vec<FilterSpec>,
     pub listeners: Vec<Listener>,
     pub clusters: Vec<Cluster>,
 }
@@ -415,6 +426,16 @@ impl ServeConfig {
             clusters.push(Cluster { name: c.name, kind, connect_timeout, tls });
         }
 
+        let mut services: Vec<FilterSpec> = Vec::with_capacity(raw.services.len());
+        for (i, f) in raw.services.into_iter().enumerate() {
+            let at = format!("services[{i}]");
+            let spec = filter_spec(f, base, &at)?;
+            if services.iter().any(|s| s.name == spec.name) {
+                bail!("{at}.name: duplicate service name `{}`", spec.name);
+            }
+            services.push(spec);
+        }
+
         let mut listeners = Vec::with_capacity(raw.listeners.len());
         let mut addresses = HashSet::new();
         for (i, l) in raw.listeners.into_iter().enumerate() {
@@ -464,6 +485,7 @@ impl ServeConfig {
             workers,
             log_level: raw.log_level.unwrap_or_default(),
             admin: raw.admin.map(|a| a.address.0),
+            services,
             listeners,
             clusters,
         })
@@ -606,6 +628,24 @@ clusters:
             ClusterKind::OriginalDst { header } => assert_eq!(header, &None),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn services() {
+        assert!(parse(GOOD).unwrap().services.is_empty());
+        let with = GOOD.replace(
+            "listeners:",
+            "services:\n  - {name: d, wasm: Cargo.toml, vm_id: v, config: {mode: service}}\nlisteners:",
+        );
+        let c = parse(&with).unwrap();
+        assert_eq!((c.services[0].name.as_str(), c.services[0].vm_id.as_str()), ("d", "v"));
+        assert_eq!(c.services[0].config, br#"{"mode":"service"}"#);
+        let twice = with.replace("services:\n", "services:\n  - {name: d, wasm: Cargo.toml}\n");
+        let err = format!("{:#}", parse(&twice).unwrap_err());
+        assert!(err.contains("services[1].name: duplicate service name `d`"), "{err}");
+        let missing = with.replace("wasm: Cargo.toml, vm_id", "wasm: nope.wasm, vm_id");
+        let err = format!("{:#}", parse(&missing).unwrap_err());
+        assert!(err.contains("services[0].wasm") && err.contains("nope.wasm"), "{err}");
     }
 
     #[test]

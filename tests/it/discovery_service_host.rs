@@ -4,11 +4,18 @@
 //! the discovery VM (exact wasm entry counts), where the filter form pays a few entries per request.
 
 use std::collections::BTreeSet;
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use meshwasm_host::{BuildError, Host, HostOptions, Module, Plugin, Proxy, Request, Upstream, UpstreamReply};
 use meshwasm_tests::artifacts::wasm_path;
+use meshwasm_tests::backend::{Backend, INSTANCE_HEADER};
 use meshwasm_tests::etcd::Etcd;
+use meshwasm_tests::process::{http_request, wait_until};
 
 const VM: &str = "meshwasm";
 const BALANCER: &[u8] = br#"{"seed": 5, "services": {"api": {}}}"#;
@@ -161,7 +168,7 @@ fn bad_service_set_ups_are_refused_with_the_reason() {
     else {
         panic!("build_workers accepted a service")
     };
-    assert!(format!("{e:#}").contains("singleton services run only in a Proxy"), "{e:#}");
+    assert!(format!("{e:#}").contains("build_workers runs no main thread"), "{e:#}");
 
     // A service alone makes a proxy: it publishes on its first tick.
     let mut p = Proxy::builder(&host).service(svc(good)).build().unwrap();
@@ -170,4 +177,115 @@ fn bad_service_set_ups_are_refused_with_the_reason() {
     let (bytes, _) = p.shared_data(VM, &meshwasm_endpoints::set_key("api")).expect("published");
     let set = meshwasm_endpoints::EndpointSet::decode(&bytes).unwrap();
     assert_eq!(set.endpoints[0].address.to_string(), "127.0.0.1:9");
+}
+
+/// `meshwasm-host serve` (next to this test binary; alone: `cargo build -p meshwasm-host`) on `config`,
+/// killed on drop; its stderr is collected.
+struct Serve {
+    child: std::process::Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Serve {
+    fn start(config: &Path) -> Serve {
+        let exe = std::env::current_exe().unwrap();
+        let bin = exe.parent().and_then(Path::parent).unwrap().join("meshwasm-host");
+        assert!(bin.exists(), "{} is missing: build it with `cargo build -p meshwasm-host`", bin.display());
+        let mut child = Command::new(&bin)
+            .arg("serve")
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (pipe, sink) = (child.stderr.take().unwrap(), log.clone());
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        Serve { child, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The address of the listener named `name`, from serve's start-up line.
+    fn listener(&self, name: &str) -> SocketAddr {
+        let prefix = format!("meshwasm-host serve: listener `{name}` on http://");
+        let mut found = None;
+        wait_until(Duration::from_secs(30), || {
+            found = self
+                .log()
+                .lines()
+                .find_map(|l| l.strip_prefix(&prefix)?.split_whitespace().next()?.parse().ok());
+            found.is_some()
+        });
+        found.unwrap_or_else(|| panic!("serve did not start:\n{}", self.log()))
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn serve_runs_discovery_as_a_singleton_service_on_its_main_thread() {
+    let backends = Backend::start_many("v", 3).unwrap();
+    let etcd = Etcd::start().unwrap();
+    let register =
+        |b: &Backend| etcd.put(&format!("/services/api/{}", b.addr()), &b.addr().to_string()).unwrap();
+    register(&backends[0]);
+    register(&backends[1]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = serde_json::json!({
+        "workers": 2,
+        "services": [{"name": "discovery", "wasm": wasm_path("meshwasm_discovery"), "vm_id": VM,
+            "config": {"mode": "service", "tick": "100ms", "services": [{"name": "api", "refresh": "200ms",
+                "timeout": "1s", "allow_loopback": true,
+                "source": {"etcd": {"cluster": "etcd", "prefix": "/services/api/"}}}]}}],
+        "listeners": [{"name": "main", "address": "127.0.0.1:0",
+            "filters": [{"name": "balancer", "wasm": wasm_path("meshwasm_balancer"), "vm_id": VM,
+                "config": {"service_from": [{"fixed": "api"}], "refresh_interval": "500ms", "services": {"api": {}}}}],
+            "route": {"cluster": "picked"}}],
+        "clusters": [{"name": "picked", "type": "original_dst"},
+                     {"name": "etcd", "type": "static", "endpoints": [etcd.addr().to_string()]}]
+    });
+    let path = dir.path().join("serve.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let serve = Serve::start(&path);
+    let addr = serve.listener("main");
+    let instances = |n: usize| -> BTreeSet<String> {
+        (0..n)
+            .filter_map(|_| http_request(addr, "GET", "/", &[], b"", Duration::from_secs(5)).ok())
+            .filter(|r| r.status == 200)
+            .filter_map(|r| r.header(INSTANCE_HEADER).map(str::to_owned))
+            .collect()
+    };
+    let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+    assert!(
+        wait_until(Duration::from_secs(10), || instances(8) == names(&["v-0", "v-1"])),
+        "the etcd instances never both got traffic:\n{}",
+        serve.log()
+    );
+    register(&backends[2]);
+    assert!(
+        wait_until(Duration::from_secs(10), || instances(12).contains("v-2")),
+        "the new instance never got traffic:\n{}",
+        serve.log()
+    );
+    // One discovery VM, on the main thread (worker index N = 2), polling through serve's cluster.
+    let log = serve.log();
+    let configured: Vec<&str> =
+        log.lines().filter(|l| l.contains("configured as a singleton service")).collect();
+    assert_eq!(configured.len(), 1, "{log}");
+    assert!(configured[0].contains("[worker 2]"), "{log}");
+    assert!(!log.contains("loaded as an HTTP filter"), "{log}");
 }

@@ -255,14 +255,37 @@ impl ProxyBuilder {
     pub fn build_workers(self) -> Result<(Vec<Worker>, ProxyState)> {
         if let Some(s) = self.services.first() {
             bail!(
-                "meshwasm-host: service `{}`: singleton services run only in a Proxy (ProxyBuilder::build); \
-                 build_workers has no main thread to run them",
+                "meshwasm-host: service `{}`: build_workers runs no main thread; build the services with \
+                 build_main_thread",
                 s.display_name()
             );
         }
         let shared = self.shared(ClockKind::Real(Instant::now()));
         let workers = self.workers_with(&shared, false).map_err(|e| BuildError::wrap(e, &shared))?;
         Ok((workers, ProxyState { shared }))
+    }
+
+    /// For real-time drivers: the main thread's worker running the [services](ProxyBuilder::service)
+    /// (and nothing else: filters given with [`ProxyBuilder::plugin`] are refused), with its shared
+    /// state. Build the filters' workers with [`ProxyBuilder::share_state`] on that state so that they
+    /// see the services' shared data. The driver runs it like any worker (ticks, http calls, queues);
+    /// it never gets a stream.
+    pub fn build_main_thread(self) -> Result<(Worker, ProxyState)> {
+        if self.services.is_empty() {
+            bail!("meshwasm-host: build_main_thread needs at least one service");
+        }
+        if let Some(p) = self.plugins.first() {
+            bail!(
+                "meshwasm-host: plugin `{}`: build_main_thread runs services only; build filters with \
+                 build_workers",
+                p.display_name()
+            );
+        }
+        let shared = self.shared(ClockKind::Real(Instant::now()));
+        let mut workers = self.workers_with(&shared, false).map_err(|e| BuildError::wrap(e, &shared))?;
+        // Stream workers with no plugins, then the main thread's.
+        let main = workers.pop().ok_or_else(|| anyhow::anyhow!("meshwasm-host: no main-thread worker"))?;
+        Ok((main, ProxyState { shared }))
     }
 }
 

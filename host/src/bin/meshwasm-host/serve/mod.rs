@@ -45,18 +45,23 @@ pub fn run(path: &Path, validate_only: bool) -> anyhow::Result<()> {
     let host = Host::new(HostOptions { random: RandomSource::Os, ..HostOptions::default() })?;
     warn_non_loopback(&config);
 
-    // Start every VM first: a config a filter rejects stops here, before any port is opened.
+    // Start every VM first: a config a filter rejects stops here, before any port is opened. The
+    // singleton services first (as Envoy's bootstrap extensions); with them, every listener shares
+    // their process state (shared data, queues, metrics by vm_id), as in Envoy.
+    let services = build_services(&host, &config)?;
+    let process = services.as_ref().map(|(_, state)| state.clone());
     let mut per_listener = Vec::with_capacity(config.listeners.len());
     for listener in &config.listeners {
-        per_listener.push(build_workers(&host, &config, listener)?);
+        per_listener.push(build_workers(&host, &config, listener, process.as_ref())?);
     }
     if validate_only {
         let filters: usize = config.listeners.iter().map(|l| l.filters.len()).sum();
         println!(
-            "meshwasm-host serve: {} OK: {} listener(s), {filters} filter(s) started on {} worker(s), {} cluster(s)",
+            "meshwasm-host serve: {} OK: {} listener(s), {filters} filter(s) started on {} worker(s), {} service(s), {} cluster(s)",
             path.display(),
             config.listeners.len(),
             config.workers,
+            config.services.len(),
             config.clusters.len()
         );
         return Ok(());
@@ -99,12 +104,16 @@ pub fn run(path: &Path, validate_only: bool) -> anyhow::Result<()> {
         sockets.push(socket);
     }
 
-    let states: Vec<(String, ProxyState)> = config
-        .listeners
-        .iter()
-        .zip(&per_listener)
-        .filter_map(|(l, (_, state))| state.clone().map(|s| (l.name.clone(), s)))
-        .collect();
+    // With services every listener shares one process state: list its metrics once, as `proxy`.
+    let states: Vec<(String, ProxyState)> = match &process {
+        Some(state) => vec![("proxy".to_string(), state.clone())],
+        None => config
+            .listeners
+            .iter()
+            .zip(&per_listener)
+            .filter_map(|(l, (_, state))| state.clone().map(|s| (l.name.clone(), s)))
+            .collect(),
+    };
 
     // One connection cap per listener, shared by all workers.
     let limits: Vec<Arc<ConnectionLimit>> =
@@ -134,6 +143,17 @@ pub fn run(path: &Path, validate_only: bool) -> anyhow::Result<()> {
                     let _ = fatal.send(e.context(format!("worker {index}")));
                 }
             })?;
+        threads.push(thread);
+    }
+    if let Some((worker, state)) = services {
+        let clusters = config.clusters.clone();
+        let shutdown = shutdown_rx.clone();
+        let fatal = fatal_tx.clone();
+        let thread = std::thread::Builder::new().name("meshwasm-main".into()).spawn(move || {
+            if let Err(e) = main_thread(worker, state, clusters, shutdown) {
+                let _ = fatal.send(e.context("main thread (services)"));
+            }
+        })?;
         threads.push(thread);
     }
     drop(fatal_tx);
@@ -180,11 +200,42 @@ fn warn_non_loopback(config: &ServeConfig) {
     }
 }
 
-/// The workers of one listener (None when it has no filters) and its shared state.
+/// The main thread's worker running the singleton services (None without services) and the process
+/// state every listener then shares.
+fn build_services(host: &Host, config: &ServeConfig) -> anyhow::Result<Option<(Worker, ProxyState)>> {
+    if config.services.is_empty() {
+        return Ok(None);
+    }
+    let mut builder = Proxy::builder(host).workers(config.workers).log_level(to_host_level(config.log_level));
+    for f in &config.services {
+        let module = host.load(&f.wasm).with_context(|| format!("service `{}`", f.name))?;
+        let mut plugin = Plugin::new(module)
+            .name(&f.name)
+            .root_id(&f.root_id)
+            .vm_id(&f.vm_id)
+            .config(&f.config)
+            .vm_config(&f.vm_config);
+        for (k, v) in &f.env {
+            plugin = plugin.env(k, v);
+        }
+        builder = builder.service(plugin);
+    }
+    let unspecified = SocketAddr::from(([127, 0, 0, 1], 0));
+    for c in &config.clusters {
+        builder = builder.upstream(&c.name, Upstream::forward(unspecified));
+    }
+    let (worker, state) = builder.build_main_thread().context("services")?;
+    print_logs(&state);
+    Ok(Some((worker, state)))
+}
+
+/// The workers of one listener (None when it has no filters) and its shared state (`process`: the
+/// services' state, shared by every listener when there are services).
 fn build_workers(
     host: &Host,
     config: &ServeConfig,
     listener: &Listener,
+    process: Option<&ProxyState>,
 ) -> anyhow::Result<(Option<Vec<Worker>>, Option<ProxyState>)> {
     if listener.filters.is_empty() {
         return Ok((None, None));
@@ -197,6 +248,9 @@ fn build_workers(
         .workers(config.workers)
         .log_level(to_host_level(config.log_level))
         .failure_policy(policy);
+    if let Some(state) = process {
+        builder = builder.share_state(state);
+    }
     for f in &listener.filters {
         let module = host
             .load(&f.wasm)
@@ -285,6 +339,25 @@ fn worker_thread(
         while active.get() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        Ok::<_, anyhow::Error>(())
+    })
+}
+
+/// serve's main thread: the singleton services' worker, driven like a listener's (ticks, http calls
+/// through the clusters, queues) until shutdown; it never gets a stream.
+fn main_thread(
+    worker: Worker,
+    state: ProxyState,
+    clusters: Vec<Cluster>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let local = LocalSet::new();
+    local.block_on(&rt, async move {
+        let upstreams: Rc<HashMap<String, UpstreamCluster>> =
+            Rc::new(clusters.into_iter().map(|c| (c.name.clone(), UpstreamCluster::new(c))).collect());
+        let _chain = Chain::start(worker, state, upstreams);
+        let _ = shutdown.wait_for(|stop| *stop).await;
         Ok::<_, anyhow::Error>(())
     })
 }
