@@ -76,6 +76,20 @@ wasm: setup-rust
 	target/debug/meshwasm-exports $(WASM_DIR)/meshwasm_noop.wasm --keep bench/noop-headers.callbacks --out $(WASM_DIR)/meshwasm_noop_headers.wasm
 	@ls -l $(WASM_DIR)/*.wasm
 
+## For hosts without Envoy's verify_signature (jwt-auth with in-guest RSA and ECDSA verifiers) and for
+## ES256/ES384 client assertions (every private_key_jwt signer): larger jwt-auth and token-injector
+## artifacts in target/full/wasm32-wasip1/wasm/ (filters/jwt-auth/README.md "Artifact sizes").
+FULL_FEATURES := $(foreach f,guest-rsa guest-ec assertion-rsa assertion-es256 assertion-es384,meshwasm-jwt-auth/$(f)) \
+  $(foreach f,assertion-rsa assertion-es256 assertion-es384,meshwasm-token-injector/$(f))
+.PHONY: wasm-full
+wasm-full: setup-rust
+	cargo build --profile wasm --target $(WASM_TARGET) --target-dir target/full -p meshwasm-jwt-auth -p meshwasm-token-injector --features "$(FULL_FEATURES)"
+	cargo build -q -p meshwasm-exports --bin meshwasm-exports
+	for name in jwt-auth token-injector; do \
+	  target/debug/meshwasm-exports target/full/$(WASM_TARGET)/wasm/meshwasm_$${name//-/_}.wasm --keep filters/$$name/callbacks; \
+	done
+	@ls -l target/full/$(WASM_TARGET)/wasm/*.wasm
+
 fmt-check:
 	cargo fmt --all -- --check
 
