@@ -209,8 +209,7 @@ mod tests {
     }
 
     fn hit(c: &mut TokenCache, p: usize, t: &str, now: u64) -> bool {
-        let h = c.hash(p, t);
-        c.get(p, t, h, now).is_some()
+        c.get(p, t, c.hash(p, t), now).is_some()
     }
 
     #[test]

@@ -337,7 +337,7 @@ fn run(
     headers: &HashMap<String, Vec<u8>>,
     now: u64,
 ) -> Outcome {
-    let get = |n: &str| headers.get(n).cloned();
+    let get = |n: &str| headers.get(n).map(|v| std::borrow::Cow::Borrowed(v.as_slice()));
     let req = Request { method, path, header: &get };
     let mut counters = Counters::default();
     let outcome = evaluate(plan, &req, keys, cache, now, &mut counters);
