@@ -7,8 +7,8 @@
 //! accepted under its root_id.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use meshwasm_host::{
@@ -22,13 +22,19 @@ use crate::combined_envoy::{CHAIN, VM, bearer, configs};
 const ENDPOINTS: [&str; 3] = ["10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080"];
 const WORKERS: usize = 2;
 
+/// One host for every test of this module: each artifact is compiled once (the host caches modules).
+fn host() -> &'static Host {
+    static HOST: OnceLock<Host> = OnceLock::new();
+    HOST.get_or_init(|| Host::new(HostOptions::default()).unwrap())
+}
+
 /// The chain on two workers, from `meshwasm.wasm` (`combined`) or the separate artifacts; JWKS from
 /// `idp` (counting its calls).
 fn proxy(combined: bool, signer: &Signer, jwks_calls: Arc<AtomicUsize>) -> Proxy {
-    let host = Host::new(HostOptions::default()).unwrap();
+    let host = host();
     let endpoints: Vec<String> = ENDPOINTS.iter().map(|s| s.to_string()).collect();
     let body = jwks(&[signer]);
-    let mut b = Proxy::builder(&host).workers(WORKERS).start_time(SystemTime::now()).upstream(
+    let mut b = Proxy::builder(host).workers(WORKERS).start_time(SystemTime::now()).upstream(
         "idp",
         Upstream::handler(move |_| {
             jwks_calls.fetch_add(1, Ordering::SeqCst);
@@ -149,10 +155,10 @@ fn build(host: &Host, root_id: &str, config: &str) -> anyhow::Result<Proxy> {
 #[test]
 fn an_unknown_or_empty_root_id_is_refused_at_configure_time_naming_the_valid_ones() {
     let [_, _, _, balancer] = configs(None, &["10.0.0.1:8080".to_owned()]);
-    let host = Host::new(HostOptions::default()).unwrap();
+    let host = host();
     for bad in ["", "meshwasm.balancr", "balancer", "meshwasm_balancer"] {
         let err =
-            format!("{:#}", build(&host, bad, &balancer).err().expect("an unknown root_id was accepted"));
+            format!("{:#}", build(host, bad, &balancer).err().expect("an unknown root_id was accepted"));
         assert!(err.contains(&format!("root_id `{bad}` selects no filter; valid root_ids: ")), "{err}");
         for (_, _, root_id) in CHAIN {
             assert!(err.contains(root_id), "{err}");
@@ -165,7 +171,7 @@ fn an_unknown_or_empty_root_id_is_refused_at_configure_time_naming_the_valid_one
 /// refused under another filter's root_id: the root_id, not the configuration, selects the filter.
 #[test]
 fn every_filter_is_selected_by_its_root_id() {
-    let host = Host::new(HostOptions::default()).unwrap();
+    let host = host();
     let dir = artifacts::workspace_root().join("examples/istio/config");
     let ids = [
         ("meshwasm_jwt_auth", "meshwasm.jwt_auth"),
@@ -176,11 +182,11 @@ fn every_filter_is_selected_by_its_root_id() {
     ];
     for (file, root_id) in ids {
         let config = std::fs::read_to_string(dir.join(format!("{file}.json"))).unwrap();
-        build(&host, root_id, &config).unwrap_or_else(|e| panic!("{file} as {root_id}: {e:#}"));
+        build(host, root_id, &config).unwrap_or_else(|e| panic!("{file} as {root_id}: {e:#}"));
     }
     let jwt = std::fs::read_to_string(dir.join("meshwasm_jwt_auth.json")).unwrap();
     assert!(
-        build(&host, "meshwasm.balancer", &jwt).is_err(),
+        build(host, "meshwasm.balancer", &jwt).is_err(),
         "the balancer accepted jwt-auth's configuration"
     );
 }
