@@ -96,7 +96,7 @@ fn singleton_service_publishes_for_the_balancer_and_is_never_in_the_request_path
     // One discovery VM polls, the poller without an election. (Envoy configures a second one first,
     // its configuration canary, and kills it before it ever ticks.)
     let logs = envoy.logs();
-    assert!(logs.contains("configured as a singleton service (no lease) with 2 services"), "{logs}");
+    assert!(logs.contains("configured with 2 services as a singleton service (no lease)"), "{logs}");
     assert_eq!(logs.matches("is now the poller (a singleton service: no election)").count(), 1, "{logs}");
     assert!(envoy.stat("wasmcustom.meshwasm_discovery.api.polls").unwrap().unwrap_or(0) >= 2);
     assert!(envoy.stat("wasmcustom.meshwasm_discovery.api.updates").unwrap().unwrap_or(0) >= 2);

@@ -100,7 +100,7 @@ fn a_singleton_service_feeds_the_balancer_and_is_entered_zero_times_per_request(
 
     // One discovery VM: the main thread's, the poller from its first tick, no lease in shared data.
     let logs = p.logs();
-    let configured = logs.iter().filter(|l| l.message.contains("configured as a singleton service")).count();
+    let configured = logs.iter().filter(|l| l.message.contains("as a singleton service (no lease)")).count();
     assert_eq!(configured, 1);
     let polling: Vec<_> = logs.iter().filter(|l| l.message.contains("is now the poller")).collect();
     assert_eq!(polling.len(), 1);
@@ -284,7 +284,7 @@ fn serve_runs_discovery_as_a_singleton_service_on_its_main_thread() {
     // One discovery VM, on the main thread (worker index N = 2), polling through serve's cluster.
     let log = serve.log();
     let configured: Vec<&str> =
-        log.lines().filter(|l| l.contains("configured as a singleton service")).collect();
+        log.lines().filter(|l| l.contains("as a singleton service (no lease)")).collect();
     assert_eq!(configured.len(), 1, "{log}");
     assert!(configured[0].contains("[worker 2]"), "{log}");
     assert!(!log.contains("loaded as an HTTP filter"), "{log}");

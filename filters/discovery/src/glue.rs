@@ -218,7 +218,7 @@ impl RootContext for Root {
         log(
             LogLevel::Info,
             &format!(
-                "meshwasm discovery: VM {} configured {form} with {} services",
+                "meshwasm discovery: VM {} configured with {} services {form}",
                 engine.id(),
                 plan.services.len()
             ),
