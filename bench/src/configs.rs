@@ -10,8 +10,9 @@
 //! - `native-rr` / `wasm-balancer` / `wasm-balancer-service`: a STATIC cluster with round robin over three
 //!   backends vs meshwasm discovery (static source, the same three backends) + balancer steering an
 //!   ORIGINAL_DST cluster, discovery as an HTTP filter (filter form) or as a singleton Wasm service.
-//! - `native-chain` / `wasm-chain[-service|-combined|-fused]`: jwt_authn + round robin vs jwt-auth +
-//!   discovery + balancer: separate artifacts, discovery as a service, the combined `meshwasm.wasm`, fused.
+//! - `native-chain` / `wasm-chain[-service|-combined]`: jwt_authn + round robin vs jwt-auth + discovery +
+//!   balancer: separate artifacts, discovery as a service, the combined `meshwasm.wasm` (it has no fused
+//!   mode: filters/meshwasm/README.md).
 //! - `native-rbac` / `wasm-authz`: Envoy RBAC vs meshwasm authz, the same policy on the caller's
 //!   SPIFFE ID, method and path, behind an mTLS listener reached through a client sidecar
 //!   ([`crate::mtls`]), one backend.
@@ -51,7 +52,6 @@ pub enum ListenerId {
     WasmChain,
     WasmChainService,
     WasmChainCombined,
-    WasmChainFused,
     NativeRbac,
     WasmAuthz,
     WholeChain,
@@ -59,7 +59,7 @@ pub enum ListenerId {
 }
 
 impl ListenerId {
-    pub const ALL: [ListenerId; 17] = [
+    pub const ALL: [ListenerId; 16] = [
         ListenerId::Passthrough,
         ListenerId::Noop,
         ListenerId::NoopHeaders,
@@ -72,7 +72,6 @@ impl ListenerId {
         ListenerId::WasmChain,
         ListenerId::WasmChainService,
         ListenerId::WasmChainCombined,
-        ListenerId::WasmChainFused,
         ListenerId::NativeRbac,
         ListenerId::WasmAuthz,
         ListenerId::WholeChain,
@@ -93,7 +92,6 @@ impl ListenerId {
             ListenerId::WasmChain => "wasm-chain",
             ListenerId::WasmChainService => "wasm-chain-service",
             ListenerId::WasmChainCombined => "wasm-chain-combined",
-            ListenerId::WasmChainFused => "wasm-chain-fused",
             ListenerId::NativeRbac => "native-rbac",
             ListenerId::WasmAuthz => "wasm-authz",
             ListenerId::WholeChain => "whole-chain",
@@ -126,9 +124,6 @@ impl ListenerId {
             ListenerId::WasmChainCombined => {
                 "meshwasm.wasm (the combined artifact, one vm_id): jwt-auth + discovery + balancer by root_id → ORIGINAL_DST"
             }
-            ListenerId::WasmChainFused => {
-                "meshwasm.wasm fused mode: jwt-auth → balancer in one filter instance → ORIGINAL_DST"
-            }
             ListenerId::NativeRbac => {
                 "mTLS listener, Envoy RBAC (DENY rogue, ALLOW GET from frontend's SPIFFE ID) → 1 backend"
             }
@@ -152,7 +147,6 @@ impl ListenerId {
                 | ListenerId::WasmChain
                 | ListenerId::WasmChainService
                 | ListenerId::WasmChainCombined
-                | ListenerId::WasmChainFused
                 | ListenerId::WholeChain
                 | ListenerId::WholeChainCombined
         )
@@ -174,7 +168,6 @@ impl ListenerId {
                 | ListenerId::WasmChain
                 | ListenerId::WasmChainService
                 | ListenerId::WasmChainCombined
-                | ListenerId::WasmChainFused
                 | ListenerId::WholeChain
                 | ListenerId::WholeChainCombined
         )
@@ -291,7 +284,8 @@ pub fn loads() -> Vec<Load> {
     out.push(Load::new(WasmBalancerService, TokenMode::None).against(&rr, Some(BALANCER_SERVICE_TARGET)));
     let chain = Load::new(NativeChain, TokenMode::Repeated(Alg::Rs256));
     out.push(chain.clone());
-    for form in [WasmChain, WasmChainService, WasmChainCombined, WasmChainFused] {
+    // No fused form: meshwasm.wasm has none (filters/meshwasm/README.md, "No fused mode").
+    for form in [WasmChain, WasmChainService, WasmChainCombined] {
         out.push(Load::new(form, TokenMode::Repeated(Alg::Rs256)).against(&chain, Some(CHAIN_TARGET)));
     }
     // The load goes through the client sidecar, which shares the load generator's CPU, so requests/s
@@ -380,10 +374,6 @@ pub fn listener(
         }
         ListenerId::WasmChainCombined => {
             let c = filters.combined_chain(tokens, backends, false)?;
-            Setup { listener: chain(Listener::new(id.name(), PICKED), c.filters), services: c.services }
-        }
-        ListenerId::WasmChainFused => {
-            let c = filters.fused_chain(tokens, backends)?;
             Setup { listener: chain(Listener::new(id.name(), PICKED), c.filters), services: c.services }
         }
         ListenerId::NativeRbac => {

@@ -154,14 +154,6 @@ impl FilterSet {
         Ok(Chain { filters, services: Vec::new() })
     }
 
-    /// The combined artifact's fused mode: jwt-auth → balancer in one filter instance.
-    pub fn fused_chain(&self, _tokens: &TokenSet, _backends: &[SocketAddr]) -> Result<Chain> {
-        let _ = self.combined()?;
-        bail!(
-            "the combined artifact's fused mode is not wired into the benchmark (no configuration for it was published)"
-        )
-    }
-
     /// discovery (static source over `backends`) followed by balancer (round robin), sharing a vm_id.
     pub fn discovery_balancer(&self, backends: &[SocketAddr]) -> Result<Vec<WasmFilter>> {
         let discovery = self.artifact("meshwasm_discovery")?;

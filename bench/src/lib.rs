@@ -8,7 +8,7 @@
 //! The result is a Markdown report with ratios to baselines, memory, artifact sizes and SVG plots.
 //!
 //! ```text
-//! make bench          # full run, ~16–17 min, writes bench/report/REPORT.md
+//! make bench          # full run, ~15–16 min, writes bench/report/REPORT.md
 //! make bench-quick    # < 2 min, for development
 //! ```
 //!

@@ -224,7 +224,9 @@ fn markdown(r: &RunResults) -> String {
         "\n*noop* rows are the wasm floor: a filter that does nothing, exporting every callback (what the Rust \
          SDK links) or only request headers (what `make wasm`'s post-link step leaves a filter that implements \
          only those). The *service form* runs discovery as an `envoy.bootstrap.wasm` singleton service, off the \
-         request path; the filter form is for platforms that load only HTTP filters.\n"
+         request path; the filter form is for platforms that load only HTTP filters. There is no *fused* row: \
+         the combined `meshwasm.wasm` has no fused mode ([filters/meshwasm/README.md](../../filters/meshwasm/README.md#no-fused-mode) \
+         says why).\n"
     );
 
     let _ = writeln!(md, "\n## Throughput and latency per configuration\n");
