@@ -175,7 +175,7 @@ fn a_service_configuration_with_a_lease_or_debug_path_is_refused_at_startup() {
 }
 
 #[test]
-fn the_service_example_is_accepted_by_envoy() {
+fn the_service_example_is_accepted_by_envoy_and_its_service_config_by_discovery() {
     let out = Command::new(artifacts::envoy_binary())
         .current_dir(artifacts::workspace_root())
         .args(["--mode", "validate", "--log-level", "error", "-c", "examples/discovery/envoy-service.yaml"])
@@ -187,4 +187,17 @@ fn the_service_example_is_accepted_by_envoy() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    // `--mode validate` does not start bootstrap extensions: configure the example's discovery service
+    // in the wasmtime host (the real .wasm's on_configure).
+    let path = artifacts::workspace_root().join("examples/discovery/envoy-service.yaml");
+    let doc: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let config = &doc["bootstrap_extensions"][0]["typed_config"];
+    assert_eq!(config["singleton"], serde_yaml::Value::Bool(true));
+    let value = config["config"]["configuration"]["value"].as_str().unwrap();
+    let vm_id = config["config"]["vm_config"]["vm_id"].as_str().unwrap();
+    let host = meshwasm_host::Host::new(meshwasm_host::HostOptions::default()).unwrap();
+    let module = host.load(wasm_path("meshwasm_discovery")).unwrap();
+    let plugin = meshwasm_host::Plugin::new(module).name("discovery").vm_id(vm_id).config(value);
+    let proxy = meshwasm_host::Proxy::builder(&host).service(plugin).build();
+    assert!(proxy.is_ok(), "{:#}", proxy.err().unwrap());
 }
