@@ -80,7 +80,8 @@ struct Answers {
     vms: Vec<usize>,
 }
 
-fn answers(combined: bool) -> Answers {
+/// What the chain answers, and the wasm entries per request of a steady-state allowed request by export.
+fn answers(combined: bool) -> (Answers, BTreeMap<String, u64>) {
     let signer = Signer::rsa("rsa1.pem", "r1");
     let calls = Arc::new(AtomicUsize::new(0));
     let mut p = proxy(combined, &signer, calls.clone());
@@ -120,13 +121,26 @@ fn answers(combined: bool) -> Answers {
         send(&mut p, 0, Some(&bearer(&signer, "bob", &["dev"]))).0,
     ];
     let vms = (0..WORKERS).map(|w| p.worker(w).unwrap().vm_count()).collect();
-    Answers { first, picks, refused, jwks_calls: calls.load(Ordering::SeqCst), vms }
+    p.reset_call_counts();
+    for _ in 0..10 {
+        assert_eq!(send(&mut p, 0, Some(&staff)).0, 200);
+    }
+    let mut entries = BTreeMap::new();
+    for c in p.call_counts().values() {
+        for (export, n) in &c.callbacks {
+            *entries.entry(export.clone()).or_insert(0) += n / 10;
+        }
+    }
+    (Answers { first, picks, refused, jwks_calls: calls.load(Ordering::SeqCst), vms }, entries)
 }
 
 #[test]
 fn one_module_serves_the_chain_like_the_separate_artifacts_with_one_vm_per_worker() {
-    let separate = answers(false);
-    let combined = answers(true);
+    let (separate, separate_entries) = answers(false);
+    let (combined, combined_entries) = answers(true);
+    eprintln!(
+        "wasm entries per allowed request: separate {separate_entries:?}, combined {combined_entries:?}"
+    );
     let even: BTreeMap<String, u32> = ENDPOINTS.iter().map(|e| (e.to_string(), 2)).collect();
     let expected = |vms: usize| Answers {
         first: vec![(200, true); WORKERS],
