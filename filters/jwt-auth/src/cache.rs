@@ -7,8 +7,9 @@
 //! `RandomState`), which only chooses the bucket; a hit also compares the provider and the **whole
 //! token** with the one that was verified. Two different tokens never share an entry, whatever their
 //! hashes: a collision (chance or crafted) is a miss, never an acceptance. The cost is the token's
-//! bytes kept in worker memory next to its claims (never logged); the alternative, a collision-resistant
-//! digest such as SHA-256, costs several times the keyed hash on every hit.
+//! header and signature kept in worker memory next to its claims (the payload segment is there already,
+//! as `payload_b64`; never logged); the alternative, a collision-resistant digest such as SHA-256,
+//! costs several times the keyed hash on every hit.
 //!
 //! Entries are tagged with their provider's key-set generation: [`TokenCache::invalidate`] (called on
 //! every worker whenever a provider's keys change) bumps it, so a token verified with rotated-out keys is
@@ -52,10 +53,47 @@ impl Hasher for Prehashed {
     }
 }
 
+/// A verified token, kept to compare a presented one byte for byte: its payload segment is the
+/// verification's `payload_b64`, so only what surrounds it is stored.
+struct Token {
+    /// Up to the payload (`header.`), or the whole token when its payload is not `payload_b64`.
+    head: Box<str>,
+    /// After the payload (`.signature`).
+    tail: Box<str>,
+    /// Whether `payload_b64` sits between `head` and `tail`.
+    split: bool,
+}
+
+impl Token {
+    fn new(token: &str, payload: &str) -> Token {
+        if let Some(dot) = token.find('.') {
+            let (head, rest) = token.split_at(dot + 1);
+            if !payload.is_empty()
+                && let Some(tail) = rest.strip_prefix(payload)
+                && tail.starts_with('.')
+            {
+                return Token { head: head.into(), tail: tail.into(), split: true };
+            }
+        }
+        Token { head: token.into(), tail: "".into(), split: false }
+    }
+
+    fn is(&self, token: &str, payload: &str) -> bool {
+        if !self.split {
+            return *self.head == *token;
+        }
+        let (h, t) = (self.head.len(), self.tail.len());
+        token.len() == h + payload.len() + t
+            && token.as_bytes().get(..h) == Some(self.head.as_bytes())
+            && token.as_bytes().get(h..h + payload.len()) == Some(payload.as_bytes())
+            && token.as_bytes().get(h + payload.len()..) == Some(self.tail.as_bytes())
+    }
+}
+
 struct Entry {
     provider: usize,
     /// The verified token itself: a hit must be this exact token, not just the same hash.
-    token: Box<str>,
+    token: Token,
     authenticated: Rc<Authenticated>,
     expires_s: u64,
     /// When it was verified: a clock that went back before it is a miss (verified again, so `nbf` is
@@ -132,7 +170,7 @@ impl TokenCache {
     ) -> Option<Rc<Authenticated>> {
         let current = self.generation(provider);
         let e = self.map.get(&hash)?;
-        if e.provider != provider || *e.token != *token {
+        if e.provider != provider || !e.token.is(token, &e.authenticated.verified.payload_b64) {
             // Another token in this slot: a miss, and the slot stays theirs.
             return None;
         }
@@ -167,7 +205,7 @@ impl TokenCache {
         }
         let entry = Entry {
             provider,
-            token: token.into(),
+            token: Token::new(token, &authenticated.verified.payload_b64),
             authenticated,
             expires_s,
             verified_s: now_s,
@@ -246,6 +284,41 @@ mod tests {
         assert!(!hit(&mut c, 0, "", 100));
         assert_eq!(c.hash(0, "t"), c.hash(0, "t"), "one key per cache");
         assert_ne!(c.hash(0, "t"), c.hash(1, "t"), "the provider is hashed");
+    }
+
+    #[test]
+    fn a_token_is_kept_without_its_payload_and_compared_whole() {
+        let a = |payload: &str| {
+            Rc::new(Authenticated {
+                verified: Verified {
+                    claims: Default::default(),
+                    exp: Some(1000),
+                    payload_b64: payload.into(),
+                },
+                identity: Rc::from(Vec::new()),
+            })
+        };
+        let mut c = TokenCache::new(10, 300);
+        put(&mut c, 0, "hdr.PAYLOAD.sig", a("PAYLOAD"), 100);
+        assert!(hit(&mut c, 0, "hdr.PAYLOAD.sig", 100));
+        for other in [
+            "hdr.PAYLOAX.sig",
+            "hdr.PAYLOAD.si",
+            "hdr.PAYLOAD.sigX",
+            "hdX.PAYLOAD.sig",
+            "hdr.PAYLOADD.sig",
+            "hdr.PAYLOAD",
+            "hdrPAYLOAD.sig",
+        ] {
+            assert!(!hit(&mut c, 0, other, 100), "{other}");
+        }
+        // A verification whose payload is not the token's middle segment keeps the whole token.
+        put(&mut c, 0, "x.y.z", a("other"), 100);
+        assert!(hit(&mut c, 0, "x.y.z", 100));
+        assert!(!hit(&mut c, 0, "x.y.zz", 100) && !hit(&mut c, 0, "x.y.", 100));
+        put(&mut c, 0, "no-dots", a(""), 100);
+        assert!(hit(&mut c, 0, "no-dots", 100) && !hit(&mut c, 0, "no-dot", 100));
+        assert_eq!(Token::new("h.p.s", "p").head.len() + Token::new("h.p.s", "p").tail.len(), 4);
     }
 
     #[test]

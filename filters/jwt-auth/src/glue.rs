@@ -252,15 +252,18 @@ impl Worker {
         // One read of the whole map: a credential header sent twice must be seen twice (the single-value
         // hostcall returns only the first copy).
         let buf = request_header_map();
-        let mut all = parse_header_pairs(&buf).unwrap_or_default();
+        // A map the host did not serialize as proxy-wasm says (never from Envoy): read as empty, so
+        // the request carries no credential, and every output header is removed below.
+        let parsed = parse_header_pairs(&buf);
+        let unreadable = parsed.is_none();
+        let mut all = parsed.unwrap_or_default();
         // Client-sent copies of the headers this filter writes are removed before anything else looks
         // at the request; only those the request carries (no hostcall per configured name otherwise).
         if !plan.output_headers.is_empty() {
             let is_output = |k: &str| plan.output_headers.iter().any(|h| h.eq_ignore_ascii_case(k));
-            if all.iter().any(|(k, _)| is_output(k)) {
-                for h in
-                    plan.output_headers.iter().filter(|h| all.iter().any(|(k, _)| h.eq_ignore_ascii_case(k)))
-                {
+            if unreadable || all.iter().any(|(k, _)| is_output(k)) {
+                let present = |h: &&String| unreadable || all.iter().any(|(k, _)| h.eq_ignore_ascii_case(k));
+                for h in plan.output_headers.iter().filter(present) {
                     let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, h);
                 }
                 all.retain(|(k, _)| !is_output(k));
