@@ -106,7 +106,8 @@ impl FilterSet {
         self.authz(&authz_after_jwt_config())
     }
 
-    /// Discovery as a Wasm service (its bootstrap extension, [`service_json`]) and the balancer in the
+    /// Discovery as a singleton Wasm service (`EnvoyConfig::wasm_service`: the bootstrap extension
+    /// `envoy.bootstrap.wasm` with `singleton: true`) and the balancer in the
     /// HTTP chain, meeting in the shared data of [`SERVICE_VM_ID`] (not the filter form's vm_id, so the
     /// two forms never publish into one namespace when they run in the same Envoy).
     pub fn discovery_service_balancer(&self, backends: &[SocketAddr]) -> Result<(WasmFilter, WasmFilter)> {
@@ -165,32 +166,6 @@ impl FilterSet {
             WasmFilter::new("balancer", balancer).vm_id(MESH_VM_ID).config(balancer_config().to_string()),
         ])
     }
-}
-
-/// A Wasm service: the Envoy bootstrap extension `envoy.bootstrap.wasm` with `singleton: true`, one VM
-/// for the whole proxy on the main thread, running `f`'s module, plugin and VM configuration (an entry
-/// of the bootstrap's `bootstrap_extensions`).
-pub fn service_json(f: &WasmFilter) -> Value {
-    let string_value =
-        |v: &str| json!({ "@type": "type.googleapis.com/google.protobuf.StringValue", "value": v });
-    json!({
-        "name": "envoy.bootstrap.wasm",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.wasm.v3.WasmService",
-            "singleton": true,
-            "config": {
-                "name": f.name,
-                "root_id": f.root_id,
-                "configuration": string_value(&f.config),
-                "vm_config": {
-                    "vm_id": f.vm_id,
-                    "runtime": "envoy.wasm.runtime.v8",
-                    "code": { "local": { "filename": f.path.display().to_string() } },
-                    "configuration": string_value(&f.vm_config),
-                },
-            },
-        }
-    })
 }
 
 fn jwt_auth_config(tokens: &TokenSet) -> Result<Value> {

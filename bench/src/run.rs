@@ -9,18 +9,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use meshwasm_tests::backend::INSTANCE_HEADER;
-use meshwasm_tests::envoy::{Envoy, EnvoyConfig};
+use meshwasm_tests::envoy::{Envoy, EnvoyConfig, WasmFilter};
 use meshwasm_tests::process::{self, ChildGuard};
 
 use crate::configs::{self, ListenerId, Load, Setup, TokenMode};
-use crate::filters::{self, FilterSet};
+use crate::filters::FilterSet;
 use crate::jwt::{Alg, TokenSet};
 use crate::machine::{self, MachineFacts};
 use crate::mtls::{Mtls, Sidecar};
 use crate::results::{LoadResult, MemoryRow, RunResults, Sample, Settings};
 use crate::sizes;
 use crate::wrk::{self, LoadShape, Request};
-use serde_json::{Value, json};
 
 /// Everything the loads need that is made once per run.
 struct Fixture {
@@ -79,23 +78,22 @@ fn envoy_config(setups: Vec<Setup>, fixture: &Fixture, workers: u32) -> EnvoyCon
     let mut cfg = EnvoyConfig::new().concurrency(workers).log_level("warning");
     // Per-request debug logging would dominate the cost being measured.
     cfg.component_log_level = None;
-    let mut services: Vec<Value> = Vec::new();
+    let mut services: Vec<WasmFilter> = Vec::new();
     for s in setups {
         cfg = cfg.listener(s.listener);
-        for f in &s.services {
-            let json = filters::service_json(f);
-            if !services.contains(&json) {
-                services.push(json);
+        for f in s.services {
+            let same = |g: &WasmFilter| g.name == f.name && g.vm_id == f.vm_id && g.config == f.config;
+            if !services.iter().any(same) {
+                services.push(f);
             }
         }
+    }
+    for f in services {
+        cfg = cfg.wasm_service(f);
     }
     cfg = cfg.listener(configs::idp_listener(fixture.idp.port()));
     for c in configs::clusters(&fixture.backends, fixture.idp) {
         cfg = cfg.cluster(c);
-    }
-    if !services.is_empty() {
-        // Merged by Envoy into the bootstrap file's configuration.
-        cfg = cfg.arg("--config-yaml").arg(&json!({ "bootstrap_extensions": services }).to_string());
     }
     cfg
 }
