@@ -3,6 +3,7 @@
 //! ```text
 //! meshwasm-faults [--only a,c,f] [--outage 30] [--rate 200] [--out bench/report]   # make faults
 //! meshwasm-faults soak --seconds 600 [--out bench/report]                         # make soak
+//! meshwasm-faults soak --host --seconds 300 [--out bench/report]                  # make soak-host
 //! meshwasm-faults backend --port P --name N     # the load-test backend (started by the runs)
 //! ```
 //!
@@ -55,6 +56,9 @@ enum Cmd {
     Soak {
         #[arg(long, default_value_t = 600)]
         seconds: u64,
+        /// Run the chain in meshwasm-host in-process instead of Envoy (records each VM's linear memory).
+        #[arg(long)]
+        host: bool,
     },
     /// Serve the minimal load-test backend (started by the runs themselves).
     Backend {
@@ -77,7 +81,12 @@ fn main() -> ExitCode {
     };
     let result = match &cli.command {
         Some(Cmd::Backend { port, name }) => meshwasm_bench::backend::serve(*port, name).map(|()| true),
-        Some(Cmd::Soak { seconds }) => soak::run(&settings, Duration::from_secs(*seconds), &cli.out),
+        Some(Cmd::Soak { seconds, host: false }) => {
+            soak::run(&settings, Duration::from_secs(*seconds), &cli.out)
+        }
+        Some(Cmd::Soak { seconds, host: true }) => {
+            soak::run_host(&settings, Duration::from_secs(*seconds), &cli.out)
+        }
         None => faults(&cli, &settings),
     };
     match result {
