@@ -283,11 +283,15 @@ fn markdown(r: &RunResults) -> String {
             "Envoy resident set size (VmRSS) with only the named listener configured (and its Wasm services), after \
              start-up and 200 warm requests, at 1 and {n} workers. Δ is against the passthrough-only Envoy at the same \
              worker count. Each worker runs its own copy of every wasm VM of an HTTP filter (a singleton service has \
-             one VM on the main thread), so *per extra worker* ((Δ at {n} − Δ at 1) ÷ {}) is what one more copy of the \
+             one VM on the main thread), so *per extra worker* ({}) is what one more copy of the \
              chain's VMs costs. *Heap* is Envoy's own allocator accounting (admin `/memory`, MiB); V8's wasm memory \
              is outside it. *whole-chain* listeners are read for memory only: jwt-auth + authz + token-injector + \
              discovery + balancer, the issue's whole chain.\n",
-            n.saturating_sub(1).max(1)
+            if n > 2 {
+                format!("(Δ at {n} − Δ at 1) ÷ {}", n - 1)
+            } else {
+                format!("Δ at {n} − Δ at 1")
+            }
         );
         if n < 2 {
             let _ = writeln!(
