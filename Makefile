@@ -153,7 +153,11 @@ faults: setup wasm
 SOAK_SECONDS ?= 600
 soak: setup wasm
 	cargo run -q -p meshwasm-bench --bin meshwasm-faults -- --out bench/report soak --seconds $(SOAK_SECONDS)
-.PHONY: faults soak
+## The same through meshwasm-host in-process: each VM's linear memory, shared-data keys, queues and metrics
+## (SOAK.md's host section, soak-host-*.svg). A 60 s version runs in `make test` (bench/tests/soak_short.rs).
+soak-host: setup wasm
+	cargo run -q -p meshwasm-bench --bin meshwasm-faults -- --out bench/report soak --host --seconds $(SOAK_SECONDS)
+.PHONY: faults soak soak-host
 
 ## The configurations' JSON Schemas (schemas/*.schema.json), generated from the Rust config types (each
 ## filter's `schema` feature, never in .wasm builds) and `meshwasm-host schema`. `make test` fails when the
