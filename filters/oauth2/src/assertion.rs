@@ -260,6 +260,16 @@ impl ClientAssertionConfig {
     /// name the field and the variable, never anything of the key.
     pub fn load_key(&mut self, at: &str, env: crate::Env<'_>) -> Result<(), ConfigError> {
         let field = |name: &str| format!("{at}.{name}");
+        if let Err(feature) = self.alg.built_in() {
+            return Err(ConfigError::new(
+                field("alg"),
+                format!(
+                    "{:?} is not built into this artifact: build the filter with its `assertion-{feature}` \
+                     feature (`make wasm-full` builds every algorithm)",
+                    self.alg
+                ),
+            ));
+        }
         let name = self.private_key_env.as_str();
         if name.is_empty() || name.contains(['=', '\0']) {
             return Err(ConfigError::new(
@@ -278,16 +288,6 @@ impl ClientAssertionConfig {
         };
         // A PEM passed through a one-line variable often has its line breaks written as `\n`.
         let pem = if pem.contains('\n') { pem } else { pem.replace("\\n", "\n") };
-        if let Err(feature) = self.alg.built_in() {
-            return Err(ConfigError::new(
-                field("alg"),
-                format!(
-                    "{:?} is not built into this artifact: build the filter with its `assertion-{feature}` \
-                     feature (`make wasm-full` builds every algorithm)",
-                    self.alg
-                ),
-            ));
-        }
         let kind = match self.alg {
             AssertionAlg::ES256 | AssertionAlg::ES384 => "an EC",
             _ => "an RSA",
