@@ -296,7 +296,7 @@ fn markdown(r: &RunResults) -> String {
         if n < 2 {
             let _ = writeln!(
                 md,
-                "This run read memory at {:?} worker(s) only (quick runs: 1; `make bench` reads 1 and 2), so there is \
+                "This run read memory at {:?} worker(s) only (quick runs: 1; `make bench` reads 1 and 4), so there is \
                  no per-extra-worker figure.\n",
                 r.settings.memory_workers
             );
