@@ -232,10 +232,16 @@ fn markdown(r: &RunResults) -> String {
     let _ = writeln!(md, "\n## Throughput and latency per configuration\n");
     let _ = writeln!(
         md,
-        "Requests/s are min/median/max over {} interleaved rounds of {} s; latencies and Envoy CPU are medians over rounds. \
+        "Requests/s are min/median/max over {} interleaved rounds of {} s (half that for the loads no target depends \
+         on: {}); latencies and Envoy CPU are medians over rounds. \
          *Envoy CPU/req* is Envoy's user+system CPU time during a round divided by its requests: the cost the \
          filter adds, independent of whether Envoy or the load generator was the bottleneck.\n",
-        s.rounds, s.duration_s
+        s.rounds,
+        s.duration_s,
+        {
+            let short: Vec<&str> = r.loads.iter().filter(|l| l.short).map(|l| l.title.as_str()).collect();
+            if short.is_empty() { "none in this run".to_owned() } else { short.join(", ") }
+        }
     );
     let _ = writeln!(
         md,

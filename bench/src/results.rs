@@ -51,6 +51,9 @@ pub struct LoadResult {
     /// The target is on the Envoy CPU-cost ratio instead of the requests/s ratio.
     #[serde(default)]
     pub target_on_cpu: bool,
+    /// Ran rounds of half the duration (no target depends on it).
+    #[serde(default)]
+    pub short: bool,
     /// Set when the load could not be measured (a filter not built, a config Envoy rejected, failed
     /// requests): the report says `not measured: <reason>`.
     pub not_measured: Option<String>,
@@ -201,6 +204,7 @@ mod tests {
             baseline: None,
             target: None,
             target_on_cpu: false,
+            short: false,
             not_measured: None,
             samples,
         }

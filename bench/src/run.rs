@@ -503,6 +503,7 @@ pub fn run(settings: Settings, scratch: &Path) -> Result<RunResults> {
             baseline: l.baseline.clone(),
             target: l.target,
             target_on_cpu: l.target_on_cpu,
+            short: l.short,
             not_measured: broken.get(&l.listener).cloned(),
             samples: Vec::new(),
         })
