@@ -330,3 +330,32 @@ fn host_check_points_at_the_schema() {
     );
     assert!(schema_dir().join("meshwasm_authz.schema.json").is_file());
 }
+
+/// `check --env` gives the VM the variable a configuration names in `client_secret_env` (as the pod's env
+/// does in Istio): without it the Istio example is refused naming the variable, with it the example loads.
+#[test]
+fn host_check_passes_environment_variables_to_the_vm() {
+    let module = meshwasm_tests::artifacts::wasm_path("meshwasm_token_injector");
+    let config = workspace_root().join("examples/istio/config/meshwasm_token_injector.json");
+    let run = |env: &[&str]| {
+        let mut cmd = std::process::Command::new(host_binary());
+        cmd.arg("check").arg(&module).arg("--config").arg(&config);
+        for e in env {
+            cmd.arg("--env").arg(e);
+        }
+        cmd.env_remove("ORDERS_CLIENT_SECRET").output().unwrap()
+    };
+    let without = run(&[]);
+    assert!(!without.status.success());
+    let stderr = String::from_utf8_lossy(&without.stderr);
+    assert!(stderr.contains("ORDERS_CLIENT_SECRET"), "{stderr}");
+
+    let with = run(&["ORDERS_CLIENT_SECRET=placeholder"]);
+    let stdout = String::from_utf8_lossy(&with.stdout);
+    assert!(with.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&with.stderr));
+    assert!(stdout.contains("result: OK"), "{stdout}");
+
+    let malformed = run(&["NO_EQUALS_SIGN"]);
+    assert!(!malformed.status.success());
+    assert!(String::from_utf8_lossy(&malformed.stderr).contains("NAME=VALUE"));
+}

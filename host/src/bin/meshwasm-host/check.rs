@@ -23,6 +23,17 @@ pub struct CheckArgs {
     /// The VM's vm_id.
     #[arg(long, value_name = "ID", default_value = "")]
     pub vm_id: String,
+    /// An environment variable the VM sees (Envoy's `vm_config.environment_variables`), e.g. the secret a
+    /// configuration names in `client_secret_env`; repeatable. Nothing else from the environment is visible.
+    #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected NAME=VALUE, got {s:?}")),
+    }
 }
 
 /// Exports a proxy-wasm module is looked at for, in the order they are reported.
@@ -110,12 +121,15 @@ fn check(args: &CheckArgs) -> anyhow::Result<()> {
 
     // Dynamic checks: start a VM as Envoy would, with this configuration.
     let module = host.load(&args.module)?;
-    let plugin = Plugin::new(module)
+    let mut plugin = Plugin::new(module)
         .name(&plugin_name(args))
         .root_id(&args.root_id)
         .vm_id(&args.vm_id)
         .config(&config)
         .vm_config(&vm_config);
+    for (key, value) in &args.env {
+        plugin = plugin.env(key, value);
+    }
     println!(
         "configuration: {} bytes, vm configuration: {} bytes, root_id {:?}, vm_id {:?}",
         config.len(),
