@@ -7,6 +7,9 @@
 //!   floor per export set), one backend.
 //! - `native-jwt` / `wasm-jwt`: Envoy jwt_authn vs meshwasm jwt-auth, same JWKS (an RSA-2048 and a
 //!   P-256 key), same issuer and audience, one backend.
+//! - `native-origdst`: no Wasm, Envoy's own header_mutation filter steering an ORIGINAL_DST cluster by
+//!   header to one backend: what ORIGINAL_DST steering costs natively (no target; it splits the
+//!   balancer's gap to native round robin).
 //! - `native-rr` / `wasm-balancer` / `wasm-balancer-service`: a STATIC cluster with round robin over three
 //!   backends vs meshwasm discovery (static source, the same three backends) + balancer steering an
 //!   ORIGINAL_DST cluster, discovery as an HTTP filter (filter form) or as a singleton Wasm service.
@@ -22,7 +25,7 @@
 
 use std::net::SocketAddr;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use meshwasm_tests::envoy::{Cluster, HttpFilter, Listener, Route, WasmFilter};
 use serde_json::json;
 
@@ -36,6 +39,11 @@ pub const ONE: &str = "one_backend";
 pub const THREE: &str = "three_backends";
 /// ORIGINAL_DST cluster steered by the balancer through filter state (no request header).
 pub const PICKED: &str = "meshwasm_picked";
+/// ORIGINAL_DST cluster steered by a request header (`native-origdst`: what ORIGINAL_DST steering itself
+/// costs natively, without any Wasm).
+pub const ORIGDST_BY_HEADER: &str = "origdst_by_header";
+/// The header `ORIGDST_BY_HEADER` reads (Envoy's default name for `use_http_header`).
+const ORIGDST_HEADER: &str = "x-envoy-original-dst-host";
 
 /// Which listeners exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -46,6 +54,7 @@ pub enum ListenerId {
     NativeJwt,
     WasmJwt,
     NativeRr,
+    NativeOrigDst,
     WasmBalancer,
     WasmBalancerService,
     NativeChain,
@@ -59,13 +68,14 @@ pub enum ListenerId {
 }
 
 impl ListenerId {
-    pub const ALL: [ListenerId; 16] = [
+    pub const ALL: [ListenerId; 17] = [
         ListenerId::Passthrough,
         ListenerId::Noop,
         ListenerId::NoopHeaders,
         ListenerId::NativeJwt,
         ListenerId::WasmJwt,
         ListenerId::NativeRr,
+        ListenerId::NativeOrigDst,
         ListenerId::WasmBalancer,
         ListenerId::WasmBalancerService,
         ListenerId::NativeChain,
@@ -86,6 +96,7 @@ impl ListenerId {
             ListenerId::NativeJwt => "native-jwt",
             ListenerId::WasmJwt => "wasm-jwt",
             ListenerId::NativeRr => "native-rr",
+            ListenerId::NativeOrigDst => "native-origdst",
             ListenerId::WasmBalancer => "wasm-balancer",
             ListenerId::WasmBalancerService => "wasm-balancer-service",
             ListenerId::NativeChain => "native-chain",
@@ -108,6 +119,9 @@ impl ListenerId {
             ListenerId::NativeJwt => "Envoy jwt_authn (local JWKS, jwt_cache_size 100) → 1 backend",
             ListenerId::WasmJwt => "meshwasm jwt-auth (same JWKS inline, caches on) → 1 backend",
             ListenerId::NativeRr => "router → STATIC cluster, ROUND_ROBIN over 3 backends",
+            ListenerId::NativeOrigDst => {
+                "native steering, no Wasm: header_mutation sets x-envoy-original-dst-host (one backend) → ORIGINAL_DST (use_http_header)"
+            }
             ListenerId::WasmBalancer => {
                 "filter form: meshwasm discovery (static source, 3 backends) + balancer (round robin) → ORIGINAL_DST"
             }
@@ -279,6 +293,9 @@ pub fn loads() -> Vec<Load> {
     }
     let rr = Load::new(NativeRr, TokenMode::None);
     out.push(rr.clone());
+    // No target: splits the balancer's gap to native round robin into ORIGINAL_DST steering (this row)
+    // and what the Wasm filter adds on top of it.
+    out.push(Load::new(NativeOrigDst, TokenMode::None).against(&rr, None));
     // The target is on the service form; the filter form is shown for platforms that load only filters.
     out.push(Load::new(WasmBalancer, TokenMode::None).against(&rr, None).short());
     out.push(Load::new(WasmBalancerService, TokenMode::None).against(&rr, Some(BALANCER_SERVICE_TARGET)));
@@ -312,6 +329,25 @@ fn native_jwt_filter(tokens: &TokenSet) -> HttpFilter {
                 }
             },
             "rules": [{ "match": { "prefix": "/" }, "requires": { "provider_name": "bench" } }],
+        }
+    });
+    HttpFilter::Raw(filter.to_string())
+}
+
+/// Envoy's header_mutation filter setting the ORIGINAL_DST header to `backend` on every request.
+fn steer_by_header(backend: SocketAddr) -> HttpFilter {
+    let filter = json!({
+        "name": "envoy.filters.http.header_mutation",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+            "mutations": {
+                "request_mutations": [{
+                    "append": {
+                        "header": { "key": ORIGDST_HEADER, "value": backend.to_string() },
+                        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                    }
+                }]
+            }
         }
     });
     HttpFilter::Raw(filter.to_string())
@@ -353,6 +389,10 @@ pub fn listener(
         ListenerId::NativeJwt => Setup::new(Listener::new(id.name(), ONE).filter(native_jwt_filter(tokens))),
         ListenerId::WasmJwt => Setup::new(Listener::new(id.name(), ONE).wasm(filters.jwt_auth(tokens)?)),
         ListenerId::NativeRr => Setup::new(Listener::new(id.name(), THREE)),
+        ListenerId::NativeOrigDst => {
+            let backend = backends.first().context("meshwasm bench: no backend for native-origdst")?;
+            Setup::new(Listener::new(id.name(), ORIGDST_BY_HEADER).filter(steer_by_header(*backend)))
+        }
         ListenerId::WasmBalancer => {
             Setup::new(chain(Listener::new(id.name(), PICKED), filters.discovery_balancer(backends)?))
         }
@@ -417,6 +457,7 @@ pub fn clusters(backends: &[SocketAddr], idp: SocketAddr) -> Vec<Cluster> {
         Cluster::static_hosts(ONE, &backends[..1]),
         Cluster::static_hosts(THREE, backends),
         Cluster::original_dst(PICKED),
+        Cluster::original_dst_header(ORIGDST_BY_HEADER, ORIGDST_HEADER),
         Cluster::static_hosts(filters::IDP_CLUSTER, &[idp]),
     ]
 }

@@ -405,7 +405,7 @@ pub fn run(settings: Settings, scratch: &Path) -> Result<RunResults> {
         // Keep matching loads and whatever they are judged against.
         let keep: BTreeSet<String> = loads
             .iter()
-            .filter(|l| l.id.contains(only.as_str()))
+            .filter(|l| only.split(',').any(|o| l.id.contains(o)))
             .flat_map(|l| [Some(l.id.clone()), l.baseline.clone()])
             .flatten()
             .chain(std::iter::once("passthrough".to_owned()))
@@ -417,7 +417,7 @@ pub fn run(settings: Settings, scratch: &Path) -> Result<RunResults> {
     used.extend(
         ListenerId::MEMORY_ONLY
             .into_iter()
-            .filter(|id| settings.only.as_ref().is_none_or(|o| id.name().contains(o.as_str()))),
+            .filter(|id| settings.only.as_ref().is_none_or(|o| o.split(',').any(|o| id.name().contains(o)))),
     );
     let mtls_ids: Vec<ListenerId> = used.iter().copied().filter(|id| id.mtls()).collect();
     let mtls = Mtls::new(&mtls_ids);

@@ -59,7 +59,8 @@ struct Cli {
     /// Re-render the report from a saved results.json instead of running (e.g. after changing the report).
     #[arg(long)]
     from_results: Option<PathBuf>,
-    /// Only loads whose id contains this (plus their baselines and passthrough), e.g. `wasm-jwt`.
+    /// Only loads whose id contains this, or one of these comma-separated strings (plus their baselines
+    /// and passthrough), e.g. `wasm-jwt` or `native-origdst,wasm-balancer`.
     #[arg(long)]
     only: Option<String>,
 }
