@@ -20,12 +20,13 @@ use meshwasm_tests::process::{self, ChildGuard, HttpResponse};
 use serde_json::{Value, json};
 
 /// The Makefile's DIST_FILTERS; `dist_filters_match_the_makefile` keeps the two in step.
-const DIST_FILTERS: [&str; 5] = [
+const DIST_FILTERS: [&str; 6] = [
     "meshwasm_jwt_auth",
     "meshwasm_token_injector",
     "meshwasm_discovery",
     "meshwasm_balancer",
     "meshwasm_authz",
+    "meshwasm",
 ];
 const VERSION: &str = "0.1.0";
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json";
