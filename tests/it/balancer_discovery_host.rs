@@ -12,7 +12,7 @@ const VM: &str = "meshwasm";
 
 /// The endpoints the balancer steers to, over `n` requests on each worker (`"503"` for a request
 /// that got no endpoint, e.g. before discovery published anything).
-fn picks(p: &mut Proxy, n: usize) -> BTreeSet<String> {
+pub(crate) fn picks(p: &mut Proxy, n: usize) -> BTreeSet<String> {
     let mut seen = BTreeSet::new();
     for worker in 0..2 {
         for _ in 0..n {
@@ -31,12 +31,12 @@ fn picks(p: &mut Proxy, n: usize) -> BTreeSet<String> {
     seen
 }
 
-fn set(addrs: &[&str]) -> BTreeSet<String> {
+pub(crate) fn set(addrs: &[&str]) -> BTreeSet<String> {
     addrs.iter().map(|s| s.to_string()).collect()
 }
 
 /// Advances the virtual clock in 100 ms steps until `f` holds (at most `limit`).
-fn advance_until(p: &mut Proxy, limit: Duration, mut f: impl FnMut(&mut Proxy) -> bool) -> bool {
+pub(crate) fn advance_until(p: &mut Proxy, limit: Duration, mut f: impl FnMut(&mut Proxy) -> bool) -> bool {
     let mut waited = Duration::ZERO;
     while waited <= limit {
         if f(p) {

@@ -11,11 +11,13 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use meshwasm_host::{BuildError, Host, HostOptions, Module, Plugin, Proxy, Request, Upstream, UpstreamReply};
+use meshwasm_host::{BuildError, Host, HostOptions, Module, Plugin, Proxy, Upstream};
 use meshwasm_tests::artifacts::wasm_path;
 use meshwasm_tests::backend::{Backend, INSTANCE_HEADER};
 use meshwasm_tests::etcd::Etcd;
 use meshwasm_tests::process::{http_request, wait_until};
+
+use crate::balancer_discovery_host::{advance_until, picks, set};
 
 const VM: &str = "meshwasm";
 const BALANCER: &[u8] = br#"{"seed": 5, "services": {"api": {}}}"#;
@@ -25,44 +27,6 @@ fn discovery_config(mode: &str) -> String {
         r#"{{"mode": "{mode}", "tick": "100ms", "services": [{{"name": "api", "refresh": "300ms", "timeout": "1s",
              "source": {{"etcd": {{"cluster": "etcd", "prefix": "/services/api/"}}}}}}]}}"#
     )
-}
-
-/// The endpoints the balancer steers to over `n` requests on each of the 2 workers (`"503"` for a
-/// request that got none).
-fn picks(p: &mut Proxy, n: usize) -> BTreeSet<String> {
-    let mut seen = BTreeSet::new();
-    for worker in 0..2 {
-        for _ in 0..n {
-            let ex = p.send(worker, Request::get("/").authority("api"), UpstreamReply::new(200)).unwrap();
-            match ex.upstream_request {
-                Some(up) if ex.status == 200 => {
-                    let picked = meshwasm_host::foreign::original_dst_from_filter_state(&up.filter_state);
-                    seen.insert(picked.expect("steered").to_string());
-                }
-                _ => {
-                    seen.insert(ex.status.to_string());
-                }
-            }
-        }
-    }
-    seen
-}
-
-fn set(addrs: &[&str]) -> BTreeSet<String> {
-    addrs.iter().map(|s| s.to_string()).collect()
-}
-
-/// Advances the virtual clock in 100 ms steps until `f` holds (at most `limit`).
-fn advance_until(p: &mut Proxy, limit: Duration, mut f: impl FnMut(&mut Proxy) -> bool) -> bool {
-    let mut waited = Duration::ZERO;
-    while waited <= limit {
-        if f(p) {
-            return true;
-        }
-        p.advance(Duration::from_millis(100));
-        waited += Duration::from_millis(100);
-    }
-    false
 }
 
 fn modules(host: &Host) -> (Module, Module) {
