@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use meshwasm_bench::host_soak::slope;
 use meshwasm_tests::envoy::{Cluster, Envoy};
 use meshwasm_tests::etcd::Etcd;
 use meshwasm_tests::oidc::{BASIC_CLIENT, OidcOptions, OidcProvider, RS256_RESOURCE};
@@ -64,19 +65,6 @@ fn sample(envoy: &Envoy, t: f64, token: &str) -> Sample {
             .sum(),
         services,
     }
-}
-
-/// Least-squares slope of (x, y).
-pub fn slope(points: &[(f64, f64)]) -> f64 {
-    let n = points.len() as f64;
-    if n < 2.0 {
-        return 0.0;
-    }
-    let mx = points.iter().map(|p| p.0).sum::<f64>() / n;
-    let my = points.iter().map(|p| p.1).sum::<f64>() / n;
-    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
-    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
-    if sxx == 0.0 { 0.0 } else { sxy / sxx }
 }
 
 pub fn run(settings: &Settings, duration: Duration, out: &Path) -> Result<bool> {
