@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::{LocalSet, spawn_local};
 
 use crate::access_log::rfc3339_millis;
-use crate::config::{Cluster, FailurePolicy, Listener, LogLevel, ServeConfig};
+use crate::config::{Cluster, FailurePolicy, FilterSpec, Listener, LogLevel, ServeConfig};
 use crate::upstream::UpstreamCluster;
 
 use chain::Chain;
@@ -202,23 +202,28 @@ fn warn_non_loopback(config: &ServeConfig) {
 
 /// The main thread's worker running the singleton services (None without services) and the process
 /// state every listener then shares.
+/// A filter or service of the config as the host's plugin: its module loaded, everything else as given.
+fn plugin(host: &Host, f: &FilterSpec) -> anyhow::Result<Plugin> {
+    let module = host.load(&f.wasm)?;
+    let mut plugin = Plugin::new(module)
+        .name(&f.name)
+        .root_id(&f.root_id)
+        .vm_id(&f.vm_id)
+        .config(&f.config)
+        .vm_config(&f.vm_config);
+    for (k, v) in &f.env {
+        plugin = plugin.env(k, v);
+    }
+    Ok(plugin)
+}
+
 fn build_services(host: &Host, config: &ServeConfig) -> anyhow::Result<Option<(Worker, ProxyState)>> {
     if config.services.is_empty() {
         return Ok(None);
     }
     let mut builder = Proxy::builder(host).workers(config.workers).log_level(to_host_level(config.log_level));
     for f in &config.services {
-        let module = host.load(&f.wasm).with_context(|| format!("service `{}`", f.name))?;
-        let mut plugin = Plugin::new(module)
-            .name(&f.name)
-            .root_id(&f.root_id)
-            .vm_id(&f.vm_id)
-            .config(&f.config)
-            .vm_config(&f.vm_config);
-        for (k, v) in &f.env {
-            plugin = plugin.env(k, v);
-        }
-        builder = builder.service(plugin);
+        builder = builder.service(plugin(host, f).with_context(|| format!("service `{}`", f.name))?);
     }
     let unspecified = SocketAddr::from(([127, 0, 0, 1], 0));
     for c in &config.clusters {
@@ -252,19 +257,9 @@ fn build_workers(
         builder = builder.share_state(state);
     }
     for f in &listener.filters {
-        let module = host
-            .load(&f.wasm)
-            .with_context(|| format!("listener `{}`, filter `{}`", listener.name, f.name))?;
-        let mut plugin = Plugin::new(module)
-            .name(&f.name)
-            .root_id(&f.root_id)
-            .vm_id(&f.vm_id)
-            .config(&f.config)
-            .vm_config(&f.vm_config);
-        for (k, v) in &f.env {
-            plugin = plugin.env(k, v);
-        }
-        builder = builder.plugin(plugin);
+        let p =
+            plugin(host, f).with_context(|| format!("listener `{}`, filter `{}`", listener.name, f.name))?;
+        builder = builder.plugin(p);
     }
     // Only the names matter here: the driver performs the calls itself.
     let unspecified = SocketAddr::from(([127, 0, 0, 1], 0));
