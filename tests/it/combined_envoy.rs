@@ -5,10 +5,9 @@
 //! VM per worker for the chain instead of one per filter and worker (`wasm.envoy.wasm.runtime.v8.*`).
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
-use meshwasm_tests::artifacts::{self, wasm_path};
+use meshwasm_tests::artifacts::wasm_path;
 use meshwasm_tests::backend::{Backend, INSTANCE_HEADER};
 use meshwasm_tests::envoy::{Cluster, Envoy, EnvoyConfig, Listener, WasmFilter};
 use meshwasm_tests::process::{http_request, wait_until};
@@ -189,7 +188,8 @@ fn two_workers_add_one_vm_each_for_the_whole_chain() {
 #[test]
 fn an_unknown_root_id_is_refused_at_startup_naming_the_valid_ones() {
     let [_, _, _, balancer] = configs(None, &["127.0.0.1:9".to_owned()]);
-    let bootstrap = EnvoyConfig::new()
+    // Envoy exits at start-up when a listener's Wasm filter fails on_configure.
+    let (started, log) = EnvoyConfig::new()
         .listener(
             Listener::new("main", "picked").wasm(
                 WasmFilter::new("balancer", wasm_path("meshwasm"))
@@ -199,21 +199,10 @@ fn an_unknown_root_id_is_refused_at_startup_naming_the_valid_ones() {
             ),
         )
         .cluster(Cluster::original_dst("picked"))
-        .bootstrap()
+        .log_level("warn")
+        .run_until_exit(Duration::from_secs(60))
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("bootstrap.json");
-    std::fs::write(&file, bootstrap.to_string()).unwrap();
-    // Envoy exits at start-up when a listener's Wasm filter fails on_configure.
-    let out = Command::new("timeout")
-        .arg("60")
-        .arg(artifacts::envoy_binary())
-        .args(["--disable-hot-restart", "--use-dynamic-base-id", "-l", "warn", "-c"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(!out.status.success(), "Envoy accepted an unknown root_id:\n{log}");
+    assert!(!started, "Envoy accepted an unknown root_id:\n{log}");
     assert!(
         log.contains("meshwasm.wasm: root_id `meshwasm.balancr` selects no filter; valid root_ids: "),
         "{log}"

@@ -146,7 +146,8 @@ fn a_service_configuration_with_a_lease_or_debug_path_is_refused_at_startup() {
             r#"{{"mode": "service", {extra}"services": [{{"name": "web", "allow_loopback": true,
                 "source": {{"static": {{"endpoints": [{{"address": "127.0.0.1:9"}}]}}}}}}]}}"#
         );
-        let bootstrap = EnvoyConfig::new()
+        // Envoy exits at start-up when a bootstrap Wasm service fails on_configure (fail closed).
+        let (started, log) = EnvoyConfig::new()
             .wasm_service(
                 WasmFilter::new("discovery", wasm_path("meshwasm_discovery"))
                     .vm_id("meshwasm")
@@ -154,21 +155,10 @@ fn a_service_configuration_with_a_lease_or_debug_path_is_refused_at_startup() {
             )
             .listener(Listener::new("main", "picked"))
             .cluster(Cluster::original_dst("picked"))
-            .bootstrap()
+            .log_level("warn")
+            .run_until_exit(Duration::from_secs(60))
             .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("bootstrap.json");
-        std::fs::write(&file, bootstrap.to_string()).unwrap();
-        // Envoy exits at start-up when a bootstrap Wasm service fails on_configure (fail closed).
-        let out = Command::new("timeout")
-            .arg("60")
-            .arg(artifacts::envoy_binary())
-            .args(["--disable-hot-restart", "--use-dynamic-base-id", "-l", "warn", "-c"])
-            .arg(&file)
-            .output()
-            .unwrap();
-        let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(!out.status.success(), "Envoy accepted a refused service configuration:\n{log}");
+        assert!(!started, "Envoy accepted a refused service configuration:\n{log}");
         assert!(log.contains(&format!("rejected configuration: {field}: ")), "{log}");
         assert!(log.contains("Unable to create Wasm plugin discovery"), "{log}");
     }

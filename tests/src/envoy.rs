@@ -644,6 +644,22 @@ impl EnvoyConfig {
         Ok(bootstrap)
     }
 
+    /// Runs Envoy on this bootstrap until it exits (killed after `limit`), for configurations it must
+    /// refuse at start-up: whether it exited successfully, and its output (stdout, then stderr).
+    pub fn run_until_exit(&self, limit: Duration) -> Result<(bool, String)> {
+        let dir = tempfile::Builder::new().prefix("meshwasm-envoy-").tempdir()?;
+        let bootstrap = dir.path().join("bootstrap.json");
+        std::fs::write(&bootstrap, self.bootstrap()?.to_string())?;
+        let out = Command::new("timeout")
+            .arg(limit.as_secs().max(1).to_string())
+            .arg(artifacts::envoy_binary())
+            .args(["--disable-hot-restart", "--use-dynamic-base-id", "-l", &self.log_level, "-c"])
+            .arg(&bootstrap)
+            .output()?;
+        let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        Ok((out.status.success(), log))
+    }
+
     /// Writes the bootstrap, starts Envoy and waits until it is ready and every listener accepts.
     pub fn start(&self) -> Result<Envoy> {
         let dir = tempfile::Builder::new().prefix("meshwasm-envoy-").tempdir()?;
